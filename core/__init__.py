@@ -1,0 +1,1 @@
+"""Shared, side-effect-free building blocks: states, types, settings."""

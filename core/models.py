@@ -1,0 +1,318 @@
+"""Types that cross the Temporal boundary: workflow input/output, messages, role I/O.
+
+Side-effect free: no clients, no settings, no I/O. Workflow code imports this module
+through `workflow.unsafe.imports_passed_through()`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from core.states import HANDOFFS, BuildState, Role
+
+WORKFLOW_ID_PREFIX = "build-"
+BUILD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def workflow_id_for(build_id: str) -> str:
+    return f"{WORKFLOW_ID_PREFIX}{build_id}"
+
+
+def build_id_from(workflow_id: str) -> str:
+    return workflow_id.removeprefix(WORKFLOW_ID_PREFIX)
+
+
+class Simulation(StrEnum):
+    """Branches the offline model makes happen on demand (ignored by real models)."""
+
+    TESTS_FAIL_ONCE = "tests_fail_once"
+    VERIFICATION_REJECTS_ONCE = "verification_rejects_once"
+    TESTS_ALWAYS_FAIL = "tests_always_fail"
+
+
+class RolePolicy(BaseModel):
+    """Timeouts and retries for role activities; filled from settings by whoever starts a build."""
+
+    start_to_close_seconds: float = Field(default=300, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+    initial_interval_seconds: float = Field(default=1, gt=0)
+    maximum_interval_seconds: float = Field(default=30, gt=0)
+
+
+class BuildOptions(BaseModel):
+    max_retries: int = Field(default=3, ge=0, le=20)
+    approval_gates: list[BuildState] = Field(default_factory=list)
+    simulate: list[Simulation] = Field(default_factory=list)
+    policy: RolePolicy = Field(default_factory=RolePolicy)
+
+    @field_validator("approval_gates")
+    @classmethod
+    def _gates_are_handoffs(cls, gates: list[BuildState]) -> list[BuildState]:
+        bad = [g.value for g in gates if g not in HANDOFFS]
+        if bad:
+            allowed = ", ".join(h.value for h in HANDOFFS)
+            raise ValueError(f"approval gates must be handoff states ({allowed}); got {bad}")
+        return list(dict.fromkeys(gates))
+
+
+Requirements = str | dict[str, Any]
+
+
+class BuildRequest(BaseModel):
+    """The one input of BuildWorkflow."""
+
+    project_id: Annotated[str, Field(min_length=1, max_length=128)]
+    build_id: Annotated[str, Field(pattern=BUILD_ID_PATTERN)]
+    user_id: str = "anonymous"
+    requirements: Requirements
+    options: BuildOptions = Field(default_factory=BuildOptions)
+
+    @field_validator("requirements")
+    @classmethod
+    def _requirements_not_empty(cls, value: Requirements) -> Requirements:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("requirements must not be empty")
+        if isinstance(value, dict) and not value:
+            raise ValueError("requirements must not be an empty object")
+        return value
+
+    @property
+    def workflow_id(self) -> str:
+        return workflow_id_for(self.build_id)
+
+    def requirements_text(self) -> str:
+        if isinstance(self.requirements, str):
+            return self.requirements
+        return json.dumps(self.requirements, sort_keys=True)
+
+
+def parse_requirements(text: str) -> Requirements:
+    """Requirements given on a command line: a JSON object if it parses as one, else free text."""
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            value = json.loads(stripped)
+        except json.JSONDecodeError:
+            return text
+        if isinstance(value, dict):
+            return value
+    return text
+
+
+def feature_name(requirements: Requirements) -> str:
+    """A short human name for the requested feature."""
+    if isinstance(requirements, dict):
+        for key in ("feature", "title", "name", "summary"):
+            if isinstance(requirements.get(key), str) and requirements[key].strip():
+                return str(requirements[key]).strip()
+        return json.dumps(requirements, sort_keys=True)[:60]
+    first = requirements.strip().splitlines()[0] if requirements.strip() else "feature"
+    return re.sub(r"\s+", " ", first)[:80]
+
+
+# --- Messages into a running build -------------------------------------------------------
+
+
+class RetryRequest(BaseModel):
+    reason: Annotated[str, Field(min_length=1, max_length=2000)]
+    requested_by: str = "person"
+
+
+class RollbackRequest(BaseModel):
+    target_state: BuildState
+    reason: Annotated[str, Field(min_length=1, max_length=2000)]
+    requested_by: str = "person"
+
+
+class ApproveRequest(BaseModel):
+    note: str = ""
+    approved_by: str = "person"
+
+
+class CommandAccepted(BaseModel):
+    """Result of an accepted retry/rollback/approve update."""
+
+    command: Literal["retry", "rollback", "approve"]
+    from_state: BuildState
+    target_state: BuildState
+    applies: Literal["now", "after_current_phase"]
+
+
+# --- What the workflow reports -----------------------------------------------------------
+
+
+class EventType(StrEnum):
+    STATE_CHANGED = "state_changed"
+    HANDOFF = "handoff"
+    ROLE_CALL = "role_call"
+    RETRY_REQUESTED = "retry_requested"
+    ROLLBACK = "rollback"
+    LOOP_BACK = "loop_back"
+    SIGNAL_REJECTED = "signal_rejected"
+    APPROVAL_REQUESTED = "approval_requested"
+    APPROVED = "approved"
+    FAILED = "failed"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+class BuildEvent(BaseModel):
+    """One event of a build; seq is assigned in the workflow, so it is stable across replays."""
+
+    seq: int
+    event_type: EventType
+    state: BuildState
+    triggered_by: str
+    data: dict[str, Any] = Field(default_factory=dict)
+    timestamp: datetime
+
+
+class Handoff(BaseModel):
+    """The context built for the next role at a HANDOFF_TO_* state."""
+
+    seq: int
+    from_role: Role
+    to_role: Role
+    from_state: BuildState
+    to_state: BuildState
+    instructions: str
+    previous_output: dict[str, Any]
+    phase_data: dict[str, Any]
+    metadata: dict[str, Any]
+    timestamp: datetime
+
+
+class BuildStatus(BaseModel):
+    """Answer of the `status` query."""
+
+    build_id: str
+    project_id: str
+    state: BuildState
+    current_role: Role | None
+    progress: int
+    completed_phases: list[BuildState]
+    attempts: dict[str, int]
+    loop_backs: int
+    max_retries: int
+    last_error: str | None
+    waiting_for: str | None
+    pending_command: str | None
+    events: int
+
+
+class BuildResult(BaseModel):
+    """Result of a build that reached COMPLETE."""
+
+    build_id: str
+    state: BuildState
+    attempts: dict[str, int]
+    loop_backs: int
+    release: dict[str, Any]
+
+
+# --- Role activities ----------------------------------------------------------------------
+
+
+class RoleTask(BaseModel):
+    """The one input of every role activity."""
+
+    build_id: str
+    project_id: str
+    role: Role
+    state: BuildState
+    attempt: int
+    requirements: Requirements
+    context: dict[str, Any] = Field(default_factory=dict)
+    guidance: list[str] = Field(default_factory=list)
+    simulate: list[Simulation] = Field(default_factory=list)
+
+
+class ModelUsage(BaseModel):
+    model: str
+    prompt_version: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: int = 0
+    offline: bool = False
+
+
+class DiscoveryOutput(BaseModel):
+    kind: Literal["discovery"] = "discovery"
+    summary: str
+    requirements: list[str]
+    acceptance_criteria: list[str]
+    open_questions: list[str] = Field(default_factory=list)
+
+
+class PlanOutput(BaseModel):
+    kind: Literal["plan"] = "plan"
+    summary: str
+    steps: list[str]
+    files: list[str]
+    test_strategy: str
+
+
+class SourceFile(BaseModel):
+    path: str
+    content: str
+
+
+class ImplementationOutput(BaseModel):
+    summary: str
+    files: list[SourceFile]
+
+
+class TestFailure(BaseModel):
+    test: str
+    message: str
+
+
+class TestReport(BaseModel):
+    passed: bool
+    summary: str
+    tests_run: int
+    failures: list[TestFailure] = Field(default_factory=list)
+
+
+class VerificationReport(BaseModel):
+    approved: bool
+    summary: str
+    reasons: list[str] = Field(default_factory=list)
+
+
+class ReleaseReport(BaseModel):
+    released: bool
+    version: str
+    summary: str
+    notes: list[str] = Field(default_factory=list)
+
+
+class QAssistantResult(BaseModel):
+    output: Annotated[DiscoveryOutput | PlanOutput, Field(discriminator="kind")]
+    usage: ModelUsage
+
+
+class CodeWriterResult(BaseModel):
+    output: ImplementationOutput
+    usage: ModelUsage
+
+
+class TestAuditorResult(BaseModel):
+    output: TestReport
+    usage: ModelUsage
+
+
+class VerificationResult(BaseModel):
+    output: VerificationReport
+    usage: ModelUsage
+
+
+class ReleaseResult(BaseModel):
+    output: ReleaseReport
+    usage: ModelUsage

@@ -1,0 +1,69 @@
+"""One settings object for everything configured; read from the environment and `.env`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.models import RolePolicy
+from core.states import Role
+
+# Search attributes the workflow upserts; the embedded server registers them at start.
+SEARCH_ATTRIBUTES: dict[str, str] = {"BuildState": "Keyword", "ProjectId": "Keyword"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    # Temporal connection
+    temporal_address: str = "localhost:7233"
+    temporal_namespace: str = "default"
+    temporal_task_queue: str = "q-assistant-builds"
+    temporal_ui_url: str = "http://localhost:8233"
+
+    # Embedded dev server (devstack.py)
+    data_dir: Path = Path(".data")
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+
+    # Models. Without an API key the offline model answers through the same openai SDK path.
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_role_models: dict[Role, str] = Field(default_factory=dict)
+    llm_timeout_seconds: float = Field(default=120, gt=0)
+
+    # Builds
+    build_execution_timeout_seconds: int = Field(default=3600, gt=0)
+    build_max_retries: int = Field(default=3, ge=0)
+    role_start_to_close_seconds: float = Field(default=300, gt=0)
+    role_max_attempts: int = Field(default=5, ge=1)
+    role_initial_retry_seconds: float = Field(default=1, gt=0)
+    role_max_retry_seconds: float = Field(default=30, gt=0)
+
+    @property
+    def offline_model(self) -> bool:
+        return self.openai_api_key is None
+
+    def model_for(self, role: Role) -> str:
+        return self.llm_role_models.get(role, self.llm_model)
+
+    def role_policy(self) -> RolePolicy:
+        return RolePolicy(
+            start_to_close_seconds=self.role_start_to_close_seconds,
+            max_attempts=self.role_max_attempts,
+            initial_interval_seconds=self.role_initial_retry_seconds,
+            maximum_interval_seconds=self.role_max_retry_seconds,
+        )
+
+    def ui_link(self, workflow_id: str) -> str:
+        base = self.temporal_ui_url.rstrip("/")
+        return f"{base}/namespaces/{self.temporal_namespace}/workflows/{workflow_id}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

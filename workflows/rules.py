@@ -1,0 +1,167 @@
+"""Pure decisions of a build: which messages are allowed, what context the next role gets.
+
+Deterministic and free of I/O: used by the workflow's handlers and validators alike, and
+unit-tested without a Temporal server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.states import (
+    PATH,
+    TABLE,
+    TERMINAL,
+    WORKING,
+    BuildState,
+    Role,
+    order,
+    rollback_targets,
+)
+
+S = BuildState
+
+
+@dataclass
+class Pending:
+    """A retry or rollback accepted but not yet applied (it applies at the next boundary)."""
+
+    command: str
+    target: BuildState
+    reason: str
+    requested_by: str
+
+
+@dataclass
+class BuildData:
+    """The whole mutable state of a build, held by the workflow."""
+
+    state: BuildState = S.DISCOVERY
+    completed_phases: list[BuildState] = field(default_factory=list)
+    attempts: dict[str, int] = field(default_factory=dict)
+    loop_backs: int = 0
+    last_error: str | None = None
+    waiting_at_gate: BuildState | None = None
+    approved_gate: BuildState | None = None
+    pending: Pending | None = None
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    feedback: dict[str, Any] = field(default_factory=dict)
+    guidance: list[str] = field(default_factory=list)
+    phase_running: bool = False
+
+
+def _choices(states: tuple[BuildState, ...]) -> str:
+    return ", ".join(s.value for s in states) or "none"
+
+
+def check_retry(data: BuildData) -> str | None:
+    """Why a retry is refused now, or None when it is allowed."""
+    if data.state in TERMINAL:
+        return f"build is {data.state.value}; a finished build cannot be retried"
+    if data.pending is not None:
+        return f"a {data.pending.command} to {data.pending.target.value} is already pending"
+    if TABLE[data.state].retry_to is None:
+        allowed = tuple(s for s in PATH if TABLE[s].retry_to is not None)
+        return f"nothing to retry at {data.state.value}; retry is possible from {_choices(allowed)}"
+    return None
+
+
+def retry_target(state: BuildState) -> BuildState:
+    target = TABLE[state].retry_to
+    if target is None:
+        raise ValueError(f"{state.value} has no retry edge")
+    return target
+
+
+def check_rollback(data: BuildData, target: BuildState) -> str | None:
+    """Why a rollback to `target` is refused now, or None when it is allowed."""
+    if data.state in TERMINAL:
+        return f"build is {data.state.value}; a finished build cannot be rolled back"
+    if data.pending is not None:
+        return f"a {data.pending.command} to {data.pending.target.value} is already pending"
+    allowed = rollback_targets(data.state)
+    if target in allowed:
+        return None
+    if target == data.state:
+        return f"build is already at {target.value}"
+    if target not in WORKING:
+        return f"{target.value} is not a working state; roll back to one of {_choices(allowed)}"
+    if order(target) > order(data.state):
+        return (
+            f"cannot roll back forward from {data.state.value} to {target.value}; "
+            f"earlier states: {_choices(allowed)}"
+        )
+    return f"cannot roll back from {data.state.value} to {target.value}"
+
+
+def check_approve(data: BuildData) -> str | None:
+    if data.state in TERMINAL:
+        return f"build is {data.state.value}; nothing waits for approval"
+    if data.waiting_at_gate is None:
+        return f"nothing waits for approval (build is at {data.state.value})"
+    return None
+
+
+def previous_working(state: BuildState) -> BuildState:
+    """The working state just before `state` on the happy path."""
+    earlier = [s for s in WORKING if order(s) < order(state)]
+    if not earlier:
+        raise ValueError(f"no working state before {state.value}")
+    return earlier[-1]
+
+
+# What each working state needs from earlier phases, and what it is asked to do.
+CONTEXT_INPUTS: dict[BuildState, tuple[BuildState, ...]] = {
+    S.DISCOVERY: (),
+    S.PLANNING: (S.DISCOVERY,),
+    S.IMPLEMENTATION: (S.DISCOVERY, S.PLANNING),
+    S.TESTING: (S.DISCOVERY, S.PLANNING, S.IMPLEMENTATION),
+    S.VERIFICATION: (S.DISCOVERY, S.IMPLEMENTATION, S.TESTING),
+    S.DEPLOYMENT: (S.PLANNING, S.IMPLEMENTATION, S.VERIFICATION),
+}
+
+INSTRUCTIONS: dict[BuildState, str] = {
+    S.DISCOVERY: "Gather the requirements and acceptance criteria of the request.",
+    S.PLANNING: "Plan the implementation: steps, files, test strategy.",
+    S.IMPLEMENTATION: "Implement the plan; fix every failure or review reason listed.",
+    S.TESTING: "Test the implementation against the acceptance criteria.",
+    S.VERIFICATION: "Review the implementation and test report; approve or request changes.",
+    S.DEPLOYMENT: "Release the approved implementation and write the release notes.",
+}
+
+
+def context_for(data: BuildData, state: BuildState) -> dict[str, Any]:
+    """Phase-specific data the role working in `state` receives."""
+    ctx: dict[str, Any] = {
+        s.value: data.outputs[s.value] for s in CONTEXT_INPUTS[state] if s.value in data.outputs
+    }
+    if state is S.IMPLEMENTATION and data.feedback:
+        ctx.update(data.feedback)
+    return ctx
+
+
+def handoff_parts(
+    data: BuildData, handoff_state: BuildState, build_id: str
+) -> tuple[Role, Role, BuildState, dict[str, Any]]:
+    """from_role, to_role, next state and the context handed over at a HANDOFF_TO_* state."""
+    spec = TABLE[handoff_state]
+    to_role, next_state = spec.handoff_to, spec.next
+    if to_role is None or next_state is None:
+        raise ValueError(f"{handoff_state.value} is not a handoff state")
+    source = previous_working(handoff_state)
+    from_role = TABLE[source].role
+    assert from_role is not None
+    context = {
+        "instructions": INSTRUCTIONS[next_state],
+        "previous_output": data.outputs.get(source.value, {}),
+        "phase_data": context_for(data, next_state),
+        "metadata": {
+            "build_id": build_id,
+            "from_state": source.value,
+            "attempt": data.attempts.get(next_state.value, 0) + 1,
+            "loop_backs": data.loop_backs,
+            "guidance": list(data.guidance),
+        },
+    }
+    return from_role, to_role, next_state, context
