@@ -1,0 +1,110 @@
+"""Fixtures: a real Temporal dev server for the session, a fresh worker and task queue per test."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client, WorkflowHandle
+
+from activities.llm import ModelClient
+from core.models import BuildOptions, BuildRequest, Requirements
+from core.settings import Settings
+from core.temporal import connect
+from devstack import DevServer, free_port
+from starter import start_build
+from worker import build_worker
+
+HISTORY_DIR = Path(__file__).parent / "histories"
+
+# temporalio 1.35 can abort in interpreter finalization after a green run (sdk-python #300).
+# Leave with the session's own exit status, after pytest has printed and written everything.
+_exit_status: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _exit_status.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _exit_status and os.environ.get("QAO_PYTEST_HARD_EXIT", "1") == "1":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status[-1])
+
+
+@pytest.fixture(scope="session")
+def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    folder = tmp_path_factory.mktemp("temporal")
+    server = DevServer(
+        db_file=folder / "temporal.db",
+        port=free_port(),
+        headless=True,
+        log_file=folder / "server.log",
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def base_settings(dev_server: DevServer, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        temporal_address=dev_server.address,
+        temporal_ui_url="http://localhost:8233",
+        openai_api_key=None,
+        data_dir=tmp_path_factory.mktemp("data"),
+    )
+
+
+@pytest.fixture(scope="session")
+async def client(base_settings: Settings) -> Client:
+    return await connect(base_settings)
+
+
+@pytest.fixture
+def settings(base_settings: Settings) -> Settings:
+    """Settings with a task queue of this test's own."""
+    queue = f"test-{uuid.uuid4().hex[:10]}"
+    return base_settings.model_copy(update={"temporal_task_queue": queue})
+
+
+@pytest.fixture
+async def worker(client: Client, settings: Settings) -> AsyncIterator[Settings]:
+    llm = ModelClient(settings)
+    async with build_worker(client, settings, llm, settings.temporal_task_queue):
+        yield settings
+    await llm.close()
+
+
+def make_request(
+    requirements: Requirements | None = None, project: str = "proj-test", **options: object
+) -> BuildRequest:
+    return BuildRequest(
+        project_id=project,
+        build_id=f"t{uuid.uuid4().hex[:12]}",
+        user_id="pytest",
+        requirements=requirements or {"feature": "Dark mode", "priority": "high"},
+        options=BuildOptions.model_validate(
+            {"policy": {"initial_interval_seconds": 0.1, "max_attempts": 3}, **options}
+        ),
+    )
+
+
+async def start(client: Client, settings: Settings, request: BuildRequest) -> WorkflowHandle:
+    return await start_build(client, settings, request)
+
+
+async def save_history(handle: WorkflowHandle, name: str) -> None:
+    """With RECORD_HISTORIES=1, keep this run's history for the replay test."""
+    if os.environ.get("RECORD_HISTORIES") != "1":
+        return
+    history = await handle.fetch_history()
+    HISTORY_DIR.mkdir(exist_ok=True)
+    (HISTORY_DIR / f"{name}.json").write_text(history.to_json())

@@ -1,0 +1,170 @@
+"""Role calls through the real openai SDK: the offline model, schema re-asks, refused requests."""
+
+from __future__ import annotations
+
+import json
+
+import httpx2
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.llm import SCHEMA_REASKS, ModelClient
+from activities.offline_model import SIMULATE_HEADER, slug
+from activities.roles import RoleActivities
+from core.models import (
+    DiscoveryOutput,
+    PlanOutput,
+    RoleTask,
+    Simulation,
+    TestReport,
+)
+from core.settings import Settings
+from core.states import BuildState, Role
+
+S = BuildState
+
+
+def task(state: BuildState, role: Role, attempt: int = 1, simulate=()) -> RoleTask:
+    return RoleTask(
+        build_id="b1",
+        project_id="p",
+        role=role,
+        state=state,
+        attempt=attempt,
+        requirements={"feature": "Dark mode", "priority": "high"},
+        simulate=list(simulate),
+    )
+
+
+@pytest.fixture
+def offline() -> ModelClient:
+    return ModelClient(Settings(_env_file=None, openai_api_key=None))  # type: ignore[call-arg]
+
+
+async def test_each_role_answers_in_its_schema_through_the_sdk(offline):
+    roles = RoleActivities(offline)
+    env = ActivityEnvironment()
+    discovery = await env.run(roles.q_assistant, task(S.DISCOVERY, Role.Q_ASSISTANT))
+    assert isinstance(discovery.output, DiscoveryOutput)
+    assert "Dark mode" in discovery.output.summary
+    plan = await env.run(roles.q_assistant, task(S.PLANNING, Role.Q_ASSISTANT))
+    assert isinstance(plan.output, PlanOutput)
+    assert "dark_mode.py" in plan.output.files
+    code = await env.run(roles.code_writer, task(S.IMPLEMENTATION, Role.CODE_WRITER))
+    assert {f.path for f in code.output.files} == {"dark_mode.py", "tests/test_dark_mode.py"}
+    compile(code.output.files[0].content, "dark_mode.py", "exec")
+    report = await env.run(roles.test_auditor, task(S.TESTING, Role.TEST_AUDITOR))
+    assert report.output.passed
+    review = await env.run(
+        roles.verification_overseer, task(S.VERIFICATION, Role.VERIFICATION_OVERSEER)
+    )
+    assert review.output.approved
+    release = await env.run(roles.release_manager, task(S.DEPLOYMENT, Role.RELEASE_MANAGER))
+    assert release.output.version == "0.1.0+b1"
+    usage = release.usage
+    assert usage.offline and usage.prompt_version == "release_manager/1"
+    assert usage.prompt_tokens > 0 and usage.completion_tokens > 0
+
+
+async def test_simulate_makes_branches_happen(offline):
+    fail_once = [Simulation.TESTS_FAIL_ONCE]
+    first, _ = await offline.structured(
+        task(S.TESTING, Role.TEST_AUDITOR, 1, fail_once), TestReport
+    )
+    second, _ = await offline.structured(
+        task(S.TESTING, Role.TEST_AUDITOR, 2, fail_once), TestReport
+    )
+    assert not first.passed and first.failures[0].test.endswith("test_toggle_twice_restores")
+    assert second.passed
+    always = [Simulation.TESTS_ALWAYS_FAIL]
+    later, _ = await offline.structured(task(S.TESTING, Role.TEST_AUDITOR, 5, always), TestReport)
+    assert not later.passed
+
+
+def test_slug_makes_importable_module_names():
+    assert slug("Dark mode") == "dark_mode"
+    assert slug("2FA login!") == "f_2fa_login"
+    assert slug("???") == "feature"
+
+
+def _scripted(settings: Settings, answers: list[httpx2.Response], seen: list[dict]) -> ModelClient:
+    client = ModelClient(settings)
+
+    async def handler(request: httpx2.Request) -> httpx2.Response:
+        seen.append({"body": json.loads(request.content), "headers": dict(request.headers)})
+        return answers.pop(0)
+
+    client.client = client.client.with_options(
+        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
+    )
+    return client
+
+
+def _chat(content: str) -> httpx2.Response:
+    return httpx2.Response(
+        200,
+        json={
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": content, "refusal": None},
+                }
+            ],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        },
+    )
+
+
+GOOD_REPORT = json.dumps({"passed": True, "summary": "ok", "tests_run": 1, "failures": []})
+
+
+async def test_schema_invalid_answer_is_asked_again_with_the_error():
+    seen: list[dict] = []
+    settings = Settings(_env_file=None, openai_api_key="sk-test")  # type: ignore[call-arg]
+    client = _scripted(settings, [_chat('{"passed": "maybe"}'), _chat(GOOD_REPORT)], seen)
+    report, usage = await client.structured(task(S.TESTING, Role.TEST_AUDITOR), TestReport)
+    assert report.passed
+    assert len(seen) == 2
+    retry_prompt = seen[1]["body"]["messages"][-1]["content"]
+    assert "did not match the schema" in retry_prompt and "passed" in retry_prompt
+    assert usage.prompt_tokens == 10  # the invalid answer's usage is not parsed by the SDK
+    assert SIMULATE_HEADER not in seen[0]["headers"]  # real endpoints never see simulate
+
+
+async def test_schema_invalid_every_time_is_non_retryable():
+    seen: list[dict] = []
+    settings = Settings(_env_file=None, openai_api_key="sk-test")  # type: ignore[call-arg]
+    client = _scripted(settings, [_chat("not json")] * (SCHEMA_REASKS + 1), seen)
+    with pytest.raises(ApplicationError) as err:
+        await client.structured(task(S.TESTING, Role.TEST_AUDITOR), TestReport)
+    assert err.value.non_retryable and err.value.type == "ModelOutputInvalid"
+    assert len(seen) == SCHEMA_REASKS + 1
+
+
+async def test_rejected_key_is_a_clear_non_retryable_error():
+    seen: list[dict] = []
+    settings = Settings(_env_file=None, openai_api_key="sk-bad")  # type: ignore[call-arg]
+    denied = httpx2.Response(401, json={"error": {"message": "Incorrect API key provided"}})
+    client = _scripted(settings, [denied], seen)
+    with pytest.raises(ApplicationError) as err:
+        await client.structured(task(S.TESTING, Role.TEST_AUDITOR), TestReport)
+    assert err.value.non_retryable
+    assert "OPENAI_API_KEY rejected by the endpoint" in str(err.value)
+    assert len(seen) == 1  # the SDK's own retries are off
+
+
+async def test_server_error_stays_retryable_for_temporal():
+    import openai
+
+    seen: list[dict] = []
+    settings = Settings(_env_file=None, openai_api_key="sk-test")  # type: ignore[call-arg]
+    client = _scripted(settings, [httpx2.Response(503, json={"error": {"message": "busy"}})], seen)
+    with pytest.raises(openai.APIStatusError):
+        await client.structured(task(S.TESTING, Role.TEST_AUDITOR), TestReport)
+    assert len(seen) == 1

@@ -1,0 +1,82 @@
+"""Pure rules of a build: which messages are allowed and what context the next role gets."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.states import BuildState, Role
+from workflows import rules
+from workflows.rules import BuildData, Pending
+
+S = BuildState
+
+
+def test_retry_allowed_only_where_the_table_has_a_retry_edge():
+    assert rules.check_retry(BuildData(state=S.TESTING)) is None
+    assert rules.check_retry(BuildData(state=S.HANDOFF_TO_RELEASER)) is None
+    assert rules.retry_target(S.VERIFICATION) is S.IMPLEMENTATION
+    problem = rules.check_retry(BuildData(state=S.PLANNING))
+    assert problem is not None and "nothing to retry at planning" in problem
+
+
+@pytest.mark.parametrize("state", [S.COMPLETE, S.FAILED, S.CANCELLED])
+def test_finished_builds_refuse_every_command(state):
+    data = BuildData(state=state)
+    assert "cannot be retried" in (rules.check_retry(data) or "")
+    assert "cannot be rolled back" in (rules.check_rollback(data, S.PLANNING) or "")
+    assert "nothing waits" in (rules.check_approve(data) or "")
+
+
+def test_rollback_reasons_name_the_problem():
+    data = BuildData(state=S.TESTING)
+    assert rules.check_rollback(data, S.PLANNING) is None
+    assert "forward" in (rules.check_rollback(data, S.VERIFICATION) or "")
+    assert "already at testing" in (rules.check_rollback(data, S.TESTING) or "")
+    assert "not a working state" in (rules.check_rollback(data, S.HANDOFF_TO_CODER) or "")
+
+
+def test_one_pending_command_at_a_time():
+    data = BuildData(state=S.TESTING, pending=Pending("rollback", S.PLANNING, "x", "p"))
+    assert "already pending" in (rules.check_retry(data) or "")
+    assert "already pending" in (rules.check_rollback(data, S.DISCOVERY) or "")
+
+
+def test_approve_only_at_a_gate():
+    assert "nothing waits" in (rules.check_approve(BuildData(state=S.TESTING)) or "")
+    gated = BuildData(state=S.HANDOFF_TO_RELEASER, waiting_at_gate=S.HANDOFF_TO_RELEASER)
+    assert rules.check_approve(gated) is None
+
+
+def test_context_carries_earlier_outputs_and_loop_back_feedback():
+    data = BuildData(
+        outputs={"discovery": {"summary": "d"}, "planning": {"summary": "p"}},
+        feedback={"failures": [{"test": "t", "message": "m"}]},
+    )
+    ctx = rules.context_for(data, S.IMPLEMENTATION)
+    assert ctx["discovery"] == {"summary": "d"}
+    assert ctx["planning"] == {"summary": "p"}
+    assert ctx["failures"][0]["test"] == "t"
+    assert "failures" not in rules.context_for(data, S.TESTING)
+
+
+def test_handoff_names_roles_instructions_and_previous_output():
+    data = BuildData(
+        state=S.HANDOFF_TO_TESTER,
+        outputs={"implementation": {"summary": "impl"}, "discovery": {"summary": "d"}},
+        attempts={"testing": 1},
+        loop_backs=1,
+    )
+    from_role, to_role, next_state, ctx = rules.handoff_parts(data, S.HANDOFF_TO_TESTER, "b1")
+    assert (from_role, to_role, next_state) == (Role.CODE_WRITER, Role.TEST_AUDITOR, S.TESTING)
+    assert ctx["previous_output"] == {"summary": "impl"}
+    assert ctx["phase_data"]["discovery"] == {"summary": "d"}
+    assert ctx["metadata"] == {
+        "build_id": "b1",
+        "from_state": "implementation",
+        "attempt": 2,
+        "loop_backs": 1,
+        "guidance": [],
+    }
+    assert "Test" in ctx["instructions"]
+    with pytest.raises(ValueError):
+        rules.handoff_parts(data, S.TESTING, "b1")

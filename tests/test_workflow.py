@@ -1,0 +1,269 @@
+"""BuildWorkflow against the real Temporal dev server, with the offline model via the openai SDK."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import SearchAttributeKey
+from temporalio.service import RPCError
+
+from core.models import (
+    ApproveRequest,
+    BuildEvent,
+    BuildResult,
+    BuildStatus,
+    EventType,
+    RetryRequest,
+    RollbackRequest,
+)
+from core.states import PATH, WORKING, BuildState, Role
+from starter import CommandError
+from tests.conftest import make_request, save_history, start
+from workflows.build import BuildWorkflow
+
+S = BuildState
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+async def status_of(handle: WorkflowHandle) -> BuildStatus:
+    return await handle.query(BuildWorkflow.status)
+
+
+async def events_of(handle: WorkflowHandle) -> list[BuildEvent]:
+    return await handle.query(BuildWorkflow.event_log, 0)
+
+
+async def wait_until(
+    handle: WorkflowHandle, check: Callable[[BuildStatus], bool], timeout: float = 20
+) -> BuildStatus:
+    async with asyncio.timeout(timeout):
+        while True:
+            status = await status_of(handle)
+            if check(status):
+                return status
+            await asyncio.sleep(0.05)
+
+
+def states_visited(events: list[BuildEvent]) -> list[str]:
+    return [e.data["to"] for e in events if e.event_type is EventType.STATE_CHANGED]
+
+
+async def test_happy_path_reaches_complete_with_full_status(client: Client, worker):
+    handle = await start(client, worker, make_request())
+    result: BuildResult = await handle.result()
+    assert result.state is S.COMPLETE
+    assert result.release["version"].startswith("0.1.0+")
+
+    status = await status_of(handle)
+    assert status.state is S.COMPLETE and status.progress == 100
+    assert status.current_role is None and status.waiting_for is None
+    assert status.completed_phases == list(WORKING)
+    assert status.attempts == {s.value: 1 for s in WORKING}
+    assert status.loop_backs == 0 and status.last_error is None
+
+    events = await events_of(handle)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert states_visited(events) == [s.value for s in PATH]
+    calls = [e for e in events if e.event_type is EventType.ROLE_CALL]
+    assert [c.triggered_by for c in calls] == [
+        "q_assistant",
+        "q_assistant",
+        "code_writer",
+        "test_auditor",
+        "verification_overseer",
+        "release_manager",
+    ]
+    assert all(c.data["prompt_tokens"] > 0 and c.data["prompt_version"] for c in calls)
+
+    handoffs = await handle.query(BuildWorkflow.handoff_log)
+    assert [(h.from_role, h.to_role) for h in handoffs] == [
+        (Role.Q_ASSISTANT, Role.CODE_WRITER),
+        (Role.CODE_WRITER, Role.TEST_AUDITOR),
+        (Role.TEST_AUDITOR, Role.VERIFICATION_OVERSEER),
+        (Role.VERIFICATION_OVERSEER, Role.RELEASE_MANAGER),
+    ]
+    to_tester = handoffs[1]
+    assert to_tester.previous_output["files"][0]["path"] == "dark_mode.py"
+    assert "acceptance_criteria" in to_tester.phase_data["discovery"]
+    assert to_tester.metadata["attempt"] == 1 and to_tester.instructions
+
+    described = await handle.describe()
+    attrs = described.typed_search_attributes
+    assert attrs.get(SearchAttributeKey.for_keyword("BuildState")) == "complete"
+    assert attrs.get(SearchAttributeKey.for_keyword("ProjectId")) == "proj-test"
+    await save_history(handle, "happy_path")
+
+
+async def test_tests_fail_once_loops_back_with_the_failures(client: Client, worker):
+    handle = await start(client, worker, make_request(simulate=["tests_fail_once"]))
+    await handle.result()
+    status = await status_of(handle)
+    assert status.state is S.COMPLETE
+    assert status.attempts["implementation"] == 2 and status.attempts["testing"] == 2
+    assert status.attempts["verification"] == 1 and status.loop_backs == 1
+    events = await events_of(handle)
+    loop = next(e for e in events if e.event_type is EventType.LOOP_BACK)
+    assert loop.state is S.TESTING and loop.data["reason"] == "tests failed"
+    assert loop.data["failures"][0]["test"].endswith("test_toggle_twice_restores")
+    visited = states_visited(events)
+    assert visited.index("implementation") < visited.index("testing")
+    assert visited[visited.index("testing") + 1] == "implementation"
+    # The code writer's second attempt saw the failures as context.
+    history = await handle.fetch_history()
+    results = [
+        e.activity_task_completed_event_attributes.result.payloads[0].data.decode()
+        for e in history.events
+        if e.HasField("activity_task_completed_event_attributes")
+    ]
+    assert any("Attempt 2" in r and "fixes the reported failures" in r for r in results)
+    await save_history(handle, "tests_fail_once")
+
+
+async def test_verification_rejects_once_loops_back(client: Client, worker):
+    handle = await start(client, worker, make_request(simulate=["verification_rejects_once"]))
+    await handle.result()
+    status = await status_of(handle)
+    assert status.state is S.COMPLETE
+    assert status.attempts["verification"] == 2 and status.attempts["implementation"] == 2
+    assert status.attempts["testing"] == 2 and status.loop_backs == 1
+    loop = next(e for e in await events_of(handle) if e.event_type is EventType.LOOP_BACK)
+    assert loop.state is S.VERIFICATION and loop.data["reasons"]
+    await save_history(handle, "verification_rejects_once")
+
+
+async def test_tests_always_fail_ends_failed_after_max_retries(client: Client, worker):
+    handle = await start(
+        client, worker, make_request(simulate=["tests_always_fail"], max_retries=2)
+    )
+    with pytest.raises(WorkflowFailureError) as err:
+        await handle.result()
+    assert "retries exhausted" in str(err.value.cause)
+    status = await status_of(handle)
+    assert status.state is S.FAILED
+    assert status.attempts["testing"] == 3 and status.loop_backs == 2
+    assert status.last_error and "retries exhausted" in status.last_error
+    assert "max_retries=2" in status.last_error
+    events = await events_of(handle)
+    assert events[-1].event_type is EventType.FAILED
+    assert (await handle.describe()).status is WorkflowExecutionStatus.FAILED
+    await save_history(handle, "tests_always_fail")
+
+
+async def test_gate_waits_and_takes_retry_rollback_and_approve(client: Client, worker):
+    gate = S.HANDOFF_TO_RELEASER
+    handle = await start(client, worker, make_request(approval_gates=[gate.value]))
+    status = await wait_until(handle, lambda s: s.waiting_for is not None)
+    assert status.state is gate and status.waiting_for == "approval at handoff_to_releaser"
+
+    # Invalid signal: rejected, recorded, the build keeps waiting.
+    bad = RollbackRequest(target_state=S.DEPLOYMENT, reason="forward?")
+    await handle.signal(BuildWorkflow.rollback, bad)
+    rejected = await wait_for_event(handle, EventType.SIGNAL_REJECTED)
+    assert "cannot roll back forward" in rejected.data["reason"]
+    assert (await status_of(handle)).waiting_for is not None
+
+    # Invalid update: refused with the reason, nothing changes.
+    with pytest.raises(WorkflowUpdateFailedError) as err:
+        await handle.execute_update(BuildWorkflow.update_rollback, bad)
+    assert "cannot roll back forward" in str(err.value.cause)
+
+    # Retry signal at the gate: back to implementation, then the gate again.
+    await handle.signal(BuildWorkflow.retry, RetryRequest(reason="use a context manager"))
+    status = await wait_until(
+        handle, lambda s: s.waiting_for is not None and s.attempts["implementation"] == 2
+    )
+    assert status.state is gate and status.attempts["testing"] == 2
+
+    # Rollback update at the gate: back to planning, completed phases trimmed.
+    accepted = await handle.execute_update(
+        BuildWorkflow.update_rollback, RollbackRequest(target_state=S.PLANNING, reason="replan")
+    )
+    assert (accepted.from_state, accepted.target_state, accepted.applies) == (
+        gate,
+        S.PLANNING,
+        "now",
+    )
+    status = await wait_until(
+        handle, lambda s: s.waiting_for is not None and s.attempts["planning"] == 2
+    )
+    assert status.attempts["implementation"] == 3
+
+    approved = await handle.execute_update(BuildWorkflow.update_approve, ApproveRequest(note="ok"))
+    assert approved.target_state is S.DEPLOYMENT
+    await handle.result()
+    events = await events_of(handle)
+    kinds = [e.event_type for e in events]
+    assert kinds.count(EventType.APPROVAL_REQUESTED) == 3
+    assert EventType.RETRY_REQUESTED in kinds and EventType.ROLLBACK in kinds
+    assert kinds.count(EventType.APPROVED) == 1
+    retry_event = next(e for e in events if e.event_type is EventType.RETRY_REQUESTED)
+    assert retry_event.data == {"target": "implementation", "reason": "use a context manager"}
+    # The person's reason reached the later handoffs as guidance.
+    handoffs = await handle.query(BuildWorkflow.handoff_log)
+    assert handoffs[-1].metadata["guidance"] == ["use a context manager", "replan"]
+    await save_history(handle, "gate_retry_rollback_approve")
+
+
+async def wait_for_event(handle: WorkflowHandle, kind: EventType) -> BuildEvent:
+    async with asyncio.timeout(10):
+        while True:
+            for event in await events_of(handle):
+                if event.event_type is kind:
+                    return event
+            await asyncio.sleep(0.05)
+
+
+async def test_approve_without_a_gate_is_refused(client: Client, worker):
+    handle = await start(client, worker, make_request(approval_gates=["handoff_to_tester"]))
+    await wait_until(handle, lambda s: s.waiting_for is not None)
+    await handle.signal(BuildWorkflow.approve, ApproveRequest())
+    await wait_until(handle, lambda s: s.waiting_for is None)
+    with pytest.raises(WorkflowUpdateFailedError) as err:
+        await handle.execute_update(BuildWorkflow.update_approve, ApproveRequest())
+    assert "nothing waits for approval" in str(err.value.cause)
+    await handle.result()
+
+
+async def test_messages_to_a_finished_build_are_refused(client: Client, worker):
+    handle = await start(client, worker, make_request())
+    await handle.result()
+    before = await events_of(handle)
+    with pytest.raises(RPCError) as err:
+        await handle.signal(BuildWorkflow.retry, RetryRequest(reason="again"))
+    assert "completed" in err.value.message
+    with pytest.raises(RPCError):
+        await handle.execute_update(BuildWorkflow.update_retry, RetryRequest(reason="again"))
+    assert await events_of(handle) == before
+
+
+async def test_duplicate_start_is_refused_not_run_twice(client: Client, worker):
+    request = make_request()
+    handle = await start(client, worker, request)
+    with pytest.raises(CommandError, match="already exists"):
+        await start(client, worker, request)
+    await handle.result()
+    with pytest.raises(CommandError, match="already exists"):
+        await start(client, worker, request)  # also after it finished
+    runs = [w async for w in client.list_workflows(f"WorkflowId = '{request.workflow_id}'")]
+    assert len(runs) == 1
+
+
+async def test_cancel_ends_cancelled(client: Client, worker):
+    handle = await start(client, worker, make_request(approval_gates=["handoff_to_coder"]))
+    await wait_until(handle, lambda s: s.waiting_for is not None)
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    status = await status_of(handle)
+    assert status.state is S.CANCELLED
+    attrs = (await handle.describe()).typed_search_attributes
+    assert attrs.get(SearchAttributeKey.for_keyword("BuildState")) == "cancelled"
