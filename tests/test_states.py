@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 
 from core.states import (
@@ -54,7 +56,7 @@ def test_values_are_lower_case_as_in_the_original_design():
 def test_happy_path_is_the_forward_chain():
     assert list(PATH) == HAPPY_PATH
     forward = [(a, b) for a, b, kind in edges() if kind is EdgeKind.FORWARD]
-    assert forward == list(zip(HAPPY_PATH, HAPPY_PATH[1:], strict=False))
+    assert forward == list(pairwise(HAPPY_PATH))
 
 
 @pytest.mark.parametrize(("src", "dst", "kind"), edges(), ids=lambda v: str(v))

@@ -43,9 +43,9 @@ async def events_of(handle: WorkflowHandle) -> list[BuildEvent]:
 
 
 async def wait_until(
-    handle: WorkflowHandle, check: Callable[[BuildStatus], bool], timeout: float = 20
+    handle: WorkflowHandle, check: Callable[[BuildStatus], bool], seconds: float = 20
 ) -> BuildStatus:
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(seconds):
         while True:
             status = await status_of(handle)
             if check(status):
