@@ -128,10 +128,12 @@ async def _update(handle: WorkflowHandle[Any, Any], update: Any, arg: Any) -> Co
 
 
 def _rpc_reason(workflow_id: str, err: RPCError) -> str:
+    build = build_id_from(workflow_id)
+    # The server answers NOT_FOUND for a finished workflow too; its message tells them apart.
+    if "already completed" in err.message:
+        return f"build {build} has finished; it takes no more commands"
     if err.status == RPCStatusCode.NOT_FOUND:
-        return f"no build {build_id_from(workflow_id)} (workflow {workflow_id})"
-    if err.status == RPCStatusCode.FAILED_PRECONDITION or "completed" in err.message:
-        return f"build {build_id_from(workflow_id)} has finished: {err.message}"
+        return f"no build {build} (workflow {workflow_id})"
     return err.message
 
 

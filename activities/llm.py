@@ -44,7 +44,7 @@ class ModelClient:
                 base_url=OFFLINE_BASE_URL,
                 max_retries=0,
                 timeout=settings.llm_timeout_seconds,
-                http_client=offline_http_client(),
+                http_client=offline_http_client(settings.offline_model_latency_seconds),
             )
         else:
             self.client = openai.AsyncOpenAI(

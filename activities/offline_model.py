@@ -8,6 +8,7 @@ would with a real endpoint. It reads the task from the last user message (JSON) 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -210,5 +211,12 @@ async def handle(request: httpx2.Request) -> httpx2.Response:
     return httpx2.Response(200, json=_completion(body, content))
 
 
-def offline_http_client() -> httpx2.AsyncClient:
-    return httpx2.AsyncClient(transport=httpx2.MockTransport(handle))
+def offline_http_client(latency_seconds: float = 0) -> httpx2.AsyncClient:
+    """An httpx client whose transport is the offline model; latency makes demos watchable."""
+
+    async def answer(request: httpx2.Request) -> httpx2.Response:
+        if latency_seconds > 0:
+            await asyncio.sleep(latency_seconds)
+        return await handle(request)
+
+    return httpx2.AsyncClient(transport=httpx2.MockTransport(answer))

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     llm_model: str = "gpt-4o-mini"
     llm_role_models: dict[Role, str] = Field(default_factory=dict)
     llm_timeout_seconds: float = Field(default=120, gt=0)
+    offline_model_latency_seconds: float = Field(default=0, ge=0)
 
     # Builds
     build_execution_timeout_seconds: int = Field(default=3600, gt=0)

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from temporalio.client import Client, WorkflowHandle
 
 from activities.llm import ModelClient
-from core.models import BuildOptions, BuildRequest, Requirements
+from core.models import BuildOptions, BuildRequest, BuildStatus, Requirements
 from core.settings import Settings
 from core.temporal import connect
 from devstack import DevServer, free_port
 from starter import start_build
 from worker import build_worker
+from workflows.build import BuildWorkflow
 
 HISTORY_DIR = Path(__file__).parent / "histories"
 
@@ -108,3 +110,18 @@ async def save_history(handle: WorkflowHandle, name: str) -> None:
     history = await handle.fetch_history()
     HISTORY_DIR.mkdir(exist_ok=True)
     (HISTORY_DIR / f"{name}.json").write_text(history.to_json())
+
+
+async def status_of(handle: WorkflowHandle) -> BuildStatus:
+    status: BuildStatus = await handle.query(BuildWorkflow.status)
+    return status
+
+
+async def wait_until(
+    handle: WorkflowHandle, check: Callable[[BuildStatus], bool], seconds: float = 20
+) -> BuildStatus:
+    """Poll the status query until `check` holds (a build is observed only through queries)."""
+    async with asyncio.timeout(seconds):
+        while not check(status := await status_of(handle)):  # noqa: ASYNC110 (queries poll)
+            await asyncio.sleep(0.05)
+    return status

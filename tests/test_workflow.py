@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 from temporalio.client import (
@@ -20,37 +19,21 @@ from core.models import (
     ApproveRequest,
     BuildEvent,
     BuildResult,
-    BuildStatus,
     EventType,
     RetryRequest,
     RollbackRequest,
 )
 from core.states import PATH, WORKING, BuildState, Role
 from starter import CommandError
-from tests.conftest import make_request, save_history, start
+from tests.conftest import make_request, save_history, start, status_of, wait_until
 from workflows.build import BuildWorkflow
 
 S = BuildState
 pytestmark = pytest.mark.usefixtures("worker")
 
 
-async def status_of(handle: WorkflowHandle) -> BuildStatus:
-    return await handle.query(BuildWorkflow.status)
-
-
 async def events_of(handle: WorkflowHandle) -> list[BuildEvent]:
     return await handle.query(BuildWorkflow.event_log, 0)
-
-
-async def wait_until(
-    handle: WorkflowHandle, check: Callable[[BuildStatus], bool], seconds: float = 20
-) -> BuildStatus:
-    async with asyncio.timeout(seconds):
-        while True:
-            status = await status_of(handle)
-            if check(status):
-                return status
-            await asyncio.sleep(0.05)
 
 
 def states_visited(events: list[BuildEvent]) -> list[str]:

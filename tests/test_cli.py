@@ -1,0 +1,181 @@
+"""The entry points as a person runs them: starter.py and worker.py in their own processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+
+from core.models import BuildStatus
+from core.settings import Settings
+from tests.conftest import make_request, start, wait_until
+from workflows.build import BuildWorkflow
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def env_for(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "TEMPORAL_"))}
+    env.update(
+        TEMPORAL_ADDRESS=settings.temporal_address,
+        TEMPORAL_TASK_QUEUE=settings.temporal_task_queue,
+        ROLE_INITIAL_RETRY_SECONDS="0.1",
+        COLUMNS="200",
+    )
+    return env
+
+
+async def run(script: str, *args: str, settings: Settings, cwd: Path) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / script),
+        *args,
+        cwd=cwd,  # away from the checkout, so no developer .env is read
+        env=env_for(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    async with asyncio.timeout(60):
+        out, _ = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+@pytest.mark.usefixtures("worker")
+async def test_start_follows_to_complete_and_exits_0(settings: Settings, tmp_path: Path):
+    build = f"cli{uuid.uuid4().hex[:8]}"
+    code, out = await run(
+        "starter.py",
+        "start",
+        "-r",
+        '{"feature": "Dark mode", "priority": "high"}',
+        "--build-id",
+        build,
+        "--simulate",
+        "tests_fail_once",
+        settings=settings,
+        cwd=tmp_path,
+    )
+    assert code == 0, out
+    assert f"workflow id build-{build}" in out
+    assert f"http://localhost:8233/namespaces/default/workflows/build-{build}" in out
+    assert "loop   tests failed (loop-back 1)" in out
+    assert f"build {build} COMPLETE" in out
+
+    code, out = await run(
+        "starter.py", "start", "-r", "again", "--build-id", build, settings=settings, cwd=tmp_path
+    )
+    assert code == 1 and "already exists" in out
+
+
+@pytest.mark.usefixtures("worker")
+async def test_failed_build_exits_1_with_the_reason(settings: Settings, tmp_path: Path):
+    code, out = await run(
+        "starter.py",
+        "start",
+        "-r",
+        "Export to CSV",
+        "--simulate",
+        "tests_always_fail",
+        "--max-retries",
+        "1",
+        settings=settings,
+        cwd=tmp_path,
+    )
+    assert code == 1, out
+    assert "FAILED" in out and "retries exhausted" in out
+
+
+@pytest.mark.usefixtures("worker")
+async def test_steer_a_gated_build_from_the_command_line(
+    client: Client, settings: Settings, tmp_path: Path
+):
+    build = f"cli{uuid.uuid4().hex[:8]}"
+    args = ("start", "-r", "Dark mode", "--build-id", build, "--gate", "handoff_to_tester")
+    code, out = await run("starter.py", *args, "--no-follow", settings=settings, cwd=tmp_path)
+    assert code == 0 and f"build {build} started" in out
+    handle = client.get_workflow_handle_for(BuildWorkflow.run, f"build-{build}")
+    await wait_until(handle, lambda s: s.waiting_for is not None)
+
+    code, out = await run("starter.py", "status", build, "--json", settings=settings, cwd=tmp_path)
+    assert code == 0
+    status = BuildStatus.model_validate(json.loads(out))
+    assert status.waiting_for == "approval at handoff_to_tester" and status.progress == 40
+
+    code, out = await run(
+        "starter.py",
+        "rollback",
+        build,
+        "--to",
+        "verification",
+        "-m",
+        "x",
+        settings=settings,
+        cwd=tmp_path,
+    )
+    assert code == 1 and "refused: cannot roll back forward" in out
+
+    code, out = await run(
+        "starter.py", "approve", f"build-{build}", settings=settings, cwd=tmp_path
+    )
+    assert code == 0 and "approve accepted: handoff_to_tester -> testing" in out
+    await handle.result()
+
+    code, out = await run(
+        "starter.py", "retry", build, "-m", "late", settings=settings, cwd=tmp_path
+    )
+    assert code == 1 and "has finished" in out
+    code, out = await run("starter.py", "events", build, settings=settings, cwd=tmp_path)
+    assert code == 0 and "approved gate=handoff_to_tester" in out
+    assert f"done   released 0.1.0+{build}" in out
+
+
+async def test_bad_input_gets_a_clear_error(settings: Settings, tmp_path: Path):
+    code, out = await run("starter.py", "start", "-r", "  ", settings=settings, cwd=tmp_path)
+    assert code == 2 and "requirements must not be empty" in out
+    code, out = await run(
+        "starter.py", "start", "-r", "x", "--gate", "testing", settings=settings, cwd=tmp_path
+    )
+    assert code == 2 and "approval gates must be handoff states" in out
+    code, out = await run("starter.py", "status", "nope-123", settings=settings, cwd=tmp_path)
+    assert code == 1 and "no build nope-123" in out
+
+
+async def test_help_for_every_command(settings: Settings, tmp_path: Path):
+    for command in ("start", "status", "events", "retry", "rollback", "approve"):
+        code, out = await run("starter.py", command, "--help", settings=settings, cwd=tmp_path)
+        assert code == 0 and "Usage" in out, (command, out)
+    code, out = await run("worker.py", "--help", settings=settings, cwd=tmp_path)
+    assert code == 0 and "SIGTERM" in out
+
+
+async def test_worker_runs_builds_and_stops_cleanly_on_sigterm(
+    client: Client, settings: Settings, tmp_path: Path
+):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "worker.py"),
+        cwd=tmp_path,
+        env=env_for(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        handle = await start(client, settings, make_request())
+        async with asyncio.timeout(60):
+            result = await handle.result()
+        assert result.state.value == "complete"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            out, _ = await proc.communicate()
+    log = out.decode()
+    assert proc.returncode == 0, log
+    assert "worker polling" in log and "worker stopped" in log
