@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from temporalio import activity
 
 from activities.llm import ModelClient
@@ -54,7 +57,7 @@ class RoleActivities:
         output, usage = await self.llm.structured(task, ReleaseReport)
         return ReleaseResult(output=output, usage=usage)
 
-    def all(self) -> list[object]:
+    def all(self) -> list[Callable[..., Any]]:
         return [
             self.q_assistant,
             self.code_writer,

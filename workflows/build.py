@@ -286,10 +286,10 @@ class BuildWorkflow:
         self._show()
         applies = "after_current_phase" if self.data.phase_running else "now"
         return CommandAccepted(
-            command=command,  # type: ignore[arg-type]
+            command=command,
             from_state=source,
             target_state=target,
-            applies=applies,  # type: ignore[arg-type]
+            applies=applies,
         )
 
     def _reject(self, command: str, reason: str, by: str) -> None:

@@ -1,0 +1,50 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    embedded Temporal (with Web UI) + worker, then a demo build you can watch
+#   make test   lint, type check and the whole test suite (what CI runs)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# Seconds each offline-model answer takes in the demo, so the build can be watched in the UI.
+DEMO_MODEL_LATENCY ?= 1.5
+DEMO_REQUIREMENTS  ?= {"feature": "Dark mode", "priority": "high"}
+
+.PHONY: install run stop status test lint format clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+run: install
+	OFFLINE_MODEL_LATENCY_SECONDS=$(DEMO_MODEL_LATENCY) $(BIN)/python devstack.py up
+	@echo
+	@echo "Demo build (the tests fail once and the Code Writer fixes them):"
+	$(BIN)/python starter.py start --project demo --simulate tests_fail_once -r '$(DEMO_REQUIREMENTS)'
+	@echo
+	@echo "The Temporal server and the worker keep running (Web UI: http://localhost:8233)."
+	@echo "More builds:  $(BIN)/python starter.py --help"
+	@echo "Stop them:    make stop"
+
+stop:
+	@test -x $(BIN)/python && $(BIN)/python devstack.py down || echo "nothing to stop"
+
+status: install
+	$(BIN)/python devstack.py status
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+test: lint
+	$(BIN)/python -m pytest
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean: stop
+	rm -rf .data .pytest_cache .mypy_cache .ruff_cache
