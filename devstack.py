@@ -20,7 +20,8 @@ from pathlib import Path
 import typer
 
 from core.exit import exit_now
-from core.settings import SEARCH_ATTRIBUTES, Settings, get_settings
+from core.models import SEARCH_ATTRIBUTES
+from core.settings import Settings, get_settings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 

@@ -21,7 +21,6 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 from temporalio.common import (
-    SearchAttributeKey,
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
@@ -48,7 +47,7 @@ from core.models import (
 from core.settings import Settings, get_settings
 from core.states import HANDOFFS, WORKING, BuildState
 from core.temporal import connect
-from workflows.build import BuildWorkflow
+from workflows.build import PROJECT_ID, BuildWorkflow
 
 app = typer.Typer(
     help="Start builds on the Q Assistant pipeline and steer running ones.",
@@ -83,11 +82,7 @@ async def start_build(
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(
-                        SearchAttributeKey.for_keyword("ProjectId"), request.project_id
-                    )
-                ]
+                [SearchAttributePair(PROJECT_ID, request.project_id)]
             ),
             static_summary=f"{request.project_id}: build {request.build_id}",
         )

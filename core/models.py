@@ -17,6 +17,13 @@ from pydantic import BaseModel, Field, field_validator
 from core.states import HANDOFFS, BuildState, Role
 
 WORKFLOW_ID_PREFIX = "build-"
+# Search attributes the workflow upserts (all Keyword); the embedded server registers them.
+BUILD_STATE_ATTRIBUTE = "BuildState"
+PROJECT_ID_ATTRIBUTE = "ProjectId"
+SEARCH_ATTRIBUTES: dict[str, str] = {
+    BUILD_STATE_ATTRIBUTE: "Keyword",
+    PROJECT_ID_ATTRIBUTE: "Keyword",
+}
 BUILD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 

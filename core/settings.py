@@ -11,9 +11,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from core.models import RolePolicy
 from core.states import Role
 
-# Search attributes the workflow upserts; the embedded server registers them at start.
-SEARCH_ATTRIBUTES: dict[str, str] = {"BuildState": "Keyword", "ProjectId": "Keyword"}
-
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")

@@ -17,6 +17,8 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.roles import RoleActivities
     from core.models import (
+        BUILD_STATE_ATTRIBUTE,
+        PROJECT_ID_ATTRIBUTE,
         ApproveRequest,
         BuildEvent,
         BuildRequest,
@@ -43,8 +45,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.rules import BuildData, Pending
 
 S = BuildState
-BUILD_STATE = SearchAttributeKey.for_keyword("BuildState")
-PROJECT_ID = SearchAttributeKey.for_keyword("ProjectId")
+BUILD_STATE = SearchAttributeKey.for_keyword(BUILD_STATE_ATTRIBUTE)
+PROJECT_ID = SearchAttributeKey.for_keyword(PROJECT_ID_ATTRIBUTE)
 
 ROLE_ACTIVITY: dict[BuildState, Any] = {
     S.DISCOVERY: RoleActivities.q_assistant,

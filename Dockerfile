@@ -1,0 +1,11 @@
+# One image for the worker (and, from issue 3, the API).
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY core core
+COPY workflows workflows
+COPY activities activities
+COPY api api
+COPY worker.py starter.py devstack.py ./
+RUN pip install --no-cache-dir .
+CMD ["python", "worker.py"]
