@@ -136,7 +136,7 @@ class BuildWorkflow:
                     maximum_interval=timedelta(seconds=policy.maximum_interval_seconds),
                     maximum_attempts=policy.max_attempts,
                 ),
-                summary=f"{role.value}, {state.value} attempt {attempt}",
+                summary=f"{state.value} attempt {attempt}",
             )
         except ActivityError as err:
             cause = getattr(err.cause, "message", None) or str(err)
