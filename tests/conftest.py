@@ -125,3 +125,14 @@ async def wait_until(
         while not check(status := await status_of(handle)):  # noqa: ASYNC110 (queries poll)
             await asyncio.sleep(0.05)
     return status
+
+
+def model_client_with(settings: Settings, handler: Callable[..., object]) -> ModelClient:
+    """A ModelClient whose HTTP transport is `handler`: the real SDK against a scripted endpoint."""
+    import httpx2
+
+    llm = ModelClient(settings)
+    llm.client = llm.client.with_options(
+        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(handler))  # type: ignore[arg-type]
+    )
+    return llm

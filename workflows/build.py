@@ -6,13 +6,12 @@ state table (core.states) and the pure rules (workflows.rules); all work is in a
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from activities.roles import RoleActivities
@@ -87,7 +86,11 @@ class BuildWorkflow:
                     await self._handoff()
         except BuildFailed as failure:
             self._fail(str(failure))
-        except asyncio.CancelledError:
+        except BaseException as err:
+            # A cancel arrives as asyncio.CancelledError, or as an ActivityError when a role
+            # was working; either way the build ends CANCELLED, not FAILED.
+            if not is_cancelled_exception(err):
+                raise
             self._move(S.CANCELLED, "person")
             self._emit(EventType.CANCELLED, "person", reason="workflow cancelled")
             raise
@@ -139,6 +142,8 @@ class BuildWorkflow:
                 summary=f"{state.value} attempt {attempt}",
             )
         except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise
             cause = getattr(err.cause, "message", None) or str(err)
             raise BuildFailed(f"{role.value} failed in {state.value}: {cause}") from err
         finally:
