@@ -20,7 +20,7 @@ from workflows.build import BuildWorkflow
 log = logging.getLogger("worker")
 
 
-def build_worker(client: Client, settings: Settings, llm: ModelClient, task_queue: str) -> Worker:
+def build_worker(client: Client, llm: ModelClient, task_queue: str) -> Worker:
     roles = RoleActivities(llm)
     return Worker(
         client,
@@ -33,7 +33,7 @@ def build_worker(client: Client, settings: Settings, llm: ModelClient, task_queu
 async def serve(settings: Settings) -> None:
     client = await connect(settings)
     llm = ModelClient(settings)
-    worker = build_worker(client, settings, llm, settings.temporal_task_queue)
+    worker = build_worker(client, llm, settings.temporal_task_queue)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -80,7 +80,7 @@ def settings(base_settings: Settings) -> Settings:
 @pytest.fixture
 async def worker(client: Client, settings: Settings) -> AsyncIterator[Settings]:
     llm = ModelClient(settings)
-    async with build_worker(client, settings, llm, settings.temporal_task_queue):
+    async with build_worker(client, llm, settings.temporal_task_queue):
         yield settings
     await llm.close()
 

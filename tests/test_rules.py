@@ -80,3 +80,29 @@ def test_handoff_names_roles_instructions_and_previous_output():
     assert "Test" in ctx["instructions"]
     with pytest.raises(ValueError):
         rules.handoff_parts(data, S.TESTING, "b1")
+
+
+def test_current_details_tell_state_attempts_and_what_the_build_waits_for():
+    from core.models import BuildStatus
+
+    status = BuildStatus(
+        build_id="b1",
+        project_id="p",
+        state=S.HANDOFF_TO_RELEASER,
+        current_role=None,
+        progress=80,
+        completed_phases=[S.DISCOVERY],
+        attempts={"implementation": 2},
+        loop_backs=1,
+        max_retries=3,
+        last_error="tests failed at testing attempt 1: 1 of 2 tests failed.",
+        waiting_for="approval at handoff_to_releaser",
+        pending_command=None,
+        events=20,
+    )
+    text = rules.current_details(status)
+    assert "**State:** handoff_to_releaser (80%)" in text
+    assert "implementation 2" in text and "**Loop-backs:** 1/3" in text
+    assert "**Waiting for:** approval at handoff_to_releaser" in text
+    assert "**Last error:** tests failed" in text
+    assert "Pending" not in text

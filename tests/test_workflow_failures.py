@@ -34,7 +34,7 @@ async def test_rejected_api_key_ends_failed_with_an_actionable_message(
 
     keyed = settings.model_copy(update={"openai_api_key": SecretStr("sk-bad")})
     llm = model_client_with(keyed, denied)
-    async with build_worker(client, keyed, llm, keyed.temporal_task_queue):
+    async with build_worker(client, llm, keyed.temporal_task_queue):
         handle = await start(client, keyed, make_request())
         with pytest.raises(WorkflowFailureError) as err:
             await handle.result()
@@ -48,14 +48,14 @@ async def test_rejected_api_key_ends_failed_with_an_actionable_message(
 async def status_of_closed(client: Client, settings: Settings, workflow_id: str):
     # Queries on a closed build need a worker of the workflow; the activities are not used.
     llm = ModelClient(settings)
-    async with build_worker(client, settings, llm, settings.temporal_task_queue):
+    async with build_worker(client, llm, settings.temporal_task_queue):
         return await status_of(client.get_workflow_handle(workflow_id))
 
 
 async def test_cancel_while_a_role_is_working_ends_cancelled(client: Client, settings: Settings):
     slow = settings.model_copy(update={"offline_model_latency_seconds": 30})
     llm = ModelClient(slow)
-    async with build_worker(client, slow, llm, slow.temporal_task_queue):
+    async with build_worker(client, llm, slow.temporal_task_queue):
         handle = await start(client, slow, make_request())
         await wait_until(handle, lambda s: s.current_role is Role.Q_ASSISTANT)
         await handle.cancel()

@@ -283,7 +283,7 @@ class BuildWorkflow:
         return True
 
     def _show(self) -> None:
-        workflow.set_current_details(_details(self.status()))
+        workflow.set_current_details(rules.current_details(self.status()))
 
     # --- messages -----------------------------------------------------------------------
 
@@ -396,22 +396,3 @@ class BuildWorkflow:
 def _refuse(problem: str | None) -> None:
     if problem:
         raise ApplicationError(problem, type="CommandRejected", non_retryable=True)
-
-
-def _details(status: BuildStatus) -> str:
-    """Markdown for the Web UI's current details."""
-    role = status.current_role.value if status.current_role else "-"
-    attempts = ", ".join(f"{k} {v}" for k, v in status.attempts.items()) or "-"
-    lines = [
-        f"**State:** {status.state.value} ({status.progress}%) · **Role:** {role}",
-        f"**Attempts:** {attempts} · **Loop-backs:** {status.loop_backs}/{status.max_retries}",
-    ]
-    if status.waiting_for:
-        lines.append(
-            f"**Waiting for:** {status.waiting_for} (signal `approve`, `retry` or `rollback`)"
-        )
-    if status.pending_command:
-        lines.append(f"**Pending:** {status.pending_command}")
-    if status.last_error:
-        lines.append(f"**Last error:** {status.last_error}")
-    return "\n\n".join(lines)

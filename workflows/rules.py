@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.models import BuildStatus
 from core.states import (
     PATH,
     TABLE,
@@ -165,3 +166,22 @@ def handoff_parts(
         },
     }
     return from_role, to_role, next_state, context
+
+
+def current_details(status: BuildStatus) -> str:
+    """Markdown for the Web UI's current details."""
+    role = status.current_role.value if status.current_role else "-"
+    attempts = ", ".join(f"{k} {v}" for k, v in status.attempts.items()) or "-"
+    lines = [
+        f"**State:** {status.state.value} ({status.progress}%) · **Role:** {role}",
+        f"**Attempts:** {attempts} · **Loop-backs:** {status.loop_backs}/{status.max_retries}",
+    ]
+    if status.waiting_for:
+        lines.append(
+            f"**Waiting for:** {status.waiting_for} (signal `approve`, `retry` or `rollback`)"
+        )
+    if status.pending_command:
+        lines.append(f"**Pending:** {status.pending_command}")
+    if status.last_error:
+        lines.append(f"**Last error:** {status.last_error}")
+    return "\n\n".join(lines)
