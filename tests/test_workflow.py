@@ -250,3 +250,20 @@ async def test_cancel_ends_cancelled(client: Client, worker):
     assert status.state is S.CANCELLED
     attrs = (await handle.describe()).typed_search_attributes
     assert attrs.get(SearchAttributeKey.for_keyword("BuildState")) == "cancelled"
+
+
+async def test_rollback_signal_at_a_gate_goes_back_and_reruns(client: Client, worker):
+    handle = await start(client, worker, make_request(approval_gates=["handoff_to_verifier"]))
+    await wait_until(handle, lambda s: s.waiting_for is not None)
+    await handle.signal(
+        BuildWorkflow.rollback, RollbackRequest(target_state=S.IMPLEMENTATION, reason="redo")
+    )
+    status = await wait_until(
+        handle, lambda s: s.waiting_for is not None and s.attempts["implementation"] == 2
+    )
+    assert status.state is S.HANDOFF_TO_VERIFIER and status.attempts["testing"] == 2
+    await handle.signal(BuildWorkflow.approve, ApproveRequest(note="fine"))
+    assert (await handle.result()).state is S.COMPLETE
+    rollback = next(e for e in await events_of(handle) if e.event_type is EventType.ROLLBACK)
+    assert rollback.data == {"target": "implementation", "reason": "redo"}
+    assert rollback.state is S.HANDOFF_TO_VERIFIER

@@ -1,0 +1,87 @@
+"""Builds survive a killed worker and a restarted Temporal server, with nothing lost or doubled."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from temporalio.client import Client
+
+from activities.llm import ModelClient
+from core.models import BuildEvent, RolePolicy
+from core.settings import Settings
+from core.states import PATH, BuildState
+from core.temporal import connect
+from devstack import DevServer, free_port
+from tests.conftest import make_request, start, status_of, wait_until
+from tests.test_cli import ROOT, env_for
+from worker import build_worker
+from workflows.build import BuildWorkflow
+
+
+def assert_clean_log(events: list[BuildEvent]) -> None:
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    visited = [e.data["to"] for e in events if e.event_type.value == "state_changed"]
+    assert visited == [s.value for s in PATH]  # each state once: nothing lost, nothing doubled
+
+
+async def test_killed_worker_mid_build_another_worker_finishes_it(
+    client: Client, settings: Settings, tmp_path: Path
+):
+    env = env_for(settings) | {"OFFLINE_MODEL_LATENCY_SECONDS": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "worker.py"),
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    request = make_request()
+    request.options.policy = RolePolicy(start_to_close_seconds=3, initial_interval_seconds=0.1)
+    handle = await start(client, settings, request)
+    await wait_until(handle, lambda s: s.state is BuildState.IMPLEMENTATION, seconds=30)
+    proc.send_signal(signal.SIGKILL)  # mid-call: the code writer's activity is lost with it
+    await proc.wait()
+
+    llm = ModelClient(settings)
+    async with build_worker(client, llm, settings.temporal_task_queue):
+        async with asyncio.timeout(60):
+            result = await handle.result()
+        events = await handle.query(BuildWorkflow.event_log, 0)
+    assert result.state is BuildState.COMPLETE
+    assert result.attempts["implementation"] == 1  # a retried activity is the same attempt
+    assert_clean_log(events)
+
+
+async def test_restarted_temporal_server_keeps_running_builds(
+    base_settings: Settings, tmp_path: Path
+):
+    server = DevServer(db_file=tmp_path / "t.db", port=free_port(), headless=True)
+    server.start()
+    settings = base_settings.model_copy(
+        update={
+            "temporal_address": server.address,
+            "temporal_task_queue": "restart-test",
+            "offline_model_latency_seconds": 0.3,
+        }
+    )
+    try:
+        client = await connect(settings)
+        llm = ModelClient(settings)
+        async with build_worker(client, llm, settings.temporal_task_queue):
+            handle = await start(client, settings, make_request())
+            await wait_until(handle, lambda s: s.state is BuildState.IMPLEMENTATION)
+            server.stop()
+            await asyncio.sleep(1)
+            server.start()
+            async with asyncio.timeout(90):
+                result = await handle.result()
+            events = await handle.query(BuildWorkflow.event_log, 0)
+            status = await status_of(handle)
+    finally:
+        server.stop()
+    assert result.state is BuildState.COMPLETE and status.progress == 100
+    assert_clean_log(events)
