@@ -12,7 +12,6 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
-from temporalio.common import SearchAttributeKey
 from temporalio.service import RPCError
 
 from core.models import (
@@ -26,7 +25,7 @@ from core.models import (
 from core.states import PATH, WORKING, BuildState, Role
 from starter import CommandError
 from tests.conftest import make_request, save_history, start, status_of, wait_until
-from workflows.build import BuildWorkflow
+from workflows.build import BUILD_STATE, PROJECT_ID, BuildWorkflow
 
 S = BuildState
 pytestmark = pytest.mark.usefixtures("worker")
@@ -81,8 +80,8 @@ async def test_happy_path_reaches_complete_with_full_status(client: Client, work
 
     described = await handle.describe()
     attrs = described.typed_search_attributes
-    assert attrs.get(SearchAttributeKey.for_keyword("BuildState")) == "complete"
-    assert attrs.get(SearchAttributeKey.for_keyword("ProjectId")) == "proj-test"
+    assert attrs.get(BUILD_STATE) == "complete"
+    assert attrs.get(PROJECT_ID) == "proj-test"
     await save_history(handle, "happy_path")
 
 
@@ -249,7 +248,7 @@ async def test_cancel_ends_cancelled(client: Client, worker):
     status = await status_of(handle)
     assert status.state is S.CANCELLED
     attrs = (await handle.describe()).typed_search_attributes
-    assert attrs.get(SearchAttributeKey.for_keyword("BuildState")) == "cancelled"
+    assert attrs.get(BUILD_STATE) == "cancelled"
 
 
 async def test_rollback_signal_at_a_gate_goes_back_and_reruns(client: Client, worker):
