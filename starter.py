@@ -14,6 +14,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
     Client,
     WorkflowFailureError,
@@ -90,6 +93,18 @@ async def start_build(
         raise CommandError(
             f"build {request.build_id} already exists; choose another build id"
         ) from err
+
+
+async def has_worker(client: Client, settings: Settings) -> bool:
+    """Whether any worker has polled the task queue for workflow tasks lately."""
+    answer = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=settings.temporal_namespace,
+            task_queue=TaskQueue(name=settings.temporal_task_queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        )
+    )
+    return len(answer.pollers) > 0
 
 
 def _run(coro_fn: Callable[[Client, Settings], Awaitable[T]]) -> T:
@@ -259,6 +274,12 @@ def start(
         handle = await start_build(client, settings, request)
         console.print(f"build [bold]{request.build_id}[/bold] started: workflow id {handle.id}")
         console.print(f"Web UI: {settings.ui_link(handle.id)}")
+        if not await has_worker(client, settings):
+            console.print(
+                f"[yellow]warning:[/yellow] no worker polls task queue "
+                f"{settings.temporal_task_queue}; the build waits until one does "
+                "(`make run` or `.venv/bin/python worker.py`)"
+            )
         if not wait:
             return None
         return await follow(handle)

@@ -58,6 +58,7 @@ def main(
 ) -> None:
     """Run the build worker until SIGINT or SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per model call is noise
     settings = get_settings()
     if task_queue:
         settings = settings.model_copy(update={"temporal_task_queue": task_queue})

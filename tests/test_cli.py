@@ -148,6 +148,22 @@ async def test_bad_input_gets_a_clear_error(settings: Settings, tmp_path: Path):
     assert code == 1 and "no build nope-123" in out
 
 
+async def test_start_without_a_worker_warns_and_returns(settings: Settings, tmp_path: Path):
+    code, out = await run(
+        "starter.py", "start", "-r", "x", "--no-follow", settings=settings, cwd=tmp_path
+    )
+    assert code == 0 and "started" in out
+    assert f"no worker polls task queue {settings.temporal_task_queue}" in out
+
+
+@pytest.mark.usefixtures("worker")
+async def test_start_with_a_worker_does_not_warn(settings: Settings, tmp_path: Path):
+    code, out = await run(
+        "starter.py", "start", "-r", "x", "--no-follow", settings=settings, cwd=tmp_path
+    )
+    assert code == 0 and "no worker" not in out
+
+
 async def test_help_for_every_command(settings: Settings, tmp_path: Path):
     for command in ("start", "status", "events", "retry", "rollback", "approve"):
         code, out = await run("starter.py", command, "--help", settings=settings, cwd=tmp_path)
