@@ -45,6 +45,8 @@ def test_approve_only_at_a_gate():
     assert "nothing waits" in (rules.check_approve(BuildData(state=S.TESTING)) or "")
     gated = BuildData(state=S.HANDOFF_TO_RELEASER, waiting_at_gate=S.HANDOFF_TO_RELEASER)
     assert rules.check_approve(gated) is None
+    gated.approved_gate = S.HANDOFF_TO_RELEASER  # a second approve in the same workflow task
+    assert "already approved" in (rules.check_approve(gated) or "")
 
 
 def test_context_carries_earlier_outputs_and_loop_back_feedback():

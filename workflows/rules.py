@@ -101,6 +101,8 @@ def check_approve(data: BuildData) -> str | None:
         return f"build is {data.state.value}; nothing waits for approval"
     if data.waiting_at_gate is None:
         return f"nothing waits for approval (build is at {data.state.value})"
+    if data.approved_gate == data.waiting_at_gate:
+        return f"{data.waiting_at_gate.value} is already approved"
     return None
 
 
