@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from core import rules
+from core.rules import BuildData, Pending
 from core.states import BuildState, Role
-from workflows import rules
-from workflows.rules import BuildData, Pending
 
 S = BuildState
 

@@ -79,6 +79,8 @@ async def test_happy_path_reaches_complete_with_full_status(client: Client, work
     assert to_tester.metadata["attempt"] == 1 and to_tester.instructions
 
     described = await handle.describe()
+    timeout = described.raw_description.execution_config.workflow_execution_timeout
+    assert timeout.seconds == worker.build_execution_timeout_seconds == 3600
     attrs = described.typed_search_attributes
     assert attrs.get(BUILD_STATE) == "complete"
     assert attrs.get(PROJECT_ID) == "proj-test"

@@ -1,7 +1,7 @@
 """BuildWorkflow: carries one feature request from DISCOVERY to COMPLETE.
 
 Deterministic: no clock, environment, randomness or I/O here. Every decision comes from the
-state table (core.states) and the pure rules (workflows.rules); all work is in activities.
+state table (core.states) and the pure rules (core.rules); all work is in activities.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 
 with workflow.unsafe.imports_passed_through():
     from activities.roles import RoleActivities
+    from core import rules
     from core.models import (
         BUILD_STATE_ATTRIBUTE,
         PROJECT_ID_ATTRIBUTE,
@@ -31,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         RoleTask,
         RollbackRequest,
     )
+    from core.rules import BuildData, Pending
     from core.states import (
         TABLE,
         TERMINAL,
@@ -40,8 +42,6 @@ with workflow.unsafe.imports_passed_through():
         progress_of,
         role_of,
     )
-    from workflows import rules
-    from workflows.rules import BuildData, Pending
 
 S = BuildState
 BUILD_STATE = SearchAttributeKey.for_keyword(BUILD_STATE_ATTRIBUTE)
