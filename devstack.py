@@ -23,6 +23,8 @@ from core.exit import exit_now
 from core.models import SEARCH_ATTRIBUTES
 from core.settings import Settings, get_settings
 
+WORKER_SCRIPT = Path(__file__).resolve().parent / "worker.py"
+
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 
 
@@ -135,13 +137,13 @@ def _running(settings: Settings, name: str) -> int | None:
     return pid
 
 
-def _spawn(settings: Settings, name: str, cmd: list[str]) -> int:
+def _spawn(settings: Settings, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
     logs = settings.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / f"{name}.log", "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     _pidfile(settings, name).write_text(str(proc.pid))
-    return proc.pid
+    return proc
 
 
 @app.command()
@@ -160,20 +162,22 @@ def up() -> None:
             port=settings.temporal_port,
             ui_port=settings.temporal_ui_port,
         )
-        pid = _spawn(settings, "temporal", server.command())
-        print(f"starting temporal dev server (pid {pid}, log {logs / 'temporal.log'}) ...")
-        wait_for_port(settings.temporal_port, 60)
-        wait_for_port(settings.temporal_ui_port, 60)
+        proc = _spawn(settings, "temporal", server.command())
+        print(f"starting temporal dev server (pid {proc.pid}, log {logs / 'temporal.log'}) ...")
+        wait_for_port(settings.temporal_port, 60, proc)
+        wait_for_port(settings.temporal_ui_port, 60, proc)
     print(f"  Temporal gRPC  {settings.temporal_address}")
     print(f"  Temporal Web UI {settings.temporal_ui_url}")
     if _running(settings, "worker"):
         print(f"worker already running (pid {_running(settings, 'worker')})")
     else:
-        pid = _spawn(settings, "worker", [sys.executable, "worker.py"])
-        time.sleep(1.0)
-        if _running(settings, "worker") is None:
+        proc = _spawn(settings, "worker", [sys.executable, str(WORKER_SCRIPT)])
+        time.sleep(1.5)
+        # Ask the child itself: signal 0 would also succeed on a worker that died (a zombie).
+        if proc.poll() is not None:
+            _pidfile(settings, "worker").unlink(missing_ok=True)
             raise SystemExit(f"worker exited at start; see {logs / 'worker.log'}")
-        print(f"worker started (pid {pid}, log {logs / 'worker.log'})")
+        print(f"worker started (pid {proc.pid}, log {logs / 'worker.log'})")
 
 
 @app.command()

@@ -192,8 +192,16 @@ async def follow(handle: WorkflowHandle[Any, Any], interval: float = 0.5) -> Bui
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("starting", total=100)
         while True:
-            status: BuildStatus = await handle.query(BuildWorkflow.status)
-            events: list[BuildEvent] = await handle.query(BuildWorkflow.event_log, seen)
+            try:
+                status: BuildStatus = await handle.query(BuildWorkflow.status)
+                events: list[BuildEvent] = await handle.query(BuildWorkflow.event_log, seen)
+            except RPCError as err:
+                # Queries need a worker; without one, say so and keep following.
+                bar.update(task, description=f"[yellow]no worker answers ({err.message})[/yellow]")
+                if result.done():
+                    break
+                await asyncio.wait({result}, timeout=interval)
+                continue
             for event in events:
                 bar.console.print(f"  {event.seq:>3} {_event_line(event)}")
                 seen = event.seq
@@ -209,7 +217,13 @@ async def follow(handle: WorkflowHandle[Any, Any], interval: float = 0.5) -> Bui
             await asyncio.wait({result}, timeout=interval)
     with contextlib.suppress(WorkflowFailureError):
         await result  # a FAILED build's reason is in its status
-    final: BuildStatus = await handle.query(BuildWorkflow.status)
+    try:
+        final: BuildStatus = await handle.query(BuildWorkflow.status)
+    except RPCError as err:
+        raise CommandError(
+            f"the build ended but no worker answers its status query ({err.message}); "
+            "see the Web UI"
+        ) from err
     return final
 
 
