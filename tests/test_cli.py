@@ -195,3 +195,21 @@ async def test_worker_runs_builds_and_stops_cleanly_on_sigterm(
     log = out.decode()
     assert proc.returncode == 0, log
     assert "worker polling" in log and "worker stopped" in log
+
+
+async def test_start_follows_until_a_worker_appears(
+    client: Client, settings: Settings, tmp_path: Path
+):
+    from activities.llm import ModelClient
+    from worker import build_worker
+
+    follow = asyncio.create_task(
+        run("starter.py", "start", "-r", "Dark mode", settings=settings, cwd=tmp_path)
+    )
+    await asyncio.sleep(3)  # the build waits for a worker; the starter keeps following
+    assert not follow.done()
+    llm = ModelClient(settings)
+    async with build_worker(client, llm, settings.temporal_task_queue):
+        code, out = await follow
+    assert code == 0, out
+    assert "no worker polls task queue" in out and "COMPLETE" in out
