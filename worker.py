@@ -31,7 +31,13 @@ def build_worker(client: Client, llm: ModelClient, task_queue: str) -> Worker:
 
 
 async def serve(settings: Settings) -> None:
-    client = await connect(settings)
+    try:
+        client = await connect(settings)
+    except RuntimeError as err:
+        raise SystemExit(
+            f"cannot reach Temporal at {settings.temporal_address}: {err}; "
+            "is it running? `make run` starts it"
+        ) from err
     llm = ModelClient(settings)
     worker = build_worker(client, llm, settings.temporal_task_queue)
     stop = asyncio.Event()

@@ -213,3 +213,11 @@ async def test_start_follows_until_a_worker_appears(
         code, out = await follow
     assert code == 0, out
     assert "no worker polls task queue" in out and "COMPLETE" in out
+
+
+async def test_unreachable_temporal_is_one_clear_line(settings: Settings, tmp_path: Path):
+    nowhere = settings.model_copy(update={"temporal_address": "127.0.0.1:1"})
+    for script, args in (("starter.py", ("status", "b1")), ("worker.py", ())):
+        code, out = await run(script, *args, settings=nowhere, cwd=tmp_path)
+        assert code == 1, out
+        assert "cannot reach Temporal at 127.0.0.1:1" in out and "Traceback" not in out
