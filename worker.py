@@ -7,26 +7,31 @@ import logging
 import signal
 
 import typer
+from sqlalchemy import Engine
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.llm import ModelClient
+from activities.mirror import MirrorActivities
 from activities.roles import RoleActivities
 from core.exit import exit_now
 from core.settings import Settings, get_settings
 from core.temporal import connect
+from db.engine import make_engine
+from db.migrate import upgrade
 from workflows.build import BuildWorkflow
 
 log = logging.getLogger("worker")
 
 
-def build_worker(client: Client, llm: ModelClient, task_queue: str) -> Worker:
+def build_worker(client: Client, task_queue: str, *, llm: ModelClient, engine: Engine) -> Worker:
     roles = RoleActivities(llm)
+    mirror = MirrorActivities(engine)
     return Worker(
         client,
         task_queue=task_queue,
         workflows=[BuildWorkflow],
-        activities=roles.all(),
+        activities=[*roles.all(), mirror.mirror_build],
     )
 
 
@@ -38,24 +43,28 @@ async def serve(settings: Settings) -> None:
             f"cannot reach Temporal at {settings.temporal_address}: {err}; "
             "is it running? `make run` starts it"
         ) from err
+    upgrade(settings.db_url())
+    engine = make_engine(settings.db_url())
     llm = ModelClient(settings)
-    worker = build_worker(client, llm, settings.temporal_task_queue)
+    worker = build_worker(client, settings.temporal_task_queue, llm=llm, engine=engine)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     model = "offline model" if settings.offline_model else f"model {settings.llm_model}"
     log.info(
-        "worker polling %s on %s (namespace %s, %s)",
+        "worker polling %s on %s (namespace %s, %s, mirror %s)",
         settings.temporal_task_queue,
         settings.temporal_address,
         settings.temporal_namespace,
         model,
+        engine.url.render_as_string(hide_password=True),
     )
     async with worker:
         await stop.wait()
         log.info("shutting down: finishing running activities")
     await llm.close()
+    engine.dispose()
     log.info("worker stopped")
 
 

@@ -327,3 +327,41 @@ class VerificationResult(BaseModel):
 class ReleaseResult(BaseModel):
     output: ReleaseReport
     usage: ModelUsage
+
+
+# --- The mirror ---------------------------------------------------------------------------
+
+
+class BuildSnapshot(BaseModel):
+    """A build's row in the mirror as of `last_seq`; outputs only for phases that changed."""
+
+    build_id: str
+    workflow_id: str
+    project_id: str
+    user_id: str
+    requirements: Requirements
+    state: BuildState
+    current_role: Role | None
+    attempts: dict[str, int]
+    loop_backs: int
+    last_error: str | None
+    outputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None = None
+    last_seq: int
+
+
+class MirrorBatch(BaseModel):
+    """What the workflow hands the mirror at a boundary: new events and handoffs, the snapshot."""
+
+    snapshot: BuildSnapshot
+    events: list[BuildEvent]
+    handoffs: list[Handoff]
+
+
+class MirrorReceipt(BaseModel):
+    events_inserted: int
+    handoffs_inserted: int
+    build_updated: bool

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
 
+    # The mirror: SQLite file under data_dir unless DATABASE_URL names another database.
+    database_url: str | None = None
+
     # Models. Without an API key the offline model answers through the same openai SDK path.
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
@@ -41,6 +44,11 @@ class Settings(BaseSettings):
     role_max_attempts: int = Field(default=5, ge=1)
     role_initial_retry_seconds: float = Field(default=1, gt=0)
     role_max_retry_seconds: float = Field(default=30, gt=0)
+
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'mirror.db').resolve()}"
 
     @property
     def offline_model(self) -> bool:

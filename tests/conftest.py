@@ -7,15 +7,19 @@ import os
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 from temporalio.client import Client, WorkflowHandle
 
 from activities.llm import ModelClient
 from core.models import BuildOptions, BuildRequest, BuildStatus, Requirements
 from core.settings import Settings
 from core.temporal import connect
+from db.engine import make_engine
+from db.migrate import upgrade
 from devstack import DevServer, free_port
 from starter import start_build
 from worker import build_worker
@@ -56,13 +60,25 @@ def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
 
 @pytest.fixture(scope="session")
 def base_settings(dev_server: DevServer, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return Settings(
+    data = tmp_path_factory.mktemp("data")
+    settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
         temporal_address=dev_server.address,
         temporal_ui_url="http://localhost:8233",
         openai_api_key=None,
-        data_dir=tmp_path_factory.mktemp("data"),
+        data_dir=data,
+        database_url=f"sqlite:///{data / 'mirror.db'}",
     )
+    upgrade(settings.db_url())
+    return settings
+
+
+@pytest.fixture(scope="session")
+def engine(base_settings: Settings) -> Iterator[Engine]:
+    """The session's SQLite mirror (the PostgreSQL one is in test_mirror.py)."""
+    eng = make_engine(base_settings.db_url())
+    yield eng
+    eng.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -77,12 +93,21 @@ def settings(base_settings: Settings) -> Settings:
     return base_settings.model_copy(update={"temporal_task_queue": queue})
 
 
-@pytest.fixture
-async def worker(client: Client, settings: Settings) -> AsyncIterator[Settings]:
-    llm = ModelClient(settings)
-    async with build_worker(client, llm, settings.temporal_task_queue):
-        yield settings
+@asynccontextmanager
+async def running_worker(
+    client: Client, settings: Settings, engine: Engine, llm: ModelClient | None = None
+) -> AsyncIterator[ModelClient]:
+    """A worker on the settings' task queue, with the offline model unless `llm` is given."""
+    llm = llm or ModelClient(settings)
+    async with build_worker(client, settings.temporal_task_queue, llm=llm, engine=engine):
+        yield llm
     await llm.close()
+
+
+@pytest.fixture
+async def worker(client: Client, settings: Settings, engine: Engine) -> AsyncIterator[Settings]:
+    async with running_worker(client, settings, engine):
+        yield settings
 
 
 def make_request(

@@ -26,6 +26,7 @@ def env_for(settings: Settings) -> dict[str, str]:
     env.update(
         TEMPORAL_ADDRESS=settings.temporal_address,
         TEMPORAL_TASK_QUEUE=settings.temporal_task_queue,
+        DATABASE_URL=settings.db_url(),
         ROLE_INITIAL_RETRY_SECONDS="0.1",
         COLUMNS="200",
     )
@@ -198,18 +199,16 @@ async def test_worker_runs_builds_and_stops_cleanly_on_sigterm(
 
 
 async def test_start_follows_until_a_worker_appears(
-    client: Client, settings: Settings, tmp_path: Path
+    client: Client, settings: Settings, engine, tmp_path: Path
 ):
-    from activities.llm import ModelClient
-    from worker import build_worker
+    from tests.conftest import running_worker
 
     follow = asyncio.create_task(
         run("starter.py", "start", "-r", "Dark mode", settings=settings, cwd=tmp_path)
     )
     await asyncio.sleep(3)  # the build waits for a worker; the starter keeps following
     assert not follow.done()
-    llm = ModelClient(settings)
-    async with build_worker(client, llm, settings.temporal_task_queue):
+    async with running_worker(client, settings, engine):
         code, out = await follow
     assert code == 0, out
     assert "no worker polls task queue" in out and "COMPLETE" in out

@@ -9,15 +9,13 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from activities.llm import ModelClient
 from core.models import BuildEvent, RolePolicy
 from core.settings import Settings
 from core.states import PATH, BuildState
 from core.temporal import connect
 from devstack import DevServer, free_port
-from tests.conftest import make_request, start, status_of, wait_until
+from tests.conftest import make_request, running_worker, start, status_of, wait_until
 from tests.test_cli import ROOT, env_for
-from worker import build_worker
 from workflows.build import BuildWorkflow
 
 
@@ -28,7 +26,7 @@ def assert_clean_log(events: list[BuildEvent]) -> None:
 
 
 async def test_killed_worker_mid_build_another_worker_finishes_it(
-    client: Client, settings: Settings, tmp_path: Path
+    client: Client, settings: Settings, engine, tmp_path: Path
 ):
     env = env_for(settings) | {"OFFLINE_MODEL_LATENCY_SECONDS": "1"}
     proc = await asyncio.create_subprocess_exec(
@@ -46,8 +44,7 @@ async def test_killed_worker_mid_build_another_worker_finishes_it(
     proc.send_signal(signal.SIGKILL)  # mid-call: the code writer's activity is lost with it
     await proc.wait()
 
-    llm = ModelClient(settings)
-    async with build_worker(client, llm, settings.temporal_task_queue):
+    async with running_worker(client, settings, engine):
         async with asyncio.timeout(60):
             result = await handle.result()
         events = await handle.query(BuildWorkflow.event_log, 0)
@@ -57,7 +54,7 @@ async def test_killed_worker_mid_build_another_worker_finishes_it(
 
 
 async def test_restarted_temporal_server_keeps_running_builds(
-    base_settings: Settings, tmp_path: Path
+    base_settings: Settings, engine, tmp_path: Path
 ):
     server = DevServer(db_file=tmp_path / "t.db", port=free_port(), headless=True)
     server.start()
@@ -70,8 +67,7 @@ async def test_restarted_temporal_server_keeps_running_builds(
     )
     try:
         client = await connect(settings)
-        llm = ModelClient(settings)
-        async with build_worker(client, llm, settings.temporal_task_queue):
+        async with running_worker(client, settings, engine):
             handle = await start(client, settings, make_request())
             await wait_until(handle, lambda s: s.state is BuildState.IMPLEMENTATION)
             server.stop()

@@ -7,24 +7,23 @@ import pytest
 from pydantic import SecretStr
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 
-from activities.llm import ModelClient
 from core.models import EventType
 from core.settings import Settings
 from core.states import BuildState, Role
 from tests.conftest import (
     make_request,
     model_client_with,
+    running_worker,
     save_history,
     start,
     status_of,
     wait_until,
 )
-from worker import build_worker
 from workflows.build import BuildWorkflow
 
 
 async def test_rejected_api_key_ends_failed_with_an_actionable_message(
-    client: Client, settings: Settings
+    client: Client, settings: Settings, engine
 ):
     calls: list[str] = []
 
@@ -34,28 +33,28 @@ async def test_rejected_api_key_ends_failed_with_an_actionable_message(
 
     keyed = settings.model_copy(update={"openai_api_key": SecretStr("sk-bad")})
     llm = model_client_with(keyed, denied)
-    async with build_worker(client, llm, keyed.temporal_task_queue):
+    async with running_worker(client, keyed, engine, llm):
         handle = await start(client, keyed, make_request())
         with pytest.raises(WorkflowFailureError) as err:
             await handle.result()
     assert "OPENAI_API_KEY rejected by the endpoint" in str(err.value.cause)
-    status = await status_of_closed(client, keyed, handle.id)
+    status = await status_of_closed(client, keyed, engine, handle.id)
     assert status.state is BuildState.FAILED
     assert status.last_error and "q_assistant failed in discovery" in status.last_error
     assert len(calls) == 1  # non-retryable: no Temporal retry, no SDK retry
 
 
-async def status_of_closed(client: Client, settings: Settings, workflow_id: str):
+async def status_of_closed(client: Client, settings: Settings, engine, workflow_id: str):
     # Queries on a closed build need a worker of the workflow; the activities are not used.
-    llm = ModelClient(settings)
-    async with build_worker(client, llm, settings.temporal_task_queue):
+    async with running_worker(client, settings, engine):
         return await status_of(client.get_workflow_handle(workflow_id))
 
 
-async def test_cancel_while_a_role_is_working_ends_cancelled(client: Client, settings: Settings):
+async def test_cancel_while_a_role_is_working_ends_cancelled(
+    client: Client, settings: Settings, engine
+):
     slow = settings.model_copy(update={"offline_model_latency_seconds": 30})
-    llm = ModelClient(slow)
-    async with build_worker(client, llm, slow.temporal_task_queue):
+    async with running_worker(client, slow, engine):
         handle = await start(client, slow, make_request())
         await wait_until(handle, lambda s: s.current_role is Role.Q_ASSISTANT)
         await handle.cancel()

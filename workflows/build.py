@@ -14,6 +14,7 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
+    from activities.mirror import MirrorActivities
     from activities.roles import RoleActivities
     from core import rules
     from core.models import (
@@ -23,10 +24,12 @@ with workflow.unsafe.imports_passed_through():
         BuildEvent,
         BuildRequest,
         BuildResult,
+        BuildSnapshot,
         BuildStatus,
         CommandAccepted,
         EventType,
         Handoff,
+        MirrorBatch,
         ModelUsage,
         RetryRequest,
         RoleTask,
@@ -46,6 +49,13 @@ with workflow.unsafe.imports_passed_through():
 S = BuildState
 BUILD_STATE = SearchAttributeKey.for_keyword(BUILD_STATE_ATTRIBUTE)
 PROJECT_ID = SearchAttributeKey.for_keyword(PROJECT_ID_ATTRIBUTE)
+
+# Mirror writes are local activities: no extra round trip to the server per build step.
+# They retry until the database answers; a build waits rather than lose a record.
+MIRROR_TIMEOUT = timedelta(seconds=10)
+MIRROR_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
+)
 
 ROLE_ACTIVITY: dict[BuildState, Any] = {
     S.DISCOVERY: RoleActivities.q_assistant,
@@ -70,6 +80,8 @@ class BuildWorkflow:
         self.events: list[BuildEvent] = []
         self.handoffs: list[Handoff] = []
         self.release: dict[str, Any] = {}
+        self.mirrored_seq = 0
+        self.unmirrored_outputs: set[str] = set()
 
     @workflow.run
     async def run(self, request: BuildRequest) -> BuildResult:
@@ -93,12 +105,15 @@ class BuildWorkflow:
                 raise
             self._move(S.CANCELLED, "person")
             self._emit(EventType.CANCELLED, "person", reason="workflow cancelled")
+            await self._mirror()
             raise
         if self.data.state is S.FAILED:
+            await self._mirror()
             raise ApplicationError(
                 self.data.last_error or "build failed", type="BuildFailed", non_retryable=True
             )
         self._emit(EventType.COMPLETED, "system", release=self.release)
+        await self._mirror()
         return BuildResult(
             build_id=request.build_id,
             state=self.data.state,
@@ -127,6 +142,7 @@ class BuildWorkflow:
             simulate=self.request.options.simulate,
         )
         policy = self.request.options.policy
+        await self._mirror()
         self.data.phase_running = True
         self._show()
         try:
@@ -150,6 +166,7 @@ class BuildWorkflow:
             self.data.phase_running = False
         output = result.output.model_dump(mode="json")
         self.data.outputs[state.value] = output
+        self.unmirrored_outputs.add(state.value)
         self._record_call(role.value, state, attempt, result.usage)
         if self._apply_pending():
             return
@@ -224,9 +241,16 @@ class BuildWorkflow:
         self.data.waiting_at_gate = gate
         self._emit(EventType.APPROVAL_REQUESTED, "system", gate=gate.value)
         self._show()
-        await workflow.wait_condition(
-            lambda: self.data.approved_gate == gate or self.data.pending is not None
-        )
+
+        def decided() -> bool:
+            return self.data.approved_gate == gate or self.data.pending is not None
+
+        # Mirror what happens while the build waits (e.g. rejected signals) as it happens.
+        while True:
+            await self._mirror()
+            await workflow.wait_condition(lambda: decided() or self._unmirrored())
+            if decided():
+                break
         self.data.waiting_at_gate = None
         self.data.approved_gate = None
 
@@ -281,6 +305,52 @@ class BuildWorkflow:
         ]
         self._move(pending.target, pending.requested_by)
         return True
+
+    def _unmirrored(self) -> bool:
+        return len(self.events) > self.mirrored_seq
+
+    async def _mirror(self) -> None:
+        """Hand the mirror the events and handoffs it has not seen, and the build's snapshot."""
+        if not self._unmirrored():
+            return
+        last_seq = len(self.events)
+        batch = MirrorBatch(
+            snapshot=self._snapshot(last_seq),
+            events=self.events[self.mirrored_seq : last_seq],
+            handoffs=[h for h in self.handoffs if self.mirrored_seq < h.seq <= last_seq],
+        )
+        sent = set(batch.snapshot.outputs)
+        await workflow.execute_local_activity_method(
+            MirrorActivities.mirror_build,
+            batch,
+            start_to_close_timeout=MIRROR_TIMEOUT,
+            retry_policy=MIRROR_RETRY,
+            summary=f"mirror up to event {last_seq}",
+        )
+        self.mirrored_seq = max(self.mirrored_seq, last_seq)
+        self.unmirrored_outputs -= sent
+
+    def _snapshot(self, last_seq: int) -> BuildSnapshot:
+        d, r = self.data, self.request
+        now = workflow.now()
+        return BuildSnapshot(
+            build_id=r.build_id,
+            workflow_id=workflow.info().workflow_id,
+            project_id=r.project_id,
+            user_id=r.user_id,
+            requirements=r.requirements,
+            state=d.state,
+            current_role=role_of(d.state),
+            attempts=dict(d.attempts),
+            loop_backs=d.loop_backs,
+            last_error=d.last_error,
+            outputs={k: d.outputs[k] for k in sorted(self.unmirrored_outputs)},
+            options=r.options.model_dump(mode="json", exclude={"policy"}),
+            created_at=workflow.info().start_time,
+            updated_at=now,
+            completed_at=now if d.state in TERMINAL else None,
+            last_seq=last_seq,
+        )
 
     def _show(self) -> None:
         workflow.set_current_details(rules.current_details(self.status()))

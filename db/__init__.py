@@ -1,0 +1,1 @@
+"""The SQL mirror of builds: tables, engines, migrations, writes and queries."""

@@ -1,0 +1,136 @@
+"""Keyword-only writes and reads of the mirror. Writes are idempotent: safe to repeat."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, select
+
+from core.models import BuildSnapshot, MirrorBatch, MirrorReceipt
+from core.states import WORKING
+from db.models import BuildWorkflowRow, WorkflowEventRow, WorkflowHandoffRow
+
+OUTPUT_COLUMNS = {state.value: f"{state.value}_output" for state in WORKING}
+
+
+def _table(model: Any) -> Table:
+    table: Table = model.__table__
+    return table
+
+
+def _insert(engine: Engine, table: Table) -> Any:
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def _build_values(snapshot: BuildSnapshot) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "build_id": snapshot.build_id,
+        "workflow_id": snapshot.workflow_id,
+        "project_id": snapshot.project_id,
+        "user_id": snapshot.user_id,
+        "current_state": snapshot.state.value,
+        "current_role": snapshot.current_role.value if snapshot.current_role else None,
+        "requirements": snapshot.requirements,
+        "attempts": snapshot.attempts,
+        "loop_backs": snapshot.loop_backs,
+        "last_error": snapshot.last_error,
+        "last_seq": snapshot.last_seq,
+        "created_at": snapshot.created_at,
+        "updated_at": snapshot.updated_at,
+        "completed_at": snapshot.completed_at,
+        "workflow_metadata": {"options": snapshot.options},
+    }
+    for state, output in snapshot.outputs.items():
+        values[OUTPUT_COLUMNS[state]] = output
+    return values
+
+
+def record_batch(engine: Engine, *, batch: MirrorBatch) -> MirrorReceipt:
+    """Insert what is new, ignore what is there, move the build row forward only."""
+    events, handoffs, builds = (
+        _table(WorkflowEventRow),
+        _table(WorkflowHandoffRow),
+        _table(BuildWorkflowRow),
+    )
+    snapshot = batch.snapshot
+    with engine.begin() as conn:
+        events_inserted = handoffs_inserted = 0
+        if batch.events:
+            rows = [
+                {
+                    "workflow_id": snapshot.workflow_id,
+                    "seq": e.seq,
+                    "event_type": e.event_type.value,
+                    "state": e.state.value,
+                    "triggered_by": e.triggered_by,
+                    "event_data": e.data,
+                    "timestamp": e.timestamp,
+                }
+                for e in batch.events
+            ]
+            stmt = _insert(engine, events).values(rows)
+            stmt = stmt.on_conflict_do_nothing(index_elements=["workflow_id", "seq"])
+            events_inserted = len(conn.execute(stmt.returning(events.c.seq)).all())
+        if batch.handoffs:
+            rows = [
+                {
+                    "workflow_id": snapshot.workflow_id,
+                    "seq": h.seq,
+                    "from_role": h.from_role.value,
+                    "to_role": h.to_role.value,
+                    "from_state": h.from_state.value,
+                    "to_state": h.to_state.value,
+                    "data_transferred": h.model_dump(
+                        mode="json",
+                        include={"instructions", "previous_output", "phase_data", "metadata"},
+                    ),
+                    "notes": h.instructions,
+                    "timestamp": h.timestamp,
+                }
+                for h in batch.handoffs
+            ]
+            stmt = _insert(engine, handoffs).values(rows)
+            stmt = stmt.on_conflict_do_nothing(index_elements=["workflow_id", "seq"])
+            handoffs_inserted = len(conn.execute(stmt.returning(handoffs.c.seq)).all())
+        values = _build_values(snapshot)
+        stmt = _insert(engine, builds).values(values)
+        changing = {k: v for k, v in values.items() if k not in ("build_id", "created_at")}
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["build_id"],
+            set_={k: stmt.excluded[k] for k in changing},
+            where=builds.c.last_seq <= stmt.excluded.last_seq,
+        )
+        # RETURNING counts what was really written (rowcount is -1 with psycopg here).
+        build_updated = conn.execute(stmt.returning(builds.c.id)).first() is not None
+    return MirrorReceipt(
+        events_inserted=events_inserted,
+        handoffs_inserted=handoffs_inserted,
+        build_updated=build_updated,
+    )
+
+
+def get_build(session: Session, *, workflow_id: str) -> BuildWorkflowRow | None:
+    return session.exec(
+        select(BuildWorkflowRow).where(BuildWorkflowRow.workflow_id == workflow_id)
+    ).first()
+
+
+def list_events(session: Session, *, workflow_id: str) -> list[WorkflowEventRow]:
+    query = (
+        select(WorkflowEventRow)
+        .where(WorkflowEventRow.workflow_id == workflow_id)
+        .order_by(WorkflowEventRow.seq)  # type: ignore[arg-type]
+    )
+    return list(session.exec(query).all())
+
+
+def list_handoffs(session: Session, *, workflow_id: str) -> list[WorkflowHandoffRow]:
+    query = (
+        select(WorkflowHandoffRow)
+        .where(WorkflowHandoffRow.workflow_id == workflow_id)
+        .order_by(WorkflowHandoffRow.seq)  # type: ignore[arg-type]
+    )
+    return list(session.exec(query).all())

@@ -1,0 +1,186 @@
+"""The SQL mirror, on SQLite and on PostgreSQL: idempotent writes, and builds mirrored exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+from sqlalchemy import Engine, func
+from sqlmodel import Session, select
+from temporalio.client import Client, WorkflowFailureError
+
+from core.models import (
+    BuildEvent,
+    BuildSnapshot,
+    EventType,
+    MirrorBatch,
+    RollbackRequest,
+)
+from core.settings import Settings
+from core.states import WORKING, BuildState
+from db import crud
+from db.engine import make_engine
+from db.migrate import upgrade
+from db.models import WorkflowEventRow
+from tests.conftest import make_request, running_worker, start, wait_until
+from workflows.build import BuildWorkflow
+
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this session, dropped afterwards."""
+    name = f"qao_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as err:
+        pytest.fail(f"PostgreSQL is needed at 127.0.0.1:5432 (database test): {err}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    upgrade(url)
+    yield url
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def mirror_db(request: pytest.FixtureRequest, base_settings: Settings) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        url = base_settings.db_url()
+    else:
+        url = request.getfixturevalue("postgres_url")
+    eng = make_engine(url)
+    assert eng.dialect.name == request.param
+    yield eng
+    eng.dispose()
+
+
+def _batch(workflow_id: str, seqs: range, state: BuildState, last_seq: int) -> MirrorBatch:
+    now = datetime.now(UTC)
+    return MirrorBatch(
+        snapshot=BuildSnapshot(
+            build_id=workflow_id.removeprefix("build-"),
+            workflow_id=workflow_id,
+            project_id="p",
+            user_id="u",
+            requirements="x",
+            state=state,
+            current_role=None,
+            attempts={"discovery": 1},
+            loop_backs=0,
+            last_error=None,
+            created_at=now,
+            updated_at=now,
+            last_seq=last_seq,
+        ),
+        events=[
+            BuildEvent(
+                seq=i,
+                event_type=EventType.STATE_CHANGED,
+                state=state,
+                triggered_by="t",
+                data={"i": i},
+                timestamp=now,
+            )
+            for i in seqs
+        ],
+        handoffs=[],
+    )
+
+
+def test_writing_a_batch_again_changes_nothing(mirror_db: Engine):
+    wid = f"build-m{uuid.uuid4().hex[:8]}"
+    first = crud.record_batch(mirror_db, batch=_batch(wid, range(1, 4), BuildState.PLANNING, 3))
+    assert (first.events_inserted, first.build_updated) == (3, True)
+    again = crud.record_batch(mirror_db, batch=_batch(wid, range(1, 4), BuildState.PLANNING, 3))
+    assert again.events_inserted == 0
+    overlap = crud.record_batch(mirror_db, batch=_batch(wid, range(2, 6), BuildState.TESTING, 5))
+    assert overlap.events_inserted == 2
+    with Session(mirror_db) as session:
+        rows = crud.list_events(session, workflow_id=wid)
+        assert [r.seq for r in rows] == [1, 2, 3, 4, 5]
+        build = crud.get_build(session, workflow_id=wid)
+        assert build is not None and build.current_state == "testing" and build.last_seq == 5
+
+
+def test_a_stale_snapshot_never_overwrites_a_newer_one(mirror_db: Engine):
+    wid = f"build-m{uuid.uuid4().hex[:8]}"
+    crud.record_batch(mirror_db, batch=_batch(wid, range(1, 8), BuildState.VERIFICATION, 7))
+    stale = crud.record_batch(mirror_db, batch=_batch(wid, range(1, 4), BuildState.PLANNING, 3))
+    assert not stale.build_updated
+    with Session(mirror_db) as session:
+        build = crud.get_build(session, workflow_id=wid)
+        assert build is not None and build.current_state == "verification"
+
+
+async def test_a_build_is_mirrored_exactly(client: Client, settings: Settings, mirror_db: Engine):
+    async with running_worker(client, settings, mirror_db):
+        handle = await start(client, settings, make_request(simulate=["tests_fail_once"]))
+        await handle.result()
+        events = await handle.query(BuildWorkflow.event_log, 0)
+        handoffs = await handle.query(BuildWorkflow.handoff_log)
+    with Session(mirror_db) as session:
+        rows = crud.list_events(session, workflow_id=handle.id)
+        assert [(r.seq, r.event_type, r.state) for r in rows] == [
+            (e.seq, e.event_type.value, e.state.value) for e in events
+        ]
+        assert rows[-1].event_type == "completed"
+        mirrored_handoffs = crud.list_handoffs(session, workflow_id=handle.id)
+        assert [(h.seq, h.from_role, h.to_role) for h in mirrored_handoffs] == [
+            (h.seq, h.from_role.value, h.to_role.value) for h in handoffs
+        ]
+        assert mirrored_handoffs[1].data_transferred["previous_output"]["files"]
+        build = crud.get_build(session, workflow_id=handle.id)
+        assert build is not None
+        assert build.current_state == "complete" and build.completed_at is not None
+        assert build.attempts["testing"] == 2 and build.loop_backs == 1
+        assert build.last_seq == len(events)
+        for state in WORKING:
+            assert getattr(build, f"{state.value}_output"), state
+        assert build.testing_output["passed"] is True  # the latest attempt's output
+        assert build.requirements == {"feature": "Dark mode", "priority": "high"}
+
+
+async def _mirrored_event(engine: Engine, workflow_id: str, kind: str) -> WorkflowEventRow:
+    """The mirror is written by the worker; wait (bounded) until the event is there."""
+    query = select(WorkflowEventRow).where(
+        WorkflowEventRow.workflow_id == workflow_id, WorkflowEventRow.event_type == kind
+    )
+    async with asyncio.timeout(10):
+        while True:
+            with Session(engine) as session:
+                row = session.exec(query).first()
+            if row is not None:
+                return row
+            await asyncio.sleep(0.05)
+
+
+async def test_what_happens_at_a_gate_is_mirrored_while_the_build_waits(
+    client: Client, settings: Settings, mirror_db: Engine
+):
+    async with running_worker(client, settings, mirror_db):
+        handle = await start(client, settings, make_request(approval_gates=["handoff_to_coder"]))
+        await wait_until(handle, lambda s: s.waiting_for is not None)
+        bad = RollbackRequest(target_state=BuildState.TESTING, reason="forward")
+        await handle.signal(BuildWorkflow.rollback, bad)
+        rejected = await _mirrored_event(mirror_db, handle.id, "signal_rejected")
+        assert "cannot roll back forward" in rejected.event_data["reason"]
+        with Session(mirror_db) as session:
+            build = crud.get_build(session, workflow_id=handle.id)
+            assert build is not None and build.current_state == "handoff_to_coder"
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    with Session(mirror_db) as session:
+        build = crud.get_build(session, workflow_id=handle.id)
+        assert build is not None and build.current_state == "cancelled"
+        count = session.exec(
+            select(func.count()).where(WorkflowEventRow.workflow_id == handle.id)
+        ).one()
+        assert count == build.last_seq
