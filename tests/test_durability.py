@@ -7,22 +7,31 @@ import signal
 import sys
 from pathlib import Path
 
+from sqlalchemy import Engine
+from sqlmodel import Session
 from temporalio.client import Client
 
 from core.models import BuildEvent, RolePolicy
 from core.settings import Settings
 from core.states import PATH, BuildState
 from core.temporal import connect
+from db import crud
 from devstack import DevServer, free_port
 from tests.conftest import make_request, running_worker, start, status_of, wait_until
 from tests.test_cli import ROOT, env_for
 from workflows.build import BuildWorkflow
 
 
-def assert_clean_log(events: list[BuildEvent]) -> None:
+def assert_clean_log(events: list[BuildEvent], engine: Engine, workflow_id: str) -> None:
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     visited = [e.data["to"] for e in events if e.event_type.value == "state_changed"]
     assert visited == [s.value for s in PATH]  # each state once: nothing lost, nothing doubled
+    with Session(engine) as session:
+        rows = crud.list_events(session, workflow_id=workflow_id)
+        build = crud.get_build(session, workflow_id=workflow_id)
+    # The mirror holds exactly the workflow's events: 0 lost, 0 duplicated.
+    assert [(r.seq, r.event_type) for r in rows] == [(e.seq, e.event_type.value) for e in events]
+    assert build is not None and build.current_state == "complete"
 
 
 async def test_killed_worker_mid_build_another_worker_finishes_it(
@@ -50,7 +59,7 @@ async def test_killed_worker_mid_build_another_worker_finishes_it(
         events = await handle.query(BuildWorkflow.event_log, 0)
     assert result.state is BuildState.COMPLETE
     assert result.attempts["implementation"] == 1  # a retried activity is the same attempt
-    assert_clean_log(events)
+    assert_clean_log(events, engine, handle.id)
 
 
 async def test_restarted_temporal_server_keeps_running_builds(
@@ -80,4 +89,4 @@ async def test_restarted_temporal_server_keeps_running_builds(
     finally:
         server.stop()
     assert result.state is BuildState.COMPLETE and status.progress == 100
-    assert_clean_log(events)
+    assert_clean_log(events, engine, handle.id)

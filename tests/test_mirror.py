@@ -61,6 +61,16 @@ def mirror_db(request: pytest.FixtureRequest, base_settings: Settings) -> Iterat
     eng.dispose()
 
 
+def test_migrations_create_exactly_the_tables_of_the_models(mirror_db: Engine):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    with mirror_db.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    assert diff == []
+
+
 def _batch(workflow_id: str, seqs: range, state: BuildState, last_seq: int) -> MirrorBatch:
     now = datetime.now(UTC)
     return MirrorBatch(
