@@ -7,9 +7,10 @@ unit-tested without a Temporal server.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from core.models import BuildStatus
+from core.models import BuildRequest, BuildSnapshot, BuildStatus
 from core.states import (
     PATH,
     TABLE,
@@ -18,6 +19,7 @@ from core.states import (
     BuildState,
     Role,
     order,
+    role_of,
     rollback_targets,
 )
 
@@ -187,3 +189,34 @@ def current_details(status: BuildStatus) -> str:
     if status.last_error:
         lines.append(f"**Last error:** {status.last_error}")
     return "\n\n".join(lines)
+
+
+def snapshot(
+    request: BuildRequest,
+    data: BuildData,
+    *,
+    workflow_id: str,
+    started: datetime,
+    now: datetime,
+    last_seq: int,
+    outputs: set[str],
+) -> BuildSnapshot:
+    """The build's mirror row as of `last_seq`, with only the phase outputs named in `outputs`."""
+    return BuildSnapshot(
+        build_id=request.build_id,
+        workflow_id=workflow_id,
+        project_id=request.project_id,
+        user_id=request.user_id,
+        requirements=request.requirements,
+        state=data.state,
+        current_role=role_of(data.state),
+        attempts=dict(data.attempts),
+        loop_backs=data.loop_backs,
+        last_error=data.last_error,
+        outputs={k: data.outputs[k] for k in sorted(outputs)},
+        options=request.options.model_dump(mode="json", exclude={"policy"}),
+        created_at=started,
+        updated_at=now,
+        completed_at=now if data.state in TERMINAL else None,
+        last_seq=last_seq,
+    )

@@ -24,7 +24,6 @@ with workflow.unsafe.imports_passed_through():
         BuildEvent,
         BuildRequest,
         BuildResult,
-        BuildSnapshot,
         BuildStatus,
         CommandAccepted,
         EventType,
@@ -314,8 +313,18 @@ class BuildWorkflow:
         if not self._unmirrored():
             return
         last_seq = len(self.events)
+        info = workflow.info()
+        snapshot = rules.snapshot(
+            self.request,
+            self.data,
+            workflow_id=info.workflow_id,
+            started=info.start_time,
+            now=workflow.now(),
+            last_seq=last_seq,
+            outputs=self.unmirrored_outputs,
+        )
         batch = MirrorBatch(
-            snapshot=self._snapshot(last_seq),
+            snapshot=snapshot,
             events=self.events[self.mirrored_seq : last_seq],
             handoffs=[h for h in self.handoffs if self.mirrored_seq < h.seq <= last_seq],
         )
@@ -329,28 +338,6 @@ class BuildWorkflow:
         )
         self.mirrored_seq = max(self.mirrored_seq, last_seq)
         self.unmirrored_outputs -= sent
-
-    def _snapshot(self, last_seq: int) -> BuildSnapshot:
-        d, r = self.data, self.request
-        now = workflow.now()
-        return BuildSnapshot(
-            build_id=r.build_id,
-            workflow_id=workflow.info().workflow_id,
-            project_id=r.project_id,
-            user_id=r.user_id,
-            requirements=r.requirements,
-            state=d.state,
-            current_role=role_of(d.state),
-            attempts=dict(d.attempts),
-            loop_backs=d.loop_backs,
-            last_error=d.last_error,
-            outputs={k: d.outputs[k] for k in sorted(self.unmirrored_outputs)},
-            options=r.options.model_dump(mode="json", exclude={"policy"}),
-            created_at=workflow.info().start_time,
-            updated_at=now,
-            completed_at=now if d.state in TERMINAL else None,
-            last_seq=last_seq,
-        )
 
     def _show(self) -> None:
         workflow.set_current_details(rules.current_details(self.status()))
