@@ -178,6 +178,7 @@ def up() -> None:
             _pidfile(settings, "worker").unlink(missing_ok=True)
             raise SystemExit(f"worker exited at start; see {logs / 'worker.log'}")
         print(f"worker started (pid {proc.pid}, log {logs / 'worker.log'})")
+    print(f"  Mirror database {settings.db_url()}")
 
 
 @app.command()
