@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, Table
+from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
@@ -23,6 +23,13 @@ def _table(model: Any) -> Table:
 def _insert(engine: Engine, table: Table) -> Any:
     dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
+
+
+def _insert_new(conn: Connection, engine: Engine, table: Table, rows: list[dict[str, Any]]) -> int:
+    """Insert rows whose (workflow_id, seq) is new; return how many were (via RETURNING)."""
+    stmt = _insert(engine, table).values(rows)
+    stmt = stmt.on_conflict_do_nothing(index_elements=["workflow_id", "seq"])
+    return len(conn.execute(stmt.returning(table.c.seq)).all())
 
 
 def _build_values(snapshot: BuildSnapshot) -> dict[str, Any]:
@@ -71,9 +78,7 @@ def record_batch(engine: Engine, *, batch: MirrorBatch) -> MirrorReceipt:
                 }
                 for e in batch.events
             ]
-            stmt = _insert(engine, events).values(rows)
-            stmt = stmt.on_conflict_do_nothing(index_elements=["workflow_id", "seq"])
-            events_inserted = len(conn.execute(stmt.returning(events.c.seq)).all())
+            events_inserted = _insert_new(conn, engine, events, rows)
         if batch.handoffs:
             rows = [
                 {
@@ -92,9 +97,7 @@ def record_batch(engine: Engine, *, batch: MirrorBatch) -> MirrorReceipt:
                 }
                 for h in batch.handoffs
             ]
-            stmt = _insert(engine, handoffs).values(rows)
-            stmt = stmt.on_conflict_do_nothing(index_elements=["workflow_id", "seq"])
-            handoffs_inserted = len(conn.execute(stmt.returning(handoffs.c.seq)).all())
+            handoffs_inserted = _insert_new(conn, engine, handoffs, rows)
         values = _build_values(snapshot)
         stmt = _insert(engine, builds).values(values)
         changing = {k: v for k, v in values.items() if k not in ("build_id", "created_at")}
