@@ -127,6 +127,18 @@ def _run(coro_fn: Callable[[Client, Settings], Awaitable[T]]) -> T:
         raise typer.Exit(1) from err
 
 
+def _handle(client: Client, build: str) -> WorkflowHandle[Any, Any]:
+    """The typed handle of a build given by build id or workflow id."""
+    return client.get_workflow_handle_for(BuildWorkflow.run, workflow_id_for(build_id_from(build)))
+
+
+async def _query(handle: WorkflowHandle[Any, Any], query: Any, *args: Any) -> Any:
+    try:
+        return await handle.query(query, *args)
+    except RPCError as err:
+        raise CommandError(_rpc_reason(handle.id, err)) from err
+
+
 async def _update(handle: WorkflowHandle[Any, Any], update: Any, arg: Any) -> CommandAccepted:
     try:
         result: CommandAccepted = await handle.execute_update(update, arg)
@@ -320,14 +332,8 @@ def status(
     """Show a build's state, role, progress, attempts and what it waits for."""
 
     async def go(client: Client, settings: Settings) -> BuildStatus:
-        handle = client.get_workflow_handle_for(
-            BuildWorkflow.run, workflow_id_for(build_id_from(build))
-        )
-        try:
-            result: BuildStatus = await handle.query(BuildWorkflow.status)
-            return result
-        except RPCError as err:
-            raise CommandError(_rpc_reason(handle.id, err)) from err
+        result: BuildStatus = await _query(_handle(client, build), BuildWorkflow.status)
+        return result
 
     result = _run(go)
     if as_json:
@@ -345,14 +351,8 @@ def events(build: BuildIdArg) -> None:
     """List a build's events in order (seq, type, state, data)."""
 
     async def go(client: Client, settings: Settings) -> list[BuildEvent]:
-        handle = client.get_workflow_handle_for(
-            BuildWorkflow.run, workflow_id_for(build_id_from(build))
-        )
-        try:
-            result: list[BuildEvent] = await handle.query(BuildWorkflow.event_log, 0)
-            return result
-        except RPCError as err:
-            raise CommandError(_rpc_reason(handle.id, err)) from err
+        result: list[BuildEvent] = await _query(_handle(client, build), BuildWorkflow.event_log, 0)
+        return result
 
     for event in _run(go):
         console.print(
@@ -363,10 +363,7 @@ def events(build: BuildIdArg) -> None:
 
 def _steer(build: str, update: Any, arg: Any) -> None:
     async def go(client: Client, settings: Settings) -> CommandAccepted:
-        handle = client.get_workflow_handle_for(
-            BuildWorkflow.run, workflow_id_for(build_id_from(build))
-        )
-        return await _update(handle, update, arg)
+        return await _update(_handle(client, build), update, arg)
 
     _print_accepted(_run(go))
 
