@@ -21,6 +21,7 @@ from core.models import (
 )
 from core.settings import Settings
 from core.states import BuildState, Role
+from tests.conftest import model_client_with
 
 S = BuildState
 
@@ -89,16 +90,11 @@ def test_slug_makes_importable_module_names():
 
 
 def _scripted(settings: Settings, answers: list[httpx2.Response], seen: list[dict]) -> ModelClient:
-    client = ModelClient(settings)
-
     async def handler(request: httpx2.Request) -> httpx2.Response:
         seen.append({"body": json.loads(request.content), "headers": dict(request.headers)})
         return answers.pop(0)
 
-    client.client = client.client.with_options(
-        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
-    )
-    return client
+    return model_client_with(settings, handler)
 
 
 def _chat(content: str) -> httpx2.Response:
