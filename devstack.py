@@ -152,8 +152,8 @@ def up() -> None:
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     logs = settings.data_dir / "logs"
-    if _running(settings, "temporal"):
-        print(f"temporal dev server already running (pid {_running(settings, 'temporal')})")
+    if server_pid := _running(settings, "temporal"):
+        print(f"temporal dev server already running (pid {server_pid})")
     elif port_open(settings.temporal_port):
         print(f"port {settings.temporal_port} is taken by another process; using that server")
     else:
@@ -168,8 +168,8 @@ def up() -> None:
         wait_for_port(settings.temporal_ui_port, 60, proc)
     print(f"  Temporal gRPC  {settings.temporal_address}")
     print(f"  Temporal Web UI {settings.temporal_ui_url}")
-    if _running(settings, "worker"):
-        print(f"worker already running (pid {_running(settings, 'worker')})")
+    if worker_pid := _running(settings, "worker"):
+        print(f"worker already running (pid {worker_pid})")
     else:
         proc = _spawn(settings, "worker", [sys.executable, str(WORKER_SCRIPT)])
         time.sleep(1.5)

@@ -100,10 +100,9 @@ def record_batch(engine: Engine, *, batch: MirrorBatch) -> MirrorReceipt:
             handoffs_inserted = _insert_new(conn, engine, handoffs, rows)
         values = _build_values(snapshot)
         stmt = _insert(engine, builds).values(values)
-        changing = {k: v for k, v in values.items() if k not in ("build_id", "created_at")}
         stmt = stmt.on_conflict_do_update(
             index_elements=["build_id"],
-            set_={k: stmt.excluded[k] for k in changing},
+            set_={k: stmt.excluded[k] for k in values if k not in ("build_id", "created_at")},
             where=builds.c.last_seq <= stmt.excluded.last_seq,
         )
         # RETURNING counts what was really written (rowcount is -1 with psycopg here).

@@ -336,7 +336,7 @@ class BuildWorkflow:
             retry_policy=MIRROR_RETRY,
             summary=f"mirror up to event {last_seq}",
         )
-        self.mirrored_seq = max(self.mirrored_seq, last_seq)
+        self.mirrored_seq = last_seq
         self.unmirrored_outputs -= sent
 
     def _show(self) -> None:
