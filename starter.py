@@ -7,31 +7,21 @@ import contextlib
 import json
 import secrets
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from temporalio.api.enums.v1 import TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
     Client,
     WorkflowFailureError,
     WorkflowHandle,
-    WorkflowUpdateFailedError,
 )
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
-)
-from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
+from core import control
+from core.control import BuildError, CommandRefused
 from core.exit import exit_now
 from core.models import (
     ApproveRequest,
@@ -43,14 +33,13 @@ from core.models import (
     RetryRequest,
     RollbackRequest,
     Simulation,
-    build_id_from,
     parse_requirements,
     workflow_id_for,
 )
 from core.settings import Settings, get_settings
 from core.states import HANDOFFS, WORKING, BuildState
 from core.temporal import connect
-from workflows.build import PROJECT_ID, BuildWorkflow
+from workflows.build import BuildWorkflow
 
 app = typer.Typer(
     help="Start builds on the Q Assistant pipeline and steer running ones.",
@@ -71,42 +60,6 @@ def new_build_id() -> str:
     return secrets.token_hex(4)
 
 
-async def start_build(
-    client: Client, settings: Settings, request: BuildRequest
-) -> WorkflowHandle[Any, Any]:
-    """Start a build; the same build_id twice is refused, never run twice."""
-    try:
-        return await client.start_workflow(
-            BuildWorkflow.run,
-            request,
-            id=request.workflow_id,
-            task_queue=settings.temporal_task_queue,
-            execution_timeout=timedelta(seconds=settings.build_execution_timeout_seconds),
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            search_attributes=TypedSearchAttributes(
-                [SearchAttributePair(PROJECT_ID, request.project_id)]
-            ),
-            static_summary=f"{request.project_id}: build {request.build_id}",
-        )
-    except WorkflowAlreadyStartedError as err:
-        raise CommandError(
-            f"build {request.build_id} already exists; choose another build id"
-        ) from err
-
-
-async def has_worker(client: Client, settings: Settings) -> bool:
-    """Whether any worker has polled the task queue for workflow tasks lately."""
-    answer = await client.workflow_service.describe_task_queue(
-        DescribeTaskQueueRequest(
-            namespace=settings.temporal_namespace,
-            task_queue=TaskQueue(name=settings.temporal_task_queue),
-            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-        )
-    )
-    return len(answer.pollers) > 0
-
-
 def _run(coro_fn: Callable[[Client, Settings], Awaitable[T]]) -> T:
     settings = get_settings()
 
@@ -118,45 +71,18 @@ def _run(coro_fn: Callable[[Client, Settings], Awaitable[T]]) -> T:
                 f"cannot reach Temporal at {settings.temporal_address} ({err}); "
                 "is it running? `make run` starts it"
             ) from err
-        return await coro_fn(client, settings)
+        try:
+            return await coro_fn(client, settings)
+        except CommandRefused as err:
+            raise CommandError(f"refused: {err}") from err
+        except BuildError as err:
+            raise CommandError(str(err)) from err
 
     try:
         return asyncio.run(go())
     except CommandError as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(1) from err
-
-
-def _handle(client: Client, build: str) -> WorkflowHandle[Any, Any]:
-    """The typed handle of a build given by build id or workflow id."""
-    return client.get_workflow_handle_for(BuildWorkflow.run, workflow_id_for(build_id_from(build)))
-
-
-async def _query(handle: WorkflowHandle[Any, Any], query: Any, *args: Any) -> Any:
-    try:
-        return await handle.query(query, *args)
-    except RPCError as err:
-        raise CommandError(_rpc_reason(handle.id, err)) from err
-
-
-async def _update(handle: WorkflowHandle[Any, Any], update: Any, arg: Any) -> CommandAccepted:
-    try:
-        result: CommandAccepted = await handle.execute_update(update, arg)
-        return result
-    except WorkflowUpdateFailedError as err:
-        raise CommandError(f"refused: {getattr(err.cause, 'message', err.cause)}") from err
-    except RPCError as err:
-        raise CommandError(_rpc_reason(handle.id, err)) from err
-
-
-def _rpc_reason(workflow_id: str, err: RPCError) -> str:
-    build = build_id_from(workflow_id)
-    # The server answers NOT_FOUND for a finished workflow too; its message tells them apart.
-    if "already completed" in err.message:
-        return f"build {build} has finished; it takes no more commands"
-    if err.status == RPCStatusCode.NOT_FOUND:
-        return f"no build {build} (workflow {workflow_id})"
-    return err.message
 
 
 def _print_accepted(result: CommandAccepted) -> None:
@@ -297,10 +223,10 @@ def start(
         raise typer.Exit(2) from err
 
     async def go(client: Client, settings: Settings) -> BuildStatus | None:
-        handle = await start_build(client, settings, request)
+        handle = await control.start_build(client, settings, request)
         console.print(f"build [bold]{request.build_id}[/bold] started: workflow id {handle.id}")
         console.print(f"Web UI: {settings.ui_link(handle.id)}")
-        if not await has_worker(client, settings):
+        if not await control.has_worker(client, settings):
             console.print(
                 f"[yellow]warning:[/yellow] no worker polls task queue "
                 f"{settings.temporal_task_queue}; the build waits until one does "
@@ -332,7 +258,9 @@ def status(
     """Show a build's state, role, progress, attempts and what it waits for."""
 
     async def go(client: Client, settings: Settings) -> BuildStatus:
-        result: BuildStatus = await _query(_handle(client, build), BuildWorkflow.status)
+        result: BuildStatus = await control.query(
+            control.handle_for(client, build), BuildWorkflow.status
+        )
         return result
 
     result = _run(go)
@@ -351,7 +279,9 @@ def events(build: BuildIdArg) -> None:
     """List a build's events in order (seq, type, state, data)."""
 
     async def go(client: Client, settings: Settings) -> list[BuildEvent]:
-        result: list[BuildEvent] = await _query(_handle(client, build), BuildWorkflow.event_log, 0)
+        result: list[BuildEvent] = await control.query(
+            control.handle_for(client, build), BuildWorkflow.event_log, 0
+        )
         return result
 
     for event in _run(go):
@@ -363,7 +293,8 @@ def events(build: BuildIdArg) -> None:
 
 def _steer(build: str, update: Any, arg: Any) -> None:
     async def go(client: Client, settings: Settings) -> CommandAccepted:
-        return await _update(_handle(client, build), update, arg)
+        handle = control.handle_for(client, build)
+        return await control.update(handle, update, arg, rpc_timeout=settings.command_timeout)
 
     _print_accepted(_run(go))
 

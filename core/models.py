@@ -52,23 +52,40 @@ class RolePolicy(BaseModel):
     maximum_interval_seconds: float = Field(default=30, gt=0)
 
 
+def check_gates(gates: list[BuildState]) -> list[BuildState]:
+    """Approval gates are handoff states, each named once."""
+    bad = [g.value for g in gates if g not in HANDOFFS]
+    if bad:
+        allowed = ", ".join(h.value for h in HANDOFFS)
+        raise ValueError(f"approval gates must be handoff states ({allowed}); got {bad}")
+    return list(dict.fromkeys(gates))
+
+
 class BuildOptions(BaseModel):
     max_retries: int = Field(default=3, ge=0, le=20)
     approval_gates: list[BuildState] = Field(default_factory=list)
     simulate: list[Simulation] = Field(default_factory=list)
     policy: RolePolicy = Field(default_factory=RolePolicy)
 
-    @field_validator("approval_gates")
-    @classmethod
-    def _gates_are_handoffs(cls, gates: list[BuildState]) -> list[BuildState]:
-        bad = [g.value for g in gates if g not in HANDOFFS]
-        if bad:
-            allowed = ", ".join(h.value for h in HANDOFFS)
-            raise ValueError(f"approval gates must be handoff states ({allowed}); got {bad}")
-        return list(dict.fromkeys(gates))
+    _gates = field_validator("approval_gates")(check_gates)
 
 
 Requirements = str | dict[str, Any]
+MAX_REQUIREMENTS_CHARS = 20_000
+
+
+def check_requirements(value: Requirements) -> Requirements:
+    """Requirements are not empty and small enough to travel in workflow history."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("requirements must not be empty")
+    if isinstance(value, dict) and not value:
+        raise ValueError("requirements must not be an empty object")
+    size = len(value) if isinstance(value, str) else len(json.dumps(value))
+    if size > MAX_REQUIREMENTS_CHARS:
+        raise ValueError(
+            f"requirements are {size} characters; at most {MAX_REQUIREMENTS_CHARS} are accepted"
+        )
+    return value
 
 
 class BuildRequest(BaseModel):
@@ -80,14 +97,7 @@ class BuildRequest(BaseModel):
     requirements: Requirements
     options: BuildOptions = Field(default_factory=BuildOptions)
 
-    @field_validator("requirements")
-    @classmethod
-    def _requirements_not_empty(cls, value: Requirements) -> Requirements:
-        if isinstance(value, str) and not value.strip():
-            raise ValueError("requirements must not be empty")
-        if isinstance(value, dict) and not value:
-            raise ValueError("requirements must not be an empty object")
-        return value
+    _requirements = field_validator("requirements")(check_requirements)
 
     @property
     def workflow_id(self) -> str:
@@ -138,8 +148,9 @@ class RollbackRequest(BaseModel):
 
 
 class ApproveRequest(BaseModel):
-    note: str = ""
+    note: Annotated[str, Field(max_length=2000)] = ""
     approved_by: str = "person"
+    phase_result: dict[str, Any] | None = None  # what the approver adds for the next role
 
 
 class CommandAccepted(BaseModel):
@@ -345,11 +356,17 @@ class BuildSnapshot(BaseModel):
     attempts: dict[str, int]
     loop_backs: int
     last_error: str | None
+    completed_phases: list[BuildState] = Field(default_factory=list)
+    waiting_for: str | None = None
+    pending_command: str | None = None
+    failed_state: BuildState | None = None
+    failure_reason: str | None = None
     outputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None = None
+    duration_seconds: float | None = None
     last_seq: int
 
 

@@ -19,6 +19,7 @@ from core.states import (
     BuildState,
     Role,
     order,
+    progress_of,
     role_of,
     rollback_targets,
 )
@@ -52,6 +53,8 @@ class BuildData:
     feedback: dict[str, Any] = field(default_factory=dict)
     guidance: list[str] = field(default_factory=list)
     phase_running: bool = False
+    failed_state: BuildState | None = None
+    failure_reason: str | None = None
 
 
 def _choices(states: tuple[BuildState, ...]) -> str:
@@ -172,6 +175,34 @@ def handoff_parts(
     return from_role, to_role, next_state, context
 
 
+def waiting_for(data: BuildData) -> str | None:
+    return f"approval at {data.waiting_at_gate.value}" if data.waiting_at_gate else None
+
+
+def pending_command(data: BuildData) -> str | None:
+    pending = data.pending
+    return f"{pending.command} to {pending.target.value}" if pending else None
+
+
+def status(request: BuildRequest, data: BuildData, *, events: int) -> BuildStatus:
+    """The answer of the workflow's `status` query."""
+    return BuildStatus(
+        build_id=request.build_id,
+        project_id=request.project_id,
+        state=data.state,
+        current_role=role_of(data.state),
+        progress=progress_of(data.state),
+        completed_phases=list(data.completed_phases),
+        attempts=dict(data.attempts),
+        loop_backs=data.loop_backs,
+        max_retries=request.options.max_retries,
+        last_error=data.last_error,
+        waiting_for=waiting_for(data),
+        pending_command=pending_command(data),
+        events=events,
+    )
+
+
 def current_details(status: BuildStatus) -> str:
     """Markdown for the Web UI's current details."""
     role = status.current_role.value if status.current_role else "-"
@@ -202,6 +233,7 @@ def snapshot(
     outputs: set[str],
 ) -> BuildSnapshot:
     """The build's mirror row as of `last_seq`, with only the phase outputs named in `outputs`."""
+    finished = data.state in TERMINAL
     return BuildSnapshot(
         build_id=request.build_id,
         workflow_id=workflow_id,
@@ -213,10 +245,16 @@ def snapshot(
         attempts=dict(data.attempts),
         loop_backs=data.loop_backs,
         last_error=data.last_error,
+        completed_phases=list(data.completed_phases),
+        waiting_for=waiting_for(data),
+        pending_command=pending_command(data),
+        failed_state=data.failed_state,
+        failure_reason=data.failure_reason,
         outputs={k: data.outputs[k] for k in sorted(outputs)},
         options=request.options.model_dump(mode="json", exclude={"policy"}),
         created_at=started,
         updated_at=now,
-        completed_at=now if data.state in TERMINAL else None,
+        completed_at=now if finished else None,
+        duration_seconds=(now - started).total_seconds() if finished else None,
         last_seq=last_seq,
     )

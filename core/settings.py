@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,6 +29,13 @@ class Settings(BaseSettings):
 
     # The mirror: SQLite file under data_dir unless DATABASE_URL names another database.
     database_url: str | None = None
+
+    # HTTP API (api/). Without API_KEY every endpoint is open, and the API logs that at start.
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_key: SecretStr | None = None
+    # How long the API and starter.py wait for a worker to accept or refuse a command.
+    command_timeout_seconds: float = Field(default=10, gt=0)
 
     # Models. Without an API key the offline model answers through the same openai SDK path.
     openai_api_key: SecretStr | None = None
@@ -64,6 +72,15 @@ class Settings(BaseSettings):
             initial_interval_seconds=self.role_initial_retry_seconds,
             maximum_interval_seconds=self.role_max_retry_seconds,
         )
+
+    @property
+    def command_timeout(self) -> timedelta:
+        return timedelta(seconds=self.command_timeout_seconds)
+
+    @property
+    def api_url(self) -> str:
+        host = "localhost" if self.api_host in ("127.0.0.1", "0.0.0.0") else self.api_host
+        return f"http://{host}:{self.api_port}"
 
     def ui_link(self, workflow_id: str) -> str:
         base = self.temporal_ui_url.rstrip("/")

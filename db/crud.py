@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table
+from sqlalchemy import Connection, Engine, Table, func
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from core.models import BuildSnapshot, MirrorBatch, MirrorReceipt
-from core.states import WORKING
+from core.states import WORKING, BuildState
 from db.models import BuildWorkflowRow, WorkflowEventRow, WorkflowHandoffRow
 
 OUTPUT_COLUMNS = {state.value: f"{state.value}_output" for state in WORKING}
@@ -32,7 +33,8 @@ def _insert_new(conn: Connection, engine: Engine, table: Table, rows: list[dict[
     return len(conn.execute(stmt.returning(table.c.seq)).all())
 
 
-def _build_values(snapshot: BuildSnapshot) -> dict[str, Any]:
+def build_values(snapshot: BuildSnapshot) -> dict[str, Any]:
+    """The build_workflows row of a snapshot."""
     values: dict[str, Any] = {
         "build_id": snapshot.build_id,
         "workflow_id": snapshot.workflow_id,
@@ -44,6 +46,12 @@ def _build_values(snapshot: BuildSnapshot) -> dict[str, Any]:
         "attempts": snapshot.attempts,
         "loop_backs": snapshot.loop_backs,
         "last_error": snapshot.last_error,
+        "completed_phases": [s.value for s in snapshot.completed_phases],
+        "waiting_for": snapshot.waiting_for,
+        "pending_command": snapshot.pending_command,
+        "failed_state": snapshot.failed_state.value if snapshot.failed_state else None,
+        "failure_reason": snapshot.failure_reason,
+        "duration_seconds": snapshot.duration_seconds,
         "last_seq": snapshot.last_seq,
         "created_at": snapshot.created_at,
         "updated_at": snapshot.updated_at,
@@ -98,7 +106,7 @@ def record_batch(engine: Engine, *, batch: MirrorBatch) -> MirrorReceipt:
                 for h in batch.handoffs
             ]
             handoffs_inserted = _insert_new(conn, engine, handoffs, rows)
-        values = _build_values(snapshot)
+        values = build_values(snapshot)
         stmt = _insert(engine, builds).values(values)
         stmt = stmt.on_conflict_do_update(
             index_elements=["build_id"],
@@ -120,11 +128,40 @@ def get_build(session: Session, *, workflow_id: str) -> BuildWorkflowRow | None:
     ).first()
 
 
-def list_events(session: Session, *, workflow_id: str) -> list[WorkflowEventRow]:
+def list_builds(
+    session: Session,
+    *,
+    project_id: str | None = None,
+    state: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[BuildWorkflowRow], int]:
+    """Builds newest first, filtered by project and state; and how many match in all."""
+    conditions = []
+    if project_id is not None:
+        conditions.append(BuildWorkflowRow.project_id == project_id)
+    if state is not None:
+        conditions.append(BuildWorkflowRow.current_state == state)
+    counted = select(func.count()).select_from(BuildWorkflowRow).where(*conditions)
+    total = session.exec(counted).one()
+    query = (
+        select(BuildWorkflowRow)
+        .where(*conditions)
+        .order_by(col(BuildWorkflowRow.created_at).desc(), col(BuildWorkflowRow.id).desc())
+        .offset(offset)
+        .limit(limit)
+    )
+    return list(session.exec(query).all()), total
+
+
+def list_events(
+    session: Session, *, workflow_id: str, after_seq: int = 0, limit: int | None = None
+) -> list[WorkflowEventRow]:
     query = (
         select(WorkflowEventRow)
-        .where(WorkflowEventRow.workflow_id == workflow_id)
-        .order_by(WorkflowEventRow.seq)  # type: ignore[arg-type]
+        .where(WorkflowEventRow.workflow_id == workflow_id, WorkflowEventRow.seq > after_seq)
+        .order_by(col(WorkflowEventRow.seq))
+        .limit(limit)
     )
     return list(session.exec(query).all())
 
@@ -133,6 +170,49 @@ def list_handoffs(session: Session, *, workflow_id: str) -> list[WorkflowHandoff
     query = (
         select(WorkflowHandoffRow)
         .where(WorkflowHandoffRow.workflow_id == workflow_id)
-        .order_by(WorkflowHandoffRow.seq)  # type: ignore[arg-type]
+        .order_by(col(WorkflowHandoffRow.seq))
     )
     return list(session.exec(query).all())
+
+
+@dataclass
+class StateCount:
+    state: str
+    builds: int
+    loop_backs: int
+    average_duration_seconds: float | None
+
+
+@dataclass
+class FailureCount:
+    failed_state: str | None
+    failure_reason: str | None
+    builds: int
+    example: str | None
+
+
+def project_state_counts(session: Session, *, project_id: str) -> list[StateCount]:
+    """Per current state: builds, their loop-backs, and their average duration when finished."""
+    b = BuildWorkflowRow
+    query = (
+        select(b.current_state, func.count(), func.sum(b.loop_backs), func.avg(b.duration_seconds))
+        .where(b.project_id == project_id)
+        .group_by(b.current_state)
+        .order_by(b.current_state)
+    )
+    return [
+        StateCount(state, count, int(loops or 0), None if avg is None else float(avg))
+        for state, count, loops, avg in session.exec(query).all()
+    ]
+
+
+def project_failures(session: Session, *, project_id: str) -> list[FailureCount]:
+    """Failed builds grouped by the state they failed in and the kind of failure."""
+    b = BuildWorkflowRow
+    query = (
+        select(b.failed_state, b.failure_reason, func.count(), func.max(b.last_error))
+        .where(b.project_id == project_id, b.current_state == BuildState.FAILED.value)
+        .group_by(col(b.failed_state), col(b.failure_reason))
+        .order_by(func.count().desc(), col(b.failed_state), col(b.failure_reason))
+    )
+    return [FailureCount(*row) for row in session.exec(query).all()]

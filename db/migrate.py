@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 from pathlib import Path
 
 from alembic import command
@@ -20,7 +21,14 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str) -> None:
-    """Bring the database at `url` to the newest schema; safe to run again."""
-    if normalise_url(url).startswith("sqlite:///"):
-        Path(normalise_url(url).split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(url), "head")
+    """Bring the database at `url` to the newest schema; safe to run again, and concurrently."""
+    url = normalise_url(url)
+    if not url.startswith("sqlite:///"):
+        command.upgrade(alembic_config(url), "head")  # PostgreSQL: an advisory lock in env.py
+        return
+    path = Path(url.split("///", 1)[1])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The worker and the API both migrate at start; a file lock makes the second one wait.
+    with open(path.with_name(path.name + ".migrate-lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        command.upgrade(alembic_config(url), "head")

@@ -1,7 +1,8 @@
 """The mirror: SQL records of every build, its handoffs and its events.
 
 Written only by activities (activities/mirror.py), idempotently: events and handoffs are
-unique on (workflow_id, seq), and a build's row only moves forward (last_seq).
+unique on (workflow_id, seq), and a build's row only moves forward (last_seq). Each table
+has a family: `XBase` (shared fields), `XRow` (the table), `XPublic` (what the API returns).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -23,16 +24,35 @@ def _when(nullable: bool = False, index: bool = False) -> Any:
     )
 
 
-class BuildWorkflowRow(SQLModel, table=True):
-    __tablename__ = "build_workflows"
+class BuildSummaryBase(SQLModel):
+    """What a list of builds shows of each: who, where it is, how it went."""
 
-    id: int | None = Field(default=None, primary_key=True)
     build_id: str = Field(unique=True, max_length=64)
     workflow_id: str = Field(unique=True, max_length=80)
     project_id: str = Field(index=True, max_length=128)
     user_id: str = Field(max_length=128)
     current_state: str = Field(index=True, max_length=32)
     current_role: str | None = Field(default=None, max_length=32)
+    loop_backs: int = 0
+    last_error: str | None = None
+    failed_state: str | None = Field(default=None, max_length=32)
+    failure_reason: str | None = Field(default=None, max_length=200)
+    waiting_for: str | None = Field(default=None, max_length=200)
+    pending_command: str | None = Field(default=None, max_length=200)
+    duration_seconds: float | None = None
+    created_at: datetime = _when(index=True)
+    updated_at: datetime = _when()
+    completed_at: datetime | None = _when(nullable=True)
+
+
+class BuildWorkflowRow(BuildSummaryBase, table=True):
+    __tablename__ = "build_workflows"
+    __table_args__ = (
+        Index("ix_build_workflows_project_state", "project_id", "current_state"),
+        Index("ix_build_workflows_project_created", "project_id", "created_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
     requirements: Any = _json(nullable=False)
     discovery_output: Any = _json()
     planning_output: Any = _json()
@@ -41,40 +61,56 @@ class BuildWorkflowRow(SQLModel, table=True):
     verification_output: Any = _json()
     deployment_output: Any = _json()
     attempts: Any = _json(nullable=False)
-    loop_backs: int = 0
-    last_error: str | None = None
+    completed_phases: Any = _json()
     last_seq: int = 0
-    created_at: datetime = _when(index=True)
-    updated_at: datetime = _when()
-    completed_at: datetime | None = _when(nullable=True)
     workflow_metadata: Any = _json()
 
 
-class WorkflowHandoffRow(SQLModel, table=True):
-    __tablename__ = "workflow_handoffs"
-    __table_args__ = (UniqueConstraint("workflow_id", "seq", name="uq_handoff_workflow_seq"),)
+class BuildSummaryPublic(BuildSummaryBase):
+    last_seq: int
 
-    id: int | None = Field(default=None, primary_key=True)
-    workflow_id: str = Field(index=True, max_length=80)
+
+class WorkflowHandoffBase(SQLModel):
     seq: int
     from_role: str = Field(max_length=32)
     to_role: str = Field(max_length=32)
     from_state: str = Field(max_length=32)
     to_state: str = Field(max_length=32)
-    data_transferred: Any = _json(nullable=False)
     notes: str | None = None
+
+
+class WorkflowHandoffRow(WorkflowHandoffBase, table=True):
+    __tablename__ = "workflow_handoffs"
+    __table_args__ = (UniqueConstraint("workflow_id", "seq", name="uq_handoff_workflow_seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    workflow_id: str = Field(index=True, max_length=80)
+    data_transferred: Any = _json(nullable=False)
     timestamp: datetime = _when()
 
 
-class WorkflowEventRow(SQLModel, table=True):
+class WorkflowHandoffPublic(WorkflowHandoffBase):
+    data_transferred: dict[str, Any]
+    timestamp: datetime
+
+
+class WorkflowEventBase(SQLModel):
+    seq: int
+    event_type: str = Field(index=True, max_length=32)
+    state: str = Field(max_length=32)
+    triggered_by: str = Field(max_length=128)
+
+
+class WorkflowEventRow(WorkflowEventBase, table=True):
     __tablename__ = "workflow_events"
     __table_args__ = (UniqueConstraint("workflow_id", "seq", name="uq_event_workflow_seq"),)
 
     id: int | None = Field(default=None, primary_key=True)
     workflow_id: str = Field(index=True, max_length=80)
-    seq: int
-    event_type: str = Field(index=True, max_length=32)
-    state: str = Field(max_length=32)
-    triggered_by: str = Field(max_length=128)
     event_data: Any = _json(nullable=False)
     timestamp: datetime = _when()
+
+
+class WorkflowEventPublic(WorkflowEventBase):
+    event_data: dict[str, Any]
+    timestamp: datetime

@@ -10,18 +10,19 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import psycopg
 import pytest
 from sqlalchemy import Engine
 from temporalio.client import Client, WorkflowHandle
 
 from activities.llm import ModelClient
+from core.control import start_build
 from core.models import BuildOptions, BuildRequest, BuildStatus, Requirements
 from core.settings import Settings
 from core.temporal import connect
 from db.engine import make_engine
 from db.migrate import upgrade
 from devstack import DevServer, free_port
-from starter import start_build
 from worker import build_worker
 from workflows.build import BuildWorkflow
 
@@ -77,6 +78,38 @@ def base_settings(dev_server: DevServer, tmp_path_factory: pytest.TempPathFactor
 def engine(base_settings: Settings) -> Iterator[Engine]:
     """The session's SQLite mirror (the PostgreSQL one is in test_mirror.py)."""
     eng = make_engine(base_settings.db_url())
+    yield eng
+    eng.dispose()
+
+
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this session, dropped afterwards."""
+    name = f"qao_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as err:
+        pytest.fail(f"PostgreSQL is needed at 127.0.0.1:5432 (database test): {err}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    upgrade(url)
+    yield url
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def mirror_db(request: pytest.FixtureRequest, base_settings: Settings) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        url = base_settings.db_url()
+    else:
+        url = request.getfixturevalue("postgres_url")
+    eng = make_engine(url)
+    assert eng.dialect.name == request.param
     yield eng
     eng.dispose()
 

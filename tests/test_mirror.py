@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
-import psycopg
 import pytest
 from sqlalchemy import Engine, func
 from sqlmodel import Session, select
@@ -23,42 +21,9 @@ from core.models import (
 from core.settings import Settings
 from core.states import WORKING, BuildState
 from db import crud
-from db.engine import make_engine
-from db.migrate import upgrade
 from db.models import WorkflowEventRow
 from tests.conftest import make_request, running_worker, start, wait_until
 from workflows.build import BuildWorkflow
-
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this session, dropped afterwards."""
-    name = f"qao_test_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as err:
-        pytest.fail(f"PostgreSQL is needed at 127.0.0.1:5432 (database test): {err}")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
-    upgrade(url)
-    yield url
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def mirror_db(request: pytest.FixtureRequest, base_settings: Settings) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = base_settings.db_url()
-    else:
-        url = request.getfixturevalue("postgres_url")
-    eng = make_engine(url)
-    assert eng.dialect.name == request.param
-    yield eng
-    eng.dispose()
 
 
 def test_migrations_create_exactly_the_tables_of_the_models(mirror_db: Engine):

@@ -14,6 +14,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError
 
+from core.control import BuildExists
 from core.models import (
     ApproveRequest,
     BuildEvent,
@@ -23,7 +24,6 @@ from core.models import (
     RollbackRequest,
 )
 from core.states import PATH, WORKING, BuildState, Role
-from starter import CommandError
 from tests.conftest import make_request, save_history, start, status_of, wait_until
 from workflows.build import BUILD_STATE, PROJECT_ID, BuildWorkflow
 
@@ -232,10 +232,10 @@ async def test_messages_to_a_finished_build_are_refused(client: Client, worker):
 async def test_duplicate_start_is_refused_not_run_twice(client: Client, worker):
     request = make_request()
     handle = await start(client, worker, request)
-    with pytest.raises(CommandError, match="already exists"):
+    with pytest.raises(BuildExists, match="already exists"):
         await start(client, worker, request)
     await handle.result()
-    with pytest.raises(CommandError, match="already exists"):
+    with pytest.raises(BuildExists, match="already exists"):
         await start(client, worker, request)  # also after it finished
     runs = [w async for w in client.list_workflows(f"WorkflowId = '{request.workflow_id}'")]
     assert len(runs) == 1

@@ -13,6 +13,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
+from workflows.messages import BuildMessages
+
 with workflow.unsafe.imports_passed_through():
     from activities.mirror import MirrorActivities
     from activities.roles import RoleActivities
@@ -20,28 +22,22 @@ with workflow.unsafe.imports_passed_through():
     from core.models import (
         BUILD_STATE_ATTRIBUTE,
         PROJECT_ID_ATTRIBUTE,
-        ApproveRequest,
         BuildEvent,
         BuildRequest,
         BuildResult,
-        BuildStatus,
-        CommandAccepted,
         EventType,
         Handoff,
         MirrorBatch,
         ModelUsage,
-        RetryRequest,
         RoleTask,
-        RollbackRequest,
     )
-    from core.rules import BuildData, Pending
+    from core.rules import BuildData
     from core.states import (
         TABLE,
         TERMINAL,
         BuildState,
         is_valid,
         order,
-        progress_of,
         role_of,
     )
 
@@ -67,11 +63,15 @@ ROLE_ACTIVITY: dict[BuildState, Any] = {
 
 
 class BuildFailed(Exception):
-    """Raised inside the workflow to end the build FAILED with a reason."""
+    """Raised inside the workflow to end the build FAILED with a reason and its short kind."""
+
+    def __init__(self, reason: str, kind: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 @workflow.defn(name="BuildWorkflow")
-class BuildWorkflow:
+class BuildWorkflow(BuildMessages):
     @workflow.init
     def __init__(self, request: BuildRequest) -> None:
         self.request = request
@@ -96,7 +96,7 @@ class BuildWorkflow:
                 else:
                     await self._handoff()
         except BuildFailed as failure:
-            self._fail(str(failure))
+            self._fail(str(failure), failure.kind)
         except BaseException as err:
             # A cancel arrives as asyncio.CancelledError, or as an ActivityError when a role
             # was working; either way the build ends CANCELLED, not FAILED.
@@ -160,7 +160,10 @@ class BuildWorkflow:
             if is_cancelled_exception(err):
                 raise
             cause = getattr(err.cause, "message", None) or str(err)
-            raise BuildFailed(f"{role.value} failed in {state.value}: {cause}") from err
+            kind = getattr(err.cause, "type", None) or type(err.cause).__name__
+            raise BuildFailed(
+                f"{role.value} failed in {state.value}: {cause}", f"{role.value} error: {kind}"
+            ) from err
         finally:
             self.data.phase_running = False
         output = result.output.model_dump(mode="json")
@@ -193,7 +196,8 @@ class BuildWorkflow:
         if self.data.loop_backs >= limit:
             raise BuildFailed(
                 f"retries exhausted: {why} after {self.data.loop_backs} loop-backs "
-                f"(max_retries={limit}); last: {summary}"
+                f"(max_retries={limit}); last: {summary}",
+                f"retries exhausted: {why}",
             )
         self.data.loop_backs += 1
         self.data.feedback = {"loop_back_from": state.value, **feedback}
@@ -268,10 +272,12 @@ class BuildWorkflow:
         workflow.logger.info("build %s: %s -> %s", self.request.build_id, source, target)
         self._show()
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, kind: str) -> None:
         self.data.last_error = reason
+        self.data.failed_state = self.data.state
+        self.data.failure_reason = kind
         self._move(S.FAILED, "system")
-        self._emit(EventType.FAILED, "system", reason=reason)
+        self._emit(EventType.FAILED, "system", reason=reason, kind=kind)
         self._show()
 
     def _emit(self, event_type: EventType, by: str, **data: Any) -> None:
@@ -341,115 +347,3 @@ class BuildWorkflow:
 
     def _show(self) -> None:
         workflow.set_current_details(rules.current_details(self.status()))
-
-    # --- messages -----------------------------------------------------------------------
-
-    def _accept(self, command: str, target: BuildState, reason: str, by: str) -> CommandAccepted:
-        source = self.data.state
-        self.data.pending = Pending(command, target, reason, by)
-        self._show()
-        applies = "after_current_phase" if self.data.phase_running else "now"
-        return CommandAccepted(
-            command=command,
-            from_state=source,
-            target_state=target,
-            applies=applies,
-        )
-
-    def _reject(self, command: str, reason: str, by: str) -> None:
-        self._emit(EventType.SIGNAL_REJECTED, by, command=command, reason=reason)
-        workflow.logger.warning("build %s: %s rejected: %s", self.request.build_id, command, reason)
-
-    @workflow.signal
-    def retry(self, request: RetryRequest) -> None:
-        problem = rules.check_retry(self.data)
-        if problem:
-            self._reject("retry", problem, request.requested_by)
-        else:
-            target = rules.retry_target(self.data.state)
-            self._accept("retry", target, request.reason, request.requested_by)
-
-    @workflow.signal
-    def rollback(self, request: RollbackRequest) -> None:
-        problem = rules.check_rollback(self.data, request.target_state)
-        if problem:
-            self._reject("rollback", problem, request.requested_by)
-        else:
-            self._accept("rollback", request.target_state, request.reason, request.requested_by)
-
-    @workflow.signal
-    def approve(self, request: ApproveRequest) -> None:
-        problem = rules.check_approve(self.data)
-        if problem:
-            self._reject("approve", problem, request.approved_by)
-        else:
-            self._approve(request)
-
-    def _approve(self, request: ApproveRequest) -> CommandAccepted:
-        gate = self.data.waiting_at_gate
-        assert gate is not None
-        self.data.approved_gate = gate
-        self._emit(EventType.APPROVED, request.approved_by, gate=gate.value, note=request.note)
-        next_state = TABLE[gate].next
-        assert next_state is not None
-        return CommandAccepted(
-            command="approve", from_state=gate, target_state=next_state, applies="now"
-        )
-
-    @workflow.update
-    def update_retry(self, request: RetryRequest) -> CommandAccepted:
-        target = rules.retry_target(self.data.state)
-        return self._accept("retry", target, request.reason, request.requested_by)
-
-    @update_retry.validator
-    def _validate_retry(self, request: RetryRequest) -> None:
-        _refuse(rules.check_retry(self.data))
-
-    @workflow.update
-    def update_rollback(self, request: RollbackRequest) -> CommandAccepted:
-        return self._accept("rollback", request.target_state, request.reason, request.requested_by)
-
-    @update_rollback.validator
-    def _validate_rollback(self, request: RollbackRequest) -> None:
-        _refuse(rules.check_rollback(self.data, request.target_state))
-
-    @workflow.update
-    def update_approve(self, request: ApproveRequest) -> CommandAccepted:
-        return self._approve(request)
-
-    @update_approve.validator
-    def _validate_approve(self, request: ApproveRequest) -> None:
-        _refuse(rules.check_approve(self.data))
-
-    @workflow.query
-    def status(self) -> BuildStatus:
-        d = self.data
-        pending = d.pending
-        return BuildStatus(
-            build_id=self.request.build_id,
-            project_id=self.request.project_id,
-            state=d.state,
-            current_role=role_of(d.state),
-            progress=progress_of(d.state),
-            completed_phases=list(d.completed_phases),
-            attempts=dict(d.attempts),
-            loop_backs=d.loop_backs,
-            max_retries=self.request.options.max_retries,
-            last_error=d.last_error,
-            waiting_for=f"approval at {d.waiting_at_gate.value}" if d.waiting_at_gate else None,
-            pending_command=f"{pending.command} to {pending.target.value}" if pending else None,
-            events=len(self.events),
-        )
-
-    @workflow.query
-    def event_log(self, after_seq: int = 0) -> list[BuildEvent]:
-        return [e for e in self.events if e.seq > after_seq]
-
-    @workflow.query
-    def handoff_log(self) -> list[Handoff]:
-        return list(self.handoffs)
-
-
-def _refuse(problem: str | None) -> None:
-    if problem:
-        raise ApplicationError(problem, type="CommandRejected", non_retryable=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import text
 from sqlmodel import SQLModel
 
 import db.models  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -18,5 +19,8 @@ with engine.connect() as connection:
         render_as_batch=connection.dialect.name == "sqlite",
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # The worker and the API both migrate at start; one waits for the other.
+            connection.execute(text("SELECT pg_advisory_xact_lock(7421001)"))
         context.run_migrations()
 engine.dispose()

@@ -1,0 +1,34 @@
+"""`python -m api`: serve the HTTP API with uvicorn on API_HOST:API_PORT."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from api.main import create_app
+from core.exit import exit_now
+from core.settings import get_settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def main(
+    host: Annotated[str | None, typer.Option(help="Default: API_HOST.")] = None,
+    port: Annotated[int | None, typer.Option(help="Default: API_PORT.")] = None,
+) -> None:
+    """Serve the Q Assistant Orchestration API (OpenAPI page at /docs)."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    settings = get_settings()
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        log_config=None,
+    )
+
+
+if __name__ == "__main__":
+    exit_now(typer.run, main)

@@ -1,0 +1,93 @@
+"""What endpoints depend on: settings, a database session, the Temporal client, the API key."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Engine
+from sqlmodel import Session
+from temporalio.client import Client
+
+from core.settings import Settings
+from core.temporal import connect
+
+log = logging.getLogger("api")
+
+
+@dataclass
+class AppState:
+    """Built in the app's lifespan; one per process."""
+
+    settings: Settings
+    engine: Engine
+    client: Client | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def temporal(self) -> Client:
+        """The Temporal client, connecting on first use so the API starts without Temporal."""
+        if self.client is not None:
+            return self.client
+        async with self.lock:
+            if self.client is None:
+                try:
+                    self.client = await connect(self.settings)
+                except RuntimeError as err:
+                    log.warning("Temporal unreachable: %s", err)
+                    raise HTTPException(
+                        status.HTTP_503_SERVICE_UNAVAILABLE,
+                        f"Temporal is unreachable at {self.settings.temporal_address}; "
+                        "try again when it runs",
+                    ) from err
+            return self.client
+
+
+def _state(request: Request) -> AppState:
+    state: AppState = request.app.state.api
+    return state
+
+
+def _settings(request: Request) -> Settings:
+    return _state(request).settings
+
+
+def _session(request: Request) -> Iterator[Session]:
+    with Session(_state(request).engine) as session:
+        yield session
+
+
+async def _client(request: Request) -> Client:
+    return await _state(request).temporal()
+
+
+StateDep = Annotated[AppState, Depends(_state)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+SessionDep = Annotated[Session, Depends(_session)]
+ClientDep = Annotated[Client, Depends(_client)]
+
+_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API_KEY, if set.")
+_bearer = HTTPBearer(auto_error=False, description="API_KEY as a bearer token, if set.")
+
+
+def require_api_key(
+    settings: SettingsDep,
+    key: Annotated[str | None, Security(_key_header)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> None:
+    """When API_KEY is set, every request must carry it (X-API-Key or Authorization: Bearer)."""
+    if settings.api_key is None:
+        return
+    given = key or (bearer.credentials if bearer else None)
+    expected = settings.api_key.get_secret_value()
+    if given is None or not secrets.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or wrong API key: send it as X-API-Key or Authorization: Bearer",
+            headers={"WWW-Authenticate": "Bearer"},
+        )

@@ -1,0 +1,325 @@
+"""Builds: start, steer (advance, retry, rollback) through Temporal; read from the mirror."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response, status
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+from temporalio.client import Client
+
+from api.deps import AppState, ClientDep, SessionDep, SettingsDep, StateDep
+from api.schemas import (
+    Advance,
+    Advanced,
+    BuildPage,
+    BuildStarted,
+    BuildStatusOut,
+    EventPage,
+    FailureGroup,
+    HandoffHistory,
+    Progress,
+    ProjectStats,
+    RequestRetry,
+    RetryAccepted,
+    Rollback,
+    RollbackAccepted,
+    StartBuild,
+)
+from core import control
+from core.models import (
+    ApproveRequest,
+    BuildOptions,
+    BuildRequest,
+    RetryRequest,
+    RollbackRequest,
+    build_id_from,
+    workflow_id_for,
+)
+from core.settings import Settings
+from core.states import PATH, TERMINAL, WORKING, BuildState, progress_of, role_of
+from db import crud
+from db.models import BuildSummaryPublic, WorkflowEventPublic, WorkflowHandoffPublic
+from workflows.build import BUILD_STATE, PROJECT_ID, BuildWorkflow
+
+router = APIRouter(prefix="/api/workflows", tags=["workflows"])
+log = logging.getLogger("api")
+
+ProjectId = Annotated[str, Path(min_length=1, max_length=128, description="Project id.")]
+WorkflowId = Annotated[
+    str, Path(min_length=1, max_length=90, description="Workflow id build-<id>, or the build id.")
+]
+FIRST = PATH[0]
+
+
+@router.post("/{project_id}/start", status_code=status.HTTP_201_CREATED)
+async def start_build(
+    project_id: ProjectId,
+    body: StartBuild,
+    client: ClientDep,
+    settings: SettingsDep,
+    response: Response,
+) -> BuildStarted:
+    """Start a build of the project. The same build_id twice gets 409."""
+    opts = body.options
+    max_retries = settings.build_max_retries if opts.max_retries is None else opts.max_retries
+    request = BuildRequest(
+        project_id=project_id,
+        build_id=body.build_id or secrets.token_hex(4),
+        user_id=body.user_id,
+        requirements=body.requirements,
+        options=BuildOptions(
+            max_retries=max_retries,
+            approval_gates=opts.approval_gates,
+            simulate=opts.simulate,
+            policy=settings.role_policy(),
+        ),
+    )
+    handle = await control.start_build(client, settings, request)
+    log.info("build %s started for project %s by %s", request.build_id, project_id, body.user_id)
+    status_url = f"{router.prefix}/{handle.id}/status"
+    response.headers["Location"] = status_url
+    first_role = role_of(FIRST)
+    assert first_role is not None
+    return BuildStarted(
+        workflow_id=handle.id,
+        build_id=request.build_id,
+        project_id=project_id,
+        initial_state=FIRST,
+        next_role=first_role,
+        ui_url=settings.ui_link(handle.id),
+        status_url=status_url,
+    )
+
+
+@router.post("/{workflow_id}/advance")
+async def advance(
+    workflow_id: WorkflowId, body: Advance, client: ClientDep, settings: SettingsDep
+) -> Advanced:
+    """Approve the gate the build waits at; 409 with the reason when nothing waits."""
+    handle = control.handle_for(client, workflow_id)
+    approval = ApproveRequest(
+        note=body.notes, approved_by=body.role.value, phase_result=body.phase_result
+    )
+    accepted = await control.update(
+        handle, BuildWorkflow.update_approve, approval, rpc_timeout=settings.command_timeout
+    )
+    return Advanced(
+        workflow_id=handle.id,
+        advanced_by=body.role,
+        from_state=accepted.from_state,
+        state=accepted.target_state,
+        applies=accepted.applies,
+    )
+
+
+@router.post("/{workflow_id}/request-retry", status_code=status.HTTP_202_ACCEPTED)
+async def request_retry(
+    workflow_id: WorkflowId, body: RequestRetry, client: ClientDep, settings: SettingsDep
+) -> RetryAccepted:
+    """Send the build back to IMPLEMENTATION with the reason as guidance."""
+    handle = control.handle_for(client, workflow_id)
+    command = RetryRequest(reason=body.reason, requested_by=body.requested_by)
+    accepted = await control.update(
+        handle, BuildWorkflow.update_retry, command, rpc_timeout=settings.command_timeout
+    )
+    return RetryAccepted(
+        workflow_id=handle.id,
+        from_state=accepted.from_state,
+        target_state=accepted.target_state,
+        applies=accepted.applies,
+    )
+
+
+@router.post("/{workflow_id}/rollback", status_code=status.HTTP_202_ACCEPTED)
+async def rollback(
+    workflow_id: WorkflowId, body: Rollback, client: ClientDep, settings: SettingsDep
+) -> RollbackAccepted:
+    """Roll the build back to an earlier working state (discovery ... deployment)."""
+    handle = control.handle_for(client, workflow_id)
+    command = RollbackRequest(
+        target_state=body.target_state, reason=body.reason, requested_by=body.requested_by
+    )
+    accepted = await control.update(
+        handle, BuildWorkflow.update_rollback, command, rpc_timeout=settings.command_timeout
+    )
+    return RollbackAccepted(
+        workflow_id=handle.id,
+        from_state=accepted.from_state,
+        target_state=accepted.target_state,
+        applies=accepted.applies,
+    )
+
+
+@router.get("/{workflow_id}/status")
+async def build_status(
+    workflow_id: WorkflowId, session: SessionDep, state: StateDep
+) -> BuildStatusOut:
+    """State, role, progress, attempts and what the build waits for, from the mirror.
+
+    The mirror is written before each role call and at every gate, so it is as current as the
+    phase the build is in. A build no worker has picked up yet is answered from Temporal.
+    """
+    settings = state.settings
+    wf = workflow_id_for(build_id_from(workflow_id))
+    row = await run_in_threadpool(crud.get_build, session, workflow_id=wf)
+    if row is not None:
+        current = BuildState(row.current_state)
+        completed = [BuildState(s) for s in row.completed_phases or []]
+        return BuildStatusOut(
+            workflow_id=wf,
+            build_id=row.build_id,
+            project_id=row.project_id,
+            user_id=row.user_id,
+            current_state=current,
+            current_role=role_of(current),
+            progress=_progress(current, completed),
+            completed_phases=completed,
+            attempts=row.attempts,
+            loop_backs=row.loop_backs,
+            last_error=row.last_error,
+            waiting_for=row.waiting_for,
+            pending_command=row.pending_command,
+            failed_state=BuildState(row.failed_state) if row.failed_state else None,
+            failure_reason=row.failure_reason,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            completed_at=row.completed_at,
+            as_of_seq=row.last_seq,
+            source="mirror",
+            ui_url=settings.ui_link(wf),
+        )
+    return await _status_from_temporal(await state.temporal(), settings, wf)
+
+
+async def _status_from_temporal(client: Client, settings: Settings, wf: str) -> BuildStatusOut:
+    """A build started but not mirrored yet (no worker has run it): what Temporal knows."""
+    described = await control.describe(control.handle_for(client, wf))
+    state = BuildState(described.typed_search_attributes.get(BUILD_STATE) or FIRST.value)
+    project = described.typed_search_attributes.get(PROJECT_ID) or ""
+    return BuildStatusOut(
+        workflow_id=wf,
+        build_id=build_id_from(wf),
+        project_id=project,
+        user_id=None,
+        current_state=state,
+        current_role=role_of(state),
+        progress=_progress(state, []),
+        completed_phases=[],
+        attempts={},
+        loop_backs=0,
+        last_error=None,
+        waiting_for=None,
+        pending_command=None,
+        failed_state=None,
+        failure_reason=None,
+        created_at=described.start_time,
+        updated_at=None,
+        completed_at=described.close_time,
+        as_of_seq=0,
+        source="temporal",
+        ui_url=settings.ui_link(wf),
+    )
+
+
+def _progress(state: BuildState, completed: list[BuildState]) -> Progress:
+    return Progress(
+        percentage=progress_of(state),
+        completed_phases=len(completed),
+        total_phases=len(WORKING),
+    )
+
+
+async def _require_known(session: Session, state: AppState, wf: str) -> None:
+    """404 unless the mirror or Temporal knows the build (Temporal is asked only if needed)."""
+    if await run_in_threadpool(crud.get_build, session, workflow_id=wf) is None:
+        await control.describe(control.handle_for(await state.temporal(), wf))
+
+
+@router.get("/{workflow_id}/history")
+async def handoff_history(
+    workflow_id: WorkflowId, session: SessionDep, state: StateDep
+) -> HandoffHistory:
+    """The build's handoffs in order, with what each one handed over."""
+    wf = workflow_id_for(build_id_from(workflow_id))
+    await _require_known(session, state, wf)
+    rows = await run_in_threadpool(crud.list_handoffs, session, workflow_id=wf)
+    return HandoffHistory(
+        workflow_id=wf, handoffs=[WorkflowHandoffPublic.model_validate(r) for r in rows]
+    )
+
+
+@router.get("/{workflow_id}/events")
+async def build_events(
+    workflow_id: WorkflowId,
+    session: SessionDep,
+    state: StateDep,
+    after_seq: Annotated[int, Query(ge=0, description="Only events after this seq.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> EventPage:
+    """The build's events in seq order, a page at a time."""
+    wf = workflow_id_for(build_id_from(workflow_id))
+    await _require_known(session, state, wf)
+    rows = await run_in_threadpool(
+        crud.list_events, session, workflow_id=wf, after_seq=after_seq, limit=limit
+    )
+    return EventPage(
+        workflow_id=wf,
+        events=[WorkflowEventPublic.model_validate(r) for r in rows],
+        next_after_seq=rows[-1].seq if rows else after_seq,
+    )
+
+
+@router.get("")
+def list_builds(
+    session: SessionDep,
+    project_id: Annotated[str | None, Query(max_length=128)] = None,
+    state: BuildState | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> BuildPage:
+    """Builds newest first, filtered by project and state."""
+    rows, total = crud.list_builds(
+        session,
+        project_id=project_id,
+        state=state.value if state else None,
+        limit=limit,
+        offset=offset,
+    )
+    return BuildPage(
+        items=[BuildSummaryPublic.model_validate(r) for r in rows],
+        total=total,
+        limit=limit,
+        offset=offset,
+    )
+
+
+@router.get("/project/{project_id}/stats")
+def project_stats(project_id: ProjectId, session: SessionDep) -> ProjectStats:
+    """Totals, completion rate, durations, retries and why builds failed."""
+    counts = crud.project_state_counts(session, project_id=project_id)
+    failures = crud.project_failures(session, project_id=project_id)
+    total = sum(c.builds for c in counts)
+    finished = sum(c.builds for c in counts if BuildState(c.state) in TERMINAL)
+    complete = next((c for c in counts if c.state == BuildState.COMPLETE.value), None)
+    return ProjectStats(
+        project_id=project_id,
+        total=total,
+        by_state={c.state: c.builds for c in counts},
+        finished=finished,
+        completion_rate=(complete.builds if complete else 0) / finished if finished else None,
+        average_duration_seconds=complete.average_duration_seconds if complete else None,
+        retries_per_build=sum(c.loop_backs for c in counts) / total if total else None,
+        failure_analysis=[
+            FailureGroup(
+                failed_state=BuildState(f.failed_state) if f.failed_state else None,
+                failure_reason=f.failure_reason,
+                builds=f.builds,
+                example=f.example,
+            )
+            for f in failures
+        ],
+    )

@@ -1,0 +1,186 @@
+"""Request and response bodies of the HTTP API (rows of the mirror use db.models' XPublic)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from core.models import (
+    BUILD_ID_PATTERN,
+    Requirements,
+    Simulation,
+    check_gates,
+    check_requirements,
+)
+from core.states import BuildState, Role
+from db.models import BuildSummaryPublic, WorkflowEventPublic, WorkflowHandoffPublic
+
+Reason = Annotated[str, Field(min_length=1, max_length=2000)]
+Person = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class StartOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_retries: int | None = Field(
+        default=None, ge=0, le=20, description="Default: BUILD_MAX_RETRIES."
+    )
+    approval_gates: list[BuildState] = Field(
+        default_factory=list, description="Handoff states where the build waits for `advance`."
+    )
+    simulate: list[Simulation] = Field(
+        default_factory=list, description="Branches the offline model makes happen."
+    )
+
+    _gates = field_validator("approval_gates")(check_gates)
+
+
+class StartBuild(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    build_id: str | None = Field(
+        default=None, pattern=BUILD_ID_PATTERN, description="Default: random."
+    )
+    user_id: Person = "api"
+    requirements: Requirements = Field(description="Free text or a JSON object.")
+    options: StartOptions = Field(default_factory=StartOptions)
+
+    _requirements = field_validator("requirements")(check_requirements)
+
+
+class BuildStarted(BaseModel):
+    workflow_id: str
+    build_id: str
+    project_id: str
+    initial_state: BuildState
+    next_role: Role
+    ui_url: str
+    status_url: str
+
+
+class Advance(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role = Field(description="The role (or its owner) that advances the build.")
+    phase_result: dict[str, Any] | None = Field(
+        default=None, description="Anything to hand the next role, recorded with the approval."
+    )
+    notes: Annotated[str, Field(max_length=2000)] = ""
+
+
+class Advanced(BaseModel):
+    workflow_id: str
+    advanced_by: Role
+    from_state: BuildState
+    state: BuildState
+    applies: Literal["now", "after_current_phase"]
+
+
+class RequestRetry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Reason = Field(description="Handed to the Code Writer as guidance.")
+    requested_by: Person = "api"
+
+
+class RetryAccepted(BaseModel):
+    workflow_id: str
+    retry_requested: bool = True
+    from_state: BuildState
+    target_state: BuildState
+    applies: Literal["now", "after_current_phase"]
+
+
+class Rollback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target_state: BuildState
+    reason: Reason
+    requested_by: Person = "api"
+
+
+class RollbackAccepted(BaseModel):
+    workflow_id: str
+    rollback_requested: bool = True
+    from_state: BuildState
+    target_state: BuildState
+    applies: Literal["now", "after_current_phase"]
+
+
+class Progress(BaseModel):
+    percentage: int
+    completed_phases: int
+    total_phases: int
+
+
+class BuildStatusOut(BaseModel):
+    """A build as the mirror last recorded it (or as Temporal knows it before the first record)."""
+
+    workflow_id: str
+    build_id: str
+    project_id: str
+    user_id: str | None
+    current_state: BuildState
+    current_role: Role | None
+    progress: Progress
+    completed_phases: list[BuildState]
+    attempts: dict[str, int]
+    loop_backs: int
+    last_error: str | None
+    waiting_for: str | None
+    pending_command: str | None
+    failed_state: BuildState | None
+    failure_reason: str | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    completed_at: datetime | None
+    as_of_seq: int = Field(description="Events of the build the answer includes.")
+    source: Literal["mirror", "temporal"]
+    ui_url: str
+
+
+class BuildPage(BaseModel):
+    items: list[BuildSummaryPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class HandoffHistory(BaseModel):
+    workflow_id: str
+    handoffs: list[WorkflowHandoffPublic]
+
+
+class EventPage(BaseModel):
+    workflow_id: str
+    events: list[WorkflowEventPublic]
+    next_after_seq: int = Field(description="Pass as after_seq to get the events after these.")
+
+
+class FailureGroup(BaseModel):
+    failed_state: BuildState | None
+    failure_reason: str | None
+    builds: int
+    example: str | None
+
+
+class ProjectStats(BaseModel):
+    project_id: str
+    total: int
+    by_state: dict[str, int]
+    finished: int
+    completion_rate: float | None = Field(description="COMPLETE / finished builds.")
+    average_duration_seconds: float | None = Field(description="Of COMPLETE builds.")
+    retries_per_build: float | None = Field(description="Loop-backs per build.")
+    failure_analysis: list[FailureGroup]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, str]

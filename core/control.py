@@ -1,0 +1,160 @@
+"""Client-side operations on builds, shared by starter.py and the API.
+
+Every refusal is a BuildError subclass whose message a person can act on; the CLI prints it,
+the API maps its kind to an HTTP status.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import (
+    Client,
+    WorkflowExecutionDescription,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from core.models import BuildRequest, CommandAccepted, build_id_from, workflow_id_for
+from core.settings import Settings
+from workflows.build import PROJECT_ID, BuildWorkflow
+
+# How long a caller waits for Temporal to describe a build.
+DESCRIBE_TIMEOUT = timedelta(seconds=10)
+NO_ANSWER = (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.UNAVAILABLE, RPCStatusCode.CANCELLED)
+
+
+class BuildError(Exception):
+    """A refusal with a reason for a person."""
+
+
+class BuildExists(BuildError):
+    pass
+
+
+class BuildNotFound(BuildError):
+    pass
+
+
+class BuildFinished(BuildError):
+    pass
+
+
+class CommandRefused(BuildError):
+    """The workflow's validator said no; the message is its reason."""
+
+
+class NoAnswer(BuildError):
+    """Temporal or a worker did not answer in time."""
+
+
+async def start_build(
+    client: Client, settings: Settings, request: BuildRequest
+) -> WorkflowHandle[Any, Any]:
+    """Start a build; the same build_id twice is refused, never run twice."""
+    try:
+        return await client.start_workflow(
+            BuildWorkflow.run,
+            request,
+            id=request.workflow_id,
+            task_queue=settings.temporal_task_queue,
+            execution_timeout=timedelta(seconds=settings.build_execution_timeout_seconds),
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            search_attributes=TypedSearchAttributes(
+                [SearchAttributePair(PROJECT_ID, request.project_id)]
+            ),
+            static_summary=f"{request.project_id}: build {request.build_id}",
+        )
+    except WorkflowAlreadyStartedError as err:
+        raise BuildExists(
+            f"build {request.build_id} already exists; choose another build id"
+        ) from err
+
+
+async def has_worker(client: Client, settings: Settings) -> bool:
+    """Whether any worker has polled the task queue for workflow tasks lately."""
+    answer = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=settings.temporal_namespace,
+            task_queue=TaskQueue(name=settings.temporal_task_queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        )
+    )
+    return len(answer.pollers) > 0
+
+
+def handle_for(client: Client, build: str) -> WorkflowHandle[Any, Any]:
+    """The typed handle of a build given by build id or workflow id."""
+    return client.get_workflow_handle_for(BuildWorkflow.run, workflow_id_for(build_id_from(build)))
+
+
+async def query(
+    handle: WorkflowHandle[Any, Any],
+    query: Any,
+    *args: Any,
+    rpc_timeout: timedelta | None = None,
+) -> Any:
+    try:
+        return await handle.query(query, *args, rpc_timeout=rpc_timeout)
+    except RPCError as err:
+        raise refusal(handle.id, err) from err
+
+
+async def update(
+    handle: WorkflowHandle[Any, Any],
+    update: Any,
+    arg: Any,
+    *,
+    rpc_timeout: timedelta | None = None,
+) -> CommandAccepted:
+    """Run a validated update: accepted, or refused with the workflow's reason."""
+    try:
+        result: CommandAccepted = await handle.execute_update(update, arg, rpc_timeout=rpc_timeout)
+        return result
+    except WorkflowUpdateFailedError as err:
+        raise CommandRefused(str(getattr(err.cause, "message", err.cause))) from err
+    except WorkflowUpdateRPCTimeoutOrCancelledError as err:
+        raise NoAnswer(_no_answer(handle.id)) from err
+    except RPCError as err:
+        raise refusal(handle.id, err) from err
+
+
+def refusal(workflow_id: str, err: RPCError) -> BuildError:
+    """The BuildError an RPC failure about one build means."""
+    build = build_id_from(workflow_id)
+    # The server answers NOT_FOUND for a finished workflow too; its message tells them apart.
+    if "already completed" in err.message:
+        return BuildFinished(f"build {build} has finished; it takes no more commands")
+    if err.status == RPCStatusCode.NOT_FOUND:
+        return BuildNotFound(f"no build {build} (workflow {workflow_id})")
+    if err.status in NO_ANSWER or "Timeout expired" in err.message:
+        return NoAnswer(_no_answer(workflow_id))
+    return BuildError(err.message)
+
+
+def _no_answer(workflow_id: str) -> str:
+    return (
+        f"no worker answered for build {build_id_from(workflow_id)} in time; "
+        "is a worker polling its task queue? (`make run` starts one)"
+    )
+
+
+async def describe(handle: WorkflowHandle[Any, Any]) -> WorkflowExecutionDescription:
+    try:
+        return await handle.describe(rpc_timeout=DESCRIBE_TIMEOUT)
+    except RPCError as err:
+        raise refusal(handle.id, err) from err

@@ -1,0 +1,23 @@
+"""The benchmark scripts keep working (a short run; figures are not asserted, they are noise)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.test_cli import ROOT
+
+
+def test_stats_bench_runs_and_prints_its_table():
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.stats_bench", "--builds", "300", "--runs", "3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("stats queries (db.crud)") for line in lines)
+    assert any(line.startswith("GET .../project/{id}/stats (HTTP)") for line in lines)
+    assert "sqlite, 300 builds in the project" in done.stdout

@@ -1,0 +1,143 @@
+"""Messages into a running build: signals, validated updates and queries.
+
+A mixin of BuildWorkflow, kept apart so the workflow file reads as the pipeline. Signals and
+updates share the pure checks of core.rules: an invalid signal is recorded and ignored, an
+invalid update is refused with the same reason before it enters history.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from core import rules
+    from core.models import (
+        ApproveRequest,
+        BuildEvent,
+        BuildRequest,
+        BuildStatus,
+        CommandAccepted,
+        EventType,
+        Handoff,
+        RetryRequest,
+        RollbackRequest,
+    )
+    from core.rules import BuildData, Pending
+    from core.states import TABLE, BuildState
+
+
+class BuildMessages:
+    """Handlers of BuildWorkflow; the state they read and write lives on the workflow."""
+
+    request: BuildRequest
+    data: BuildData
+    events: list[BuildEvent]
+    handoffs: list[Handoff]
+
+    def _emit(self, event_type: EventType, by: str, **data: Any) -> None:
+        raise NotImplementedError
+
+    def _show(self) -> None:
+        raise NotImplementedError
+
+    def _accept(self, command: str, target: BuildState, reason: str, by: str) -> CommandAccepted:
+        source = self.data.state
+        self.data.pending = Pending(command, target, reason, by)
+        self._show()
+        applies = "after_current_phase" if self.data.phase_running else "now"
+        return CommandAccepted(
+            command=command,
+            from_state=source,
+            target_state=target,
+            applies=applies,
+        )
+
+    def _reject(self, command: str, reason: str, by: str) -> None:
+        self._emit(EventType.SIGNAL_REJECTED, by, command=command, reason=reason)
+        workflow.logger.warning("build %s: %s rejected: %s", self.request.build_id, command, reason)
+
+    def _approve(self, request: ApproveRequest) -> CommandAccepted:
+        gate = self.data.waiting_at_gate
+        assert gate is not None
+        self.data.approved_gate = gate
+        extra = {"phase_result": request.phase_result} if request.phase_result else {}
+        self._emit(
+            EventType.APPROVED, request.approved_by, gate=gate.value, note=request.note, **extra
+        )
+        if request.phase_result:
+            self.data.guidance.append(f"{request.approved_by} adds: {request.phase_result}")
+        next_state = TABLE[gate].next
+        assert next_state is not None
+        return CommandAccepted(
+            command="approve", from_state=gate, target_state=next_state, applies="now"
+        )
+
+    @workflow.signal
+    def retry(self, request: RetryRequest) -> None:
+        problem = rules.check_retry(self.data)
+        if problem:
+            self._reject("retry", problem, request.requested_by)
+        else:
+            target = rules.retry_target(self.data.state)
+            self._accept("retry", target, request.reason, request.requested_by)
+
+    @workflow.signal
+    def rollback(self, request: RollbackRequest) -> None:
+        problem = rules.check_rollback(self.data, request.target_state)
+        if problem:
+            self._reject("rollback", problem, request.requested_by)
+        else:
+            self._accept("rollback", request.target_state, request.reason, request.requested_by)
+
+    @workflow.signal
+    def approve(self, request: ApproveRequest) -> None:
+        problem = rules.check_approve(self.data)
+        if problem:
+            self._reject("approve", problem, request.approved_by)
+        else:
+            self._approve(request)
+
+    @workflow.update
+    def update_retry(self, request: RetryRequest) -> CommandAccepted:
+        target = rules.retry_target(self.data.state)
+        return self._accept("retry", target, request.reason, request.requested_by)
+
+    @update_retry.validator
+    def _validate_retry(self, request: RetryRequest) -> None:
+        _refuse(rules.check_retry(self.data))
+
+    @workflow.update
+    def update_rollback(self, request: RollbackRequest) -> CommandAccepted:
+        return self._accept("rollback", request.target_state, request.reason, request.requested_by)
+
+    @update_rollback.validator
+    def _validate_rollback(self, request: RollbackRequest) -> None:
+        _refuse(rules.check_rollback(self.data, request.target_state))
+
+    @workflow.update
+    def update_approve(self, request: ApproveRequest) -> CommandAccepted:
+        return self._approve(request)
+
+    @update_approve.validator
+    def _validate_approve(self, request: ApproveRequest) -> None:
+        _refuse(rules.check_approve(self.data))
+
+    @workflow.query
+    def status(self) -> BuildStatus:
+        return rules.status(self.request, self.data, events=len(self.events))
+
+    @workflow.query
+    def event_log(self, after_seq: int = 0) -> list[BuildEvent]:
+        return [e for e in self.events if e.seq > after_seq]
+
+    @workflow.query
+    def handoff_log(self) -> list[Handoff]:
+        return list(self.handoffs)
+
+
+def _refuse(problem: str | None) -> None:
+    if problem:
+        raise ApplicationError(problem, type="CommandRejected", non_retryable=True)
