@@ -171,6 +171,8 @@ async def test_help_for_every_command(settings: Settings, tmp_path: Path):
         assert code == 0 and "Usage" in out, (command, out)
     code, out = await run("worker.py", "--help", settings=settings, cwd=tmp_path)
     assert code == 0 and "SIGTERM" in out
+    code, out = await run("api/__main__.py", "--help", settings=settings, cwd=tmp_path)
+    assert code == 0 and "OpenAPI page at /docs" in out and "API_PORT" in out
 
 
 async def test_worker_runs_builds_and_stops_cleanly_on_sigterm(

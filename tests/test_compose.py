@@ -11,7 +11,7 @@ from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-OUR_SERVICES = ("worker",)
+OUR_SERVICES = ("worker", "api")
 
 
 def test_every_variable_our_services_set_is_a_setting():
@@ -22,12 +22,29 @@ def test_every_variable_our_services_set_is_a_setting():
         assert not unknown, f"{service} sets variables no setting reads: {unknown}"
 
 
-def test_worker_reaches_the_temporal_service_on_its_port():
-    env = COMPOSE["services"]["worker"]["environment"]
-    host, port = env["TEMPORAL_ADDRESS"].split(":")
-    assert host in COMPOSE["services"]
-    assert f"{port}:{port}" in COMPOSE["services"]["temporal"]["ports"]
-    assert env["TEMPORAL_TASK_QUEUE"] == Settings.model_fields["temporal_task_queue"].default
+def test_worker_and_api_reach_temporal_and_the_same_mirror():
+    for service in OUR_SERVICES:
+        env = COMPOSE["services"][service]["environment"]
+        host, port = env["TEMPORAL_ADDRESS"].split(":")
+        assert host in COMPOSE["services"]
+        assert f"{port}:{port}" in COMPOSE["services"]["temporal"]["ports"]
+        assert env["TEMPORAL_TASK_QUEUE"] == Settings.model_fields["temporal_task_queue"].default
+        db_host = env["DATABASE_URL"].split("@", 1)[1].split(":", 1)[0]
+        assert COMPOSE["services"][db_host]["environment"]["POSTGRES_DB"] in env["DATABASE_URL"]
+    urls = {COMPOSE["services"][s]["environment"]["DATABASE_URL"] for s in OUR_SERVICES}
+    assert len(urls) == 1
+
+
+def test_the_api_listens_where_its_port_is_published():
+    api = COMPOSE["services"]["api"]
+    port = api["command"][api["command"].index("--port") + 1]
+    assert f"{port}:{port}" in api["ports"] and port in str(api["healthcheck"]["test"])
+
+
+def test_the_image_contains_every_package_the_code_imports():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for package in ("core", "workflows", "activities", "api", "db"):
+        assert f"COPY {package} {package}" in dockerfile
 
 
 def test_server_registers_the_search_attributes_the_workflow_upserts():
