@@ -113,6 +113,8 @@ async def test_a_build_started_over_http_completes_and_reads_back_exactly(
     assert status["progress"] == {"percentage": 100, "completed_phases": 6, "total_phases": 6}
     assert status["attempts"]["implementation"] == 2 and status["loop_backs"] == 1
     assert status["completed_at"] is not None and status["waiting_for"] is None
+    for stamp in ("created_at", "updated_at", "completed_at"):  # UTC, on SQLite too
+        assert datetime.fromisoformat(status[stamp]).utcoffset() == timedelta(0)
 
     handle = client.get_workflow_handle_for(BuildWorkflow.run, wf)
     events = await handle.query(BuildWorkflow.event_log, 0)
