@@ -173,7 +173,7 @@ async def test_a_malformed_start_gets_422_with_the_reason(
     assert complaint in answer.text
 
 
-async def test_steering_a_build_at_its_gates(stack: Stack):
+async def test_steering_a_build_at_its_gates(stack: Stack, client: Client):
     http = stack.http
     gates = ["handoff_to_tester", "handoff_to_releaser"]
     started = await http.post(
@@ -235,8 +235,17 @@ async def test_steering_a_build_at_its_gates(stack: Stack):
     assert nothing.status_code == 409 and "has finished" in nothing.json()["detail"]
     late = await http.post(f"{base}/request-retry", json={"reason": "again"})
     assert late.status_code == 409 and "has finished" in late.json()["detail"]
-    kinds = [e["event_type"] for e in (await http.get(f"{base}/events")).json()["events"]]
+    mirrored = (await http.get(f"{base}/events")).json()["events"]
+    kinds = [e["event_type"] for e in mirrored]
     assert kinds.count("approved") == 3 and "retry_requested" in kinds and "rollback" in kinds
+    handle = client.get_workflow_handle_for(BuildWorkflow.run, wf)
+    events = await handle.query(BuildWorkflow.event_log, 0)
+    assert [(e["seq"], e["event_type"], e["event_data"]) for e in mirrored] == [
+        (e.seq, e.event_type.value, e.model_dump(mode="json")["data"]) for e in events
+    ]
+    approved = next(e for e in mirrored if e["event_type"] == "approved")
+    assert approved["triggered_by"] == "test_auditor"
+    assert approved["event_data"]["phase_result"] == {"fixtures": "csv"}
 
 
 async def test_commands_a_running_phase_cannot_take_get_409_with_the_reason(

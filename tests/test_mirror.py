@@ -6,23 +6,31 @@ import asyncio
 import uuid
 from datetime import UTC, datetime
 
+import httpx2
 import pytest
 from sqlalchemy import Engine, func
 from sqlmodel import Session, select
+from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError
+from temporalio.worker import Worker
 
+from activities import offline_model
+from activities.mirror import MirrorActivities
+from activities.roles import RoleActivities
 from core.models import (
+    ApproveRequest,
     BuildEvent,
     BuildSnapshot,
     EventType,
     MirrorBatch,
+    MirrorReceipt,
     RollbackRequest,
 )
 from core.settings import Settings
 from core.states import WORKING, BuildState
 from db import crud
 from db.models import WorkflowEventRow
-from tests.conftest import make_request, running_worker, start, wait_until
+from tests.conftest import make_request, model_client_with, running_worker, start, wait_until
 from workflows.build import BuildWorkflow
 
 
@@ -159,3 +167,70 @@ async def test_what_happens_at_a_gate_is_mirrored_while_the_build_waits(
             select(func.count()).where(WorkflowEventRow.workflow_id == handle.id)
         ).one()
         assert count == build.last_seq
+
+
+class CrashAfterCommitMirror(MirrorActivities):
+    """Writes the batch, then fails every first attempt, as if the connection died after
+    the commit: the retry writes the same rows again and must change nothing."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self.calls = 0
+        self.failures = 0
+
+    @activity.defn(name="mirror_build")
+    async def mirror_build(self, batch: MirrorBatch) -> MirrorReceipt:
+        receipt = await super().mirror_build(batch)
+        self.calls += 1
+        if self.calls % 2 == 1:
+            self.failures += 1
+            raise RuntimeError("connection lost after commit")
+        return receipt
+
+
+async def test_mirror_is_exact_through_a_retry_loop_a_rollback_and_failing_activities(
+    client: Client, settings: Settings, mirror_db: Engine
+):
+    model_calls = 0
+
+    async def flaky_model(request: httpx2.Request) -> httpx2.Response:
+        nonlocal model_calls
+        model_calls += 1
+        if model_calls % 5 == 2:  # every fifth model call fails; Temporal retries the role
+            return httpx2.Response(500, json={"error": {"message": "overloaded"}})
+        return await offline_model.handle(request)
+
+    mirror = CrashAfterCommitMirror(mirror_db)
+    roles = RoleActivities(model_client_with(settings, flaky_model))
+    gate = "handoff_to_releaser"
+    worker = Worker(
+        client,
+        task_queue=settings.temporal_task_queue,
+        workflows=[BuildWorkflow],
+        activities=[*roles.all(), mirror.mirror_build],
+    )
+    async with worker:
+        request = make_request(simulate=["tests_fail_once"], approval_gates=[gate])
+        handle = await start(client, settings, request)
+        await wait_until(handle, lambda s: s.waiting_for is not None)
+        back = RollbackRequest(target_state=BuildState.PLANNING, reason="plan again")
+        await handle.execute_update(BuildWorkflow.update_rollback, back)
+        await wait_until(
+            handle, lambda s: s.waiting_for is not None and s.attempts["planning"] == 2
+        )
+        await handle.execute_update(BuildWorkflow.update_approve, ApproveRequest())
+        await handle.result()
+        events = await handle.query(BuildWorkflow.event_log, 0)
+    assert mirror.failures >= 8 and model_calls >= 12 + 3  # 12 logical calls
+    kinds = [e.event_type for e in events]
+    assert EventType.LOOP_BACK in kinds and EventType.ROLLBACK in kinds
+    with Session(mirror_db) as session:
+        rows = crud.list_events(session, workflow_id=handle.id)
+        build = crud.get_build(session, workflow_id=handle.id)
+    assert [(r.seq, r.event_type, r.state, r.event_data) for r in rows] == [
+        (e.seq, e.event_type.value, e.state.value, e.model_dump(mode="json")["data"])
+        for e in events
+    ]
+    assert [r.seq for r in rows] == list(range(1, len(events) + 1))  # no gap, no duplicate
+    assert build is not None and build.last_seq == len(events)
+    assert build.current_state == "complete" and build.attempts["planning"] == 2
