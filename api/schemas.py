@@ -13,6 +13,7 @@ from core.models import (
     Simulation,
     check_gates,
     check_requirements,
+    check_size,
 )
 from core.states import BuildState, Role
 from db.models import BuildSummaryPublic, WorkflowEventPublic, WorkflowHandoffPublic
@@ -68,6 +69,12 @@ class Advance(BaseModel):
         default=None, description="Anything to hand the next role, recorded with the approval."
     )
     notes: Annotated[str, Field(max_length=2000)] = ""
+
+    @field_validator("phase_result")
+    @classmethod
+    def _small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        check_size(value, "phase_result")
+        return value
 
 
 class Advanced(BaseModel):

@@ -83,6 +83,8 @@ async def start_build(
         raise BuildExists(
             f"build {request.build_id} already exists; choose another build id"
         ) from err
+    except RPCError as err:
+        raise refusal(request.workflow_id, err) from err
 
 
 async def has_worker(client: Client, settings: Settings) -> bool:

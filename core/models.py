@@ -74,17 +74,20 @@ Requirements = str | dict[str, Any]
 MAX_REQUIREMENTS_CHARS = 20_000
 
 
+def check_size(value: object, what: str, limit: int = MAX_REQUIREMENTS_CHARS) -> None:
+    """Inputs that travel in workflow history stay small (history limits are per payload)."""
+    size = len(value) if isinstance(value, str) else len(json.dumps(value))
+    if size > limit:
+        raise ValueError(f"{what} is {size} characters; at most {limit} are accepted")
+
+
 def check_requirements(value: Requirements) -> Requirements:
     """Requirements are not empty and small enough to travel in workflow history."""
     if isinstance(value, str) and not value.strip():
         raise ValueError("requirements must not be empty")
     if isinstance(value, dict) and not value:
         raise ValueError("requirements must not be an empty object")
-    size = len(value) if isinstance(value, str) else len(json.dumps(value))
-    if size > MAX_REQUIREMENTS_CHARS:
-        raise ValueError(
-            f"requirements are {size} characters; at most {MAX_REQUIREMENTS_CHARS} are accepted"
-        )
+    check_size(value, "requirements")
     return value
 
 

@@ -157,7 +157,7 @@ async def test_the_same_build_id_twice_gets_409(stack: Stack):
         ({}, "requirements"),
         ({"requirements": "   "}, "requirements must not be empty"),
         ({"requirements": {}}, "requirements must not be an empty object"),
-        ({"requirements": "x" * 20_001}, "at most 20000"),
+        ({"requirements": "x" * 20_001}, "requirements is 20001 characters; at most 20000"),
         ({"requirements": "x", "build_id": "../etc"}, "build_id"),
         ({"requirements": "x", "options": {"approval_gates": ["testing"]}}, "handoff states"),
         ({"requirements": "x", "options": {"max_retries": -1}}, "max_retries"),
@@ -295,6 +295,7 @@ async def test_malformed_commands_get_422(stack: Stack):
         ("rollback", {"reason": "x"}),
         ("advance", {"role": "intern"}),
         ("advance", {"role": "q_assistant", "notes": "x" * 2001}),
+        ("advance", {"role": "q_assistant", "phase_result": {"log": "x" * 20_000}}),
     ]
     for path, body in cases:
         answer = await stack.http.post(f"{base}/{path}", json=body)
