@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.models import (
     BUILD_ID_PATTERN,
-    Requirements,
+    MAX_REQUIREMENTS_CHARS,
     Simulation,
     check_gates,
     check_requirements,
@@ -20,6 +20,28 @@ from db.models import BuildSummaryPublic, WorkflowEventPublic, WorkflowHandoffPu
 
 Reason = Annotated[str, Field(min_length=1, max_length=2000)]
 Person = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="Why, in words a person can act on.")
+
+
+def answers(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI documentation of the error answers an endpoint can give."""
+    meaning = {
+        400: "the body is not valid JSON text",
+        401: "API_KEY is set and the request does not carry it",
+        404: "no such build",
+        409: "the build cannot take this command now; the reason says why",
+        503: "Temporal, a worker or the database did not answer; try again",
+    }
+    return {code: {"model": ErrorBody, "description": meaning[code]} for code in codes}
+
+
+RequirementsIn = (
+    Annotated[str, Field(min_length=1, max_length=MAX_REQUIREMENTS_CHARS)]
+    | Annotated[dict[str, Any], Field(min_length=1)]
+)
 
 
 class StartOptions(BaseModel):
@@ -45,7 +67,7 @@ class StartBuild(BaseModel):
         default=None, pattern=BUILD_ID_PATTERN, description="Default: random."
     )
     user_id: Person = "api"
-    requirements: Requirements = Field(description="Free text or a JSON object.")
+    requirements: RequirementsIn = Field(description="Free text or a JSON object.")
     options: StartOptions = Field(default_factory=StartOptions)
 
     _requirements = field_validator("requirements")(check_requirements)

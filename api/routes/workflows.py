@@ -28,6 +28,7 @@ from api.schemas import (
     Rollback,
     RollbackAccepted,
     StartBuild,
+    answers,
 )
 from core import control
 from core.models import (
@@ -45,7 +46,7 @@ from db import crud
 from db.models import BuildSummaryPublic, WorkflowEventPublic, WorkflowHandoffPublic
 from workflows.build import BUILD_STATE, PROJECT_ID, BuildWorkflow
 
-router = APIRouter(prefix="/api/workflows", tags=["workflows"])
+router = APIRouter(prefix="/api/workflows", tags=["workflows"], responses=answers(400, 401, 503))
 log = logging.getLogger("api")
 
 ProjectId = Annotated[str, Path(min_length=1, max_length=128, description="Project id.")]
@@ -53,9 +54,10 @@ WorkflowId = Annotated[
     str, Path(min_length=1, max_length=90, description="Workflow id build-<id>, or the build id.")
 ]
 FIRST = PATH[0]
+MAX_INT = 2**31 - 1  # bounds numbers the databases compare with (SQLite overflows at 2**63)
 
 
-@router.post("/{project_id}/start", status_code=status.HTTP_201_CREATED)
+@router.post("/{project_id}/start", status_code=status.HTTP_201_CREATED, responses=answers(409))
 async def start_build(
     project_id: ProjectId,
     body: StartBuild,
@@ -95,7 +97,7 @@ async def start_build(
     )
 
 
-@router.post("/{workflow_id}/advance")
+@router.post("/{workflow_id}/advance", responses=answers(404, 409))
 async def advance(
     workflow_id: WorkflowId, body: Advance, client: ClientDep, settings: SettingsDep
 ) -> Advanced:
@@ -116,7 +118,11 @@ async def advance(
     )
 
 
-@router.post("/{workflow_id}/request-retry", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/{workflow_id}/request-retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=answers(404, 409),
+)
 async def request_retry(
     workflow_id: WorkflowId, body: RequestRetry, client: ClientDep, settings: SettingsDep
 ) -> RetryAccepted:
@@ -134,7 +140,9 @@ async def request_retry(
     )
 
 
-@router.post("/{workflow_id}/rollback", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/{workflow_id}/rollback", status_code=status.HTTP_202_ACCEPTED, responses=answers(404, 409)
+)
 async def rollback(
     workflow_id: WorkflowId, body: Rollback, client: ClientDep, settings: SettingsDep
 ) -> RollbackAccepted:
@@ -154,7 +162,7 @@ async def rollback(
     )
 
 
-@router.get("/{workflow_id}/status")
+@router.get("/{workflow_id}/status", responses=answers(404))
 async def build_status(
     workflow_id: WorkflowId, session: SessionDep, state: StateDep
 ) -> BuildStatusOut:
@@ -239,7 +247,7 @@ async def _require_known(session: Session, state: AppState, wf: str) -> None:
         await control.describe(control.handle_for(await state.temporal(), wf))
 
 
-@router.get("/{workflow_id}/history")
+@router.get("/{workflow_id}/history", responses=answers(404))
 async def handoff_history(
     workflow_id: WorkflowId, session: SessionDep, state: StateDep
 ) -> HandoffHistory:
@@ -252,12 +260,14 @@ async def handoff_history(
     )
 
 
-@router.get("/{workflow_id}/events")
+@router.get("/{workflow_id}/events", responses=answers(404))
 async def build_events(
     workflow_id: WorkflowId,
     session: SessionDep,
     state: StateDep,
-    after_seq: Annotated[int, Query(ge=0, description="Only events after this seq.")] = 0,
+    after_seq: Annotated[
+        int, Query(ge=0, le=MAX_INT, description="Only events after this seq.")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> EventPage:
     """The build's events in seq order, a page at a time."""
@@ -279,7 +289,7 @@ def list_builds(
     project_id: Annotated[str | None, Query(max_length=128)] = None,
     state: BuildState | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> BuildPage:
     """Builds newest first, filtered by project and state."""
     rows, total = crud.list_builds(
