@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from core.models import (
     BUILD_ID_PATTERN,
@@ -15,7 +15,7 @@ from core.models import (
     check_requirements,
     check_size,
 )
-from core.states import BuildState, Role
+from core.states import HANDOFFS, BuildState, Role
 from db.models import BuildSummaryPublic, WorkflowEventPublic, WorkflowHandoffPublic
 
 Reason = Annotated[str, Field(min_length=1, max_length=2000)]
@@ -44,13 +44,19 @@ RequirementsIn = (
 )
 
 
+# Only handoff states can be gates; the schema says so, and check_gates enforces it.
+GateState = Annotated[
+    BuildState, WithJsonSchema({"type": "string", "enum": [h.value for h in HANDOFFS]})
+]
+
+
 class StartOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_retries: int | None = Field(
         default=None, ge=0, le=20, description="Default: BUILD_MAX_RETRIES."
     )
-    approval_gates: list[BuildState] = Field(
+    approval_gates: list[GateState] = Field(
         default_factory=list, description="Handoff states where the build waits for `advance`."
     )
     simulate: list[Simulation] = Field(
