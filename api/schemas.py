@@ -105,14 +105,6 @@ class Advance(BaseModel):
         return value
 
 
-class Advanced(BaseModel):
-    workflow_id: str
-    advanced_by: Role
-    from_state: BuildState
-    state: BuildState
-    applies: Literal["now", "after_current_phase"]
-
-
 class RequestRetry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -120,12 +112,22 @@ class RequestRetry(BaseModel):
     requested_by: Person = "api"
 
 
-class RetryAccepted(BaseModel):
+class CommandAnswer(BaseModel):
     workflow_id: str
-    retry_requested: bool = True
     from_state: BuildState
     target_state: BuildState
-    applies: Literal["now", "after_current_phase"]
+    applies: Literal["now", "after_current_phase"] = Field(
+        description="now: at a gate or handoff; otherwise when the running phase ends."
+    )
+
+
+class Advanced(CommandAnswer):
+    advanced_by: Role
+    state: BuildState = Field(description="The state the build moves to (= target_state).")
+
+
+class RetryAccepted(CommandAnswer):
+    retry_requested: bool = True
 
 
 class Rollback(BaseModel):
@@ -136,12 +138,8 @@ class Rollback(BaseModel):
     requested_by: Person = "api"
 
 
-class RollbackAccepted(BaseModel):
-    workflow_id: str
+class RollbackAccepted(CommandAnswer):
     rollback_requested: bool = True
-    from_state: BuildState
-    target_state: BuildState
-    applies: Literal["now", "after_current_phase"]
 
 
 class Progress(BaseModel):

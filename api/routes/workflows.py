@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response, status
 from sqlmodel import Session
@@ -97,25 +97,25 @@ async def start_build(
     )
 
 
+async def _steer(
+    client: Client, settings: Settings, workflow_id: str, update: Any, command: Any
+) -> dict[str, Any]:
+    """Run one of the workflow's validated updates; the accepted answer's fields."""
+    handle = control.handle_for(client, workflow_id)
+    accepted = await control.update(handle, update, command, rpc_timeout=settings.command_timeout)
+    return {"workflow_id": handle.id, **accepted.model_dump(exclude={"command"})}
+
+
 @router.post("/{workflow_id}/advance", responses=answers(404, 409))
 async def advance(
     workflow_id: WorkflowId, body: Advance, client: ClientDep, settings: SettingsDep
 ) -> Advanced:
     """Approve the gate the build waits at; 409 with the reason when nothing waits."""
-    handle = control.handle_for(client, workflow_id)
     approval = ApproveRequest(
         note=body.notes, approved_by=body.role.value, phase_result=body.phase_result
     )
-    accepted = await control.update(
-        handle, BuildWorkflow.update_approve, approval, rpc_timeout=settings.command_timeout
-    )
-    return Advanced(
-        workflow_id=handle.id,
-        advanced_by=body.role,
-        from_state=accepted.from_state,
-        state=accepted.target_state,
-        applies=accepted.applies,
-    )
+    answer = await _steer(client, settings, workflow_id, BuildWorkflow.update_approve, approval)
+    return Advanced(advanced_by=body.role, state=answer["target_state"], **answer)
 
 
 @router.post(
@@ -127,17 +127,9 @@ async def request_retry(
     workflow_id: WorkflowId, body: RequestRetry, client: ClientDep, settings: SettingsDep
 ) -> RetryAccepted:
     """Send the build back to IMPLEMENTATION with the reason as guidance."""
-    handle = control.handle_for(client, workflow_id)
     command = RetryRequest(reason=body.reason, requested_by=body.requested_by)
-    accepted = await control.update(
-        handle, BuildWorkflow.update_retry, command, rpc_timeout=settings.command_timeout
-    )
-    return RetryAccepted(
-        workflow_id=handle.id,
-        from_state=accepted.from_state,
-        target_state=accepted.target_state,
-        applies=accepted.applies,
-    )
+    answer = await _steer(client, settings, workflow_id, BuildWorkflow.update_retry, command)
+    return RetryAccepted(**answer)
 
 
 @router.post(
@@ -147,19 +139,11 @@ async def rollback(
     workflow_id: WorkflowId, body: Rollback, client: ClientDep, settings: SettingsDep
 ) -> RollbackAccepted:
     """Roll the build back to an earlier working state (discovery ... deployment)."""
-    handle = control.handle_for(client, workflow_id)
     command = RollbackRequest(
         target_state=body.target_state, reason=body.reason, requested_by=body.requested_by
     )
-    accepted = await control.update(
-        handle, BuildWorkflow.update_rollback, command, rpc_timeout=settings.command_timeout
-    )
-    return RollbackAccepted(
-        workflow_id=handle.id,
-        from_state=accepted.from_state,
-        target_state=accepted.target_state,
-        applies=accepted.applies,
-    )
+    answer = await _steer(client, settings, workflow_id, BuildWorkflow.update_rollback, command)
+    return RollbackAccepted(**answer)
 
 
 @router.get("/{workflow_id}/status", responses=answers(404))
