@@ -110,15 +110,26 @@ def _event_line(event: BuildEvent) -> str:
     if kind == "signal_rejected":
         return f"[red]reject {data['command']}: {data['reason']}[/red]"
     if kind == "completed":
-        return f"[green]done   released {data['release'].get('version', '')}[/green]"
+        release = data["release"]
+        return (
+            f"[green]done   released {release.get('version', '')} to {release.get('path')}[/green]"
+        )
+    if kind == "restored":
+        undone = f", release {data['release_undone']} undone" if data["release_undone"] else ""
+        return (
+            f"[yellow]restore code to {str(data['commit'])[:10]}{undone}; "
+            f"current release: {data['release_current'] or 'none'}[/yellow]"
+        )
     if kind == "approval_requested":
         return f"[cyan]wait   approval at {data['gate']} (starter.py approve <build>)[/cyan]"
     details = ", ".join(f"{k}={v}" for k, v in data.items() if not isinstance(v, (dict, list)))
     return f"{kind:<6} {details}"
 
 
-async def follow(handle: WorkflowHandle[Any, Any], interval: float = 0.5) -> BuildStatus:
-    """Show progress and events until the build ends; return the final status."""
+async def follow(
+    handle: WorkflowHandle[Any, Any], interval: float = 0.5
+) -> tuple[BuildStatus, dict[str, Any]]:
+    """Show progress and events until the build ends; the final status and the release."""
     result = asyncio.create_task(handle.result())
     seen = 0
     columns = (
@@ -153,8 +164,9 @@ async def follow(handle: WorkflowHandle[Any, Any], interval: float = 0.5) -> Bui
             if result.done():
                 break
             await asyncio.wait({result}, timeout=interval)
-    with contextlib.suppress(WorkflowFailureError):
-        await result  # a FAILED build's reason is in its status
+    release: dict[str, Any] = {}
+    with contextlib.suppress(WorkflowFailureError):  # a FAILED build's reason is in its status
+        release = (await result).release
     try:
         final: BuildStatus = await handle.query(BuildWorkflow.status)
     except RPCError as err:
@@ -162,7 +174,7 @@ async def follow(handle: WorkflowHandle[Any, Any], interval: float = 0.5) -> Bui
             f"the build ended but no worker answers its status query ({err.message}); "
             "see the Web UI"
         ) from err
-    return final
+    return final, release
 
 
 @app.command()
@@ -222,7 +234,7 @@ def start(
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err
 
-    async def go(client: Client, settings: Settings) -> BuildStatus | None:
+    async def go(client: Client, settings: Settings) -> tuple[BuildStatus, dict[str, Any]] | None:
         handle = await control.start_build(client, settings, request)
         console.print(f"build [bold]{request.build_id}[/bold] started: workflow id {handle.id}")
         console.print(f"Web UI: {settings.ui_link(handle.id)}")
@@ -236,13 +248,15 @@ def start(
             return None
         return await follow(handle)
 
-    final = _run(go)
-    if final is None:
+    followed = _run(go)
+    if followed is None:
         return
+    final, release = followed
     if final.state is BuildState.COMPLETE:
         console.print(
             f"[green]build {request.build_id} COMPLETE[/green] (attempts {final.attempts})"
         )
+        console.print(f"Release {release.get('version')}: {release.get('path')}")
         return
     console.print(
         f"[red]build {request.build_id} {final.state.value.upper()}[/red]: {final.last_error}"

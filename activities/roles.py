@@ -1,35 +1,74 @@
-"""One activity per role. Each asks the role's model for a structured answer."""
+"""One activity per role. Each asks the role's model, and the roles that touch code do real
+work in the build's workspace: write and commit files, run the tests, check and review the
+diff, release. What they return is a summary with references (commit, report paths); file
+contents and logs stay in the workspace, so workflow history stays small."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.llm import ModelClient
+from activities.release import LocalReleases, ReleaseTarget
+from activities.sandbox import Limits, run_limited
+from activities.testrun import run_tests
+from activities.workspace import UnsafePath, Workspace
 from core.models import (
     CodeWriterResult,
     DiscoveryOutput,
     ImplementationOutput,
+    ImplementationSummary,
+    ModelUsage,
     PlanOutput,
     QAssistantResult,
-    ReleaseReport,
+    ReleaseNotes,
+    ReleaseOutcome,
     ReleaseResult,
+    RestoreResult,
+    RestoreTask,
     RoleTask,
+    TestAudit,
     TestAuditorResult,
-    TestReport,
+    VerificationOutcome,
     VerificationReport,
     VerificationResult,
 )
+from core.settings import Settings
 from core.states import BuildState
+
+SMOKE_SECONDS = 60
+CHECK_SECONDS = 120
+
+
+def _beat(detail: str) -> None:
+    activity.heartbeat(detail)
 
 
 class RoleActivities:
-    """The five roles; the model client is built once in worker.py and shared."""
+    """The five roles; clients are built once in worker.py and shared."""
 
-    def __init__(self, llm: ModelClient) -> None:
+    def __init__(
+        self,
+        llm: ModelClient,
+        settings: Settings | None = None,
+        releases: ReleaseTarget | None = None,
+    ) -> None:
         self.llm = llm
+        self.settings = settings or llm.settings
+        self.releases = releases or LocalReleases(self.settings.releases)
+
+    def workspace(self, build_id: str) -> Workspace:
+        return Workspace(self.settings.workspaces / build_id)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.settings.test_timeout_seconds, self.settings.test_memory_mb)
 
     @activity.defn(name="q_assistant")
     async def q_assistant(self, task: RoleTask) -> QAssistantResult:
@@ -40,22 +79,151 @@ class RoleActivities:
     @activity.defn(name="code_writer")
     async def code_writer(self, task: RoleTask) -> CodeWriterResult:
         output, usage = await self.llm.structured(task, ImplementationOutput)
-        return CodeWriterResult(output=output, usage=usage)
+        ws = self.workspace(task.build_id)
+        title = output.summary.strip().splitlines()[0][:120] if output.summary.strip() else ""
+        message = f"implementation attempt {task.attempt}: {title}".strip(": ")
+
+        def write() -> tuple[str, Any]:
+            ws.checkout(task.head)  # a retry or a rollback starts from what the workflow holds
+            return ws.write(output.files, message)
+
+        try:
+            commit, refs = await asyncio.to_thread(write)
+        except UnsafePath as err:
+            raise ApplicationError(
+                f"the Code Writer's files were refused, nothing was written: {err}",
+                type="UnsafePath",
+                non_retryable=True,
+            ) from err
+        summary = ImplementationSummary(
+            summary=output.summary[:2000], files=refs, commit=commit, workspace=str(ws.repo)
+        )
+        return CodeWriterResult(output=summary, usage=usage)
 
     @activity.defn(name="test_auditor")
     async def test_auditor(self, task: RoleTask) -> TestAuditorResult:
-        output, usage = await self.llm.structured(task, TestReport)
-        return TestAuditorResult(output=output, usage=usage)
+        ws = self.workspace(task.build_id)
+        commit = await asyncio.to_thread(ws.checkout, task.head)
+        report = await run_tests(ws, task.attempt, self.limits, beat=_beat)
+        report.commit = commit
+        run = report.model_dump(mode="json", include={"passed", "tests_run", "failures"})
+        audit, usage = await self.llm.structured(_with(task, test_run=run), TestAudit)
+        report.audit = audit
+        report.summary = f"{report.summary} Audit: {audit.summary}"
+        return TestAuditorResult(output=report, usage=usage)
 
     @activity.defn(name="verification_overseer")
     async def verification_overseer(self, task: RoleTask) -> VerificationResult:
-        output, usage = await self.llm.structured(task, VerificationReport)
-        return VerificationResult(output=output, usage=usage)
+        ws = self.workspace(task.build_id)
+        head = await asyncio.to_thread(ws.checkout, task.head)
+        checks = await self._static_checks(ws.repo, ws.runs / "home")
+        diff, stat = await asyncio.to_thread(
+            ws.diff, task.base, head, self.settings.review_diff_max_chars
+        )
+        problems = [f"{name}: {result}" for name, result in checks.items() if result != "ok"]
+        if problems:  # no review of code that does not pass its checks
+            outcome = VerificationOutcome(
+                approved=False,
+                summary="Static checks failed; changes requested.",
+                reasons=problems,
+                checks=checks,
+                diff_base=task.base,
+                diff_stat=stat,
+            )
+            return VerificationResult(output=outcome, usage=self._no_call(task))
+        review, usage = await self.llm.structured(
+            _with(task, diff=diff, diff_stat=stat, checks=checks), VerificationReport
+        )
+        outcome = VerificationOutcome(
+            approved=review.approved,
+            summary=review.summary,
+            reasons=review.reasons,
+            checks=checks,
+            diff_base=task.base,
+            diff_stat=stat,
+        )
+        return VerificationResult(output=outcome, usage=usage)
+
+    async def _static_checks(self, repo: Path, home: Path) -> dict[str, str]:
+        limits = Limits(CHECK_SECONDS, self.settings.test_memory_mb)
+        checks: dict[str, str] = {}
+        compiled = await run_limited(
+            [sys.executable, "-m", "compileall", "-q", "."], cwd=repo, limits=limits, home=home
+        )
+        checks["byte-compile"] = "ok" if compiled.ok else _tail(compiled.output)
+        ruff = Path(sys.executable).parent / "ruff"
+        if not ruff.exists():
+            checks["ruff"] = "ok"  # not installed in this image: nothing to report
+            return checks
+        linted = await run_limited(
+            [str(ruff), "check", "--isolated", "--no-cache", "--output-format", "concise", "."],
+            cwd=repo,
+            limits=limits,
+            home=home,
+        )
+        checks["ruff"] = "ok" if linted.ok else _tail(linted.output)
+        return checks
 
     @activity.defn(name="release_manager")
     async def release_manager(self, task: RoleTask) -> ReleaseResult:
-        output, usage = await self.llm.structured(task, ReleaseReport)
-        return ReleaseResult(output=output, usage=usage)
+        ws = self.workspace(task.build_id)
+        commit = await asyncio.to_thread(ws.checkout, task.head)
+        version = f"0.1.{task.attempt - 1}+{task.build_id}"
+        staging = ws.runs / f"release-{task.attempt}"
+        await asyncio.to_thread(_fresh_export, ws, commit, staging)
+        release = await asyncio.to_thread(self.releases.release, task.project_id, version, staging)
+        command = str(task.context.get(BuildState.PLANNING.value, {}).get("smoke_command", ""))
+        smoke = await self.releases.verify(release, command, Limits(SMOKE_SECONDS, 512))
+        ran = f"`{command or 'import every module'}` exited {smoke.returncode}"
+        if not smoke.ok:
+            now = await asyncio.to_thread(self.releases.restore, task.project_id, release.previous)
+            why = "timed out" if smoke.timed_out else _tail(smoke.output, 600)
+            outcome = ReleaseOutcome(
+                released=False,
+                version=version,
+                summary=f"smoke check failed ({ran}): {why}; restored release {now or 'none'}",
+                commit=commit,
+                path=str(release.path),
+                previous=release.previous,
+                smoke=ran,
+                restored=True,
+            )
+            return ReleaseResult(output=outcome, usage=self._no_call(task))
+        notes, usage = await self.llm.structured(_with(task, version=version), ReleaseNotes)
+        outcome = ReleaseOutcome(
+            released=True,
+            version=version,
+            summary=notes.summary,
+            notes=notes.notes,
+            commit=commit,
+            path=str(release.path),
+            previous=release.previous,
+            smoke=ran,
+        )
+        return ReleaseResult(output=outcome, usage=usage)
+
+    @activity.defn(name="restore_workspace")
+    async def restore(self, task: RestoreTask) -> RestoreResult:
+        """Compensation of a rollback: code back to `commit`, and the release undone."""
+        ws = self.workspace(task.build_id)
+        commit = await asyncio.to_thread(ws.checkout, task.commit)
+        restored = False
+        current = await asyncio.to_thread(self.releases.current, task.project_id)
+        if task.undo_release is not None and current == task.undo_release:
+            current = await asyncio.to_thread(
+                self.releases.restore, task.project_id, task.release_to
+            )
+            restored = True
+        return RestoreResult(commit=commit, release_current=current, release_restored=restored)
+
+    def _no_call(self, task: RoleTask) -> ModelUsage:
+        """Usage of a role call that did not reach the model (its checks decided)."""
+        prompt = self.llm.prompts[task.role.value]
+        return ModelUsage(
+            model=self.settings.model_for(task.role),
+            prompt_version=prompt.version,
+            offline=self.settings.offline_model,
+        )
 
     def all(self) -> list[Callable[..., Any]]:
         return [
@@ -64,4 +232,21 @@ class RoleActivities:
             self.test_auditor,
             self.verification_overseer,
             self.release_manager,
+            self.restore,
         ]
+
+
+def _with(task: RoleTask, **context: Any) -> RoleTask:
+    return task.model_copy(update={"context": {**task.context, **context}})
+
+
+def _tail(text: str, limit: int = 1500) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def _fresh_export(ws: Workspace, commit: str, staging: Path) -> None:
+    import shutil
+
+    shutil.rmtree(staging, ignore_errors=True)
+    ws.export(commit, staging)

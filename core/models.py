@@ -36,11 +36,13 @@ def build_id_from(workflow_id: str) -> str:
 
 
 class Simulation(StrEnum):
-    """Branches the offline model makes happen on demand (ignored by real models)."""
+    """Branches the offline model makes happen on demand, through real artifacts (ignored by
+    real models): the Code Writer writes a real bug, the review rejects, the smoke check fails."""
 
     TESTS_FAIL_ONCE = "tests_fail_once"
     VERIFICATION_REJECTS_ONCE = "verification_rejects_once"
     TESTS_ALWAYS_FAIL = "tests_always_fail"
+    RELEASE_FAILS = "release_fails"
 
 
 class RolePolicy(BaseModel):
@@ -181,6 +183,7 @@ class EventType(StrEnum):
     FAILED = "failed"
     COMPLETED = "completed"
     CANCELLED = "cancelled"
+    RESTORED = "restored"
 
 
 class BuildEvent(BaseModel):
@@ -252,6 +255,8 @@ class RoleTask(BaseModel):
     context: dict[str, Any] = Field(default_factory=dict)
     guidance: list[str] = Field(default_factory=list)
     simulate: list[Simulation] = Field(default_factory=list)
+    head: str | None = None  # the workspace commit this role works on (None: a new workspace)
+    base: str | None = None  # the commit of this build's last release (None: none yet)
 
 
 class ModelUsage(BaseModel):
@@ -277,6 +282,11 @@ class PlanOutput(BaseModel):
     steps: list[str]
     files: list[str]
     test_strategy: str
+    smoke_command: str = Field(
+        default="",
+        description="A command that proves a release works, run in the release folder, "
+        "e.g. 'python -m mymodule'. Empty: every module must import.",
+    )
 
 
 class SourceFile(BaseModel):
@@ -285,8 +295,52 @@ class SourceFile(BaseModel):
 
 
 class ImplementationOutput(BaseModel):
+    """The Code Writer's answer: whole files, relative to the workspace root."""
+
     summary: str
     files: list[SourceFile]
+
+
+class TestAudit(BaseModel):
+    """The Test Auditor's model's judgement of a real test run."""
+
+    __test__: ClassVar[bool] = False  # not a pytest class
+
+    summary: str
+    requirements_covered: bool
+    concerns: list[str] = Field(default_factory=list)
+
+
+class VerificationReport(BaseModel):
+    """The Verification Overseer's model's review of the diff."""
+
+    approved: bool
+    summary: str
+    reasons: list[str] = Field(default_factory=list)
+
+
+class ReleaseNotes(BaseModel):
+    """The Release Manager's model's notes for the release."""
+
+    summary: str
+    notes: list[str] = Field(default_factory=list)
+
+
+# What role activities hand back to the workflow: summaries and references, never file
+# contents or logs (those stay in the workspace), so history payloads stay small.
+
+
+class FileRef(BaseModel):
+    path: str
+    bytes: int
+    sha256: str
+
+
+class ImplementationSummary(BaseModel):
+    summary: str
+    files: list[FileRef]
+    commit: str
+    workspace: str
 
 
 class TestFailure(BaseModel):
@@ -297,25 +351,40 @@ class TestFailure(BaseModel):
 
 
 class TestReport(BaseModel):
+    """A real pytest run of the workspace, and the model's audit of it."""
+
     __test__: ClassVar[bool] = False  # not a pytest class
 
     passed: bool
     summary: str
     tests_run: int
     failures: list[TestFailure] = Field(default_factory=list)
+    timed_out: bool = False
+    commit: str | None = None
+    junit: str | None = None  # path of the JUnit XML report
+    log: str | None = None  # path of the full pytest output
+    audit: TestAudit | None = None
 
 
-class VerificationReport(BaseModel):
+class VerificationOutcome(BaseModel):
     approved: bool
     summary: str
     reasons: list[str] = Field(default_factory=list)
+    checks: dict[str, str] = Field(default_factory=dict)  # check name -> "ok" or the problem
+    diff_base: str | None = None
+    diff_stat: str = ""
 
 
-class ReleaseReport(BaseModel):
+class ReleaseOutcome(BaseModel):
     released: bool
     version: str
     summary: str
     notes: list[str] = Field(default_factory=list)
+    commit: str | None = None
+    path: str | None = None  # the release folder
+    previous: str | None = None  # the version `current` pointed to before
+    smoke: str = ""  # what the smoke check ran and how it ended
+    restored: bool = False  # a failed smoke check put `previous` back
 
 
 class QAssistantResult(BaseModel):
@@ -324,7 +393,7 @@ class QAssistantResult(BaseModel):
 
 
 class CodeWriterResult(BaseModel):
-    output: ImplementationOutput
+    output: ImplementationSummary
     usage: ModelUsage
 
 
@@ -334,13 +403,30 @@ class TestAuditorResult(BaseModel):
 
 
 class VerificationResult(BaseModel):
-    output: VerificationReport
+    output: VerificationOutcome
     usage: ModelUsage
 
 
 class ReleaseResult(BaseModel):
-    output: ReleaseReport
+    output: ReleaseOutcome
     usage: ModelUsage
+
+
+class RestoreTask(BaseModel):
+    """Compensation of a rollback: the workspace back to `commit`, and, after a release of
+    this build, the project's `current` release back to `release_to`."""
+
+    build_id: str
+    project_id: str
+    commit: str | None
+    undo_release: str | None = None  # the version this build released
+    release_to: str | None = None  # what `current` pointed to before it
+
+
+class RestoreResult(BaseModel):
+    commit: str | None
+    release_current: str | None
+    release_restored: bool
 
 
 # --- The mirror ---------------------------------------------------------------------------

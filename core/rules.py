@@ -55,6 +55,10 @@ class BuildData:
     phase_running: bool = False
     failed_state: BuildState | None = None
     failure_reason: str | None = None
+    head: str | None = None  # the workspace commit the build's code is at (None: empty)
+    base: str | None = None  # the commit of this build's live release (None: none)
+    commit_at: dict[str, str | None] = field(default_factory=dict)  # head when entering a state
+    release: dict[str, Any] = field(default_factory=dict)  # this build's live release
 
 
 def _choices(states: tuple[BuildState, ...]) -> str:

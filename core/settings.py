@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     llm_timeout_seconds: float = Field(default=120, gt=0)
     offline_model_latency_seconds: float = Field(default=0, ge=0)
 
+    # Role work: a git workspace per build, test runs with limits, local releases.
+    workspace_dir: Path | None = None  # default: <data_dir>/workspaces
+    releases_dir: Path | None = None  # default: <data_dir>/releases
+    test_timeout_seconds: float = Field(default=120, gt=0)
+    test_memory_mb: int = Field(default=1024, ge=64)
+    review_diff_max_chars: int = Field(default=40_000, ge=1000)
+
     # Builds
     build_execution_timeout_seconds: int = Field(default=3600, gt=0)
     build_max_retries: int = Field(default=3, ge=0)
@@ -57,6 +64,14 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'mirror.db').resolve()}"
+
+    @property
+    def workspaces(self) -> Path:
+        return (self.workspace_dir or self.data_dir / "workspaces").resolve()
+
+    @property
+    def releases(self) -> Path:
+        return (self.releases_dir or self.data_dir / "releases").resolve()
 
     @property
     def offline_model(self) -> bool:

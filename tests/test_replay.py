@@ -1,7 +1,8 @@
 """Histories of real builds, checked in, replayed against today's workflow code on every run.
 
 Regenerate after an intended, compatible change with:
-    RECORD_HISTORIES=1 .venv/bin/pytest tests/test_workflow.py
+    RECORD_HISTORIES=1 .venv/bin/pytest tests/test_workflow.py tests/test_workflow_failures.py \
+        tests/test_workflow_work.py
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ def test_histories_cover_the_main_scenarios():
         "verification_rejects_once",
         "tests_always_fail",
         "gate_retry_rollback_approve",
+        "cancel_during_role_call",
+        "release_fails_once",
+        "rollback_after_release",
+        "unsafe_paths_refused",
     } <= names
 
 

@@ -108,7 +108,7 @@ async def test_tests_fail_once_loops_back_with_the_failures(client: Client, work
         for e in history.events
         if e.HasField("activity_task_completed_event_attributes")
     ]
-    assert any("Attempt 2" in r and "fixes the reported failures" in r for r in results)
+    assert any("Attempt 2" in r and "fixes the reported problems" in r for r in results)
     await save_history(handle, "tests_fail_once")
 
 

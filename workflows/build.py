@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         Handoff,
         MirrorBatch,
         ModelUsage,
+        RestoreTask,
         RoleTask,
     )
     from core.rules import BuildData
@@ -51,6 +52,8 @@ MIRROR_TIMEOUT = timedelta(seconds=10)
 MIRROR_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
 )
+RESTORE_TIMEOUT = timedelta(seconds=120)
+RESTORE_RETRY = RetryPolicy(maximum_attempts=5)
 
 ROLE_ACTIVITY: dict[BuildState, Any] = {
     S.DISCOVERY: RoleActivities.q_assistant,
@@ -78,7 +81,6 @@ class BuildWorkflow(BuildMessages):
         self.data = BuildData()
         self.events: list[BuildEvent] = []
         self.handoffs: list[Handoff] = []
-        self.release: dict[str, Any] = {}
         self.mirrored_seq = 0
         self.unmirrored_outputs: set[str] = set()
 
@@ -111,14 +113,15 @@ class BuildWorkflow(BuildMessages):
             raise ApplicationError(
                 self.data.last_error or "build failed", type="BuildFailed", non_retryable=True
             )
-        self._emit(EventType.COMPLETED, "system", release=self.release)
+        release = {k: v for k, v in self.data.release.items() if k != "previous_base"}
+        self._emit(EventType.COMPLETED, "system", release=release)
         await self._mirror()
         return BuildResult(
             build_id=request.build_id,
             state=self.data.state,
             attempts=dict(self.data.attempts),
             loop_backs=self.data.loop_backs,
-            release=self.release,
+            release=release,
         )
 
     # --- phases -----------------------------------------------------------------------
@@ -139,6 +142,8 @@ class BuildWorkflow(BuildMessages):
             context=rules.context_for(self.data, state),
             guidance=list(self.data.guidance),
             simulate=self.request.options.simulate,
+            head=self.data.head,
+            base=self.data.base,
         )
         policy = self.request.options.policy
         await self._mirror()
@@ -161,6 +166,9 @@ class BuildWorkflow(BuildMessages):
                 raise
             cause = getattr(err.cause, "message", None) or str(err)
             kind = getattr(err.cause, "type", None) or type(err.cause).__name__
+            if kind == "UnsafePath":  # the attempt failed; the Code Writer tries again
+                self._loop_back(state, "unsafe file paths", {"error": cause}, cause)
+                return
             raise BuildFailed(
                 f"{role.value} failed in {state.value}: {cause}", f"{role.value} error: {kind}"
             ) from err
@@ -170,28 +178,35 @@ class BuildWorkflow(BuildMessages):
         self.data.outputs[state.value] = output
         self.unmirrored_outputs.add(state.value)
         self._record_call(role.value, state, attempt, result.usage)
-        if self._apply_pending():
+        if state is S.IMPLEMENTATION:
+            self.data.head = output["commit"]
+        elif state is S.DEPLOYMENT and output["released"]:
+            self.data.release = {**output, "previous_base": self.data.base}
+            self.data.base = output["commit"]
+        if await self._apply_pending():
             return
         self._decide(state, output)
 
     def _decide(self, state: BuildState, output: dict[str, Any]) -> None:
+        summary = output.get("summary", "")
         if state is S.TESTING and not output["passed"]:
-            self._loop_back(state, "tests failed", {"failures": output["failures"]})
+            self._loop_back(state, "tests failed", {"failures": output["failures"]}, summary)
         elif state is S.VERIFICATION and not output["approved"]:
-            self._loop_back(state, "verification requested changes", {"reasons": output["reasons"]})
+            why = "verification requested changes"
+            self._loop_back(state, why, {"reasons": output["reasons"]}, summary)
         elif state is S.DEPLOYMENT and not output["released"]:
-            self._loop_back(state, "release failed", {"release": output})
+            self._loop_back(state, "release failed", {"release": output}, summary)
         else:
-            if state is S.DEPLOYMENT:
-                self.release = output
             next_state = TABLE[state].next
             assert next_state is not None
             self._move(next_state, role_of(state) or "system")
 
-    def _loop_back(self, state: BuildState, why: str, feedback: dict[str, Any]) -> None:
+    def _loop_back(
+        self, state: BuildState, why: str, feedback: dict[str, Any], summary: str
+    ) -> None:
+        """Back to IMPLEMENTATION with feedback (IMPLEMENTATION itself runs again)."""
         limit = self.request.options.max_retries
         attempts = self.data.attempts[state.value]
-        summary = self.data.outputs[state.value].get("summary", "")
         self.data.last_error = f"{why} at {state.value} attempt {attempts}: {summary}"
         if self.data.loop_backs >= limit:
             raise BuildFailed(
@@ -208,7 +223,8 @@ class BuildWorkflow(BuildMessages):
             loop_back=self.data.loop_backs,
             **feedback,
         )
-        self._move(rules.retry_target(state), role_of(state) or "system")
+        if state is not S.IMPLEMENTATION:
+            self._move(rules.retry_target(state), role_of(state) or "system")
 
     async def _handoff(self) -> None:
         state = self.data.state
@@ -236,7 +252,7 @@ class BuildWorkflow(BuildMessages):
         )
         if state in self.request.options.approval_gates:
             await self._wait_for_approval(state)
-        if self._apply_pending():
+        if await self._apply_pending():
             return
         self._move(next_state, "system")
 
@@ -267,7 +283,9 @@ class BuildWorkflow(BuildMessages):
         if finished_phase and source not in self.data.completed_phases:
             self.data.completed_phases.append(source)
         self.data.state = target
-        self._emit(EventType.STATE_CHANGED, by, **{"from": source.value, "to": target.value})
+        self.data.commit_at[target.value] = self.data.head
+        change = {"from": source.value, "to": target.value, "commit": self.data.head}
+        self._emit(EventType.STATE_CHANGED, by, **change)
         workflow.upsert_search_attributes([BUILD_STATE.value_set(target.value)])
         workflow.logger.info("build %s: %s -> %s", self.request.build_id, source, target)
         self._show()
@@ -295,7 +313,7 @@ class BuildWorkflow(BuildMessages):
     def _record_call(self, role: str, state: BuildState, attempt: int, usage: ModelUsage) -> None:
         self._emit(EventType.ROLE_CALL, role, attempt=attempt, **usage.model_dump(mode="json"))
 
-    def _apply_pending(self) -> bool:
+    async def _apply_pending(self) -> bool:
         pending = self.data.pending
         if pending is None:
             return False
@@ -308,8 +326,41 @@ class BuildWorkflow(BuildMessages):
         self.data.completed_phases = [
             s for s in self.data.completed_phases if order(s) < order(pending.target)
         ]
+        if pending.command == "rollback" or self.data.release:
+            await self._restore(pending.target, code=pending.command == "rollback")
         self._move(pending.target, pending.requested_by)
         return True
+
+    async def _restore(self, target: BuildState, *, code: bool) -> None:
+        """Compensation: the code as it was at `target` (a rollback), and this build's release
+        undone if it made one; both recorded as a `restored` event."""
+        release = self.data.release
+        commit = self.data.commit_at.get(target.value) if code else self.data.head
+        result = await workflow.execute_activity_method(
+            RoleActivities.restore,
+            RestoreTask(
+                build_id=self.request.build_id,
+                project_id=self.request.project_id,
+                commit=commit,
+                undo_release=release.get("version"),
+                release_to=release.get("previous"),
+            ),
+            start_to_close_timeout=RESTORE_TIMEOUT,
+            retry_policy=RESTORE_RETRY,
+            summary=f"restore {target.value}",
+        )
+        self.data.head = result.commit
+        if release:
+            self.data.base = release.get("previous_base")
+            self.data.release = {}
+        self._emit(
+            EventType.RESTORED,
+            "system",
+            target=target.value,
+            commit=result.commit,
+            release_undone=release.get("version") if result.release_restored else None,
+            release_current=result.release_current,
+        )
 
     def _unmirrored(self) -> bool:
         return len(self.events) > self.mirrored_seq

@@ -1,0 +1,97 @@
+"""Where releases go. A release target is a small protocol (release, verify, restore); the
+default keeps releases in a local folder, one folder per release, and a `current` link that
+is switched atomically."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from activities.sandbox import Limits, RunResult, run_limited
+
+
+@dataclass(frozen=True)
+class Release:
+    project_id: str
+    version: str
+    path: Path
+    previous: str | None  # the version `current` pointed to before this release
+
+
+class ReleaseTarget(Protocol):
+    def release(self, project_id: str, version: str, files: Path) -> Release:
+        """Publish the files as `version` and make it current."""
+        ...
+
+    async def verify(self, release: Release, command: str, limits: Limits) -> RunResult:
+        """Prove the release works (the smoke check)."""
+        ...
+
+    def restore(self, project_id: str, version: str | None) -> str | None:
+        """Make `version` current again (None: no release is current); what is current now."""
+        ...
+
+    def current(self, project_id: str) -> str | None: ...
+
+
+class LocalReleases:
+    """releases/<project>/<version>/ folders and a releases/<project>/current symlink."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _project(self, project_id: str) -> Path:
+        return self.root / project_id
+
+    def current(self, project_id: str) -> str | None:
+        link = self._project(project_id) / "current"
+        return os.readlink(link) if link.is_symlink() else None
+
+    def _switch(self, project_id: str, version: str | None) -> None:
+        folder = self._project(project_id)
+        link = folder / "current"
+        if version is None:
+            link.unlink(missing_ok=True)
+            return
+        temporary = folder / f".current-{os.getpid()}"
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(version)  # relative: the folder can move
+        os.replace(temporary, link)  # atomic: readers see the old or the new release
+
+    def release(self, project_id: str, version: str, files: Path) -> Release:
+        folder = self._project(project_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / version
+        marker = folder / f".{version}.previous"
+        previous = self.current(project_id)
+        if previous == version:  # an activity retry after the switch: what was before it
+            previous = marker.read_text() or None if marker.exists() else None
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(files, target, symlinks=True)
+        marker.write_text(previous or "")
+        self._switch(project_id, version)
+        return Release(project_id, version, target, previous)
+
+    async def verify(self, release: Release, command: str, limits: Limits) -> RunResult:
+        argv = shlex.split(command) if command.strip() else _import_all(release.path)
+        if argv and argv[0] in ("python", "python3"):
+            argv[0] = sys.executable
+        return await run_limited(
+            argv, cwd=release.path, limits=limits, home=release.path.parent / ".smoke-home"
+        )
+
+    def restore(self, project_id: str, version: str | None) -> str | None:
+        self._switch(project_id, version)
+        return self.current(project_id)
+
+
+def _import_all(folder: Path) -> list[str]:
+    modules = sorted(p.stem for p in folder.glob("*.py"))
+    imports = "; ".join(f"import {m}" for m in modules) or "pass"
+    return [sys.executable, "-c", imports]
