@@ -24,6 +24,7 @@ run: install
 	@echo "Demo build (the tests fail once and the Code Writer fixes them):"
 	$(BIN)/python starter.py start --project demo --simulate tests_fail_once -r '$(DEMO_REQUIREMENTS)'
 	@echo
+	@echo "The release is a folder: .data/releases/demo/current/ (its smoke check: $(BIN)/python .data/releases/demo/current/dark_mode.py)"
 	@echo "The Temporal server, the worker and the API keep running:"
 	@echo "  Web UI  http://localhost:8233    API  http://localhost:8000/docs"
 	@echo "More builds:  $(BIN)/python starter.py --help"

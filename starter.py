@@ -106,7 +106,9 @@ def _event_line(event: BuildEvent) -> str:
     if kind == "handoff":
         return f"handoff {data['from_role']} -> {data['to_role']}"
     if kind == "loop_back":
-        return f"[yellow]loop   {data['reason']} (loop-back {data['loop_back']})[/yellow]"
+        return (
+            f"[yellow]loop   {data['reason']}{_why(data)} (loop-back {data['loop_back']})[/yellow]"
+        )
     if kind == "signal_rejected":
         return f"[red]reject {data['command']}: {data['reason']}[/red]"
     if kind == "completed":
@@ -124,6 +126,20 @@ def _event_line(event: BuildEvent) -> str:
         return f"[cyan]wait   approval at {data['gate']} (starter.py approve <build>)[/cyan]"
     details = ", ".join(f"{k}={v}" for k, v in data.items() if not isinstance(v, (dict, list)))
     return f"{kind:<6} {details}"
+
+
+def _why(loop: dict[str, Any]) -> str:
+    """The first concrete reason of a loop-back: a failing test, a review reason, a smoke check."""
+    if loop.get("failures"):
+        first = loop["failures"][0]
+        return f": {first['test']}: {first['message'].splitlines()[0][:80]}"
+    if loop.get("reasons"):
+        return f": {loop['reasons'][0][:100]}"
+    if loop.get("release"):
+        return f": {loop['release'].get('smoke', '')}"
+    if loop.get("error"):
+        return f": {str(loop['error'])[:100]}"
+    return ""
 
 
 async def follow(

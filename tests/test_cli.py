@@ -67,7 +67,7 @@ async def test_start_follows_to_complete_and_exits_0(settings: Settings, tmp_pat
     assert code == 0, out
     assert f"workflow id build-{build}" in out
     assert f"http://localhost:8233/namespaces/default/workflows/build-{build}" in out
-    assert "loop   tests failed (loop-back 1)" in out
+    assert "loop   tests failed: tests.test_dark_mode::test_toggle_twice_restores" in out
     assert f"build {build} COMPLETE" in out
 
     code, out = await run(
@@ -205,15 +205,29 @@ async def test_start_follows_until_a_worker_appears(
 ):
     from tests.conftest import running_worker
 
-    follow = asyncio.create_task(
-        run("starter.py", "start", "-r", "Dark mode", settings=settings, cwd=tmp_path)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "starter.py"),
+        "start",
+        "-r",
+        "Dark mode",
+        cwd=tmp_path,
+        env=env_for(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
-    await asyncio.sleep(3)  # the build waits for a worker; the starter keeps following
-    assert not follow.done()
-    async with running_worker(client, settings, engine):
-        code, out = await follow
-    assert code == 0, out
-    assert "no worker polls task queue" in out and "COMPLETE" in out
+    assert proc.stdout is not None
+    seen = b""
+    async with asyncio.timeout(60):  # the build waits for a worker; the starter keeps following
+        while b"no worker polls task queue" not in seen:
+            line = await proc.stdout.readline()
+            assert line, f"the starter ended early: {seen.decode()}"
+            seen += line
+    assert proc.returncode is None
+    async with running_worker(client, settings, engine), asyncio.timeout(60):
+        rest, _ = await proc.communicate()
+    assert proc.returncode == 0, (seen + rest).decode()
+    assert "COMPLETE" in rest.decode()
 
 
 async def test_unreachable_temporal_is_one_clear_line(settings: Settings, tmp_path: Path):
