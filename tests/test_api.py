@@ -256,7 +256,7 @@ async def test_commands_a_running_phase_cannot_take_get_409_with_the_reason(
     slow = stack.settings.model_copy(
         update={
             "temporal_task_queue": f"slow-{uuid.uuid4().hex[:8]}",
-            "offline_model_latency_seconds": 1.0,
+            "offline_model_latency_seconds": 5.0,  # a wide window; the build is terminated
         }
     )
     async with running_worker(client, slow, stack.engine):

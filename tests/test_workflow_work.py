@@ -4,6 +4,7 @@ workflow history."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import uuid
@@ -93,9 +94,17 @@ async def test_a_rollback_after_a_release_restores_the_previous_release_and_the_
     project = f"p-{uuid.uuid4().hex[:6]}"
     async with running_worker(client, settings, engine):
         first = await (await start(client, settings, make_request(project=project))).result()
-    slow = settings.model_copy(update={"offline_model_latency_seconds": 0.5})
-    async with running_worker(client, slow, engine):
-        handle = await start(client, slow, make_request(project=project))
+
+    async def slow_release_notes(request: httpx2.Request) -> httpx2.Response:
+        # The release and its smoke check are done when the notes are asked for: a wide,
+        # sure window in which the rollback arrives after the release.
+        if json.loads(request.content)["response_format"]["json_schema"]["name"] == "ReleaseNotes":
+            await asyncio.sleep(3)
+        return await offline_model.handle(request)
+
+    llm = model_client_with(settings, slow_release_notes)
+    async with running_worker(client, settings, engine, llm):
+        handle = await start(client, settings, make_request(project=project))
         await wait_until(handle, lambda s: s.state is S.DEPLOYMENT, seconds=60)
         back = RollbackRequest(target_state=S.IMPLEMENTATION, reason="the copy is wrong")
         accepted = await handle.execute_update(BuildWorkflow.update_rollback, back)
