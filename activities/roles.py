@@ -6,6 +6,7 @@ contents and logs stay in the workspace, so workflow history stays small."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -246,7 +247,5 @@ def _tail(text: str, limit: int = 1500) -> str:
 
 
 def _fresh_export(ws: Workspace, commit: str, staging: Path) -> None:
-    import shutil
-
     shutil.rmtree(staging, ignore_errors=True)
     ws.export(commit, staging)

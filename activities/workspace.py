@@ -8,6 +8,7 @@ a subprocess): activities call it through asyncio.to_thread.
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from pathlib import Path, PurePosixPath
 
@@ -16,6 +17,15 @@ from core.models import FileRef, SourceFile
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"  # git's empty tree object
 GIT_TIMEOUT_SECONDS = 60
 MAX_FILES = 200
+
+
+# git sees none of the user's or the system's configuration (hooks, signing, templates).
+GIT_ENV = {
+    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_TERMINAL_PROMPT": "0",
+}
 
 
 class UnsafePath(ValueError):
@@ -34,7 +44,7 @@ class Workspace:
             capture_output=True,
             text=True,
             timeout=GIT_TIMEOUT_SECONDS,
-            env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin"},
+            env=GIT_ENV,
         )
         if done.returncode != 0:
             raise RuntimeError(f"git {' '.join(args)} failed: {done.stderr.strip()}")
@@ -107,6 +117,7 @@ class Workspace:
         archive = subprocess.run(
             ["git", "-C", str(self.repo), "archive", "--format=tar", commit],
             capture_output=True,
+            env=GIT_ENV,
             timeout=GIT_TIMEOUT_SECONDS,
             check=True,
         )
