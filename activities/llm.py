@@ -6,12 +6,17 @@ non-retryable ApplicationErrors with a message a person can act on.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import Awaitable
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
 import openai
 from pydantic import BaseModel, ValidationError
+from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.offline_model import OFFLINE_BASE_URL, SIMULATE_HEADER, offline_http_client
@@ -20,10 +25,12 @@ from core.models import ModelUsage, RoleTask
 from core.settings import Settings
 
 T = TypeVar("T", bound=BaseModel)
+R = TypeVar("R")
 
 # Status codes where asking again cannot help (bad request, bad key, no access, unknown model).
 NON_RETRYABLE_STATUS = {400, 401, 403, 404, 422}
-SCHEMA_REASKS = 2
+HEARTBEAT_SECONDS = 5.0
+MAX_RETRY_AFTER_SECONDS = 300.0
 
 _STATUS_HINTS = {
     401: "OPENAI_API_KEY rejected by the endpoint",
@@ -67,25 +74,47 @@ class ModelClient:
     async def structured(self, task: RoleTask, schema: type[T]) -> tuple[T, ModelUsage]:
         """Ask the role's model for an answer in `schema`; re-ask on schema-invalid output."""
         prompt = self.prompts[task.role.value]
-        model = self.settings.model_for(task.role)
+        attempt = activity.info().attempt if activity.in_activity() else 1
+        choice = self.settings.model_for(task.role, attempt)
+        model = choice.model
         messages: list[dict[str, str]] = self._messages(prompt, task)
         headers: dict[str, str] = {}
         if self.settings.offline_model and task.simulate:
             headers[SIMULATE_HEADER] = ",".join(s.value for s in task.simulate)
+        options = {
+            k: v
+            for k, v in (("temperature", choice.temperature), ("max_tokens", choice.max_tokens))
+            if v is not None
+        }
         usage = ModelUsage(
             model=model, prompt_version=prompt.version, offline=self.settings.offline_model
         )
         started = time.monotonic()
-        for asked in range(SCHEMA_REASKS + 1):
+        reasks = self.settings.llm_schema_reasks
+        for asked in range(reasks + 1):
+            usage.requests += 1
             try:
-                completion = await self.client.chat.completions.parse(
-                    model=model,
-                    messages=messages,  # type: ignore[arg-type]
-                    response_format=schema,
-                    extra_headers=headers or None,
+                completion = await _heartbeating(
+                    self.client.chat.completions.parse(
+                        model=model,
+                        messages=messages,  # type: ignore[arg-type]
+                        response_format=schema,
+                        extra_headers=headers or None,
+                        **options,  # type: ignore[arg-type]
+                    ),
+                    f"{task.role.value} asking {model}",
                 )
             except openai.APIStatusError as err:
                 raise _classify(err, model) from err
+            except openai.APIConnectionError as err:  # timeouts included
+                kind = (
+                    "ModelTimeout"
+                    if isinstance(err, openai.APITimeoutError)
+                    else "ModelUnreachable"
+                )
+                raise ApplicationError(
+                    f"model {model} did not answer ({type(err).__name__}: {err})", type=kind
+                ) from err
             except (ValidationError, openai.LengthFinishReasonError) as err:
                 problem = str(err)
                 content = ""
@@ -96,10 +125,13 @@ class ModelClient:
                 message = completion.choices[0].message
                 if message.parsed is not None:
                     usage.latency_ms = int((time.monotonic() - started) * 1000)
+                    usage.cost_usd = self.settings.cost_of(
+                        model, usage.prompt_tokens, usage.completion_tokens
+                    )
                     return message.parsed, usage
                 problem = message.refusal or "the answer was empty"
                 content = message.content or ""
-            if asked < SCHEMA_REASKS:
+            if asked < reasks:
                 messages = [
                     *messages,
                     {"role": "assistant", "content": content},
@@ -111,13 +143,27 @@ class ModelClient:
                 ]
         raise ApplicationError(
             f"{task.role.value}: the model's answer did not match {schema.__name__} "
-            f"after {SCHEMA_REASKS + 1} tries: {problem}",
+            f"after {reasks + 1} tries: {problem}",
             type="ModelOutputInvalid",
             non_retryable=True,
         )
 
 
-def _classify(err: openai.APIStatusError, model: str) -> Exception:
+async def _heartbeating(call: Awaitable[R], detail: str) -> R:
+    """Await a model call; inside an activity, heartbeat while it runs."""
+    if not activity.in_activity():
+        return await call
+    task = asyncio.ensure_future(call)
+    started = time.monotonic()
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_SECONDS)
+        if done:
+            return task.result()
+        activity.heartbeat(f"{detail} for {time.monotonic() - started:.0f}s")
+
+
+def _classify(err: openai.APIStatusError, model: str) -> ApplicationError:
+    """Non-retryable for requests a retry cannot fix; otherwise retryable, after Retry-After."""
     status = err.status_code
     if status in NON_RETRYABLE_STATUS:
         hint = _STATUS_HINTS.get(status, "the endpoint refused the request")
@@ -126,4 +172,26 @@ def _classify(err: openai.APIStatusError, model: str) -> Exception:
             type="ModelRequestRejected",
             non_retryable=True,
         )
-    return err
+    wait = retry_after(err.response.headers.get("retry-after"))
+    kind = "ModelRateLimited" if status == 429 else "ModelUnavailable"
+    return ApplicationError(
+        f"model {model} answered HTTP {status}: {err.message}"
+        + (f"; retrying after {wait:.0f}s as asked" if wait else ""),
+        type=kind,
+        next_retry_delay=timedelta(seconds=wait) if wait else None,
+    )
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), capped."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS) or None

@@ -47,7 +47,7 @@ def _task(body: dict[str, Any]) -> dict[str, Any]:
                 try:
                     parsed = json.loads(content)
                 except json.JSONDecodeError:
-                    break
+                    continue  # a re-ask; the task is the first user message
                 if isinstance(parsed, dict):
                     return parsed
     return {}

@@ -221,7 +221,7 @@ class RoleActivities:
         """Usage of a role call that did not reach the model (its checks decided)."""
         prompt = self.llm.prompts[task.role.value]
         return ModelUsage(
-            model=self.settings.model_for(task.role),
+            model=self.settings.model_for(task.role).model,
             prompt_version=prompt.version,
             offline=self.settings.offline_model,
         )

@@ -265,6 +265,8 @@ class ModelUsage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_ms: int = 0
+    cost_usd: float = 0.0
+    requests: int = 0  # HTTP requests this call made (re-asks included)
     offline: bool = False
 
 

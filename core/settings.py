@@ -6,11 +6,40 @@ from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.models import RolePolicy
 from core.states import Role
+
+
+class RoleModel(BaseModel):
+    """Per-role model settings (LLM_ROLES): any field left out uses the default."""
+
+    model: str | None = None
+    fallback_model: str | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
+class ModelChoice(BaseModel):
+    model: str
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+class ModelPrice(BaseModel):
+    prompt_per_million: float = Field(ge=0)
+    completion_per_million: float = Field(ge=0)
+
+
+# USD per million tokens; override or extend with LLM_PRICES.
+DEFAULT_PRICES = {
+    "gpt-4o-mini": ModelPrice(prompt_per_million=0.15, completion_per_million=0.60),
+    "gpt-4o": ModelPrice(prompt_per_million=2.50, completion_per_million=10.00),
+    "gpt-4.1": ModelPrice(prompt_per_million=2.00, completion_per_million=8.00),
+    "gpt-4.1-mini": ModelPrice(prompt_per_million=0.40, completion_per_million=1.60),
+}
 
 
 class Settings(BaseSettings):
@@ -41,7 +70,10 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
     llm_model: str = "gpt-4o-mini"
-    llm_role_models: dict[Role, str] = Field(default_factory=dict)
+    llm_roles: dict[Role, RoleModel] = Field(default_factory=dict)
+    llm_fallback_after_attempts: int = Field(default=3, ge=1)
+    llm_schema_reasks: int = Field(default=2, ge=0, le=10)
+    llm_prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
     llm_timeout_seconds: float = Field(default=120, gt=0)
     offline_model_latency_seconds: float = Field(default=0, ge=0)
 
@@ -77,8 +109,26 @@ class Settings(BaseSettings):
     def offline_model(self) -> bool:
         return self.openai_api_key is None
 
-    def model_for(self, role: Role) -> str:
-        return self.llm_role_models.get(role, self.llm_model)
+    def model_for(self, role: Role, attempt: int = 1) -> ModelChoice:
+        """The model and parameters of a role's call; its fallback model once the primary
+        has failed `llm_fallback_after_attempts` times (the activity's attempt number)."""
+        config = self.llm_roles.get(role, RoleModel())
+        model = config.model or self.llm_model
+        if config.fallback_model and attempt > self.llm_fallback_after_attempts:
+            model = config.fallback_model
+        return ModelChoice(
+            model=model, temperature=config.temperature, max_tokens=config.max_tokens
+        )
+
+    def cost_of(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
+        """USD for a call, from the price table (0 for a model it does not list)."""
+        price = self.llm_prices.get(model)
+        if price is None:
+            return 0.0
+        return (
+            prompt_tokens * price.prompt_per_million
+            + completion_tokens * price.completion_per_million
+        ) / 1_000_000
 
     def role_policy(self) -> RolePolicy:
         return RolePolicy(

@@ -8,7 +8,7 @@ import httpx2
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.llm import SCHEMA_REASKS, ModelClient
+from activities.llm import ModelClient, retry_after
 from activities.offline_model import SIMULATE_HEADER, slug
 from core.models import (
     RoleTask,
@@ -90,12 +90,12 @@ async def test_schema_invalid_answer_is_asked_again_with_the_error():
 
 async def test_schema_invalid_every_time_is_non_retryable():
     seen: list[dict] = []
-    settings = Settings(_env_file=None, openai_api_key="sk-test")  # type: ignore[call-arg]
-    client = _scripted(settings, [_chat("not json")] * (SCHEMA_REASKS + 1), seen)
+    settings = Settings(_env_file=None, openai_api_key="sk-test", llm_schema_reasks=3)  # type: ignore[call-arg]
+    client = _scripted(settings, [_chat("not json")] * 4, seen)
     with pytest.raises(ApplicationError) as err:
         await client.structured(task(S.TESTING, Role.TEST_AUDITOR), TestReport)
     assert err.value.non_retryable and err.value.type == "ModelOutputInvalid"
-    assert len(seen) == SCHEMA_REASKS + 1
+    assert len(seen) == 4  # LLM_SCHEMA_REASKS re-asks after the first answer
 
 
 async def test_rejected_key_is_a_clear_non_retryable_error():
@@ -110,12 +110,28 @@ async def test_rejected_key_is_a_clear_non_retryable_error():
     assert len(seen) == 1  # the SDK's own retries are off
 
 
-async def test_server_error_stays_retryable_for_temporal():
-    import openai
-
+async def test_server_errors_stay_retryable_for_temporal_after_retry_after():
     seen: list[dict] = []
     settings = Settings(_env_file=None, openai_api_key="sk-test")  # type: ignore[call-arg]
-    client = _scripted(settings, [httpx2.Response(503, json={"error": {"message": "busy"}})], seen)
-    with pytest.raises(openai.APIStatusError):
+    busy = httpx2.Response(503, json={"error": {"message": "busy"}})
+    limited = httpx2.Response(
+        429, headers={"retry-after": "7"}, json={"error": {"message": "slow down"}}
+    )
+    client = _scripted(settings, [busy, limited], seen)
+    with pytest.raises(ApplicationError) as err:
         await client.structured(task(S.TESTING, Role.TEST_AUDITOR), TestReport)
-    assert len(seen) == 1
+    assert not err.value.non_retryable and err.value.type == "ModelUnavailable"
+    assert err.value.next_retry_delay is None
+    with pytest.raises(ApplicationError) as err:
+        await client.structured(task(S.TESTING, Role.TEST_AUDITOR), TestReport)
+    assert err.value.type == "ModelRateLimited" and not err.value.non_retryable
+    assert err.value.next_retry_delay is not None
+    assert err.value.next_retry_delay.total_seconds() == 7
+    assert len(seen) == 2
+
+
+def test_retry_after_reads_seconds_and_dates():
+    assert retry_after("3") == 3.0
+    assert retry_after(None) is None and retry_after("soon") is None
+    assert retry_after("100000") == 300.0  # capped
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None  # in the past

@@ -1,0 +1,129 @@
+"""A fake OpenAI-compatible HTTP server for tests: real sockets, real HTTP/1.1, scriptable
+faults per response format, and a count of every request it receives.
+
+Answers that are not faults come from the offline model, so builds write real code."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import httpx2
+
+from activities import offline_model
+
+FaultKind = Literal["status", "hang", "cut", "invalid_json", "schema_break"]
+REASONS = {200: "OK", 401: "Unauthorized", 429: "Too Many Requests", 500: "Internal Server Error"}
+
+
+@dataclass
+class Fault:
+    kind: FaultKind
+    status: int = 500
+    retry_after: float | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class Seen:
+    at: float
+    schema: str
+    fault: Fault | None
+
+
+@dataclass
+class FakeOpenAI:
+    script: dict[str, list[Fault]] = field(default_factory=dict)
+    requests: list[Seen] = field(default_factory=list)
+    server: asyncio.Server | None = None
+    port: int = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def fail(self, schema: str, *faults: Fault) -> None:
+        """The next requests for `schema` (a response format name) get these faults, in order."""
+        self.script.setdefault(schema, []).extend(faults)
+
+    def count(self, schema: str | None = None) -> int:
+        return sum(1 for r in self.requests if schema is None or r.schema == schema)
+
+    @property
+    def faults_injected(self) -> int:
+        return sum(1 for r in self.requests if r.fault is not None)
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 2)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await self._one_request(reader, writer):
+                pass
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _one_request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        request_line = await reader.readline()
+        if not request_line:
+            return False
+        method, path, _ = request_line.decode().split(" ", 2)
+        headers: dict[str, str] = {}
+        while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        payload = json.loads(body or b"{}")
+        schema = (payload.get("response_format") or {}).get("json_schema", {}).get("name", "")
+        queue = self.script.get(schema, [])
+        fault = queue.pop(0) if queue else None
+        self.requests.append(Seen(time.monotonic(), schema, fault))
+
+        if fault is not None and fault.kind == "cut":
+            return False  # close without an answer
+        if fault is not None and fault.kind == "hang":
+            await asyncio.sleep(fault.seconds)
+            return False
+        if fault is not None and fault.kind == "status":
+            extra = {"retry-after": f"{fault.retry_after:g}"} if fault.retry_after else {}
+            error = {"error": {"message": f"injected {fault.status}", "type": "fake"}}
+            await _send(writer, fault.status, error, extra)
+            return True
+        if fault is not None:
+            content = "{not json" if fault.kind == "invalid_json" else '{"unexpected": true}'
+            await _send(writer, 200, offline_model._completion(payload, content))
+            return True
+        answer = await offline_model.handle(
+            httpx2.Request(method, f"http://fake{path}", content=body, headers=headers)
+        )
+        await _send(writer, answer.status_code, json.loads(answer.content))
+        return True
+
+
+async def _send(
+    writer: asyncio.StreamWriter, status: int, body: object, headers: dict[str, str] | None = None
+) -> None:
+    data = json.dumps(body).encode()
+    lines = [
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}",
+        "content-type: application/json",
+        f"content-length: {len(data)}",
+        *(f"{k}: {v}" for k, v in (headers or {}).items()),
+    ]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + data)
+    await writer.drain()

@@ -1,0 +1,128 @@
+"""Model calls that survive the real world: a fake OpenAI-compatible server on a real socket,
+the real openai SDK pointed at it through OPENAI_BASE_URL, builds on the real dev server.
+With faults injected, requests = logical calls + injected faults, exactly."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import Engine
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities import llm as llm_module
+from activities.llm import ModelClient
+from core.models import BuildState, RoleTask, TestAudit
+from core.settings import Settings
+from core.states import Role
+from tests.conftest import make_request, running_worker, start, status_of
+from tests.fake_openai import FakeOpenAI, Fault
+
+S = BuildState
+LOGICAL_CALLS = 6  # discovery, plan, code, test audit, review, release notes
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    server = FakeOpenAI()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def online(settings: Settings, fake: FakeOpenAI) -> Settings:
+    """Settings of a real endpoint: the fake server, through OPENAI_BASE_URL and a key."""
+    return settings.model_copy(
+        update={
+            "openai_api_key": SecretStr("sk-test"),
+            "openai_base_url": fake.base_url,
+            "llm_timeout_seconds": 1.5,
+        }
+    )
+
+
+async def build(client: Client, settings: Settings, engine: Engine, **options):
+    async with running_worker(client, settings, engine, ModelClient(settings)):
+        handle = await start(client, settings, make_request(**options))
+        try:
+            result = await handle.result()
+        finally:
+            status = await status_of(handle)
+    return handle, result, status
+
+
+async def test_429_with_retry_after_waits_at_least_that_long_then_succeeds(
+    client: Client, online: Settings, engine: Engine, fake: FakeOpenAI
+):
+    fake.fail("DiscoveryOutput", Fault("status", 429, retry_after=2))
+    _, result, _ = await build(client, online, engine)
+    assert result.state is S.COMPLETE
+    first, second = [r.at for r in fake.requests if r.schema == "DiscoveryOutput"]
+    assert second - first >= 2.0
+    assert fake.count() == LOGICAL_CALLS + 1
+
+
+async def test_a_rejected_key_ends_failed_at_once_with_the_clear_message(
+    client: Client, online: Settings, engine: Engine, fake: FakeOpenAI
+):
+    fake.fail("DiscoveryOutput", Fault("status", 401))
+    async with running_worker(client, online, engine, ModelClient(online)):
+        handle = await start(client, online, make_request())
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        status = await status_of(handle)
+    assert status.state is S.FAILED
+    assert status.last_error is not None
+    assert "OPENAI_API_KEY rejected by the endpoint (HTTP 401" in status.last_error
+    assert fake.count() == 1  # no SDK retry, no Temporal retry
+
+
+async def test_invalid_and_schema_breaking_answers_are_asked_again(
+    client: Client, online: Settings, engine: Engine, fake: FakeOpenAI
+):
+    fake.fail("PlanOutput", Fault("invalid_json"), Fault("schema_break"))
+    _, result, status = await build(client, online, engine)
+    assert result.state is S.COMPLETE and status.attempts["planning"] == 1  # re-asked in the call
+    assert fake.count("PlanOutput") == 3 and fake.count() == LOGICAL_CALLS + 2
+
+
+async def test_exact_request_count_under_every_kind_of_fault(
+    client: Client, online: Settings, engine: Engine, fake: FakeOpenAI
+):
+    fake.fail("DiscoveryOutput", Fault("status", 500))
+    fake.fail("PlanOutput", Fault("status", 503), Fault("cut"))
+    fake.fail("ImplementationOutput", Fault("hang", seconds=3))  # past the 1.5 s timeout
+    fake.fail("TestAudit", Fault("status", 429, retry_after=1))
+    fake.fail("VerificationReport", Fault("invalid_json"))
+    fake.fail("ReleaseNotes", Fault("status", 408), Fault("schema_break"))
+    _, result, status = await build(client, online, engine)
+    assert result.state is S.COMPLETE and status.loop_backs == 0
+    assert fake.faults_injected == 8
+    assert fake.count() == LOGICAL_CALLS + 8  # exactly: no SDK retry stacked on Temporal's
+
+
+async def test_a_long_call_heartbeats(online: Settings, fake: FakeOpenAI, monkeypatch):
+    monkeypatch.setattr(llm_module, "HEARTBEAT_SECONDS", 0.2)
+    slow = online.model_copy(update={"llm_timeout_seconds": 5})
+    fake.fail("TestAudit", Fault("hang", seconds=1.2))
+    beats: list[str] = []
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda *details: beats.append(str(details[0]))
+    client = ModelClient(slow)
+    task = RoleTask(
+        build_id="b",
+        project_id="p",
+        role=Role.TEST_AUDITOR,
+        state=S.TESTING,
+        attempt=1,
+        requirements="x",
+    )
+    with pytest.raises(ApplicationError) as err:  # the hang ends in a closed connection
+        await env.run(client.structured, task, TestAudit)
+    assert err.value.type == "ModelUnreachable" and not err.value.non_retryable
+    assert len(beats) >= 3 and beats[0].startswith("test_auditor asking gpt-4o-mini")
+    await client.close()
