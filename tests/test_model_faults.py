@@ -15,9 +15,9 @@ from temporalio.testing import ActivityEnvironment
 
 from activities import llm as llm_module
 from activities.llm import ModelClient
-from core.models import BuildState, RoleTask, TestAudit
+from core.models import RoleTask, TestAudit
 from core.settings import Settings
-from core.states import Role
+from core.states import BuildState, Role
 from tests.conftest import make_request, running_worker, start, status_of
 from tests.fake_openai import FakeOpenAI, Fault
 
