@@ -169,6 +169,11 @@ class BuildStatusOut(BaseModel):
     created_at: datetime | None
     updated_at: datetime | None
     completed_at: datetime | None
+    usage: dict[str, dict[str, float]] = Field(
+        description="Per role: calls, requests, prompt and completion tokens, cost in USD."
+    )
+    tokens: int
+    cost_usd: float
     as_of_seq: int = Field(description="Events of the build the answer includes.")
     source: Literal["mirror", "temporal"]
     ui_url: str
@@ -207,6 +212,9 @@ class ProjectStats(BaseModel):
     completion_rate: float | None = Field(description="COMPLETE / finished builds.")
     average_duration_seconds: float | None = Field(description="Of COMPLETE builds.")
     retries_per_build: float | None = Field(description="Loop-backs per build.")
+    tokens: int
+    cost_usd: float
+    cost_per_build_usd: float | None
     failure_analysis: list[FailureGroup]
 
 

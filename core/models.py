@@ -20,9 +20,17 @@ WORKFLOW_ID_PREFIX = "build-"
 # Search attributes the workflow upserts (all Keyword); the embedded server registers them.
 BUILD_STATE_ATTRIBUTE = "BuildState"
 PROJECT_ID_ATTRIBUTE = "ProjectId"
+TOKENS_ATTRIBUTE = "BuildTokens"
+COST_ATTRIBUTE = "BuildCostUsd"
+TEST_ATTEMPTS_ATTRIBUTE = "TestAttempts"
+VERIFICATION_ATTEMPTS_ATTRIBUTE = "VerificationAttempts"
 SEARCH_ATTRIBUTES: dict[str, str] = {
     BUILD_STATE_ATTRIBUTE: "Keyword",
     PROJECT_ID_ATTRIBUTE: "Keyword",
+    TOKENS_ATTRIBUTE: "Int",
+    COST_ATTRIBUTE: "Double",
+    TEST_ATTEMPTS_ATTRIBUTE: "Int",
+    VERIFICATION_ATTEMPTS_ATTRIBUTE: "Int",
 }
 BUILD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -228,6 +236,9 @@ class BuildStatus(BaseModel):
     waiting_for: str | None
     pending_command: str | None
     events: int
+    usage: dict[str, dict[str, float]] = Field(default_factory=dict)  # per role
+    tokens: int = 0
+    cost_usd: float = 0.0
 
 
 class BuildResult(BaseModel):
@@ -452,6 +463,9 @@ class BuildSnapshot(BaseModel):
     pending_command: str | None = None
     failed_state: BuildState | None = None
     failure_reason: str | None = None
+    usage: dict[str, dict[str, float]] = Field(default_factory=dict)
+    tokens: int = 0
+    cost_usd: float = 0.0
     outputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from core.models import BuildRequest, BuildSnapshot, BuildStatus
+from core.models import BuildRequest, BuildSnapshot, BuildStatus, ModelUsage
 from core.states import (
     PATH,
     TABLE,
@@ -59,6 +59,26 @@ class BuildData:
     base: str | None = None  # the commit of this build's live release (None: none)
     commit_at: dict[str, str | None] = field(default_factory=dict)  # head when entering a state
     release: dict[str, Any] = field(default_factory=dict)  # this build's live release
+    usage: dict[str, dict[str, float]] = field(default_factory=dict)  # per role, summed
+
+
+USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "cost_usd", "requests")
+
+
+def add_usage(data: BuildData, role: str, usage: ModelUsage) -> None:
+    """Add one role call's tokens, cost and requests to the build's per-role totals."""
+    totals = data.usage.setdefault(role, {"calls": 0, **dict.fromkeys(USAGE_FIELDS, 0)})
+    totals["calls"] += 1
+    for name in USAGE_FIELDS:
+        totals[name] = round(totals[name] + getattr(usage, name), 8)
+
+
+def tokens_of(data: BuildData) -> int:
+    return int(sum(u["prompt_tokens"] + u["completion_tokens"] for u in data.usage.values()))
+
+
+def cost_of(data: BuildData) -> float:
+    return round(sum(u["cost_usd"] for u in data.usage.values()), 8)
 
 
 def _choices(states: tuple[BuildState, ...]) -> str:
@@ -204,6 +224,9 @@ def status(request: BuildRequest, data: BuildData, *, events: int) -> BuildStatu
         waiting_for=waiting_for(data),
         pending_command=pending_command(data),
         events=events,
+        usage={role: dict(u) for role, u in data.usage.items()},
+        tokens=tokens_of(data),
+        cost_usd=cost_of(data),
     )
 
 
@@ -214,6 +237,7 @@ def current_details(status: BuildStatus) -> str:
     lines = [
         f"**State:** {status.state.value} ({status.progress}%) · **Role:** {role}",
         f"**Attempts:** {attempts} · **Loop-backs:** {status.loop_backs}/{status.max_retries}",
+        f"**Tokens:** {status.tokens} · **Cost:** ${status.cost_usd:.4f}",
     ]
     if status.waiting_for:
         lines.append(
@@ -254,6 +278,9 @@ def snapshot(
         pending_command=pending_command(data),
         failed_state=data.failed_state,
         failure_reason=data.failure_reason,
+        usage={role: dict(u) for role, u in data.usage.items()},
+        tokens=tokens_of(data),
+        cost_usd=cost_of(data),
         outputs={k: data.outputs[k] for k in sorted(outputs)},
         options=request.options.model_dump(mode="json", exclude={"policy"}),
         created_at=started,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, func
+from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
@@ -52,6 +53,9 @@ def build_values(snapshot: BuildSnapshot) -> dict[str, Any]:
         "failed_state": snapshot.failed_state.value if snapshot.failed_state else None,
         "failure_reason": snapshot.failure_reason,
         "duration_seconds": snapshot.duration_seconds,
+        "usage": snapshot.usage,
+        "tokens": snapshot.tokens,
+        "cost_usd": snapshot.cost_usd,
         "last_seq": snapshot.last_seq,
         "created_at": snapshot.created_at,
         "updated_at": snapshot.updated_at,
@@ -181,6 +185,8 @@ class StateCount:
     builds: int
     loop_backs: int
     average_duration_seconds: float | None
+    tokens: int
+    cost_usd: float
 
 
 @dataclass
@@ -195,14 +201,28 @@ def project_state_counts(session: Session, *, project_id: str) -> list[StateCoun
     """Per current state: builds, their loop-backs, and their average duration when finished."""
     b = BuildWorkflowRow
     query = (
-        select(b.current_state, func.count(), func.sum(b.loop_backs), func.avg(b.duration_seconds))
-        .where(b.project_id == project_id)
-        .group_by(b.current_state)
-        .order_by(b.current_state)
+        sa_select(
+            col(b.current_state),
+            func.count(),
+            func.sum(b.loop_backs),
+            func.avg(b.duration_seconds),
+            func.sum(b.tokens),
+            func.sum(b.cost_usd),
+        )
+        .where(col(b.project_id) == project_id)
+        .group_by(col(b.current_state))
+        .order_by(col(b.current_state))
     )
     return [
-        StateCount(state, count, int(loops or 0), None if avg is None else float(avg))
-        for state, count, loops, avg in session.exec(query).all()
+        StateCount(
+            state,
+            count,
+            int(loops or 0),
+            None if avg is None else float(avg),
+            int(tokens or 0),
+            float(cost or 0),
+        )
+        for state, count, loops, avg, tokens, cost in session.execute(query).all()
     ]
 
 

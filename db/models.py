@@ -55,6 +55,8 @@ class BuildSummaryBase(SQLModel):
     waiting_for: str | None = Field(default=None, max_length=200)
     pending_command: str | None = Field(default=None, max_length=200)
     duration_seconds: float | None = None
+    tokens: int = 0
+    cost_usd: float = 0.0
     created_at: datetime = _when(index=True)
     updated_at: datetime = _when()
     completed_at: datetime | None = _when(nullable=True)
@@ -77,6 +79,7 @@ class BuildWorkflowRow(BuildSummaryBase, table=True):
     deployment_output: Any = _json()
     attempts: Any = _json(nullable=False)
     completed_phases: Any = _json()
+    usage: Any = _json()
     last_seq: int = 0
     workflow_metadata: Any = _json()
 

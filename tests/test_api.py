@@ -113,6 +113,8 @@ async def test_a_build_started_over_http_completes_and_reads_back_exactly(
     assert status["progress"] == {"percentage": 100, "completed_phases": 6, "total_phases": 6}
     assert status["attempts"]["implementation"] == 2 and status["loop_backs"] == 1
     assert status["completed_at"] is not None and status["waiting_for"] is None
+    assert status["usage"]["code_writer"]["calls"] == 2 and status["tokens"] > 0
+    assert status["cost_usd"] == pytest.approx(sum(u["cost_usd"] for u in status["usage"].values()))
     for stamp in ("created_at", "updated_at", "completed_at"):  # UTC, on SQLite too
         assert datetime.fromisoformat(status[stamp]).utcoffset() == timedelta(0)
 
@@ -139,6 +141,8 @@ async def test_a_build_started_over_http_completes_and_reads_back_exactly(
     assert stats["total"] == 1 and stats["by_state"] == {"complete": 1}
     assert stats["completion_rate"] == 1.0 and stats["retries_per_build"] == 1.0
     assert stats["average_duration_seconds"] > 0 and stats["failure_analysis"] == []
+    assert (stats["tokens"], stats["cost_usd"]) == (status["tokens"], status["cost_usd"])
+    assert stats["cost_per_build_usd"] == status["cost_usd"]
 
 
 async def test_the_same_build_id_twice_gets_409(stack: Stack):

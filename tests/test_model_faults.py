@@ -103,6 +103,8 @@ async def test_exact_request_count_under_every_kind_of_fault(
     assert result.state is S.COMPLETE and status.loop_backs == 0
     assert fake.faults_injected == 8
     assert fake.count() == LOGICAL_CALLS + 8  # exactly: no SDK retry stacked on Temporal's
+    # Requests of the calls that succeeded: one each, plus the two re-asks of bad answers.
+    assert sum(u["requests"] for u in status.usage.values()) == LOGICAL_CALLS + 2
 
 
 async def test_a_long_call_heartbeats(online: Settings, fake: FakeOpenAI, monkeypatch):

@@ -25,7 +25,15 @@ from core.models import (
 )
 from core.states import PATH, WORKING, BuildState, Role
 from tests.conftest import make_request, save_history, start, status_of, wait_until
-from workflows.build import BUILD_STATE, PROJECT_ID, BuildWorkflow
+from workflows.build import (
+    BUILD_STATE,
+    COST,
+    PROJECT_ID,
+    TEST_ATTEMPTS,
+    TOKENS,
+    VERIFICATION_ATTEMPTS,
+    BuildWorkflow,
+)
 
 S = BuildState
 pytestmark = pytest.mark.usefixtures("worker")
@@ -51,6 +59,20 @@ async def test_happy_path_reaches_complete_with_full_status(client: Client, work
     assert status.completed_phases == list(WORKING)
     assert status.attempts == {s.value: 1 for s in WORKING}
     assert status.loop_backs == 0 and status.last_error is None
+    assert {role: u["calls"] for role, u in status.usage.items()} == {
+        "q_assistant": 2,
+        "code_writer": 1,
+        "test_auditor": 1,
+        "verification_overseer": 1,
+        "release_manager": 1,
+    }
+    summed = sum(u["prompt_tokens"] + u["completion_tokens"] for u in status.usage.values())
+    assert status.tokens == summed > 0
+    # The offline model is priced as the model it stands in for (gpt-4o-mini).
+    assert (
+        status.cost_usd == pytest.approx(sum(u["cost_usd"] for u in status.usage.values()))
+        and 0 < status.cost_usd < 0.01
+    )
 
     events = await events_of(handle)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
@@ -84,6 +106,9 @@ async def test_happy_path_reaches_complete_with_full_status(client: Client, work
     attrs = described.typed_search_attributes
     assert attrs.get(BUILD_STATE) == "complete"
     assert attrs.get(PROJECT_ID) == "proj-test"
+    assert attrs.get(TOKENS) == status.tokens and attrs.get(TEST_ATTEMPTS) == 1
+    assert attrs.get(COST) == pytest.approx(status.cost_usd)
+    assert attrs.get(VERIFICATION_ATTEMPTS) == 1
     await save_history(handle, "happy_path")
 
 

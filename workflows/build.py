@@ -21,7 +21,11 @@ with workflow.unsafe.imports_passed_through():
     from core import rules
     from core.models import (
         BUILD_STATE_ATTRIBUTE,
+        COST_ATTRIBUTE,
         PROJECT_ID_ATTRIBUTE,
+        TEST_ATTEMPTS_ATTRIBUTE,
+        TOKENS_ATTRIBUTE,
+        VERIFICATION_ATTEMPTS_ATTRIBUTE,
         BuildEvent,
         BuildRequest,
         BuildResult,
@@ -45,6 +49,10 @@ with workflow.unsafe.imports_passed_through():
 S = BuildState
 BUILD_STATE = SearchAttributeKey.for_keyword(BUILD_STATE_ATTRIBUTE)
 PROJECT_ID = SearchAttributeKey.for_keyword(PROJECT_ID_ATTRIBUTE)
+TOKENS = SearchAttributeKey.for_int(TOKENS_ATTRIBUTE)
+COST = SearchAttributeKey.for_float(COST_ATTRIBUTE)
+TEST_ATTEMPTS = SearchAttributeKey.for_int(TEST_ATTEMPTS_ATTRIBUTE)
+VERIFICATION_ATTEMPTS = SearchAttributeKey.for_int(VERIFICATION_ATTEMPTS_ATTRIBUTE)
 
 # Mirror writes are local activities: no extra round trip to the server per build step.
 # They retry until the database answers; a build waits rather than lose a record.
@@ -312,6 +320,16 @@ class BuildWorkflow(BuildMessages):
 
     def _record_call(self, role: str, state: BuildState, attempt: int, usage: ModelUsage) -> None:
         self._emit(EventType.ROLE_CALL, role, attempt=attempt, **usage.model_dump(mode="json"))
+        rules.add_usage(self.data, role, usage)
+        attempts = self.data.attempts
+        workflow.upsert_search_attributes(
+            [
+                TOKENS.value_set(rules.tokens_of(self.data)),
+                COST.value_set(rules.cost_of(self.data)),
+                TEST_ATTEMPTS.value_set(attempts.get(S.TESTING.value, 0)),
+                VERIFICATION_ATTEMPTS.value_set(attempts.get(S.VERIFICATION.value, 0)),
+            ]
+        )
 
     async def _apply_pending(self) -> bool:
         pending = self.data.pending

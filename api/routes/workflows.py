@@ -177,6 +177,9 @@ async def build_status(
             pending_command=row.pending_command,
             failed_state=BuildState(row.failed_state) if row.failed_state else None,
             failure_reason=row.failure_reason,
+            usage=row.usage or {},
+            tokens=row.tokens,
+            cost_usd=row.cost_usd,
             created_at=row.created_at,
             updated_at=row.updated_at,
             completed_at=row.completed_at,
@@ -208,6 +211,9 @@ async def _status_from_temporal(client: Client, settings: Settings, wf: str) -> 
         pending_command=None,
         failed_state=None,
         failure_reason=None,
+        usage={},
+        tokens=0,
+        cost_usd=0.0,
         created_at=described.start_time,
         updated_at=None,
         completed_at=described.close_time,
@@ -297,6 +303,7 @@ def project_stats(project_id: ProjectId, session: SessionDep) -> ProjectStats:
     counts = crud.project_state_counts(session, project_id=project_id)
     failures = crud.project_failures(session, project_id=project_id)
     total = sum(c.builds for c in counts)
+    cost = sum(c.cost_usd for c in counts)
     finished = sum(c.builds for c in counts if BuildState(c.state) in TERMINAL)
     complete = next((c for c in counts if c.state == BuildState.COMPLETE.value), None)
     return ProjectStats(
@@ -307,6 +314,9 @@ def project_stats(project_id: ProjectId, session: SessionDep) -> ProjectStats:
         completion_rate=(complete.builds if complete else 0) / finished if finished else None,
         average_duration_seconds=complete.average_duration_seconds if complete else None,
         retries_per_build=sum(c.loop_backs for c in counts) / total if total else None,
+        tokens=sum(c.tokens for c in counts),
+        cost_usd=round(cost, 8),
+        cost_per_build_usd=round(cost / total, 8) if total else None,
         failure_analysis=[
             FailureGroup(
                 failed_state=BuildState(f.failed_state) if f.failed_state else None,
