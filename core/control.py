@@ -30,7 +30,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from core.models import BuildRequest, CommandAccepted, build_id_from, workflow_id_for
 from core.settings import Settings
-from workflows.build import PROJECT_ID, BuildWorkflow
+from workflows.build import BuildWorkflow
+from workflows.records import PROJECT_ID
 
 # How long a caller waits for Temporal to describe a build.
 DESCRIBE_TIMEOUT = timedelta(seconds=10)

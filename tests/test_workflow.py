@@ -25,14 +25,14 @@ from core.models import (
 )
 from core.states import PATH, WORKING, BuildState, Role
 from tests.conftest import make_request, save_history, start, status_of, wait_until
-from workflows.build import (
+from workflows.build import BuildWorkflow
+from workflows.records import (
     BUILD_STATE,
     COST,
     PROJECT_ID,
     TEST_ATTEMPTS,
     TOKENS,
     VERIFICATION_ATTEMPTS,
-    BuildWorkflow,
 )
 
 S = BuildState

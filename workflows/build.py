@@ -10,29 +10,21 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 from workflows.messages import BuildMessages
+from workflows.records import BUILD_STATE, PROJECT_ID
 
 with workflow.unsafe.imports_passed_through():
-    from activities.mirror import MirrorActivities
     from activities.roles import RoleActivities
     from core import rules
     from core.models import (
-        BUILD_STATE_ATTRIBUTE,
-        COST_ATTRIBUTE,
-        PROJECT_ID_ATTRIBUTE,
-        TEST_ATTEMPTS_ATTRIBUTE,
-        TOKENS_ATTRIBUTE,
-        VERIFICATION_ATTEMPTS_ATTRIBUTE,
         BuildEvent,
         BuildRequest,
         BuildResult,
         EventType,
         Handoff,
-        MirrorBatch,
-        ModelUsage,
         RestoreTask,
         RoleTask,
     )
@@ -47,19 +39,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 S = BuildState
-BUILD_STATE = SearchAttributeKey.for_keyword(BUILD_STATE_ATTRIBUTE)
-PROJECT_ID = SearchAttributeKey.for_keyword(PROJECT_ID_ATTRIBUTE)
-TOKENS = SearchAttributeKey.for_int(TOKENS_ATTRIBUTE)
-COST = SearchAttributeKey.for_float(COST_ATTRIBUTE)
-TEST_ATTEMPTS = SearchAttributeKey.for_int(TEST_ATTEMPTS_ATTRIBUTE)
-VERIFICATION_ATTEMPTS = SearchAttributeKey.for_int(VERIFICATION_ATTEMPTS_ATTRIBUTE)
 
-# Mirror writes are local activities: no extra round trip to the server per build step.
-# They retry until the database answers; a build waits rather than lose a record.
-MIRROR_TIMEOUT = timedelta(seconds=10)
-MIRROR_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
-)
 RESTORE_TIMEOUT = timedelta(seconds=120)
 RESTORE_RETRY = RetryPolicy(maximum_attempts=5)
 
@@ -306,31 +286,6 @@ class BuildWorkflow(BuildMessages):
         self._emit(EventType.FAILED, "system", reason=reason, kind=kind)
         self._show()
 
-    def _emit(self, event_type: EventType, by: str, **data: Any) -> None:
-        self.events.append(
-            BuildEvent(
-                seq=len(self.events) + 1,
-                event_type=event_type,
-                state=self.data.state,
-                triggered_by=by,
-                data=data,
-                timestamp=workflow.now(),
-            )
-        )
-
-    def _record_call(self, role: str, state: BuildState, attempt: int, usage: ModelUsage) -> None:
-        self._emit(EventType.ROLE_CALL, role, attempt=attempt, **usage.model_dump(mode="json"))
-        rules.add_usage(self.data, role, usage)
-        attempts = self.data.attempts
-        workflow.upsert_search_attributes(
-            [
-                TOKENS.value_set(rules.tokens_of(self.data)),
-                COST.value_set(rules.cost_of(self.data)),
-                TEST_ATTEMPTS.value_set(attempts.get(S.TESTING.value, 0)),
-                VERIFICATION_ATTEMPTS.value_set(attempts.get(S.VERIFICATION.value, 0)),
-            ]
-        )
-
     async def _apply_pending(self) -> bool:
         pending = self.data.pending
         if pending is None:
@@ -379,40 +334,3 @@ class BuildWorkflow(BuildMessages):
             release_undone=release.get("version") if result.release_restored else None,
             release_current=result.release_current,
         )
-
-    def _unmirrored(self) -> bool:
-        return len(self.events) > self.mirrored_seq
-
-    async def _mirror(self) -> None:
-        """Hand the mirror the events and handoffs it has not seen, and the build's snapshot."""
-        if not self._unmirrored():
-            return
-        last_seq = len(self.events)
-        info = workflow.info()
-        snapshot = rules.snapshot(
-            self.request,
-            self.data,
-            workflow_id=info.workflow_id,
-            started=info.start_time,
-            now=workflow.now(),
-            last_seq=last_seq,
-            outputs=self.unmirrored_outputs,
-        )
-        batch = MirrorBatch(
-            snapshot=snapshot,
-            events=self.events[self.mirrored_seq : last_seq],
-            handoffs=[h for h in self.handoffs if self.mirrored_seq < h.seq <= last_seq],
-        )
-        sent = set(batch.snapshot.outputs)
-        await workflow.execute_local_activity_method(
-            MirrorActivities.mirror_build,
-            batch,
-            start_to_close_timeout=MIRROR_TIMEOUT,
-            retry_policy=MIRROR_RETRY,
-            summary=f"mirror up to event {last_seq}",
-        )
-        self.mirrored_seq = last_seq
-        self.unmirrored_outputs -= sent
-
-    def _show(self) -> None:
-        workflow.set_current_details(rules.current_details(self.status()))

@@ -7,17 +7,16 @@ invalid update is refused with the same reason before it enters history.
 
 from __future__ import annotations
 
-from typing import Any
-
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
+
+from workflows.records import BuildRecords
 
 with workflow.unsafe.imports_passed_through():
     from core import rules
     from core.models import (
         ApproveRequest,
         BuildEvent,
-        BuildRequest,
         BuildStatus,
         CommandAccepted,
         EventType,
@@ -25,23 +24,12 @@ with workflow.unsafe.imports_passed_through():
         RetryRequest,
         RollbackRequest,
     )
-    from core.rules import BuildData, Pending
+    from core.rules import Pending
     from core.states import TABLE, BuildState
 
 
-class BuildMessages:
+class BuildMessages(BuildRecords):
     """Handlers of BuildWorkflow; the state they read and write lives on the workflow."""
-
-    request: BuildRequest
-    data: BuildData
-    events: list[BuildEvent]
-    handoffs: list[Handoff]
-
-    def _emit(self, event_type: EventType, by: str, **data: Any) -> None:
-        raise NotImplementedError
-
-    def _show(self) -> None:
-        raise NotImplementedError
 
     def _accept(self, command: str, target: BuildState, reason: str, by: str) -> CommandAccepted:
         source = self.data.state

@@ -44,7 +44,8 @@ from core.settings import Settings
 from core.states import PATH, TERMINAL, WORKING, BuildState, progress_of, role_of
 from db import crud
 from db.models import BuildSummaryPublic, WorkflowEventPublic, WorkflowHandoffPublic
-from workflows.build import BUILD_STATE, PROJECT_ID, BuildWorkflow
+from workflows.build import BuildWorkflow
+from workflows.records import BUILD_STATE, PROJECT_ID
 
 router = APIRouter(prefix="/api/workflows", tags=["workflows"], responses=answers(400, 401, 503))
 log = logging.getLogger("api")

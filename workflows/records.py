@@ -1,0 +1,122 @@
+"""A build's records: its numbered events, the usage of its role calls, the Web UI's view of
+it (search attributes, current details), and the mirror that copies them to SQL.
+
+A mixin of BuildWorkflow (through BuildMessages); deterministic like the rest of it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+
+with workflow.unsafe.imports_passed_through():
+    from activities.mirror import MirrorActivities
+    from core import rules
+    from core.models import (
+        BUILD_STATE_ATTRIBUTE,
+        COST_ATTRIBUTE,
+        PROJECT_ID_ATTRIBUTE,
+        TEST_ATTEMPTS_ATTRIBUTE,
+        TOKENS_ATTRIBUTE,
+        VERIFICATION_ATTEMPTS_ATTRIBUTE,
+        BuildEvent,
+        BuildRequest,
+        EventType,
+        Handoff,
+        MirrorBatch,
+        ModelUsage,
+    )
+    from core.rules import BuildData
+    from core.states import BuildState
+
+S = BuildState
+BUILD_STATE = SearchAttributeKey.for_keyword(BUILD_STATE_ATTRIBUTE)
+PROJECT_ID = SearchAttributeKey.for_keyword(PROJECT_ID_ATTRIBUTE)
+TOKENS = SearchAttributeKey.for_int(TOKENS_ATTRIBUTE)
+COST = SearchAttributeKey.for_float(COST_ATTRIBUTE)
+TEST_ATTEMPTS = SearchAttributeKey.for_int(TEST_ATTEMPTS_ATTRIBUTE)
+VERIFICATION_ATTEMPTS = SearchAttributeKey.for_int(VERIFICATION_ATTEMPTS_ATTRIBUTE)
+
+# Mirror writes are local activities: no extra round trip to the server per build step.
+# They retry until the database answers; a build waits rather than lose a record.
+MIRROR_TIMEOUT = timedelta(seconds=10)
+MIRROR_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
+)
+
+
+class BuildRecords:
+    """Events, usage, Web UI view and mirror of a build; the state lives on the workflow."""
+
+    request: BuildRequest
+    data: BuildData
+    events: list[BuildEvent]
+    handoffs: list[Handoff]
+    mirrored_seq: int
+    unmirrored_outputs: set[str]
+
+    def _emit(self, event_type: EventType, by: str, **data: Any) -> None:
+        self.events.append(
+            BuildEvent(
+                seq=len(self.events) + 1,
+                event_type=event_type,
+                state=self.data.state,
+                triggered_by=by,
+                data=data,
+                timestamp=workflow.now(),
+            )
+        )
+
+    def _record_call(self, role: str, state: BuildState, attempt: int, usage: ModelUsage) -> None:
+        self._emit(EventType.ROLE_CALL, role, attempt=attempt, **usage.model_dump(mode="json"))
+        rules.add_usage(self.data, role, usage)
+        attempts = self.data.attempts
+        workflow.upsert_search_attributes(
+            [
+                TOKENS.value_set(rules.tokens_of(self.data)),
+                COST.value_set(rules.cost_of(self.data)),
+                TEST_ATTEMPTS.value_set(attempts.get(S.TESTING.value, 0)),
+                VERIFICATION_ATTEMPTS.value_set(attempts.get(S.VERIFICATION.value, 0)),
+            ]
+        )
+
+    def _unmirrored(self) -> bool:
+        return len(self.events) > self.mirrored_seq
+
+    async def _mirror(self) -> None:
+        """Hand the mirror the events and handoffs it has not seen, and the build's snapshot."""
+        if not self._unmirrored():
+            return
+        last_seq = len(self.events)
+        info = workflow.info()
+        snapshot = rules.snapshot(
+            self.request,
+            self.data,
+            workflow_id=info.workflow_id,
+            started=info.start_time,
+            now=workflow.now(),
+            last_seq=last_seq,
+            outputs=self.unmirrored_outputs,
+        )
+        batch = MirrorBatch(
+            snapshot=snapshot,
+            events=self.events[self.mirrored_seq : last_seq],
+            handoffs=[h for h in self.handoffs if self.mirrored_seq < h.seq <= last_seq],
+        )
+        sent = set(batch.snapshot.outputs)
+        await workflow.execute_local_activity_method(
+            MirrorActivities.mirror_build,
+            batch,
+            start_to_close_timeout=MIRROR_TIMEOUT,
+            retry_policy=MIRROR_RETRY,
+            summary=f"mirror up to event {last_seq}",
+        )
+        self.mirrored_seq = last_seq
+        self.unmirrored_outputs -= sent
+
+    def _show(self) -> None:
+        status = rules.status(self.request, self.data, events=len(self.events))
+        workflow.set_current_details(rules.current_details(status))
