@@ -33,6 +33,8 @@ from core.models import (
     RetryRequest,
     RollbackRequest,
     Simulation,
+    TopUpAccepted,
+    TopUpRequest,
     parse_requirements,
     workflow_id_for,
 )
@@ -224,6 +226,13 @@ def start(
         list[Simulation] | None,
         typer.Option(help="Make the offline model take a branch; repeatable."),
     ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="Token budget (default: BUILD_MAX_TOKENS; 0: no limit).")
+    ] = None,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(help="Budget in USD (default: BUILD_MAX_COST_USD; 0: no limit)."),
+    ] = None,
     wait: Annotated[
         bool, typer.Option("--follow/--no-follow", help="Follow the build until it ends.")
     ] = True,
@@ -244,6 +253,7 @@ def start(
                 approval_gates=gate or [],
                 simulate=simulate or [],
                 policy=settings.role_policy(),
+                budget=settings.budget(max_tokens, max_cost),
             ),
         )
     except ValueError as err:
@@ -321,12 +331,19 @@ def events(build: BuildIdArg) -> None:
         )
 
 
-def _steer(build: str, update: Any, arg: Any) -> None:
-    async def go(client: Client, settings: Settings) -> CommandAccepted:
+def _command(build: str, update: Any, arg: Any) -> Any:
+    """Run a validated update on a build; its answer, or exit 1 with the refusal."""
+
+    async def go(client: Client, settings: Settings) -> Any:
         handle = control.handle_for(client, build)
         return await control.update(handle, update, arg, rpc_timeout=settings.command_timeout)
 
-    _print_accepted(_run(go))
+    return _run(go)
+
+
+def _steer(build: str, update: Any, arg: Any) -> None:
+    accepted: CommandAccepted = _command(build, update, arg)
+    _print_accepted(accepted)
 
 
 @app.command()
@@ -354,6 +371,29 @@ def rollback(
         build,
         BuildWorkflow.update_rollback,
         RollbackRequest(target_state=to, reason=reason, requested_by="cli"),
+    )
+
+
+@app.command("top-up")
+def top_up(
+    build: BuildIdArg,
+    tokens: Annotated[int, typer.Option(help="Tokens to add to the budget.")] = 0,
+    cost: Annotated[float, typer.Option(help="USD to add to the budget.")] = 0.0,
+    note: Annotated[str, typer.Option("--note", "-m", help="Why.")] = "",
+) -> None:
+    """Add to a build's budget; a build paused in BUDGET_EXHAUSTED goes on."""
+    try:
+        request = TopUpRequest(tokens=tokens, cost_usd=cost, note=note, requested_by="cli")
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+
+    answer: TopUpAccepted = _command(build, BuildWorkflow.update_top_up, request)
+    state = "resumes" if answer.resumes else "has"
+    console.print(
+        f"[green]budget topped up[/green]: the build {state} {answer.max_tokens or 'unlimited'} "
+        f"tokens (used {answer.tokens_used}) and ${answer.max_cost_usd or 0:.4f} "
+        f"(spent ${answer.cost_used_usd:.4f})"
     )
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from core.models import (
     BUILD_ID_PATTERN,
@@ -61,6 +68,13 @@ class StartOptions(BaseModel):
     )
     simulate: list[Simulation] = Field(
         default_factory=list, description="Branches the offline model makes happen."
+    )
+
+    max_tokens: int | None = Field(
+        default=None, ge=0, description="Token budget; default BUILD_MAX_TOKENS, 0: no limit."
+    )
+    max_cost_usd: float | None = Field(
+        default=None, ge=0, description="USD budget; default BUILD_MAX_COST_USD, 0: no limit."
     )
 
     _gates = field_validator("approval_gates")(check_gates)
@@ -140,6 +154,30 @@ class Rollback(BaseModel):
 
 class RollbackAccepted(CommandAnswer):
     rollback_requested: bool = True
+
+
+class TopUp(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: int = Field(default=0, ge=0, le=10**9)
+    cost_usd: float = Field(default=0.0, ge=0, le=10**6)
+    note: Annotated[str, Field(max_length=2000)] = ""
+    requested_by: Person = "api"
+
+    @model_validator(mode="after")
+    def _something(self) -> TopUp:
+        if self.tokens == 0 and self.cost_usd == 0:
+            raise ValueError("a top-up needs tokens or cost_usd above 0")
+        return self
+
+
+class TopUpAnswer(BaseModel):
+    workflow_id: str
+    max_tokens: int | None
+    max_cost_usd: float | None
+    tokens_used: int
+    cost_used_usd: float
+    resumes: bool = Field(description="The build was paused for its budget and goes on now.")
 
 
 class Progress(BaseModel):

@@ -28,7 +28,7 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from core.models import BuildRequest, CommandAccepted, build_id_from, workflow_id_for
+from core.models import BuildRequest, build_id_from, workflow_id_for
 from core.settings import Settings
 from workflows.build import BuildWorkflow
 from workflows.records import PROJECT_ID
@@ -123,11 +123,10 @@ async def update(
     arg: Any,
     *,
     rpc_timeout: timedelta | None = None,
-) -> CommandAccepted:
-    """Run a validated update: accepted, or refused with the workflow's reason."""
+) -> Any:
+    """Run a validated update: its answer, or refused with the workflow's reason."""
     try:
-        result: CommandAccepted = await handle.execute_update(update, arg, rpc_timeout=rpc_timeout)
-        return result
+        return await handle.execute_update(update, arg, rpc_timeout=rpc_timeout)
     except WorkflowUpdateFailedError as err:
         raise CommandRefused(str(getattr(err.cause, "message", err.cause))) from err
     except WorkflowUpdateRPCTimeoutOrCancelledError as err:

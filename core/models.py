@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from core.states import HANDOFFS, BuildState, Role
 
@@ -71,11 +71,21 @@ def check_gates(gates: list[BuildState]) -> list[BuildState]:
     return list(dict.fromkeys(gates))
 
 
+class Budget(BaseModel):
+    """What a build may spend before it pauses in BUDGET_EXHAUSTED (None: no limit), and how
+    long it then waits for a top-up before it ends FAILED."""
+
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    wait_seconds: float = Field(default=86_400, gt=0)
+
+
 class BuildOptions(BaseModel):
     max_retries: int = Field(default=3, ge=0, le=20)
     approval_gates: list[BuildState] = Field(default_factory=list)
     simulate: list[Simulation] = Field(default_factory=list)
     policy: RolePolicy = Field(default_factory=RolePolicy)
+    budget: Budget = Field(default_factory=Budget)
 
     _gates = field_validator("approval_gates")(check_gates)
 
@@ -166,6 +176,29 @@ class ApproveRequest(BaseModel):
     phase_result: dict[str, Any] | None = None  # what the approver adds for the next role
 
 
+class TopUpRequest(BaseModel):
+    """More budget for a build: added to its limits (a limit it had none of stays none)."""
+
+    tokens: int = Field(default=0, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0)
+    note: Annotated[str, Field(max_length=2000)] = ""
+    requested_by: str = "person"
+
+    @model_validator(mode="after")
+    def _something(self) -> TopUpRequest:
+        if self.tokens == 0 and self.cost_usd == 0:
+            raise ValueError("a top-up needs tokens or cost_usd above 0")
+        return self
+
+
+class TopUpAccepted(BaseModel):
+    max_tokens: int | None
+    max_cost_usd: float | None
+    tokens_used: int
+    cost_used_usd: float
+    resumes: bool  # the build was paused for its budget and goes on now
+
+
 class CommandAccepted(BaseModel):
     """Result of an accepted retry/rollback/approve update."""
 
@@ -192,6 +225,8 @@ class EventType(StrEnum):
     COMPLETED = "completed"
     CANCELLED = "cancelled"
     RESTORED = "restored"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    TOPPED_UP = "topped_up"
 
 
 class BuildEvent(BaseModel):

@@ -60,6 +60,9 @@ class BuildData:
     commit_at: dict[str, str | None] = field(default_factory=dict)  # head when entering a state
     release: dict[str, Any] = field(default_factory=dict)  # this build's live release
     usage: dict[str, dict[str, float]] = field(default_factory=dict)  # per role, summed
+    max_tokens: int | None = None  # the budget, top-ups included (None: no limit)
+    max_cost_usd: float | None = None
+    paused_from: BuildState | None = None  # the state a BUDGET_EXHAUSTED build goes back to
 
 
 USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "cost_usd", "requests")
@@ -85,10 +88,42 @@ def _choices(states: tuple[BuildState, ...]) -> str:
     return ", ".join(s.value for s in states) or "none"
 
 
+def budget_problem(data: BuildData) -> str | None:
+    """What of the budget is spent, or None while some is left."""
+    tokens, cost = tokens_of(data), cost_of(data)
+    if data.max_tokens is not None and tokens >= data.max_tokens:
+        return f"{tokens} of {data.max_tokens} tokens used"
+    if data.max_cost_usd is not None and cost >= data.max_cost_usd:
+        return f"${cost:.4f} of ${data.max_cost_usd:.4f} spent"
+    return None
+
+
+def check_top_up(data: BuildData) -> str | None:
+    if data.state in TERMINAL:
+        return f"build is {data.state.value}; a finished build needs no budget"
+    return None
+
+
+def apply_top_up(data: BuildData, tokens: int, cost_usd: float) -> None:
+    """Add to the limits the build has (a dimension without a limit stays without one)."""
+    if data.max_tokens is not None:
+        data.max_tokens += tokens
+    if data.max_cost_usd is not None:
+        data.max_cost_usd = round(data.max_cost_usd + cost_usd, 8)
+
+
+def _paused(data: BuildData) -> str | None:
+    if data.state is S.BUDGET_EXHAUSTED:
+        return "build is paused until its budget is topped up (top_up); then it can be steered"
+    return None
+
+
 def check_retry(data: BuildData) -> str | None:
     """Why a retry is refused now, or None when it is allowed."""
     if data.state in TERMINAL:
         return f"build is {data.state.value}; a finished build cannot be retried"
+    if _paused(data):
+        return _paused(data)
     if data.pending is not None:
         return f"a {data.pending.command} to {data.pending.target.value} is already pending"
     if TABLE[data.state].retry_to is None:
@@ -108,6 +143,8 @@ def check_rollback(data: BuildData, target: BuildState) -> str | None:
     """Why a rollback to `target` is refused now, or None when it is allowed."""
     if data.state in TERMINAL:
         return f"build is {data.state.value}; a finished build cannot be rolled back"
+    if _paused(data):
+        return _paused(data)
     if data.pending is not None:
         return f"a {data.pending.command} to {data.pending.target.value} is already pending"
     allowed = rollback_targets(data.state)
@@ -200,6 +237,8 @@ def handoff_parts(
 
 
 def waiting_for(data: BuildData) -> str | None:
+    if data.state is S.BUDGET_EXHAUSTED:
+        return f"a budget top-up ({budget_problem(data) or 'topped up'})"
     return f"approval at {data.waiting_at_gate.value}" if data.waiting_at_gate else None
 
 
@@ -215,7 +254,7 @@ def status(request: BuildRequest, data: BuildData, *, events: int) -> BuildStatu
         project_id=request.project_id,
         state=data.state,
         current_role=role_of(data.state),
-        progress=progress_of(data.state),
+        progress=progress_of(data.paused_from or data.state),
         completed_phases=list(data.completed_phases),
         attempts=dict(data.attempts),
         loop_backs=data.loop_backs,

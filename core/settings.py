@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.models import RolePolicy
+from core.models import Budget, RolePolicy
 from core.states import Role
 
 
@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     # Builds
     build_execution_timeout_seconds: int = Field(default=3600, gt=0)
     build_max_retries: int = Field(default=3, ge=0)
+    # Per-build budget (a build may override it); 0 means no limit.
+    build_max_tokens: int = Field(default=2_000_000, ge=0)
+    build_max_cost_usd: float = Field(default=5.0, ge=0)
+    budget_wait_seconds: float = Field(default=86_400, gt=0)
     role_start_to_close_seconds: float = Field(default=300, gt=0)
     role_max_attempts: int = Field(default=5, ge=1)
     role_initial_retry_seconds: float = Field(default=1, gt=0)
@@ -146,6 +150,16 @@ class Settings(BaseSettings):
     def api_url(self) -> str:
         host = "localhost" if self.api_host in ("127.0.0.1", "0.0.0.0") else self.api_host
         return f"http://{host}:{self.api_port}"
+
+    def budget(self, max_tokens: int | None = None, max_cost_usd: float | None = None) -> Budget:
+        """A build's budget: the given limits, else the settings' (0 means no limit)."""
+        tokens = self.build_max_tokens if max_tokens is None else max_tokens
+        cost = self.build_max_cost_usd if max_cost_usd is None else max_cost_usd
+        return Budget(
+            max_tokens=tokens or None,
+            max_cost_usd=cost or None,
+            wait_seconds=self.budget_wait_seconds,
+        )
 
     def ui_link(self, workflow_id: str) -> str:
         base = self.temporal_ui_url.rstrip("/")

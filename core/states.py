@@ -23,6 +23,7 @@ class BuildState(StrEnum):
     COMPLETE = "complete"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    BUDGET_EXHAUSTED = "budget_exhausted"
 
 
 class Role(StrEnum):
@@ -38,6 +39,8 @@ class EdgeKind(StrEnum):
     RETRY = "retry"
     ROLLBACK = "rollback"
     FAILURE = "failure"
+    PAUSE = "pause"
+    RESUME = "resume"
 
 
 @dataclass(frozen=True)
@@ -81,10 +84,16 @@ TABLE: dict[BuildState, StateSpec] = {
     S.COMPLETE: StateSpec(None, 100),
     S.FAILED: StateSpec(None, 100),
     S.CANCELLED: StateSpec(None, 100),
+    # A pause, entered before a role call when the build's budget is spent; the build goes
+    # back to the state it paused in (its progress is that state's).
+    S.BUDGET_EXHAUSTED: StateSpec(None, 0),
 }
 
 TERMINAL: frozenset[BuildState] = frozenset({S.COMPLETE, S.FAILED, S.CANCELLED})
-PATH: tuple[BuildState, ...] = tuple(s for s in TABLE if s not in (S.FAILED, S.CANCELLED))
+PAUSES: frozenset[BuildState] = frozenset({S.BUDGET_EXHAUSTED})
+PATH: tuple[BuildState, ...] = tuple(
+    s for s in TABLE if s not in (S.FAILED, S.CANCELLED) and s not in PAUSES
+)
 WORKING: tuple[BuildState, ...] = tuple(s for s in PATH if TABLE[s].role is not None)
 HANDOFFS: tuple[BuildState, ...] = tuple(s for s in PATH if TABLE[s].handoff_to is not None)
 
@@ -96,7 +105,7 @@ def order(state: BuildState) -> int:
 
 def rollback_targets(state: BuildState) -> tuple[BuildState, ...]:
     """Earlier working states a build in `state` may be rolled back to."""
-    if state in TERMINAL:
+    if state in TERMINAL or state in PAUSES:
         return ()
     return tuple(s for s in WORKING if order(s) < order(state))
 
@@ -113,6 +122,9 @@ def edges() -> list[tuple[BuildState, BuildState, EdgeKind]]:
         if state not in TERMINAL:
             out.append((state, S.FAILED, EdgeKind.FAILURE))
             out.append((state, S.CANCELLED, EdgeKind.FAILURE))
+    for working in WORKING:
+        out.append((working, S.BUDGET_EXHAUSTED, EdgeKind.PAUSE))
+        out.append((S.BUDGET_EXHAUSTED, working, EdgeKind.RESUME))
     return out
 
 
@@ -148,13 +160,19 @@ def mermaid() -> str:
             continue  # every earlier working state: drawn as a note, not 40 arrows
         if kind is EdgeKind.FAILURE and dst is S.CANCELLED:
             continue
-        if kind is EdgeKind.FAILURE and src not in WORKING:
+        if kind is EdgeKind.FAILURE and src not in WORKING and src not in PAUSES:
             continue
+        if kind in (EdgeKind.PAUSE, EdgeKind.RESUME):
+            continue  # from and back to every working state: drawn as a note
         label = "" if kind is EdgeKind.FORWARD else f": {kind.value}"
         lines.append(f"    {src.value} --> {dst.value}{label}")
     lines += [f"    {t.value} --> [*]" for t in (S.COMPLETE, S.FAILED, S.CANCELLED)]
     lines.append(
         "    note right of deployment: rollback from any state to any earlier working state;"
         " cancel from any non-terminal state"
+    )
+    lines.append(
+        f"    note left of {S.BUDGET_EXHAUSTED.value}: entered from any working state when the"
+        " budget is spent; top_up resumes that state"
     )
     return "\n".join(lines)

@@ -277,6 +277,24 @@ async def test_commands_a_running_phase_cannot_take_get_409_with_the_reason(
         await handle.terminate("test over")
 
 
+async def test_a_build_paused_for_its_budget_is_topped_up_over_http(stack: Stack):
+    http = stack.http
+    started = await http.post(
+        f"/api/workflows/{new_project()}/start",
+        json={"requirements": "CSV export", "options": {"max_tokens": 800}},
+    )
+    base = f"/api/workflows/{started.json()['workflow_id']}"
+    paused = await poll(http, f"{base}/status", lambda s: s["current_state"] == "budget_exhausted")
+    assert paused["waiting_for"].startswith("a budget top-up (") and paused["tokens"] >= 800
+    assert (await http.post(f"{base}/top-up", json={})).status_code == 422
+    topped = await http.post(f"{base}/top-up", json={"tokens": 1_000_000, "note": "ok"})
+    assert topped.status_code == 200, topped.text
+    assert topped.json()["resumes"] and topped.json()["max_tokens"] == 1_000_800
+    await poll(http, f"{base}/status", lambda s: s["current_state"] == "complete")
+    late = await http.post(f"{base}/top-up", json={"tokens": 1})
+    assert late.status_code == 409 and "has finished" in late.json()["detail"]
+
+
 async def test_unknown_builds_get_404(stack: Stack):
     base = "/api/workflows/build-nosuchbuild"
     for method, path, body in [
@@ -286,6 +304,7 @@ async def test_unknown_builds_get_404(stack: Stack):
         ("POST", "advance", {"role": "q_assistant"}),
         ("POST", "request-retry", {"reason": "x"}),
         ("POST", "rollback", {"target_state": "planning", "reason": "x"}),
+        ("POST", "top-up", {"tokens": 10}),
     ]:
         answer = await stack.http.request(method, f"{base}/{path}", json=body)
         assert answer.status_code == 404, (path, answer.text)

@@ -2,7 +2,7 @@
 
 Regenerate after an intended, compatible change with:
     RECORD_HISTORIES=1 .venv/bin/pytest tests/test_workflow.py tests/test_workflow_failures.py \
-        tests/test_workflow_work.py
+        tests/test_workflow_work.py tests/test_budget.py
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def test_histories_cover_the_main_scenarios():
         "release_fails_once",
         "rollback_after_release",
         "unsafe_paths_refused",
+        "budget_paused_and_topped_up",
     } <= names
 
 

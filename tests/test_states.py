@@ -43,7 +43,7 @@ HAPPY_PATH = [
 
 def test_values_are_lower_case_as_in_the_original_design():
     assert [s.value for s in BuildState][:3] == ["discovery", "planning", "handoff_to_coder"]
-    assert len(BuildState) == 13
+    assert len(BuildState) == 14  # the 11 of the design, FAILED, CANCELLED, BUDGET_EXHAUSTED
     assert {r.value for r in Role} == {
         "q_assistant",
         "code_writer",
@@ -51,6 +51,19 @@ def test_values_are_lower_case_as_in_the_original_design():
         "verification_overseer",
         "release_manager",
     }
+
+
+def test_the_budget_pause_is_entered_from_and_left_to_every_working_state():
+    from core.states import PAUSES, WORKING, EdgeKind, edge_kind
+
+    pause = BuildState.BUDGET_EXHAUSTED
+    assert pause in PAUSES and pause not in PATH
+    for working in WORKING:
+        assert edge_kind(working, pause) is EdgeKind.PAUSE
+        assert edge_kind(pause, working) is EdgeKind.RESUME
+    assert edge_kind(pause, BuildState.FAILED) is EdgeKind.FAILURE
+    assert not is_valid(BuildState.HANDOFF_TO_CODER, pause)  # only before a role call
+    assert rollback_targets(pause) == ()
 
 
 def test_happy_path_is_the_forward_chain():

@@ -66,7 +66,10 @@ class BuildWorkflow(BuildMessages):
     @workflow.init
     def __init__(self, request: BuildRequest) -> None:
         self.request = request
-        self.data = BuildData()
+        self.data = BuildData(
+            max_tokens=request.options.budget.max_tokens,
+            max_cost_usd=request.options.budget.max_cost_usd,
+        )
         self.events: list[BuildEvent] = []
         self.handoffs: list[Handoff] = []
         self.mirrored_seq = 0
@@ -115,6 +118,8 @@ class BuildWorkflow(BuildMessages):
     # --- phases -----------------------------------------------------------------------
 
     async def _work(self) -> None:
+        if problem := rules.budget_problem(self.data):
+            await self._pause_for_budget(problem)
         state = self.data.state
         role = role_of(state)
         assert role is not None
@@ -213,6 +218,27 @@ class BuildWorkflow(BuildMessages):
         )
         if state is not S.IMPLEMENTATION:
             self._move(rules.retry_target(state), role_of(state) or "system")
+
+    async def _pause_for_budget(self, problem: str) -> None:
+        """Stop spending: wait in BUDGET_EXHAUSTED for a top-up, then go on where it paused."""
+        state = self.data.state
+        self.data.paused_from = state
+        self._move(S.BUDGET_EXHAUSTED, "system")
+        self._emit(EventType.BUDGET_EXHAUSTED, "system", reason=problem, paused_in=state.value)
+        self._show()
+        await self._mirror()
+        wait = self.request.options.budget.wait_seconds
+        try:
+            await workflow.wait_condition(
+                lambda: rules.budget_problem(self.data) is None, timeout=timedelta(seconds=wait)
+            )
+        except TimeoutError as err:
+            raise BuildFailed(
+                f"budget exhausted ({problem}) and not topped up within {wait:g}s",
+                "budget exhausted",
+            ) from err
+        self.data.paused_from = None
+        self._move(state, "system")
 
     async def _handoff(self) -> None:
         state = self.data.state

@@ -23,6 +23,8 @@ with workflow.unsafe.imports_passed_through():
         Handoff,
         RetryRequest,
         RollbackRequest,
+        TopUpAccepted,
+        TopUpRequest,
     )
     from core.rules import Pending
     from core.states import TABLE, BuildState
@@ -87,6 +89,43 @@ class BuildMessages(BuildRecords):
             self._reject("approve", problem, request.approved_by)
         else:
             self._approve(request)
+
+    def _top_up(self, request: TopUpRequest) -> TopUpAccepted:
+        resumes = self.data.state is BuildState.BUDGET_EXHAUSTED
+        rules.apply_top_up(self.data, request.tokens, request.cost_usd)
+        self._emit(
+            EventType.TOPPED_UP,
+            request.requested_by,
+            tokens=request.tokens,
+            cost_usd=request.cost_usd,
+            note=request.note,
+            max_tokens=self.data.max_tokens,
+            max_cost_usd=self.data.max_cost_usd,
+        )
+        self._show()
+        return TopUpAccepted(
+            max_tokens=self.data.max_tokens,
+            max_cost_usd=self.data.max_cost_usd,
+            tokens_used=rules.tokens_of(self.data),
+            cost_used_usd=rules.cost_of(self.data),
+            resumes=resumes and rules.budget_problem(self.data) is None,
+        )
+
+    @workflow.signal
+    def top_up(self, request: TopUpRequest) -> None:
+        problem = rules.check_top_up(self.data)
+        if problem:
+            self._reject("top_up", problem, request.requested_by)
+        else:
+            self._top_up(request)
+
+    @workflow.update
+    def update_top_up(self, request: TopUpRequest) -> TopUpAccepted:
+        return self._top_up(request)
+
+    @update_top_up.validator
+    def _validate_top_up(self, request: TopUpRequest) -> None:
+        _refuse(rules.check_top_up(self.data))
 
     @workflow.update
     def update_retry(self, request: RetryRequest) -> CommandAccepted:

@@ -28,6 +28,8 @@ from api.schemas import (
     Rollback,
     RollbackAccepted,
     StartBuild,
+    TopUp,
+    TopUpAnswer,
     answers,
 )
 from core import control
@@ -37,6 +39,7 @@ from core.models import (
     BuildRequest,
     RetryRequest,
     RollbackRequest,
+    TopUpRequest,
     build_id_from,
     workflow_id_for,
 )
@@ -79,6 +82,7 @@ async def start_build(
             approval_gates=opts.approval_gates,
             simulate=opts.simulate,
             policy=settings.role_policy(),
+            budget=settings.budget(opts.max_tokens, opts.max_cost_usd),
         ),
     )
     handle = await control.start_build(client, settings, request)
@@ -145,6 +149,19 @@ async def rollback(
     )
     answer = await _steer(client, settings, workflow_id, BuildWorkflow.update_rollback, command)
     return RollbackAccepted(**answer)
+
+
+@router.post("/{workflow_id}/top-up", responses=answers(404, 409))
+async def top_up(
+    workflow_id: WorkflowId, body: TopUp, client: ClientDep, settings: SettingsDep
+) -> TopUpAnswer:
+    """Add to the build's budget; a build paused in budget_exhausted goes on."""
+    handle = control.handle_for(client, workflow_id)
+    request = TopUpRequest(**body.model_dump())
+    answer = await control.update(
+        handle, BuildWorkflow.update_top_up, request, rpc_timeout=settings.command_timeout
+    )
+    return TopUpAnswer(workflow_id=handle.id, **answer.model_dump())
 
 
 @router.get("/{workflow_id}/status", responses=answers(404))
