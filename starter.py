@@ -24,6 +24,7 @@ from core import control
 from core.control import BuildError, CommandRefused
 from core.exit import exit_now
 from core.models import (
+    AbortRequest,
     ApproveRequest,
     BuildEvent,
     BuildOptions,
@@ -372,6 +373,15 @@ def rollback(
         BuildWorkflow.update_rollback,
         RollbackRequest(target_state=to, reason=reason, requested_by="cli"),
     )
+
+
+@app.command()
+def abort(
+    build: BuildIdArg,
+    reason: Annotated[str, typer.Option("--reason", "-m", help="Why; recorded as the failure.")],
+) -> None:
+    """End the build FAILED with your reason (at once at a gate or pause)."""
+    _steer(build, BuildWorkflow.update_abort, AbortRequest(reason=reason, requested_by="cli"))
 
 
 @app.command("top-up")

@@ -156,6 +156,17 @@ class RollbackAccepted(CommandAnswer):
     rollback_requested: bool = True
 
 
+class Abort(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Reason
+    requested_by: Person = "api"
+
+
+class AbortAccepted(CommandAnswer):
+    abort_requested: bool = True
+
+
 class TopUp(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -86,6 +86,7 @@ class BuildOptions(BaseModel):
     simulate: list[Simulation] = Field(default_factory=list)
     policy: RolePolicy = Field(default_factory=RolePolicy)
     budget: Budget = Field(default_factory=Budget)
+    attention_wait_seconds: float = Field(default=86_400, gt=0)
 
     _gates = field_validator("approval_gates")(check_gates)
 
@@ -191,6 +192,13 @@ class TopUpRequest(BaseModel):
         return self
 
 
+class AbortRequest(BaseModel):
+    """End the build FAILED with a reason (at once at a gate or pause, else after the phase)."""
+
+    reason: Annotated[str, Field(min_length=1, max_length=2000)]
+    requested_by: str = "person"
+
+
 class TopUpAccepted(BaseModel):
     max_tokens: int | None
     max_cost_usd: float | None
@@ -202,7 +210,7 @@ class TopUpAccepted(BaseModel):
 class CommandAccepted(BaseModel):
     """Result of an accepted retry/rollback/approve update."""
 
-    command: Literal["retry", "rollback", "approve"]
+    command: Literal["retry", "rollback", "approve", "abort"]
     from_state: BuildState
     target_state: BuildState
     applies: Literal["now", "after_current_phase"]
@@ -227,6 +235,8 @@ class EventType(StrEnum):
     RESTORED = "restored"
     BUDGET_EXHAUSTED = "budget_exhausted"
     TOPPED_UP = "topped_up"
+    NEEDS_ATTENTION = "needs_attention"
+    ABORTED = "aborted"
 
 
 class BuildEvent(BaseModel):

@@ -6,6 +6,8 @@ unit-tested without a Temporal server.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -62,7 +64,9 @@ class BuildData:
     usage: dict[str, dict[str, float]] = field(default_factory=dict)  # per role, summed
     max_tokens: int | None = None  # the budget, top-ups included (None: no limit)
     max_cost_usd: float | None = None
-    paused_from: BuildState | None = None  # the state a BUDGET_EXHAUSTED build goes back to
+    paused_from: BuildState | None = None  # the state a paused build paused in
+    signatures: dict[str, str] = field(default_factory=dict)  # last failure per state
+    attention: str | None = None  # what a person is asked to look at (NEEDS_ATTENTION)
 
 
 USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "cost_usd", "requests")
@@ -110,6 +114,39 @@ def apply_top_up(data: BuildData, tokens: int, cost_usd: float) -> None:
         data.max_tokens += tokens
     if data.max_cost_usd is not None:
         data.max_cost_usd = round(data.max_cost_usd + cost_usd, 8)
+
+
+def failure_signature(state: BuildState, output: dict[str, Any]) -> str:
+    """What makes two failures "the same": failing test ids with their messages, or the
+    review's reasons, with numbers, addresses and spacing normalised away."""
+    if state is S.TESTING:
+        parts = [f"{f['test']}: {f['message']}" for f in output.get("failures", [])]
+    else:
+        parts = list(output.get("reasons", []))
+    normal = sorted({_normalise(p) for p in parts})
+    return hashlib.sha256("\n".join(normal).encode()).hexdigest()[:16]
+
+
+def _normalise(text: str) -> str:
+    text = re.sub(r"0x[0-9a-fA-F]+", "0xH", text)
+    text = re.sub(r"\d+(\.\d+)?", "N", text)
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def first_reason(feedback: dict[str, Any]) -> str | None:
+    """The first failing test (with its message) or review reason of a failure."""
+    if feedback.get("failures"):
+        first = feedback["failures"][0]
+        return f"{first['test']}: {str(first['message']).splitlines()[0][:160]}"
+    if feedback.get("reasons"):
+        return str(feedback["reasons"][0])[:200]
+    return None
+
+
+def check_abort(data: BuildData) -> str | None:
+    if data.state in TERMINAL:
+        return f"build is {data.state.value}; it has already ended"
+    return None
 
 
 def _paused(data: BuildData) -> str | None:
@@ -237,6 +274,8 @@ def handoff_parts(
 
 
 def waiting_for(data: BuildData) -> str | None:
+    if data.state is S.NEEDS_ATTENTION:
+        return f"a person: {data.attention} (retry with guidance, rollback or abort)"
     if data.state is S.BUDGET_EXHAUSTED:
         return f"a budget top-up ({budget_problem(data) or 'topped up'})"
     return f"approval at {data.waiting_at_gate.value}" if data.waiting_at_gate else None

@@ -91,6 +91,7 @@ class Settings(BaseSettings):
     build_max_tokens: int = Field(default=2_000_000, ge=0)
     build_max_cost_usd: float = Field(default=5.0, ge=0)
     budget_wait_seconds: float = Field(default=86_400, gt=0)
+    attention_wait_seconds: float = Field(default=86_400, gt=0)
     role_start_to_close_seconds: float = Field(default=300, gt=0)
     role_max_attempts: int = Field(default=5, ge=1)
     role_initial_retry_seconds: float = Field(default=1, gt=0)

@@ -24,6 +24,7 @@ class BuildState(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     BUDGET_EXHAUSTED = "budget_exhausted"
+    NEEDS_ATTENTION = "needs_attention"
 
 
 class Role(StrEnum):
@@ -87,10 +88,15 @@ TABLE: dict[BuildState, StateSpec] = {
     # A pause, entered before a role call when the build's budget is spent; the build goes
     # back to the state it paused in (its progress is that state's).
     S.BUDGET_EXHAUSTED: StateSpec(None, 0),
+    # A pause, entered when TESTING or VERIFICATION fails the same way twice: a person
+    # retries with guidance, rolls back or aborts.
+    S.NEEDS_ATTENTION: StateSpec(None, 0, retry_to=S.IMPLEMENTATION),
 }
 
 TERMINAL: frozenset[BuildState] = frozenset({S.COMPLETE, S.FAILED, S.CANCELLED})
-PAUSES: frozenset[BuildState] = frozenset({S.BUDGET_EXHAUSTED})
+PAUSES: frozenset[BuildState] = frozenset({S.BUDGET_EXHAUSTED, S.NEEDS_ATTENTION})
+# Where a failure that repeats can pause a build for a person.
+ATTENTION_FROM: tuple[BuildState, ...] = (S.TESTING, S.VERIFICATION)
 PATH: tuple[BuildState, ...] = tuple(
     s for s in TABLE if s not in (S.FAILED, S.CANCELLED) and s not in PAUSES
 )
@@ -105,6 +111,8 @@ def order(state: BuildState) -> int:
 
 def rollback_targets(state: BuildState) -> tuple[BuildState, ...]:
     """Earlier working states a build in `state` may be rolled back to."""
+    if state is S.NEEDS_ATTENTION:
+        return tuple(s for s in WORKING if order(s) <= order(ATTENTION_FROM[0]))
     if state in TERMINAL or state in PAUSES:
         return ()
     return tuple(s for s in WORKING if order(s) < order(state))
@@ -125,6 +133,7 @@ def edges() -> list[tuple[BuildState, BuildState, EdgeKind]]:
     for working in WORKING:
         out.append((working, S.BUDGET_EXHAUSTED, EdgeKind.PAUSE))
         out.append((S.BUDGET_EXHAUSTED, working, EdgeKind.RESUME))
+    out.extend((state, S.NEEDS_ATTENTION, EdgeKind.PAUSE) for state in ATTENTION_FROM)
     return out
 
 
@@ -162,7 +171,7 @@ def mermaid() -> str:
             continue
         if kind is EdgeKind.FAILURE and src not in WORKING and src not in PAUSES:
             continue
-        if kind in (EdgeKind.PAUSE, EdgeKind.RESUME):
+        if S.BUDGET_EXHAUSTED in (src, dst) and kind in (EdgeKind.PAUSE, EdgeKind.RESUME):
             continue  # from and back to every working state: drawn as a note
         label = "" if kind is EdgeKind.FORWARD else f": {kind.value}"
         lines.append(f"    {src.value} --> {dst.value}{label}")

@@ -295,6 +295,23 @@ async def test_a_build_paused_for_its_budget_is_topped_up_over_http(stack: Stack
     assert late.status_code == 409 and "has finished" in late.json()["detail"]
 
 
+async def test_a_build_that_needs_attention_is_aborted_over_http(stack: Stack):
+    http = stack.http
+    started = await http.post(
+        f"/api/workflows/{new_project()}/start",
+        json={"requirements": "CSV export", "options": {"simulate": ["tests_always_fail"]}},
+    )
+    base = f"/api/workflows/{started.json()['workflow_id']}"
+    asking = await poll(http, f"{base}/status", lambda s: s["current_state"] == "needs_attention")
+    assert asking["waiting_for"].startswith("a person: tests failed twice the same way")
+    assert (await http.post(f"{base}/abort", json={})).status_code == 422
+    aborted = await http.post(f"{base}/abort", json={"reason": "rethink", "requested_by": "ana"})
+    assert aborted.status_code == 202 and aborted.json()["applies"] == "now"
+    done = await poll(http, f"{base}/status", lambda s: s["current_state"] == "failed")
+    assert done["last_error"] == "aborted by ana: rethink" and done["failure_reason"] == "aborted"
+    assert done["failed_state"] == "needs_attention"
+
+
 async def test_unknown_builds_get_404(stack: Stack):
     base = "/api/workflows/build-nosuchbuild"
     for method, path, body in [
@@ -305,6 +322,7 @@ async def test_unknown_builds_get_404(stack: Stack):
         ("POST", "request-retry", {"reason": "x"}),
         ("POST", "rollback", {"target_state": "planning", "reason": "x"}),
         ("POST", "top-up", {"tokens": 10}),
+        ("POST", "abort", {"reason": "x"}),
     ]:
         answer = await stack.http.request(method, f"{base}/{path}", json=body)
         assert answer.status_code == 404, (path, answer.text)

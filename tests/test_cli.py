@@ -166,7 +166,7 @@ async def test_start_with_a_worker_does_not_warn(settings: Settings, tmp_path: P
 
 
 async def test_help_for_every_command(settings: Settings, tmp_path: Path):
-    for command in ("start", "status", "events", "retry", "rollback", "approve", "top-up"):
+    for command in ("start", "status", "events", "retry", "rollback", "approve", "top-up", "abort"):
         code, out = await run("starter.py", command, "--help", settings=settings, cwd=tmp_path)
         assert code == 0 and "Usage" in out, (command, out)
     code, out = await run("worker.py", "--help", settings=settings, cwd=tmp_path)

@@ -2,7 +2,7 @@
 
 Regenerate after an intended, compatible change with:
     RECORD_HISTORIES=1 .venv/bin/pytest tests/test_workflow.py tests/test_workflow_failures.py \
-        tests/test_workflow_work.py tests/test_budget.py
+        tests/test_workflow_work.py tests/test_budget.py tests/test_attention.py
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def test_histories_cover_the_main_scenarios():
         "rollback_after_release",
         "unsafe_paths_refused",
         "budget_paused_and_topped_up",
+        "needs_attention_retry_abort",
     } <= names
 
 

@@ -43,7 +43,7 @@ HAPPY_PATH = [
 
 def test_values_are_lower_case_as_in_the_original_design():
     assert [s.value for s in BuildState][:3] == ["discovery", "planning", "handoff_to_coder"]
-    assert len(BuildState) == 14  # the 11 of the design, FAILED, CANCELLED, BUDGET_EXHAUSTED
+    assert len(BuildState) == 15  # the design's 11, FAILED, CANCELLED and two pauses
     assert {r.value for r in Role} == {
         "q_assistant",
         "code_writer",
@@ -64,6 +64,19 @@ def test_the_budget_pause_is_entered_from_and_left_to_every_working_state():
     assert edge_kind(pause, BuildState.FAILED) is EdgeKind.FAILURE
     assert not is_valid(BuildState.HANDOFF_TO_CODER, pause)  # only before a role call
     assert rollback_targets(pause) == ()
+
+
+def test_needs_attention_is_entered_from_testing_and_verification_and_left_by_a_person():
+    from core.states import EdgeKind, edge_kind
+
+    ask = BuildState.NEEDS_ATTENTION
+    assert edge_kind(BuildState.TESTING, ask) is EdgeKind.PAUSE
+    assert edge_kind(BuildState.VERIFICATION, ask) is EdgeKind.PAUSE
+    assert not is_valid(BuildState.IMPLEMENTATION, ask)
+    assert edge_kind(ask, BuildState.IMPLEMENTATION) is EdgeKind.RETRY
+    assert edge_kind(ask, BuildState.PLANNING) is EdgeKind.ROLLBACK
+    assert edge_kind(ask, BuildState.FAILED) is EdgeKind.FAILURE
+    assert not is_valid(ask, BuildState.DEPLOYMENT)
 
 
 def test_happy_path_is_the_forward_chain():

@@ -150,17 +150,18 @@ async def test_verification_rejects_once_loops_back(client: Client, worker):
 
 
 async def test_tests_always_fail_ends_failed_after_max_retries(client: Client, worker):
+    # max_retries=1: the repeated failure finds no retries left, so no person is asked.
     handle = await start(
-        client, worker, make_request(simulate=["tests_always_fail"], max_retries=2)
+        client, worker, make_request(simulate=["tests_always_fail"], max_retries=1)
     )
     with pytest.raises(WorkflowFailureError) as err:
         await handle.result()
     assert "retries exhausted" in str(err.value.cause)
     status = await status_of(handle)
     assert status.state is S.FAILED
-    assert status.attempts["testing"] == 3 and status.loop_backs == 2
+    assert status.attempts["testing"] == 2 and status.loop_backs == 1
     assert status.last_error and "retries exhausted" in status.last_error
-    assert "max_retries=2" in status.last_error
+    assert "max_retries=1" in status.last_error
     events = await events_of(handle)
     assert events[-1].event_type is EventType.FAILED
     assert (await handle.describe()).status is WorkflowExecutionStatus.FAILED

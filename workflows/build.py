@@ -178,21 +178,71 @@ class BuildWorkflow(BuildMessages):
             self.data.base = output["commit"]
         if await self._apply_pending():
             return
-        self._decide(state, output)
+        await self._decide(state, output)
 
-    def _decide(self, state: BuildState, output: dict[str, Any]) -> None:
+    async def _decide(self, state: BuildState, output: dict[str, Any]) -> None:
         summary = output.get("summary", "")
         if state is S.TESTING and not output["passed"]:
-            self._loop_back(state, "tests failed", {"failures": output["failures"]}, summary)
+            feedback = {"failures": output["failures"]}
+            await self._failed(state, output, "tests failed", feedback, summary)
         elif state is S.VERIFICATION and not output["approved"]:
-            why = "verification requested changes"
-            self._loop_back(state, why, {"reasons": output["reasons"]}, summary)
+            feedback = {"reasons": output["reasons"]}
+            await self._failed(state, output, "verification requested changes", feedback, summary)
         elif state is S.DEPLOYMENT and not output["released"]:
             self._loop_back(state, "release failed", {"release": output}, summary)
         else:
             next_state = TABLE[state].next
             assert next_state is not None
             self._move(next_state, role_of(state) or "system")
+
+    async def _failed(
+        self,
+        state: BuildState,
+        output: dict[str, Any],
+        why: str,
+        feedback: dict[str, Any],
+        summary: str,
+    ) -> None:
+        """Loop back, unless this is the same failure as last time: then ask a person rather
+        than spend the remaining retries on it."""
+        signature = rules.failure_signature(state, output)
+        repeated = self.data.signatures.get(state.value) == signature
+        self.data.signatures[state.value] = signature
+        if repeated and self.data.loop_backs < self.request.options.max_retries:
+            await self._needs_attention(state, why, feedback, summary, signature)
+        else:
+            self._loop_back(state, why, feedback, summary)
+
+    async def _needs_attention(
+        self,
+        state: BuildState,
+        why: str,
+        feedback: dict[str, Any],
+        summary: str,
+        signature: str,
+    ) -> None:
+        first = rules.first_reason(feedback) or summary
+        self.data.attention = f"{why} twice the same way at {state.value}: {first}"
+        self.data.last_error = self.data.attention
+        self.data.feedback = {"loop_back_from": state.value, **feedback}
+        self.data.paused_from = state
+        self._move(S.NEEDS_ATTENTION, "system")
+        self._emit(EventType.NEEDS_ATTENTION, "system", reason=why, signature=signature, **feedback)
+        self._show()
+        await self._mirror()
+        wait = self.request.options.attention_wait_seconds
+        try:
+            await workflow.wait_condition(
+                lambda: self.data.pending is not None, timeout=timedelta(seconds=wait)
+            )
+        except TimeoutError as err:
+            raise BuildFailed(
+                f"{self.data.attention}; nobody answered within {wait:g}s",
+                f"non-converging: {why}",
+            ) from err
+        self.data.paused_from = None
+        self.data.attention = None
+        await self._apply_pending()
 
     def _loop_back(
         self, state: BuildState, why: str, feedback: dict[str, Any], summary: str
@@ -230,15 +280,21 @@ class BuildWorkflow(BuildMessages):
         wait = self.request.options.budget.wait_seconds
         try:
             await workflow.wait_condition(
-                lambda: rules.budget_problem(self.data) is None, timeout=timedelta(seconds=wait)
+                lambda: rules.budget_problem(self.data) is None or self._aborting(),
+                timeout=timedelta(seconds=wait),
             )
         except TimeoutError as err:
             raise BuildFailed(
                 f"budget exhausted ({problem}) and not topped up within {wait:g}s",
                 "budget exhausted",
             ) from err
+        if self._aborting():
+            await self._apply_pending()
         self.data.paused_from = None
         self._move(state, "system")
+
+    def _aborting(self) -> bool:
+        return self.data.pending is not None and self.data.pending.command == "abort"
 
     async def _handoff(self) -> None:
         state = self.data.state
@@ -317,6 +373,9 @@ class BuildWorkflow(BuildMessages):
         if pending is None:
             return False
         self.data.pending = None
+        if pending.command == "abort":
+            self._emit(EventType.ABORTED, pending.requested_by, reason=pending.reason)
+            raise BuildFailed(f"aborted by {pending.requested_by}: {pending.reason}", "aborted")
         event = EventType.RETRY_REQUESTED if pending.command == "retry" else EventType.ROLLBACK
         self._emit(event, pending.requested_by, target=pending.target.value, reason=pending.reason)
         self.data.guidance.append(pending.reason)

@@ -15,6 +15,7 @@ from workflows.records import BuildRecords
 with workflow.unsafe.imports_passed_through():
     from core import rules
     from core.models import (
+        AbortRequest,
         ApproveRequest,
         BuildEvent,
         BuildStatus,
@@ -27,7 +28,7 @@ with workflow.unsafe.imports_passed_through():
         TopUpRequest,
     )
     from core.rules import Pending
-    from core.states import TABLE, BuildState
+    from core.states import PAUSES, TABLE, BuildState
 
 
 class BuildMessages(BuildRecords):
@@ -110,6 +111,37 @@ class BuildMessages(BuildRecords):
             cost_used_usd=rules.cost_of(self.data),
             resumes=resumes and rules.budget_problem(self.data) is None,
         )
+
+    def _abort(self, request: AbortRequest) -> CommandAccepted:
+        source = self.data.state
+        # An abort replaces a pending retry or rollback: ending the build is the last word.
+        self.data.pending = Pending(
+            "abort", BuildState.FAILED, request.reason, request.requested_by
+        )
+        self._show()
+        waiting = self.data.waiting_at_gate is not None or source in PAUSES
+        return CommandAccepted(
+            command="abort",
+            from_state=source,
+            target_state=BuildState.FAILED,
+            applies="after_current_phase" if self.data.phase_running and not waiting else "now",
+        )
+
+    @workflow.signal
+    def abort(self, request: AbortRequest) -> None:
+        problem = rules.check_abort(self.data)
+        if problem:
+            self._reject("abort", problem, request.requested_by)
+        else:
+            self._abort(request)
+
+    @workflow.update
+    def update_abort(self, request: AbortRequest) -> CommandAccepted:
+        return self._abort(request)
+
+    @update_abort.validator
+    def _validate_abort(self, request: AbortRequest) -> None:
+        _refuse(rules.check_abort(self.data))
 
     @workflow.signal
     def top_up(self, request: TopUpRequest) -> None:

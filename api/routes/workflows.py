@@ -13,6 +13,8 @@ from temporalio.client import Client
 
 from api.deps import AppState, ClientDep, SessionDep, SettingsDep, StateDep
 from api.schemas import (
+    Abort,
+    AbortAccepted,
     Advance,
     Advanced,
     BuildPage,
@@ -34,6 +36,7 @@ from api.schemas import (
 )
 from core import control
 from core.models import (
+    AbortRequest,
     ApproveRequest,
     BuildOptions,
     BuildRequest,
@@ -149,6 +152,18 @@ async def rollback(
     )
     answer = await _steer(client, settings, workflow_id, BuildWorkflow.update_rollback, command)
     return RollbackAccepted(**answer)
+
+
+@router.post(
+    "/{workflow_id}/abort", status_code=status.HTTP_202_ACCEPTED, responses=answers(404, 409)
+)
+async def abort(
+    workflow_id: WorkflowId, body: Abort, client: ClientDep, settings: SettingsDep
+) -> AbortAccepted:
+    """End the build FAILED with the reason: at once at a gate or pause, else after the phase."""
+    command = AbortRequest(reason=body.reason, requested_by=body.requested_by)
+    answer = await _steer(client, settings, workflow_id, BuildWorkflow.update_abort, command)
+    return AbortAccepted(**answer)
 
 
 @router.post("/{workflow_id}/top-up", responses=answers(404, 409))

@@ -1,0 +1,86 @@
+"""Non-converging loops: when TESTING or VERIFICATION fails the same way twice, the build
+stops spending retries and waits in NEEDS_ATTENTION for a person, who retries with guidance,
+rolls back or aborts; nobody answering ends it FAILED."""
+
+from __future__ import annotations
+
+import pytest
+from temporalio.client import Client, WorkflowFailureError
+
+from core.models import AbortRequest, EventType, RetryRequest, RollbackRequest
+from core.rules import failure_signature
+from core.states import BuildState
+from tests.conftest import make_request, save_history, start, status_of, wait_until
+from workflows.build import BuildWorkflow
+
+S = BuildState
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+def needs_attention(status) -> bool:
+    return status.state is S.NEEDS_ATTENTION
+
+
+async def test_a_repeated_failure_asks_a_person_who_retries_then_aborts(client: Client, worker):
+    handle = await start(client, worker, make_request(simulate=["tests_always_fail"]))
+    asking = await wait_until(handle, needs_attention)
+    assert asking.loop_backs == 1 < asking.max_retries == 3  # retries left, not spent
+    assert asking.attempts["testing"] == 2
+    assert asking.waiting_for is not None
+    assert asking.waiting_for.startswith("a person: tests failed twice the same way at testing:")
+    assert "test_toggle_twice_restores" in asking.waiting_for
+
+    retry = RetryRequest(reason="toggle() must flip the state both ways", requested_by="ana")
+    accepted = await handle.execute_update(BuildWorkflow.update_retry, retry)
+    assert (accepted.target_state, accepted.applies) == (S.IMPLEMENTATION, "now")
+    again = await wait_until(handle, lambda s: needs_attention(s) and s.attempts["testing"] == 3)
+    assert again.loop_backs == 1  # a person's retry is not an automatic loop-back
+
+    await handle.execute_update(
+        BuildWorkflow.update_abort, AbortRequest(reason="needs a redesign", requested_by="ana")
+    )
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    status = await status_of(handle)
+    assert status.state is S.FAILED and status.last_error == "aborted by ana: needs a redesign"
+    kinds = [e.event_type for e in await handle.query(BuildWorkflow.event_log, 0)]
+    assert kinds.count(EventType.NEEDS_ATTENTION) == 2 and EventType.ABORTED in kinds
+    await save_history(handle, "needs_attention_retry_abort")
+
+
+async def test_a_rollback_from_needs_attention_goes_back(client: Client, worker):
+    handle = await start(client, worker, make_request(simulate=["tests_always_fail"]))
+    await wait_until(handle, needs_attention)
+    back = RollbackRequest(target_state=S.PLANNING, reason="plan it differently")
+    await handle.execute_update(BuildWorkflow.update_rollback, back)
+    await wait_until(handle, lambda s: s.attempts.get("planning") == 2)
+    await handle.execute_update(BuildWorkflow.update_abort, AbortRequest(reason="done here"))
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+
+
+async def test_nobody_answering_ends_the_build_failed(client: Client, worker):
+    request = make_request(simulate=["tests_always_fail"], attention_wait_seconds=1)
+    handle = await start(client, worker, request)
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    status = await status_of(handle)
+    assert status.state is S.FAILED and status.last_error is not None
+    assert "nobody answered within 1s" in status.last_error
+
+
+async def test_different_failures_keep_looping_back(client: Client, worker):
+    # verification rejects once, then the tests pass: no repeated signature, no pause.
+    handle = await start(client, worker, make_request(simulate=["verification_rejects_once"]))
+    assert (await handle.result()).state is S.COMPLETE
+
+
+def test_a_signature_ignores_numbers_and_spacing_but_not_the_failing_tests():
+    one = {"failures": [{"test": "t::a", "message": "assert 3 == 4 at 0x7f00ab"}]}
+    same = {"failures": [{"test": "t::a", "message": "assert  5 == 6 at 0x1234"}]}
+    other = {"failures": [{"test": "t::b", "message": "assert 3 == 4 at 0x7f00ab"}]}
+    assert failure_signature(S.TESTING, one) == failure_signature(S.TESTING, same)
+    assert failure_signature(S.TESTING, one) != failure_signature(S.TESTING, other)
+    review = {"reasons": ["Add a docstring", "no tests for reset()"]}
+    reordered = {"reasons": ["No tests for reset()", "add a docstring"]}
+    assert failure_signature(S.VERIFICATION, review) == failure_signature(S.VERIFICATION, reordered)
