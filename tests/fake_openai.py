@@ -33,6 +33,7 @@ class Seen:
     at: float
     schema: str
     fault: Fault | None
+    body: dict[str, object]
 
 
 @dataclass
@@ -92,7 +93,7 @@ class FakeOpenAI:
         schema = (payload.get("response_format") or {}).get("json_schema", {}).get("name", "")
         queue = self.script.get(schema, [])
         fault = queue.pop(0) if queue else None
-        self.requests.append(Seen(time.monotonic(), schema, fault))
+        self.requests.append(Seen(time.monotonic(), schema, fault, payload))
 
         if fault is not None and fault.kind == "cut":
             return False  # close without an answer

@@ -9,14 +9,21 @@ from temporalio.service import RPCError
 
 from core.models import EventType, RetryRequest, TopUpRequest
 from core.states import BuildState
-from tests.conftest import make_request, save_history, start, status_of, wait_until
+from tests.conftest import (
+    make_request,
+    running_worker,
+    save_history,
+    start,
+    status_of,
+    wait_until,
+)
 from workflows.build import BuildWorkflow
 from workflows.records import BUILD_STATE
 
 S = BuildState
-pytestmark = pytest.mark.usefixtures("worker")
 
 
+@pytest.mark.usefixtures("worker")
 async def test_a_spent_budget_pauses_the_build_and_a_top_up_resumes_it(client: Client, worker):
     handle = await start(client, worker, make_request(budget={"max_tokens": 1000}))
     paused = await wait_until(handle, lambda s: s.state is S.BUDGET_EXHAUSTED)
@@ -47,6 +54,7 @@ async def test_a_spent_budget_pauses_the_build_and_a_top_up_resumes_it(client: C
     await save_history(handle, "budget_paused_and_topped_up")
 
 
+@pytest.mark.usefixtures("worker")
 async def test_without_a_top_up_the_build_ends_failed(client: Client, worker):
     request = make_request(budget={"max_cost_usd": 0.0001, "wait_seconds": 1})
     handle = await start(client, worker, request)
@@ -61,6 +69,7 @@ async def test_without_a_top_up_the_build_ends_failed(client: Client, worker):
     )
 
 
+@pytest.mark.usefixtures("worker")
 async def test_a_top_up_signal_works_too_and_a_finished_build_refuses_one(client: Client, worker):
     handle = await start(client, worker, make_request(budget={"max_tokens": 500}))
     await wait_until(handle, lambda s: s.state is S.BUDGET_EXHAUSTED)
@@ -68,6 +77,23 @@ async def test_a_top_up_signal_works_too_and_a_finished_build_refuses_one(client
     assert (await handle.result()).state is S.COMPLETE
     with pytest.raises(RPCError, match="already completed"):
         await handle.execute_update(BuildWorkflow.update_top_up, TopUpRequest(tokens=1))
+
+
+async def test_the_budget_lives_in_the_workflow_across_a_worker_restart(
+    client: Client, settings, engine
+):
+    async with running_worker(client, settings, engine):
+        handle = await start(client, settings, make_request(budget={"max_tokens": 900}))
+        await wait_until(handle, lambda s: s.state is S.BUDGET_EXHAUSTED)
+    # That worker is gone; a new one rebuilds the build (and its budget) from history.
+    async with running_worker(client, settings, engine):
+        paused = await status_of(handle)
+        assert paused.state is S.BUDGET_EXHAUSTED and paused.tokens >= 900
+        answer = await handle.execute_update(
+            BuildWorkflow.update_top_up, TopUpRequest(tokens=50_000)
+        )
+        assert answer.max_tokens == 50_900 and answer.resumes
+        assert (await handle.result()).state is S.COMPLETE
 
 
 def test_a_top_up_needs_an_amount():

@@ -16,7 +16,7 @@ from temporalio.testing import ActivityEnvironment
 from activities import llm as llm_module
 from activities.llm import ModelClient
 from core.models import RoleTask, TestAudit
-from core.settings import Settings
+from core.settings import RoleModel, Settings
 from core.states import BuildState, Role
 from tests.conftest import make_request, running_worker, start, status_of
 from tests.fake_openai import FakeOpenAI, Fault
@@ -128,3 +128,23 @@ async def test_a_long_call_heartbeats(online: Settings, fake: FakeOpenAI, monkey
     assert err.value.type == "ModelUnreachable" and not err.value.non_retryable
     assert len(beats) >= 3 and beats[0].startswith("test_auditor asking gpt-4o-mini")
     await client.close()
+
+
+async def test_per_role_model_settings_and_a_fallback_after_failed_attempts(
+    client: Client, online: Settings, engine: Engine, fake: FakeOpenAI
+):
+    roles = {
+        Role.CODE_WRITER: RoleModel(
+            model="gpt-4.1", temperature=0.2, max_tokens=3000, fallback_model="gpt-4o-mini"
+        )
+    }
+    tuned = online.model_copy(update={"llm_roles": roles, "llm_fallback_after_attempts": 1})
+    fake.fail("ImplementationOutput", Fault("status", 503))
+    _, result, status = await build(client, tuned, engine)
+    assert result.state is S.COMPLETE
+    first, second = [r.body for r in fake.requests if r.schema == "ImplementationOutput"]
+    assert (first["model"], first["temperature"], first["max_tokens"]) == ("gpt-4.1", 0.2, 3000)
+    assert second["model"] == "gpt-4o-mini"  # the primary failed once: the fallback answers
+    others = [r.body for r in fake.requests if r.schema != "ImplementationOutput"]
+    assert {b["model"] for b in others} == {"gpt-4o-mini"} and "temperature" not in others[0]
+    assert status.usage["code_writer"]["cost_usd"] > 0
