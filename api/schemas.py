@@ -264,6 +264,7 @@ class ProjectStats(BaseModel):
     tokens: int
     cost_usd: float
     cost_per_build_usd: float | None
+    by_role: dict[str, dict[str, float]] = Field(description="Calls, tokens and cost per role.")
     failure_analysis: list[FailureGroup]
 
 

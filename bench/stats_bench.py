@@ -32,10 +32,11 @@ from core.states import BuildState
 from db import crud
 from db.engine import make_engine
 from db.migrate import upgrade
-from db.models import BuildWorkflowRow
+from db.models import BuildRoleUsageRow, BuildWorkflowRow
 from devstack import free_port
 
 PROJECT = "bench"
+ROLES = ("q_assistant", "code_writer", "test_auditor", "verification_overseer", "release_manager")
 TARGET_MS = 100.0
 STATES = [BuildState.COMPLETE] * 6 + [BuildState.FAILED] * 2 + list(BuildState)
 FAILURES = [
@@ -49,7 +50,7 @@ def seed(engine: Engine, builds: int, other_projects: int = 3) -> None:
     """`builds` builds in PROJECT, and as many spread over other projects (noise)."""
     rng = random.Random(7)
     start = datetime(2026, 1, 1, tzinfo=UTC)
-    rows = []
+    rows, usage_rows = [], []
     for project, count in [(PROJECT, builds)] + [
         (f"other-{i}", builds // other_projects) for i in range(other_projects)
     ]:
@@ -76,11 +77,35 @@ def seed(engine: Engine, builds: int, other_projects: int = 3) -> None:
                 updated_at=created,
                 completed_at=created if finished else None,
                 duration_seconds=rng.uniform(5, 600) if finished else None,
+                usage={
+                    role: {
+                        "calls": 1,
+                        "prompt_tokens": 500,
+                        "completion_tokens": 200,
+                        "cost_usd": 0.0002,
+                        "requests": 1,
+                    }
+                    for role in ROLES
+                },
+                tokens=700 * len(ROLES),
+                cost_usd=0.0002 * len(ROLES),
                 last_seq=1,
             )
             rows.append(crud.build_values(snapshot))
+            usage_rows += [
+                {
+                    "project_id": project,
+                    "workflow_id": snapshot.workflow_id,
+                    "role": role,
+                    "calls": 1,
+                    "tokens": 700,
+                    "cost_usd": 0.0002,
+                }
+                for role in ROLES
+            ]
     with engine.begin() as conn:
         conn.execute(insert(BuildWorkflowRow), rows)
+        conn.execute(insert(BuildRoleUsageRow), usage_rows)
 
 
 def timed(fn: Callable[[], object], runs: int) -> list[float]:
@@ -161,6 +186,7 @@ def main() -> None:
             return (
                 crud.project_state_counts(session, project_id=PROJECT),
                 crud.project_failures(session, project_id=PROJECT),
+                crud.project_usage_by_role(session, project_id=PROJECT),
             )
 
     base = timed(baseline, args.runs)

@@ -12,7 +12,12 @@ from sqlmodel import Session, col, select
 
 from core.models import BuildSnapshot, MirrorBatch, MirrorReceipt
 from core.states import WORKING, BuildState
-from db.models import BuildWorkflowRow, WorkflowEventRow, WorkflowHandoffRow
+from db.models import (
+    BuildRoleUsageRow,
+    BuildWorkflowRow,
+    WorkflowEventRow,
+    WorkflowHandoffRow,
+)
 
 OUTPUT_COLUMNS = {state.value: f"{state.value}_output" for state in WORKING}
 
@@ -67,6 +72,27 @@ def build_values(snapshot: BuildSnapshot) -> dict[str, Any]:
     return values
 
 
+def _upsert_usage(conn: Connection, engine: Engine, snapshot: BuildSnapshot) -> None:
+    table = _table(BuildRoleUsageRow)
+    rows = [
+        {
+            "project_id": snapshot.project_id,
+            "workflow_id": snapshot.workflow_id,
+            "role": role,
+            "calls": int(numbers.get("calls", 0)),
+            "tokens": int(numbers.get("prompt_tokens", 0) + numbers.get("completion_tokens", 0)),
+            "cost_usd": float(numbers.get("cost_usd", 0.0)),
+        }
+        for role, numbers in snapshot.usage.items()
+    ]
+    stmt = _insert(engine, table).values(rows)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["workflow_id", "role"],
+        set_={k: stmt.excluded[k] for k in ("calls", "tokens", "cost_usd")},
+    )
+    conn.execute(stmt)
+
+
 def record_batch(engine: Engine, *, batch: MirrorBatch) -> MirrorReceipt:
     """Insert what is new, ignore what is there, move the build row forward only."""
     events, handoffs, builds = (
@@ -119,6 +145,8 @@ def record_batch(engine: Engine, *, batch: MirrorBatch) -> MirrorReceipt:
         )
         # RETURNING counts what was really written (rowcount is -1 with psycopg here).
         build_updated = conn.execute(stmt.returning(builds.c.id)).first() is not None
+        if build_updated and snapshot.usage:  # usage only grows: written with a fresh snapshot
+            _upsert_usage(conn, engine, snapshot)
     return MirrorReceipt(
         events_inserted=events_inserted,
         handoffs_inserted=handoffs_inserted,
@@ -224,6 +252,21 @@ def project_state_counts(session: Session, *, project_id: str) -> list[StateCoun
         )
         for state, count, loops, avg, tokens, cost in session.execute(query).all()
     ]
+
+
+def project_usage_by_role(session: Session, *, project_id: str) -> dict[str, dict[str, float]]:
+    """Calls, tokens and cost per role over the project's builds."""
+    u = BuildRoleUsageRow
+    query = (
+        sa_select(col(u.role), func.sum(u.calls), func.sum(u.tokens), func.sum(u.cost_usd))
+        .where(col(u.project_id) == project_id)
+        .group_by(col(u.role))
+        .order_by(col(u.role))
+    )
+    return {
+        role: {"calls": int(calls or 0), "tokens": int(tokens or 0), "cost_usd": float(cost or 0)}
+        for role, calls, tokens, cost in session.execute(query).all()
+    }
 
 
 def project_failures(session: Session, *, project_id: str) -> list[FailureCount]:

@@ -132,3 +132,24 @@ class WorkflowEventRow(WorkflowEventBase, table=True):
 class WorkflowEventPublic(WorkflowEventBase):
     event_data: dict[str, Any]
     timestamp: datetime
+
+
+class BuildRoleUsageRow(SQLModel, table=True):
+    """Per build and role: calls, tokens and cost (what project stats add up by role)."""
+
+    __tablename__ = "build_role_usage"
+    __table_args__ = (
+        UniqueConstraint("workflow_id", "role", name="uq_usage_workflow_role"),
+        # Covers the stats query: per role, summed, within a project.
+        Index(
+            "ix_build_role_usage_project_role", "project_id", "role", "calls", "tokens", "cost_usd"
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: str = Field(max_length=128)
+    workflow_id: str = Field(max_length=80)
+    role: str = Field(max_length=32)
+    calls: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0

@@ -143,6 +143,8 @@ async def test_a_build_started_over_http_completes_and_reads_back_exactly(
     assert stats["average_duration_seconds"] > 0 and stats["failure_analysis"] == []
     assert (stats["tokens"], stats["cost_usd"]) == (status["tokens"], status["cost_usd"])
     assert stats["cost_per_build_usd"] == status["cost_usd"]
+    assert stats["by_role"]["code_writer"]["calls"] == 2
+    assert stats["by_role"]["code_writer"]["cost_usd"] == status["usage"]["code_writer"]["cost_usd"]
 
 
 async def test_the_same_build_id_twice_gets_409(stack: Stack):
