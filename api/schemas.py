@@ -119,11 +119,17 @@ class Advance(BaseModel):
         return value
 
 
-class RequestRetry(BaseModel):
+class Reasoned(BaseModel):
+    """A command a person gives with a reason (recorded with it)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    reason: Reason = Field(description="Handed to the Code Writer as guidance.")
+    reason: Reason
     requested_by: Person = "api"
+
+
+class RequestRetry(Reasoned):
+    reason: Reason = Field(description="Handed to the Code Writer as guidance.")
 
 
 class CommandAnswer(BaseModel):
@@ -144,23 +150,16 @@ class RetryAccepted(CommandAnswer):
     retry_requested: bool = True
 
 
-class Rollback(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Rollback(Reasoned):
     target_state: BuildState
-    reason: Reason
-    requested_by: Person = "api"
 
 
 class RollbackAccepted(CommandAnswer):
     rollback_requested: bool = True
 
 
-class Abort(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    reason: Reason
-    requested_by: Person = "api"
+class Abort(Reasoned):
+    reason: Reason = Field(description="Recorded as the build's failure.")
 
 
 class AbortAccepted(CommandAnswer):
