@@ -252,6 +252,12 @@ class FailureGroup(BaseModel):
     example: str | None
 
 
+class RoleTotals(BaseModel):
+    calls: int
+    tokens: int
+    cost_usd: float
+
+
 class ProjectStats(BaseModel):
     project_id: str
     total: int
@@ -263,7 +269,7 @@ class ProjectStats(BaseModel):
     tokens: int
     cost_usd: float
     cost_per_build_usd: float | None
-    by_role: dict[str, dict[str, float]] = Field(description="Calls, tokens and cost per role.")
+    by_role: dict[str, RoleTotals] = Field(description="Calls, tokens and cost per role.")
     failure_analysis: list[FailureGroup]
 
 

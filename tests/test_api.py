@@ -144,6 +144,7 @@ async def test_a_build_started_over_http_completes_and_reads_back_exactly(
     assert (stats["tokens"], stats["cost_usd"]) == (status["tokens"], status["cost_usd"])
     assert stats["cost_per_build_usd"] == status["cost_usd"]
     assert stats["by_role"]["code_writer"]["calls"] == 2
+    assert isinstance(stats["by_role"]["code_writer"]["tokens"], int)
     assert stats["by_role"]["code_writer"]["cost_usd"] == status["usage"]["code_writer"]["cost_usd"]
 
 

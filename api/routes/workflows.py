@@ -27,6 +27,7 @@ from api.schemas import (
     ProjectStats,
     RequestRetry,
     RetryAccepted,
+    RoleTotals,
     Rollback,
     RollbackAccepted,
     StartBuild,
@@ -350,7 +351,10 @@ def project_stats(project_id: ProjectId, session: SessionDep) -> ProjectStats:
         tokens=sum(c.tokens for c in counts),
         cost_usd=round(cost, 8),
         cost_per_build_usd=round(cost / total, 8) if total else None,
-        by_role=crud.project_usage_by_role(session, project_id=project_id),
+        by_role={
+            role: RoleTotals.model_validate(totals)
+            for role, totals in crud.project_usage_by_role(session, project_id=project_id).items()
+        },
         failure_analysis=[
             FailureGroup(
                 failed_state=BuildState(f.failed_state) if f.failed_state else None,
