@@ -190,7 +190,7 @@ def _tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
-def _completion(body: dict[str, Any], content: str) -> dict[str, Any]:
+def completion(body: dict[str, Any], content: str) -> dict[str, Any]:
     prompt = json.dumps(body.get("messages", []))
     digest = hashlib.sha256((prompt + content).encode()).hexdigest()[:24]
     prompt_tokens, completion_tokens = _tokens(prompt), _tokens(content)
@@ -233,7 +233,7 @@ async def handle(request: httpx2.Request) -> httpx2.Response:
         return _error(400, f"the offline model has no answer for response format {schema!r}")
     sim = {s for s in request.headers.get(SIMULATE_HEADER, "").split(",") if s}
     content = answer(_task(body), sim).model_dump_json()
-    return httpx2.Response(200, json=_completion(body, content))
+    return httpx2.Response(200, json=completion(body, content))
 
 
 def offline_http_client(latency_seconds: float = 0) -> httpx2.AsyncClient:

@@ -50,8 +50,8 @@ class Workspace:
             raise RuntimeError(f"git {' '.join(args)} failed: {done.stderr.strip()}")
         return done.stdout.strip()
 
-    def ensure(self) -> str:
-        """Create the repository with an empty first commit if it is not there; its HEAD."""
+    def ensure(self) -> None:
+        """Create the repository with an empty first commit if it is not there."""
         if not (self.repo / ".git").exists():
             self.repo.mkdir(parents=True, exist_ok=True)
             self.runs.mkdir(parents=True, exist_ok=True)
@@ -60,7 +60,6 @@ class Workspace:
             self.git("config", "user.email", "builds@q-assistant.invalid")
             self.git("config", "commit.gpgsign", "false")
             self.git("commit", "-q", "--allow-empty", "-m", "workspace created")
-        return self.head()
 
     def head(self) -> str:
         return self.git("rev-parse", "HEAD")

@@ -149,20 +149,22 @@ def check_abort(data: BuildData) -> str | None:
     return None
 
 
-def _paused(data: BuildData) -> str | None:
+def _cannot_steer(data: BuildData, what: str) -> str | None:
+    """The refusals retry and rollback share: the build has ended, is paused for its budget,
+    or already has a command pending."""
+    if data.state in TERMINAL:
+        return f"build is {data.state.value}; a finished build cannot be {what}"
     if data.state is S.BUDGET_EXHAUSTED:
         return "build is paused until its budget is topped up (top_up); then it can be steered"
+    if data.pending is not None:
+        return f"a {data.pending.command} to {data.pending.target.value} is already pending"
     return None
 
 
 def check_retry(data: BuildData) -> str | None:
     """Why a retry is refused now, or None when it is allowed."""
-    if data.state in TERMINAL:
-        return f"build is {data.state.value}; a finished build cannot be retried"
-    if _paused(data):
-        return _paused(data)
-    if data.pending is not None:
-        return f"a {data.pending.command} to {data.pending.target.value} is already pending"
+    if problem := _cannot_steer(data, "retried"):
+        return problem
     if TABLE[data.state].retry_to is None:
         allowed = tuple(s for s in PATH if TABLE[s].retry_to is not None)
         return f"nothing to retry at {data.state.value}; retry is possible from {_choices(allowed)}"
@@ -178,12 +180,8 @@ def retry_target(state: BuildState) -> BuildState:
 
 def check_rollback(data: BuildData, target: BuildState) -> str | None:
     """Why a rollback to `target` is refused now, or None when it is allowed."""
-    if data.state in TERMINAL:
-        return f"build is {data.state.value}; a finished build cannot be rolled back"
-    if _paused(data):
-        return _paused(data)
-    if data.pending is not None:
-        return f"a {data.pending.command} to {data.pending.target.value} is already pending"
+    if problem := _cannot_steer(data, "rolled back"):
+        return problem
     allowed = rollback_targets(data.state)
     if target in allowed:
         return None

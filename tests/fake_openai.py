@@ -107,7 +107,7 @@ class FakeOpenAI:
             return True
         if fault is not None:
             content = "{not json" if fault.kind == "invalid_json" else '{"unexpected": true}'
-            await _send(writer, 200, offline_model._completion(payload, content))
+            await _send(writer, 200, offline_model.completion(payload, content))
             return True
         answer = await offline_model.handle(
             httpx2.Request(method, f"http://fake{path}", content=body, headers=headers)

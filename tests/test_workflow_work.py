@@ -68,9 +68,7 @@ async def test_files_outside_the_workspace_fail_the_attempt_and_nothing_is_writt
             if code_writer_calls == 1:
                 escape = {"path": "../../escaped.py", "content": "print('out')\n"}
                 answer = {"summary": "escape", "files": [escape]}
-                return httpx2.Response(
-                    200, json=offline_model._completion(body, json.dumps(answer))
-                )
+                return httpx2.Response(200, json=offline_model.completion(body, json.dumps(answer)))
         return await offline_model.handle(request)
 
     async with running_worker(client, settings, engine, model_client_with(settings, model)):
@@ -144,7 +142,7 @@ async def test_a_megabyte_of_code_stays_out_of_workflow_history(
             return answer
         content = json.loads(json.loads(answer.content)["choices"][0]["message"]["content"])
         content["files"].append({"path": "big_table.py", "content": big})
-        return httpx2.Response(200, json=offline_model._completion(body, json.dumps(content)))
+        return httpx2.Response(200, json=offline_model.completion(body, json.dumps(content)))
 
     async with running_worker(client, settings, engine, model_client_with(settings, model)):
         handle = await start(client, settings, make_request())

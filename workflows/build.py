@@ -156,7 +156,7 @@ class BuildWorkflow(BuildSteering):
         output = result.output.model_dump(mode="json")
         self.data.outputs[state.value] = output
         self.unmirrored_outputs.add(state.value)
-        self._record_call(role.value, state, attempt, result.usage)
+        self._record_call(role.value, attempt, result.usage)
         if state is S.IMPLEMENTATION:
             self.data.head = output["commit"]
         elif state is S.DEPLOYMENT and output["released"]:

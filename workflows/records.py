@@ -70,7 +70,7 @@ class BuildRecords:
             )
         )
 
-    def _record_call(self, role: str, state: BuildState, attempt: int, usage: ModelUsage) -> None:
+    def _record_call(self, role: str, attempt: int, usage: ModelUsage) -> None:
         self._emit(EventType.ROLE_CALL, role, attempt=attempt, **usage.model_dump(mode="json"))
         rules.add_usage(self.data, role, usage)
         attempts = self.data.attempts
