@@ -1,10 +1,15 @@
-"""Runs BuildWorkflow and the role activities on the task queue; stops cleanly on SIGINT/SIGTERM."""
+"""Runs BuildWorkflow and the role activities on the task queue; stops cleanly on SIGINT/SIGTERM.
+
+Start as many as you like on one task queue (on one machine or many): they share the builds.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 
 import typer
 from sqlalchemy import Engine
@@ -16,6 +21,7 @@ from activities.mirror import MirrorActivities
 from activities.roles import RoleActivities
 from core.exit import exit_now
 from core.settings import Settings, get_settings
+from core.telemetry import flush_traces, setup_logging, tracing_interceptors, worker_runtime
 from core.temporal import connect
 from db.engine import make_engine
 from db.migrate import upgrade
@@ -24,20 +30,45 @@ from workflows.build import BuildWorkflow
 log = logging.getLogger("worker")
 
 
-def build_worker(client: Client, task_queue: str, *, llm: ModelClient, engine: Engine) -> Worker:
+def worker_identity() -> str:
+    """Who ran a task, as the Web UI and histories show it: host and process."""
+    return f"worker-{os.getpid()}@{socket.gethostname()}"
+
+
+def build_worker(
+    client: Client,
+    settings: Settings,
+    *,
+    llm: ModelClient,
+    engine: Engine,
+    identity: str | None = None,
+) -> Worker:
     roles = RoleActivities(llm)
     mirror = MirrorActivities(engine)
     return Worker(
         client,
-        task_queue=task_queue,
+        task_queue=settings.temporal_task_queue,
         workflows=[BuildWorkflow],
         activities=[*roles.all(), mirror.mirror_build],
+        identity=identity,
+        max_concurrent_activities=settings.worker_max_concurrent_activities,
+        max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
+        max_task_queue_activities_per_second=settings.worker_activities_per_second,
     )
 
 
 async def serve(settings: Settings) -> None:
     try:
-        client = await connect(settings)
+        runtime = worker_runtime(settings)
+    except Exception as err:  # the runtime's own error names the address
+        raise SystemExit(
+            f"cannot serve metrics at WORKER_METRICS_ADDRESS={settings.worker_metrics_address}: "
+            f"{err}; choose a free address, or set it empty to serve none"
+        ) from err
+    try:
+        client = await connect(
+            settings, runtime=runtime, interceptors=tracing_interceptors(settings, "qao-worker")
+        )
     except RuntimeError as err:
         raise SystemExit(
             f"cannot reach Temporal at {settings.temporal_address}: {err}; "
@@ -46,37 +77,48 @@ async def serve(settings: Settings) -> None:
     upgrade(settings.db_url())
     engine = make_engine(settings.db_url())
     llm = ModelClient(settings)
-    worker = build_worker(client, settings.temporal_task_queue, llm=llm, engine=engine)
+    identity = worker_identity()
+    worker = build_worker(client, settings, llm=llm, engine=engine, identity=identity)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     model = "offline model" if settings.offline_model else f"model {settings.llm_model}"
     log.info(
-        "worker polling %s on %s (namespace %s, %s, mirror %s)",
+        "%s polling %s on %s (namespace %s, %s, mirror %s)",
+        identity,
         settings.temporal_task_queue,
         settings.temporal_address,
         settings.temporal_namespace,
         model,
         engine.url.render_as_string(hide_password=True),
     )
+    if runtime is not None:
+        log.info("metrics at http://%s/metrics", settings.worker_metrics_address)
     async with worker:
         await stop.wait()
         log.info("shutting down: finishing running activities")
     await llm.close()
     engine.dispose()
+    flush_traces()
     log.info("worker stopped")
 
 
 def main(
     task_queue: str = typer.Option(None, help="Task queue (default: TEMPORAL_TASK_QUEUE)."),
+    metrics_address: str = typer.Option(
+        None, help="host:port of the Prometheus endpoint; '' for none (WORKER_METRICS_ADDRESS)."
+    ),
 ) -> None:
-    """Run the build worker until SIGINT or SIGTERM."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per model call is noise
+    """Run the build worker until SIGINT or SIGTERM. Run several to share the builds."""
     settings = get_settings()
+    update: dict[str, str] = {}
     if task_queue:
-        settings = settings.model_copy(update={"temporal_task_queue": task_queue})
+        update["temporal_task_queue"] = task_queue
+    if metrics_address is not None:
+        update["worker_metrics_address"] = metrics_address
+    settings = settings.model_copy(update=update)
+    setup_logging(settings)
     asyncio.run(serve(settings))
 
 

@@ -60,6 +60,8 @@ class RolePolicy(BaseModel):
     max_attempts: int = Field(default=5, ge=1)
     initial_interval_seconds: float = Field(default=1, gt=0)
     maximum_interval_seconds: float = Field(default=30, gt=0)
+    # Role activities heartbeat every few seconds; silence this long means their worker died.
+    heartbeat_seconds: float = Field(default=30, gt=0)
 
 
 def check_gates(gates: list[BuildState]) -> list[BuildState]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.models import Budget, RolePolicy
@@ -45,11 +46,32 @@ DEFAULT_PRICES = {
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
-    # Temporal connection
+    # Temporal connection: the embedded dev server by default; any cluster or Temporal Cloud
+    # with TLS (a client certificate and key for mTLS, or an API key).
     temporal_address: str = "localhost:7233"
     temporal_namespace: str = "default"
     temporal_task_queue: str = "q-assistant-builds"
     temporal_ui_url: str = "http://localhost:8233"
+    temporal_tls: bool = False  # TLS without a client certificate (implied by cert or API key)
+    temporal_tls_cert: Path | None = None  # client certificate (PEM) for mTLS
+    temporal_tls_key: Path | None = None  # its private key (PEM)
+    temporal_tls_ca: Path | None = None  # server CA (PEM); default: the system's roots
+    temporal_tls_server_name: str | None = None  # when it differs from the address' host
+    temporal_api_key: SecretStr | None = None
+
+    # Workers: many processes may poll one task queue; each runs at most this much at once.
+    worker_max_concurrent_activities: int = Field(default=50, ge=1)
+    worker_max_concurrent_workflow_tasks: int = Field(default=50, ge=1)
+    # Activities per second across all workers of the task queue (model calls are most of
+    # them): a shared rate limit that protects the model endpoint. None: no limit.
+    worker_activities_per_second: float | None = Field(default=None, gt=0)
+    # Prometheus metrics of the worker (SDK runtime plus builds); empty: none.
+    worker_metrics_address: str = "127.0.0.1:9464"
+
+    # Observability: traces to an OTLP/HTTP collector when set; logs as text or JSON lines.
+    otel_exporter_otlp_endpoint: str | None = None
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
 
     # Embedded dev server (devstack.py)
     data_dir: Path = Path(".data")
@@ -96,6 +118,17 @@ class Settings(BaseSettings):
     role_max_attempts: int = Field(default=5, ge=1)
     role_initial_retry_seconds: float = Field(default=1, gt=0)
     role_max_retry_seconds: float = Field(default=30, gt=0)
+    role_heartbeat_seconds: float = Field(default=30, gt=0)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Self:
+        if (self.temporal_tls_cert is None) != (self.temporal_tls_key is None):
+            raise ValueError("TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY go together: set both")
+        return self
+
+    @property
+    def temporal_uses_tls(self) -> bool:
+        return bool(self.temporal_tls or self.temporal_tls_cert or self.temporal_api_key)
 
     def db_url(self) -> str:
         if self.database_url:
@@ -141,6 +174,7 @@ class Settings(BaseSettings):
             max_attempts=self.role_max_attempts,
             initial_interval_seconds=self.role_initial_retry_seconds,
             maximum_interval_seconds=self.role_max_retry_seconds,
+            heartbeat_seconds=self.role_heartbeat_seconds,
         )
 
     @property

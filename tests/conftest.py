@@ -132,7 +132,7 @@ async def running_worker(
 ) -> AsyncIterator[ModelClient]:
     """A worker on the settings' task queue, with the offline model unless `llm` is given."""
     llm = llm or ModelClient(settings)
-    async with build_worker(client, settings.temporal_task_queue, llm=llm, engine=engine):
+    async with build_worker(client, settings, llm=llm, engine=engine):
         yield llm
     await llm.close()
 

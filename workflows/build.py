@@ -13,6 +13,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
+from workflows import metrics
 from workflows.records import BUILD_STATE, PROJECT_ID
 from workflows.steering import BuildFailed, BuildSteering
 
@@ -66,6 +67,8 @@ class BuildWorkflow(BuildSteering):
         workflow.upsert_search_attributes(
             [BUILD_STATE.value_set(S.DISCOVERY.value), PROJECT_ID.value_set(request.project_id)]
         )
+        self.entered_at = workflow.now()
+        metrics.build_started()
         self._emit(EventType.STATE_CHANGED, "system", to=S.DISCOVERY.value, edge="start")
         self._show()
         try:
@@ -133,12 +136,14 @@ class BuildWorkflow(BuildSteering):
                 ROLE_ACTIVITY[state],
                 task,
                 start_to_close_timeout=timedelta(seconds=policy.start_to_close_seconds),
+                # A worker that dies mid-call is noticed in seconds, not at start-to-close.
+                heartbeat_timeout=timedelta(seconds=policy.heartbeat_seconds),
                 retry_policy=RetryPolicy(
                     initial_interval=timedelta(seconds=policy.initial_interval_seconds),
                     maximum_interval=timedelta(seconds=policy.maximum_interval_seconds),
                     maximum_attempts=policy.max_attempts,
                 ),
-                summary=f"{state.value} attempt {attempt}",
+                summary=f"{role.value}, attempt {attempt} ({state.value})",
             )
         except ActivityError as err:
             if is_cancelled_exception(err):
@@ -213,6 +218,7 @@ class BuildWorkflow(BuildSteering):
                 f"retries exhausted: {why}",
             )
         self.data.loop_backs += 1
+        metrics.loop_back(state.value, why)
         self.data.feedback = {"loop_back_from": state.value, **feedback}
         self._emit(
             EventType.LOOP_BACK,

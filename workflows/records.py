@@ -6,11 +6,13 @@ A mixin of BuildWorkflow (through BuildMessages); deterministic like the rest of
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
+
+from workflows import metrics
 
 with workflow.unsafe.imports_passed_through():
     from activities.mirror import MirrorActivities
@@ -57,6 +59,7 @@ class BuildRecords:
     handoffs: list[Handoff]
     mirrored_seq: int
     unmirrored_outputs: set[str]
+    entered_at: datetime  # when the build entered its current state
 
     def _emit(self, event_type: EventType, by: str, **data: Any) -> None:
         self.events.append(
@@ -73,6 +76,9 @@ class BuildRecords:
     def _record_call(self, role: str, attempt: int, usage: ModelUsage) -> None:
         self._emit(EventType.ROLE_CALL, role, attempt=attempt, **usage.model_dump(mode="json"))
         rules.add_usage(self.data, role, usage)
+        metrics.model_call(
+            role, usage.model, usage.prompt_tokens, usage.completion_tokens, usage.cost_usd
+        )
         attempts = self.data.attempts
         workflow.upsert_search_attributes(
             [

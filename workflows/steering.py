@@ -13,6 +13,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
+from workflows import metrics
 from workflows.messages import BuildMessages
 from workflows.records import BUILD_STATE
 
@@ -20,7 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.roles import RoleActivities
     from core import rules
     from core.models import EventType, RestoreTask
-    from core.states import TABLE, BuildState, is_valid, order, role_of
+    from core.states import TABLE, TERMINAL, BuildState, is_valid, order, role_of
 
 S = BuildState
 RESTORE_TIMEOUT = timedelta(seconds=120)
@@ -50,6 +51,10 @@ class BuildSteering(BuildMessages):
         change = {"from": source.value, "to": target.value, "commit": self.data.head}
         self._emit(EventType.STATE_CHANGED, by, **change)
         workflow.upsert_search_attributes([BUILD_STATE.value_set(target.value)])
+        metrics.state_entered(source.value, target.value, self.entered_at)
+        self.entered_at = workflow.now()
+        if target in TERMINAL:
+            metrics.build_finished(target.value)
         workflow.logger.info("build %s: %s -> %s", self.request.build_id, source, target)
         self._show()
 
