@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
 import typer
@@ -11,8 +10,7 @@ import uvicorn
 from api.main import create_app
 from core.exit import exit_now
 from core.settings import get_settings
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+from core.telemetry import setup_logging
 
 
 def main(
@@ -20,8 +18,8 @@ def main(
     port: Annotated[int | None, typer.Option(help="Default: API_PORT.")] = None,
 ) -> None:
     """Serve the Q Assistant Orchestration API (OpenAPI page at /docs)."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = get_settings()
+    setup_logging(settings)
     uvicorn.run(
         create_app(settings),
         host=host or settings.api_host,

@@ -14,8 +14,10 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from sqlalchemy import Engine
 from sqlmodel import Session
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 
 from core.settings import Settings
+from core.telemetry import tracing_interceptors
 from core.temporal import connect
 
 log = logging.getLogger("api")
@@ -27,6 +29,7 @@ class AppState:
 
     settings: Settings
     engine: Engine
+    runtime: Runtime | None = None  # the client's, whose metrics /metrics serves
     client: Client | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -37,7 +40,11 @@ class AppState:
         async with self.lock:
             if self.client is None:
                 try:
-                    self.client = await connect(self.settings)
+                    self.client = await connect(
+                        self.settings,
+                        runtime=self.runtime,
+                        interceptors=tracing_interceptors(self.settings, "qao-api"),
+                    )
                 except RuntimeError as err:
                     log.warning("Temporal unreachable: %s", err)
                     raise HTTPException(

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request, status
+from fastapi import Depends, FastAPI, Request, Response, status
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import AppState, require_api_key
+from api.metrics import SdkCollector, api_registry
 from api.routes import health, workflows
 from core.control import (
     BuildError,
@@ -21,7 +24,9 @@ from core.control import (
     CommandRefused,
     NoAnswer,
 )
+from core.models import build_id_from
 from core.settings import Settings, get_settings
+from core.telemetry import current_build
 from db.engine import make_engine
 from db.migrate import upgrade
 
@@ -37,15 +42,25 @@ STATUS_OF: dict[type[BuildError], int] = {
 }
 
 
+def build_of(path: str) -> str | None:
+    """The build a request is about: /api/workflows/{workflow_id}/... names it."""
+    parts = path.strip("/").split("/")
+    if len(parts) >= 4 and parts[:2] == ["api", "workflows"] and parts[3] != "start":
+        return None if parts[2] == "project" else build_id_from(parts[2])
+    return None
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    sdk_metrics = SdkCollector()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = settings.db_url()
         await run_in_threadpool(upgrade, url)
         engine = make_engine(url)
-        app.state.api = AppState(settings=settings, engine=engine)
+        app.state.api = AppState(settings=settings, engine=engine, runtime=sdk_metrics.runtime)
+        app.state.metrics, app.state.requests = api_registry(engine, sdk_metrics)
         log.info(
             "API ready: mirror %s, Temporal %s (namespace %s)",
             engine.url.render_as_string(hide_password=True),
@@ -65,6 +80,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(health.router)
     app.include_router(workflows.router, dependencies=[Depends(require_api_key)])
+
+    @app.middleware("http")
+    async def observe(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        """Time every request by its route, and tag its log lines with the build it is about."""
+        token = current_build.set(build_of(request.url.path))
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+        finally:
+            current_build.reset(token)
+        route = request.scope.get("route")
+        request.app.state.requests.labels(
+            request.method, getattr(route, "path", "unmatched"), str(response.status_code)
+        ).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    def metrics(request: Request) -> Response:
+        """Prometheus metrics: HTTP requests, the Temporal client, builds from the mirror."""
+        body = generate_latest(request.app.state.metrics)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(BuildError)
     async def refused(_: Request, err: BuildError) -> JSONResponse:

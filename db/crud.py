@@ -279,3 +279,24 @@ def project_failures(session: Session, *, project_id: str) -> list[FailureCount]
         .order_by(func.count().desc(), col(b.failed_state), col(b.failure_reason))
     )
     return [FailureCount(*row) for row in session.exec(query).all()]
+
+
+def fleet_state_counts(session: Session) -> dict[str, tuple[int, int]]:
+    """Builds and their loop-backs per current state, over all projects (for /metrics)."""
+    b = BuildWorkflowRow
+    query = sa_select(col(b.current_state), func.count(), func.sum(b.loop_backs)).group_by(
+        col(b.current_state)
+    )
+    return {state: (count, int(loops or 0)) for state, count, loops in session.execute(query)}
+
+
+def fleet_usage_by_role(session: Session) -> dict[str, tuple[int, int, float]]:
+    """Calls, tokens and cost per role over all builds (for /metrics)."""
+    u = BuildRoleUsageRow
+    query = sa_select(
+        col(u.role), func.sum(u.calls), func.sum(u.tokens), func.sum(u.cost_usd)
+    ).group_by(col(u.role))
+    return {
+        role: (int(calls or 0), int(tokens or 0), float(cost or 0))
+        for role, calls, tokens, cost in session.execute(query)
+    }

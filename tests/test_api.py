@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -516,3 +517,54 @@ async def test_an_api_key_guards_everything_but_the_health_checks(stack: Stack):
         ).status_code == 200
         bearer = {"Authorization": "Bearer s3cret"}
         assert (await http.get("/api/workflows", headers=bearer)).status_code == 200
+
+
+def scrape(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_metrics_count_builds_requests_and_temporal_calls(stack: Stack):
+    http = stack.http
+
+    async def builds_by_state() -> dict[str, float]:
+        answer = await http.get("/metrics")
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+        samples = scrape(answer.text)
+        return {dict(k)["state"]: v for (n, k), v in samples.items() if n == "qao_builds"}
+
+    before = await builds_by_state()
+    started = await http.post(f"/api/workflows/{new_project()}/start", json={"requirements": "x"})
+    assert started.status_code == 201
+    wf = started.json()["workflow_id"]
+    await poll(http, f"/api/workflows/{wf}/status", lambda s: s["current_state"] == "complete")
+    after = await builds_by_state()
+    assert after["complete"] == before.get("complete", 0) + 1
+    assert set(after) == {s.value for s in S}  # every state is reported, 0 included
+    with stack.engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT current_state FROM build_workflows").all()
+    assert {k: v for k, v in after.items() if v} == dict(Counter(r[0] for r in rows))
+
+    samples = scrape((await http.get("/metrics")).text)
+    status_calls = sum(
+        v
+        for (n, labels), v in samples.items()
+        if n == "qao_api_request_duration_seconds_count"
+        and ("route", "/api/workflows/{workflow_id}/status") in labels
+        and ("status", "200") in labels
+    )
+    assert status_calls >= 1
+    # The API's own Temporal client: its StartWorkflowExecution call is counted.
+    starts = [
+        v
+        for (n, labels), v in samples.items()
+        if n.startswith("temporal_request") and ("operation", "StartWorkflowExecution") in labels
+    ]
+    assert starts and sum(starts) >= 1, [k for k in samples if "temporal" in k[0]][:5]
+    usage = {dict(k)["role"]: v for (n, k), v in samples.items() if n == "qao_role_calls_total"}
+    assert usage.get("code_writer", 0) >= 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 import uuid
@@ -198,7 +199,7 @@ async def test_worker_runs_builds_and_stops_cleanly_on_sigterm(
             out, _ = await proc.communicate()
     log = out.decode()
     assert proc.returncode == 0, log
-    assert "worker polling" in log and "worker stopped" in log
+    assert re.search(rf"worker-{proc.pid}@\S+ polling ", log) and "worker stopped" in log
 
 
 async def test_start_follows_until_a_worker_appears(
