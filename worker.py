@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Sequence
 
 import typer
 from sqlalchemy import Engine
@@ -42,13 +43,14 @@ def build_worker(
     llm: ModelClient,
     engine: Engine,
     identity: str | None = None,
+    workflows: Sequence[type] = (BuildWorkflow,),
 ) -> Worker:
     roles = RoleActivities(llm)
     mirror = MirrorActivities(engine)
     return Worker(
         client,
         task_queue=settings.temporal_task_queue,
-        workflows=[BuildWorkflow],
+        workflows=list(workflows),
         activities=[*roles.all(), mirror.mirror_build],
         identity=identity,
         max_concurrent_activities=settings.worker_max_concurrent_activities,

@@ -17,15 +17,19 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from core.states import HANDOFFS, BuildState, Role
 
 WORKFLOW_ID_PREFIX = "build-"
-# Search attributes the workflow upserts (all Keyword); the embedded server registers them.
+# Search attributes the workflow upserts; the embedded server and compose's set-up register them.
 BUILD_STATE_ATTRIBUTE = "BuildState"
+BUILD_ROLE_ATTRIBUTE = "BuildRole"
 PROJECT_ID_ATTRIBUTE = "ProjectId"
 TOKENS_ATTRIBUTE = "BuildTokens"
 COST_ATTRIBUTE = "BuildCostUsd"
 TEST_ATTEMPTS_ATTRIBUTE = "TestAttempts"
 VERIFICATION_ATTEMPTS_ATTRIBUTE = "VerificationAttempts"
+# SQL visibility (the dev server, PostgreSQL) allows at most this many custom ones per type.
+SEARCH_ATTRIBUTE_LIMITS = {"Keyword": 10, "Int": 3, "Double": 3, "Bool": 3, "Datetime": 3}
 SEARCH_ATTRIBUTES: dict[str, str] = {
     BUILD_STATE_ATTRIBUTE: "Keyword",
+    BUILD_ROLE_ATTRIBUTE: "Keyword",
     PROJECT_ID_ATTRIBUTE: "Keyword",
     TOKENS_ATTRIBUTE: "Int",
     COST_ATTRIBUTE: "Double",

@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -27,6 +27,10 @@ from worker import build_worker
 from workflows.build import BuildWorkflow
 
 HISTORY_DIR = Path(__file__).parent / "histories"
+# The folder this code's histories are recorded into. Bump it after a workflow change (guarded
+# by a patch) and record anew; the older folders stay as they are, so replay proves the change
+# safe for builds that started before it.
+HISTORY_VERSION = "v2"
 
 # temporalio 1.35 can abort in interpreter finalization after a green run (sdk-python #300).
 # Leave with the session's own exit status, after pytest has printed and written everything.
@@ -128,11 +132,15 @@ def settings(base_settings: Settings) -> Settings:
 
 @asynccontextmanager
 async def running_worker(
-    client: Client, settings: Settings, engine: Engine, llm: ModelClient | None = None
+    client: Client,
+    settings: Settings,
+    engine: Engine,
+    llm: ModelClient | None = None,
+    workflows: Sequence[type] = (BuildWorkflow,),
 ) -> AsyncIterator[ModelClient]:
     """A worker on the settings' task queue, with the offline model unless `llm` is given."""
     llm = llm or ModelClient(settings)
-    async with build_worker(client, settings, llm=llm, engine=engine):
+    async with build_worker(client, settings, llm=llm, engine=engine, workflows=workflows):
         yield llm
     await llm.close()
 
@@ -162,12 +170,16 @@ async def start(client: Client, settings: Settings, request: BuildRequest) -> Wo
 
 
 async def save_history(handle: WorkflowHandle, name: str) -> None:
-    """With RECORD_HISTORIES=1, keep this run's history for the replay test."""
+    """With RECORD_HISTORIES=1, keep this run's history for the replay test, in the current
+    version's folder; a history already there is never rewritten."""
     if os.environ.get("RECORD_HISTORIES") != "1":
         return
+    path = HISTORY_DIR / HISTORY_VERSION / f"{name}.json"
+    if path.exists():
+        return
     history = await handle.fetch_history()
-    HISTORY_DIR.mkdir(exist_ok=True)
-    (HISTORY_DIR / f"{name}.json").write_text(history.to_json())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(history.to_json())
 
 
 async def status_of(handle: WorkflowHandle) -> BuildStatus:

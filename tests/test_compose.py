@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import yaml
 
-from core.models import SEARCH_ATTRIBUTES
+from core.models import SEARCH_ATTRIBUTE_LIMITS, SEARCH_ATTRIBUTES
 from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,3 +52,10 @@ def test_server_registers_the_search_attributes_the_workflow_upserts():
     command = COMPOSE["services"]["temporal"]["command"]
     registered = {arg.split("=", 1)[1] for arg in command if arg.startswith("--search-attribute=")}
     assert registered == {f"{k}={v}" for k, v in SEARCH_ATTRIBUTES.items()}
+
+
+def test_search_attributes_fit_sql_visibility_limits():
+    """The dev server and PostgreSQL visibility refuse to start past these (3 Int, ...)."""
+    kinds = Counter(SEARCH_ATTRIBUTES.values())
+    for kind, count in kinds.items():
+        assert count <= SEARCH_ATTRIBUTE_LIMITS[kind], f"{count} {kind} search attributes"

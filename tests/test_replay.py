@@ -1,6 +1,8 @@
-"""Histories of real builds, checked in, replayed against today's workflow code on every run.
+"""Safe upgrades: histories of real builds, checked in per workflow version and never re-recorded,
+replay against today's workflow code on every run. A change that would break a running build
+fails here; guard it with `workflow.patched` (README, "Changing the workflow safely").
 
-Regenerate after an intended, compatible change with:
+Record the current version's histories (missing files only; existing ones are never rewritten):
     RECORD_HISTORIES=1 .venv/bin/pytest tests/test_workflow.py tests/test_workflow_failures.py \
         tests/test_workflow_work.py tests/test_budget.py tests/test_attention.py
 """
@@ -11,40 +13,84 @@ import json
 from pathlib import Path
 
 import pytest
-from temporalio.client import WorkflowHistory
+from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from core.settings import Settings
+from core.states import BuildState
+from tests.conftest import HISTORY_DIR, HISTORY_VERSION, make_request, running_worker, start
+from tests.workflow_variants import GuardedChange, UnguardedChange
 from workflows.build import BuildWorkflow
 
-HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+HISTORIES = sorted(HISTORY_DIR.glob("v*/*.json"))
 HISTORY_TEXT = {p: p.read_text() for p in HISTORIES}
+SCENARIOS = {
+    "happy_path",
+    "tests_fail_once",
+    "verification_rejects_once",
+    "tests_always_fail",
+    "gate_retry_rollback_approve",
+    "cancel_during_role_call",
+    "release_fails_once",
+    "rollback_after_release",
+    "unsafe_paths_refused",
+    "budget_paused_and_topped_up",
+    "needs_attention_retry_abort",
+}
 
 
-def test_histories_cover_the_main_scenarios():
-    names = {p.stem for p in HISTORIES}
-    assert {
-        "happy_path",
-        "tests_fail_once",
-        "verification_rejects_once",
-        "tests_always_fail",
-        "gate_retry_rollback_approve",
-        "cancel_during_role_call",
-        "release_fails_once",
-        "rollback_after_release",
-        "unsafe_paths_refused",
-        "budget_paused_and_topped_up",
-        "needs_attention_retry_abort",
-    } <= names
-
-
-@pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
-async def test_history_replays_without_nondeterminism(path: Path):
+def history(path: Path) -> WorkflowHistory:
     raw = HISTORY_TEXT[path]
-    workflow_id = json.loads(raw)["events"][0]["workflowExecutionStartedEventAttributes"].get(
-        "workflowId", f"replay-{path.stem}"
-    )
-    history = WorkflowHistory.from_json(workflow_id, raw)
-    replayer = Replayer(workflows=[BuildWorkflow], data_converter=pydantic_data_converter)
-    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
-    assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"
+    first = json.loads(raw)["events"][0]["workflowExecutionStartedEventAttributes"]
+    return WorkflowHistory.from_json(first.get("workflowId", f"replay-{path.stem}"), raw)
+
+
+async def replay(workflow_class: type, path: Path) -> BaseException | None:
+    return await replay_history(workflow_class, history(path))
+
+
+def test_every_version_keeps_its_histories_and_the_newest_covers_every_scenario():
+    versions = sorted({p.parent.name for p in HISTORIES}, key=lambda v: int(v[1:]))
+    assert versions[0] == "v1" and versions[-1] == HISTORY_VERSION
+    for version in versions:
+        assert {p.stem for p in HISTORIES if p.parent.name == version} >= SCENARIOS, version
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+async def test_history_replays_without_nondeterminism(path: Path):
+    failure = await replay(BuildWorkflow, path)
+    assert failure is None, f"{path.parent.name}/{path.name}: {failure}"
+
+
+@pytest.mark.parametrize("version", ["v1", HISTORY_VERSION])
+async def test_an_unguarded_change_fails_the_replay_test(version: str):
+    path = HISTORY_DIR / version / "happy_path.json"
+    failure = await replay(UnguardedChange, path)
+    assert failure is not None and "Nondeterminism" in str(failure)
+
+
+async def test_the_same_change_guarded_by_a_patch_replays_every_history_and_runs(
+    client: Client, settings: Settings, engine
+):
+    for path in HISTORIES:
+        assert await replay(GuardedChange, path) is None, path
+    # A build started after the change takes the new path, records the patch, and replays.
+    async with running_worker(client, settings, engine, workflows=[GuardedChange]):
+        handle = await start(client, settings, make_request())
+        result = await handle.result()
+    assert result.state is BuildState.COMPLETE
+    fetched = await handle.fetch_history()
+    markers = [e for e in fetched.events if e.HasField("marker_recorded_event_attributes")]
+    assert markers, "the patch marker should be in the new build's history"
+    replayer = Replayer(workflows=[GuardedChange], data_converter=pydantic_data_converter)
+    replayed = await replayer.replay_workflow(fetched, raise_on_replay_failure=False)
+    assert replayed.replay_failure is None
+    # ...and it is not a build the old code could replay: the guard is what keeps both working.
+    assert await replay_history(BuildWorkflow, fetched) is not None
+
+
+async def replay_history(workflow_class: type, fetched: WorkflowHistory) -> BaseException | None:
+    replayer = Replayer(workflows=[workflow_class], data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(fetched, raise_on_replay_failure=False)
+    return result.replay_failure

@@ -14,7 +14,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 from workflows import metrics
-from workflows.records import BUILD_STATE, PROJECT_ID
+from workflows.records import BUILD_ROLE, BUILD_STATE, PROJECT_ID
 from workflows.steering import BuildFailed, BuildSteering
 
 with workflow.unsafe.imports_passed_through():
@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         TABLE,
         TERMINAL,
         BuildState,
+        Role,
         role_of,
     )
 
@@ -65,7 +66,11 @@ class BuildWorkflow(BuildSteering):
     @workflow.run
     async def run(self, request: BuildRequest) -> BuildResult:
         workflow.upsert_search_attributes(
-            [BUILD_STATE.value_set(S.DISCOVERY.value), PROJECT_ID.value_set(request.project_id)]
+            [
+                BUILD_STATE.value_set(S.DISCOVERY.value),
+                BUILD_ROLE.value_set(Role.Q_ASSISTANT.value),
+                PROJECT_ID.value_set(request.project_id),
+            ]
         )
         self.entered_at = workflow.now()
         metrics.build_started()

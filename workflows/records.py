@@ -18,6 +18,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.mirror import MirrorActivities
     from core import rules
     from core.models import (
+        BUILD_ROLE_ATTRIBUTE,
         BUILD_STATE_ATTRIBUTE,
         COST_ATTRIBUTE,
         PROJECT_ID_ATTRIBUTE,
@@ -36,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
 
 S = BuildState
 BUILD_STATE = SearchAttributeKey.for_keyword(BUILD_STATE_ATTRIBUTE)
+BUILD_ROLE = SearchAttributeKey.for_keyword(BUILD_ROLE_ATTRIBUTE)
 PROJECT_ID = SearchAttributeKey.for_keyword(PROJECT_ID_ATTRIBUTE)
 TOKENS = SearchAttributeKey.for_int(TOKENS_ATTRIBUTE)
 COST = SearchAttributeKey.for_float(COST_ATTRIBUTE)

@@ -15,7 +15,7 @@ from temporalio.exceptions import ApplicationError
 
 from workflows import metrics
 from workflows.messages import BuildMessages
-from workflows.records import BUILD_STATE
+from workflows.records import BUILD_ROLE, BUILD_STATE
 
 with workflow.unsafe.imports_passed_through():
     from activities.roles import RoleActivities
@@ -50,7 +50,14 @@ class BuildSteering(BuildMessages):
         self.data.commit_at[target.value] = self.data.head
         change = {"from": source.value, "to": target.value, "commit": self.data.head}
         self._emit(EventType.STATE_CHANGED, by, **change)
-        workflow.upsert_search_attributes([BUILD_STATE.value_set(target.value)])
+        # New keys may join this upsert freely; a new upsert (a new command) needs a patch.
+        role = role_of(target)
+        workflow.upsert_search_attributes(
+            [
+                BUILD_STATE.value_set(target.value),
+                BUILD_ROLE.value_set(role.value) if role else BUILD_ROLE.value_unset(),
+            ]
+        )
         metrics.state_entered(source.value, target.value, self.entered_at)
         self.entered_at = workflow.now()
         if target in TERMINAL:
