@@ -1,5 +1,8 @@
-# One image for the worker and the API (`python -m api`).
+# One image for the worker (default command) and the API (`python -m api`).
 FROM python:3.11-slim
+# git: every build's workspace is a git repository.
+RUN apt-get update && apt-get install -y --no-install-recommends git \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY core core
@@ -8,5 +11,9 @@ COPY activities activities
 COPY api api
 COPY db db
 COPY worker.py starter.py devstack.py ./
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir . \
+    && useradd --create-home --uid 10001 qao \
+    && mkdir -p /data && chown qao /data
+USER qao
+ENV DATA_DIR=/data
 CMD ["python", "worker.py"]

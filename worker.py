@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 from collections.abc import Sequence
+from datetime import timedelta
 
 import typer
 from sqlalchemy import Engine
@@ -56,6 +57,7 @@ def build_worker(
         max_concurrent_activities=settings.worker_max_concurrent_activities,
         max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
         max_task_queue_activities_per_second=settings.worker_activities_per_second,
+        graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_seconds),
     )
 
 

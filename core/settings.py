@@ -44,7 +44,8 @@ DEFAULT_PRICES = {
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    # An empty variable (compose's `${X:-}`) means "not set": the default applies.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
 
     # Temporal connection: the embedded dev server by default; any cluster or Temporal Cloud
     # with TLS (a client certificate and key for mTLS, or an API key).
@@ -67,6 +68,8 @@ class Settings(BaseSettings):
     worker_activities_per_second: float | None = Field(default=None, gt=0)
     # Prometheus metrics of the worker (SDK runtime plus builds); empty: none.
     worker_metrics_address: str = "127.0.0.1:9464"
+    # On SIGTERM, running activities get this long to finish before they are cancelled.
+    worker_shutdown_grace_seconds: float = Field(default=30, ge=0)
 
     # Observability: traces to an OTLP/HTTP collector when set; logs as text or JSON lines.
     otel_exporter_otlp_endpoint: str | None = None

@@ -73,6 +73,7 @@ def base_settings(dev_server: DevServer, tmp_path_factory: pytest.TempPathFactor
         openai_api_key=None,
         data_dir=data,
         database_url=f"sqlite:///{data / 'mirror.db'}",
+        worker_shutdown_grace_seconds=1,
     )
     upgrade(settings.db_url())
     return settings
