@@ -41,6 +41,7 @@ from core.models import (
 )
 from core.settings import Settings, get_settings
 from core.states import HANDOFFS, WORKING, BuildState
+from core.telemetry import flush_traces, tracing_interceptors
 from core.temporal import connect
 from workflows.build import BuildWorkflow
 
@@ -68,7 +69,9 @@ def _run(coro_fn: Callable[[Client, Settings], Awaitable[T]]) -> T:
 
     async def go() -> T:
         try:
-            client = await connect(settings)
+            client = await connect(
+                settings, interceptors=tracing_interceptors(settings, "qao-starter")
+            )
         except RuntimeError as err:
             raise CommandError(
                 f"cannot reach Temporal at {settings.temporal_address} ({err}); "
@@ -80,6 +83,8 @@ def _run(coro_fn: Callable[[Client, Settings], Awaitable[T]]) -> T:
             raise CommandError(f"refused: {err}") from err
         except BuildError as err:
             raise CommandError(str(err)) from err
+        finally:
+            flush_traces()
 
     try:
         return asyncio.run(go())

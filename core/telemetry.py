@@ -110,7 +110,6 @@ def tracing_interceptors(settings: Settings, service: str) -> Sequence[Intercept
     endpoint = settings.otel_exporter_otlp_endpoint
     if not endpoint:
         return ()
-    from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
@@ -121,13 +120,20 @@ def tracing_interceptors(settings: Settings, service: str) -> Sequence[Intercept
         provider = TracerProvider(resource=Resource.create({"service.name": service}))
         traces_url = endpoint.rstrip("/") + "/v1/traces"
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=traces_url)))
-        trace.set_tracer_provider(provider)
         _tracer_provider = provider
         logging.getLogger(__name__).info("tracing to %s as %s", traces_url, service)
-    return (TracingInterceptor(),)
+    # Workflow spans even for builds started without a traced client (Web UI, temporal CLI).
+    return (
+        TracingInterceptor(
+            _tracer_provider.get_tracer("q-assistant-orchestration"),
+            always_create_workflow_spans=True,
+        ),
+    )
 
 
 def flush_traces() -> None:
-    """Send the spans still buffered (at shutdown)."""
+    """Send the spans still buffered and stop tracing (at shutdown)."""
+    global _tracer_provider
     if _tracer_provider is not None:
         _tracer_provider.shutdown()
+        _tracer_provider = None
