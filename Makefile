@@ -27,6 +27,7 @@ run: install
 	@echo "The release is a folder: .data/releases/demo/current/ (its smoke check: $(BIN)/python .data/releases/demo/current/dark_mode.py)"
 	@echo "The Temporal server, the worker and the API keep running:"
 	@echo "  Web UI  http://localhost:8233    API  http://localhost:8000/docs"
+	@echo "  Metrics http://127.0.0.1:9464/metrics (worker)  http://localhost:8000/metrics (API)"
 	@echo "More builds:  $(BIN)/python starter.py --help"
 	@echo "Stop them:    make stop"
 

@@ -201,6 +201,8 @@ def up() -> None:
             _pidfile(settings, "worker").unlink(missing_ok=True)
             raise SystemExit(f"worker exited at start; see {logs / 'worker.log'}")
         print(f"worker started (pid {proc.pid}, log {logs / 'worker.log'})")
+    if settings.worker_metrics_address:
+        print(f"  Worker metrics  http://{settings.worker_metrics_address}/metrics")
     if api_pid := _running(settings, "api"):
         print(f"API already running (pid {api_pid})")
     elif port_open(settings.api_port, settings.api_host):

@@ -10,6 +10,7 @@ import signal
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.client import Client
@@ -33,6 +34,20 @@ def env_for(settings: Settings) -> dict[str, str]:
         WORKER_METRICS_ADDRESS="",  # tests that scrape a worker give it a free port
     )
     return env
+
+
+async def spawn_worker(
+    settings: Settings, cwd: Path, *, stderr: Any = asyncio.subprocess.DEVNULL, **env: str
+) -> asyncio.subprocess.Process:
+    """worker.py as its own process, run in `cwd` (away from the checkout's .env)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "worker.py"),
+        cwd=cwd,
+        env=env_for(settings) | env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=stderr,
+    )
 
 
 async def run(script: str, *args: str, settings: Settings, cwd: Path) -> tuple[int, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -18,7 +17,7 @@ from core.temporal import connect
 from db import crud
 from devstack import DevServer, free_port
 from tests.conftest import make_request, running_worker, start, status_of, wait_until
-from tests.test_cli import ROOT, env_for
+from tests.test_cli import spawn_worker
 from workflows.build import BuildWorkflow
 
 
@@ -37,15 +36,7 @@ def assert_clean_log(events: list[BuildEvent], engine: Engine, workflow_id: str)
 async def test_killed_worker_mid_build_another_worker_finishes_it(
     client: Client, settings: Settings, engine, tmp_path: Path
 ):
-    env = env_for(settings) | {"OFFLINE_MODEL_LATENCY_SECONDS": "1"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ROOT / "worker.py"),
-        cwd=tmp_path,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    proc = await spawn_worker(settings, tmp_path, OFFLINE_MODEL_LATENCY_SECONDS="1")
     request = make_request()
     request.options.policy = RolePolicy(start_to_close_seconds=3, initial_interval_seconds=0.1)
     handle = await start(client, settings, request)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -24,7 +23,7 @@ from core.settings import Settings
 from core.states import BuildState
 from devstack import free_port, wait_for_port
 from tests.conftest import make_request, start, status_of
-from tests.test_cli import ROOT, env_for
+from tests.test_cli import spawn_worker
 from tests.test_durability import assert_clean_log
 from workflows.build import BuildWorkflow
 
@@ -58,24 +57,20 @@ async def workers(
     settings: Settings, folder: Path, count: int, latency: float
 ) -> AsyncIterator[list[WorkerProcess]]:
     """`count` worker processes sharing one data folder (workspaces, releases), as replicas do."""
-    env = env_for(settings) | {
-        "OFFLINE_MODEL_LATENCY_SECONDS": str(latency),
-        "DATA_DIR": str(folder / "data"),
-        "LOG_FORMAT": "json",
-    }
     started: list[WorkerProcess] = []
     try:
         for n in range(count):
             port = free_port()
             log = folder / f"worker{n}.log"
             with log.open("wb") as out:
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    str(ROOT / "worker.py"),
-                    cwd=folder,
-                    env=env | {"WORKER_METRICS_ADDRESS": f"127.0.0.1:{port}"},
-                    stdout=asyncio.subprocess.DEVNULL,
+                proc = await spawn_worker(
+                    settings,
+                    folder,
                     stderr=out,
+                    OFFLINE_MODEL_LATENCY_SECONDS=str(latency),
+                    DATA_DIR=str(folder / "data"),
+                    LOG_FORMAT="json",
+                    WORKER_METRICS_ADDRESS=f"127.0.0.1:{port}",
                 )
             started.append(WorkerProcess(proc, port, log))
         for w in started:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,7 +21,7 @@ from core.states import BuildState
 from core.telemetry import flush_traces, tracing_interceptors
 from core.temporal import connect
 from tests.conftest import make_request, start
-from tests.test_cli import ROOT, env_for
+from tests.test_cli import spawn_worker
 
 
 class Receiver(ThreadingHTTPServer):
@@ -62,17 +61,10 @@ async def test_a_build_is_one_trace_of_workflow_and_role_spans(
     settings: Settings, receiver: Receiver, tmp_path: Path
 ):
     port = receiver.server_address[1]
-    env = env_for(settings) | {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ROOT / "worker.py"),
-        cwd=tmp_path,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    endpoint = f"http://127.0.0.1:{port}"
+    proc = await spawn_worker(settings, tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT=endpoint)
     # Started the way starter.py and the API start builds: by a client that traces too.
-    traced = settings.model_copy(update={"otel_exporter_otlp_endpoint": f"http://127.0.0.1:{port}"})
+    traced = settings.model_copy(update={"otel_exporter_otlp_endpoint": endpoint})
     starter = await connect(traced, interceptors=tracing_interceptors(traced, "qao-starter"))
     try:
         handle = await start(starter, settings, make_request())
