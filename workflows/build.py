@@ -148,7 +148,7 @@ class BuildWorkflow(BuildSteering):
                     maximum_interval=timedelta(seconds=policy.maximum_interval_seconds),
                     maximum_attempts=policy.max_attempts,
                 ),
-                summary=f"{role.value}, attempt {attempt} ({state.value})",
+                summary=f"attempt {attempt} ({state.value})",  # the UI shows "<role> • " first
             )
         except ActivityError as err:
             if is_cancelled_exception(err):
