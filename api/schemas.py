@@ -167,7 +167,16 @@ class AbortAccepted(CommandAnswer):
 
 
 class TopUp(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # The schema says what the validator checks: a top-up adds tokens, money, or both.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["tokens"], "properties": {"tokens": {"minimum": 1}}},
+                {"required": ["cost_usd"], "properties": {"cost_usd": {"exclusiveMinimum": 0}}},
+            ]
+        },
+    )
 
     tokens: int = Field(default=0, ge=0, le=10**9)
     cost_usd: float = Field(default=0.0, ge=0, le=10**6)

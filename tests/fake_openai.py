@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -42,6 +43,10 @@ class FakeOpenAI:
     requests: list[Seen] = field(default_factory=list)
     server: asyncio.Server | None = None
     port: int = 0
+    # Unscripted requests get one of `random_faults` with this probability (chaos drills).
+    fault_rate: float = 0.0
+    random_faults: list[Fault] = field(default_factory=list)
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
 
     @property
     def base_url(self) -> str:
@@ -93,6 +98,8 @@ class FakeOpenAI:
         schema = (payload.get("response_format") or {}).get("json_schema", {}).get("name", "")
         queue = self.script.get(schema, [])
         fault = queue.pop(0) if queue else None
+        if fault is None and self.random_faults and self.rng.random() < self.fault_rate:
+            fault = self.rng.choice(self.random_faults)
         self.requests.append(Seen(time.monotonic(), schema, fault, payload))
 
         if fault is not None and fault.kind == "cut":

@@ -21,3 +21,27 @@ def test_stats_bench_runs_and_prints_its_table():
     assert any(line.startswith("stats queries (db.crud)") for line in lines)
     assert any(line.startswith("GET .../project/{id}/stats (HTTP)") for line in lines)
     assert "sqlite, 300 builds in the project" in done.stdout
+
+
+def test_engine_bench_runs_and_prints_every_measure():
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for measure in (
+        "| build latency p50 |",
+        "| build latency p99 |",
+        "| throughput, 3 in flight |",
+        "| 6 builds at once complete | 6/6",
+        "| worker peak RSS |",
+        "| role schedule-to-start p95 |",
+        "| API requests failed | 0/",
+        "| API GET status p99, 3 builds running |",
+        "| API GET list p99, 3 builds running |",
+    ):
+        assert measure in done.stdout, (measure, done.stdout)
+    assert "targets missed:" in done.stdout

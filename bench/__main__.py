@@ -1,0 +1,491 @@
+"""The engine benchmark: our builds against a bare Temporal workflow, in the same run.
+
+    .venv/bin/python -m bench            # the full run (about 10 minutes on 2 cores)
+    .venv/bin/python -m bench --quick    # a short run that checks the script works (CI)
+
+1. Records one real build (offline model, real git, pytest, ruff, release).
+2. Starts a worker process running BuildWorkflow with the real mirror and role activities that
+   answer with that build's results, and a bare workflow with as many activities (bench/engine.py).
+3. Measures, with both on the same dev server:
+   - engine overhead: build latency p50/p99 against the bare workflow's (model latency 0);
+   - throughput: builds completed per second with 50 in flight, against the bare workflow's;
+   - builds in flight: 200 builds at once with a 2 s model latency: the worker's peak RSS and the
+     role activities' schedule-to-start p95;
+   - API: GET status and GET list p50/p99 at 100 requests/s while 50 builds run, against idle.
+Prints one table with the targets of issue 7 (absolute times on shared machines are noise; the
+ratios are the figures that travel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHandle
+
+from activities.llm import ModelClient
+from bench.bare import BareWorkflow
+from bench.engine import BARE_QUEUE_SUFFIX, ROLE_ACTIVITIES, record
+from core.control import start_build
+from core.models import BuildOptions, BuildRequest
+from core.settings import Settings
+from core.temporal import connect
+from db.engine import make_engine
+from db.migrate import upgrade
+from devstack import DevServer, free_port, wait_for_port
+from worker import build_worker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Scale:
+    latency_samples: int
+    throughput_builds: int
+    in_flight: int
+    concurrent_builds: int
+    api_seconds: float
+    api_builds: int
+
+
+FULL = Scale(
+    latency_samples=100,
+    throughput_builds=200,
+    in_flight=50,
+    concurrent_builds=200,
+    api_seconds=10,
+    api_builds=50,
+)
+QUICK = Scale(
+    latency_samples=4,
+    throughput_builds=6,
+    in_flight=3,
+    concurrent_builds=6,
+    api_seconds=1.5,
+    api_builds=3,
+)
+
+
+@dataclass
+class Row:
+    measure: str
+    ours: str
+    baseline: str
+    ratio: str
+    target: str
+    met: bool | None
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    def __init__(self, folder: Path, scale: Scale) -> None:
+        self.folder = folder
+        self.scale = scale
+        self.server = DevServer(db_file=folder / "temporal.db", port=free_port(), headless=True)
+        self.settings = Settings(
+            _env_file=None,
+            data_dir=folder / "data",
+            database_url=f"sqlite:///{folder / 'mirror.db'}",
+            openai_api_key=None,
+            temporal_task_queue="bench",
+            worker_metrics_address="",
+        )
+        self.recording = folder / "recording.json"
+        self.client: Client
+        self.worker: asyncio.subprocess.Process | None = None
+        self.payload = ""
+
+    # --- set-up ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        log("starting the dev server")
+        await asyncio.to_thread(self.server.start)
+        self.settings = self.settings.model_copy(update={"temporal_address": self.server.address})
+        upgrade(self.settings.db_url())
+        self.client = await connect(self.settings)
+
+    async def record_a_real_build(self) -> int:
+        """One build with the real roles; returns its number of role calls."""
+        log("recording one real build (offline model, real subprocesses)")
+        settings = self.settings.model_copy(update={"temporal_task_queue": "bench-record"})
+        llm = ModelClient(settings)
+        engine = make_engine(settings.db_url())
+        async with build_worker(self.client, settings, llm=llm, engine=engine):
+            handle = await start_build(self.client, settings, self.request())
+            await handle.result()
+        await llm.close()
+        engine.dispose()
+        recording = await record(handle)
+        self.recording.write_text(json.dumps(recording))
+        sizes = [len(json.dumps(r["result"])) for r in recording]
+        self.payload = "x" * int(sum(sizes) / len(sizes))  # bare steps carry as much
+        return len(recording)
+
+    def request(self) -> BuildRequest:
+        return BuildRequest(
+            project_id="bench",
+            build_id=f"b{uuid.uuid4().hex[:12]}",
+            user_id="bench",
+            requirements={"feature": "Dark mode", "priority": "high"},
+            options=BuildOptions(policy=self.settings.role_policy()),
+        )
+
+    async def start_worker(self, latency: float, max_activities: int) -> None:
+        await self.stop_worker()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "OPENAI_"))}
+        env |= {
+            "TEMPORAL_ADDRESS": self.server.address,
+            "TEMPORAL_TASK_QUEUE": self.settings.temporal_task_queue,
+            "DATABASE_URL": self.settings.db_url(),
+            "DATA_DIR": str(self.folder / "data"),
+            "WORKER_MAX_CONCURRENT_ACTIVITIES": str(max_activities),
+            "WORKER_MAX_CONCURRENT_WORKFLOW_TASKS": str(max_activities),
+            "LOG_LEVEL": "WARNING",
+        }
+        self.worker = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.engine",
+            "--recording",
+            str(self.recording),
+            "--latency",
+            str(latency),
+            cwd=ROOT,
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await self.run_bare(1)  # returns once the worker polls
+
+    async def stop_worker(self) -> None:
+        if self.worker is not None and self.worker.returncode is None:
+            self.worker.terminate()
+            await self.worker.wait()
+        self.worker = None
+
+    # --- one build, one bare workflow ------------------------------------------------------
+
+    async def run_build(self) -> WorkflowHandle[Any, Any]:
+        handle = await start_build(self.client, self.settings, self.request())
+        await handle.result()
+        return handle
+
+    async def run_bare(self, steps: int) -> None:
+        await self.client.execute_workflow(
+            BareWorkflow.run,
+            args=[steps, self.payload],
+            id=f"bare-{uuid.uuid4().hex[:12]}",
+            task_queue=self.settings.temporal_task_queue + BARE_QUEUE_SUFFIX,
+        )
+
+    # --- measurements ----------------------------------------------------------------------
+
+    async def latency(self, steps: int) -> list[Row]:
+        log(f"latency: {self.scale.latency_samples} builds and bare workflows, alternating")
+        ours: list[float] = []
+        bare: list[float] = []
+        for _ in range(self.scale.latency_samples):
+            started = time.perf_counter()
+            await self.run_build()
+            ours.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            await self.run_bare(steps)
+            bare.append(time.perf_counter() - started)
+        rows = []
+        for p, limit in ((50, 1.25), (99, 1.5)):
+            a, b = percentile(ours, p), percentile(bare, p)
+            rows.append(
+                Row(
+                    f"build latency p{p}",
+                    ms(a),
+                    ms(b),
+                    f"{a / b:.2f}",
+                    f"ratio <= {limit}",
+                    a / b <= limit,
+                )
+            )
+        return rows
+
+    async def throughput(self, steps: int) -> list[Row]:
+        n, k = self.scale.throughput_builds, self.scale.in_flight
+        log(f"throughput: {n} builds and {n} bare workflows, {k} in flight")
+
+        async def rate(run: Callable[[], Awaitable[object]]) -> float:
+            gate = asyncio.Semaphore(k)
+
+            async def one() -> None:
+                async with gate:
+                    await run()
+
+            started = time.perf_counter()
+            await asyncio.gather(*(one() for _ in range(n)))
+            return n / (time.perf_counter() - started)
+
+        bare = await rate(lambda: self.run_bare(steps))
+        ours = await rate(self.run_build)
+        ratio = ours / bare
+        measure, per_second = f"throughput, {k} in flight", f"{ours:.2f} builds/s"
+        baseline, target = f"{bare:.2f} wf/s", "ratio >= 0.8"
+        return [Row(measure, per_second, baseline, f"{ratio:.2f}", target, ratio >= 0.8)]
+
+    async def in_flight(self, steps: int) -> list[Row]:
+        n = self.scale.concurrent_builds
+        log(f"in flight: {n} builds at once, 2 s model latency")
+        await self.start_worker(latency=2.0, max_activities=max(256, n + 56))
+        assert self.worker is not None
+        pid = self.worker.pid
+        peak = rss_kib(pid)
+        started = time.perf_counter()
+        handles = await asyncio.gather(
+            *(start_build(self.client, self.settings, self.request()) for _ in range(n))
+        )
+        pending = asyncio.gather(*(h.result() for h in handles), return_exceptions=True)
+        while not pending.done():
+            peak = max(peak, rss_kib(pid))
+            await asyncio.sleep(0.2)
+        results = pending.result()
+        elapsed = time.perf_counter() - started
+        failed = [r for r in results if isinstance(r, BaseException)]
+        delays = []
+        for handle in handles:
+            delays += await schedule_to_start(handle)
+        p95 = percentile(delays, 95)
+        done = n - len(failed)
+        return [
+            Row(
+                f"{n} builds at once complete",
+                f"{done}/{n} in {elapsed:.0f} s",
+                "-",
+                "-",
+                "all complete",
+                done == n,
+            ),
+            Row(
+                "worker peak RSS",
+                f"{peak / 1024:.0f} MiB",
+                "-",
+                "-",
+                "<= 1024 MiB",
+                peak <= 1024 * 1024,
+            ),
+            Row("role schedule-to-start p95", ms(p95), "-", "-", "< 1000 ms", p95 < 1.0),
+        ]
+
+    async def api(self, steps: int) -> list[Row]:
+        log(f"API: {self.scale.api_seconds:g} s at 100 requests/s, idle and with builds running")
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "OPENAI_"))}
+        env |= {
+            "TEMPORAL_ADDRESS": self.server.address,
+            "TEMPORAL_TASK_QUEUE": self.settings.temporal_task_queue,
+            "DATABASE_URL": self.settings.db_url(),
+            "API_PORT": str(port),
+            "LOG_LEVEL": "WARNING",
+        }
+        api = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "api",
+            cwd=ROOT,
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            await asyncio.to_thread(wait_for_port, port, 60)
+            # Keep-alive shorter than uvicorn's (5 s): no reuse of a connection it is closing.
+            limits = httpx.Limits(max_connections=200, keepalive_expiry=2.0)
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}", timeout=30, limits=limits
+            ) as http:
+                listed = (await http.get("/api/workflows", params={"limit": 100})).json()
+                ids = [item["workflow_id"] for item in listed["items"]]
+                idle = await load(http, ids, self.scale.api_seconds)
+                handles = await asyncio.gather(
+                    *(
+                        start_build(self.client, self.settings, self.request())
+                        for _ in range(self.scale.api_builds)
+                    )
+                )
+                busy = await load(http, ids, self.scale.api_seconds)
+                await asyncio.gather(*(h.result() for h in handles))
+        finally:
+            api.terminate()
+            await api.wait()
+        errors = len(busy["error"]) + len(idle["error"])
+        sent = sum(len(v) for v in (*busy.values(), *idle.values()))
+        rows = [
+            Row("API requests failed", f"{errors}/{sent}", "-", "-", "0", errors == 0),
+        ]
+        for kind in ("status", "list"):
+            for p in (50, 99):
+                a, b = percentile(busy[kind], p), percentile(idle[kind], p)
+                target = "<= 50 ms, ratio <= 2" if p == 99 else "-"
+                met = (a <= 0.05 and a / b <= 2) if p == 99 else None
+                rows.append(
+                    Row(
+                        f"API GET {kind} p{p}, {self.scale.api_builds} builds running",
+                        ms(a),
+                        ms(b) + " idle",
+                        f"{a / b:.2f}",
+                        target,
+                        met,
+                    )
+                )
+        return rows
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+async def schedule_to_start(handle: WorkflowHandle[Any, Any]) -> list[float]:
+    """Seconds from scheduled to started, for each role activity of the build."""
+    scheduled: dict[int, tuple[str, datetime]] = {}
+    delays = []
+    async for event in handle.fetch_history_events():
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            name = event.activity_task_scheduled_event_attributes.activity_type.name
+            scheduled[event.event_id] = (name, event.event_time.ToDatetime())
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            attrs = event.activity_task_started_event_attributes
+            name, at = scheduled[attrs.scheduled_event_id]
+            if name in ROLE_ACTIVITIES:
+                delays.append((event.event_time.ToDatetime() - at).total_seconds())
+    return delays
+
+
+async def load(http: httpx.AsyncClient, ids: list[str], seconds: float) -> dict[str, list[float]]:
+    """Open-loop load: a request every 10 ms (100/s), alternating status and list."""
+    times: dict[str, list[float]] = {"status": [], "list": [], "error": []}
+    rng = random.Random(3)
+
+    async def one(kind: str) -> None:
+        path = f"/api/workflows/{rng.choice(ids)}/status" if kind == "status" else "/api/workflows"
+        started = time.perf_counter()
+        try:
+            answer = await http.get(path, params={"limit": 20} if kind == "list" else None)
+            answer.raise_for_status()
+        except httpx.HTTPError:  # counted and reported, not fatal
+            times["error"].append(time.perf_counter() - started)
+            return
+        times[kind].append(time.perf_counter() - started)
+
+    tasks = []
+    start = time.perf_counter()
+    for n in range(int(seconds * 100)):
+        await asyncio.sleep(max(0.0, start + n * 0.01 - time.perf_counter()))
+        tasks.append(asyncio.create_task(one("status" if n % 2 == 0 else "list")))
+    await asyncio.gather(*tasks)
+    return times
+
+
+def table(rows: list[Row]) -> str:
+    head = ("measure", "ours", "baseline", "ratio", "target", "met")
+    cells = [
+        (
+            r.measure,
+            r.ours,
+            r.baseline,
+            r.ratio,
+            r.target,
+            "-" if r.met is None else "yes" if r.met else "MISSED",
+        )
+        for r in rows
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(c) + " |" for c in cells]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, Python {platform.python_version()}"
+
+
+async def run(scale: Scale) -> list[Row]:
+    with tempfile.TemporaryDirectory(prefix="qao-bench-") as tmp:
+        bench = Bench(Path(tmp), scale)
+        await bench.start()
+        try:
+            steps = await bench.record_a_real_build()
+            await bench.start_worker(latency=0.0, max_activities=100)
+            for _ in range(2):  # warm up both paths
+                await bench.run_build()
+                await bench.run_bare(steps)
+            rows: list[Row] = []
+            for section in (bench.latency, bench.throughput, bench.in_flight, bench.api):
+                found = await section(steps)
+                rows += found
+                log("\n" + table(found))
+        finally:
+            await bench.stop_worker()
+            await asyncio.to_thread(bench.server.stop)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short run (CI): figures are noise")
+    parser.add_argument("--results", type=Path, help="also write the table to this Markdown file")
+    args = parser.parse_args()
+    scale = QUICK if args.quick else FULL
+    started = time.perf_counter()
+    rows = asyncio.run(run(scale))
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    text = f"{'quick' if args.quick else 'full'} run, {when}, {machine()}\n\n{table(rows)}\n"
+    print(text)
+    missed = [r.measure for r in rows if r.met is False]
+    print(f"targets missed: {', '.join(missed) if missed else 'none'}")
+    print(f"bench took {time.perf_counter() - started:.0f} s")
+    if args.results:
+        args.results.write_text(text)
+
+
+if __name__ == "__main__":
+    from core.exit import exit_now
+
+    exit_now(main)

@@ -1,0 +1,127 @@
+"""What the engine benchmark runs in its worker process.
+
+- BuildWorkflow itself, with the real mirror (local activities into the SQL mirror), and role
+  activities that return the results of a real build recorded beforehand (`record`), after an
+  optional model latency: the engine's cost without the roles' work (no test subprocess).
+- BareWorkflow (bench/bare.py), the baseline: the same number of activities in a row, returning
+  payloads of the same size, and nothing else.
+
+    python -m bench.engine --recording FILE [--latency 2] (a worker; settings from the env)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from temporalio import activity
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle
+from temporalio.worker import Worker
+
+from activities.mirror import MirrorActivities
+from bench.bare import BareWorkflow, bare_step
+from core.exit import exit_now
+from core.settings import get_settings
+from core.telemetry import setup_logging
+from core.temporal import connect
+from db.engine import make_engine
+from workflows.build import BuildWorkflow
+
+ROLE_ACTIVITIES = {
+    "q_assistant", "code_writer", "test_auditor", "verification_overseer", "release_manager"
+}  # fmt: skip
+BARE_QUEUE_SUFFIX = "-bare"
+
+
+async def record(handle: WorkflowHandle[Any, Any]) -> list[dict[str, Any]]:
+    """A finished build's role activity results, in order: [{"activity": name, "result": …}]."""
+    scheduled: dict[int, str] = {}
+    recorded: list[dict[str, Any]] = []
+    async for event in handle.fetch_history_events():
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            name = event.activity_task_scheduled_event_attributes.activity_type.name
+            scheduled[event.event_id] = name
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            done = event.activity_task_completed_event_attributes
+            name = scheduled[done.scheduled_event_id]
+            if name in ROLE_ACTIVITIES:
+                result = json.loads(done.result.payloads[0].data)
+                recorded.append({"activity": name, "result": result})
+    return recorded
+
+
+def recorded_activities(
+    recording: list[dict[str, Any]], latency: float
+) -> list[Callable[..., Any]]:
+    """Role activities under their real names, answering with a recorded build's results in
+    order per role (a role called twice answers its second result the second time)."""
+    by_role: dict[str, list[Any]] = {}
+    for entry in recording:
+        by_role.setdefault(entry["activity"], []).append(entry["result"])
+
+    def make(name: str, results: list[Any]) -> Callable[..., Any]:
+        @activity.defn(name=name)
+        async def role(task: dict[str, Any]) -> Any:
+            if latency:
+                await asyncio.sleep(latency)
+            attempt = int(task.get("attempt", 1))
+            return results[min(attempt, len(results)) - 1]
+
+        return role
+
+    return [make(name, results) for name, results in by_role.items()]
+
+
+def main(
+    recording: Annotated[Path, typer.Option(help="JSON written by the bench's recording run.")],
+    latency: Annotated[float, typer.Option(help="Seconds each role call takes.")] = 0.0,
+) -> None:
+    """Run the benchmark's worker: builds on TEMPORAL_TASK_QUEUE, bare workflows on <queue>-bare."""
+    settings = get_settings()
+    setup_logging(settings)
+    entries = json.loads(recording.read_text())
+
+    async def serve() -> None:
+        client = await connect(settings)
+        engine = make_engine(settings.db_url())
+        options: dict[str, Any] = {
+            "max_concurrent_activities": settings.worker_max_concurrent_activities,
+            "max_concurrent_workflow_tasks": settings.worker_max_concurrent_workflow_tasks,
+        }
+        builds = Worker(
+            client,
+            task_queue=settings.temporal_task_queue,
+            workflows=[BuildWorkflow],
+            activities=[
+                *recorded_activities(entries, latency),
+                MirrorActivities(engine).mirror_build,
+            ],
+            **options,
+        )
+        bare = Worker(
+            client,
+            task_queue=settings.temporal_task_queue + BARE_QUEUE_SUFFIX,
+            workflows=[BareWorkflow],
+            activities=[bare_step],
+            **options,
+        )
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        async with builds, bare:
+            logging.getLogger("bench").info("bench worker ready")
+            await stop.wait()
+        engine.dispose()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    exit_now(typer.run, main)

@@ -1,0 +1,38 @@
+"""The fault drills keep working: each one, short, on the real worker, dev server and mirror
+(`python -m chaos --quick`; the full drills run by hand, see bench/RESULTS.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from chaos.__main__ import DRILLS
+from tests.test_cli import ROOT
+
+
+def drills(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "chaos", "--quick", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.timeout(600)
+def test_every_drill_passes_on_sqlite():
+    out = drills()
+    for name in DRILLS:
+        assert f"VERDICT {name}: PASS" in out, out
+    assert "0 lost, 0 duplicated, 0 unknown" in out and ": exact" in out
+
+
+@pytest.mark.timeout(300)
+def test_the_mirror_survives_a_postgresql_outage():
+    out = drills("db-outage", "--database", "postgresql")
+    assert "VERDICT db-outage: PASS" in out and "postgresql outage" in out, out
