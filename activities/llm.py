@@ -6,10 +6,8 @@ non-retryable ApplicationErrors with a message a person can act on.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
@@ -19,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.beat import beating
 from activities.offline_model import OFFLINE_BASE_URL, SIMULATE_HEADER, offline_http_client
 from activities.prompts import Prompt, load_prompts
 from core.models import ModelUsage, RoleTask
@@ -29,7 +28,6 @@ R = TypeVar("R")
 
 # Status codes where asking again cannot help (bad request, bad key, no access, unknown model).
 NON_RETRYABLE_STATUS = {400, 401, 403, 404, 422}
-HEARTBEAT_SECONDS = 5.0
 MAX_RETRY_AFTER_SECONDS = 300.0
 
 _STATUS_HINTS = {
@@ -94,7 +92,7 @@ class ModelClient:
         for asked in range(reasks + 1):
             usage.requests += 1
             try:
-                completion = await _heartbeating(
+                completion = await beating(
                     self.client.chat.completions.parse(
                         model=model,
                         messages=messages,  # type: ignore[arg-type]
@@ -147,19 +145,6 @@ class ModelClient:
             type="ModelOutputInvalid",
             non_retryable=True,
         )
-
-
-async def _heartbeating(call: Awaitable[R], detail: str) -> R:
-    """Await a model call; inside an activity, heartbeat while it runs."""
-    if not activity.in_activity():
-        return await call
-    task = asyncio.ensure_future(call)
-    started = time.monotonic()
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_SECONDS)
-        if done:
-            return task.result()
-        activity.heartbeat(f"{detail} for {time.monotonic() - started:.0f}s")
 
 
 def _classify(err: openai.APIStatusError, model: str) -> ApplicationError:

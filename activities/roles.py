@@ -15,6 +15,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.beat import in_thread
 from activities.llm import ModelClient
 from activities.release import LocalReleases, ReleaseTarget
 from activities.sandbox import Limits, run_limited
@@ -89,7 +90,7 @@ class RoleActivities:
             return ws.write(output.files, message)
 
         try:
-            commit, refs = await asyncio.to_thread(write)
+            commit, refs = await in_thread("writing files", write)
         except UnsafePath as err:
             raise ApplicationError(
                 f"the Code Writer's files were refused, nothing was written: {err}",
@@ -104,7 +105,7 @@ class RoleActivities:
     @activity.defn(name="test_auditor")
     async def test_auditor(self, task: RoleTask) -> TestAuditorResult:
         ws = self.workspace(task.build_id)
-        commit = await asyncio.to_thread(ws.checkout, task.head)
+        commit = await in_thread("checkout", ws.checkout, task.head)
         report = await run_tests(ws, task.attempt, self.limits, beat=_beat)
         report.commit = commit
         run = report.model_dump(mode="json", include={"passed", "tests_run", "failures"})
@@ -116,10 +117,10 @@ class RoleActivities:
     @activity.defn(name="verification_overseer")
     async def verification_overseer(self, task: RoleTask) -> VerificationResult:
         ws = self.workspace(task.build_id)
-        head = await asyncio.to_thread(ws.checkout, task.head)
+        head = await in_thread("checkout", ws.checkout, task.head)
         checks = await self._static_checks(ws.repo, ws.runs / "home")
-        diff, stat = await asyncio.to_thread(
-            ws.diff, task.base, head, self.settings.review_diff_max_chars
+        diff, stat = await in_thread(
+            "diff", ws.diff, task.base, head, self.settings.review_diff_max_chars
         )
         problems = [f"{name}: {result}" for name, result in checks.items() if result != "ok"]
         if problems:  # no review of code that does not pass its checks
@@ -168,11 +169,13 @@ class RoleActivities:
     @activity.defn(name="release_manager")
     async def release_manager(self, task: RoleTask) -> ReleaseResult:
         ws = self.workspace(task.build_id)
-        commit = await asyncio.to_thread(ws.checkout, task.head)
+        commit = await in_thread("checkout", ws.checkout, task.head)
         version = f"0.1.{task.attempt - 1}+{task.build_id}"
         staging = ws.runs / f"release-{task.attempt}"
-        await asyncio.to_thread(_fresh_export, ws, commit, staging)
-        release = await asyncio.to_thread(self.releases.release, task.project_id, version, staging)
+        await in_thread("export", _fresh_export, ws, commit, staging)
+        release = await in_thread(
+            "release", self.releases.release, task.project_id, version, staging
+        )
         command = str(task.context.get(BuildState.PLANNING.value, {}).get("smoke_command", ""))
         smoke = await self.releases.verify(release, command, Limits(SMOKE_SECONDS, 512))
         ran = f"`{command or 'import every module'}` exited {smoke.returncode}"
@@ -207,7 +210,7 @@ class RoleActivities:
     async def restore(self, task: RestoreTask) -> RestoreResult:
         """Compensation of a rollback: code back to `commit`, and the release undone."""
         ws = self.workspace(task.build_id)
-        commit = await asyncio.to_thread(ws.checkout, task.commit)
+        commit = await in_thread("checkout", ws.checkout, task.commit)
         restored = False
         current = await asyncio.to_thread(self.releases.current, task.project_id)
         if task.undo_release is not None and current == task.undo_release:

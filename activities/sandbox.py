@@ -14,10 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from activities.beat import interval
+
 # Only these variables reach generated code; nothing named like a secret ever does.
 PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "SYSTEMROOT")
 OUTPUT_TAIL_CHARS = 4000
-HEARTBEAT_SECONDS = 2.0
+HEARTBEAT_SECONDS = 2.0  # at most; shorter when the heartbeat timeout asks
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ async def run_limited(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             break
-        await asyncio.wait({output}, timeout=min(HEARTBEAT_SECONDS, left))
+        await asyncio.wait({output}, timeout=min(interval(HEARTBEAT_SECONDS), left))
         if beat is not None:
             beat(f"{argv[0]} running for {time.monotonic() - started:.0f}s")
     out, _ = await output

@@ -206,7 +206,17 @@ class Stack:
             f"{complete}/{len(handles)} builds complete{extra}; mirror rows = events {events} "
             f"({lost} lost, {duplicated} duplicated, {extra_rows} unknown)"
         )
+        reasons = sorted({_reason(r) for r in results if isinstance(r, BaseException)})
+        if reasons:
+            detail += f"; failures: {' | '.join(reasons[:3])}"
         return Verdict(drill, passed, detail)
+
+
+def _reason(err: BaseException) -> str:
+    """The innermost message of a failed build's error chain."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return f"{type(err).__name__}: {err}"[:300]
 
 
 @asynccontextmanager

@@ -4,7 +4,9 @@ With faults injected, requests = logical calls + injected faults, exactly."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 from pydantic import SecretStr
@@ -13,7 +15,6 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities import llm as llm_module
 from activities.llm import ModelClient
 from core.models import RoleTask, TestAudit
 from core.settings import RoleModel, Settings
@@ -107,12 +108,15 @@ async def test_exact_request_count_under_every_kind_of_fault(
     assert sum(u["requests"] for u in status.usage.values()) == LOGICAL_CALLS + 2
 
 
-async def test_a_long_call_heartbeats(online: Settings, fake: FakeOpenAI, monkeypatch):
-    monkeypatch.setattr(llm_module, "HEARTBEAT_SECONDS", 0.2)
+async def test_a_long_call_heartbeats_often_enough_for_its_heartbeat_timeout(
+    online: Settings, fake: FakeOpenAI
+):
     slow = online.model_copy(update={"llm_timeout_seconds": 5})
     fake.fail("TestAudit", Fault("hang", seconds=1.2))
     beats: list[str] = []
     env = ActivityEnvironment()
+    # A 0.6 s heartbeat timeout: a beat every 0.2 s (a third), not the 5 s default.
+    env.info = dataclasses.replace(env.info, heartbeat_timeout=timedelta(seconds=0.6))
     env.on_heartbeat = lambda *details: beats.append(str(details[0]))
     client = ModelClient(slow)
     task = RoleTask(

@@ -62,10 +62,11 @@ class BuildWorkflow(BuildSteering):
         self.handoffs: list[Handoff] = []
         self.mirrored_seq = 0
         self.unmirrored_outputs: set[str] = set()
+        self.pending_attributes = {}
 
     @workflow.run
     async def run(self, request: BuildRequest) -> BuildResult:
-        workflow.upsert_search_attributes(
+        self._upsert(
             [
                 BUILD_STATE.value_set(S.DISCOVERY.value),
                 BUILD_ROLE.value_set(Role.Q_ASSISTANT.value),

@@ -52,7 +52,7 @@ class BuildSteering(BuildMessages):
         self._emit(EventType.STATE_CHANGED, by, **change)
         # New keys may join this upsert freely; a new upsert (a new command) needs a patch.
         role = role_of(target)
-        workflow.upsert_search_attributes(
+        self._upsert(
             [
                 BUILD_STATE.value_set(target.value),
                 BUILD_ROLE.value_set(role.value) if role else BUILD_ROLE.value_unset(),
@@ -99,6 +99,7 @@ class BuildSteering(BuildMessages):
         undone if it made one; both recorded as a `restored` event."""
         release = self.data.release
         commit = self.data.commit_at.get(target.value) if code else self.data.head
+        self._flush_attributes()
         result = await workflow.execute_activity_method(
             RoleActivities.restore,
             RestoreTask(
