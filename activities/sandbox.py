@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import resource
 import signal
@@ -44,6 +45,11 @@ class RunResult:
         return self.returncode == 0 and not self.timed_out
 
 
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 def scrubbed_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k in PASSED_THROUGH}
     env.update(HOME=str(home), PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0")
@@ -51,9 +57,17 @@ def scrubbed_env(home: Path) -> dict[str, str]:
     return env
 
 
+# Linux: the child is killed when the worker dies (kill -9 included), not left running beside
+# the retry of its activity. prctl(PR_SET_PDEATHSIG, SIGKILL).
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
 def _apply_limits(limits: Limits) -> Callable[[], None]:
     def preexec() -> None:  # runs in the child, before exec
         os.setsid()
+        if _LIBC is not None:
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds))
         memory = limits.memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
@@ -86,16 +100,20 @@ async def run_limited(
     output = asyncio.create_task(proc.communicate())
     timed_out = False
     deadline = started + limits.wall_seconds
-    while not output.done():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            timed_out = True
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            break
-        await asyncio.wait({output}, timeout=min(interval(HEARTBEAT_SECONDS), left))
-        if beat is not None:
-            beat(f"{argv[0]} running for {time.monotonic() - started:.0f}s")
+    try:
+        while not output.done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                _kill_group(proc.pid)
+                break
+            await asyncio.wait({output}, timeout=min(interval(HEARTBEAT_SECONDS), left))
+            if beat is not None:
+                beat(f"{argv[0]} running for {time.monotonic() - started:.0f}s")
+    except BaseException:  # the activity was cancelled (or timed out): its run goes with it
+        _kill_group(proc.pid)
+        output.cancel()
+        raise
     out, _ = await output
     text = (out or b"").decode(errors="replace")
     return RunResult(

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
+import uuid
 from pathlib import Path, PurePosixPath
 
 from core.models import FileRef, SourceFile
@@ -38,9 +40,9 @@ class Workspace:
         self.repo = root / "repo"
         self.runs = root / "runs"  # test reports and logs: beside the repository, not in it
 
-    def git(self, *args: str) -> str:
+    def git(self, *args: str, repo: Path | None = None) -> str:
         done = subprocess.run(
-            ["git", "-C", str(self.repo), *args],
+            ["git", "-C", str(repo or self.repo), *args],
             capture_output=True,
             text=True,
             timeout=GIT_TIMEOUT_SECONDS,
@@ -51,15 +53,36 @@ class Workspace:
         return done.stdout.strip()
 
     def ensure(self) -> None:
-        """Create the repository with an empty first commit if it is not there."""
-        if not (self.repo / ".git").exists():
-            self.repo.mkdir(parents=True, exist_ok=True)
-            self.runs.mkdir(parents=True, exist_ok=True)
-            self.git("init", "-q", "-b", "main")
-            self.git("config", "user.name", "Q Assistant Orchestration")
-            self.git("config", "user.email", "builds@q-assistant.invalid")
-            self.git("config", "commit.gpgsign", "false")
-            self.git("commit", "-q", "--allow-empty", "-m", "workspace created")
+        """Create the repository with an empty first commit if it is not there.
+
+        Made complete in a staging folder and renamed into place, so a worker killed halfway
+        leaves no repository without a first commit (every retry would fail on it)."""
+        self.runs.mkdir(parents=True, exist_ok=True)
+        if (self.repo / ".git").exists():
+            if self._has_head():
+                return
+            shutil.rmtree(self.repo)  # created by a worker that died halfway: nothing committed
+        staging = self.root / f"repo.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir(parents=True)
+        try:
+            self.git("init", "-q", "-b", "main", repo=staging)
+            self.git("config", "user.name", "Q Assistant Orchestration", repo=staging)
+            self.git("config", "user.email", "builds@q-assistant.invalid", repo=staging)
+            self.git("config", "commit.gpgsign", "false", repo=staging)
+            self.git("commit", "-q", "--allow-empty", "-m", "workspace created", repo=staging)
+            os.rename(staging, self.repo)  # atomic; replaces an empty folder left by a crash
+        except OSError:
+            if not (self.repo / ".git").exists():  # not another attempt that got there first
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _has_head(self) -> bool:
+        try:
+            self.git("rev-parse", "-q", "--verify", "HEAD")
+        except RuntimeError:
+            return False
+        return True
 
     def head(self) -> str:
         return self.git("rev-parse", "HEAD")

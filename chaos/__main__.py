@@ -158,10 +158,12 @@ class Stack:
             build_id=f"c{uuid.uuid4().hex[:12]}",
             user_id="chaos",
             requirements={"feature": "Dark mode", "priority": "high"},
-            # A dead worker's call is retried after 3 s of silence (default 30 s).
+            # A dead worker's call is retried after 10 s of silence (default 30 s). Shorter is
+            # not safe on 2 cores running 50 builds' tests: the SDK sends heartbeats at most every
+            # 0.8 x this, and a loaded machine delays them past it.
             options=BuildOptions(
                 policy=RolePolicy(
-                    heartbeat_seconds=3,
+                    heartbeat_seconds=10,
                     initial_interval_seconds=0.2,
                     maximum_interval_seconds=2,
                     max_attempts=max_attempts,
