@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request, Response, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic_core import PydanticSerializationError
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -42,6 +46,13 @@ STATUS_OF: dict[type[BuildError], int] = {
     CommandRefused: status.HTTP_409_CONFLICT,
     NoAnswer: status.HTTP_503_SERVICE_UNAVAILABLE,
 }
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: it renders whatever text it is given."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 def build_of(path: str) -> str | None:
@@ -129,6 +140,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         code = STATUS_OF.get(type(err), status.HTTP_502_BAD_GATEWAY)
         log.info("refused with %s: %s", code, err)
         return JSONResponse({"detail": str(err)}, status_code=code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        # The default answer echoes the input, which may hold text that UTF-8 cannot encode.
+        return AsciiJSONResponse(
+            {"detail": jsonable_encoder(err.errors())},
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        )
+
+    @app.exception_handler(PydanticSerializationError)
+    async def unencodable(_: Request, err: PydanticSerializationError) -> JSONResponse:
+        # JSON allows lone UTF-16 surrogates ("\udbff"); Unicode text does not, so such a body
+        # cannot be sent to Temporal. It fails before anything is sent: the caller's mistake.
+        if "surrogates not allowed" not in str(err):
+            raise err
+        detail = (
+            "the request holds unpaired UTF-16 surrogates (\\ud800-\\udfff); send valid Unicode"
+        )
+        return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     @app.exception_handler(OperationalError)
     async def database_down(_: Request, err: OperationalError) -> JSONResponse:

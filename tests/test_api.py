@@ -568,3 +568,33 @@ async def test_metrics_count_builds_requests_and_temporal_calls(stack: Stack):
     assert starts and sum(starts) >= 1, [k for k in samples if "temporal" in k[0]][:5]
     usage = {dict(k)["role"]: v for (n, k), v in samples.items() if n == "qao_role_calls_total"}
     assert usage.get("code_writer", 0) >= 1
+
+
+async def test_unpaired_surrogates_get_422_and_nothing_happens(stack: Stack):
+    """Valid JSON, invalid Unicode (found by schemathesis): refused before anything is sent."""
+    http, project = stack.http, new_project()
+    bad = b'{"requirements": {"feature": "dark \\udbff mode"}, "build_id": "surrogate-1"}'
+    started = await http.post(
+        f"/api/workflows/{project}/start",
+        content=bad,
+        headers={"Content-Type": "application/json"},
+    )
+    assert started.status_code == 422 and "surrogates" in started.json()["detail"]
+    assert (await http.get("/api/workflows/build-surrogate-1/status")).status_code == 404
+    gated = await http.post(
+        f"/api/workflows/{project}/start",
+        json={"requirements": "x", "options": {"approval_gates": ["handoff_to_coder"]}},
+    )
+    wf = gated.json()["workflow_id"]
+    await poll(http, f"/api/workflows/{wf}/status", at_gate("handoff_to_coder"))
+    aborted = await http.post(
+        f"/api/workflows/{wf}/abort",
+        content=b'{"reason": "\\ud800"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert aborted.status_code == 422
+    status = (await http.get(f"/api/workflows/{wf}/status")).json()
+    assert status["current_state"] == "handoff_to_coder" and status["pending_command"] is None
+    assert (
+        await http.post(f"/api/workflows/{wf}/abort", json={"reason": "done"})
+    ).status_code == 202
