@@ -152,7 +152,7 @@ class Stack:
             self.worker.terminate()
             await self.worker.wait()
 
-    def request(self, max_attempts: int = 10) -> BuildRequest:
+    def request(self, max_attempts: int = 10, heartbeat_seconds: float = 10) -> BuildRequest:
         return BuildRequest(
             project_id="chaos",
             build_id=f"c{uuid.uuid4().hex[:12]}",
@@ -163,7 +163,7 @@ class Stack:
             # 0.8 x this, and a loaded machine delays them past it.
             options=BuildOptions(
                 policy=RolePolicy(
-                    heartbeat_seconds=10,
+                    heartbeat_seconds=heartbeat_seconds,
                     initial_interval_seconds=0.2,
                     maximum_interval_seconds=2,
                     max_attempts=max_attempts,
@@ -324,7 +324,8 @@ async def model_faults(s: Stack, size: Size) -> Verdict:
             LLM_TIMEOUT_SECONDS="5",
             LLM_SCHEMA_REASKS="4",
         )
-        handles = await s.start_builds(size.fault_builds)
+        # The default heartbeat timeout: a retry here should come from an injected fault only.
+        handles = await s.start_builds(size.fault_builds, heartbeat_seconds=30)
         verdict = await s.check("model-faults", handles, "", seconds=900)
     finally:
         await fake.stop()
