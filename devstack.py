@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from asyncio.subprocess import Process
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,6 +139,37 @@ class DevServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+# --- child processes of the bench and the drills -------------------------------------------
+
+
+def child_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """A worker's or API's environment for a tool's own stack: this process's, less any Temporal
+    or model settings of the developer's, plus the stack's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "OPENAI_"))}
+    return (
+        env
+        | {
+            "TEMPORAL_ADDRESS": settings.temporal_address,
+            "TEMPORAL_TASK_QUEUE": settings.temporal_task_queue,
+            "DATABASE_URL": settings.db_url(),
+            "DATA_DIR": str(settings.data_dir),
+            "LOG_LEVEL": "WARNING",
+        }
+        | extra
+    )
+
+
+async def api_process(settings: Settings, cwd: Path, **extra: str) -> tuple[Process, int]:
+    """`python -m api` for a tool's stack, on a free port, once it listens."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "api", cwd=cwd, env=child_env(settings, API_PORT=str(port), **extra),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    await asyncio.to_thread(wait_for_port, port, 60, None)
+    return proc, port
 
 
 # --- background stack for `make run` ---------------------------------------------------

@@ -48,7 +48,7 @@ from core.settings import Settings
 from core.temporal import connect
 from db.engine import make_engine
 from db.migrate import upgrade
-from devstack import DevServer, free_port, wait_for_port
+from devstack import DevServer, api_process, child_env, free_port
 from worker import build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,16 +161,11 @@ class Bench:
 
     async def start_worker(self, latency: float, max_activities: int) -> None:
         await self.stop_worker()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "OPENAI_"))}
-        env |= {
-            "TEMPORAL_ADDRESS": self.server.address,
-            "TEMPORAL_TASK_QUEUE": self.settings.temporal_task_queue,
-            "DATABASE_URL": self.settings.db_url(),
-            "DATA_DIR": str(self.folder / "data"),
-            "WORKER_MAX_CONCURRENT_ACTIVITIES": str(max_activities),
-            "WORKER_MAX_CONCURRENT_WORKFLOW_TASKS": str(max_activities),
-            "LOG_LEVEL": "WARNING",
-        }
+        env = child_env(
+            self.settings,
+            WORKER_MAX_CONCURRENT_ACTIVITIES=str(max_activities),
+            WORKER_MAX_CONCURRENT_WORKFLOW_TASKS=str(max_activities),
+        )
         self.worker = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -302,26 +297,8 @@ class Bench:
 
     async def api(self, steps: int) -> list[Row]:
         log(f"API: {self.scale.api_seconds:g} s at 100 requests/s, idle and with builds running")
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "OPENAI_"))}
-        env |= {
-            "TEMPORAL_ADDRESS": self.server.address,
-            "TEMPORAL_TASK_QUEUE": self.settings.temporal_task_queue,
-            "DATABASE_URL": self.settings.db_url(),
-            "API_PORT": str(port),
-            "LOG_LEVEL": "WARNING",
-        }
-        api = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "api",
-            cwd=ROOT,
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+        api, port = await api_process(self.settings, ROOT)
         try:
-            await asyncio.to_thread(wait_for_port, port, 60)
             # Keep-alive shorter than uvicorn's (5 s): no reuse of a connection it is closing.
             limits = httpx.Limits(max_connections=200, keepalive_expiry=2.0)
             async with httpx.AsyncClient(

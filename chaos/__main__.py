@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import sqlite3
 import sys
@@ -46,7 +45,7 @@ from core.temporal import connect
 from db import crud
 from db.engine import make_engine
 from db.migrate import upgrade
-from devstack import DevServer, free_port
+from devstack import DevServer, api_process, child_env, free_port
 from workflows.build import BuildWorkflow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,16 +125,9 @@ class Stack:
 
     async def start_worker(self, **env: str) -> None:
         self.worker_env = env or self.worker_env
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "OPENAI_"))}
-        base |= {
-            "TEMPORAL_ADDRESS": self.server.address,
-            "TEMPORAL_TASK_QUEUE": self.settings.temporal_task_queue,
-            "DATABASE_URL": self.settings.db_url(),
-            "DATA_DIR": str(self.folder / "data"),
-            "WORKER_METRICS_ADDRESS": "",
-            "LOG_LEVEL": "WARNING",
-            "OFFLINE_MODEL_LATENCY_SECONDS": "0.2",
-        }
+        base = child_env(
+            self.settings, WORKER_METRICS_ADDRESS="", OFFLINE_MODEL_LATENCY_SECONDS="0.2"
+        )
         with (self.folder / "worker.log").open("ab") as out:
             self.worker = await asyncio.create_subprocess_exec(
                 sys.executable, str(ROOT / "worker.py"), cwd=self.folder,
@@ -353,23 +345,8 @@ async def schemathesis_drill(s: Stack, size: Size) -> Verdict:
     # starving the workflow tasks that answer commands (a 503 is then a real finding).
     await s.start_worker(WORKER_MAX_CONCURRENT_ACTIVITIES="4")
     await s.start_builds(2)  # some builds to find and steer
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "OPENAI_"))}
-    env |= {
-        "TEMPORAL_ADDRESS": s.server.address,
-        "TEMPORAL_TASK_QUEUE": s.settings.temporal_task_queue,
-        "DATABASE_URL": s.settings.db_url(),
-        "API_PORT": str(port),
-        "LOG_LEVEL": "WARNING",
-    }
-    api = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "api", cwd=s.folder, env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    api, port = await api_process(s.settings, s.folder)
     try:
-        from devstack import wait_for_port
-
-        await asyncio.to_thread(wait_for_port, port, 60)
         report = s.folder / "schemathesis.xml"
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "schemathesis.cli", "run",

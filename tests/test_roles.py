@@ -250,6 +250,18 @@ async def test_generated_tests_see_no_secrets(tmp_path: Path, monkeypatch: pytes
     assert report.tests_run == 1
 
 
+async def test_generated_tests_run_without_the_environments_pytest_plugins(tmp_path: Path):
+    installed = {"asyncio", "anyio", "timeout", "hypothesispytest", "schemathesis"}
+    ws = _workspace_with_test(
+        tmp_path,
+        "def test_alone(request):\n"
+        "    names = {n for n, _ in request.config.pluginmanager.list_name_plugin()}\n"
+        f"    assert not names & {installed!r}, names\n",
+    )
+    report = await run_tests(ws, 1, Limits(wall_seconds=60, memory_mb=1024))
+    assert report.passed, report.failures
+
+
 async def test_a_memory_hog_is_stopped_by_the_limit(tmp_path: Path):
     ws = _workspace_with_test(
         tmp_path, "def test_hog():\n    block = bytearray(2 * 1024**3)\n    assert block\n"
