@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
-import resource
 import signal
 import sys
 import time
@@ -60,23 +58,26 @@ def scrubbed_env(home: Path) -> dict[str, str]:
     return env
 
 
-# Linux: the child is killed when the worker dies (kill -9 included), not left running beside
-# the retry of its activity. prctl(PR_SET_PDEATHSIG, SIGKILL).
-_PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+# The limits are set by a small launcher that then execs the command: a fresh, single-threaded
+# process where that is safe. (Code in preexec_fn runs in a fork of the multi-threaded worker,
+# and can deadlock there on a lock another thread held: the worker hung that way.) On Linux the
+# launcher also asks for SIGKILL when its parent, the worker, dies (PR_SET_PDEATHSIG), so a
+# killed worker's run does not go on beside the retry of its activity.
+LAUNCHER = """
+import ctypes, os, resource, signal, sys
+cpu, memory = int(sys.argv[1]), int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+if sys.platform == "linux":
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+os.execvp(sys.argv[3], sys.argv[3:])
+"""
 
 
-def _apply_limits(limits: Limits) -> Callable[[], None]:
-    def preexec() -> None:  # runs in the child, before exec
-        os.setsid()
-        if _LIBC is not None:
-            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds))
-        memory = limits.memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-    return preexec
+def _launched(argv: list[str], limits: Limits) -> list[str]:
+    memory = limits.memory_mb * 1024 * 1024
+    return [sys.executable, "-c", LAUNCHER, str(limits.cpu_seconds), str(memory), *argv]
 
 
 async def run_limited(
@@ -92,13 +93,13 @@ async def run_limited(
     started = time.monotonic()
     await asyncio.to_thread(home.mkdir, parents=True, exist_ok=True)
     proc = await asyncio.create_subprocess_exec(
-        *argv,
+        *_launched(argv, limits),
         cwd=cwd,
         env=scrubbed_env(home),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        preexec_fn=_apply_limits(limits),
+        start_new_session=True,  # its own process group, killed as one
     )
     output = asyncio.create_task(proc.communicate())
     timed_out = False
