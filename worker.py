@@ -111,7 +111,7 @@ async def serve(settings: Settings) -> None:
 def main(
     task_queue: str = typer.Option(None, help="Task queue (default: TEMPORAL_TASK_QUEUE)."),
     metrics_address: str = typer.Option(
-        None, help="host:port of the Prometheus endpoint; '' for none (WORKER_METRICS_ADDRESS)."
+        None, help="host:port of the Prometheus endpoint; 'off' for none (WORKER_METRICS_ADDRESS)."
     ),
 ) -> None:
     """Run the build worker until SIGINT or SIGTERM. Run several to share the builds."""

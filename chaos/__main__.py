@@ -126,7 +126,7 @@ class Stack:
     async def start_worker(self, **env: str) -> None:
         self.worker_env = env or self.worker_env
         base = child_env(
-            self.settings, WORKER_METRICS_ADDRESS="", OFFLINE_MODEL_LATENCY_SECONDS="0.2"
+            self.settings, WORKER_METRICS_ADDRESS="off", OFFLINE_MODEL_LATENCY_SECONDS="0.2"
         )
         with (self.folder / "worker.log").open("ab") as out:
             self.worker = await asyncio.create_subprocess_exec(

@@ -66,7 +66,8 @@ class Settings(BaseSettings):
     # Activities per second across all workers of the task queue (model calls are most of
     # them): a shared rate limit that protects the model endpoint. None: no limit.
     worker_activities_per_second: float | None = Field(default=None, gt=0)
-    # Prometheus metrics of the worker (SDK runtime plus builds); empty: none.
+    # Prometheus metrics of the worker (SDK runtime plus builds); "off": none. (An empty
+    # variable means unset, like every other, so "off" is the way to say none.)
     worker_metrics_address: str = "127.0.0.1:9464"
     # On SIGTERM, running activities get this long to finish before they are cancelled.
     worker_shutdown_grace_seconds: float = Field(default=30, ge=0)

@@ -90,7 +90,7 @@ def setup_logging(settings: Settings) -> None:
 
 def worker_runtime(settings: Settings) -> Runtime | None:
     """A Temporal runtime that serves Prometheus metrics, or None for the default runtime."""
-    if not settings.worker_metrics_address:
+    if settings.worker_metrics_address.strip().lower() in ("", "off"):
         return None
     return Runtime(
         telemetry=TelemetryConfig(

@@ -31,7 +31,7 @@ def env_for(settings: Settings) -> dict[str, str]:
         DATABASE_URL=settings.db_url(),
         ROLE_INITIAL_RETRY_SECONDS="0.1",
         COLUMNS="200",
-        WORKER_METRICS_ADDRESS="",  # tests that scrape a worker give it a free port
+        WORKER_METRICS_ADDRESS="off",  # tests that scrape a worker give it a free port
     )
     return env
 
