@@ -67,7 +67,7 @@ async def serve(settings: Settings) -> None:
     except Exception as err:  # the runtime's own error names the address
         raise SystemExit(
             f"cannot serve metrics at WORKER_METRICS_ADDRESS={settings.worker_metrics_address}: "
-            f"{err}; choose a free address, or set it empty to serve none"
+            f"{err}; choose a free address, or set it to off to serve none"
         ) from err
     try:
         client = await connect(
