@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,16 +28,38 @@ def _table(model: Any) -> Table:
     return table
 
 
-def _insert(engine: Engine, table: Table) -> Any:
-    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
+# The mirror's writes are the same few statements with new values, many times a second: each is
+# built once per dialect (and column set) and executed with parameters, so SQLAlchemy compiles
+# it once. Building them per write (multi-row VALUES, `excluded` proxies) cost most of a write.
+@functools.cache
+def _insert_new_stmt(dialect: str, table: Table) -> Any:
+    """Insert rows whose (workflow_id, seq) is new, returning the seq of each inserted."""
+    insert = (postgresql if dialect == "postgresql" else sqlite).insert(table)
+    return insert.on_conflict_do_nothing(index_elements=["workflow_id", "seq"]).returning(
+        table.c.seq
+    )
+
+
+@functools.cache
+def _upsert_stmt(
+    dialect: str, table: Table, keys: tuple[str, ...], columns: frozenset[str], newer: str | None
+) -> Any:
+    """Insert, or update `columns` of the row with the same `keys` (if `newer` is given: only
+    when the new row's `newer` is at least the stored one's), returning the key of what was
+    written."""
+    insert = (postgresql if dialect == "postgresql" else sqlite).insert(table)
+    stmt = insert.on_conflict_do_update(
+        index_elements=list(keys),
+        set_={k: insert.excluded[k] for k in sorted(columns)},
+        where=table.c[newer] <= insert.excluded[newer] if newer else None,
+    )
+    return stmt.returning(table.c[keys[0]])
 
 
 def _insert_new(conn: Connection, engine: Engine, table: Table, rows: list[dict[str, Any]]) -> int:
     """Insert rows whose (workflow_id, seq) is new; return how many were (via RETURNING)."""
-    stmt = _insert(engine, table).values(rows)
-    stmt = stmt.on_conflict_do_nothing(index_elements=["workflow_id", "seq"])
-    return len(conn.execute(stmt.returning(table.c.seq)).all())
+    stmt = _insert_new_stmt(engine.dialect.name, table)
+    return len(conn.execute(stmt, rows).all())
 
 
 def build_values(snapshot: BuildSnapshot) -> dict[str, Any]:
@@ -85,12 +108,9 @@ def _upsert_usage(conn: Connection, engine: Engine, snapshot: BuildSnapshot) -> 
         }
         for role, numbers in snapshot.usage.items()
     ]
-    stmt = _insert(engine, table).values(rows)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["workflow_id", "role"],
-        set_={k: stmt.excluded[k] for k in ("calls", "tokens", "cost_usd")},
-    )
-    conn.execute(stmt)
+    columns = frozenset({"calls", "tokens", "cost_usd"})
+    stmt = _upsert_stmt(engine.dialect.name, table, ("workflow_id", "role"), columns, None)
+    conn.execute(stmt, rows).all()
 
 
 def record_batch(engine: Engine, *, batch: MirrorBatch) -> MirrorReceipt:
@@ -137,14 +157,10 @@ def record_batch(engine: Engine, *, batch: MirrorBatch) -> MirrorReceipt:
             ]
             handoffs_inserted = _insert_new(conn, engine, handoffs, rows)
         values = build_values(snapshot)
-        stmt = _insert(engine, builds).values(values)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["build_id"],
-            set_={k: stmt.excluded[k] for k in values if k not in ("build_id", "created_at")},
-            where=builds.c.last_seq <= stmt.excluded.last_seq,
-        )
+        columns = frozenset(values) - {"build_id", "created_at"}
+        stmt = _upsert_stmt(engine.dialect.name, builds, ("build_id",), columns, "last_seq")
         # RETURNING counts what was really written (rowcount is -1 with psycopg here).
-        build_updated = conn.execute(stmt.returning(builds.c.id)).first() is not None
+        build_updated = conn.execute(stmt, values).first() is not None
         if build_updated and snapshot.usage:  # usage only grows: written with a fresh snapshot
             _upsert_usage(conn, engine, snapshot)
     return MirrorReceipt(
