@@ -46,8 +46,8 @@ def build_worker(
     identity: str | None = None,
     workflows: Sequence[type] = (BuildWorkflow,),
 ) -> Worker:
-    roles = RoleActivities(llm)
     mirror = MirrorActivities(engine)
+    roles = RoleActivities(llm, mirror=mirror)
     return Worker(
         client,
         task_queue=settings.temporal_task_queue,

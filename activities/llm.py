@@ -63,7 +63,7 @@ class ModelClient:
         await self.client.close()
 
     def _messages(self, prompt: Prompt, task: RoleTask) -> list[dict[str, str]]:
-        payload = task.model_dump(mode="json", exclude={"simulate"})
+        payload = task.model_dump(mode="json", exclude={"simulate", "mirror"})
         return [
             {"role": "system", "content": prompt.text},
             {"role": "user", "content": json.dumps(payload, sort_keys=True)},

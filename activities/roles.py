@@ -6,17 +6,19 @@ contents and logs stay in the workspace, so workflow history stays small."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.beat import in_thread
 from activities.llm import ModelClient
+from activities.mirror import MirrorActivities
 from activities.release import LocalReleases, ReleaseTarget
 from activities.sandbox import Limits, run_limited
 from activities.testrun import run_tests
@@ -34,6 +36,7 @@ from core.models import (
     ReleaseResult,
     RestoreResult,
     RestoreTask,
+    RoleResult,
     RoleTask,
     TestAudit,
     TestAuditorResult,
@@ -46,10 +49,27 @@ from core.states import BuildState
 
 SMOKE_SECONDS = 60
 CHECK_SECONDS = 120
+R = TypeVar("R", bound=RoleResult)
 
 
 def _beat(detail: str) -> None:
     activity.heartbeat(detail)
+
+
+def carrying_mirror(
+    role: Callable[[RoleActivities, RoleTask], Awaitable[R]],
+) -> Callable[[RoleActivities, RoleTask], Awaitable[R]]:
+    """A role call first writes the mirror batch its task carries, then works, and reports
+    what it wrote so the workflow does not send it again."""
+
+    @functools.wraps(role)
+    async def call(self: RoleActivities, task: RoleTask) -> R:
+        mirrored = await self.mirror.carried(task.mirror) if self.mirror else 0
+        result = await role(self, task)
+        result.mirrored_seq = mirrored
+        return result
+
+    return call
 
 
 class RoleActivities:
@@ -60,8 +80,10 @@ class RoleActivities:
         llm: ModelClient,
         settings: Settings | None = None,
         releases: ReleaseTarget | None = None,
+        mirror: MirrorActivities | None = None,
     ) -> None:
         self.llm = llm
+        self.mirror = mirror  # None: carried batches are not written (the workflow resends)
         self.settings = settings or llm.settings
         self.releases = releases or LocalReleases(self.settings.releases)
 
@@ -73,12 +95,14 @@ class RoleActivities:
         return Limits(self.settings.test_timeout_seconds, self.settings.test_memory_mb)
 
     @activity.defn(name="q_assistant")
+    @carrying_mirror
     async def q_assistant(self, task: RoleTask) -> QAssistantResult:
         schema = DiscoveryOutput if task.state is BuildState.DISCOVERY else PlanOutput
         output, usage = await self.llm.structured(task, schema)
         return QAssistantResult(output=output, usage=usage)
 
     @activity.defn(name="code_writer")
+    @carrying_mirror
     async def code_writer(self, task: RoleTask) -> CodeWriterResult:
         output, usage = await self.llm.structured(task, ImplementationOutput)
         ws = self.workspace(task.build_id)
@@ -103,6 +127,7 @@ class RoleActivities:
         return CodeWriterResult(output=summary, usage=usage)
 
     @activity.defn(name="test_auditor")
+    @carrying_mirror
     async def test_auditor(self, task: RoleTask) -> TestAuditorResult:
         ws = self.workspace(task.build_id)
         commit = await in_thread("checkout", ws.checkout, task.head)
@@ -115,6 +140,7 @@ class RoleActivities:
         return TestAuditorResult(output=report, usage=usage)
 
     @activity.defn(name="verification_overseer")
+    @carrying_mirror
     async def verification_overseer(self, task: RoleTask) -> VerificationResult:
         ws = self.workspace(task.build_id)
         head = await in_thread("checkout", ws.checkout, task.head)
@@ -167,6 +193,7 @@ class RoleActivities:
         return checks
 
     @activity.defn(name="release_manager")
+    @carrying_mirror
     async def release_manager(self, task: RoleTask) -> ReleaseResult:
         ws = self.workspace(task.build_id)
         commit = await in_thread("checkout", ws.checkout, task.head)

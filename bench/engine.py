@@ -1,8 +1,9 @@
 """What the engine benchmark runs in its worker process.
 
-- BuildWorkflow itself, with the real mirror (local activities into the SQL mirror), and role
-  activities that return the results of a real build recorded beforehand (`record`), after an
-  optional model latency: the engine's cost without the roles' work (no test subprocess).
+- BuildWorkflow itself, with the real mirror (written by the role calls and by local
+  activities), and role activities that write the mirror batch they carry, then return the
+  results of a real build recorded beforehand (`record`) after an optional model latency: the
+  engine's cost without the roles' work (no test subprocess).
 - BareWorkflow (bench/bare.py), the baseline: the same number of activities in a row, returning
   payloads of the same size, and nothing else.
 
@@ -28,6 +29,7 @@ from temporalio.worker import Worker
 from activities.mirror import MirrorActivities
 from bench.bare import BareWorkflow, bare_step
 from core.exit import exit_now
+from core.models import MirrorBatch
 from core.settings import get_settings
 from core.telemetry import setup_logging
 from core.temporal import connect
@@ -58,10 +60,11 @@ async def record(handle: WorkflowHandle[Any, Any]) -> list[dict[str, Any]]:
 
 
 def recorded_activities(
-    recording: list[dict[str, Any]], latency: float
+    recording: list[dict[str, Any]], latency: float, mirror: MirrorActivities
 ) -> list[Callable[..., Any]]:
     """Role activities under their real names, answering with a recorded build's results in
-    order per role (a role called twice answers its second result the second time)."""
+    order per role (a role called twice answers its second result the second time). Like the
+    real ones, each first writes the mirror batch its task carries."""
     by_role: dict[str, list[Any]] = {}
     for entry in recording:
         by_role.setdefault(entry["activity"], []).append(entry["result"])
@@ -69,10 +72,13 @@ def recorded_activities(
     def make(name: str, results: list[Any]) -> Callable[..., Any]:
         @activity.defn(name=name)
         async def role(task: dict[str, Any]) -> Any:
+            carried = task.get("mirror")
+            batch = MirrorBatch.model_validate(carried) if carried else None
+            mirrored = await mirror.carried(batch)
             if latency:
                 await asyncio.sleep(latency)
             attempt = int(task.get("attempt", 1))
-            return results[min(attempt, len(results)) - 1]
+            return {**results[min(attempt, len(results)) - 1], "mirrored_seq": mirrored}
 
         return role
 
@@ -95,14 +101,12 @@ def main(
             "max_concurrent_activities": settings.worker_max_concurrent_activities,
             "max_concurrent_workflow_tasks": settings.worker_max_concurrent_workflow_tasks,
         }
+        mirror = MirrorActivities(engine)
         builds = Worker(
             client,
             task_queue=settings.temporal_task_queue,
             workflows=[BuildWorkflow],
-            activities=[
-                *recorded_activities(entries, latency),
-                MirrorActivities(engine).mirror_build,
-            ],
+            activities=[*recorded_activities(entries, latency, mirror), mirror.mirror_build],
             **options,
         )
         bare = Worker(

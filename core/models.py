@@ -319,6 +319,9 @@ class RoleTask(BaseModel):
     simulate: list[Simulation] = Field(default_factory=list)
     head: str | None = None  # the workspace commit this role works on (None: a new workspace)
     base: str | None = None  # the commit of this build's last release (None: none yet)
+    # What the mirror has not confirmed yet: the call writes it before its role works, which
+    # saves the workflow a mirror step of its own before every call. Never part of a prompt.
+    mirror: MirrorBatch | None = None
 
 
 class ModelUsage(BaseModel):
@@ -451,29 +454,32 @@ class ReleaseOutcome(BaseModel):
     restored: bool = False  # a failed smoke check put `previous` back
 
 
-class QAssistantResult(BaseModel):
+class RoleResult(BaseModel):
+    """What every role call returns besides its output."""
+
+    usage: ModelUsage
+    # The last event of the task's mirror batch that this call wrote (0: none written).
+    mirrored_seq: int = 0
+
+
+class QAssistantResult(RoleResult):
     output: Annotated[DiscoveryOutput | PlanOutput, Field(discriminator="kind")]
-    usage: ModelUsage
 
 
-class CodeWriterResult(BaseModel):
+class CodeWriterResult(RoleResult):
     output: ImplementationSummary
-    usage: ModelUsage
 
 
-class TestAuditorResult(BaseModel):
+class TestAuditorResult(RoleResult):
     output: TestReport
-    usage: ModelUsage
 
 
-class VerificationResult(BaseModel):
+class VerificationResult(RoleResult):
     output: VerificationOutcome
-    usage: ModelUsage
 
 
-class ReleaseResult(BaseModel):
+class ReleaseResult(RoleResult):
     output: ReleaseOutcome
-    usage: ModelUsage
 
 
 class RestoreTask(BaseModel):
@@ -538,3 +544,6 @@ class MirrorReceipt(BaseModel):
     events_inserted: int
     handoffs_inserted: int
     build_updated: bool
+
+
+RoleTask.model_rebuild()  # its mirror batch is defined after it

@@ -30,7 +30,7 @@ HISTORY_DIR = Path(__file__).parent / "histories"
 # The folder this code's histories are recorded into. Bump it after a workflow change (guarded
 # by a patch) and record anew; the older folders stay as they are, so replay proves the change
 # safe for builds that started before it.
-HISTORY_VERSION = "v3"
+HISTORY_VERSION = "v4"
 
 # temporalio 1.35 can abort in interpreter finalization after a green run (sdk-python #300).
 # Leave with the session's own exit status, after pytest has printed and written everything.

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx2
 import pytest
@@ -24,6 +26,7 @@ from core.models import (
     EventType,
     MirrorBatch,
     MirrorReceipt,
+    RoleTask,
     RollbackRequest,
 )
 from core.settings import Settings
@@ -130,6 +133,55 @@ async def test_a_build_is_mirrored_exactly(client: Client, settings: Settings, m
         assert build.requirements == {"feature": "Dark mode", "priority": "high"}
 
 
+async def test_role_calls_carry_the_mirror_and_write_it_before_their_role_works(
+    client: Client, settings: Settings, mirror_db: Engine
+):
+    """Each role call writes what the mirror has not confirmed before it asks its model; the
+    workflow writes through a local activity of its own only at the end."""
+    seen: list[dict[str, Any]] = []
+
+    async def model(request: httpx2.Request) -> httpx2.Response:
+        with Session(mirror_db) as session:  # what the API could read while the role works
+            rows = session.exec(select(func.count()).where(WorkflowEventRow.workflow_id == wid))
+            seen.append({"rows": rows.one(), "body": request.content.decode()})
+        return await offline_model.handle(request)
+
+    request = make_request()
+    wid = request.workflow_id
+    async with running_worker(client, settings, mirror_db, model_client_with(settings, model)):
+        handle = await start(client, settings, request)
+        await handle.result()
+        events = await handle.query(BuildWorkflow.event_log, 0)
+    history = await handle.fetch_history()
+    carried = [
+        RoleTask.model_validate_json(
+            e.activity_task_scheduled_event_attributes.input.payloads[0].data
+        ).mirror
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    local = [
+        e
+        for e in history.events
+        if e.HasField("marker_recorded_event_attributes")
+        and e.marker_recorded_event_attributes.marker_name == "core_local_activity"
+    ]
+    assert len(carried) == len(seen) == 6 and len(local) == 1  # one write per call, one at the end
+    first = 1
+    for batch, call in zip(carried, seen, strict=True):
+        assert batch is not None  # contiguous: from the first unconfirmed event to now
+        assert [e.seq for e in batch.events] == list(range(first, batch.snapshot.last_seq + 1))
+        first = batch.snapshot.last_seq + 1
+        assert call["rows"] >= batch.snapshot.last_seq  # written before the model was asked
+        assert '"snapshot"' not in call["body"]  # the batch is never part of a prompt
+    assert first <= len(events)  # the rest (the last call's events) was the local write
+    with Session(mirror_db) as session:
+        rows = crud.list_events(session, workflow_id=handle.id)
+        build = crud.get_build(session, workflow_id=handle.id)
+    assert [(r.seq, r.event_type) for r in rows] == [(e.seq, e.event_type.value) for e in events]
+    assert build is not None and build.last_seq == len(events) and build.current_state == "complete"
+
+
 async def _mirrored_event(engine: Engine, workflow_id: str, kind: str) -> WorkflowEventRow:
     """The mirror is written by the worker; wait (bounded) until the event is there."""
     query = select(WorkflowEventRow).where(
@@ -170,20 +222,22 @@ async def test_what_happens_at_a_gate_is_mirrored_while_the_build_waits(
 
 
 class CrashAfterCommitMirror(MirrorActivities):
-    """Writes the batch, then fails every first attempt, as if the connection died after
-    the commit: the retry writes the same rows again and must change nothing."""
+    """Writes the batch, then fails every other write, as if the connection died after the
+    commit. Both ways of writing go through it: the local activity's retry writes the same rows
+    again, and a role call's unconfirmed batch is sent again with the workflow's next batch;
+    neither may change anything."""
 
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine)
-        self.calls = 0
-        self.failures = 0
+        self.calls: Counter[str] = Counter()
+        self.failures: Counter[str] = Counter()
 
-    @activity.defn(name="mirror_build")
-    async def mirror_build(self, batch: MirrorBatch) -> MirrorReceipt:
-        receipt = await super().mirror_build(batch)
-        self.calls += 1
-        if self.calls % 2 == 1:
-            self.failures += 1
+    def write(self, batch: MirrorBatch) -> MirrorReceipt:
+        receipt = super().write(batch)
+        way = "local" if activity.info().activity_type == "mirror_build" else "carried"
+        self.calls[way] += 1
+        if self.calls[way] % 2 == 1:
+            self.failures[way] += 1
             raise RuntimeError("connection lost after commit")
         return receipt
 
@@ -201,7 +255,7 @@ async def test_mirror_is_exact_through_a_retry_loop_a_rollback_and_failing_activ
         return await offline_model.handle(request)
 
     mirror = CrashAfterCommitMirror(mirror_db)
-    roles = RoleActivities(model_client_with(settings, flaky_model))
+    roles = RoleActivities(model_client_with(settings, flaky_model), mirror=mirror)
     gate = "handoff_to_releaser"
     worker = Worker(
         client,
@@ -221,7 +275,8 @@ async def test_mirror_is_exact_through_a_retry_loop_a_rollback_and_failing_activ
         await handle.execute_update(BuildWorkflow.update_approve, ApproveRequest())
         await handle.result()
         events = await handle.query(BuildWorkflow.event_log, 0)
-    assert mirror.failures >= 8 and model_calls >= 12 + 3  # 12 logical calls
+    assert model_calls >= 12 + 3  # 12 logical calls
+    assert mirror.failures["local"] >= 2 and mirror.failures["carried"] >= 6
     kinds = [e.event_type for e in events]
     assert EventType.LOOP_BACK in kinds and EventType.ROLLBACK in kinds
     with Session(mirror_db) as session:

@@ -13,9 +13,12 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
-from workflows import metrics
-from workflows.records import BUILD_ROLE, BUILD_STATE, PROJECT_ID
-from workflows.steering import BuildFailed, BuildSteering
+# The mixins hold no state of their own: passed through, they are imported once per worker, not
+# again for every build the sandbox starts (which cost most of a build's worker time).
+with workflow.unsafe.imports_passed_through():
+    from workflows import metrics
+    from workflows.records import BUILD_ROLE, BUILD_STATE, PROJECT_ID
+    from workflows.steering import BuildFailed, BuildSteering
 
 with workflow.unsafe.imports_passed_through():
     from activities.roles import RoleActivities
@@ -134,7 +137,7 @@ class BuildWorkflow(BuildSteering):
             base=self.data.base,
         )
         policy = self.request.options.policy
-        await self._mirror()
+        task.mirror = await self._before_call()
         self.data.phase_running = True
         self._show()
         try:
@@ -164,6 +167,7 @@ class BuildWorkflow(BuildSteering):
             ) from err
         finally:
             self.data.phase_running = False
+        self._confirm(task.mirror, result.mirrored_seq)
         output = result.output.model_dump(mode="json")
         self.data.outputs[state.value] = output
         self.unmirrored_outputs.add(state.value)

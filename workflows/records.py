@@ -49,6 +49,11 @@ VERIFICATION_ATTEMPTS = SearchAttributeKey.for_int(VERIFICATION_ATTEMPTS_ATTRIBU
 # each is a visibility write on the server. Builds started before it keep their old commands.
 COALESCED_ATTRIBUTES_PATCH = "coalesced-search-attributes"
 
+# Builds started after this change hand the mirror's batch to the next role call, which writes it
+# before its role works: one workflow activation and one local activity less per role call. The
+# workflow still writes through a local activity itself when it waits or ends.
+CARRIED_MIRROR_PATCH = "mirror-carried-by-role-calls"
+
 # Mirror writes are local activities: no extra round trip to the server per build step.
 # They retry until the database answers; a build waits rather than lose a record.
 MIRROR_TIMEOUT = timedelta(seconds=10)
@@ -114,11 +119,10 @@ class BuildRecords:
     def _unmirrored(self) -> bool:
         return len(self.events) > self.mirrored_seq
 
-    async def _mirror(self) -> None:
-        """Hand the mirror the events and handoffs it has not seen, and the build's snapshot."""
-        self._flush_attributes()  # every wait of the workflow passes through here first
+    def _batch(self) -> MirrorBatch | None:
+        """The events and handoffs the mirror has not confirmed, and the build's snapshot."""
         if not self._unmirrored():
-            return
+            return None
         last_seq = len(self.events)
         info = workflow.info()
         snapshot = rules.snapshot(
@@ -130,12 +134,26 @@ class BuildRecords:
             last_seq=last_seq,
             outputs=self.unmirrored_outputs,
         )
-        batch = MirrorBatch(
+        return MirrorBatch(
             snapshot=snapshot,
             events=self.events[self.mirrored_seq : last_seq],
             handoffs=[h for h in self.handoffs if self.mirrored_seq < h.seq <= last_seq],
         )
-        sent = set(batch.snapshot.outputs)
+
+    def _confirm(self, batch: MirrorBatch | None, written_seq: int) -> None:
+        """The mirror holds `batch` if it was written up to its last event."""
+        if batch is None or written_seq != batch.snapshot.last_seq:
+            return
+        self.mirrored_seq = max(self.mirrored_seq, written_seq)
+        self.unmirrored_outputs -= set(batch.snapshot.outputs)
+
+    async def _mirror(self) -> None:
+        """Write what the mirror has not confirmed, before the workflow waits or ends."""
+        self._flush_attributes()  # every wait of the workflow passes through here first
+        batch = self._batch()
+        if batch is None:
+            return
+        last_seq = batch.snapshot.last_seq
         await workflow.execute_local_activity_method(
             MirrorActivities.mirror_build,
             batch,
@@ -143,8 +161,16 @@ class BuildRecords:
             retry_policy=MIRROR_RETRY,
             summary=f"mirror up to event {last_seq}",
         )
-        self.mirrored_seq = last_seq
-        self.unmirrored_outputs -= sent
+        self._confirm(batch, last_seq)
+
+    async def _before_call(self) -> MirrorBatch | None:
+        """Before a role call: the batch the call is to carry and write (builds started after
+        this change), or None once the workflow has written it itself (builds started before)."""
+        if not workflow.patched(CARRIED_MIRROR_PATCH):
+            await self._mirror()
+            return None
+        self._flush_attributes()
+        return self._batch()
 
     def _show(self) -> None:
         status = rules.status(self.request, self.data, events=len(self.events))
