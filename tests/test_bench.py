@@ -36,6 +36,7 @@ def test_engine_bench_runs_and_prints_every_measure():
         "| build latency p50 |",
         "| build latency p99 |",
         "| throughput, 3 in flight |",
+        "| reference: bare + 1 search-attribute upsert per step |",
         "| 6 builds at once complete | 6/6",
         "| worker peak RSS |",
         "| role schedule-to-start p95 |",
