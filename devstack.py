@@ -41,6 +41,27 @@ def temporal_binary() -> Path:
     return Path(found)
 
 
+# A child that must not outlive the process that started it (the bench's and the drills' workers,
+# API and dev server; the tests' dev server) is started through this launcher. It asks Linux to
+# send it SIGTERM when its parent dies (PR_SET_PDEATHSIG, kept across exec), then execs the
+# command. Without it, a bench or drill runner killed by hand left its children running, holding
+# ports that broke later runs. The request belongs to the thread that started the child: start
+# tied children from the main thread or a thread that lives as long (asyncio's executor does).
+TIED_LAUNCHER = """
+import ctypes, os, signal, sys
+if sys.platform == "linux":
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+    if os.getppid() != int(sys.argv[1]):  # the parent died before the request was made
+        sys.exit(1)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def tied(argv: list[str]) -> list[str]:
+    """argv, run so that it gets SIGTERM when this process dies, however it dies."""
+    return [sys.executable, "-c", TIED_LAUNCHER, str(os.getpid()), *argv]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -94,6 +115,7 @@ class DevServer:
     ui_port: int = 8233
     headless: bool = False
     log_file: Path | None = None
+    tied: bool = False  # stop when the process that started it dies (tools' and tests' servers)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -124,8 +146,9 @@ class DevServer:
     def start(self, timeout: float = 60) -> None:
         self.db_file.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        command = tied(self.command()) if self.tied else self.command()
         self.proc = subprocess.Popen(
-            self.command(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
         wait_for_port(self.port, timeout, self.proc)
         wait_until_serving(self.address, timeout, self.proc)
@@ -165,7 +188,8 @@ async def api_process(settings: Settings, cwd: Path, **extra: str) -> tuple[Proc
     """`python -m api` for a tool's stack, on a free port, once it listens."""
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "api", cwd=cwd, env=child_env(settings, API_PORT=str(port), **extra),
+        *tied([sys.executable, "-m", "api"]), cwd=cwd,
+        env=child_env(settings, API_PORT=str(port), **extra),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     await asyncio.to_thread(wait_for_port, port, 60, None)

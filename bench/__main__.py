@@ -48,7 +48,7 @@ from core.settings import Settings
 from core.temporal import connect
 from db.engine import make_engine
 from db.migrate import upgrade
-from devstack import DevServer, api_process, child_env, free_port
+from devstack import DevServer, api_process, child_env, free_port, tied
 from worker import build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,7 +110,9 @@ class Bench:
     def __init__(self, folder: Path, scale: Scale, database_url: str | None = None) -> None:
         self.folder = folder
         self.scale = scale
-        self.server = DevServer(db_file=folder / "temporal.db", port=free_port(), headless=True)
+        self.server = DevServer(
+            db_file=folder / "temporal.db", port=free_port(), headless=True, tied=True
+        )
         self.settings = Settings(
             _env_file=None,
             data_dir=folder / "data",
@@ -166,20 +168,24 @@ class Bench:
             WORKER_MAX_CONCURRENT_ACTIVITIES=str(max_activities),
             WORKER_MAX_CONCURRENT_WORKFLOW_TASKS=str(max_activities),
         )
-        self.worker = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bench.engine",
-            "--recording",
-            str(self.recording),
-            "--latency",
-            str(latency),
-            cwd=ROOT,
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        await self.run_bare(1)  # returns once the worker polls
+        with (self.folder / "worker.log").open("ab") as out:
+            self.worker = await asyncio.create_subprocess_exec(
+                *tied([sys.executable, "-m", "bench.engine"]),
+                "--recording", str(self.recording), "--latency", str(latency),
+                cwd=ROOT, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=out,
+            )  # fmt: skip
+        # Ready once a bare workflow runs; a worker that exits first stops the bench at once.
+        ready = asyncio.ensure_future(self.run_bare(1))
+        exited = asyncio.ensure_future(self.worker.wait())
+        await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            ready.cancel()
+            lines = (self.folder / "worker.log").read_text(errors="replace").strip().splitlines()
+            raise SystemExit(
+                f"the bench's worker exited at start with {self.worker.returncode}: "
+                + (" | ".join(lines[-3:]) or "no output")
+            )
+        exited.cancel()
 
     async def stop_worker(self) -> None:
         if self.worker is not None and self.worker.returncode is None:

@@ -45,7 +45,7 @@ from core.temporal import connect
 from db import crud
 from db.engine import make_engine
 from db.migrate import upgrade
-from devstack import DevServer, api_process, child_env, free_port
+from devstack import DevServer, api_process, child_env, free_port, tied
 from workflows.build import BuildWorkflow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,7 +94,7 @@ class Stack:
 
     async def start(self) -> None:
         self.server = DevServer(
-            db_file=self.folder / "temporal.db", port=free_port(), headless=True
+            db_file=self.folder / "temporal.db", port=free_port(), headless=True, tied=True
         )
         await asyncio.to_thread(self.server.start)
         if self.database == "postgresql":
@@ -130,7 +130,7 @@ class Stack:
         )
         with (self.folder / "worker.log").open("ab") as out:
             self.worker = await asyncio.create_subprocess_exec(
-                sys.executable, str(ROOT / "worker.py"), cwd=self.folder,
+                *tied([sys.executable, str(ROOT / "worker.py")]), cwd=self.folder,
                 env=base | self.worker_env, stdout=asyncio.subprocess.DEVNULL, stderr=out,
             )  # fmt: skip
 
@@ -138,11 +138,38 @@ class Stack:
         if self.worker is not None and self.worker.returncode is None:
             self.worker.kill()
             await self.worker.wait()
+        self.worker = None
 
     async def stop_worker(self) -> None:
         if self.worker is not None and self.worker.returncode is None:
             self.worker.terminate()
             await self.worker.wait()
+        self.worker = None
+
+    def worker_exit(self) -> str | None:
+        """Why the worker exited on its own (None while it runs, or once the drill stopped it)."""
+        if self.worker is None or self.worker.returncode is None:
+            return None
+        lines = (self.folder / "worker.log").read_text(errors="replace").strip().splitlines()
+        tail = " | ".join(line.strip() for line in lines[-3:]) or "no output"
+        return f"worker.py exited on its own with {self.worker.returncode}: {tail}"
+
+    async def results(self, handles: list[WorkflowHandle[Any, Any]], seconds: float) -> list[Any]:
+        """Every build's result or error; fails at once if the worker exits on its own (it used
+        to wait out the whole timeout, 600 s, for builds nobody ran)."""
+        pending = asyncio.gather(*(h.result() for h in handles), return_exceptions=True)
+        deadline = time.monotonic() + seconds
+        try:
+            while True:
+                done, _ = await asyncio.wait({pending}, timeout=0.5)
+                if done:
+                    return pending.result()
+                if why := self.worker_exit():
+                    raise WorkerExited(why)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"builds not finished after {seconds:g} s")
+        finally:
+            pending.cancel()
 
     def request(self, max_attempts: int = 10, heartbeat_seconds: float = 10) -> BuildRequest:
         return BuildRequest(
@@ -172,9 +199,7 @@ class Stack:
         self, drill: str, handles: list[WorkflowHandle[Any, Any]], extra: str, seconds: float
     ) -> Verdict:
         """All builds complete; per build, the mirror's rows are exactly the workflow's events."""
-        results = await asyncio.wait_for(
-            asyncio.gather(*(h.result() for h in handles), return_exceptions=True), seconds
-        )
+        results = await self.results(handles, seconds)
         complete = sum(
             1
             for r in results
@@ -204,6 +229,10 @@ class Stack:
         if reasons:
             detail += f"; failures: {' | '.join(reasons[:3])}"
         return Verdict(drill, passed, detail)
+
+
+class WorkerExited(RuntimeError):
+    """The drill's worker stopped without being told to: the drill cannot go on."""
 
 
 def _reason(err: BaseException) -> str:
@@ -237,6 +266,9 @@ async def kill_worker(s: Stack, size: Size) -> Verdict:
         await asyncio.sleep(rng.uniform(0.5, 4.0))
         if pending.done():
             break
+        if why := s.worker_exit():
+            pending.cancel()
+            raise WorkerExited(why)
         await s.kill_worker()  # kill -9, mid-whatever it was doing
         kills += 1
         log(f"kill-worker: kill {kills}/{size.kills}")
@@ -349,7 +381,7 @@ async def schemathesis_drill(s: Stack, size: Size) -> Verdict:
     try:
         report = s.folder / "schemathesis.xml"
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "schemathesis.cli", "run",
+            *tied([sys.executable, "-m", "schemathesis.cli"]), "run",
             f"http://127.0.0.1:{port}/openapi.json",
             "--checks", "not_a_server_error,response_schema_conformance,status_code_conformance",
             "--max-examples", str(max(1, size.api_cases // 10)),

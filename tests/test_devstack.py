@@ -74,3 +74,55 @@ async def test_up_runs_server_ui_and_worker_then_down_stops_them(tmp_path: Path)
     code, out = await run(devstack, "status")
     assert "temporal: not running" in out and "worker: not running" in out
     assert "api: not running" in out
+
+
+def _alive(pid: int) -> bool:
+    """Running, not gone and not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _orphan_after_its_parent_is_killed(argv_code: str, wait: float) -> tuple[int, bool]:
+    """A parent starts `sleep 300` (through `argv_code`), then is killed with SIGKILL: the
+    child's pid, and whether the child still runs `wait` seconds later."""
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import subprocess, sys\n"
+        "from devstack import tied\n"
+        f"child = subprocess.Popen({argv_code})\n"
+        "print(child.pid, flush=True)\n"
+        "child.wait()\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0] != b"sleep":
+        assert time.monotonic() < deadline, "the child never started sleep"
+        time.sleep(0.02)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + wait
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return child, _alive(child)
+
+
+def test_a_tied_child_stops_when_its_parent_is_killed():
+    """What keeps the bench's and drills' workers, API and dev server from outliving a runner
+    killed by hand (they held ports and broke later runs)."""
+    child, alive = _orphan_after_its_parent_is_killed("tied(['sleep', '300'])", 10)
+    assert not alive
+    child, alive = _orphan_after_its_parent_is_killed("['sleep', '300']", 1)  # untied: stays
+    try:
+        assert alive
+    finally:
+        os.kill(child, 9)

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
 import pytest
 
-from chaos.__main__ import DRILLS
+from chaos.__main__ import DRILLS, WorkerExited, stack
 from tests.test_cli import ROOT
 
 
@@ -36,3 +37,16 @@ def test_every_drill_passes_on_sqlite():
 def test_the_mirror_survives_a_postgresql_outage():
     out = drills("db-outage", "--database", "postgresql")
     assert "VERDICT db-outage: PASS" in out and "postgresql outage" in out, out
+
+
+async def test_a_drill_stops_at_once_when_its_worker_exits_on_its_own():
+    """It used to wait out its whole timeout (600 s) for builds no worker ran."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        async with stack("sqlite") as s:
+            await s.start_worker(WORKER_METRICS_ADDRESS=address)  # it cannot serve metrics there
+            handles = await s.start_builds(1)
+            with pytest.raises(WorkerExited, match="cannot serve metrics at"):
+                await s.check("kill-worker", handles, "", seconds=300)
