@@ -57,6 +57,7 @@ def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
         port=free_port(),
         headless=True,
         log_file=folder / "server.log",
+        tied=True,  # a killed test run leaves no server behind
     )
     server.start()
     yield server

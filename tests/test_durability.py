@@ -56,7 +56,7 @@ async def test_killed_worker_mid_build_another_worker_finishes_it(
 async def test_restarted_temporal_server_keeps_running_builds(
     base_settings: Settings, engine, tmp_path: Path
 ):
-    server = DevServer(db_file=tmp_path / "t.db", port=free_port(), headless=True)
+    server = DevServer(db_file=tmp_path / "t.db", port=free_port(), headless=True, tied=True)
     server.start()
     settings = base_settings.model_copy(
         update={
