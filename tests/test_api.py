@@ -210,6 +210,10 @@ async def test_steering_a_build_at_its_gates(stack: Stack, client: Client):
         "target_state": "implementation",
         "applies": "now",
     }
+    # Read after write: the answer leaves once the mirror shows the command's effect.
+    now = (await http.get(f"{base}/status")).json()
+    assert now["current_state"] == "implementation" and now["waiting_for"] is None, now
+    assert now["attempts"]["implementation"] == 2 and now["source"] == "mirror"
     await poll(
         http, f"{base}/status", lambda s: s["waiting_for"] == "approval at handoff_to_tester"
     )
@@ -224,6 +228,8 @@ async def test_steering_a_build_at_its_gates(stack: Stack, client: Client):
     assert (
         advanced.json()["state"] == "testing" and advanced.json()["advanced_by"] == "test_auditor"
     )
+    now = (await http.get(f"{base}/status")).json()
+    assert now["current_state"] == "testing" and now["waiting_for"] is None, now
 
     await poll(http, f"{base}/status", lambda s: s["current_state"] == "handoff_to_releaser")
     rollback = await http.post(

@@ -66,6 +66,7 @@ class BuildWorkflow(BuildSteering):
         self.mirrored_seq = 0
         self.unmirrored_outputs: set[str] = set()
         self.pending_attributes = {}
+        self.steered = False
 
     @workflow.run
     async def run(self, request: BuildRequest) -> BuildResult:

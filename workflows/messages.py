@@ -37,6 +37,7 @@ class BuildMessages(BuildRecords):
     def _accept(self, command: str, target: BuildState, reason: str, by: str) -> CommandAccepted:
         source = self.data.state
         self.data.pending = Pending(command, target, reason, by)
+        self.steered = True
         self._show()
         applies = "after_current_phase" if self.data.phase_running else "now"
         return CommandAccepted(
@@ -54,6 +55,7 @@ class BuildMessages(BuildRecords):
         gate = self.data.waiting_at_gate
         assert gate is not None
         self.data.approved_gate = gate
+        self.steered = True
         extra = {"phase_result": request.phase_result} if request.phase_result else {}
         self._emit(
             EventType.APPROVED, request.approved_by, gate=gate.value, note=request.note, **extra
@@ -94,6 +96,7 @@ class BuildMessages(BuildRecords):
     def _top_up(self, request: TopUpRequest) -> TopUpAccepted:
         resumes = self.data.state is BuildState.BUDGET_EXHAUSTED
         rules.apply_top_up(self.data, request.tokens, request.cost_usd)
+        self.steered = True
         self._emit(
             EventType.TOPPED_UP,
             request.requested_by,
@@ -118,6 +121,7 @@ class BuildMessages(BuildRecords):
         self.data.pending = Pending(
             "abort", BuildState.FAILED, request.reason, request.requested_by
         )
+        self.steered = True
         self._show()
         waiting = self.data.waiting_at_gate is not None or source in PAUSES
         return CommandAccepted(

@@ -73,6 +73,7 @@ class BuildRecords:
     unmirrored_outputs: set[str]
     entered_at: datetime  # when the build entered its current state
     pending_attributes: dict[str, SearchAttributeUpdate[Any]]
+    steered: bool  # a command was accepted since the mirror was last written by the workflow
 
     def _upsert(self, updates: list[SearchAttributeUpdate[Any]]) -> None:
         """Search attribute changes: held until the workflow next waits (`_flush_attributes`)."""
@@ -164,9 +165,13 @@ class BuildRecords:
         self._confirm(batch, last_seq)
 
     async def _before_call(self) -> MirrorBatch | None:
-        """Before a role call: the batch the call is to carry and write (builds started after
-        this change), or None once the workflow has written it itself (builds started before)."""
-        if not workflow.patched(CARRIED_MIRROR_PATCH):
+        """Before a role call: the batch the call is to carry and write, or None once the
+        workflow has written it itself. It does so for builds started before this change, and
+        after a person's command: the command's answer then leaves only once the mirror shows
+        its effect (a local activity holds the workflow task), so a status read right after
+        it is current."""
+        if not workflow.patched(CARRIED_MIRROR_PATCH) or self.steered:
+            self.steered = False
             await self._mirror()
             return None
         self._flush_attributes()
