@@ -172,8 +172,13 @@ def test_mounted_files_exist_and_scripts_parse():
     for script in (ROOT / "deploy/temporal").glob("*.sh"):
         subprocess.run(["sh", "-n", str(script)], check=True)
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for package in ("core", "workflows", "activities", "api", "db"):
+    packages = ("core", "workflows", "activities", "api", "db")
+    for package in packages:
         assert f"COPY {package} {package}" in dockerfile
+    # byte-compiled at build time: the non-root worker cannot write __pycache__ under /app
+    compiled = re.search(r"python -m compileall -q ([\w. ]+)", dockerfile)
+    assert compiled is not None and set(packages) <= set(compiled.group(1).split())
+    assert dockerfile.index("compileall") < dockerfile.index("USER ")
     assert "git" in dockerfile  # workspaces are git repositories
 
 
