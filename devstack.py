@@ -62,6 +62,12 @@ def tied(argv: list[str]) -> list[str]:
     return [sys.executable, "-c", TIED_LAUNCHER, str(os.getpid()), *argv]
 
 
+def log_tail(path: Path, lines: int = 3) -> str:
+    """The last lines of a child's log, on one line (for a message about why it stopped)."""
+    text = path.read_text(errors="replace").strip() if path.exists() else ""
+    return " | ".join(line.strip() for line in text.splitlines()[-lines:]) or "no output"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

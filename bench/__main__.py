@@ -48,7 +48,7 @@ from core.settings import Settings
 from core.temporal import connect
 from db.engine import make_engine
 from db.migrate import upgrade
-from devstack import DevServer, api_process, child_env, free_port, tied
+from devstack import DevServer, api_process, child_env, free_port, log_tail, tied
 from worker import build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,10 +180,9 @@ class Bench:
         await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
         if not ready.done():
             ready.cancel()
-            lines = (self.folder / "worker.log").read_text(errors="replace").strip().splitlines()
             raise SystemExit(
                 f"the bench's worker exited at start with {self.worker.returncode}: "
-                + (" | ".join(lines[-3:]) or "no output")
+                + log_tail(self.folder / "worker.log")
             )
         exited.cancel()
 

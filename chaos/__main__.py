@@ -45,7 +45,7 @@ from core.temporal import connect
 from db import crud
 from db.engine import make_engine
 from db.migrate import upgrade
-from devstack import DevServer, api_process, child_env, free_port, tied
+from devstack import DevServer, api_process, child_env, free_port, log_tail, tied
 from workflows.build import BuildWorkflow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,8 +150,7 @@ class Stack:
         """Why the worker exited on its own (None while it runs, or once the drill stopped it)."""
         if self.worker is None or self.worker.returncode is None:
             return None
-        lines = (self.folder / "worker.log").read_text(errors="replace").strip().splitlines()
-        tail = " | ".join(line.strip() for line in lines[-3:]) or "no output"
+        tail = log_tail(self.folder / "worker.log")
         return f"worker.py exited on its own with {self.worker.returncode}: {tail}"
 
     async def results(self, handles: list[WorkflowHandle[Any, Any]], seconds: float) -> list[Any]:

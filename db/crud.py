@@ -28,13 +28,17 @@ def _table(model: Any) -> Table:
     return table
 
 
+def _insert(dialect: str, table: Table) -> Any:
+    return (postgresql if dialect == "postgresql" else sqlite).insert(table)
+
+
 # The mirror's writes are the same few statements with new values, many times a second: each is
 # built once per dialect (and column set) and executed with parameters, so SQLAlchemy compiles
 # it once. Building them per write (multi-row VALUES, `excluded` proxies) cost most of a write.
 @functools.cache
 def _insert_new_stmt(dialect: str, table: Table) -> Any:
     """Insert rows whose (workflow_id, seq) is new, returning the seq of each inserted."""
-    insert = (postgresql if dialect == "postgresql" else sqlite).insert(table)
+    insert = _insert(dialect, table)
     return insert.on_conflict_do_nothing(index_elements=["workflow_id", "seq"]).returning(
         table.c.seq
     )
@@ -47,7 +51,7 @@ def _upsert_stmt(
     """Insert, or update `columns` of the row with the same `keys` (if `newer` is given: only
     when the new row's `newer` is at least the stored one's), returning the key of what was
     written."""
-    insert = (postgresql if dialect == "postgresql" else sqlite).insert(table)
+    insert = _insert(dialect, table)
     stmt = insert.on_conflict_do_update(
         index_elements=list(keys),
         set_={k: insert.excluded[k] for k in sorted(columns)},

@@ -45,7 +45,7 @@ TEST_ATTEMPTS = SearchAttributeKey.for_int(TEST_ATTEMPTS_ATTRIBUTE)
 VERIFICATION_ATTEMPTS = SearchAttributeKey.for_int(VERIFICATION_ATTEMPTS_ATTRIBUTE)
 
 # Builds started after this change upsert their search attributes once per workflow task (the
-# changes of a task coalesced), not once per change: 17 upserts in a happy build became 7, and
+# changes of a task coalesced), not once per change: 17 upserts in a happy build became 8, and
 # each is a visibility write on the server. Builds started before it keep their old commands.
 COALESCED_ATTRIBUTES_PATCH = "coalesced-search-attributes"
 
@@ -54,8 +54,9 @@ COALESCED_ATTRIBUTES_PATCH = "coalesced-search-attributes"
 # workflow still writes through a local activity itself when it waits or ends.
 CARRIED_MIRROR_PATCH = "mirror-carried-by-role-calls"
 
-# Mirror writes are local activities: no extra round trip to the server per build step.
-# They retry until the database answers; a build waits rather than lose a record.
+# The workflow's own mirror writes (when it waits or ends) are local activities: no extra round
+# trip to the server. They retry until the database answers; a build waits rather than lose a
+# record.
 MIRROR_TIMEOUT = timedelta(seconds=10)
 MIRROR_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
