@@ -103,6 +103,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 class Proxy:
     address: str
     refusals: list[str]  # the server side's handshake errors, as OpenSSL names them
+    refused: asyncio.Event  # set when the first refusal is recorded
+
+    async def verdict(self, seconds: float = 10) -> list[str]:
+        """The refusals, once there is one: the client may give up on a handshake before the
+        proxy has read the client's alert, so its error can come first."""
+        async with asyncio.timeout(seconds):
+            await self.refused.wait()
+        return list(self.refusals)
 
 
 @contextlib.asynccontextmanager
@@ -115,6 +123,7 @@ async def mtls_proxy(pki: Pki, upstream: DevServer) -> AsyncIterator[Proxy]:
     context.set_alpn_protocols(["h2"])
     host, port = upstream.address.split(":")
     refusals: list[str] = []
+    refused = asyncio.Event()
 
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, ssl.SSLError):
@@ -128,6 +137,7 @@ async def mtls_proxy(pki: Pki, upstream: DevServer) -> AsyncIterator[Proxy]:
             await writer.start_tls(context)
         except (ssl.SSLError, ConnectionError) as err:
             refusals.append(getattr(err, "reason", None) or type(err).__name__)
+            refused.set()
             writer.close()
             return
         up_reader, up_writer = await asyncio.open_connection(host, int(port))
@@ -135,7 +145,7 @@ async def mtls_proxy(pki: Pki, upstream: DevServer) -> AsyncIterator[Proxy]:
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     async with server:
-        yield Proxy(f"127.0.0.1:{server.sockets[0].getsockname()[1]}", refusals)
+        yield Proxy(f"127.0.0.1:{server.sockets[0].getsockname()[1]}", refusals, refused)
         server.close()
 
 
@@ -184,7 +194,8 @@ async def test_a_wrong_tls_set_up_is_refused(
         with pytest.raises(RuntimeError, match="Failed client connect"):
             async with asyncio.timeout(30):
                 await connect(wrong)
-    assert proxy.refusals and set(proxy.refusals) == {reason}
+        refusals = await proxy.verdict()
+    assert set(refusals) == {reason}
 
 
 def test_tls_settings():
