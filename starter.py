@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
@@ -20,20 +19,19 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError
 
-from core import control
-from core.control import BuildError, CommandRefused
+from client import builds
+from client.builds import BuildError, CommandRefused
 from core.exit import exit_now
 from core.models import (
     AbortRequest,
     ApproveRequest,
     BuildEvent,
-    BuildOptions,
-    BuildRequest,
     BuildStatus,
     CommandAccepted,
     RetryRequest,
     RollbackRequest,
     Simulation,
+    StartOptions,
     TopUpAccepted,
     TopUpRequest,
     parse_requirements,
@@ -58,10 +56,6 @@ BuildIdArg = Annotated[str, typer.Argument(help="Build id, or workflow id build-
 
 class CommandError(Exception):
     """A refusal to show the user as one line, with exit code 1."""
-
-
-def new_build_id() -> str:
-    return secrets.token_hex(4)
 
 
 def _run(coro_fn: Callable[[Client, Settings], Awaitable[T]]) -> T:
@@ -249,28 +243,30 @@ def start(
     """
     settings = get_settings()
     try:
-        request = BuildRequest(
-            project_id=project,
-            build_id=build_id or new_build_id(),
+        choices = StartOptions(
+            max_retries=max_retries,
+            approval_gates=gate or [],
+            simulate=simulate or [],
+            max_tokens=max_tokens,
+            max_cost_usd=max_cost,
+        )
+        request = builds.new_request(
+            settings,
+            project,
+            parse_requirements(requirements),
+            choices,
+            build_id=build_id,
             user_id=user,
-            requirements=parse_requirements(requirements),
-            options=BuildOptions(
-                max_retries=settings.build_max_retries if max_retries is None else max_retries,
-                approval_gates=gate or [],
-                simulate=simulate or [],
-                policy=settings.role_policy(),
-                budget=settings.budget(max_tokens, max_cost),
-            ),
         )
     except ValueError as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err
 
     async def go(client: Client, settings: Settings) -> tuple[BuildStatus, dict[str, Any]] | None:
-        handle = await control.start_build(client, settings, request)
+        handle = await builds.start_build(client, settings, request)
         console.print(f"build [bold]{request.build_id}[/bold] started: workflow id {handle.id}")
         console.print(f"Web UI: {settings.ui_link(handle.id)}")
-        if not await control.has_worker(client, settings):
+        if not await builds.has_worker(client, settings):
             console.print(
                 f"[yellow]warning:[/yellow] no worker polls task queue "
                 f"{settings.temporal_task_queue}; the build waits until one does "
@@ -304,8 +300,8 @@ def status(
     """Show a build's state, role, progress, attempts and what it waits for."""
 
     async def go(client: Client, settings: Settings) -> BuildStatus:
-        result: BuildStatus = await control.query(
-            control.handle_for(client, build), BuildWorkflow.status
+        result: BuildStatus = await builds.query(
+            builds.handle_for(client, build), BuildWorkflow.status
         )
         return result
 
@@ -325,8 +321,8 @@ def events(build: BuildIdArg) -> None:
     """List a build's events in order (seq, type, state, data)."""
 
     async def go(client: Client, settings: Settings) -> list[BuildEvent]:
-        result: list[BuildEvent] = await control.query(
-            control.handle_for(client, build), BuildWorkflow.event_log, 0
+        result: list[BuildEvent] = await builds.query(
+            builds.handle_for(client, build), BuildWorkflow.event_log, 0
         )
         return result
 
@@ -341,8 +337,8 @@ def _command(build: str, update: Any, arg: Any) -> Any:
     """Run a validated update on a build; its answer, or exit 1 with the refusal."""
 
     async def go(client: Client, settings: Settings) -> Any:
-        handle = control.handle_for(client, build)
-        return await control.update(handle, update, arg, rpc_timeout=settings.command_timeout)
+        handle = builds.handle_for(client, build)
+        return await builds.update(handle, update, arg, rpc_timeout=settings.command_timeout)
 
     return _run(go)
 

@@ -7,63 +7,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import socket
-from collections.abc import Sequence
-from datetime import timedelta
 
 import typer
-from sqlalchemy import Engine
-from temporalio.client import Client
-from temporalio.worker import Worker
 
 from activities.llm import ModelClient
-from activities.mirror import MirrorActivities
-from activities.roles import RoleActivities
+from client.worker import build_worker, worker_identity
 from core.exit import exit_now
 from core.settings import Settings, get_settings
 from core.telemetry import flush_traces, setup_logging, tracing_interceptors, worker_runtime
 from core.temporal import connect
 from db.engine import make_engine
 from db.migrate import upgrade
-from workflows.build import BuildWorkflow
+from workflows.metrics import HISTOGRAM_BUCKETS
 
 log = logging.getLogger("worker")
 
 
-def worker_identity() -> str:
-    """Who ran a task, as the Web UI and histories show it: host and process."""
-    return f"worker-{os.getpid()}@{socket.gethostname()}"
-
-
-def build_worker(
-    client: Client,
-    settings: Settings,
-    *,
-    llm: ModelClient,
-    engine: Engine,
-    identity: str | None = None,
-    workflows: Sequence[type] = (BuildWorkflow,),
-) -> Worker:
-    mirror = MirrorActivities(engine)
-    roles = RoleActivities(llm, mirror=mirror)
-    return Worker(
-        client,
-        task_queue=settings.temporal_task_queue,
-        workflows=list(workflows),
-        activities=[*roles.all(), mirror.mirror_build],
-        identity=identity,
-        max_concurrent_activities=settings.worker_max_concurrent_activities,
-        max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
-        max_task_queue_activities_per_second=settings.worker_activities_per_second,
-        graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_seconds),
-    )
-
-
 async def serve(settings: Settings) -> None:
     try:
-        runtime = worker_runtime(settings)
+        runtime = worker_runtime(settings, HISTOGRAM_BUCKETS)
     except Exception as err:  # the runtime's own error names the address
         raise SystemExit(
             f"cannot serve metrics at WORKER_METRICS_ADDRESS={settings.worker_metrics_address}: "

@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from temporalio import activity
 
 from activities.beat import beating
+from core.contracts import MIRROR_BUILD
 from core.models import MirrorBatch, MirrorReceipt
 from db.crud import record_batch
 
@@ -33,7 +34,7 @@ class MirrorActivities:
         """One write (blocking: the database driver blocks)."""
         return record_batch(self.engine, batch=batch)
 
-    @activity.defn(name="mirror_build")
+    @activity.defn(name=MIRROR_BUILD.name)
     async def mirror_build(self, batch: MirrorBatch) -> MirrorReceipt:
         return await asyncio.to_thread(self.write, batch)
 

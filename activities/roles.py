@@ -23,6 +23,14 @@ from activities.release import LocalReleases, ReleaseTarget
 from activities.sandbox import Limits, run_limited
 from activities.testrun import run_tests
 from activities.workspace import UnsafePath, Workspace
+from core.contracts import (
+    CODE_WRITER,
+    Q_ASSISTANT,
+    RELEASE_MANAGER,
+    RESTORE_WORKSPACE,
+    TEST_AUDITOR,
+    VERIFICATION_OVERSEER,
+)
 from core.models import (
     CodeWriterResult,
     DiscoveryOutput,
@@ -94,14 +102,14 @@ class RoleActivities:
     def limits(self) -> Limits:
         return Limits(self.settings.test_timeout_seconds, self.settings.test_memory_mb)
 
-    @activity.defn(name="q_assistant")
+    @activity.defn(name=Q_ASSISTANT.name)
     @carrying_mirror
     async def q_assistant(self, task: RoleTask) -> QAssistantResult:
         schema = DiscoveryOutput if task.state is BuildState.DISCOVERY else PlanOutput
         output, usage = await self.llm.structured(task, schema)
         return QAssistantResult(output=output, usage=usage)
 
-    @activity.defn(name="code_writer")
+    @activity.defn(name=CODE_WRITER.name)
     @carrying_mirror
     async def code_writer(self, task: RoleTask) -> CodeWriterResult:
         output, usage = await self.llm.structured(task, ImplementationOutput)
@@ -126,7 +134,7 @@ class RoleActivities:
         )
         return CodeWriterResult(output=summary, usage=usage)
 
-    @activity.defn(name="test_auditor")
+    @activity.defn(name=TEST_AUDITOR.name)
     @carrying_mirror
     async def test_auditor(self, task: RoleTask) -> TestAuditorResult:
         ws = self.workspace(task.build_id)
@@ -139,7 +147,7 @@ class RoleActivities:
         report.summary = f"{report.summary} Audit: {audit.summary}"
         return TestAuditorResult(output=report, usage=usage)
 
-    @activity.defn(name="verification_overseer")
+    @activity.defn(name=VERIFICATION_OVERSEER.name)
     @carrying_mirror
     async def verification_overseer(self, task: RoleTask) -> VerificationResult:
         ws = self.workspace(task.build_id)
@@ -192,7 +200,7 @@ class RoleActivities:
         checks["ruff"] = "ok" if linted.ok else _tail(linted.output)
         return checks
 
-    @activity.defn(name="release_manager")
+    @activity.defn(name=RELEASE_MANAGER.name)
     @carrying_mirror
     async def release_manager(self, task: RoleTask) -> ReleaseResult:
         ws = self.workspace(task.build_id)
@@ -233,7 +241,7 @@ class RoleActivities:
         )
         return ReleaseResult(output=outcome, usage=usage)
 
-    @activity.defn(name="restore_workspace")
+    @activity.defn(name=RESTORE_WORKSPACE.name)
     async def restore(self, task: RestoreTask) -> RestoreResult:
         """Compensation of a rollback: code back to `commit`, and the release undone."""
         ws = self.workspace(task.build_id)

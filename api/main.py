@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.deps import AppState, require_api_key
 from api.metrics import SdkCollector, api_registry
 from api.routes import health, workflows
-from core.control import (
+from client.builds import (
     BuildError,
     BuildExists,
     BuildFinished,

@@ -9,20 +9,21 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    WithJsonSchema,
     field_validator,
-    model_validator,
 )
 
 from core.models import (
     BUILD_ID_PATTERN,
     MAX_REQUIREMENTS_CHARS,
-    Simulation,
-    check_gates,
+    AbortRequest,
+    RetryRequest,
+    RollbackRequest,
+    StartOptions,
+    TopUpRequest,
     check_requirements,
     check_size,
 )
-from core.states import HANDOFFS, BuildState, Role
+from core.states import BuildState, Role
 from db.models import BuildSummaryPublic, WorkflowEventPublic, WorkflowHandoffPublic
 
 Reason = Annotated[str, Field(min_length=1, max_length=2000)]
@@ -49,35 +50,6 @@ RequirementsIn = (
     Annotated[str, Field(min_length=1, max_length=MAX_REQUIREMENTS_CHARS)]
     | Annotated[dict[str, Any], Field(min_length=1)]
 )
-
-
-# Only handoff states can be gates; the schema says so, and check_gates enforces it.
-GateState = Annotated[
-    BuildState, WithJsonSchema({"type": "string", "enum": [h.value for h in HANDOFFS]})
-]
-
-
-class StartOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    max_retries: int | None = Field(
-        default=None, ge=0, le=20, description="Default: BUILD_MAX_RETRIES."
-    )
-    approval_gates: list[GateState] = Field(
-        default_factory=list, description="Handoff states where the build waits for `advance`."
-    )
-    simulate: list[Simulation] = Field(
-        default_factory=list, description="Branches the offline model makes happen."
-    )
-
-    max_tokens: int | None = Field(
-        default=None, ge=0, description="Token budget; default BUILD_MAX_TOKENS, 0: no limit."
-    )
-    max_cost_usd: float | None = Field(
-        default=None, ge=0, description="USD budget; default BUILD_MAX_COST_USD, 0: no limit."
-    )
-
-    _gates = field_validator("approval_gates")(check_gates)
 
 
 class StartBuild(BaseModel):
@@ -119,17 +91,11 @@ class Advance(BaseModel):
         return value
 
 
-class Reasoned(BaseModel):
-    """A command a person gives with a reason (recorded with it)."""
-
+class RetryBody(RetryRequest):
     model_config = ConfigDict(extra="forbid")
 
-    reason: Reason
-    requested_by: Person = "api"
-
-
-class RequestRetry(Reasoned):
     reason: Reason = Field(description="Handed to the Code Writer as guidance.")
+    requested_by: Person = "api"
 
 
 class CommandAnswer(BaseModel):
@@ -150,23 +116,28 @@ class RetryAccepted(CommandAnswer):
     retry_requested: bool = True
 
 
-class Rollback(Reasoned):
-    target_state: BuildState
+class RollbackBody(RollbackRequest):
+    model_config = ConfigDict(extra="forbid")
+
+    requested_by: Person = "api"
 
 
 class RollbackAccepted(CommandAnswer):
     rollback_requested: bool = True
 
 
-class Abort(Reasoned):
+class AbortBody(AbortRequest):
+    model_config = ConfigDict(extra="forbid")
+
     reason: Reason = Field(description="Recorded as the build's failure.")
+    requested_by: Person = "api"
 
 
 class AbortAccepted(CommandAnswer):
     abort_requested: bool = True
 
 
-class TopUp(BaseModel):
+class TopUpBody(TopUpRequest):
     # The schema says what the validator checks: a top-up adds tokens, money, or both.
     model_config = ConfigDict(
         extra="forbid",
@@ -180,14 +151,7 @@ class TopUp(BaseModel):
 
     tokens: int = Field(default=0, ge=0, le=10**9)
     cost_usd: float = Field(default=0.0, ge=0, le=10**6)
-    note: Annotated[str, Field(max_length=2000)] = ""
     requested_by: Person = "api"
-
-    @model_validator(mode="after")
-    def _something(self) -> TopUp:
-        if self.tokens == 0 and self.cost_usd == 0:
-            raise ValueError("a top-up needs tokens or cost_usd above 0")
-        return self
 
 
 class TopUpAnswer(BaseModel):

@@ -42,14 +42,15 @@ from temporalio.client import Client, WorkflowHandle
 from activities.llm import ModelClient
 from bench.bare import BareWorkflow
 from bench.engine import BARE_QUEUE_SUFFIX, ROLE_ACTIVITIES, record
-from core.control import start_build
+from client.builds import start_build
+from client.worker import build_worker
 from core.models import BuildOptions, BuildRequest
 from core.settings import Settings
 from core.temporal import connect
 from db.engine import make_engine
 from db.migrate import upgrade
-from devstack import DevServer, api_process, child_env, free_port, log_tail, tied
-from worker import build_worker
+from devtools.devserver import DevServer
+from devtools.processes import api_process, child_env, free_port, log_tail, tied
 
 ROOT = Path(__file__).resolve().parent.parent
 

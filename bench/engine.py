@@ -28,6 +28,7 @@ from temporalio.worker import Worker
 
 from activities.mirror import MirrorActivities
 from bench.bare import BareWorkflow, bare_step
+from core.contracts import ROLE_CALLS
 from core.exit import exit_now
 from core.models import MirrorBatch
 from core.settings import get_settings
@@ -36,9 +37,7 @@ from core.temporal import connect
 from db.engine import make_engine
 from workflows.build import BuildWorkflow
 
-ROLE_ACTIVITIES = {
-    "q_assistant", "code_writer", "test_auditor", "verification_overseer", "release_manager"
-}  # fmt: skip
+ROLE_ACTIVITIES = {call.name for call in ROLE_CALLS.values()}
 BARE_QUEUE_SUFFIX = "-bare"
 
 

@@ -33,7 +33,7 @@ from db import crud
 from db.engine import make_engine
 from db.migrate import upgrade
 from db.models import BuildRoleUsageRow, BuildWorkflowRow
-from devstack import free_port
+from devtools.processes import free_port
 
 PROJECT = "bench"
 ROLES = ("q_assistant", "code_writer", "test_auditor", "verification_overseer", "release_manager")

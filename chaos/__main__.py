@@ -37,7 +37,7 @@ import psycopg
 from sqlmodel import Session
 from temporalio.client import Client, WorkflowHandle
 
-from core.control import start_build
+from client.builds import start_build
 from core.models import BuildOptions, BuildRequest, RolePolicy
 from core.settings import Settings
 from core.states import BuildState
@@ -45,7 +45,8 @@ from core.temporal import connect
 from db import crud
 from db.engine import make_engine
 from db.migrate import upgrade
-from devstack import DevServer, api_process, child_env, free_port, log_tail, tied
+from devtools.devserver import DevServer
+from devtools.processes import api_process, child_env, free_port, log_tail, tied
 from workflows.build import BuildWorkflow
 
 ROOT = Path(__file__).resolve().parent.parent

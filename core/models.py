@@ -12,30 +12,18 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from core.states import HANDOFFS, BuildState, Role
 
 WORKFLOW_ID_PREFIX = "build-"
-# Search attributes the workflow upserts; the embedded server and compose's set-up register them.
-BUILD_STATE_ATTRIBUTE = "BuildState"
-BUILD_ROLE_ATTRIBUTE = "BuildRole"
-PROJECT_ID_ATTRIBUTE = "ProjectId"
-TOKENS_ATTRIBUTE = "BuildTokens"
-COST_ATTRIBUTE = "BuildCostUsd"
-TEST_ATTEMPTS_ATTRIBUTE = "TestAttempts"
-VERIFICATION_ATTEMPTS_ATTRIBUTE = "VerificationAttempts"
-# SQL visibility (the dev server, PostgreSQL) allows at most this many custom ones per type.
-SEARCH_ATTRIBUTE_LIMITS = {"Keyword": 10, "Int": 3, "Double": 3, "Bool": 3, "Datetime": 3}
-SEARCH_ATTRIBUTES: dict[str, str] = {
-    BUILD_STATE_ATTRIBUTE: "Keyword",
-    BUILD_ROLE_ATTRIBUTE: "Keyword",
-    PROJECT_ID_ATTRIBUTE: "Keyword",
-    TOKENS_ATTRIBUTE: "Int",
-    COST_ATTRIBUTE: "Double",
-    TEST_ATTEMPTS_ATTRIBUTE: "Int",
-    VERIFICATION_ATTEMPTS_ATTRIBUTE: "Int",
-}
 BUILD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
@@ -84,6 +72,37 @@ class Budget(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     max_cost_usd: float | None = Field(default=None, gt=0)
     wait_seconds: float = Field(default=86_400, gt=0)
+
+
+# Only handoff states can be gates; the schema says so, and check_gates enforces it.
+GateState = Annotated[
+    BuildState, WithJsonSchema({"type": "string", "enum": [h.value for h in HANDOFFS]})
+]
+
+
+class StartOptions(BaseModel):
+    """What a person chooses when starting a build (CLI flags, the API's `options`); the
+    settings fill in the rest (client.builds.new_request)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_retries: int | None = Field(
+        default=None, ge=0, le=20, description="Default: BUILD_MAX_RETRIES."
+    )
+    approval_gates: list[GateState] = Field(
+        default_factory=list, description="Handoff states where the build waits for `advance`."
+    )
+    simulate: list[Simulation] = Field(
+        default_factory=list, description="Branches the offline model makes happen."
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=0, description="Token budget; default BUILD_MAX_TOKENS, 0: no limit."
+    )
+    max_cost_usd: float | None = Field(
+        default=None, ge=0, description="USD budget; default BUILD_MAX_COST_USD, 0: no limit."
+    )
+
+    _gates = field_validator("approval_gates")(check_gates)
 
 
 class BuildOptions(BaseModel):
@@ -192,7 +211,7 @@ class TopUpRequest(BaseModel):
     requested_by: str = "person"
 
     @model_validator(mode="after")
-    def _something(self) -> TopUpRequest:
+    def adds_something(self) -> TopUpRequest:
         if self.tokens == 0 and self.cost_usd == 0:
             raise ValueError("a top-up needs tokens or cost_usd above 0")
         return self
@@ -454,9 +473,21 @@ class ReleaseOutcome(BaseModel):
     restored: bool = False  # a failed smoke check put `previous` back
 
 
-class RoleResult(BaseModel):
-    """What every role call returns besides its output."""
+RoleOutput = (
+    DiscoveryOutput
+    | PlanOutput
+    | ImplementationSummary
+    | TestReport
+    | VerificationOutcome
+    | ReleaseOutcome
+)
 
+
+class RoleResult(BaseModel):
+    """What every role call returns: its output (each role's result narrows the type), the
+    call's usage."""
+
+    output: RoleOutput
     usage: ModelUsage
     # The last event of the task's mirror batch that this call wrote (0: none written).
     mirrored_seq: int = 0

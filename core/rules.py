@@ -1,4 +1,5 @@
-"""Pure decisions of a build: which messages are allowed, what context the next role gets.
+"""Pure decisions of a build: which messages are allowed, what the next role gets, what a
+phase's output means for the build.
 
 Deterministic and free of I/O: used by the workflow's handlers and validators alike, and
 unit-tested without a Temporal server.
@@ -9,10 +10,17 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
-from core.models import BuildRequest, BuildSnapshot, BuildStatus, ModelUsage
+from core.models import (
+    BuildRequest,
+    ModelUsage,
+    ReleaseOutcome,
+    RoleOutput,
+    RoleTask,
+    TestReport,
+    VerificationOutcome,
+)
 from core.states import (
     PATH,
     TABLE,
@@ -21,7 +29,6 @@ from core.states import (
     BuildState,
     Role,
     order,
-    progress_of,
     role_of,
     rollback_targets,
 )
@@ -60,7 +67,8 @@ class BuildData:
     head: str | None = None  # the workspace commit the build's code is at (None: empty)
     base: str | None = None  # the commit of this build's live release (None: none)
     commit_at: dict[str, str | None] = field(default_factory=dict)  # head when entering a state
-    release: dict[str, Any] = field(default_factory=dict)  # this build's live release
+    release: ReleaseOutcome | None = None  # this build's live release
+    base_before_release: str | None = None  # `base` before this build released
     usage: dict[str, dict[str, float]] = field(default_factory=dict)  # per role, summed
     max_tokens: int | None = None  # the budget, top-ups included (None: no limit)
     max_cost_usd: float | None = None
@@ -271,97 +279,62 @@ def handoff_parts(
     return from_role, to_role, next_state, context
 
 
-def waiting_for(data: BuildData) -> str | None:
-    if data.state is S.NEEDS_ATTENTION:
-        return f"a person: {data.attention} (retry with guidance, rollback or abort)"
-    if data.state is S.BUDGET_EXHAUSTED:
-        return f"a budget top-up ({budget_problem(data) or 'topped up'})"
-    return f"approval at {data.waiting_at_gate.value}" if data.waiting_at_gate else None
-
-
-def pending_command(data: BuildData) -> str | None:
-    pending = data.pending
-    return f"{pending.command} to {pending.target.value}" if pending else None
-
-
-def status(request: BuildRequest, data: BuildData, *, events: int) -> BuildStatus:
-    """The answer of the workflow's `status` query."""
-    return BuildStatus(
+def role_task(request: BuildRequest, data: BuildData, state: BuildState) -> RoleTask:
+    """The next attempt's task for the role of working state `state` (the attempt is counted)."""
+    role = role_of(state)
+    if role is None:
+        raise ValueError(f"{state.value} is not a working state")
+    attempt = data.attempts.get(state.value, 0) + 1
+    data.attempts[state.value] = attempt
+    return RoleTask(
         build_id=request.build_id,
         project_id=request.project_id,
-        state=data.state,
-        current_role=role_of(data.state),
-        progress=progress_of(data.paused_from or data.state),
-        completed_phases=list(data.completed_phases),
-        attempts=dict(data.attempts),
-        loop_backs=data.loop_backs,
-        max_retries=request.options.max_retries,
-        last_error=data.last_error,
-        waiting_for=waiting_for(data),
-        pending_command=pending_command(data),
-        events=events,
-        usage={role: dict(u) for role, u in data.usage.items()},
-        tokens=tokens_of(data),
-        cost_usd=cost_of(data),
-    )
-
-
-def current_details(status: BuildStatus) -> str:
-    """Markdown for the Web UI's current details."""
-    role = status.current_role.value if status.current_role else "-"
-    attempts = ", ".join(f"{k} {v}" for k, v in status.attempts.items()) or "-"
-    lines = [
-        f"**State:** {status.state.value} ({status.progress}%) · **Role:** {role}",
-        f"**Attempts:** {attempts} · **Loop-backs:** {status.loop_backs}/{status.max_retries}",
-        f"**Tokens:** {status.tokens} · **Cost:** ${status.cost_usd:.4f}",
-    ]
-    if status.waiting_for:
-        lines.append(
-            f"**Waiting for:** {status.waiting_for} (signal `approve`, `retry` or `rollback`)"
-        )
-    if status.pending_command:
-        lines.append(f"**Pending:** {status.pending_command}")
-    if status.last_error:
-        lines.append(f"**Last error:** {status.last_error}")
-    return "\n\n".join(lines)
-
-
-def snapshot(
-    request: BuildRequest,
-    data: BuildData,
-    *,
-    workflow_id: str,
-    started: datetime,
-    now: datetime,
-    last_seq: int,
-    outputs: set[str],
-) -> BuildSnapshot:
-    """The build's mirror row as of `last_seq`, with only the phase outputs named in `outputs`."""
-    finished = data.state in TERMINAL
-    return BuildSnapshot(
-        build_id=request.build_id,
-        workflow_id=workflow_id,
-        project_id=request.project_id,
-        user_id=request.user_id,
+        role=role,
+        state=state,
+        attempt=attempt,
         requirements=request.requirements,
-        state=data.state,
-        current_role=role_of(data.state),
-        attempts=dict(data.attempts),
-        loop_backs=data.loop_backs,
-        last_error=data.last_error,
-        completed_phases=list(data.completed_phases),
-        waiting_for=waiting_for(data),
-        pending_command=pending_command(data),
-        failed_state=data.failed_state,
-        failure_reason=data.failure_reason,
-        usage={role: dict(u) for role, u in data.usage.items()},
-        tokens=tokens_of(data),
-        cost_usd=cost_of(data),
-        outputs={k: data.outputs[k] for k in sorted(outputs)},
-        options=request.options.model_dump(mode="json", exclude={"policy"}),
-        created_at=started,
-        updated_at=now,
-        completed_at=now if finished else None,
-        duration_seconds=(now - started).total_seconds() if finished else None,
-        last_seq=last_seq,
+        context=context_for(data, state),
+        guidance=list(data.guidance),
+        simulate=request.options.simulate,
+        head=data.head,
+        base=data.base,
     )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a phase's output means: on to `next_state`, or back to IMPLEMENTATION because of
+    `why`, with the feedback the Code Writer gets. A failure with a `signature` asks a person
+    when it repeats; one without loops back until the retries run out."""
+
+    next_state: BuildState | None
+    why: str = ""
+    feedback: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+    signature: str | None = None
+
+
+def verdict(state: BuildState, output: RoleOutput) -> Verdict:
+    """The decision after a phase: failing tests, a review that asks for changes and a release
+    that did not go out send the build back; anything else moves it forward."""
+    feedback: dict[str, Any]
+    if isinstance(output, TestReport) and not output.passed:
+        feedback = {"failures": [f.model_dump(mode="json") for f in output.failures]}
+        why = "tests failed"
+    elif isinstance(output, VerificationOutcome) and not output.approved:
+        feedback = {"reasons": list(output.reasons)}
+        why = "verification requested changes"
+    elif isinstance(output, ReleaseOutcome) and not output.released:
+        return Verdict(None, "release failed", {"release": output.model_dump(mode="json")},
+                       output.summary)  # fmt: skip
+    else:
+        next_state = TABLE[state].next
+        if next_state is None:
+            raise ValueError(f"{state.value} is not a working state")
+        return Verdict(next_state)
+    return Verdict(None, why, feedback, output.summary, failure_signature(state, feedback))
+
+
+def aborting(data: BuildData) -> bool:
+    """An abort is pending (it ends a pause at once)."""
+    return data.pending is not None and data.pending.command == "abort"

@@ -3,7 +3,8 @@
 - Logs: every line carries `workflow_id` and `build_id` (from the Temporal SDK's log context in
   workflows and activities, or from the API request), as text or as JSON lines (LOG_FORMAT).
 - Metrics: the worker's Temporal runtime serves Prometheus at WORKER_METRICS_ADDRESS: the SDK's
-  own metrics and the builds' (see workflows/metrics.py). The API serves its own at /metrics.
+  own metrics and the builds' (workflows/metrics.py, whose histogram buckets the worker
+  hands over). The API serves its own at /metrics.
 - Traces: with OTEL_EXPORTER_OTLP_ENDPOINT set, Temporal's tracing interceptor sends spans of
   workflows, activities and client calls to that OTLP/HTTP collector.
 """
@@ -14,7 +15,7 @@ import contextvars
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +26,6 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from core.models import build_id_from
 from core.settings import Settings
-from workflows.metrics import HISTOGRAM_BUCKETS
 
 # The build an API request is about; the API's middleware sets it.
 current_build: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -88,8 +88,11 @@ def setup_logging(settings: Settings) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def worker_runtime(settings: Settings) -> Runtime | None:
-    """A Temporal runtime that serves Prometheus metrics, or None for the default runtime."""
+def worker_runtime(
+    settings: Settings, histogram_buckets: Mapping[str, Sequence[float]]
+) -> Runtime | None:
+    """A Temporal runtime that serves Prometheus metrics (with the bucket bounds of the
+    workflows' histograms), or None for the default runtime."""
     if settings.worker_metrics_address.strip().lower() in ("", "off"):
         return None
     return Runtime(
@@ -98,7 +101,7 @@ def worker_runtime(settings: Settings) -> Runtime | None:
                 bind_address=settings.worker_metrics_address,
                 counters_total_suffix=True,
                 durations_as_seconds=True,
-                histogram_bucket_overrides=HISTOGRAM_BUCKETS,
+                histogram_bucket_overrides={k: list(v) for k, v in histogram_buckets.items()},
             ),
         )
     )

@@ -1,37 +1,52 @@
-"""The Temporal client, configured in one place: address, namespace, TLS or API key."""
+"""The Temporal client, configured in one place: address, namespace, TLS or API key.
+
+The settings (core/settings.py, with this project's variable names) become a profile of the
+SDK's environment configuration (`temporalio.envconfig`), which turns it into the arguments
+of `Client.connect`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from temporalio.client import Client, Interceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.envconfig import ClientConfigProfile, ClientConfigTLS, ClientConnectConfig
 from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 
 from core.settings import Settings
 
 
+def profile(settings: Settings) -> ClientConfigProfile:
+    """The settings as an envconfig profile (TLS files by path, read when connecting)."""
+    api_key = settings.temporal_api_key
+    tls = ClientConfigTLS(
+        disabled=not settings.temporal_uses_tls,
+        server_name=settings.temporal_tls_server_name,
+        server_root_ca_cert=settings.temporal_tls_ca,
+        client_cert=settings.temporal_tls_cert,
+        client_private_key=settings.temporal_tls_key,
+    )
+    return ClientConfigProfile(
+        address=settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        api_key=api_key.get_secret_value() if api_key else None,
+        tls=tls,
+    )
+
+
+def connect_config(settings: Settings) -> ClientConnectConfig:
+    """The arguments of `Client.connect` the settings give, TLS files read."""
+    try:
+        return profile(settings).to_client_connect_config()
+    except OSError as err:
+        raise SystemExit(f"cannot read Temporal TLS file {err.filename}: {err.strerror}") from err
+
+
 def tls_config(settings: Settings) -> TLSConfig | bool:
     """TLS as the settings ask: mTLS with a client certificate, server-only TLS, or none."""
-    if not settings.temporal_uses_tls:
-        return False
-
-    def read(path: Path | None) -> bytes | None:
-        if path is None:
-            return None
-        try:
-            return path.read_bytes()
-        except OSError as err:
-            raise SystemExit(f"cannot read Temporal TLS file {path}: {err.strerror}") from err
-
-    return TLSConfig(
-        server_root_ca_cert=read(settings.temporal_tls_ca),
-        domain=settings.temporal_tls_server_name,
-        client_cert=read(settings.temporal_tls_cert),
-        client_private_key=read(settings.temporal_tls_key),
-    )
+    return connect_config(settings).get("tls", False)
 
 
 async def connect(
@@ -40,12 +55,8 @@ async def connect(
     runtime: Runtime | None = None,
     interceptors: Sequence[Interceptor] = (),
 ) -> Client:
-    api_key = settings.temporal_api_key
     return await Client.connect(
-        settings.temporal_address,
-        namespace=settings.temporal_namespace,
-        api_key=api_key.get_secret_value() if api_key else None,
-        tls=tls_config(settings),
+        **connect_config(settings),
         data_converter=pydantic_data_converter,
         runtime=runtime,
         interceptors=interceptors,

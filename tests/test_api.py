@@ -24,8 +24,8 @@ from core.models import BuildSnapshot, MirrorBatch
 from core.settings import Settings
 from core.states import BuildState
 from db import crud
-from devstack import free_port
-from tests.conftest import make_request, running_worker, start
+from devtools.processes import free_port
+from tests.helpers import make_request, running_worker, start
 from workflows.build import BuildWorkflow
 
 S = BuildState

@@ -10,7 +10,7 @@ from temporalio.client import Client, WorkflowFailureError
 from core.models import AbortRequest, EventType, RetryRequest, RollbackRequest
 from core.rules import failure_signature
 from core.states import BuildState
-from tests.conftest import make_request, save_history, start, status_of, wait_until
+from tests.helpers import make_request, save_history, start, status_of, wait_until
 from workflows.build import BuildWorkflow
 
 S = BuildState

@@ -5,7 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.test_cli import ROOT
+import pytest
+
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.slow  # the benchmark and its own stack
 
 
 def test_stats_bench_runs_and_prints_its_table():

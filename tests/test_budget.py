@@ -7,9 +7,10 @@ import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
+from core.attributes import BUILD_STATE
 from core.models import EventType, RetryRequest, TopUpRequest
 from core.states import BuildState
-from tests.conftest import (
+from tests.helpers import (
     make_request,
     running_worker,
     save_history,
@@ -18,7 +19,6 @@ from tests.conftest import (
     wait_until,
 )
 from workflows.build import BuildWorkflow
-from workflows.records import BUILD_STATE
 
 S = BuildState
 

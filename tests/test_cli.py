@@ -4,66 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 from temporalio.client import Client
 
 from core.models import BuildStatus
 from core.settings import Settings
-from tests.conftest import make_request, start, wait_until
+from tests.helpers import ROOT, env_for, make_request, run, start, wait_until
 from workflows.build import BuildWorkflow
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def env_for(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "TEMPORAL_"))}
-    env.update(
-        TEMPORAL_ADDRESS=settings.temporal_address,
-        TEMPORAL_TASK_QUEUE=settings.temporal_task_queue,
-        DATABASE_URL=settings.db_url(),
-        ROLE_INITIAL_RETRY_SECONDS="0.1",
-        COLUMNS="200",
-        WORKER_METRICS_ADDRESS="off",  # tests that scrape a worker give it a free port
-    )
-    return env
-
-
-async def spawn_worker(
-    settings: Settings, cwd: Path, *, stderr: Any = asyncio.subprocess.DEVNULL, **env: str
-) -> asyncio.subprocess.Process:
-    """worker.py as its own process, run in `cwd` (away from the checkout's .env)."""
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ROOT / "worker.py"),
-        cwd=cwd,
-        env=env_for(settings) | env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=stderr,
-    )
-
-
-async def run(script: str, *args: str, settings: Settings, cwd: Path) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ROOT / script),
-        *args,
-        cwd=cwd,  # away from the checkout, so no developer .env is read
-        env=env_for(settings),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    async with asyncio.timeout(60):
-        out, _ = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
+pytestmark = pytest.mark.slow  # starter.py and worker.py as processes of their own
 
 
 @pytest.mark.usefixtures("worker")
@@ -220,7 +175,8 @@ async def test_worker_runs_builds_and_stops_cleanly_on_sigterm(
 async def test_start_follows_until_a_worker_appears(
     client: Client, settings: Settings, engine, tmp_path: Path
 ):
-    from tests.conftest import running_worker
+
+    from tests.helpers import running_worker
 
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

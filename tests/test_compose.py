@@ -18,9 +18,9 @@ import pytest
 import yaml
 from temporalio.client import Client
 
-from core.models import SEARCH_ATTRIBUTE_LIMITS, SEARCH_ATTRIBUTES
+from core.attributes import SEARCH_ATTRIBUTE_LIMITS, SEARCH_ATTRIBUTES
 from core.settings import Settings
-from devstack import DevServer, temporal_binary
+from devtools.devserver import temporal_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
@@ -184,11 +184,11 @@ def test_mounted_files_exist_and_scripts_parse():
 
 @pytest.mark.parametrize("runs", [2])
 async def test_the_namespace_set_up_script_runs_for_real_and_twice(
-    dev_server: DevServer, client: Client, runs: int
+    temporal_address: str, client: Client, runs: int
 ):
     namespace = f"setup-{uuid.uuid4().hex[:8]}"
     env = os.environ | {
-        "TEMPORAL_ADDRESS": dev_server.address,
+        "TEMPORAL_ADDRESS": temporal_address,
         "TEMPORAL_NAMESPACE": namespace,
         "SEARCH_ATTRIBUTES": SERVICES["temporal-setup"]["environment"]["SEARCH_ATTRIBUTES"],
         "TEMPORAL_CLI": str(temporal_binary()),

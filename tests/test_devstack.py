@@ -7,11 +7,13 @@ import re
 from pathlib import Path
 
 import httpx
+import pytest
 
-from devstack import free_port, port_open
-from tests.test_cli import ROOT
+from devtools.processes import free_port, port_open
+from tests.helpers import ROOT
 
 
+@pytest.mark.slow
 async def test_up_runs_server_ui_and_worker_then_down_stops_them(tmp_path: Path):
     import asyncio
     import sys
@@ -94,7 +96,7 @@ def _orphan_after_its_parent_is_killed(argv_code: str, wait: float) -> tuple[int
 
     script = (
         "import subprocess, sys\n"
-        "from devstack import tied\n"
+        "from devtools.processes import tied\n"
         f"child = subprocess.Popen({argv_code})\n"
         "print(child.pid, flush=True)\n"
         "child.wait()\n"

@@ -10,7 +10,9 @@ import sys
 import pytest
 
 from chaos.__main__ import DRILLS, WorkerExited, stack
-from tests.test_cli import ROOT
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.slow  # the fault drills, each with its own stack
 
 
 def drills(*args: str) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import signal
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session
 from temporalio.client import Client
@@ -15,10 +16,12 @@ from core.settings import Settings
 from core.states import PATH, BuildState
 from core.temporal import connect
 from db import crud
-from devstack import DevServer, free_port
-from tests.conftest import make_request, running_worker, start, status_of, wait_until
-from tests.test_cli import spawn_worker
+from devtools.devserver import DevServer
+from devtools.processes import free_port
+from tests.helpers import make_request, running_worker, spawn_worker, start, status_of, wait_until
 from workflows.build import BuildWorkflow
+
+pytestmark = pytest.mark.slow  # a killed worker process, a restarted server
 
 
 def assert_clean_log(events: list[BuildEvent], engine: Engine, workflow_id: str) -> None:
@@ -56,6 +59,7 @@ async def test_killed_worker_mid_build_another_worker_finishes_it(
 async def test_restarted_temporal_server_keeps_running_builds(
     base_settings: Settings, engine, tmp_path: Path
 ):
+
     server = DevServer(db_file=tmp_path / "t.db", port=free_port(), headless=True, tied=True)
     server.start()
     settings = base_settings.model_copy(

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
@@ -21,11 +22,12 @@ from temporalio.client import Client, WorkflowHandle
 from core.models import RolePolicy
 from core.settings import Settings
 from core.states import BuildState
-from devstack import free_port, wait_for_port
-from tests.conftest import make_request, start, status_of
-from tests.test_cli import spawn_worker
+from devtools.processes import free_port, wait_for_port
+from tests.helpers import make_request, spawn_worker, start, status_of
 from tests.test_durability import assert_clean_log
 from workflows.build import BuildWorkflow
+
+pytestmark = pytest.mark.slow  # worker processes of their own
 
 
 @dataclass
@@ -172,6 +174,7 @@ async def test_two_workers_share_builds_serve_metrics_and_log_build_ids(
 async def test_a_killed_worker_leaves_its_builds_to_the_others(
     client: Client, settings: Settings, engine, tmp_path: Path
 ):
+
     async with workers(settings, tmp_path, count=2, latency=1.0) as fleet:
         victim, survivor = fleet
         await until_all_poll(fleet)

@@ -33,7 +33,7 @@ from core.settings import Settings
 from core.states import WORKING, BuildState
 from db import crud
 from db.models import WorkflowEventRow
-from tests.conftest import make_request, model_client_with, running_worker, start, wait_until
+from tests.helpers import make_request, model_client_with, running_worker, start, wait_until
 from workflows.build import BuildWorkflow
 
 
@@ -242,6 +242,7 @@ class CrashAfterCommitMirror(MirrorActivities):
         return receipt
 
 
+@pytest.mark.slow  # about 7 s per database
 async def test_mirror_is_exact_through_a_retry_loop_a_rollback_and_failing_activities(
     client: Client, settings: Settings, mirror_db: Engine
 ):

@@ -16,7 +16,7 @@ from core.models import (
 )
 from core.settings import Settings
 from core.states import BuildState, Role
-from tests.conftest import model_client_with
+from tests.helpers import model_client_with
 
 S = BuildState
 

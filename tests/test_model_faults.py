@@ -19,8 +19,8 @@ from activities.llm import ModelClient
 from core.models import RoleTask, TestAudit
 from core.settings import RoleModel, Settings
 from core.states import BuildState, Role
-from tests.conftest import make_request, running_worker, start, status_of
 from tests.fake_openai import FakeOpenAI, Fault
+from tests.helpers import make_request, running_worker, start, status_of
 
 S = BuildState
 LOGICAL_CALLS = 6  # discovery, plan, code, test audit, review, release notes
@@ -56,6 +56,7 @@ async def build(client: Client, settings: Settings, engine: Engine, **options):
     return handle, result, status
 
 
+@pytest.mark.slow  # waits for Retry-After
 async def test_429_with_retry_after_waits_at_least_that_long_then_succeeds(
     client: Client, online: Settings, engine: Engine, fake: FakeOpenAI
 ):
@@ -91,6 +92,7 @@ async def test_invalid_and_schema_breaking_answers_are_asked_again(
     assert fake.count("PlanOutput") == 3 and fake.count() == LOGICAL_CALLS + 2
 
 
+@pytest.mark.slow
 async def test_exact_request_count_under_every_kind_of_fault(
     client: Client, online: Settings, engine: Engine, fake: FakeOpenAI
 ):

@@ -9,9 +9,7 @@ Record the current version's histories (missing files only; existing ones are ne
 
 from __future__ import annotations
 
-import ast
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from temporalio.worker import Replayer
 
 from core.settings import Settings
 from core.states import BuildState
-from tests.conftest import HISTORY_DIR, HISTORY_VERSION, make_request, running_worker, start
+from tests.helpers import HISTORY_DIR, HISTORY_VERSION, make_request, running_worker, start
 from tests.workflow_variants import GuardedChange, UnguardedChange
 from workflows.build import BuildWorkflow
 
@@ -72,6 +70,7 @@ async def test_an_unguarded_change_fails_the_replay_test(version: str):
     assert failure is not None and "Nondeterminism" in str(failure)
 
 
+@pytest.mark.slow  # replays every history twice
 async def test_the_same_change_guarded_by_a_patch_replays_every_history_and_runs(
     client: Client, settings: Settings, engine
 ):
@@ -96,24 +95,3 @@ async def replay_history(workflow_class: type, fetched: WorkflowHistory) -> Base
     replayer = Replayer(workflows=[workflow_class], data_converter=pydantic_data_converter)
     result = await replayer.replay_workflow(fetched, raise_on_replay_failure=False)
     return result.replay_failure
-
-
-def test_workflow_modules_import_only_temporalio_and_the_standard_library_into_the_sandbox():
-    """The sandbox imports a workflow's module again for every build it starts; everything
-    else is passed through, imported once per worker (re-importing the workflow's mixins for
-    each build cost a third of a build's worker time in the benchmark)."""
-    allowed = set(sys.stdlib_module_names) | {"__future__", "temporalio"}
-    sandboxed: list[str] = []
-    modules = sorted((HISTORY_DIR.parent.parent / "workflows").glob("*.py"))
-    defining = [p for p in modules if "@workflow.defn" in p.read_text()]
-    assert [p.name for p in defining] == ["build.py"]
-    for path in defining:
-        for node in ast.parse(path.read_text()).body:  # top level: outside `with` blocks
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            else:
-                continue
-            sandboxed += [f"{path.name}: {n}" for n in names if n.split(".")[0] not in allowed]
-    assert sandboxed == []

@@ -221,6 +221,7 @@ def _workspace_with_test(tmp_path: Path, test: str) -> Workspace:
     return ws
 
 
+@pytest.mark.slow  # waits for the limit
 async def test_a_hanging_generated_test_is_killed_at_the_limit(tmp_path: Path):
     ws = _workspace_with_test(
         tmp_path,

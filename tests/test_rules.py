@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core import rules
+from core import rules, views
 from core.rules import BuildData, Pending
 from core.states import BuildState, Role
 
@@ -102,7 +102,7 @@ def test_current_details_tell_state_attempts_and_what_the_build_waits_for():
         pending_command=None,
         events=20,
     )
-    text = rules.current_details(status)
+    text = views.current_details(status)
     assert "**State:** handoff_to_releaser (80%)" in text
     assert "implementation 2" in text and "**Loop-backs:** 1/3" in text
     assert "**Waiting for:** approval at handoff_to_releaser" in text

@@ -23,8 +23,7 @@ from pydantic import SecretStr, ValidationError
 from core.settings import Settings
 from core.states import BuildState
 from core.temporal import connect, tls_config
-from devstack import DevServer
-from tests.conftest import make_request, running_worker, start
+from tests.helpers import make_request, running_worker, start
 
 
 @dataclass
@@ -114,14 +113,14 @@ class Proxy:
 
 
 @contextlib.asynccontextmanager
-async def mtls_proxy(pki: Pki, upstream: DevServer) -> AsyncIterator[Proxy]:
+async def mtls_proxy(pki: Pki, upstream: str) -> AsyncIterator[Proxy]:
     """TLS with ALPN h2 and a required client certificate, forwarding to the dev server."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(pki.server.cert, pki.server.key)
     context.load_verify_locations(pki.ca.cert)
     context.verify_mode = ssl.CERT_REQUIRED
     context.set_alpn_protocols(["h2"])
-    host, port = upstream.address.split(":")
+    host, port = upstream.split(":")
     refusals: list[str] = []
     refused = asyncio.Event()
 
@@ -150,9 +149,9 @@ async def mtls_proxy(pki: Pki, upstream: DevServer) -> AsyncIterator[Proxy]:
 
 
 async def test_mtls_connects_and_runs_a_build_through_the_proxy(
-    pki: Pki, dev_server: DevServer, settings: Settings, engine
+    pki: Pki, temporal_address: str, settings: Settings, engine
 ):
-    async with mtls_proxy(pki, dev_server) as proxy:
+    async with mtls_proxy(pki, temporal_address) as proxy:
         tls = settings.model_copy(
             update={
                 "temporal_address": proxy.address,
@@ -178,7 +177,7 @@ async def test_mtls_connects_and_runs_a_build_through_the_proxy(
     ],
 )
 async def test_a_wrong_tls_set_up_is_refused(
-    pki: Pki, dev_server: DevServer, settings: Settings, case: str, reason: str
+    pki: Pki, temporal_address: str, settings: Settings, case: str, reason: str
 ):
     update: dict[str, object] = {"temporal_tls_ca": pki.ca.cert}
     if case == "no client certificate":
@@ -189,7 +188,7 @@ async def test_a_wrong_tls_set_up_is_refused(
     else:  # the client trusts another CA than the one that signed the server's certificate
         update |= {"temporal_tls_cert": pki.client.cert, "temporal_tls_key": pki.client.key}
         update["temporal_tls_ca"] = pki.stranger_ca.cert
-    async with mtls_proxy(pki, dev_server) as proxy:
+    async with mtls_proxy(pki, temporal_address) as proxy:
         wrong = settings.model_copy(update={"temporal_address": proxy.address, **update})
         with pytest.raises(RuntimeError, match="Failed client connect"):
             async with asyncio.timeout(30):

@@ -20,8 +20,9 @@ from core.settings import Settings
 from core.states import BuildState
 from core.telemetry import flush_traces, tracing_interceptors
 from core.temporal import connect
-from tests.conftest import make_request, start
-from tests.test_cli import spawn_worker
+from tests.helpers import make_request, spawn_worker, start
+
+pytestmark = pytest.mark.slow  # a worker process of its own
 
 
 class Receiver(ThreadingHTTPServer):
@@ -60,6 +61,7 @@ def receiver() -> Iterator[Receiver]:
 async def test_a_build_is_one_trace_of_workflow_and_role_spans(
     settings: Settings, receiver: Receiver, tmp_path: Path
 ):
+
     port = receiver.server_address[1]
     endpoint = f"http://127.0.0.1:{port}"
     proc = await spawn_worker(settings, tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT=endpoint)

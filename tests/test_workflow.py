@@ -14,7 +14,15 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError
 
-from core.control import BuildExists
+from client.builds import BuildExists
+from core.attributes import (
+    BUILD_STATE,
+    COST,
+    PROJECT_ID,
+    TEST_ATTEMPTS,
+    TOKENS,
+    VERIFICATION_ATTEMPTS,
+)
 from core.models import (
     ApproveRequest,
     BuildEvent,
@@ -24,16 +32,8 @@ from core.models import (
     RollbackRequest,
 )
 from core.states import PATH, WORKING, BuildState, Role
-from tests.conftest import make_request, save_history, start, status_of, wait_until
+from tests.helpers import make_request, save_history, start, status_of, wait_until
 from workflows.build import BuildWorkflow
-from workflows.records import (
-    BUILD_STATE,
-    COST,
-    PROJECT_ID,
-    TEST_ATTEMPTS,
-    TOKENS,
-    VERIFICATION_ATTEMPTS,
-)
 
 S = BuildState
 pytestmark = pytest.mark.usefixtures("worker")

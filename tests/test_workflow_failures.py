@@ -10,7 +10,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from core.models import EventType
 from core.settings import Settings
 from core.states import BuildState, Role
-from tests.conftest import (
+from tests.helpers import (
     make_request,
     model_client_with,
     running_worker,

@@ -10,6 +10,7 @@ import os
 import uuid
 
 import httpx2
+import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session
 from temporalio.client import Client
@@ -20,7 +21,7 @@ from core.models import EventType, RollbackRequest
 from core.settings import Settings
 from core.states import BuildState
 from db import crud
-from tests.conftest import (
+from tests.helpers import (
     make_request,
     model_client_with,
     running_worker,
@@ -86,6 +87,7 @@ async def test_files_outside_the_workspace_fail_the_attempt_and_nothing_is_writt
     await save_history(handle, "unsafe_paths_refused")
 
 
+@pytest.mark.slow  # two builds and a 3 s window
 async def test_a_rollback_after_a_release_restores_the_previous_release_and_the_code(
     client: Client, settings: Settings, engine: Engine
 ):

@@ -1,58 +1,59 @@
 """BuildWorkflow: carries one feature request from DISCOVERY to COMPLETE.
 
+Read top to bottom: `run` walks the states of core.states' table; a working state calls its
+role's activity (`_work`) and the verdict on its output moves the build on or back; a handoff
+state records the handoff and may wait at a gate (`_handoff`). Commands from people are held
+as pending by the handlers (workflows/messages.py) and applied at the next boundary
+(`_apply_pending`). The records (events, handoffs, search attributes, the mirror) are one
+composed object (workflows/records.py).
+
 Deterministic: no clock, environment, randomness or I/O here. Every decision comes from the
-state table (core.states) and the pure rules (core.rules); all work is in activities.
+state table (core.states) and the pure rules (core.rules); all work is in activities, which
+the workflow calls by the names of their contracts (core.contracts).
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
-# Passed through: imported once per worker, not again for every build the sandbox starts. The
-# workflow's own mixins too: they hold no state, and re-importing them cost a third of a
-# build's worker time.
+# Passed through: imported once per worker, not again for every build the sandbox starts.
 with workflow.unsafe.imports_passed_through():
-    from activities.roles import RoleActivities
     from core import rules
+    from core.contracts import RESTORE_WORKSPACE, ROLE_CALLS
     from core.models import (
-        BuildEvent,
         BuildRequest,
         BuildResult,
         EventType,
-        Handoff,
+        ImplementationSummary,
+        ReleaseOutcome,
+        RestoreTask,
+        RoleResult,
         RoleTask,
     )
-    from core.rules import BuildData
-    from core.states import (
-        TABLE,
-        TERMINAL,
-        BuildState,
-        Role,
-        role_of,
-    )
-    from workflows import metrics
-    from workflows.records import BUILD_ROLE, BUILD_STATE, PROJECT_ID
-    from workflows.steering import BuildFailed, BuildSteering
+    from core.rules import BuildData, Verdict
+    from core.states import TABLE, TERMINAL, BuildState, is_valid, order, role_of
+    from workflows.messages import BuildMessages
+    from workflows.records import BuildRecords
 
 S = BuildState
+RESTORE_TIMEOUT = timedelta(seconds=120)
+RESTORE_RETRY = RetryPolicy(maximum_attempts=5)
 
-ROLE_ACTIVITY: dict[BuildState, Any] = {
-    S.DISCOVERY: RoleActivities.q_assistant,
-    S.PLANNING: RoleActivities.q_assistant,
-    S.IMPLEMENTATION: RoleActivities.code_writer,
-    S.TESTING: RoleActivities.test_auditor,
-    S.VERIFICATION: RoleActivities.verification_overseer,
-    S.DEPLOYMENT: RoleActivities.release_manager,
-}
+
+class BuildFailed(Exception):
+    """Raised inside the workflow to end the build FAILED with a reason and its short kind."""
+
+    def __init__(self, reason: str, kind: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 @workflow.defn(name="BuildWorkflow")
-class BuildWorkflow(BuildSteering):
+class BuildWorkflow(BuildMessages):
     @workflow.init
     def __init__(self, request: BuildRequest) -> None:
         self.request = request
@@ -60,26 +61,11 @@ class BuildWorkflow(BuildSteering):
             max_tokens=request.options.budget.max_tokens,
             max_cost_usd=request.options.budget.max_cost_usd,
         )
-        self.events: list[BuildEvent] = []
-        self.handoffs: list[Handoff] = []
-        self.mirrored_seq = 0
-        self.unmirrored_outputs: set[str] = set()
-        self.pending_attributes = {}
-        self.steered = False
+        self.records = BuildRecords(request, self.data)
 
     @workflow.run
     async def run(self, request: BuildRequest) -> BuildResult:
-        self._upsert(
-            [
-                BUILD_STATE.value_set(S.DISCOVERY.value),
-                BUILD_ROLE.value_set(Role.Q_ASSISTANT.value),
-                PROJECT_ID.value_set(request.project_id),
-            ]
-        )
-        self.entered_at = workflow.now()
-        metrics.build_started()
-        self._emit(EventType.STATE_CHANGED, "system", to=S.DISCOVERY.value, edge="start")
-        self._show()
+        self.records.started()
         try:
             while self.data.state not in TERMINAL:
                 if role_of(self.data.state) is not None:
@@ -94,17 +80,17 @@ class BuildWorkflow(BuildSteering):
             if not is_cancelled_exception(err):
                 raise
             self._move(S.CANCELLED, "person")
-            self._emit(EventType.CANCELLED, "person", reason="workflow cancelled")
-            await self._mirror()
+            self.records.emit(EventType.CANCELLED, "person", reason="workflow cancelled")
+            await self.records.mirror()
             raise
         if self.data.state is S.FAILED:
-            await self._mirror()
+            await self.records.mirror()
             raise ApplicationError(
                 self.data.last_error or "build failed", type="BuildFailed", non_retryable=True
             )
-        release = {k: v for k, v in self.data.release.items() if k != "previous_base"}
-        self._emit(EventType.COMPLETED, "system", release=release)
-        await self._mirror()
+        release = self.data.release.model_dump(mode="json") if self.data.release else {}
+        self.records.emit(EventType.COMPLETED, "system", release=release)
+        await self.records.mirror()
         return BuildResult(
             build_id=request.build_id,
             state=self.data.state,
@@ -113,157 +99,113 @@ class BuildWorkflow(BuildSteering):
             release=release,
         )
 
-    # --- phases -----------------------------------------------------------------------
+    # --- working states -----------------------------------------------------------------
 
     async def _work(self) -> None:
+        """One role call in the current working state, then its verdict."""
         if problem := rules.budget_problem(self.data):
             await self._pause_for_budget(problem)
         state = self.data.state
-        role = role_of(state)
-        assert role is not None
-        attempt = self.data.attempts.get(state.value, 0) + 1
-        self.data.attempts[state.value] = attempt
-        task = RoleTask(
-            build_id=self.request.build_id,
-            project_id=self.request.project_id,
-            role=role,
-            state=state,
-            attempt=attempt,
-            requirements=self.request.requirements,
-            context=rules.context_for(self.data, state),
-            guidance=list(self.data.guidance),
-            simulate=self.request.options.simulate,
-            head=self.data.head,
-            base=self.data.base,
-        )
-        policy = self.request.options.policy
-        task.mirror = await self._before_call()
+        task = rules.role_task(self.request, self.data, state)
+        task.mirror = await self.records.before_call()
         self.data.phase_running = True
-        self._show()
+        self.records.show()
         try:
-            result = await workflow.execute_activity_method(
-                ROLE_ACTIVITY[state],
-                task,
-                start_to_close_timeout=timedelta(seconds=policy.start_to_close_seconds),
-                # A worker that dies mid-call is noticed in seconds, not at start-to-close.
-                heartbeat_timeout=timedelta(seconds=policy.heartbeat_seconds),
-                retry_policy=RetryPolicy(
-                    initial_interval=timedelta(seconds=policy.initial_interval_seconds),
-                    maximum_interval=timedelta(seconds=policy.maximum_interval_seconds),
-                    maximum_attempts=policy.max_attempts,
-                ),
-                summary=f"attempt {attempt} ({state.value})",  # the UI shows "<role> • " first
-            )
+            result = await self._call(task)
         except ActivityError as err:
             if is_cancelled_exception(err):
                 raise
             cause = getattr(err.cause, "message", None) or str(err)
             kind = getattr(err.cause, "type", None) or type(err.cause).__name__
             if kind == "UnsafePath":  # the attempt failed; the Code Writer tries again
-                self._loop_back(state, "unsafe file paths", {"error": cause}, cause)
+                self._loop_back(state, Verdict(None, "unsafe file paths", {"error": cause}, cause))
                 return
+            role = task.role.value
             raise BuildFailed(
-                f"{role.value} failed in {state.value}: {cause}", f"{role.value} error: {kind}"
+                f"{role} failed in {state.value}: {cause}", f"{role} error: {kind}"
             ) from err
         finally:
             self.data.phase_running = False
-        self._confirm(task.mirror, result.mirrored_seq)
-        output = result.output.model_dump(mode="json")
-        self.data.outputs[state.value] = output
-        self.unmirrored_outputs.add(state.value)
-        self._record_call(role.value, attempt, result.usage)
-        if state is S.IMPLEMENTATION:
-            self.data.head = output["commit"]
-        elif state is S.DEPLOYMENT and output["released"]:
-            self.data.release = {**output, "previous_base": self.data.base}
-            self.data.base = output["commit"]
+        self.records.confirm(task.mirror, result.mirrored_seq)
+        self._keep(state, result)
+        self.records.role_call(task.role.value, task.attempt, result.usage)
         if await self._apply_pending():
             return
-        await self._decide(state, output)
-
-    async def _decide(self, state: BuildState, output: dict[str, Any]) -> None:
-        summary = output.get("summary", "")
-        if state is S.TESTING and not output["passed"]:
-            feedback = {"failures": output["failures"]}
-            await self._failed(state, output, "tests failed", feedback, summary)
-        elif state is S.VERIFICATION and not output["approved"]:
-            feedback = {"reasons": output["reasons"]}
-            await self._failed(state, output, "verification requested changes", feedback, summary)
-        elif state is S.DEPLOYMENT and not output["released"]:
-            self._loop_back(state, "release failed", {"release": output}, summary)
+        verdict = rules.verdict(state, result.output)
+        if verdict.next_state is not None:
+            self._move(verdict.next_state, task.role.value)
+        elif verdict.signature is not None:
+            await self._failed(state, verdict)
         else:
-            next_state = TABLE[state].next
-            assert next_state is not None
-            self._move(next_state, role_of(state) or "system")
+            self._loop_back(state, verdict)
 
-    async def _failed(
-        self,
-        state: BuildState,
-        output: dict[str, Any],
-        why: str,
-        feedback: dict[str, Any],
-        summary: str,
-    ) -> None:
+    async def _call(self, task: RoleTask) -> RoleResult:
+        call = ROLE_CALLS[task.state]
+        policy = self.request.options.policy
+        result: RoleResult = await workflow.execute_activity(
+            call.name,
+            task,
+            result_type=call.result,
+            start_to_close_timeout=timedelta(seconds=policy.start_to_close_seconds),
+            # A worker that dies mid-call is noticed in seconds, not at start-to-close.
+            heartbeat_timeout=timedelta(seconds=policy.heartbeat_seconds),
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=policy.initial_interval_seconds),
+                maximum_interval=timedelta(seconds=policy.maximum_interval_seconds),
+                maximum_attempts=policy.max_attempts,
+            ),
+            summary=f"attempt {task.attempt} ({task.state.value})",  # the UI shows "<role> • "
+        )
+        return result
+
+    def _keep(self, state: BuildState, result: RoleResult) -> None:
+        """A phase's output: handed to later roles; the code it made; the release it made."""
+        output = result.output
+        self.data.outputs[state.value] = output.model_dump(mode="json")
+        self.records.output_changed(state)
+        if isinstance(output, ImplementationSummary):
+            self.data.head = output.commit
+        elif isinstance(output, ReleaseOutcome) and output.released:
+            self.data.release = output
+            self.data.base_before_release = self.data.base
+            self.data.base = output.commit
+
+    async def _failed(self, state: BuildState, verdict: Verdict) -> None:
         """Loop back, unless this is the same failure as last time: then ask a person rather
         than spend the remaining retries on it."""
-        signature = rules.failure_signature(state, output)
-        repeated = self.data.signatures.get(state.value) == signature
-        self.data.signatures[state.value] = signature
+        assert verdict.signature is not None
+        repeated = self.data.signatures.get(state.value) == verdict.signature
+        self.data.signatures[state.value] = verdict.signature
         if repeated and self.data.loop_backs < self.request.options.max_retries:
-            await self._needs_attention(state, why, feedback, summary, signature)
+            await self._needs_attention(state, verdict)
         else:
-            self._loop_back(state, why, feedback, summary)
+            self._loop_back(state, verdict)
 
-    def _loop_back(
-        self, state: BuildState, why: str, feedback: dict[str, Any], summary: str
-    ) -> None:
+    def _loop_back(self, state: BuildState, verdict: Verdict) -> None:
         """Back to IMPLEMENTATION with feedback (IMPLEMENTATION itself runs again)."""
-        limit = self.request.options.max_retries
+        why, limit = verdict.why, self.request.options.max_retries
         attempts = self.data.attempts[state.value]
-        self.data.last_error = f"{why} at {state.value} attempt {attempts}: {summary}"
+        self.data.last_error = f"{why} at {state.value} attempt {attempts}: {verdict.summary}"
         if self.data.loop_backs >= limit:
             raise BuildFailed(
                 f"retries exhausted: {why} after {self.data.loop_backs} loop-backs "
-                f"(max_retries={limit}); last: {summary}",
+                f"(max_retries={limit}); last: {verdict.summary}",
                 f"retries exhausted: {why}",
             )
         self.data.loop_backs += 1
-        metrics.loop_back(state.value, why)
-        self.data.feedback = {"loop_back_from": state.value, **feedback}
-        self._emit(
-            EventType.LOOP_BACK,
-            role_of(state) or "system",
-            reason=why,
-            loop_back=self.data.loop_backs,
-            **feedback,
-        )
+        self.records.looped_back(state, verdict)
+        self.data.feedback = {"loop_back_from": state.value, **verdict.feedback}
         if state is not S.IMPLEMENTATION:
             self._move(rules.retry_target(state), role_of(state) or "system")
+
+    # --- handoff states -----------------------------------------------------------------
 
     async def _handoff(self) -> None:
         state = self.data.state
         from_role, to_role, next_state, ctx = rules.handoff_parts(
             self.data, state, self.request.build_id
         )
-        seq = len(self.events) + 1
-        handoff = Handoff(
-            seq=seq,
-            from_role=from_role,
-            to_role=to_role,
-            from_state=state,
-            to_state=next_state,
-            timestamp=workflow.now(),
-            **ctx,
-        )
-        self.handoffs.append(handoff)
-        self._emit(
-            EventType.HANDOFF,
-            from_role.value,
-            from_role=from_role.value,
-            to_role=to_role.value,
-            to_state=next_state.value,
-            instructions=ctx["instructions"],
-        )
+        self.records.handoff(from_role, to_role, next_state, **ctx)
         if state in self.request.options.approval_gates:
             await self._wait_for_approval(state)
         if await self._apply_pending():
@@ -272,19 +214,152 @@ class BuildWorkflow(BuildSteering):
 
     async def _wait_for_approval(self, gate: BuildState) -> None:
         self.data.waiting_at_gate = gate
-        self._emit(EventType.APPROVAL_REQUESTED, "system", gate=gate.value)
-        self._show()
+        self.records.emit(EventType.APPROVAL_REQUESTED, "system", gate=gate.value)
+        self.records.show()
 
         def decided() -> bool:
             return self.data.approved_gate == gate or self.data.pending is not None
 
         # Mirror what happens while the build waits (e.g. rejected signals) as it happens.
         while True:
-            await self._mirror()
-            await workflow.wait_condition(lambda: decided() or self._unmirrored())
+            await self.records.mirror()
+            await workflow.wait_condition(lambda: decided() or self.records.unmirrored())
             if decided():
                 break
         self.data.waiting_at_gate = None
         self.data.approved_gate = None
 
-    # --- transitions and events ---------------------------------------------------------
+    # --- transitions --------------------------------------------------------------------
+
+    def _move(self, target: BuildState, by: str) -> None:
+        source = self.data.state
+        if not is_valid(source, target):
+            raise ApplicationError(f"invalid transition {source.value} -> {target.value}")
+        finished_phase = role_of(source) is not None and TABLE[source].next == target
+        if finished_phase and source not in self.data.completed_phases:
+            self.data.completed_phases.append(source)
+        self.data.state = target
+        self.data.commit_at[target.value] = self.data.head
+        self.records.moved(source, target, by)
+
+    def _fail(self, reason: str, kind: str) -> None:
+        self.data.last_error = reason
+        self.data.failed_state = self.data.state
+        self.data.failure_reason = kind
+        self._move(S.FAILED, "system")
+        self.records.emit(EventType.FAILED, "system", reason=reason, kind=kind)
+        self.records.show()
+
+    async def _apply_pending(self) -> bool:
+        """Apply a held retry, rollback or abort; whether there was one."""
+        pending = self.data.pending
+        if pending is None:
+            return False
+        self.data.pending = None
+        by = pending.requested_by
+        if pending.command == "abort":
+            self.records.emit(EventType.ABORTED, by, reason=pending.reason)
+            raise BuildFailed(f"aborted by {by}: {pending.reason}", "aborted")
+        event = EventType.RETRY_REQUESTED if pending.command == "retry" else EventType.ROLLBACK
+        self.records.emit(event, by, target=pending.target.value, reason=pending.reason)
+        self.data.guidance.append(pending.reason)
+        self.data.feedback = {"requested_by": by, "reason": pending.reason}
+        # Phases at or after the target are no longer complete once the build goes back.
+        self.data.completed_phases = [
+            s for s in self.data.completed_phases if order(s) < order(pending.target)
+        ]
+        if pending.command == "rollback" or self.data.release is not None:
+            await self._restore(pending.target, code=pending.command == "rollback")
+        self._move(pending.target, by)
+        return True
+
+    async def _restore(self, target: BuildState, *, code: bool) -> None:
+        """Compensation: the code as it was at `target` (a rollback), and this build's release
+        undone if it made one; both recorded as a `restored` event."""
+        release = self.data.release
+        commit = self.data.commit_at.get(target.value) if code else self.data.head
+        self.records.flush_attributes()
+        result = await workflow.execute_activity(
+            RESTORE_WORKSPACE.name,
+            RestoreTask(
+                build_id=self.request.build_id,
+                project_id=self.request.project_id,
+                commit=commit,
+                undo_release=release.version if release else None,
+                release_to=release.previous if release else None,
+            ),
+            result_type=RESTORE_WORKSPACE.result,
+            start_to_close_timeout=RESTORE_TIMEOUT,
+            retry_policy=RESTORE_RETRY,
+            summary=f"restore {target.value}",
+        )
+        self.data.head = result.commit
+        if release:
+            self.data.base = self.data.base_before_release
+            self.data.release = None
+        self.records.emit(
+            EventType.RESTORED,
+            "system",
+            target=target.value,
+            commit=result.commit,
+            release_undone=release.version if release and result.release_restored else None,
+            release_current=result.release_current,
+        )
+
+    # --- pauses: the budget, and a failure that repeats ----------------------------------
+
+    async def _pause_for_budget(self, problem: str) -> None:
+        """Stop spending: wait in BUDGET_EXHAUSTED for a top-up, then go on where it paused."""
+        state = self.data.state
+        self.data.paused_from = state
+        self._move(S.BUDGET_EXHAUSTED, "system")
+        self.records.emit(
+            EventType.BUDGET_EXHAUSTED, "system", reason=problem, paused_in=state.value
+        )
+        self.records.show()
+        await self.records.mirror()
+        wait = self.request.options.budget.wait_seconds
+        try:
+            await workflow.wait_condition(
+                lambda: rules.budget_problem(self.data) is None or rules.aborting(self.data),
+                timeout=timedelta(seconds=wait),
+            )
+        except TimeoutError as err:
+            raise BuildFailed(
+                f"budget exhausted ({problem}) and not topped up within {wait:g}s",
+                "budget exhausted",
+            ) from err
+        if rules.aborting(self.data):
+            await self._apply_pending()
+        self.data.paused_from = None
+        self._move(state, "system")
+
+    async def _needs_attention(self, state: BuildState, verdict: Verdict) -> None:
+        first = rules.first_reason(verdict.feedback) or verdict.summary
+        self.data.attention = f"{verdict.why} twice the same way at {state.value}: {first}"
+        self.data.last_error = self.data.attention
+        self.data.feedback = {"loop_back_from": state.value, **verdict.feedback}
+        self.data.paused_from = state
+        self._move(S.NEEDS_ATTENTION, "system")
+        self.records.emit(
+            EventType.NEEDS_ATTENTION,
+            "system",
+            reason=verdict.why,
+            signature=verdict.signature,
+            **verdict.feedback,
+        )
+        self.records.show()
+        await self.records.mirror()
+        wait = self.request.options.attention_wait_seconds
+        try:
+            await workflow.wait_condition(
+                lambda: self.data.pending is not None, timeout=timedelta(seconds=wait)
+            )
+        except TimeoutError as err:
+            raise BuildFailed(
+                f"{self.data.attention}; nobody answered within {wait:g}s",
+                f"non-converging: {verdict.why}",
+            ) from err
+        self.data.paused_from = None
+        self.data.attention = None
+        await self._apply_pending()

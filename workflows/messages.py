@@ -1,8 +1,10 @@
-"""Messages into a running build: signals, validated updates and queries.
+"""Messages into a running build: signals, validated updates and queries, a facet of
+BuildWorkflow.
 
-A mixin of BuildWorkflow, kept apart so the workflow file reads as the pipeline. Signals and
-updates share the pure checks of core.rules: an invalid signal is recorded and ignored, an
-invalid update is refused with the same reason before it enters history.
+Signals and updates share the pure checks of core.rules: an invalid signal is recorded as an
+event and ignored, an invalid update is refused with the same reason before it enters history.
+An accepted retry, rollback or abort is held as pending; the pipeline applies it at the next
+boundary (workflows/build.py).
 """
 
 from __future__ import annotations
@@ -10,14 +12,13 @@ from __future__ import annotations
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
-from workflows.records import BuildRecords
-
 with workflow.unsafe.imports_passed_through():
     from core import rules
     from core.models import (
         AbortRequest,
         ApproveRequest,
         BuildEvent,
+        BuildRequest,
         BuildStatus,
         CommandAccepted,
         EventType,
@@ -27,37 +28,154 @@ with workflow.unsafe.imports_passed_through():
         TopUpAccepted,
         TopUpRequest,
     )
-    from core.rules import Pending
+    from core.rules import BuildData, Pending
     from core.states import PAUSES, TABLE, BuildState
+    from workflows.records import BuildRecords
 
 
-class BuildMessages(BuildRecords):
-    """Handlers of BuildWorkflow; the state they read and write lives on the workflow."""
+class BuildMessages:
+    """The handlers of BuildWorkflow, which holds the state they read and write."""
 
-    def _accept(self, command: str, target: BuildState, reason: str, by: str) -> CommandAccepted:
+    request: BuildRequest
+    data: BuildData
+    records: BuildRecords
+
+    # --- signals (the Web UI, `temporal workflow signal`) -------------------------------
+
+    @workflow.signal
+    def retry(self, request: RetryRequest) -> None:
+        if problem := rules.check_retry(self.data):
+            self._reject("retry", problem, request.requested_by)
+        else:
+            self._accept_retry(request)
+
+    @workflow.signal
+    def rollback(self, request: RollbackRequest) -> None:
+        if problem := rules.check_rollback(self.data, request.target_state):
+            self._reject("rollback", problem, request.requested_by)
+        else:
+            self._accept_rollback(request)
+
+    @workflow.signal
+    def approve(self, request: ApproveRequest) -> None:
+        if problem := rules.check_approve(self.data):
+            self._reject("approve", problem, request.approved_by)
+        else:
+            self._accept_approval(request)
+
+    @workflow.signal
+    def abort(self, request: AbortRequest) -> None:
+        if problem := rules.check_abort(self.data):
+            self._reject("abort", problem, request.requested_by)
+        else:
+            self._accept_abort(request)
+
+    @workflow.signal
+    def top_up(self, request: TopUpRequest) -> None:
+        if problem := rules.check_top_up(self.data):
+            self._reject("top_up", problem, request.requested_by)
+        else:
+            self._accept_top_up(request)
+
+    # --- updates (the API, starter.py): the same checks, answered at once ---------------
+
+    @workflow.update
+    def update_retry(self, request: RetryRequest) -> CommandAccepted:
+        return self._accept_retry(request)
+
+    @update_retry.validator
+    def validate_retry(self, request: RetryRequest) -> None:
+        refuse(rules.check_retry(self.data))
+
+    @workflow.update
+    def update_rollback(self, request: RollbackRequest) -> CommandAccepted:
+        return self._accept_rollback(request)
+
+    @update_rollback.validator
+    def validate_rollback(self, request: RollbackRequest) -> None:
+        refuse(rules.check_rollback(self.data, request.target_state))
+
+    @workflow.update
+    def update_approve(self, request: ApproveRequest) -> CommandAccepted:
+        return self._accept_approval(request)
+
+    @update_approve.validator
+    def validate_approve(self, request: ApproveRequest) -> None:
+        refuse(rules.check_approve(self.data))
+
+    @workflow.update
+    def update_abort(self, request: AbortRequest) -> CommandAccepted:
+        return self._accept_abort(request)
+
+    @update_abort.validator
+    def validate_abort(self, request: AbortRequest) -> None:
+        refuse(rules.check_abort(self.data))
+
+    @workflow.update
+    def update_top_up(self, request: TopUpRequest) -> TopUpAccepted:
+        return self._accept_top_up(request)
+
+    @update_top_up.validator
+    def validate_top_up(self, request: TopUpRequest) -> None:
+        refuse(rules.check_top_up(self.data))
+
+    # --- queries ------------------------------------------------------------------------
+
+    @workflow.query
+    def status(self) -> BuildStatus:
+        return self.records.status()
+
+    @workflow.query
+    def event_log(self, after_seq: int = 0) -> list[BuildEvent]:
+        return [e for e in self.records.events if e.seq > after_seq]
+
+    @workflow.query
+    def handoff_log(self) -> list[Handoff]:
+        return list(self.records.handoffs)
+
+    # --- what an accepted command does --------------------------------------------------
+
+    def _accept_retry(self, request: RetryRequest) -> CommandAccepted:
+        target = rules.retry_target(self.data.state)
+        return self._hold("retry", target, request.reason, request.requested_by)
+
+    def _accept_rollback(self, request: RollbackRequest) -> CommandAccepted:
+        return self._hold("rollback", request.target_state, request.reason, request.requested_by)
+
+    def _hold(self, command: str, target: BuildState, reason: str, by: str) -> CommandAccepted:
+        """Hold a retry or rollback until the pipeline's next boundary."""
         source = self.data.state
         self.data.pending = Pending(command, target, reason, by)
-        self.steered = True
-        self._show()
+        self.records.steered = True
+        self.records.show()
         applies = "after_current_phase" if self.data.phase_running else "now"
         return CommandAccepted(
-            command=command,
-            from_state=source,
-            target_state=target,
-            applies=applies,
+            command=command, from_state=source, target_state=target, applies=applies
         )
 
-    def _reject(self, command: str, reason: str, by: str) -> None:
-        self._emit(EventType.SIGNAL_REJECTED, by, command=command, reason=reason)
-        workflow.logger.warning("build %s: %s rejected: %s", self.request.build_id, command, reason)
+    def _accept_abort(self, request: AbortRequest) -> CommandAccepted:
+        source = self.data.state
+        # An abort replaces a pending retry or rollback: ending the build is the last word.
+        self.data.pending = Pending(
+            "abort", BuildState.FAILED, request.reason, request.requested_by
+        )
+        self.records.steered = True
+        self.records.show()
+        waiting = self.data.waiting_at_gate is not None or source in PAUSES
+        return CommandAccepted(
+            command="abort",
+            from_state=source,
+            target_state=BuildState.FAILED,
+            applies="after_current_phase" if self.data.phase_running and not waiting else "now",
+        )
 
-    def _approve(self, request: ApproveRequest) -> CommandAccepted:
+    def _accept_approval(self, request: ApproveRequest) -> CommandAccepted:
         gate = self.data.waiting_at_gate
         assert gate is not None
         self.data.approved_gate = gate
-        self.steered = True
+        self.records.steered = True
         extra = {"phase_result": request.phase_result} if request.phase_result else {}
-        self._emit(
+        self.records.emit(
             EventType.APPROVED, request.approved_by, gate=gate.value, note=request.note, **extra
         )
         if request.phase_result:
@@ -68,36 +186,11 @@ class BuildMessages(BuildRecords):
             command="approve", from_state=gate, target_state=next_state, applies="now"
         )
 
-    @workflow.signal
-    def retry(self, request: RetryRequest) -> None:
-        problem = rules.check_retry(self.data)
-        if problem:
-            self._reject("retry", problem, request.requested_by)
-        else:
-            target = rules.retry_target(self.data.state)
-            self._accept("retry", target, request.reason, request.requested_by)
-
-    @workflow.signal
-    def rollback(self, request: RollbackRequest) -> None:
-        problem = rules.check_rollback(self.data, request.target_state)
-        if problem:
-            self._reject("rollback", problem, request.requested_by)
-        else:
-            self._accept("rollback", request.target_state, request.reason, request.requested_by)
-
-    @workflow.signal
-    def approve(self, request: ApproveRequest) -> None:
-        problem = rules.check_approve(self.data)
-        if problem:
-            self._reject("approve", problem, request.approved_by)
-        else:
-            self._approve(request)
-
-    def _top_up(self, request: TopUpRequest) -> TopUpAccepted:
+    def _accept_top_up(self, request: TopUpRequest) -> TopUpAccepted:
         resumes = self.data.state is BuildState.BUDGET_EXHAUSTED
         rules.apply_top_up(self.data, request.tokens, request.cost_usd)
-        self.steered = True
-        self._emit(
+        self.records.steered = True
+        self.records.emit(
             EventType.TOPPED_UP,
             request.requested_by,
             tokens=request.tokens,
@@ -106,7 +199,7 @@ class BuildMessages(BuildRecords):
             max_tokens=self.data.max_tokens,
             max_cost_usd=self.data.max_cost_usd,
         )
-        self._show()
+        self.records.show()
         return TopUpAccepted(
             max_tokens=self.data.max_tokens,
             max_cost_usd=self.data.max_cost_usd,
@@ -115,92 +208,12 @@ class BuildMessages(BuildRecords):
             resumes=resumes and rules.budget_problem(self.data) is None,
         )
 
-    def _abort(self, request: AbortRequest) -> CommandAccepted:
-        source = self.data.state
-        # An abort replaces a pending retry or rollback: ending the build is the last word.
-        self.data.pending = Pending(
-            "abort", BuildState.FAILED, request.reason, request.requested_by
-        )
-        self.steered = True
-        self._show()
-        waiting = self.data.waiting_at_gate is not None or source in PAUSES
-        return CommandAccepted(
-            command="abort",
-            from_state=source,
-            target_state=BuildState.FAILED,
-            applies="after_current_phase" if self.data.phase_running and not waiting else "now",
-        )
-
-    @workflow.signal
-    def abort(self, request: AbortRequest) -> None:
-        problem = rules.check_abort(self.data)
-        if problem:
-            self._reject("abort", problem, request.requested_by)
-        else:
-            self._abort(request)
-
-    @workflow.update
-    def update_abort(self, request: AbortRequest) -> CommandAccepted:
-        return self._abort(request)
-
-    @update_abort.validator
-    def _validate_abort(self, request: AbortRequest) -> None:
-        _refuse(rules.check_abort(self.data))
-
-    @workflow.signal
-    def top_up(self, request: TopUpRequest) -> None:
-        problem = rules.check_top_up(self.data)
-        if problem:
-            self._reject("top_up", problem, request.requested_by)
-        else:
-            self._top_up(request)
-
-    @workflow.update
-    def update_top_up(self, request: TopUpRequest) -> TopUpAccepted:
-        return self._top_up(request)
-
-    @update_top_up.validator
-    def _validate_top_up(self, request: TopUpRequest) -> None:
-        _refuse(rules.check_top_up(self.data))
-
-    @workflow.update
-    def update_retry(self, request: RetryRequest) -> CommandAccepted:
-        target = rules.retry_target(self.data.state)
-        return self._accept("retry", target, request.reason, request.requested_by)
-
-    @update_retry.validator
-    def _validate_retry(self, request: RetryRequest) -> None:
-        _refuse(rules.check_retry(self.data))
-
-    @workflow.update
-    def update_rollback(self, request: RollbackRequest) -> CommandAccepted:
-        return self._accept("rollback", request.target_state, request.reason, request.requested_by)
-
-    @update_rollback.validator
-    def _validate_rollback(self, request: RollbackRequest) -> None:
-        _refuse(rules.check_rollback(self.data, request.target_state))
-
-    @workflow.update
-    def update_approve(self, request: ApproveRequest) -> CommandAccepted:
-        return self._approve(request)
-
-    @update_approve.validator
-    def _validate_approve(self, request: ApproveRequest) -> None:
-        _refuse(rules.check_approve(self.data))
-
-    @workflow.query
-    def status(self) -> BuildStatus:
-        return rules.status(self.request, self.data, events=len(self.events))
-
-    @workflow.query
-    def event_log(self, after_seq: int = 0) -> list[BuildEvent]:
-        return [e for e in self.events if e.seq > after_seq]
-
-    @workflow.query
-    def handoff_log(self) -> list[Handoff]:
-        return list(self.handoffs)
+    def _reject(self, command: str, reason: str, by: str) -> None:
+        self.records.emit(EventType.SIGNAL_REJECTED, by, command=command, reason=reason)
+        workflow.logger.warning("build %s: %s rejected: %s", self.request.build_id, command, reason)
 
 
-def _refuse(problem: str | None) -> None:
+def refuse(problem: str | None) -> None:
+    """An update's validator refuses with the rule's reason."""
     if problem:
         raise ApplicationError(problem, type="CommandRejected", non_retryable=True)

@@ -1,7 +1,7 @@
-"""A build's records: its numbered events, the usage of its role calls, the Web UI's view of
-it (search attributes, current details), and the mirror that copies them to SQL.
+"""A build's records: its numbered events and handoffs, the usage of its role calls, the Web
+UI's view of it (search attributes, current details) and the mirror that copies them to SQL.
 
-A mixin of BuildWorkflow (through BuildMessages); deterministic like the rest of it.
+One object per build, composed into BuildWorkflow; deterministic like the rest of it.
 """
 
 from __future__ import annotations
@@ -10,53 +10,47 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributeUpdate
-
-from workflows import metrics
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
 
 with workflow.unsafe.imports_passed_through():
-    from activities.mirror import MirrorActivities
-    from core import rules
+    from core import rules, views
+    from core.attributes import (
+        BUILD_ROLE,
+        BUILD_STATE,
+        COST,
+        PROJECT_ID,
+        TEST_ATTEMPTS,
+        TOKENS,
+        VERIFICATION_ATTEMPTS,
+    )
+    from core.contracts import MIRROR_BUILD
     from core.models import (
-        BUILD_ROLE_ATTRIBUTE,
-        BUILD_STATE_ATTRIBUTE,
-        COST_ATTRIBUTE,
-        PROJECT_ID_ATTRIBUTE,
-        TEST_ATTEMPTS_ATTRIBUTE,
-        TOKENS_ATTRIBUTE,
-        VERIFICATION_ATTEMPTS_ATTRIBUTE,
         BuildEvent,
         BuildRequest,
+        BuildStatus,
         EventType,
         Handoff,
         MirrorBatch,
         ModelUsage,
     )
-    from core.rules import BuildData
-    from core.states import BuildState
+    from core.rules import BuildData, Verdict
+    from core.states import TERMINAL, BuildState, Role, role_of
+    from workflows import metrics
 
 S = BuildState
-BUILD_STATE = SearchAttributeKey.for_keyword(BUILD_STATE_ATTRIBUTE)
-BUILD_ROLE = SearchAttributeKey.for_keyword(BUILD_ROLE_ATTRIBUTE)
-PROJECT_ID = SearchAttributeKey.for_keyword(PROJECT_ID_ATTRIBUTE)
-TOKENS = SearchAttributeKey.for_int(TOKENS_ATTRIBUTE)
-COST = SearchAttributeKey.for_float(COST_ATTRIBUTE)
-TEST_ATTEMPTS = SearchAttributeKey.for_int(TEST_ATTEMPTS_ATTRIBUTE)
-VERIFICATION_ATTEMPTS = SearchAttributeKey.for_int(VERIFICATION_ATTEMPTS_ATTRIBUTE)
 
-# Builds started after this change upsert their search attributes once per workflow task (the
-# changes of a task coalesced), not once per change: 17 upserts in a happy build became 8, and
-# each is a visibility write on the server. Builds started before it keep their old commands.
+# Search attributes are upserted once per workflow task, the changes of a task coalesced: each
+# upsert is a visibility write on the server. Builds recorded without this patch upsert each
+# change at once, and replay that way.
 COALESCED_ATTRIBUTES_PATCH = "coalesced-search-attributes"
 
-# Builds started after this change hand the mirror's batch to the next role call, which writes it
-# before its role works: one workflow activation and one local activity less per role call. The
-# workflow still writes through a local activity itself when it waits or ends.
+# The mirror's batch rides with the next role call, which writes it before its role works: one
+# workflow activation and one local activity less per role call. The workflow writes through a
+# local activity itself when it waits or ends, and after a person's command.
 CARRIED_MIRROR_PATCH = "mirror-carried-by-role-calls"
 
-# The workflow's own mirror writes (when it waits or ends) are local activities: no extra round
-# trip to the server. They retry until the database answers; a build waits rather than lose a
-# record.
+# The workflow's own mirror writes are local activities (no round trip to the server), retried
+# until the database answers: a build waits rather than lose a record.
 MIRROR_TIMEOUT = timedelta(seconds=10)
 MIRROR_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
@@ -64,33 +58,35 @@ MIRROR_RETRY = RetryPolicy(
 
 
 class BuildRecords:
-    """Events, usage, Web UI view and mirror of a build; the state lives on the workflow."""
+    """Events, handoffs, usage, the Web UI's view and the mirror of one build."""
 
-    request: BuildRequest
-    data: BuildData
-    events: list[BuildEvent]
-    handoffs: list[Handoff]
-    mirrored_seq: int
-    unmirrored_outputs: set[str]
-    entered_at: datetime  # when the build entered its current state
-    pending_attributes: dict[str, SearchAttributeUpdate[Any]]
-    steered: bool  # a command was accepted since the mirror was last written by the workflow
+    def __init__(self, request: BuildRequest, data: BuildData) -> None:
+        self.request = request
+        self.data = data  # the workflow's state, read to describe the build
+        self.events: list[BuildEvent] = []
+        self.handoffs: list[Handoff] = []
+        self.mirrored_seq = 0  # the last event the mirror confirmed
+        self.unmirrored_outputs: set[str] = set()  # phases whose output the mirror lacks
+        self.pending_attributes: dict[str, SearchAttributeUpdate[Any]] = {}
+        self.steered = False  # a command was accepted since the workflow last wrote the mirror
+        self.entered_at = datetime.min  # when the build entered its current state
 
-    def _upsert(self, updates: list[SearchAttributeUpdate[Any]]) -> None:
-        """Search attribute changes: held until the workflow next waits (`_flush_attributes`)."""
-        if not workflow.patched(COALESCED_ATTRIBUTES_PATCH):
-            workflow.upsert_search_attributes(updates)
-            return
-        for update in updates:
-            self.pending_attributes[update.key.name] = update
+    # --- what happened ----------------------------------------------------------------
 
-    def _flush_attributes(self) -> None:
-        """One upsert with every change since the last one; called before each wait."""
-        if self.pending_attributes:
-            workflow.upsert_search_attributes(list(self.pending_attributes.values()))
-            self.pending_attributes.clear()
+    def started(self) -> None:
+        self.upsert(
+            [
+                BUILD_STATE.value_set(S.DISCOVERY.value),
+                BUILD_ROLE.value_set(Role.Q_ASSISTANT.value),
+                PROJECT_ID.value_set(self.request.project_id),
+            ]
+        )
+        self.entered_at = workflow.now()
+        metrics.build_started()
+        self.emit(EventType.STATE_CHANGED, "system", to=S.DISCOVERY.value, edge="start")
+        self.show()
 
-    def _emit(self, event_type: EventType, by: str, **data: Any) -> None:
+    def emit(self, event_type: EventType, by: str, **data: Any) -> None:
         self.events.append(
             BuildEvent(
                 seq=len(self.events) + 1,
@@ -102,14 +98,56 @@ class BuildRecords:
             )
         )
 
-    def _record_call(self, role: str, attempt: int, usage: ModelUsage) -> None:
-        self._emit(EventType.ROLE_CALL, role, attempt=attempt, **usage.model_dump(mode="json"))
+    def moved(self, source: BuildState, target: BuildState, by: str) -> None:
+        """A transition the workflow made: its event, search attributes, metrics and log."""
+        change = {"from": source.value, "to": target.value, "commit": self.data.head}
+        self.emit(EventType.STATE_CHANGED, by, **change)
+        # New keys may join this upsert freely; a new upsert (a new command) needs a patch.
+        role = role_of(target)
+        self.upsert(
+            [
+                BUILD_STATE.value_set(target.value),
+                BUILD_ROLE.value_set(role.value) if role else BUILD_ROLE.value_unset(),
+            ]
+        )
+        metrics.state_entered(source.value, target.value, self.entered_at)
+        self.entered_at = workflow.now()
+        if target in TERMINAL:
+            metrics.build_finished(target.value)
+        workflow.logger.info("build %s: %s -> %s", self.request.build_id, source, target)
+        self.show()
+
+    def handoff(self, from_role: Role, to_role: Role, to_state: BuildState, **ctx: Any) -> None:
+        """A handoff at the current state, with the context handed to the next role."""
+        self.handoffs.append(
+            Handoff(
+                seq=len(self.events) + 1,
+                from_role=from_role,
+                to_role=to_role,
+                from_state=self.data.state,
+                to_state=to_state,
+                timestamp=workflow.now(),
+                **ctx,
+            )
+        )
+        self.emit(
+            EventType.HANDOFF,
+            from_role.value,
+            from_role=from_role.value,
+            to_role=to_role.value,
+            to_state=to_state.value,
+            instructions=ctx["instructions"],
+        )
+
+    def role_call(self, role: str, attempt: int, usage: ModelUsage) -> None:
+        """A role call's usage: its event, the build's totals, metrics, search attributes."""
+        self.emit(EventType.ROLE_CALL, role, attempt=attempt, **usage.model_dump(mode="json"))
         rules.add_usage(self.data, role, usage)
         metrics.model_call(
             role, usage.model, usage.prompt_tokens, usage.completion_tokens, usage.cost_usd
         )
         attempts = self.data.attempts
-        self._upsert(
+        self.upsert(
             [
                 TOKENS.value_set(rules.tokens_of(self.data)),
                 COST.value_set(rules.cost_of(self.data)),
@@ -118,16 +156,54 @@ class BuildRecords:
             ]
         )
 
-    def _unmirrored(self) -> bool:
+    def looped_back(self, state: BuildState, verdict: Verdict) -> None:
+        metrics.loop_back(state.value, verdict.why)
+        self.emit(
+            EventType.LOOP_BACK,
+            role_of(state) or "system",
+            reason=verdict.why,
+            loop_back=self.data.loop_backs,
+            **verdict.feedback,
+        )
+
+    def output_changed(self, state: BuildState) -> None:
+        self.unmirrored_outputs.add(state.value)
+
+    # --- the Web UI's view --------------------------------------------------------------
+
+    def upsert(self, updates: list[SearchAttributeUpdate[Any]]) -> None:
+        """Search attribute changes: held until the workflow next waits (`flush_attributes`)."""
+        if not workflow.patched(COALESCED_ATTRIBUTES_PATCH):
+            workflow.upsert_search_attributes(updates)
+            return
+        for update in updates:
+            self.pending_attributes[update.key.name] = update
+
+    def flush_attributes(self) -> None:
+        """One upsert with every change since the last one; called before each wait."""
+        if self.pending_attributes:
+            workflow.upsert_search_attributes(list(self.pending_attributes.values()))
+            self.pending_attributes.clear()
+
+    def show(self) -> None:
+        """The Web UI's current details: the status query's answer, as Markdown."""
+        workflow.set_current_details(views.current_details(self.status()))
+
+    def status(self) -> BuildStatus:
+        return views.status(self.request, self.data, events=len(self.events))
+
+    # --- the mirror ---------------------------------------------------------------------
+
+    def unmirrored(self) -> bool:
         return len(self.events) > self.mirrored_seq
 
-    def _batch(self) -> MirrorBatch | None:
+    def batch(self) -> MirrorBatch | None:
         """The events and handoffs the mirror has not confirmed, and the build's snapshot."""
-        if not self._unmirrored():
+        if not self.unmirrored():
             return None
         last_seq = len(self.events)
         info = workflow.info()
-        snapshot = rules.snapshot(
+        snapshot = views.snapshot(
             self.request,
             self.data,
             workflow_id=info.workflow_id,
@@ -142,42 +218,39 @@ class BuildRecords:
             handoffs=[h for h in self.handoffs if self.mirrored_seq < h.seq <= last_seq],
         )
 
-    def _confirm(self, batch: MirrorBatch | None, written_seq: int) -> None:
+    def confirm(self, batch: MirrorBatch | None, written_seq: int) -> None:
         """The mirror holds `batch` if it was written up to its last event."""
         if batch is None or written_seq != batch.snapshot.last_seq:
             return
         self.mirrored_seq = max(self.mirrored_seq, written_seq)
         self.unmirrored_outputs -= set(batch.snapshot.outputs)
 
-    async def _mirror(self) -> None:
+    async def mirror(self) -> None:
         """Write what the mirror has not confirmed, before the workflow waits or ends."""
-        self._flush_attributes()  # every wait of the workflow passes through here first
-        batch = self._batch()
+        self.flush_attributes()  # every wait of the workflow passes through here first
+        batch = self.batch()
         if batch is None:
             return
         last_seq = batch.snapshot.last_seq
-        await workflow.execute_local_activity_method(
-            MirrorActivities.mirror_build,
+        await workflow.execute_local_activity(
+            MIRROR_BUILD.name,
             batch,
+            result_type=MIRROR_BUILD.result,
             start_to_close_timeout=MIRROR_TIMEOUT,
             retry_policy=MIRROR_RETRY,
             summary=f"mirror up to event {last_seq}",
         )
-        self._confirm(batch, last_seq)
+        self.confirm(batch, last_seq)
 
-    async def _before_call(self) -> MirrorBatch | None:
+    async def before_call(self) -> MirrorBatch | None:
         """Before a role call: the batch the call is to carry and write, or None once the
-        workflow has written it itself. It does so for builds started before this change, and
-        after a person's command: the command's answer then leaves only once the mirror shows
-        its effect (a local activity holds the workflow task), so a status read right after
-        it is current."""
+        workflow has written it itself. It writes it itself after a person's command, so the
+        command's answer leaves only once the mirror shows its effect (a local activity holds
+        the workflow task) and a status read right after it is current; and for builds
+        recorded without the carried-mirror patch."""
         if not workflow.patched(CARRIED_MIRROR_PATCH) or self.steered:
             self.steered = False
-            await self._mirror()
+            await self.mirror()
             return None
-        self._flush_attributes()
-        return self._batch()
-
-    def _show(self) -> None:
-        status = rules.status(self.request, self.data, events=len(self.events))
-        workflow.set_current_details(rules.current_details(status))
+        self.flush_attributes()
+        return self.batch()

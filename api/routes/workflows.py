@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response, status
@@ -13,8 +12,8 @@ from temporalio.client import Client
 
 from api.deps import AppState, ClientDep, SessionDep, SettingsDep, StateDep
 from api.schemas import (
-    Abort,
     AbortAccepted,
+    AbortBody,
     Advance,
     Advanced,
     BuildPage,
@@ -25,25 +24,20 @@ from api.schemas import (
     HandoffHistory,
     Progress,
     ProjectStats,
-    RequestRetry,
     RetryAccepted,
+    RetryBody,
     RoleTotals,
-    Rollback,
     RollbackAccepted,
+    RollbackBody,
     StartBuild,
-    TopUp,
     TopUpAnswer,
+    TopUpBody,
     answers,
 )
-from core import control
+from client import builds
+from core.attributes import BUILD_STATE, PROJECT_ID
 from core.models import (
-    AbortRequest,
     ApproveRequest,
-    BuildOptions,
-    BuildRequest,
-    RetryRequest,
-    RollbackRequest,
-    TopUpRequest,
     build_id_from,
     workflow_id_for,
 )
@@ -52,7 +46,6 @@ from core.states import PATH, TERMINAL, WORKING, BuildState, progress_of, role_o
 from db import crud
 from db.models import BuildSummaryPublic, WorkflowEventPublic, WorkflowHandoffPublic
 from workflows.build import BuildWorkflow
-from workflows.records import BUILD_STATE, PROJECT_ID
 
 router = APIRouter(prefix="/api/workflows", tags=["workflows"], responses=answers(400, 401, 503))
 log = logging.getLogger("api")
@@ -74,22 +67,15 @@ async def start_build(
     response: Response,
 ) -> BuildStarted:
     """Start a build of the project. The same build_id twice gets 409."""
-    opts = body.options
-    max_retries = settings.build_max_retries if opts.max_retries is None else opts.max_retries
-    request = BuildRequest(
-        project_id=project_id,
-        build_id=body.build_id or secrets.token_hex(4),
+    request = builds.new_request(
+        settings,
+        project_id,
+        body.requirements,
+        body.options,
+        build_id=body.build_id,
         user_id=body.user_id,
-        requirements=body.requirements,
-        options=BuildOptions(
-            max_retries=max_retries,
-            approval_gates=opts.approval_gates,
-            simulate=opts.simulate,
-            policy=settings.role_policy(),
-            budget=settings.budget(opts.max_tokens, opts.max_cost_usd),
-        ),
     )
-    handle = await control.start_build(client, settings, request)
+    handle = await builds.start_build(client, settings, request)
     log.info("build %s started for project %s by %s", request.build_id, project_id, body.user_id)
     status_url = f"{router.prefix}/{handle.id}/status"
     response.headers["Location"] = status_url
@@ -110,8 +96,8 @@ async def _steer(
     client: Client, settings: Settings, workflow_id: str, update: Any, command: Any
 ) -> dict[str, Any]:
     """Run one of the workflow's validated updates; the accepted answer's fields."""
-    handle = control.handle_for(client, workflow_id)
-    accepted = await control.update(handle, update, command, rpc_timeout=settings.command_timeout)
+    handle = builds.handle_for(client, workflow_id)
+    accepted = await builds.update(handle, update, command, rpc_timeout=settings.command_timeout)
     return {"workflow_id": handle.id, **accepted.model_dump(exclude={"command"})}
 
 
@@ -133,11 +119,10 @@ async def advance(
     responses=answers(404, 409),
 )
 async def request_retry(
-    workflow_id: WorkflowId, body: RequestRetry, client: ClientDep, settings: SettingsDep
+    workflow_id: WorkflowId, body: RetryBody, client: ClientDep, settings: SettingsDep
 ) -> RetryAccepted:
     """Send the build back to IMPLEMENTATION with the reason as guidance."""
-    command = RetryRequest(reason=body.reason, requested_by=body.requested_by)
-    answer = await _steer(client, settings, workflow_id, BuildWorkflow.update_retry, command)
+    answer = await _steer(client, settings, workflow_id, BuildWorkflow.update_retry, body)
     return RetryAccepted(**answer)
 
 
@@ -145,13 +130,10 @@ async def request_retry(
     "/{workflow_id}/rollback", status_code=status.HTTP_202_ACCEPTED, responses=answers(404, 409)
 )
 async def rollback(
-    workflow_id: WorkflowId, body: Rollback, client: ClientDep, settings: SettingsDep
+    workflow_id: WorkflowId, body: RollbackBody, client: ClientDep, settings: SettingsDep
 ) -> RollbackAccepted:
     """Roll the build back to an earlier working state (discovery ... deployment)."""
-    command = RollbackRequest(
-        target_state=body.target_state, reason=body.reason, requested_by=body.requested_by
-    )
-    answer = await _steer(client, settings, workflow_id, BuildWorkflow.update_rollback, command)
+    answer = await _steer(client, settings, workflow_id, BuildWorkflow.update_rollback, body)
     return RollbackAccepted(**answer)
 
 
@@ -159,23 +141,21 @@ async def rollback(
     "/{workflow_id}/abort", status_code=status.HTTP_202_ACCEPTED, responses=answers(404, 409)
 )
 async def abort(
-    workflow_id: WorkflowId, body: Abort, client: ClientDep, settings: SettingsDep
+    workflow_id: WorkflowId, body: AbortBody, client: ClientDep, settings: SettingsDep
 ) -> AbortAccepted:
     """End the build FAILED with the reason: at once at a gate or pause, else after the phase."""
-    command = AbortRequest(reason=body.reason, requested_by=body.requested_by)
-    answer = await _steer(client, settings, workflow_id, BuildWorkflow.update_abort, command)
+    answer = await _steer(client, settings, workflow_id, BuildWorkflow.update_abort, body)
     return AbortAccepted(**answer)
 
 
 @router.post("/{workflow_id}/top-up", responses=answers(404, 409))
 async def top_up(
-    workflow_id: WorkflowId, body: TopUp, client: ClientDep, settings: SettingsDep
+    workflow_id: WorkflowId, body: TopUpBody, client: ClientDep, settings: SettingsDep
 ) -> TopUpAnswer:
     """Add to the build's budget; a build paused in budget_exhausted goes on."""
-    handle = control.handle_for(client, workflow_id)
-    request = TopUpRequest(**body.model_dump())
-    answer = await control.update(
-        handle, BuildWorkflow.update_top_up, request, rpc_timeout=settings.command_timeout
+    handle = builds.handle_for(client, workflow_id)
+    answer = await builds.update(
+        handle, BuildWorkflow.update_top_up, body, rpc_timeout=settings.command_timeout
     )
     return TopUpAnswer(workflow_id=handle.id, **answer.model_dump())
 
@@ -226,7 +206,7 @@ async def build_status(
 
 async def _status_from_temporal(client: Client, settings: Settings, wf: str) -> BuildStatusOut:
     """A build started but not mirrored yet (no worker has run it): what Temporal knows."""
-    described = await control.describe(control.handle_for(client, wf))
+    described = await builds.describe(builds.handle_for(client, wf))
     state = BuildState(described.typed_search_attributes.get(BUILD_STATE) or FIRST.value)
     project = described.typed_search_attributes.get(PROJECT_ID) or ""
     return BuildStatusOut(
@@ -268,7 +248,7 @@ def _progress(state: BuildState, completed: list[BuildState]) -> Progress:
 async def _require_known(session: Session, state: AppState, wf: str) -> None:
     """404 unless the mirror or Temporal knows the build (Temporal is asked only if needed)."""
     if await run_in_threadpool(crud.get_build, session, workflow_id=wf) is None:
-        await control.describe(control.handle_for(await state.temporal(), wf))
+        await builds.describe(builds.handle_for(await state.temporal(), wf))
 
 
 @router.get("/{workflow_id}/history", responses=answers(404))

@@ -1,4 +1,4 @@
-"""Client-side operations on builds, shared by starter.py and the API.
+"""Client-side operations on builds, shared by starter.py and the API: start, steer, ask.
 
 Every refusal is a BuildError subclass whose message a person can act on; the CLI prints it,
 the API maps its kind to an HTTP status.
@@ -6,6 +6,7 @@ the API maps its kind to an HTTP status.
 
 from __future__ import annotations
 
+import secrets
 from datetime import timedelta
 from typing import Any
 
@@ -28,10 +29,17 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from core.models import BuildRequest, build_id_from, workflow_id_for
+from core.attributes import PROJECT_ID
+from core.models import (
+    BuildOptions,
+    BuildRequest,
+    Requirements,
+    StartOptions,
+    build_id_from,
+    workflow_id_for,
+)
 from core.settings import Settings
 from workflows.build import BuildWorkflow
-from workflows.records import PROJECT_ID
 
 # How long a caller waits for Temporal to describe a build.
 DESCRIBE_TIMEOUT = timedelta(seconds=10)
@@ -60,6 +68,34 @@ class CommandRefused(BuildError):
 
 class NoAnswer(BuildError):
     """Temporal or a worker did not answer in time."""
+
+
+def new_request(
+    settings: Settings,
+    project_id: str,
+    requirements: Requirements,
+    options: StartOptions,
+    *,
+    build_id: str | None = None,
+    user_id: str,
+) -> BuildRequest:
+    """A build request: a person's choices, and the settings for the rest (timeouts and
+    retries, the budget, how long a pause waits); a random build id unless one is given."""
+    max_retries = settings.build_max_retries if options.max_retries is None else options.max_retries
+    return BuildRequest(
+        project_id=project_id,
+        build_id=build_id or secrets.token_hex(4),
+        user_id=user_id,
+        requirements=requirements,
+        options=BuildOptions(
+            max_retries=max_retries,
+            approval_gates=options.approval_gates,
+            simulate=options.simulate,
+            policy=settings.role_policy(),
+            budget=settings.budget(options.max_tokens, options.max_cost_usd),
+            attention_wait_seconds=settings.attention_wait_seconds,
+        ),
+    )
 
 
 async def start_build(

@@ -1,0 +1,48 @@
+"""The worker that serves builds: BuildWorkflow and the activities of its contract, with their
+clients built once (the model client, the mirror's engine)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from datetime import timedelta
+
+from sqlalchemy import Engine
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.llm import ModelClient
+from activities.mirror import MirrorActivities
+from activities.roles import RoleActivities
+from core.settings import Settings
+from workflows.build import BuildWorkflow
+
+
+def worker_identity() -> str:
+    """Who ran a task, as the Web UI and histories show it: host and process."""
+    return f"worker-{os.getpid()}@{socket.gethostname()}"
+
+
+def build_worker(
+    client: Client,
+    settings: Settings,
+    *,
+    llm: ModelClient,
+    engine: Engine,
+    identity: str | None = None,
+    workflows: Sequence[type] = (BuildWorkflow,),
+) -> Worker:
+    mirror = MirrorActivities(engine)
+    roles = RoleActivities(llm, mirror=mirror)
+    return Worker(
+        client,
+        task_queue=settings.temporal_task_queue,
+        workflows=list(workflows),
+        activities=[*roles.all(), mirror.mirror_build],
+        identity=identity,
+        max_concurrent_activities=settings.worker_max_concurrent_activities,
+        max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
+        max_task_queue_activities_per_second=settings.worker_activities_per_second,
+        graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_seconds),
+    )

@@ -1,0 +1,69 @@
+"""The activities the workflow calls, by name and types: the contract between workflows/ and
+activities/.
+
+The workflow schedules them by these names, so workflow code (and the client side, which
+imports it for typed handles) never imports the activities' implementations, their openai
+client or their sandbox. activities/ declares each implementation with the same name, and a
+test checks every implementation against its contract.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from core.models import (
+    CodeWriterResult,
+    MirrorBatch,
+    MirrorReceipt,
+    QAssistantResult,
+    ReleaseResult,
+    RestoreResult,
+    RestoreTask,
+    RoleResult,
+    RoleTask,
+    TestAuditorResult,
+    VerificationResult,
+)
+from core.states import BuildState
+
+ArgT = TypeVar("ArgT")
+ResultT = TypeVar("ResultT", covariant=True)
+
+
+@dataclass(frozen=True)
+class Contract(Generic[ArgT, ResultT]):
+    """An activity's name, its one input type and its result type."""
+
+    name: str
+    arg: type[ArgT]
+    result: type[ResultT]
+
+
+Q_ASSISTANT = Contract("q_assistant", RoleTask, QAssistantResult)
+CODE_WRITER = Contract("code_writer", RoleTask, CodeWriterResult)
+TEST_AUDITOR = Contract("test_auditor", RoleTask, TestAuditorResult)
+VERIFICATION_OVERSEER = Contract("verification_overseer", RoleTask, VerificationResult)
+RELEASE_MANAGER = Contract("release_manager", RoleTask, ReleaseResult)
+RESTORE_WORKSPACE = Contract("restore_workspace", RestoreTask, RestoreResult)
+MIRROR_BUILD = Contract("mirror_build", MirrorBatch, MirrorReceipt)  # a local activity
+
+S = BuildState
+# The role activity that works in each working state.
+ROLE_CALLS: dict[BuildState, Contract[RoleTask, RoleResult]] = {
+    S.DISCOVERY: Q_ASSISTANT,
+    S.PLANNING: Q_ASSISTANT,
+    S.IMPLEMENTATION: CODE_WRITER,
+    S.TESTING: TEST_AUDITOR,
+    S.VERIFICATION: VERIFICATION_OVERSEER,
+    S.DEPLOYMENT: RELEASE_MANAGER,
+}
+CONTRACTS = (
+    Q_ASSISTANT,
+    CODE_WRITER,
+    TEST_AUDITOR,
+    VERIFICATION_OVERSEER,
+    RELEASE_MANAGER,
+    RESTORE_WORKSPACE,
+    MIRROR_BUILD,
+)

@@ -1,0 +1,108 @@
+"""How a build is shown: the answer of its `status` query, the Web UI's current details, and
+its row in the mirror. Pure functions of the workflow's state."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from core.models import BuildRequest, BuildSnapshot, BuildStatus
+from core.rules import BuildData, budget_problem, cost_of, tokens_of
+from core.states import TERMINAL, BuildState, progress_of, role_of
+
+S = BuildState
+
+
+def waiting_for(data: BuildData) -> str | None:
+    if data.state is S.NEEDS_ATTENTION:
+        return f"a person: {data.attention} (retry with guidance, rollback or abort)"
+    if data.state is S.BUDGET_EXHAUSTED:
+        return f"a budget top-up ({budget_problem(data) or 'topped up'})"
+    return f"approval at {data.waiting_at_gate.value}" if data.waiting_at_gate else None
+
+
+def pending_command(data: BuildData) -> str | None:
+    pending = data.pending
+    return f"{pending.command} to {pending.target.value}" if pending else None
+
+
+def status(request: BuildRequest, data: BuildData, *, events: int) -> BuildStatus:
+    """The answer of the workflow's `status` query."""
+    return BuildStatus(
+        build_id=request.build_id,
+        project_id=request.project_id,
+        state=data.state,
+        current_role=role_of(data.state),
+        progress=progress_of(data.paused_from or data.state),
+        completed_phases=list(data.completed_phases),
+        attempts=dict(data.attempts),
+        loop_backs=data.loop_backs,
+        max_retries=request.options.max_retries,
+        last_error=data.last_error,
+        waiting_for=waiting_for(data),
+        pending_command=pending_command(data),
+        events=events,
+        usage={role: dict(u) for role, u in data.usage.items()},
+        tokens=tokens_of(data),
+        cost_usd=cost_of(data),
+    )
+
+
+def current_details(status: BuildStatus) -> str:
+    """Markdown for the Web UI's current details."""
+    role = status.current_role.value if status.current_role else "-"
+    attempts = ", ".join(f"{k} {v}" for k, v in status.attempts.items()) or "-"
+    lines = [
+        f"**State:** {status.state.value} ({status.progress}%) · **Role:** {role}",
+        f"**Attempts:** {attempts} · **Loop-backs:** {status.loop_backs}/{status.max_retries}",
+        f"**Tokens:** {status.tokens} · **Cost:** ${status.cost_usd:.4f}",
+    ]
+    if status.waiting_for:
+        lines.append(
+            f"**Waiting for:** {status.waiting_for} (signal `approve`, `retry` or `rollback`)"
+        )
+    if status.pending_command:
+        lines.append(f"**Pending:** {status.pending_command}")
+    if status.last_error:
+        lines.append(f"**Last error:** {status.last_error}")
+    return "\n\n".join(lines)
+
+
+def snapshot(
+    request: BuildRequest,
+    data: BuildData,
+    *,
+    workflow_id: str,
+    started: datetime,
+    now: datetime,
+    last_seq: int,
+    outputs: set[str],
+) -> BuildSnapshot:
+    """The build's mirror row as of `last_seq`, with only the phase outputs named in `outputs`."""
+    finished = data.state in TERMINAL
+    return BuildSnapshot(
+        build_id=request.build_id,
+        workflow_id=workflow_id,
+        project_id=request.project_id,
+        user_id=request.user_id,
+        requirements=request.requirements,
+        state=data.state,
+        current_role=role_of(data.state),
+        attempts=dict(data.attempts),
+        loop_backs=data.loop_backs,
+        last_error=data.last_error,
+        completed_phases=list(data.completed_phases),
+        waiting_for=waiting_for(data),
+        pending_command=pending_command(data),
+        failed_state=data.failed_state,
+        failure_reason=data.failure_reason,
+        usage={role: dict(u) for role, u in data.usage.items()},
+        tokens=tokens_of(data),
+        cost_usd=cost_of(data),
+        outputs={k: data.outputs[k] for k in sorted(outputs)},
+        options=request.options.model_dump(mode="json", exclude={"policy"}),
+        created_at=started,
+        updated_at=now,
+        completed_at=now if finished else None,
+        duration_seconds=(now - started).total_seconds() if finished else None,
+        last_seq=last_seq,
+    )

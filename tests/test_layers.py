@@ -1,0 +1,141 @@
+"""Imports run one way: core < db < activities < workflows < client < api and the entry points
+(worker.py, starter.py, devstack.py). Nothing imports an entry point; the product never
+imports the tools (devtools, bench, chaos, tests). Workflow modules import only temporalio and
+the standard library at top level, the rest passed through the sandbox."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# The product's layers, lowest first: a module imports its own layer and the ones before it.
+LAYERS = ["core", "db", "activities", "workflows", "client", "api"]
+ENTRY_POINTS = {"worker", "starter", "devstack", "api.__main__"}
+TOOLS = {"devtools", "bench", "chaos", "tests"}
+OURS = set(LAYERS) | {e.split(".")[0] for e in ENTRY_POINTS} | TOOLS
+
+
+def imports(tree: ast.Module, *, top_level_only: bool = False) -> list[str]:
+    """The modules a module imports (all of them, or only those at its top level, outside
+    `with workflow.unsafe.imports_passed_through()` blocks)."""
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    names: list[str] = []
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts)
+
+
+def sources() -> list[Path]:
+    paths = [ROOT / f"{name}.py" for name in ("worker", "starter", "devstack")]
+    for package in [*LAYERS, *sorted(TOOLS)]:
+        paths += sorted((ROOT / package).rglob("*.py"))
+    return [p for p in paths if "migrations" not in p.parts or p.name == "env.py"]
+
+
+def layer(module: str) -> int | None:
+    top = module.split(".")[0]
+    return LAYERS.index(top) if top in LAYERS else None
+
+
+def violations(importer: str, imported: list[str]) -> list[str]:
+    """What `importer` may not import: an entry point, a tool (from the product), or a higher
+    layer than its own."""
+    found = []
+    for name in imported:
+        if name.split(".")[0] not in OURS:
+            continue
+        if name in ENTRY_POINTS or name.split(".")[0] in ("worker", "starter", "devstack"):
+            found.append(f"{importer} imports the entry point {name}")
+        elif importer in ENTRY_POINTS or importer.split(".")[0] in TOOLS:
+            continue  # the top: anything but an entry point
+        elif name.split(".")[0] in TOOLS:
+            found.append(f"{importer} imports the tool {name}")
+        elif (mine := layer(importer)) is not None and (theirs := layer(name) or 0) > mine:
+            found.append(f"{importer} ({LAYERS[mine]}) imports {name} ({LAYERS[theirs]})")
+    return found
+
+
+@pytest.mark.parametrize("path", sources(), ids=module_name)
+def test_imports_run_one_way(path: Path):
+    module = module_name(path)
+    assert violations(module, imports(ast.parse(path.read_text()))) == []
+
+
+def test_the_check_sees_each_kind_of_violation():
+    assert violations("core.rules", ["workflows.build", "core.states", "json"]) == [
+        "core.rules (core) imports workflows.build (workflows)"
+    ]
+    assert violations("bench.engine", ["worker"]) == ["bench.engine imports the entry point worker"]
+    assert violations("api.main", ["devtools.processes"]) == [
+        "api.main imports the tool devtools.processes"
+    ]
+    assert violations("tests.conftest", ["client.worker", "activities.llm"]) == []
+    assert violations("starter", ["client.builds", "api.schemas"]) == []
+
+
+def test_the_api_process_loads_no_activity_code():
+    """The API reaches builds through client/ and workflows/ (typed handles), never the role
+    activities, their openai client or their sandbox."""
+    code = (
+        "import sys, api.main\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'activities', 'openai'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+WORKFLOW_MODULES = sorted((ROOT / "workflows").glob("*.py"))
+# What the sandbox imports again for every build: at top level only the standard library and
+# temporalio; everything else is passed through, imported once per worker.
+SANDBOXED = set(sys.stdlib_module_names) | {"__future__", "temporalio"}
+
+
+@pytest.mark.parametrize("path", WORKFLOW_MODULES, ids=lambda p: p.name)
+def test_workflow_modules_import_only_temporalio_and_the_standard_library(path: Path):
+    tree = ast.parse(path.read_text())
+    outside = [n for n in imports(tree, top_level_only=True) if n.split(".")[0] not in SANDBOXED]
+    assert outside == [], f"{path.name}: import these through imports_passed_through()"
+
+
+def test_the_sandbox_check_sees_a_violation():
+    tree = ast.parse("import pydantic\nfrom core.models import X\nimport asyncio\n")
+    names = imports(tree, top_level_only=True)
+    assert [n for n in names if n.split(".")[0] not in SANDBOXED] == ["pydantic", "core.models"]
+
+
+# Builtins the lint's banned-api cannot name: I/O a workflow must leave to activities.
+IO_BUILTINS = {"open", "print", "input", "exec", "eval", "breakpoint"}
+
+
+def builtin_io_calls(tree: ast.Module) -> list[str]:
+    return sorted(
+        node.func.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in IO_BUILTINS
+    )
+
+
+@pytest.mark.parametrize("path", WORKFLOW_MODULES, ids=lambda p: p.name)
+def test_workflow_modules_call_no_io_builtins(path: Path):
+    assert builtin_io_calls(ast.parse(path.read_text())) == []
+
+
+def test_the_builtin_check_sees_open():
+    tree = ast.parse("def f():\n    with open('x') as f:\n        print(f.read())\n")
+    assert builtin_io_calls(tree) == ["open", "print"]
