@@ -6,8 +6,11 @@ the standard library at top level, the rest passed through the sandbox."""
 from __future__ import annotations
 
 import ast
+import importlib.metadata
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -139,3 +142,42 @@ def test_workflow_modules_call_no_io_builtins(path: Path):
 def test_the_builtin_check_sees_open():
     tree = ast.parse("def f():\n    with open('x') as f:\n        print(f.read())\n")
     assert builtin_io_calls(tree) == ["open", "print"]
+
+
+def declared(extra: str | None = None) -> set[str]:
+    """The distributions pyproject.toml declares (with an extra: its dependencies too)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    specs = list(project["dependencies"])
+    if extra:
+        specs += project["optional-dependencies"][extra]
+    return {re.split(r"[\[<>=!~;\s]", spec, maxsplit=1)[0].lower() for spec in specs}
+
+
+def third_party_imports(paths: list[Path]) -> dict[str, set[str]]:
+    """Distribution -> the modules of ours that import it."""
+    distributions = importlib.metadata.packages_distributions()
+    found: dict[str, set[str]] = {}
+    for path in paths:
+        for name in imports(ast.parse(path.read_text())):
+            top = name.split(".")[0]
+            if top in sys.stdlib_module_names or top in OURS:
+                continue
+            for dist in distributions.get(top, [top]):
+                found.setdefault(dist.lower().replace("_", "-"), set()).add(module_name(path))
+    return found
+
+
+def test_every_package_the_code_imports_is_declared():
+    product = [p for p in sources() if p.relative_to(ROOT).parts[0] not in TOOLS]
+    tools = [p for p in sources() if p.relative_to(ROOT).parts[0] in TOOLS]
+
+    def normal(names: set[str]) -> set[str]:
+        return {n.replace("_", "-") for n in names}
+
+    missing = {d: m for d, m in third_party_imports(product).items() if d not in normal(declared())}
+    missing |= {
+        d: m for d, m in third_party_imports(tools).items() if d not in normal(declared("dev"))
+    }
+    # opentelemetry's namespace package maps to each of its distributions; one is enough.
+    missing = {d: m for d, m in missing.items() if not d.startswith("opentelemetry-")}
+    assert missing == {}
