@@ -3,37 +3,35 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from temporalio.client import (
     Client,
-    WorkflowFailureError,
-    WorkflowHandle,
 )
-from temporalio.service import RPCError
 
 from client import builds
 from client.builds import BuildError, CommandRefused
+from client.follow import event_line, follow
 from core.exit import exit_now
-from core.models import (
+from core.messages import (
     AbortRequest,
     ApproveRequest,
-    BuildEvent,
-    BuildStatus,
     CommandAccepted,
     RetryRequest,
     RollbackRequest,
-    Simulation,
-    StartOptions,
     TopUpAccepted,
     TopUpRequest,
+)
+from core.models import (
+    BuildEvent,
+    BuildStatus,
+    Simulation,
+    StartOptions,
     parse_requirements,
     workflow_id_for,
 )
@@ -93,106 +91,6 @@ def _print_accepted(result: CommandAccepted) -> None:
         f"[green]{result.command} accepted[/green]: {result.from_state.value} -> "
         f"{result.target_state.value} ({when})"
     )
-
-
-def _event_line(event: BuildEvent) -> str:
-    data = event.data
-    kind = event.event_type.value
-    if kind == "state_changed":
-        return f"state  {data.get('from', '-')} -> {data['to']}"
-    if kind == "role_call":
-        return (
-            f"call   {event.triggered_by} attempt {data['attempt']} "
-            f"({data['prompt_tokens']}+{data['completion_tokens']} tokens, {data['latency_ms']} ms)"
-        )
-    if kind == "handoff":
-        return f"handoff {data['from_role']} -> {data['to_role']}"
-    if kind == "loop_back":
-        return (
-            f"[yellow]loop   {data['reason']}{_why(data)} (loop-back {data['loop_back']})[/yellow]"
-        )
-    if kind == "signal_rejected":
-        return f"[red]reject {data['command']}: {data['reason']}[/red]"
-    if kind == "completed":
-        release = data["release"]
-        return (
-            f"[green]done   released {release.get('version', '')} to {release.get('path')}[/green]"
-        )
-    if kind == "restored":
-        undone = f", release {data['release_undone']} undone" if data["release_undone"] else ""
-        return (
-            f"[yellow]restore code to {str(data['commit'])[:10]}{undone}; "
-            f"current release: {data['release_current'] or 'none'}[/yellow]"
-        )
-    if kind == "approval_requested":
-        return f"[cyan]wait   approval at {data['gate']} (starter.py approve <build>)[/cyan]"
-    details = ", ".join(f"{k}={v}" for k, v in data.items() if not isinstance(v, (dict, list)))
-    return f"{kind:<6} {details}"
-
-
-def _why(loop: dict[str, Any]) -> str:
-    """The first concrete reason of a loop-back: a failing test, a review reason, a smoke check."""
-    if loop.get("failures"):
-        first = loop["failures"][0]
-        return f": {first['test']}: {first['message'].splitlines()[0][:80]}"
-    if loop.get("reasons"):
-        return f": {loop['reasons'][0][:100]}"
-    if loop.get("release"):
-        return f": {loop['release'].get('smoke', '')}"
-    if loop.get("error"):
-        return f": {str(loop['error'])[:100]}"
-    return ""
-
-
-async def follow(
-    handle: WorkflowHandle[Any, Any], interval: float = 0.5
-) -> tuple[BuildStatus, dict[str, Any]]:
-    """Show progress and events until the build ends; the final status and the release."""
-    result = asyncio.create_task(handle.result())
-    seen = 0
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("starting", total=100)
-        while True:
-            try:
-                status: BuildStatus = await handle.query(BuildWorkflow.status)
-                events: list[BuildEvent] = await handle.query(BuildWorkflow.event_log, seen)
-            except RPCError as err:
-                # Queries need a worker; without one, say so and keep following.
-                bar.update(task, description=f"[yellow]no worker answers ({err.message})[/yellow]")
-                if result.done():
-                    break
-                await asyncio.wait({result}, timeout=interval)
-                continue
-            for event in events:
-                bar.console.print(f"  {event.seq:>3} {_event_line(event)}")
-                seen = event.seq
-            role = status.current_role.value if status.current_role else "-"
-            waiting = f" [cyan]waiting: {status.waiting_for}[/cyan]" if status.waiting_for else ""
-            bar.update(
-                task,
-                completed=status.progress,
-                description=f"{status.state.value} ({role}){waiting}",
-            )
-            if result.done():
-                break
-            await asyncio.wait({result}, timeout=interval)
-    release: dict[str, Any] = {}
-    with contextlib.suppress(WorkflowFailureError):  # a FAILED build's reason is in its status
-        release = (await result).release
-    try:
-        final: BuildStatus = await handle.query(BuildWorkflow.status)
-    except RPCError as err:
-        raise CommandError(
-            f"the build ended but no worker answers its status query ({err.message}); "
-            "see the Web UI"
-        ) from err
-    return final, release
 
 
 @app.command()
@@ -274,7 +172,7 @@ def start(
             )
         if not wait:
             return None
-        return await follow(handle)
+        return await follow(handle, console)
 
     followed = _run(go)
     if followed is None:
@@ -328,8 +226,7 @@ def events(build: BuildIdArg) -> None:
 
     for event in _run(go):
         console.print(
-            f"{event.seq:>3} {event.timestamp:%H:%M:%S} {event.state.value:<20} "
-            f"{_event_line(event)}"
+            f"{event.seq:>3} {event.timestamp:%H:%M:%S} {event.state.value:<20} {event_line(event)}"
         )
 
 

@@ -20,7 +20,7 @@ from temporalio.exceptions import ApplicationError
 from activities.beat import beating
 from activities.offline_model import OFFLINE_BASE_URL, SIMULATE_HEADER, offline_http_client
 from activities.prompts import Prompt, load_prompts
-from core.models import ModelUsage, RoleTask
+from core.role_io import ModelUsage, RoleTask
 from core.settings import Settings
 
 T = TypeVar("T", bound=BaseModel)

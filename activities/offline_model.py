@@ -17,16 +17,15 @@ from typing import Any
 
 import httpx2
 
-from core.models import (
+from core.models import Simulation, feature_name
+from core.role_io import (
     DiscoveryOutput,
     ImplementationOutput,
     PlanOutput,
     ReleaseNotes,
-    Simulation,
     SourceFile,
     TestAudit,
     VerificationReport,
-    feature_name,
 )
 
 SIMULATE_HEADER = "x-offline-simulate"

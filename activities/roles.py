@@ -31,7 +31,7 @@ from core.contracts import (
     TEST_AUDITOR,
     VERIFICATION_OVERSEER,
 )
-from core.models import (
+from core.role_io import (
     CodeWriterResult,
     DiscoveryOutput,
     ImplementationOutput,

@@ -10,7 +10,7 @@ from xml.etree import ElementTree
 
 from activities.sandbox import Limits, run_limited
 from activities.workspace import Workspace
-from core.models import TestFailure, TestReport
+from core.role_io import TestFailure, TestReport
 
 PYTEST_CONFIGS = ("pytest.ini", "pyproject.toml", "setup.cfg", "tox.ini")
 MAX_FAILURES = 20

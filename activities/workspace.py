@@ -14,7 +14,7 @@ import subprocess
 import uuid
 from pathlib import Path, PurePosixPath
 
-from core.models import FileRef, SourceFile
+from core.role_io import FileRef, SourceFile
 
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"  # git's empty tree object
 GIT_TIMEOUT_SECONDS = 60

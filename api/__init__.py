@@ -1,1 +1,1 @@
-"""HTTP API over the mirror and the Temporal client (arrives with the mirror, issue 3)."""
+"""HTTP API: reads builds from the mirror, steers them through the Temporal client."""

@@ -12,14 +12,11 @@ from pydantic import (
     field_validator,
 )
 
+from core.messages import AbortRequest, RetryRequest, RollbackRequest, TopUpRequest
 from core.models import (
     BUILD_ID_PATTERN,
     MAX_REQUIREMENTS_CHARS,
-    AbortRequest,
-    RetryRequest,
-    RollbackRequest,
     StartOptions,
-    TopUpRequest,
     check_requirements,
     check_size,
 )

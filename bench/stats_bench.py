@@ -4,7 +4,7 @@
 
 Seeds a fresh mirror (SQLite file by default) with builds of one project in every state,
 then times the stats queries directly and through the real API over HTTP (uvicorn).
-Target (issue 3): stats answer in under 100 ms on SQLite.
+Target: the stats answer in under 100 ms on SQLite.
 """
 
 from __future__ import annotations

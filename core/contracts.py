@@ -12,10 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from core.models import (
+from core.models import MirrorBatch, MirrorReceipt
+from core.role_io import (
     CodeWriterResult,
-    MirrorBatch,
-    MirrorReceipt,
     QAssistantResult,
     ReleaseResult,
     RestoreResult,

@@ -1,6 +1,8 @@
-"""Types that cross the Temporal boundary: workflow input/output, messages, role I/O.
+"""Types that cross the Temporal boundary: the workflow's input (a build request and its
+options), what it reports (events, handoffs, status, result) and the mirror's batches. The
+messages into a build are in core/messages.py, the role activities' types in core/role_io.py.
 
-Side-effect free: no clients, no settings, no I/O. Workflow code imports this module
+Side-effect free: no clients, no settings, no I/O. Workflow code imports these modules
 through `workflow.unsafe.imports_passed_through()`.
 """
 
@@ -10,7 +12,7 @@ import json
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -18,7 +20,6 @@ from pydantic import (
     Field,
     WithJsonSchema,
     field_validator,
-    model_validator,
 )
 
 from core.states import HANDOFFS, BuildState, Role
@@ -182,65 +183,6 @@ def feature_name(requirements: Requirements) -> str:
     return re.sub(r"\s+", " ", first)[:80]
 
 
-# --- Messages into a running build -------------------------------------------------------
-
-
-class RetryRequest(BaseModel):
-    reason: Annotated[str, Field(min_length=1, max_length=2000)]
-    requested_by: str = "person"
-
-
-class RollbackRequest(BaseModel):
-    target_state: BuildState
-    reason: Annotated[str, Field(min_length=1, max_length=2000)]
-    requested_by: str = "person"
-
-
-class ApproveRequest(BaseModel):
-    note: Annotated[str, Field(max_length=2000)] = ""
-    approved_by: str = "person"
-    phase_result: dict[str, Any] | None = None  # what the approver adds for the next role
-
-
-class TopUpRequest(BaseModel):
-    """More budget for a build: added to its limits (a limit it had none of stays none)."""
-
-    tokens: int = Field(default=0, ge=0)
-    cost_usd: float = Field(default=0.0, ge=0)
-    note: Annotated[str, Field(max_length=2000)] = ""
-    requested_by: str = "person"
-
-    @model_validator(mode="after")
-    def adds_something(self) -> TopUpRequest:
-        if self.tokens == 0 and self.cost_usd == 0:
-            raise ValueError("a top-up needs tokens or cost_usd above 0")
-        return self
-
-
-class AbortRequest(BaseModel):
-    """End the build FAILED with a reason (at once at a gate or pause, else after the phase)."""
-
-    reason: Annotated[str, Field(min_length=1, max_length=2000)]
-    requested_by: str = "person"
-
-
-class TopUpAccepted(BaseModel):
-    max_tokens: int | None
-    max_cost_usd: float | None
-    tokens_used: int
-    cost_used_usd: float
-    resumes: bool  # the build was paused for its budget and goes on now
-
-
-class CommandAccepted(BaseModel):
-    """Result of an accepted retry/rollback/approve update."""
-
-    command: Literal["retry", "rollback", "approve", "abort"]
-    from_state: BuildState
-    target_state: BuildState
-    applies: Literal["now", "after_current_phase"]
-
-
 # --- What the workflow reports -----------------------------------------------------------
 
 
@@ -321,215 +263,6 @@ class BuildResult(BaseModel):
     release: dict[str, Any]
 
 
-# --- Role activities ----------------------------------------------------------------------
-
-
-class RoleTask(BaseModel):
-    """The one input of every role activity."""
-
-    build_id: str
-    project_id: str
-    role: Role
-    state: BuildState
-    attempt: int
-    requirements: Requirements
-    context: dict[str, Any] = Field(default_factory=dict)
-    guidance: list[str] = Field(default_factory=list)
-    simulate: list[Simulation] = Field(default_factory=list)
-    head: str | None = None  # the workspace commit this role works on (None: a new workspace)
-    base: str | None = None  # the commit of this build's last release (None: none yet)
-    # What the mirror has not confirmed yet: the call writes it before its role works, which
-    # saves the workflow a mirror step of its own before every call. Never part of a prompt.
-    mirror: MirrorBatch | None = None
-
-
-class ModelUsage(BaseModel):
-    model: str
-    prompt_version: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    latency_ms: int = 0
-    cost_usd: float = 0.0
-    requests: int = 0  # HTTP requests this call made (re-asks included)
-    offline: bool = False
-
-
-class DiscoveryOutput(BaseModel):
-    kind: Literal["discovery"] = "discovery"
-    summary: str
-    requirements: list[str]
-    acceptance_criteria: list[str]
-    open_questions: list[str] = Field(default_factory=list)
-
-
-class PlanOutput(BaseModel):
-    kind: Literal["plan"] = "plan"
-    summary: str
-    steps: list[str]
-    files: list[str]
-    test_strategy: str
-    smoke_command: str = Field(
-        default="",
-        description="A command that proves a release works, run in the release folder, "
-        "e.g. 'python -m mymodule'. Empty: every module must import.",
-    )
-
-
-class SourceFile(BaseModel):
-    path: str
-    content: str
-
-
-class ImplementationOutput(BaseModel):
-    """The Code Writer's answer: whole files, relative to the workspace root."""
-
-    summary: str
-    files: list[SourceFile]
-
-
-class TestAudit(BaseModel):
-    """The Test Auditor's model's judgement of a real test run."""
-
-    __test__: ClassVar[bool] = False  # not a pytest class
-
-    summary: str
-    requirements_covered: bool
-    concerns: list[str] = Field(default_factory=list)
-
-
-class VerificationReport(BaseModel):
-    """The Verification Overseer's model's review of the diff."""
-
-    approved: bool
-    summary: str
-    reasons: list[str] = Field(default_factory=list)
-
-
-class ReleaseNotes(BaseModel):
-    """The Release Manager's model's notes for the release."""
-
-    summary: str
-    notes: list[str] = Field(default_factory=list)
-
-
-# What role activities hand back to the workflow: summaries and references, never file
-# contents or logs (those stay in the workspace), so history payloads stay small.
-
-
-class FileRef(BaseModel):
-    path: str
-    bytes: int
-    sha256: str
-
-
-class ImplementationSummary(BaseModel):
-    summary: str
-    files: list[FileRef]
-    commit: str
-    workspace: str
-
-
-class TestFailure(BaseModel):
-    __test__: ClassVar[bool] = False  # not a pytest class
-
-    test: str
-    message: str
-
-
-class TestReport(BaseModel):
-    """A real pytest run of the workspace, and the model's audit of it."""
-
-    __test__: ClassVar[bool] = False  # not a pytest class
-
-    passed: bool
-    summary: str
-    tests_run: int
-    failures: list[TestFailure] = Field(default_factory=list)
-    timed_out: bool = False
-    commit: str | None = None
-    junit: str | None = None  # path of the JUnit XML report
-    log: str | None = None  # path of the full pytest output
-    audit: TestAudit | None = None
-
-
-class VerificationOutcome(BaseModel):
-    approved: bool
-    summary: str
-    reasons: list[str] = Field(default_factory=list)
-    checks: dict[str, str] = Field(default_factory=dict)  # check name -> "ok" or the problem
-    diff_base: str | None = None
-    diff_stat: str = ""
-
-
-class ReleaseOutcome(BaseModel):
-    released: bool
-    version: str
-    summary: str
-    notes: list[str] = Field(default_factory=list)
-    commit: str | None = None
-    path: str | None = None  # the release folder
-    previous: str | None = None  # the version `current` pointed to before
-    smoke: str = ""  # what the smoke check ran and how it ended
-    restored: bool = False  # a failed smoke check put `previous` back
-
-
-RoleOutput = (
-    DiscoveryOutput
-    | PlanOutput
-    | ImplementationSummary
-    | TestReport
-    | VerificationOutcome
-    | ReleaseOutcome
-)
-
-
-class RoleResult(BaseModel):
-    """What every role call returns: its output (each role's result narrows the type), the
-    call's usage."""
-
-    output: RoleOutput
-    usage: ModelUsage
-    # The last event of the task's mirror batch that this call wrote (0: none written).
-    mirrored_seq: int = 0
-
-
-class QAssistantResult(RoleResult):
-    output: Annotated[DiscoveryOutput | PlanOutput, Field(discriminator="kind")]
-
-
-class CodeWriterResult(RoleResult):
-    output: ImplementationSummary
-
-
-class TestAuditorResult(RoleResult):
-    output: TestReport
-
-
-class VerificationResult(RoleResult):
-    output: VerificationOutcome
-
-
-class ReleaseResult(RoleResult):
-    output: ReleaseOutcome
-
-
-class RestoreTask(BaseModel):
-    """Compensation of a rollback: the workspace back to `commit`, and, after a release of
-    this build, the project's `current` release back to `release_to`."""
-
-    build_id: str
-    project_id: str
-    commit: str | None
-    undo_release: str | None = None  # the version this build released
-    release_to: str | None = None  # what `current` pointed to before it
-
-
-class RestoreResult(BaseModel):
-    commit: str | None
-    release_current: str | None
-    release_restored: bool
-
-
 # --- The mirror ---------------------------------------------------------------------------
 
 
@@ -575,6 +308,3 @@ class MirrorReceipt(BaseModel):
     events_inserted: int
     handoffs_inserted: int
     build_updated: bool
-
-
-RoleTask.model_rebuild()  # its mirror batch is defined after it

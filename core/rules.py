@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.models import (
-    BuildRequest,
+from core.models import BuildRequest
+from core.role_io import (
     ModelUsage,
     ReleaseOutcome,
     RoleOutput,

@@ -81,7 +81,7 @@ def setup_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
-    # The ids are fields of every line now; the SDK need not append its info dict to messages.
+    # The ids are fields of every line; the SDK need not append its info dict to messages.
     temporal_workflow.logger.workflow_info_on_message = False
     activity.logger.activity_info_on_message = False
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per model call is noise

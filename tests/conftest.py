@@ -21,6 +21,7 @@ from db.engine import make_engine
 from db.migrate import upgrade
 from devtools.devserver import temporal_binary
 from devtools.processes import free_port
+from tests.api_stack import Stack, serve_api
 from tests.helpers import running_worker
 
 # temporalio 1.35 can abort in interpreter finalization after a green run (sdk-python #300).
@@ -127,3 +128,16 @@ def settings(base_settings: Settings) -> Settings:
 async def worker(client: Client, settings: Settings, engine: Engine) -> AsyncIterator[Settings]:
     async with running_worker(client, settings, engine):
         yield settings
+
+
+@pytest.fixture(scope="module")
+async def stack(client: Client, base_settings: Settings, mirror_db: Engine) -> AsyncIterator[Stack]:
+    """API + worker on one task queue and one mirror database (each test module param: DB)."""
+    settings = base_settings.model_copy(
+        update={
+            "temporal_task_queue": f"api-{uuid.uuid4().hex[:8]}",
+            "database_url": mirror_db.url.render_as_string(hide_password=False),
+        }
+    )
+    async with running_worker(client, settings, mirror_db), serve_api(settings) as http:
+        yield Stack(http, settings, mirror_db)

@@ -1,92 +1,27 @@
 """The HTTP API through real HTTP: uvicorn serving the app, a real mirror (SQLite and
-PostgreSQL), the real dev server and a worker. Every endpoint's success and error cases."""
+PostgreSQL), the real dev server and a worker. Starting and reading builds, the error
+answers, stats, health, the API key, metrics."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
-import uvicorn
 from pydantic import SecretStr
-from sqlalchemy import Engine
 from temporalio.client import Client
 
-from api.main import create_app
-from core.models import BuildSnapshot, MirrorBatch
-from core.settings import Settings
 from core.states import BuildState
 from db import crud
 from devtools.processes import free_port
-from tests.helpers import make_request, running_worker, start
+from tests.api_stack import Stack, at_gate, mirrored_build, new_project, poll, serve_api
+from tests.helpers import make_request, start
 from workflows.build import BuildWorkflow
 
 S = BuildState
-
-
-@asynccontextmanager
-async def serve_api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The real app under uvicorn on a free port, and an HTTP client for it."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(20):
-        while not server.started:
-            assert not task.done(), "uvicorn exited at start"
-            await asyncio.sleep(0.02)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-            yield http
-    finally:
-        server.should_exit = True
-        await task
-
-
-@dataclass
-class Stack:
-    http: httpx.AsyncClient
-    settings: Settings
-    engine: Engine
-
-
-@pytest.fixture(scope="module")
-async def stack(client: Client, base_settings: Settings, mirror_db: Engine) -> AsyncIterator[Stack]:
-    """API + worker on one task queue and one mirror database (each test module param: DB)."""
-    settings = base_settings.model_copy(
-        update={
-            "temporal_task_queue": f"api-{uuid.uuid4().hex[:8]}",
-            "database_url": mirror_db.url.render_as_string(hide_password=False),
-        }
-    )
-    async with running_worker(client, settings, mirror_db), serve_api(settings) as http:
-        yield Stack(http, settings, mirror_db)
-
-
-def new_project() -> str:
-    return f"p-{uuid.uuid4().hex[:8]}"
-
-
-async def poll(http: httpx.AsyncClient, path: str, check: Callable[[Any], bool]) -> Any:
-    async with asyncio.timeout(30):
-        while True:
-            answer = await http.get(path)
-            if answer.status_code == 200 and check(answer.json()):
-                return answer.json()
-            await asyncio.sleep(0.05)
-
-
-def at_gate(gate: str) -> Callable[[Any], bool]:
-    return lambda status: status["waiting_for"] == f"approval at {gate}"
 
 
 async def test_a_build_started_over_http_completes_and_reads_back_exactly(
@@ -183,145 +118,6 @@ async def test_a_malformed_start_gets_422_with_the_reason(
     assert complaint in answer.text
 
 
-async def test_steering_a_build_at_its_gates(stack: Stack, client: Client):
-    http = stack.http
-    gates = ["handoff_to_tester", "handoff_to_releaser"]
-    started = await http.post(
-        f"/api/workflows/{new_project()}/start",
-        json={"requirements": "CSV export", "options": {"approval_gates": gates}},
-    )
-    wf = started.json()["workflow_id"]
-    base = f"/api/workflows/{wf}"
-    await poll(
-        http, f"{base}/status", lambda s: s["waiting_for"] == "approval at handoff_to_tester"
-    )
-
-    forward = await http.post(
-        f"{base}/rollback", json={"target_state": "deployment", "reason": "?"}
-    )
-    assert forward.status_code == 409
-    assert "cannot roll back forward from handoff_to_tester" in forward.json()["detail"]
-    retry = await http.post(f"{base}/request-retry", json={"reason": "use a streaming writer"})
-    assert retry.status_code == 202
-    assert retry.json() == {
-        "workflow_id": wf,
-        "retry_requested": True,
-        "from_state": "handoff_to_tester",
-        "target_state": "implementation",
-        "applies": "now",
-    }
-    # Read after write: the answer leaves once the mirror shows the command's effect.
-    now = (await http.get(f"{base}/status")).json()
-    assert now["current_state"] == "implementation" and now["waiting_for"] is None, now
-    assert now["attempts"]["implementation"] == 2 and now["source"] == "mirror"
-    await poll(
-        http, f"{base}/status", lambda s: s["waiting_for"] == "approval at handoff_to_tester"
-    )
-    status = (await http.get(f"{base}/status")).json()
-    assert status["attempts"]["implementation"] == 2
-
-    advanced = await http.post(
-        f"{base}/advance",
-        json={"role": "test_auditor", "notes": "ready", "phase_result": {"fixtures": "csv"}},
-    )
-    assert advanced.status_code == 200, advanced.text
-    assert (
-        advanced.json()["state"] == "testing" and advanced.json()["advanced_by"] == "test_auditor"
-    )
-    now = (await http.get(f"{base}/status")).json()
-    assert now["current_state"] == "testing" and now["waiting_for"] is None, now
-
-    await poll(http, f"{base}/status", lambda s: s["current_state"] == "handoff_to_releaser")
-    rollback = await http.post(
-        f"{base}/rollback", json={"target_state": "planning", "reason": "rethink the format"}
-    )
-    assert rollback.status_code == 202 and rollback.json()["target_state"] == "planning"
-    await poll(
-        http, f"{base}/status", lambda s: s["waiting_for"] == "approval at handoff_to_tester"
-    )
-    for gate in gates:
-        await poll(http, f"{base}/status", at_gate(gate))
-        assert (await http.post(f"{base}/advance", json={"role": "person"})).status_code == 422
-        ok = await http.post(f"{base}/advance", json={"role": "release_manager"})
-        assert ok.status_code == 200, ok.text
-    done = await poll(http, f"{base}/status", lambda s: s["current_state"] == "complete")
-    assert done["attempts"]["planning"] == 2
-
-    nothing = await http.post(f"{base}/advance", json={"role": "release_manager"})
-    assert nothing.status_code == 409 and "has finished" in nothing.json()["detail"]
-    late = await http.post(f"{base}/request-retry", json={"reason": "again"})
-    assert late.status_code == 409 and "has finished" in late.json()["detail"]
-    mirrored = (await http.get(f"{base}/events")).json()["events"]
-    kinds = [e["event_type"] for e in mirrored]
-    assert kinds.count("approved") == 3 and "retry_requested" in kinds and "rollback" in kinds
-    handle = client.get_workflow_handle_for(BuildWorkflow.run, wf)
-    events = await handle.query(BuildWorkflow.event_log, 0)
-    assert [(e["seq"], e["event_type"], e["event_data"]) for e in mirrored] == [
-        (e.seq, e.event_type.value, e.model_dump(mode="json")["data"]) for e in events
-    ]
-    approved = next(e for e in mirrored if e["event_type"] == "approved")
-    assert approved["triggered_by"] == "test_auditor"
-    assert approved["event_data"]["phase_result"] == {"fixtures": "csv"}
-
-
-async def test_commands_a_running_phase_cannot_take_get_409_with_the_reason(
-    stack: Stack, client: Client
-):
-    slow = stack.settings.model_copy(
-        update={
-            "temporal_task_queue": f"slow-{uuid.uuid4().hex[:8]}",
-            "offline_model_latency_seconds": 5.0,  # a wide window; the build is terminated
-        }
-    )
-    async with running_worker(client, slow, stack.engine):
-        handle = await start(client, slow, make_request())
-        base = f"/api/workflows/{handle.id}"
-        # The mirror is written just before each role call: DISCOVERY's call has begun.
-        await poll(stack.http, f"{base}/status", lambda s: s["source"] == "mirror")
-        advance = await stack.http.post(f"{base}/advance", json={"role": "q_assistant"})
-        assert advance.status_code == 409
-        assert advance.json()["detail"] == "nothing waits for approval (build is at discovery)"
-        retry = await stack.http.post(f"{base}/request-retry", json={"reason": "again"})
-        assert retry.status_code == 409
-        assert retry.json()["detail"].startswith("nothing to retry at discovery")
-        await handle.terminate("test over")
-
-
-async def test_a_build_paused_for_its_budget_is_topped_up_over_http(stack: Stack):
-    http = stack.http
-    started = await http.post(
-        f"/api/workflows/{new_project()}/start",
-        json={"requirements": "CSV export", "options": {"max_tokens": 800}},
-    )
-    base = f"/api/workflows/{started.json()['workflow_id']}"
-    paused = await poll(http, f"{base}/status", lambda s: s["current_state"] == "budget_exhausted")
-    assert paused["waiting_for"].startswith("a budget top-up (") and paused["tokens"] >= 800
-    assert (await http.post(f"{base}/top-up", json={})).status_code == 422
-    topped = await http.post(f"{base}/top-up", json={"tokens": 1_000_000, "note": "ok"})
-    assert topped.status_code == 200, topped.text
-    assert topped.json()["resumes"] and topped.json()["max_tokens"] == 1_000_800
-    await poll(http, f"{base}/status", lambda s: s["current_state"] == "complete")
-    late = await http.post(f"{base}/top-up", json={"tokens": 1})
-    assert late.status_code == 409 and "has finished" in late.json()["detail"]
-
-
-async def test_a_build_that_needs_attention_is_aborted_over_http(stack: Stack):
-    http = stack.http
-    started = await http.post(
-        f"/api/workflows/{new_project()}/start",
-        json={"requirements": "CSV export", "options": {"simulate": ["tests_always_fail"]}},
-    )
-    base = f"/api/workflows/{started.json()['workflow_id']}"
-    asking = await poll(http, f"{base}/status", lambda s: s["current_state"] == "needs_attention")
-    assert asking["waiting_for"].startswith("a person: tests failed twice the same way")
-    assert (await http.post(f"{base}/abort", json={})).status_code == 422
-    aborted = await http.post(f"{base}/abort", json={"reason": "rethink", "requested_by": "ana"})
-    assert aborted.status_code == 202 and aborted.json()["applies"] == "now"
-    done = await poll(http, f"{base}/status", lambda s: s["current_state"] == "failed")
-    assert done["last_error"] == "aborted by ana: rethink" and done["failure_reason"] == "aborted"
-    assert done["failed_state"] == "needs_attention"
-
-
 async def test_unknown_builds_get_404(stack: Stack):
     base = "/api/workflows/build-nosuchbuild"
     for method, path, body in [
@@ -388,101 +184,6 @@ async def test_a_command_no_worker_answers_gets_503_not_a_hang(stack: Stack, cli
         await handle.terminate("test over")
 
 
-def _snapshot(project: str, n: int, state: BuildState, **fields: Any) -> MirrorBatch:
-    start_time = datetime(2026, 1, 1, tzinfo=UTC)
-    finished = state in (S.COMPLETE, S.FAILED, S.CANCELLED)
-    duration = fields.pop("duration", 60.0)
-    return MirrorBatch(
-        snapshot=BuildSnapshot(
-            build_id=f"{project}-{n}",
-            workflow_id=f"build-{project}-{n}",
-            project_id=project,
-            user_id="u",
-            requirements="r",
-            state=state,
-            current_role=None,
-            attempts={},
-            loop_backs=fields.pop("loop_backs", 0),
-            last_error=fields.pop("last_error", None),
-            created_at=start_time + timedelta(minutes=n),
-            updated_at=start_time + timedelta(minutes=n),
-            completed_at=start_time if finished else None,
-            duration_seconds=duration if finished else None,
-            last_seq=1,
-            **fields,
-        ),
-        events=[],
-        handoffs=[],
-    )
-
-
-async def test_stats_list_and_pagination_over_mirrored_builds(stack: Stack):
-    project = new_project()
-    batches = [
-        _snapshot(project, 1, S.COMPLETE, duration=30.0, loop_backs=1),
-        _snapshot(project, 2, S.COMPLETE, duration=90.0),
-        _snapshot(
-            project,
-            3,
-            S.FAILED,
-            loop_backs=3,
-            failed_state=S.TESTING,
-            failure_reason="retries exhausted: tests failed",
-            last_error="retries exhausted: tests failed after 3 loop-backs",
-        ),
-        _snapshot(
-            project,
-            4,
-            S.FAILED,
-            failed_state=S.DISCOVERY,
-            failure_reason="q_assistant error: ModelRequestRejected",
-            last_error="q_assistant failed in discovery: OPENAI_API_KEY rejected",
-        ),
-        _snapshot(project, 5, S.CANCELLED),
-        _snapshot(project, 6, S.TESTING),
-    ]
-    for batch in batches:
-        crud.record_batch(stack.engine, batch=batch)
-    stats = (await stack.http.get(f"/api/workflows/project/{project}/stats")).json()
-    assert stats["total"] == 6 and stats["finished"] == 5
-    assert stats["by_state"] == {"cancelled": 1, "complete": 2, "failed": 2, "testing": 1}
-    assert stats["completion_rate"] == pytest.approx(2 / 5)
-    assert stats["average_duration_seconds"] == pytest.approx(60.0)
-    assert stats["retries_per_build"] == pytest.approx(4 / 6)
-    assert sorted(
-        (f["failed_state"], f["failure_reason"], f["builds"]) for f in stats["failure_analysis"]
-    ) == [
-        ("discovery", "q_assistant error: ModelRequestRejected", 1),
-        ("testing", "retries exhausted: tests failed", 1),
-    ]
-    empty = (await stack.http.get(f"/api/workflows/project/{new_project()}/stats")).json()
-    assert empty["total"] == 0 and empty["completion_rate"] is None
-
-    page = (
-        await stack.http.get("/api/workflows", params={"project_id": project, "limit": 4})
-    ).json()
-    assert page["total"] == 6 and [b["build_id"] for b in page["items"]] == [
-        f"{project}-{n}" for n in (6, 5, 4, 3)
-    ]
-    rest = await stack.http.get(
-        "/api/workflows", params={"project_id": project, "limit": 4, "offset": 4}
-    )
-    assert [b["build_id"] for b in rest.json()["items"]] == [f"{project}-2", f"{project}-1"]
-    failed = await stack.http.get(
-        "/api/workflows", params={"project_id": project, "state": "failed"}
-    )
-    assert failed.json()["total"] == 2
-    assert {b["failed_state"] for b in failed.json()["items"]} == {"testing", "discovery"}
-    for params in (
-        {"state": "sleeping"},
-        {"limit": 0},
-        {"limit": 501},
-        {"offset": -1},
-        {"offset": 2**70},
-    ):
-        assert (await stack.http.get("/api/workflows", params=params)).status_code == 422
-
-
 async def test_health_checks(stack: Stack):
     assert (await stack.http.get("/healthz")).json() == {"status": "ok"}
     ready = await stack.http.get("/readyz")
@@ -493,7 +194,7 @@ async def test_health_checks(stack: Stack):
 async def test_without_temporal_reads_still_work_and_the_rest_says_503(stack: Stack):
     down = stack.settings.model_copy(update={"temporal_address": f"127.0.0.1:{free_port()}"})
     project = new_project()
-    crud.record_batch(stack.engine, batch=_snapshot(project, 1, S.COMPLETE))
+    crud.record_batch(stack.engine, batch=mirrored_build(project, 1, S.COMPLETE))
     async with serve_api(down) as http:
         assert (await http.get("/healthz")).status_code == 200
         ready = await http.get("/readyz")

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 from temporalio.client import Client, WorkflowFailureError
 
-from core.models import AbortRequest, EventType, RetryRequest, RollbackRequest
+from core.messages import AbortRequest, RetryRequest, RollbackRequest
+from core.models import EventType
 from core.rules import failure_signature
 from core.states import BuildState
 from tests.helpers import make_request, save_history, start, status_of, wait_until

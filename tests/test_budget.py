@@ -8,7 +8,8 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailed
 from temporalio.service import RPCError
 
 from core.attributes import BUILD_STATE
-from core.models import EventType, RetryRequest, TopUpRequest
+from core.messages import RetryRequest, TopUpRequest
+from core.models import EventType
 from core.states import BuildState
 from tests.helpers import (
     make_request,

@@ -19,16 +19,9 @@ from temporalio.worker import Worker
 from activities import offline_model
 from activities.mirror import MirrorActivities
 from activities.roles import RoleActivities
-from core.models import (
-    ApproveRequest,
-    BuildEvent,
-    BuildSnapshot,
-    EventType,
-    MirrorBatch,
-    MirrorReceipt,
-    RoleTask,
-    RollbackRequest,
-)
+from core.messages import ApproveRequest, RollbackRequest
+from core.models import BuildEvent, BuildSnapshot, EventType, MirrorBatch, MirrorReceipt
+from core.role_io import RoleTask
 from core.settings import Settings
 from core.states import WORKING, BuildState
 from db import crud

@@ -10,10 +10,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.llm import ModelClient, retry_after
 from activities.offline_model import SIMULATE_HEADER, slug
-from core.models import (
-    RoleTask,
-    TestReport,
-)
+from core.role_io import RoleTask, TestReport
 from core.settings import Settings
 from core.states import BuildState, Role
 from tests.helpers import model_client_with

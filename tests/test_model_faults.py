@@ -16,7 +16,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.llm import ModelClient
-from core.models import RoleTask, TestAudit
+from core.role_io import RoleTask, TestAudit
 from core.settings import RoleModel, Settings
 from core.states import BuildState, Role
 from tests.fake_openai import FakeOpenAI, Fault

@@ -17,14 +17,8 @@ from activities.roles import RoleActivities
 from activities.sandbox import Limits
 from activities.testrun import run_tests
 from activities.workspace import UnsafePath, Workspace
-from core.models import (
-    DiscoveryOutput,
-    PlanOutput,
-    RestoreTask,
-    RoleTask,
-    Simulation,
-    SourceFile,
-)
+from core.models import Simulation
+from core.role_io import DiscoveryOutput, PlanOutput, RestoreTask, RoleTask, SourceFile
 from core.settings import Settings
 from core.states import BuildState, Role
 

@@ -23,14 +23,8 @@ from core.attributes import (
     TOKENS,
     VERIFICATION_ATTEMPTS,
 )
-from core.models import (
-    ApproveRequest,
-    BuildEvent,
-    BuildResult,
-    EventType,
-    RetryRequest,
-    RollbackRequest,
-)
+from core.messages import ApproveRequest, RetryRequest, RollbackRequest
+from core.models import BuildEvent, BuildResult, EventType
 from core.states import PATH, WORKING, BuildState, Role
 from tests.helpers import make_request, save_history, start, status_of, wait_until
 from workflows.build import BuildWorkflow

@@ -17,7 +17,8 @@ from temporalio.client import Client
 
 from activities import offline_model
 from activities.workspace import Workspace
-from core.models import EventType, RollbackRequest
+from core.messages import RollbackRequest
+from core.models import EventType
 from core.settings import Settings
 from core.states import BuildState
 from db import crud

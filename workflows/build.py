@@ -1,15 +1,11 @@
 """BuildWorkflow: carries one feature request from DISCOVERY to COMPLETE.
 
-Read top to bottom: `run` walks the states of core.states' table; a working state calls its
-role's activity (`_work`) and the verdict on its output moves the build on or back; a handoff
-state records the handoff and may wait at a gate (`_handoff`). Commands from people are held
-as pending by the handlers (workflows/messages.py) and applied at the next boundary
-(`_apply_pending`). The records (events, handoffs, search attributes, the mirror) are one
-composed object (workflows/records.py).
-
-Deterministic: no clock, environment, randomness or I/O here. Every decision comes from the
-state table (core.states) and the pure rules (core.rules); all work is in activities, which
-the workflow calls by the names of their contracts (core.contracts).
+Read top to bottom: `run` walks the states of the table in core/states.py. A working state
+calls its role (`_work`) and the verdict on the role's output (core/rules.py) moves the build
+on or back; a handoff state records the handoff and may wait at a gate (`_handoff`). Commands
+that the handlers (workflows/messages.py) hold as pending apply at the next boundary
+(`_apply_pending`). Deterministic: all work is in activities, called by the names of their
+contracts (core/contracts.py); the records are a composed object (workflows/records.py).
 """
 
 from __future__ import annotations
@@ -24,10 +20,8 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 with workflow.unsafe.imports_passed_through():
     from core import rules
     from core.contracts import RESTORE_WORKSPACE, ROLE_CALLS
-    from core.models import (
-        BuildRequest,
-        BuildResult,
-        EventType,
+    from core.models import BuildRequest, BuildResult, EventType
+    from core.role_io import (
         ImplementationSummary,
         ReleaseOutcome,
         RestoreTask,

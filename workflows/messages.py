@@ -14,20 +14,16 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from core import rules
-    from core.models import (
+    from core.messages import (
         AbortRequest,
         ApproveRequest,
-        BuildEvent,
-        BuildRequest,
-        BuildStatus,
         CommandAccepted,
-        EventType,
-        Handoff,
         RetryRequest,
         RollbackRequest,
         TopUpAccepted,
         TopUpRequest,
     )
+    from core.models import BuildEvent, BuildRequest, BuildStatus, EventType, Handoff
     from core.rules import BuildData, Pending
     from core.states import PAUSES, TABLE, BuildState
     from workflows.records import BuildRecords

@@ -24,15 +24,8 @@ with workflow.unsafe.imports_passed_through():
         VERIFICATION_ATTEMPTS,
     )
     from core.contracts import MIRROR_BUILD
-    from core.models import (
-        BuildEvent,
-        BuildRequest,
-        BuildStatus,
-        EventType,
-        Handoff,
-        MirrorBatch,
-        ModelUsage,
-    )
+    from core.models import BuildEvent, BuildRequest, BuildStatus, EventType, Handoff, MirrorBatch
+    from core.role_io import ModelUsage
     from core.rules import BuildData, Verdict
     from core.states import TERMINAL, BuildState, Role, role_of
     from workflows import metrics

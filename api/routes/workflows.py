@@ -36,11 +36,8 @@ from api.schemas import (
 )
 from client import builds
 from core.attributes import BUILD_STATE, PROJECT_ID
-from core.models import (
-    ApproveRequest,
-    build_id_from,
-    workflow_id_for,
-)
+from core.messages import ApproveRequest
+from core.models import build_id_from, workflow_id_for
 from core.settings import Settings
 from core.states import PATH, TERMINAL, WORKING, BuildState, progress_of, role_of
 from db import crud
