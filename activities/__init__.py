@@ -1,1 +1,1 @@
-"""Activities: all I/O of a build (model calls, and later workspace, tests, release, mirror)."""
+"""Activities: all I/O of a build: model calls, the workspace, test runs, releases, the mirror."""

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from core import rules, views
-from core.rules import BuildData, Pending
+from core.models import BuildOptions, BuildRequest
+from core.role_io import (
+    PlanOutput,
+    ReleaseOutcome,
+    TestFailure,
+    TestReport,
+    VerificationOutcome,
+)
+from core.rules import BuildData, Pending, Verdict
 from core.states import BuildState, Role
 
 S = BuildState
@@ -108,3 +116,70 @@ def test_current_details_tell_state_attempts_and_what_the_build_waits_for():
     assert "**Waiting for:** approval at handoff_to_releaser" in text
     assert "**Last error:** tests failed" in text
     assert "Pending" not in text
+
+
+def report(passed: bool, *failures: tuple[str, str]) -> TestReport:
+    return TestReport(
+        passed=passed,
+        summary=f"{len(failures)} failed",
+        tests_run=3,
+        failures=[TestFailure(test=t, message=m) for t, m in failures],
+    )
+
+
+def test_a_phase_that_succeeds_moves_the_build_forward():
+    assert rules.verdict(S.TESTING, report(True)) == Verdict(S.HANDOFF_TO_VERIFIER)
+    approved = VerificationOutcome(approved=True, summary="ok")
+    assert rules.verdict(S.VERIFICATION, approved).next_state is S.HANDOFF_TO_RELEASER
+    plan = PlanOutput(summary="p", steps=["s"], files=["f.py"], test_strategy="pytest")
+    assert rules.verdict(S.PLANNING, plan).next_state is S.HANDOFF_TO_CODER
+    released = ReleaseOutcome(released=True, version="0.1.0", summary="out")
+    assert rules.verdict(S.DEPLOYMENT, released).next_state is S.COMPLETE
+
+
+def test_failing_tests_go_back_with_the_failures_and_a_signature():
+    verdict = rules.verdict(S.TESTING, report(False, ("t::a", "assert 1 == 2")))
+    assert verdict.next_state is None and verdict.why == "tests failed"
+    assert verdict.feedback == {"failures": [{"test": "t::a", "message": "assert 1 == 2"}]}
+    assert verdict.summary == "1 failed"
+    same = rules.verdict(S.TESTING, report(False, ("t::a", "assert 7 == 8")))
+    other = rules.verdict(S.TESTING, report(False, ("t::b", "assert 1 == 2")))
+    assert verdict.signature is not None and verdict.signature == same.signature
+    assert verdict.signature != other.signature
+
+
+def test_a_review_that_asks_for_changes_goes_back_with_its_reasons():
+    review = VerificationOutcome(approved=False, summary="changes", reasons=["add a docstring"])
+    verdict = rules.verdict(S.VERIFICATION, review)
+    assert (verdict.next_state, verdict.why) == (None, "verification requested changes")
+    assert verdict.feedback == {"reasons": ["add a docstring"]} and verdict.signature
+
+
+def test_a_failed_release_goes_back_without_a_signature():
+    failed = ReleaseOutcome(released=False, version="0.1.0", summary="smoke failed", smoke="x")
+    verdict = rules.verdict(S.DEPLOYMENT, failed)
+    assert (verdict.next_state, verdict.why, verdict.signature) == (None, "release failed", None)
+    assert verdict.feedback["release"]["smoke"] == "x" and verdict.summary == "smoke failed"
+
+
+def test_a_role_task_counts_the_attempt_and_carries_what_the_role_needs():
+    request = BuildRequest(
+        project_id="p",
+        build_id="b1",
+        requirements="CSV export",
+        options=BuildOptions(simulate=["tests_fail_once"]),
+    )
+    data = BuildData(
+        state=S.IMPLEMENTATION,
+        outputs={"planning": {"summary": "p"}},
+        guidance=["use csv"],
+        head="abc",
+    )
+    first = rules.role_task(request, data, S.IMPLEMENTATION)
+    second = rules.role_task(request, data, S.IMPLEMENTATION)
+    assert (first.attempt, second.attempt, data.attempts) == (1, 2, {"implementation": 2})
+    assert first.role is Role.CODE_WRITER and first.head == "abc"
+    assert first.context == {"planning": {"summary": "p"}} and first.guidance == ["use csv"]
+    assert first.simulate == ["tests_fail_once"]
+    with pytest.raises(ValueError, match="not a working state"):
+        rules.role_task(request, data, S.HANDOFF_TO_CODER)

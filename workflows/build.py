@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from core.role_io import (
         ImplementationSummary,
         ReleaseOutcome,
+        RestoreResult,
         RestoreTask,
         RoleResult,
         RoleTask,
@@ -82,7 +83,7 @@ class BuildWorkflow(BuildMessages):
             raise ApplicationError(
                 self.data.last_error or "build failed", type="BuildFailed", non_retryable=True
             )
-        release = self.data.release.model_dump(mode="json") if self.data.release else {}
+        release = self.data.release.model_dump(mode="json") if self.data.release is not None else {}
         self.records.emit(EventType.COMPLETED, "system", release=release)
         await self.records.mirror()
         return BuildResult(
@@ -273,7 +274,7 @@ class BuildWorkflow(BuildMessages):
         release = self.data.release
         commit = self.data.commit_at.get(target.value) if code else self.data.head
         self.records.flush_attributes()
-        result = await workflow.execute_activity(
+        result: RestoreResult = await workflow.execute_activity(
             RESTORE_WORKSPACE.name,
             RestoreTask(
                 build_id=self.request.build_id,
