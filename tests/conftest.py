@@ -100,7 +100,10 @@ def postgres_url() -> Iterator[str]:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+# Every test on the mirror runs on both databases in `make test`; `make test-fast` keeps SQLite.
+@pytest.fixture(
+    scope="session", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
+)
 def mirror_db(request: pytest.FixtureRequest, base_settings: Settings) -> Iterator[Engine]:
     if request.param == "sqlite":
         url = base_settings.db_url()
