@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import Engine
 from temporalio.client import Client
@@ -24,6 +25,13 @@ def worker_identity() -> str:
     return f"worker-{os.getpid()}@{socket.gethostname()}"
 
 
+def activities(llm: ModelClient, engine: Engine) -> list[Callable[..., Any]]:
+    """The implementations of every activity contract (core/contracts.py)."""
+    mirror = MirrorActivities(engine)
+    roles = RoleActivities(llm, mirror=mirror)
+    return [*roles.all(), mirror.mirror_build]
+
+
 def build_worker(
     client: Client,
     settings: Settings,
@@ -33,13 +41,11 @@ def build_worker(
     identity: str | None = None,
     workflows: Sequence[type] = (BuildWorkflow,),
 ) -> Worker:
-    mirror = MirrorActivities(engine)
-    roles = RoleActivities(llm, mirror=mirror)
     return Worker(
         client,
         task_queue=settings.temporal_task_queue,
         workflows=list(workflows),
-        activities=[*roles.all(), mirror.mirror_build],
+        activities=activities(llm, engine),
         identity=identity,
         max_concurrent_activities=settings.worker_max_concurrent_activities,
         max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
