@@ -8,6 +8,7 @@ import asyncio
 import os
 import re
 import subprocess
+import tomllib
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -172,9 +173,15 @@ def test_mounted_files_exist_and_scripts_parse():
     for script in (ROOT / "deploy/temporal").glob("*.sh"):
         subprocess.run(["sh", "-n", str(script)], check=True)
     dockerfile = (ROOT / "Dockerfile").read_text()
-    packages = ("core", "workflows", "activities", "api", "db")
+    # Every package and module pyproject.toml installs is in the image.
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {name.split(".")[0] for name in setuptools["packages"]}
     for package in packages:
         assert f"COPY {package} {package}" in dockerfile
+    copied = {
+        f for line in re.findall(r"^COPY ([\w. ]+) \./$", dockerfile, re.M) for f in line.split()
+    }
+    assert {f"{m}.py" for m in setuptools["py-modules"]} <= copied
     # byte-compiled at build time: the non-root worker cannot write __pycache__ under /app
     compiled = re.search(r"python -m compileall -q ([\w. ]+)", dockerfile)
     assert compiled is not None and set(packages) <= set(compiled.group(1).split())
