@@ -72,6 +72,7 @@ async def kill_worker(s: Stack, size: Size) -> Verdict:
 
 async def restart_server(s: Stack, size: Size) -> Verdict:
     await s.start_worker()
+    await s.wait_for_worker()
     handles = await s.start_builds(size.builds)
     await asyncio.sleep(3)
     log("restart-server: stopping the dev server")
@@ -84,6 +85,7 @@ async def restart_server(s: Stack, size: Size) -> Verdict:
 
 async def db_outage(s: Stack, size: Size) -> Verdict:
     await s.start_worker()
+    await s.wait_for_worker()
     handles = await s.start_builds(size.builds)
     await asyncio.sleep(2)
     log(f"db-outage: mirror unavailable for {size.outage_seconds:g} s ({s.database})")

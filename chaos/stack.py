@@ -18,7 +18,7 @@ import psycopg
 from sqlmodel import Session
 from temporalio.client import Client, WorkflowHandle
 
-from client.builds import start_build
+from client.builds import has_worker, start_build
 from core.models import BuildOptions, BuildRequest, RolePolicy
 from core.settings import Settings
 from core.states import BuildState
@@ -128,6 +128,17 @@ class Stack:
             await self.worker.wait()
         self.worker = None
 
+    async def wait_for_worker(self, seconds: float = 60) -> None:
+        """Until the worker polls the task queue (connected to Temporal, the mirror migrated):
+        a fault injected before then would test the worker's start, not the builds' durability."""
+        deadline = time.monotonic() + seconds
+        while not await has_worker(self.client, self.settings):
+            if why := self.worker_exit():
+                raise WorkerExited(why)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the worker did not poll within {seconds:g} s")
+            await asyncio.sleep(0.1)
+
     def worker_exit(self) -> str | None:
         """Why the worker exited on its own (None while it runs, or once the drill stopped it)."""
         if self.worker is None or self.worker.returncode is None:
@@ -136,8 +147,8 @@ class Stack:
         return f"worker.py exited on its own with {self.worker.returncode}: {tail}"
 
     async def results(self, handles: list[WorkflowHandle[Any, Any]], seconds: float) -> list[Any]:
-        """Every build's result or error; fails at once if the worker exits on its own (it used
-        to wait out the whole timeout, 600 s, for builds nobody ran)."""
+        """Every build's result or error; fails at once if the worker exits on its own, rather
+        than wait out the whole timeout for builds nobody runs."""
         pending = asyncio.gather(*(h.result() for h in handles), return_exceptions=True)
         deadline = time.monotonic() + seconds
         try:
