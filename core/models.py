@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -21,6 +21,7 @@ from pydantic import (
     WithJsonSchema,
     field_validator,
 )
+from temporalio.common import RetryPolicy
 
 from core.states import HANDOFFS, BuildState, Role
 
@@ -55,6 +56,13 @@ class RolePolicy(BaseModel):
     maximum_interval_seconds: float = Field(default=30, gt=0)
     # Role activities heartbeat every few seconds; silence this long means their worker died.
     heartbeat_seconds: float = Field(default=30, gt=0)
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            initial_interval=timedelta(seconds=self.initial_interval_seconds),
+            maximum_interval=timedelta(seconds=self.maximum_interval_seconds),
+            maximum_attempts=self.max_attempts,
+        )
 
 
 def check_gates(gates: list[BuildState]) -> list[BuildState]:

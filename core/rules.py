@@ -215,6 +215,11 @@ def check_approve(data: BuildData) -> str | None:
     return None
 
 
+def reopen_from(data: BuildData, target: BuildState) -> None:
+    """Phases at or after `target` are no longer complete once the build goes back to it."""
+    data.completed_phases = [s for s in data.completed_phases if order(s) < order(target)]
+
+
 def previous_working(state: BuildState) -> BuildState:
     """The working state just before `state` on the happy path."""
     earlier = [s for s in WORKING if order(s) < order(state)]

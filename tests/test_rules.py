@@ -183,3 +183,9 @@ def test_a_role_task_counts_the_attempt_and_carries_what_the_role_needs():
     assert first.simulate == ["tests_fail_once"]
     with pytest.raises(ValueError, match="not a working state"):
         rules.role_task(request, data, S.HANDOFF_TO_CODER)
+
+
+def test_going_back_reopens_the_phases_from_the_target_on():
+    data = BuildData(completed_phases=[S.DISCOVERY, S.PLANNING, S.IMPLEMENTATION, S.TESTING])
+    rules.reopen_from(data, S.IMPLEMENTATION)
+    assert data.completed_phases == [S.DISCOVERY, S.PLANNING]

@@ -1,10 +1,9 @@
 """BuildWorkflow: carries one feature request from DISCOVERY to COMPLETE.
 
-Read top to bottom: `run` walks the states of the table in core/states.py. A working state
-calls its role (`_work`) and the verdict on the role's output (core/rules.py) moves the build
-on or back; a handoff state records the handoff and may wait at a gate (`_handoff`). Commands
-that the handlers (workflows/messages.py) hold as pending apply at the next boundary
-(`_apply_pending`). Deterministic: all work is in activities, called by the names of their
+`run` walks the states of core/states.py's table: a working state calls its role (`_work`) and
+the verdict on its output (core/rules.py) moves the build on or back; a handoff state records
+the handoff and may wait at a gate (`_handoff`). Commands the handlers (workflows/messages.py)
+hold apply at the next boundary (`_apply_pending`). Activities are called by the names of their
 contracts (core/contracts.py); the records are a composed object (workflows/records.py).
 """
 
@@ -30,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
         RoleTask,
     )
     from core.rules import BuildData, Verdict
-    from core.states import TABLE, TERMINAL, BuildState, is_valid, order, role_of
+    from core.states import TABLE, TERMINAL, BuildState, is_valid, role_of
     from workflows.messages import BuildMessages
     from workflows.records import BuildRecords
 
@@ -144,11 +143,7 @@ class BuildWorkflow(BuildMessages):
             start_to_close_timeout=timedelta(seconds=policy.start_to_close_seconds),
             # A worker that dies mid-call is noticed in seconds, not at start-to-close.
             heartbeat_timeout=timedelta(seconds=policy.heartbeat_seconds),
-            retry_policy=RetryPolicy(
-                initial_interval=timedelta(seconds=policy.initial_interval_seconds),
-                maximum_interval=timedelta(seconds=policy.maximum_interval_seconds),
-                maximum_attempts=policy.max_attempts,
-            ),
+            retry_policy=policy.retry_policy(),
             summary=f"attempt {task.attempt} ({task.state.value})",  # the UI shows "<role> • "
         )
         return result
@@ -243,7 +238,6 @@ class BuildWorkflow(BuildMessages):
         self.data.failure_reason = kind
         self._move(S.FAILED, "system")
         self.records.emit(EventType.FAILED, "system", reason=reason, kind=kind)
-        self.records.show()
 
     async def _apply_pending(self) -> bool:
         """Apply a held retry, rollback or abort; whether there was one."""
@@ -259,10 +253,7 @@ class BuildWorkflow(BuildMessages):
         self.records.emit(event, by, target=pending.target.value, reason=pending.reason)
         self.data.guidance.append(pending.reason)
         self.data.feedback = {"requested_by": by, "reason": pending.reason}
-        # Phases at or after the target are no longer complete once the build goes back.
-        self.data.completed_phases = [
-            s for s in self.data.completed_phases if order(s) < order(pending.target)
-        ]
+        rules.reopen_from(self.data, pending.target)
         if pending.command == "rollback" or self.data.release is not None:
             await self._restore(pending.target, code=pending.command == "rollback")
         self._move(pending.target, by)
@@ -311,7 +302,6 @@ class BuildWorkflow(BuildMessages):
         self.records.emit(
             EventType.BUDGET_EXHAUSTED, "system", reason=problem, paused_in=state.value
         )
-        self.records.show()
         await self.records.mirror()
         wait = self.request.options.budget.wait_seconds
         try:
@@ -343,7 +333,6 @@ class BuildWorkflow(BuildMessages):
             signature=verdict.signature,
             **verdict.feedback,
         )
-        self.records.show()
         await self.records.mirror()
         wait = self.request.options.attention_wait_seconds
         try:
