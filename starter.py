@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar, cast, get_args
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -14,8 +16,8 @@ from temporalio.client import (
     Client,
 )
 
-from client import builds
-from client.builds import BuildError, CommandRefused
+from client import builds, projects
+from client.errors import BuildError, CommandRefused
 from client.follow import event_line, follow
 from core.exit import exit_now
 from core.messages import (
@@ -35,6 +37,7 @@ from core.models import (
     parse_requirements,
     workflow_id_for,
 )
+from core.projects import Bump, Delivery, ProjectConfig, ProjectView, is_url
 from core.settings import Settings, get_settings
 from core.states import HANDOFFS, WORKING, BuildState
 from core.telemetry import flush_traces, tracing_interceptors
@@ -131,6 +134,13 @@ def start(
         float | None,
         typer.Option(help="Budget in USD (default: BUILD_MAX_COST_USD; 0: no limit)."),
     ] = None,
+    bump: Annotated[
+        str,
+        typer.Option(
+            help="Which part of the project's version the release raises.",
+            click_type=click.Choice(get_args(Bump)),
+        ),
+    ] = "minor",
     wait: Annotated[
         bool, typer.Option("--follow/--no-follow", help="Follow the build until it ends.")
     ] = True,
@@ -147,6 +157,7 @@ def start(
             simulate=simulate or [],
             max_tokens=max_tokens,
             max_cost_usd=max_cost,
+            bump=cast(Bump, bump),
         )
         request = builds.new_request(
             settings,
@@ -314,6 +325,100 @@ def approve(
 ) -> None:
     """Approve the gate the build waits at."""
     _steer(build, BuildWorkflow.update_approve, ApproveRequest(note=note, approved_by="cli"))
+
+
+project_app = typer.Typer(
+    help="Register a project's git repository, and show the registered ones.",
+    no_args_is_help=True,
+)
+app.add_typer(project_app, name="project")
+ProjectArg = Annotated[str, typer.Argument(help="Project id: letters, digits, . _ -")]
+
+
+def _print_project(view: ProjectView) -> None:
+    config = view.config
+    made = " (made by the system)" if view.created_by_system else ""
+    console.print(f"[bold]{view.project_id}[/bold]: {config.repository}{made}")
+    head = (view.head or "-")[:12]
+    console.print(f"  branch {config.branch} at {head} · delivery {config.delivery}")
+    console.print(f"  tests: {config.test_command}")
+    if config.setup_command:
+        console.print(f"  setup: {config.setup_command}")
+    if config.smoke_command:
+        console.print(f"  smoke: {config.smoke_command}")
+
+
+@project_app.command("add")
+def project_add(
+    project_id: ProjectArg,
+    repository: Annotated[
+        str, typer.Argument(help="A local path or any URL git can clone (file://, ssh, https).")
+    ],
+    branch: Annotated[str, typer.Option(help="The branch builds start from.")] = "main",
+    test_command: Annotated[str, typer.Option(help="The project's tests.")] = "python -m pytest",
+    setup_command: Annotated[
+        str, typer.Option(help="Run once per workspace before its tests, e.g. 'pip install -e .'")
+    ] = "",
+    smoke_command: Annotated[str, typer.Option(help="Proves a release works.")] = "",
+    delivery: Annotated[
+        str,
+        typer.Option(
+            help="merge: into the branch, tagged; branch: pushed for a person.",
+            click_type=click.Choice(get_args(Delivery)),
+        ),
+    ] = "merge",
+) -> None:
+    """Register a project (or change it). git must be able to read the repository's branch."""
+    if not is_url(repository):
+        repository = str(Path(repository).expanduser().resolve())
+    try:
+        config = ProjectConfig(
+            repository=repository,
+            branch=branch,
+            test_command=test_command,
+            setup_command=setup_command,
+            smoke_command=smoke_command,
+            delivery=cast(Delivery, delivery),
+        )
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+
+    async def go(client: Client, settings: Settings) -> ProjectView:
+        return await projects.put_project(client, settings, project_id, config)
+
+    _print_project(_run(go))
+
+
+@project_app.command("show")
+def project_show(
+    project_id: ProjectArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show a project's registration."""
+
+    async def go(client: Client, _: Settings) -> ProjectView:
+        return await projects.get_project(client, project_id)
+
+    view = _run(go)
+    if as_json:
+        console.print_json(view.model_dump_json())
+    else:
+        _print_project(view)
+
+
+@project_app.command("list")
+def project_list() -> None:
+    """List the registered projects."""
+
+    async def go(client: Client, _: Settings) -> list[ProjectView]:
+        return await projects.list_projects(client)
+
+    views = _run(go)
+    if not views:
+        console.print("no projects yet (`starter.py project add` registers one)")
+    for view in views:
+        _print_project(view)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import os
 import shlex
 import shutil
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -24,6 +25,14 @@ class Release:
 
 
 class ReleaseTarget(Protocol):
+    def stage(self, project_id: str, version: str, files: Path) -> Release:
+        """Put the files where they can be checked as `version`; nothing is current yet."""
+        ...
+
+    def publish(self, release: Release) -> Release:
+        """Make a staged release `version` and current; the published release."""
+        ...
+
     def release(self, project_id: str, version: str, files: Path) -> Release:
         """Publish the files as `version` and make it current."""
         ...
@@ -58,25 +67,36 @@ class LocalReleases:
         if version is None:
             link.unlink(missing_ok=True)
             return
-        temporary = folder / f".current-{os.getpid()}"
+        temporary = folder / f".current-{uuid.uuid4().hex[:8]}"
         temporary.unlink(missing_ok=True)
         temporary.symlink_to(version)  # relative: the folder can move
         os.replace(temporary, link)  # atomic: readers see the old or the new release
 
     def release(self, project_id: str, version: str, files: Path) -> Release:
+        return self.publish(self.stage(project_id, version, files))
+
+    def stage(self, project_id: str, version: str, files: Path) -> Release:
+        """The files in a folder of their own beside the releases (two builds may stage the
+        same version number at once; only the one that claims it publishes)."""
         folder = self._project(project_id)
         folder.mkdir(parents=True, exist_ok=True)
-        target = folder / version
-        marker = folder / f".{version}.previous"
-        previous = self.current(project_id)
-        if previous == version:  # an activity retry after the switch: what was before it
+        staged = folder / f".staged-{version}-{uuid.uuid4().hex[:8]}"
+        shutil.copytree(files, staged, symlinks=True)
+        return Release(project_id, version, staged, self.current(project_id))
+
+    def publish(self, release: Release) -> Release:
+        folder = self._project(release.project_id)
+        target = folder / release.version
+        marker = folder / f".{release.version}.previous"
+        previous = self.current(release.project_id)
+        if previous == release.version:  # an activity retry after the switch: what was before
             previous = marker.read_text() or None if marker.exists() else None
         if target.exists():
             shutil.rmtree(target)
-        shutil.copytree(files, target, symlinks=True)
+        os.rename(release.path, target)
         marker.write_text(previous or "")
-        self._switch(project_id, version)
-        return Release(project_id, version, target, previous)
+        self._switch(release.project_id, release.version)
+        return Release(release.project_id, release.version, target, previous)
 
     async def verify(self, release: Release, command: str, limits: Limits) -> RunResult:
         argv = shlex.split(command) if command.strip() else _import_all(release.path)

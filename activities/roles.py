@@ -16,27 +16,34 @@ from typing import Any, TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import delivery
 from activities.beat import in_thread
+from activities.gitcmd import GitError, create_bare
 from activities.llm import ModelClient
 from activities.mirror import MirrorActivities
-from activities.release import LocalReleases, ReleaseTarget
+from activities.projects import greenfield
+from activities.release import LocalReleases, Release, ReleaseTarget
 from activities.sandbox import Limits, run_limited
 from activities.testrun import run_tests
-from activities.workspace import UnsafePath, Workspace
+from activities.workspace import AttemptRefused, Remote, Workspace
 from core.contracts import (
     CODE_WRITER,
+    OPEN_WORKSPACE,
     Q_ASSISTANT,
     RELEASE_MANAGER,
     RESTORE_WORKSPACE,
     TEST_AUDITOR,
     VERIFICATION_OVERSEER,
 )
+from core.projects import ProjectConfig
 from core.role_io import (
     CodeWriterResult,
     DiscoveryOutput,
     ImplementationOutput,
     ImplementationSummary,
     ModelUsage,
+    OpenResult,
+    OpenTask,
     PlanOutput,
     QAssistantResult,
     ReleaseNotes,
@@ -57,6 +64,8 @@ from core.states import BuildState
 
 SMOKE_SECONDS = 60
 CHECK_SECONDS = 120
+MAX_CONFLICT_FILES = 10
+CONFLICT_SIDE_CHARS = 4000
 R = TypeVar("R", bound=RoleResult)
 
 
@@ -95,8 +104,27 @@ class RoleActivities:
         self.settings = settings or llm.settings
         self.releases = releases or LocalReleases(self.settings.releases)
 
-    def workspace(self, build_id: str) -> Workspace:
-        return Workspace(self.settings.workspaces / build_id)
+    def workspace(self, build_id: str, project: ProjectConfig | None = None) -> Workspace:
+        remote = Remote(project.repository, project.branch, build_id) if project else None
+        return Workspace(self.settings.workspaces / build_id, remote)
+
+    @activity.defn(name=OPEN_WORKSPACE.name)
+    async def open_workspace(self, task: OpenTask) -> OpenResult:
+        """The build's workspace on its project's branch head, which becomes its base. A
+        repository git cannot reach fails the attempt, and the retry policy tries again."""
+        project = task.project or greenfield(self.settings, task.project_id)
+        try:
+            if task.project is None:
+                path = Path(project.repository)
+                await in_thread("git init --bare", create_bare, path, project.branch)
+            ws = self.workspace(task.build_id, project)
+            base = await in_thread("git clone", ws.open)
+        except GitError as err:
+            raise ApplicationError(
+                f"cannot open {project.repository} (branch {project.branch}): {err.reason}",
+                type="RepositoryUnavailable",
+            ) from err
+        return OpenResult(base=base, branch=f"build/{task.build_id}", project=project)
 
     @property
     def limits(self) -> Limits:
@@ -112,21 +140,27 @@ class RoleActivities:
     @activity.defn(name=CODE_WRITER.name)
     @carrying_mirror
     async def code_writer(self, task: RoleTask) -> CodeWriterResult:
+        ws = self.workspace(task.build_id, task.project)
+        merge_with = str(task.context.get("merge", {}).get("branch_head") or "")
+        if merge_with:  # the project moved and conflicted: both sides of each conflict
+            sides = await in_thread("merge", _conflict_sides, ws, task.head, task.context)
+            task = _with(task, merge=sides)
         output, usage = await self.llm.structured(task, ImplementationOutput)
-        ws = self.workspace(task.build_id)
         title = output.summary.strip().splitlines()[0][:120] if output.summary.strip() else ""
         message = f"implementation attempt {task.attempt}: {title}".strip(": ")
 
         def write() -> tuple[str, Any]:
             ws.checkout(task.head)  # a retry or a rollback starts from what the workflow holds
+            if merge_with:
+                ws.start_merge(merge_with)
             return ws.write(output.files, message)
 
         try:
             commit, refs = await in_thread("writing files", write)
-        except UnsafePath as err:
+        except AttemptRefused as err:
             raise ApplicationError(
                 f"the Code Writer's files were refused, nothing was written: {err}",
-                type="UnsafePath",
+                type=type(err).__name__,
                 non_retryable=True,
             ) from err
         summary = ImplementationSummary(
@@ -137,7 +171,7 @@ class RoleActivities:
     @activity.defn(name=TEST_AUDITOR.name)
     @carrying_mirror
     async def test_auditor(self, task: RoleTask) -> TestAuditorResult:
-        ws = self.workspace(task.build_id)
+        ws = self.workspace(task.build_id, task.project)
         commit = await in_thread("checkout", ws.checkout, task.head)
         report = await run_tests(ws, task.attempt, self.limits, beat=_beat)
         report.commit = commit
@@ -150,7 +184,7 @@ class RoleActivities:
     @activity.defn(name=VERIFICATION_OVERSEER.name)
     @carrying_mirror
     async def verification_overseer(self, task: RoleTask) -> VerificationResult:
-        ws = self.workspace(task.build_id)
+        ws = self.workspace(task.build_id, task.project)
         head = await in_thread("checkout", ws.checkout, task.head)
         checks = await self._static_checks(ws.repo, ws.runs / "home")
         diff, stat = await in_thread(
@@ -203,6 +237,8 @@ class RoleActivities:
     @activity.defn(name=RELEASE_MANAGER.name)
     @carrying_mirror
     async def release_manager(self, task: RoleTask) -> ReleaseResult:
+        if task.project is not None:
+            return await self._deliver(task, task.project)
         ws = self.workspace(task.build_id)
         commit = await in_thread("checkout", ws.checkout, task.head)
         version = f"0.1.{task.attempt - 1}+{task.build_id}"
@@ -241,10 +277,66 @@ class RoleActivities:
         )
         return ReleaseResult(output=outcome, usage=usage)
 
+    async def _deliver(self, task: RoleTask, project: ProjectConfig) -> ReleaseResult:
+        """Land the tested commit on the project's branch with its version tag, then deploy
+        it; or say why it cannot land yet (the branch moved: re-test; a conflict)."""
+        ws = self.workspace(task.build_id, project)
+        head = await in_thread("checkout", ws.checkout, task.head)
+        if project.delivery == "branch":
+            return await self._push_branch(task, ws, head)
+        planned = task.context.get(BuildState.PLANNING.value, {}).get("smoke_command", "")
+        command = project.smoke_command or str(planned)
+        for _ in range(delivery.PUSH_ATTEMPTS):
+            landing = await in_thread("fetch the project", delivery.survey, ws, head, task.bump)
+            if landing.kind in ("moved", "conflict"):
+                return ReleaseResult(output=_not_landed(landing), usage=self._no_call(task))
+            version = landing.version or f"build-{task.build_id}"
+            staging = ws.runs / f"release-{task.attempt}"
+            await in_thread("export", _fresh_export, ws, head, staging)
+            release = await in_thread(
+                "stage", self.releases.stage, task.project_id, version, staging
+            )
+            smoke = await self.releases.verify(release, command, Limits(SMOKE_SECONDS, 512))
+            ran = f"`{command or 'import every module'}` exited {smoke.returncode}"
+            if not smoke.ok:  # nothing was pushed, nothing switched
+                await in_thread("discard", shutil.rmtree, release.path)
+                why = "timed out" if smoke.timed_out else _tail(smoke.output, 600)
+                outcome = _outcome(release, head, landing, ran, released=False)
+                outcome.summary = f"smoke check failed ({ran}): {why}; nothing was delivered"
+                return ReleaseResult(output=outcome, usage=self._no_call(task))
+            if landing.kind == "ready" and not await in_thread("push", delivery.push, ws, landing):
+                await in_thread("discard", shutil.rmtree, release.path)
+                continue
+            release = await in_thread("switch current", self.releases.publish, release)
+            notes, usage = await self.llm.structured(_with(task, version=version), ReleaseNotes)
+            outcome = _outcome(release, head, landing, ran, released=True)
+            outcome.summary, outcome.notes = notes.summary, notes.notes
+            return ReleaseResult(output=outcome, usage=usage)
+        landing = await in_thread("fetch the project", delivery.survey, ws, head, task.bump)
+        return ReleaseResult(output=_not_landed(landing), usage=self._no_call(task))
+
+    async def _push_branch(self, task: RoleTask, ws: Workspace, head: str) -> ReleaseResult:
+        """`branch` delivery: the build's branch in the project's repository, for a person."""
+        branch = f"build/{task.build_id}"
+        await in_thread("push", ws.git, "push", "-q", "origin", f"+{head}:refs/heads/{branch}")
+        notes, usage = await self.llm.structured(_with(task, version=branch), ReleaseNotes)
+        outcome = ReleaseOutcome(
+            released=True,
+            version=branch,
+            summary=notes.summary,
+            notes=notes.notes,
+            commit=head,
+            delivery="branch",
+            smoke="not run: branch delivery deploys nothing",
+        )
+        return ReleaseResult(output=outcome, usage=usage)
+
     @activity.defn(name=RESTORE_WORKSPACE.name)
     async def restore(self, task: RestoreTask) -> RestoreResult:
         """Compensation of a rollback: code back to `commit`, and the release undone."""
-        ws = self.workspace(task.build_id)
+        ws = self.workspace(task.build_id, task.project)
+        if task.undo_release is not None and task.landed and task.landed_from:
+            return await self._revert(task, ws, task.landed_from, task.landed)
         commit = await in_thread("checkout", ws.checkout, task.commit)
         restored = False
         current = await asyncio.to_thread(self.releases.current, task.project_id)
@@ -254,6 +346,38 @@ class RoleActivities:
             )
             restored = True
         return RestoreResult(commit=commit, release_current=current, release_restored=restored)
+
+    async def _revert(
+        self, task: RestoreTask, ws: Workspace, landed_from: str, landed: str
+    ) -> RestoreResult:
+        """A release merged into the project's branch is reverted there by a new commit and
+        version, which is deployed; the build's code at `commit` goes on from the revert."""
+        await in_thread("checkout", ws.checkout, landed)
+        revert = await in_thread("revert", delivery.revert, ws, landed_from, landed, task.build_id)
+        if revert.conflicts:
+            raise ApplicationError(
+                f"reverting release {task.undo_release} on the project's branch conflicts in "
+                f"{', '.join(revert.conflicts)}; a person must revert it by hand",
+                type="RevertConflict",
+                non_retryable=True,
+            )
+        staging = ws.runs / f"revert-{revert.version}"
+        await in_thread("export", _fresh_export, ws, revert.commit, staging)
+        release = await in_thread(
+            "release", self.releases.release, task.project_id, revert.version, staging
+        )
+        message = f"build {task.build_id}: its code again, after the revert"
+        head = await in_thread(
+            "reapply", delivery.reapply, ws, revert.commit, landed_from, task.commit or landed_from,
+            message,
+        )  # fmt: skip
+        return RestoreResult(
+            commit=head,
+            release_current=release.version,
+            release_restored=True,
+            base=revert.commit,
+            reverted_by=revert.commit,
+        )
 
     def _no_call(self, task: RoleTask) -> ModelUsage:
         """Usage of a role call that did not reach the model (its checks decided)."""
@@ -266,6 +390,7 @@ class RoleActivities:
 
     def all(self) -> list[Callable[..., Any]]:
         return [
+            self.open_workspace,
             self.q_assistant,
             self.code_writer,
             self.test_auditor,
@@ -282,6 +407,60 @@ def _with(task: RoleTask, **context: Any) -> RoleTask:
 def _tail(text: str, limit: int = 1500) -> str:
     text = text.strip()
     return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def _not_landed(landing: delivery.Landing) -> ReleaseOutcome:
+    if landing.kind == "conflict":
+        files = ", ".join(landing.conflicts) or "unknown files"
+        summary = f"the project's branch moved and conflicts with this build in {files}"
+    else:
+        summary = "the project's branch moved; its merge into the build is tested again"
+    return ReleaseOutcome(
+        released=False,
+        version="",
+        summary=summary,
+        commit=landing.commit,
+        delivery="merge",
+        branch_head=landing.branch_head,
+        retest=landing.kind == "moved",
+        conflicts=landing.conflicts,
+    )
+
+
+def _outcome(
+    release: Release, head: str, landing: delivery.Landing, ran: str, *, released: bool
+) -> ReleaseOutcome:
+    return ReleaseOutcome(
+        released=released,
+        version=release.version,
+        summary="",
+        commit=head,
+        path=str(release.path),
+        previous=release.previous,
+        smoke=ran,
+        delivery="merge",
+        branch_head=landing.branch_head,
+    )
+
+
+def _conflict_sides(ws: Workspace, head: str | None, context: dict[str, Any]) -> dict[str, Any]:
+    """Both sides of each conflicting file, for the Code Writer's prompt (never history)."""
+    merge = dict(context.get("merge", {}))
+    ws.checkout(head)
+    sides = {}
+    for path in list(merge.get("conflicts", []))[:MAX_CONFLICT_FILES]:
+        sides[path] = {
+            "build": _show(ws, head or "HEAD", path),
+            "project": _show(ws, str(merge["branch_head"]), path),
+        }
+    return {**merge, "sides": sides}
+
+
+def _show(ws: Workspace, commit: str, path: str) -> str:
+    try:
+        return ws.git("show", f"{commit}:{path}")[:CONFLICT_SIDE_CHARS]
+    except GitError:
+        return "(absent)"
 
 
 def _fresh_export(ws: Workspace, commit: str, staging: Path) -> None:

@@ -1,59 +1,84 @@
 """A build's workspace: a git repository under WORKSPACE_DIR, one commit per implementation.
 
 Every role that touches the code first checks out the commit the workflow names, so retries,
-crashes and rollbacks all work from the state the workflow recorded. Blocking (git runs as
-a subprocess): activities call it through asyncio.to_thread.
+crashes and rollbacks all work from the state the workflow recorded. A workspace of a project
+is a clone of the project's repository on a branch `build/<build_id>`; every commit it makes
+is pushed to the project under `refs/builds/<build_id>/<commit>`, so the workspace is only a
+cache: a missing one (another worker, a wiped disk) is cloned again and goes on. A workspace
+without a remote (builds started before projects had repositories) lives only on this disk.
+Blocking (git runs as a subprocess): activities call it through asyncio.to_thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 import uuid
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from activities.gitcmd import EMPTY_TREE, GIT_ENV, GIT_TIMEOUT_SECONDS, GitError, git, git_bytes
 from core.role_io import FileRef, SourceFile
 
-EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"  # git's empty tree object
-GIT_TIMEOUT_SECONDS = 60
 MAX_FILES = 200
+__all__ = ["GIT_ENV", "GitError", "Remote", "UnsafePath", "Workspace"]
 
 
-# git sees none of the user's or the system's configuration (hooks, signing, templates).
-GIT_ENV = {
-    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_TERMINAL_PROMPT": "0",
-}
+@dataclass(frozen=True)
+class Remote:
+    """The project repository a workspace is a clone of, and the build it works for."""
+
+    url: str
+    branch: str
+    build_id: str
+
+    @property
+    def build_branch(self) -> str:
+        return f"build/{self.build_id}"
+
+    @property
+    def refs(self) -> str:
+        """Where the build's commits are kept in the project's repository."""
+        return f"refs/builds/{self.build_id}"
 
 
-class UnsafePath(ValueError):
+class AttemptRefused(ValueError):
+    """The Code Writer's answer cannot be applied; the reason is for the model."""
+
+
+class UnsafePath(AttemptRefused):
     """A file the model asked to write would land outside the workspace."""
 
 
+class MergeUnresolved(AttemptRefused):
+    """A merge of the project's branch still has conflicts after the Code Writer's files."""
+
+
+CONFLICT_MARKERS = ("<<<<<<< ", ">>>>>>> ")
+
+
 class Workspace:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, remote: Remote | None = None) -> None:
         self.root = root
+        self.remote = remote
         self.repo = root / "repo"
         self.runs = root / "runs"  # test reports and logs: beside the repository, not in it
 
     def git(self, *args: str, repo: Path | None = None) -> str:
-        done = subprocess.run(
-            ["git", "-C", str(repo or self.repo), *args],
-            capture_output=True,
-            text=True,
-            timeout=GIT_TIMEOUT_SECONDS,
-            env=GIT_ENV,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"git {' '.join(args)} failed: {done.stderr.strip()}")
-        return done.stdout.strip()
+        return git(repo or self.repo, *args)
+
+    def git_bytes(self, *args: str) -> bytes:
+        return git_bytes(self.repo, *args)
+
+    def git_input(self, data: bytes, *args: str) -> None:
+        git_bytes(self.repo, *args, stdin=data)
 
     def ensure(self) -> None:
-        """Create the repository with an empty first commit if it is not there.
+        """Create the repository if it is not there: a clone of the project's repository, or
+        (without a remote) a new repository with an empty first commit.
 
         Made complete in a staging folder and renamed into place, so a worker killed halfway
         leaves no repository without a first commit (every retry would fail on it)."""
@@ -63,13 +88,20 @@ class Workspace:
                 return
             shutil.rmtree(self.repo)  # created by a worker that died halfway: nothing committed
         staging = self.root / f"repo.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        staging.mkdir(parents=True)
+        staging.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.git("init", "-q", "-b", "main", repo=staging)
-            self.git("config", "user.name", "Q Assistant Orchestration", repo=staging)
-            self.git("config", "user.email", "builds@q-assistant.invalid", repo=staging)
+            if self.remote is None:
+                staging.mkdir()
+                self.git("init", "-q", "-b", "main", repo=staging)
+                self.git("commit", "-q", "--allow-empty", "-m", "workspace created", repo=staging)
+            else:
+                remote = self.remote
+                git(None, "clone", "-q", "--no-checkout", "-b", remote.branch, remote.url,
+                    str(staging))  # fmt: skip
+                self.git("fetch", "-q", "origin", f"+{remote.refs}/*:{remote.refs}/*", repo=staging)
+                self.git("checkout", "-q", "-B", remote.build_branch, f"origin/{remote.branch}",
+                         repo=staging)  # fmt: skip
             self.git("config", "commit.gpgsign", "false", repo=staging)
-            self.git("commit", "-q", "--allow-empty", "-m", "workspace created", repo=staging)
             os.rename(staging, self.repo)  # atomic; replaces an empty folder left by a crash
         except OSError:
             if not (self.repo / ".git").exists():  # not another attempt that got there first
@@ -87,13 +119,77 @@ class Workspace:
     def head(self) -> str:
         return self.git("rev-parse", "HEAD")
 
-    def checkout(self, commit: str | None) -> str:
-        """Make the working tree exactly `commit` (None: the workspace as created)."""
+    def has(self, commit: str) -> bool:
+        try:
+            self.git("cat-file", "-e", f"{commit}^{{commit}}")
+        except GitError:
+            return False
+        return True
+
+    def fetch(self) -> str:
+        """The project branch's head now, with the build's own commits fetched beside it."""
+        remote = self._remote()
+        self.git(
+            "fetch", "-q", "--prune", "--prune-tags", "--tags", "origin",
+            f"+refs/heads/{remote.branch}:refs/remotes/origin/{remote.branch}",
+            f"+{remote.refs}/*:{remote.refs}/*",
+        )  # fmt: skip
+        return self.git("rev-parse", f"refs/remotes/origin/{remote.branch}")
+
+    def open(self) -> str:
+        """Clone (or fetch) the project, put the build branch at the project branch's head and
+        return that commit: the build's base."""
         self.ensure()
-        target = commit or self.git("rev-list", "--max-parents=0", "HEAD")
-        self.git("reset", "-q", "--hard", target)
+        base = self.fetch()
+        self.git("checkout", "-q", "-f", "-B", self._remote().build_branch, base)
+        self.git("clean", "-q", "-fdx")
+        return base
+
+    def checkout(self, commit: str | None) -> str:
+        """Make the working tree exactly `commit` (None: the workspace as created); a commit
+        this clone lacks is fetched from the project's repository."""
+        self.ensure()
+        if (self.repo / ".git" / "MERGE_HEAD").exists():  # a merge a crashed attempt began
+            self.git("merge", "--abort")
+        if commit is None:
+            target = self.git("rev-list", "--max-parents=0", "HEAD")
+        else:
+            target = commit
+            if self.remote is not None and not self.has(commit):
+                self.fetch()
+        if self.remote is None:
+            self.git("reset", "-q", "--hard", target)
+        else:
+            self.git("checkout", "-q", "-f", "-B", self.remote.build_branch, target)
         self.git("clean", "-q", "-fdx")
         return self.head()
+
+    def start_merge(self, commit: str) -> list[str]:
+        """Begin merging `commit` into the checked-out tree; the files left in conflict (the
+        next `write` must resolve them)."""
+        with contextlib.suppress(GitError):
+            self.git("merge", "-q", "--no-commit", "--no-ff", commit)
+        return self._unmerged()
+
+    def _unmerged(self) -> list[str]:
+        return self.git("diff", "--name-only", "--diff-filter=U").split()
+
+    def push_commit(self, commit: str) -> None:
+        """Keep `commit` in the project's repository under the build's refs (no-op without a
+        remote)."""
+        if self.remote is not None:
+            self.git("push", "-q", "origin", f"{commit}:{self.remote.refs}/{commit}")
+
+    def remote_branch(self) -> str:
+        return self._remote().branch
+
+    def build_branch(self) -> str:
+        return self._remote().build_branch
+
+    def _remote(self) -> Remote:
+        if self.remote is None:
+            raise ValueError("this workspace has no project repository")
+        return self.remote
 
     def safe_path(self, name: str) -> Path:
         """The absolute path of `name` inside the repository, or UnsafePath saying why not."""
@@ -114,6 +210,15 @@ class Workspace:
         if len(files) > MAX_FILES:
             raise UnsafePath(f"{len(files)} files; at most {MAX_FILES} per attempt")
         targets = [(self.safe_path(f.path), f) for f in files]
+        unresolved = self._unmerged()
+        written = {f.path for f in files}
+        marked = [f.path for f in files if any(m in f.content for m in CONFLICT_MARKERS)]
+        if left := [path for path in unresolved if path not in written or path in marked]:
+            self.git("merge", "--abort")
+            raise MergeUnresolved(
+                f"merging the project's branch conflicts in {', '.join(left)}; "
+                "write each of these files whole, with both sides' changes and no markers"
+            )
         refs = []
         for target, file in targets:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +227,9 @@ class Workspace:
             refs.append(FileRef(path=file.path, bytes=len(data), sha256=_sha(data)))
         self.git("add", "-A")
         self.git("commit", "-q", "--allow-empty", "-m", message)
-        return self.head(), refs
+        commit = self.head()
+        self.push_commit(commit)
+        return commit, refs
 
     def diff(self, base: str | None, head: str, limit: int) -> tuple[str, str]:
         """The diff from `base` (None: from nothing) to `head`, cut at `limit`; and its stat."""

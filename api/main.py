@@ -21,8 +21,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import AppState, require_api_key
 from api.metrics import SdkCollector, api_registry
-from api.routes import health, workflows
-from client.builds import (
+from api.routes import health, projects, workflows
+from client.errors import (
     BuildError,
     BuildExists,
     BuildFinished,
@@ -30,6 +30,7 @@ from client.builds import (
     CommandRefused,
     NoAnswer,
 )
+from client.projects import ProjectNotFound, ProjectRefused
 from core.models import build_id_from
 from core.settings import Settings, get_settings
 from core.telemetry import current_build
@@ -45,6 +46,8 @@ STATUS_OF: dict[type[BuildError], int] = {
     BuildFinished: status.HTTP_409_CONFLICT,
     CommandRefused: status.HTTP_409_CONFLICT,
     NoAnswer: status.HTTP_503_SERVICE_UNAVAILABLE,
+    ProjectNotFound: status.HTTP_404_NOT_FOUND,
+    ProjectRefused: status.HTTP_422_UNPROCESSABLE_CONTENT,
 }
 
 
@@ -126,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(health.router)
     app.include_router(workflows.router, dependencies=[Depends(require_api_key)])
+    app.include_router(projects.router, dependencies=[Depends(require_api_key)])
 
     app.add_middleware(Observe)
 

@@ -36,8 +36,9 @@ def answers(*codes: int) -> dict[int | str, dict[str, Any]]:
     meaning = {
         400: "the body is not valid JSON text",
         401: "API_KEY is set and the request does not carry it",
-        404: "no such build",
+        404: "no such build or project",
         409: "the build cannot take this command now; the reason says why",
+        422: "the input is not valid, or git cannot read the repository; the reason says why",
         503: "Temporal, a worker or the database did not answer; try again",
     }
     return {code: {"model": ErrorBody, "description": meaning[code]} for code in codes}

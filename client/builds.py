@@ -1,7 +1,7 @@
 """Client-side operations on builds, shared by starter.py and the API: start, steer, ask.
 
-Every refusal is a BuildError subclass whose message a person can act on; the CLI prints it,
-the API maps its kind to an HTTP status.
+Every refusal is a BuildError subclass (client/errors.py) whose message a person can act on;
+the CLI prints it, the API maps its kind to an HTTP status.
 """
 
 from __future__ import annotations
@@ -29,6 +29,16 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from client.errors import (
+    NO_ANSWER,
+    BuildError,
+    BuildExists,
+    BuildFinished,
+    BuildNotFound,
+    CommandRefused,
+    NoAnswer,
+)
+from client.projects import greenfield, registered
 from core.attributes import PROJECT_ID
 from core.models import (
     BuildOptions,
@@ -43,31 +53,6 @@ from workflows.build import BuildWorkflow
 
 # How long a caller waits for Temporal to describe a build.
 DESCRIBE_TIMEOUT = timedelta(seconds=10)
-NO_ANSWER = (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.UNAVAILABLE, RPCStatusCode.CANCELLED)
-
-
-class BuildError(Exception):
-    """A refusal with a reason for a person."""
-
-
-class BuildExists(BuildError):
-    pass
-
-
-class BuildNotFound(BuildError):
-    pass
-
-
-class BuildFinished(BuildError):
-    pass
-
-
-class CommandRefused(BuildError):
-    """The workflow's validator said no; the message is its reason."""
-
-
-class NoAnswer(BuildError):
-    """Temporal or a worker did not answer in time."""
 
 
 def new_request(
@@ -94,6 +79,7 @@ def new_request(
             policy=settings.role_policy(),
             budget=settings.budget(options.max_tokens, options.max_cost_usd),
             attention_wait_seconds=settings.attention_wait_seconds,
+            bump=options.bump,
         ),
     )
 
@@ -101,7 +87,13 @@ def new_request(
 async def start_build(
     client: Client, settings: Settings, request: BuildRequest
 ) -> WorkflowHandle[Any, Any]:
-    """Start a build; the same build_id twice is refused, never run twice."""
+    """Start a build on its project's registration (a project nobody registered gets a
+    greenfield repository); the same build_id twice is refused, never run twice."""
+    if request.project is None:
+        if (view := await registered(client, request.project_id)) is not None:
+            request = request.model_copy(update={"project": view.config})
+        else:
+            await greenfield(client, settings, request.project_id)
     try:
         return await client.start_workflow(
             BuildWorkflow.run,

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError
 
-from client.builds import NoAnswer
+from client.errors import NoAnswer
 from core.models import BuildEvent, BuildStatus
 from workflows.build import BuildWorkflow
 

@@ -15,9 +15,11 @@ from temporalio.worker import Worker
 
 from activities.llm import ModelClient
 from activities.mirror import MirrorActivities
+from activities.projects import ProjectActivities
 from activities.roles import RoleActivities
 from core.settings import Settings
 from workflows.build import BuildWorkflow
+from workflows.project import ProjectWorkflow
 
 
 def worker_identity() -> str:
@@ -29,7 +31,13 @@ def activities(llm: ModelClient, engine: Engine) -> list[Callable[..., Any]]:
     """The implementations of every activity contract (core/contracts.py)."""
     mirror = MirrorActivities(engine)
     roles = RoleActivities(llm, mirror=mirror)
-    return [*roles.all(), mirror.mirror_build]
+    projects = ProjectActivities(llm.settings)
+    return [
+        *roles.all(),
+        mirror.mirror_build,
+        projects.check_repository,
+        projects.create_repository,
+    ]
 
 
 def build_worker(
@@ -39,7 +47,7 @@ def build_worker(
     llm: ModelClient,
     engine: Engine,
     identity: str | None = None,
-    workflows: Sequence[type] = (BuildWorkflow,),
+    workflows: Sequence[type] = (BuildWorkflow, ProjectWorkflow),
 ) -> Worker:
     return Worker(
         client,

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from core.models import MirrorBatch, MirrorReceipt
+from core.projects import NewRepository, NewRepositoryMade, RepositoryCheck, RepositoryChecked
 from core.role_io import (
     CodeWriterResult,
+    OpenResult,
+    OpenTask,
     QAssistantResult,
     ReleaseResult,
     RestoreResult,
@@ -46,6 +49,10 @@ VERIFICATION_OVERSEER = Contract("verification_overseer", RoleTask, Verification
 RELEASE_MANAGER = Contract("release_manager", RoleTask, ReleaseResult)
 RESTORE_WORKSPACE = Contract("restore_workspace", RestoreTask, RestoreResult)
 MIRROR_BUILD = Contract("mirror_build", MirrorBatch, MirrorReceipt)  # a local activity
+OPEN_WORKSPACE = Contract("open_workspace", OpenTask, OpenResult)
+# The project registry's (workflows/project.py) questions to git.
+CHECK_REPOSITORY = Contract("check_repository", RepositoryCheck, RepositoryChecked)
+CREATE_REPOSITORY = Contract("create_repository", NewRepository, NewRepositoryMade)
 
 S = BuildState
 # The role activity that works in each working state.
@@ -65,4 +72,7 @@ CONTRACTS = (
     RELEASE_MANAGER,
     RESTORE_WORKSPACE,
     MIRROR_BUILD,
+    OPEN_WORKSPACE,
+    CHECK_REPOSITORY,
+    CREATE_REPOSITORY,
 )

@@ -23,6 +23,7 @@ from pydantic import (
 )
 from temporalio.common import RetryPolicy
 
+from core.projects import Bump, ProjectConfig, ProjectId
 from core.states import HANDOFFS, BuildState, Role
 
 WORKFLOW_ID_PREFIX = "build-"
@@ -110,6 +111,9 @@ class StartOptions(BaseModel):
     max_cost_usd: float | None = Field(
         default=None, ge=0, description="USD budget; default BUILD_MAX_COST_USD, 0: no limit."
     )
+    bump: Bump = Field(
+        default="minor", description="Which part of the project's version the release raises."
+    )
 
     _gates = field_validator("approval_gates")(check_gates)
 
@@ -121,6 +125,7 @@ class BuildOptions(BaseModel):
     policy: RolePolicy = Field(default_factory=RolePolicy)
     budget: Budget = Field(default_factory=Budget)
     attention_wait_seconds: float = Field(default=86_400, gt=0)
+    bump: Bump = "minor"  # which part of the project's version its release raises
 
     _gates = field_validator("approval_gates")(check_gates)
 
@@ -149,11 +154,13 @@ def check_requirements(value: Requirements) -> Requirements:
 class BuildRequest(BaseModel):
     """The one input of BuildWorkflow."""
 
-    project_id: Annotated[str, Field(min_length=1, max_length=128)]
+    project_id: ProjectId
     build_id: Annotated[str, Field(pattern=BUILD_ID_PATTERN)]
     user_id: str = "anonymous"
     requirements: Requirements
     options: BuildOptions = Field(default_factory=BuildOptions)
+    # The project's registration when the build started (None: its greenfield repository).
+    project: ProjectConfig | None = None
 
     _requirements = field_validator("requirements")(check_requirements)
 
@@ -212,6 +219,7 @@ class EventType(StrEnum):
     TOPPED_UP = "topped_up"
     NEEDS_ATTENTION = "needs_attention"
     ABORTED = "aborted"
+    WORKSPACE_OPENED = "workspace_opened"
 
 
 class BuildEvent(BaseModel):

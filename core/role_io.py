@@ -10,6 +10,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, Field
 
 from core.models import MirrorBatch, Requirements, Simulation
+from core.projects import Bump, ProjectConfig
 from core.states import BuildState, Role
 
 
@@ -26,7 +27,11 @@ class RoleTask(BaseModel):
     guidance: list[str] = Field(default_factory=list)
     simulate: list[Simulation] = Field(default_factory=list)
     head: str | None = None  # the workspace commit this role works on (None: a new workspace)
-    base: str | None = None  # the commit of this build's last release (None: none yet)
+    # The commit the build's change is measured from: the project branch it started from (or
+    # merged in), then its own last release (None: an empty workspace).
+    base: str | None = None
+    project: ProjectConfig | None = None  # None: a workspace without a project repository
+    bump: Bump = "minor"
     # What the mirror has not confirmed yet: the call writes it before its role works, which
     # saves the workflow a mirror step of its own before every call. Never part of a prompt.
     mirror: MirrorBatch | None = None
@@ -160,6 +165,12 @@ class ReleaseOutcome(BaseModel):
     previous: str | None = None  # the version `current` pointed to before
     smoke: str = ""  # what the smoke check ran and how it ended
     restored: bool = False  # a failed smoke check put `previous` back
+    delivery: str = ""  # "merge" or "branch" into the project's repository ("": none)
+    branch_head: str | None = None  # the project branch's commit when delivery looked
+    # The project branch moved since the build's base: `commit` is the branch merged into the
+    # build, which is tested again before it can land.
+    retest: bool = False
+    conflicts: list[str] = Field(default_factory=list)  # the merge conflicted in these files
 
 
 RoleOutput = (
@@ -170,6 +181,20 @@ RoleOutput = (
     | VerificationOutcome
     | ReleaseOutcome
 )
+
+
+class OpenTask(BaseModel):
+    """Open a build's workspace on its project's repository."""
+
+    build_id: str
+    project_id: str
+    project: ProjectConfig | None = None  # None: the project's greenfield repository
+
+
+class OpenResult(BaseModel):
+    base: str  # the project branch's commit the build starts from
+    branch: str  # the build's branch in its workspace
+    project: ProjectConfig  # what the build works with (a greenfield one filled in)
 
 
 class RoleResult(BaseModel):
@@ -211,9 +236,15 @@ class RestoreTask(BaseModel):
     commit: str | None
     undo_release: str | None = None  # the version this build released
     release_to: str | None = None  # what `current` pointed to before it
+    project: ProjectConfig | None = None  # the workspace's project repository (None: none)
+    # A release merged into the project's branch: the change landed_from..landed is reverted.
+    landed_from: str | None = None
+    landed: str | None = None
 
 
 class RestoreResult(BaseModel):
     commit: str | None
     release_current: str | None
     release_restored: bool
+    base: str | None = None  # the project branch's commit the build now goes on from
+    reverted_by: str | None = None  # the commit that reverted the release on the branch

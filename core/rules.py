@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.models import BuildRequest
+from core.projects import ProjectConfig
 from core.role_io import (
     ModelUsage,
     ReleaseOutcome,
@@ -75,6 +76,9 @@ class BuildData:
     paused_from: BuildState | None = None  # the state a paused build paused in
     signatures: dict[str, str] = field(default_factory=dict)  # last failure per state
     attention: str | None = None  # what a person is asked to look at (NEEDS_ATTENTION)
+    project: ProjectConfig | None = None  # the repository the build works on (None: none)
+    branch: str | None = None  # the build's branch in its workspace
+    project_base: str | None = None  # the project branch's commit the build started from
 
 
 USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "cost_usd", "requests")
@@ -303,6 +307,8 @@ def role_task(request: BuildRequest, data: BuildData, state: BuildState) -> Role
         simulate=request.options.simulate,
         head=data.head,
         base=data.base,
+        project=data.project,
+        bump=request.options.bump,
     )
 
 
@@ -329,6 +335,11 @@ def verdict(state: BuildState, output: RoleOutput) -> Verdict:
     elif isinstance(output, VerificationOutcome) and not output.approved:
         feedback = {"reasons": list(output.reasons)}
         why = "verification requested changes"
+    elif isinstance(output, ReleaseOutcome) and output.retest:
+        return Verdict(S.TESTING)  # the merged tree is tested before it can land
+    elif isinstance(output, ReleaseOutcome) and output.conflicts:
+        merge = {"branch_head": output.branch_head, "conflicts": list(output.conflicts)}
+        return Verdict(None, "merge conflict", {"merge": merge}, output.summary)
     elif isinstance(output, ReleaseOutcome) and not output.released:
         return Verdict(None, "release failed", {"release": output.model_dump(mode="json")},
                        output.summary)  # fmt: skip

@@ -106,6 +106,8 @@ class Settings(BaseSettings):
     # Role work: a git workspace per build, test runs with limits, local releases.
     workspace_dir: Path | None = None  # default: <data_dir>/workspaces
     releases_dir: Path | None = None  # default: <data_dir>/releases
+    # Greenfield projects' repositories (a project never registered gets one here).
+    projects_dir: Path | None = None  # default: <data_dir>/projects
     test_timeout_seconds: float = Field(default=120, gt=0)
     test_memory_mb: int = Field(default=1024, ge=64)
     review_diff_max_chars: int = Field(default=40_000, ge=1000)
@@ -142,6 +144,10 @@ class Settings(BaseSettings):
     @property
     def workspaces(self) -> Path:
         return (self.workspace_dir or self.data_dir / "workspaces").resolve()
+
+    @property
+    def projects(self) -> Path:
+        return (self.projects_dir or self.data_dir / "projects").resolve()
 
     @property
     def releases(self) -> Path:

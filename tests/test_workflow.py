@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 from temporalio.client import (
@@ -14,7 +15,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError
 
-from client.builds import BuildExists
+from client.errors import BuildExists
 from core.attributes import (
     BUILD_STATE,
     COST,
@@ -42,10 +43,10 @@ def states_visited(events: list[BuildEvent]) -> list[str]:
 
 
 async def test_happy_path_reaches_complete_with_full_status(client: Client, worker):
-    handle = await start(client, worker, make_request())
+    handle = await start(client, worker, make_request(project=f"p-{uuid.uuid4().hex[:8]}"))
     result: BuildResult = await handle.result()
     assert result.state is S.COMPLETE
-    assert result.release["version"].startswith("0.1.0+")
+    assert result.release["version"] == "v0.1.0"  # the first release of a new project
 
     status = await status_of(handle)
     assert status.state is S.COMPLETE and status.progress == 100
@@ -99,7 +100,7 @@ async def test_happy_path_reaches_complete_with_full_status(client: Client, work
     assert timeout.seconds == worker.build_execution_timeout_seconds == 3600
     attrs = described.typed_search_attributes
     assert attrs.get(BUILD_STATE) == "complete"
-    assert attrs.get(PROJECT_ID) == "proj-test"
+    assert attrs.get(PROJECT_ID) == status.project_id
     assert attrs.get(TOKENS) == status.tokens and attrs.get(TEST_ATTEMPTS) == 1
     assert attrs.get(COST) == pytest.approx(status.cost_usd)
     assert attrs.get(VERIFICATION_ATTEMPTS) == 1

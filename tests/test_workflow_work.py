@@ -16,12 +16,13 @@ from sqlmodel import Session
 from temporalio.client import Client
 
 from activities import offline_model
-from activities.workspace import Workspace
+from activities.gitcmd import git
 from core.messages import RollbackRequest
 from core.models import EventType
 from core.settings import Settings
 from core.states import BuildState
 from db import crud
+from tests.git_projects import tags_of, tree_of
 from tests.helpers import (
     make_request,
     model_client_with,
@@ -38,21 +39,24 @@ PAYLOAD_LIMIT = 256 * 1024
 
 
 async def test_a_release_whose_smoke_check_fails_is_put_back_and_fixed(client: Client, worker):
-    handle = await start(client, worker, make_request(simulate=["release_fails"]))
+    project = f"p-{uuid.uuid4().hex[:8]}"
+    handle = await start(client, worker, make_request(project=project, simulate=["release_fails"]))
     result = await handle.result()
     assert result.state is S.COMPLETE
-    build = result.build_id
-    assert result.release["version"] == f"0.1.1+{build}"
+    # The failed smoke check ran before anything was pushed: the version was not used up.
+    assert result.release["version"] == "v0.1.0"
     events = await handle.query(BuildWorkflow.event_log, 0)
     loop = next(e for e in events if e.event_type is EventType.LOOP_BACK)
     assert loop.state is S.DEPLOYMENT and loop.data["reason"] == "release failed"
-    assert (
-        loop.data["release"]["restored"] and "self-check failed" in loop.data["release"]["summary"]
-    )
+    summary = loop.data["release"]["summary"]
+    assert "self-check failed" in summary and "nothing was delivered" in summary
     status = await status_of(handle)
     assert status.attempts["deployment"] == 2 and status.attempts["implementation"] == 2
-    releases = worker.releases / "proj-test"
-    assert (releases / f"0.1.0+{build}").is_dir()  # the failed one, kept to inspect
+    releases = worker.releases / project
+    assert sorted(p.name for p in releases.iterdir() if not p.name.startswith(".")) == [
+        "current",
+        "v0.1.0",
+    ]
     assert os.readlink(releases / "current") == result.release["version"]
     await save_history(handle, "release_fails_once")
 
@@ -105,7 +109,8 @@ async def test_a_rollback_after_a_release_restores_the_previous_release_and_the_
 
     llm = model_client_with(settings, slow_release_notes)
     async with running_worker(client, settings, engine, llm):
-        handle = await start(client, settings, make_request(project=project))
+        second = make_request({"feature": "Audit log"}, project=project)
+        handle = await start(client, settings, second)
         await wait_until(handle, lambda s: s.state is S.DEPLOYMENT, seconds=60)
         back = RollbackRequest(target_state=S.IMPLEMENTATION, reason="the copy is wrong")
         accepted = await handle.execute_update(BuildWorkflow.update_rollback, back)
@@ -115,18 +120,27 @@ async def test_a_rollback_after_a_release_restores_the_previous_release_and_the_
     await save_history(handle, "rollback_after_release")
     build = result.build_id
     restored = next(e for e in events if e.event_type is EventType.RESTORED)
-    assert restored.data["release_undone"] == f"0.1.0+{build}"
-    assert restored.data["release_current"] == first.release["version"]
-    # The code as it was when the build entered IMPLEMENTATION: the new, empty workspace.
+    assert (first.release["version"], restored.data["release_undone"]) == ("v0.1.0", "v0.2.0")
+    # Reverted on the project's branch by a new commit and version, which is deployed.
+    assert restored.data["release_current"] == "v0.2.1"
+    remote = settings.projects / f"{project}.git"
+    revert = restored.data["reverted_by"]
+    assert git(remote, "log", "-1", "--format=%s", revert) == f"Revert build {build} (v0.2.0)"
+    assert git(remote, "rev-parse", "v0.2.1^{commit}") == revert
+    assert "audit_log.py" in tree_of(remote, "v0.2.0")
+    assert "audit_log.py" not in tree_of(remote, "v0.2.1")
+    assert "dark_mode.py" in tree_of(remote, "v0.2.1")  # the first build's release stays
+    # The code as it was when the build entered IMPLEMENTATION: its base, now on the revert.
+    opened = next(e for e in events if e.event_type is EventType.WORKSPACE_OPENED)
     changes = [e for e in events if e.event_type is EventType.STATE_CHANGED]
-    assert next(e.data["commit"] for e in changes if e.data["to"] == "implementation") is None
-    workspace = Workspace(settings.workspaces / build)
-    assert restored.data["commit"] == workspace.git("rev-list", "--max-parents=0", "HEAD")
-    log = workspace.git("log", "--format=%s").splitlines()
-    assert log[0].startswith("implementation attempt 2") and len(log) == 2  # attempt 1 undone
-    # The build went on: implemented again, released again, and that release is current.
-    assert result.release["version"] == f"0.1.1+{build}"
-    assert os.readlink(settings.releases / project / "current") == result.release["version"]
+    base = opened.data["base"]
+    assert next(e.data["commit"] for e in changes if e.data["to"] == "implementation") == base
+    assert restored.data["commit"] == revert
+    # The build went on from the revert: implemented again, released again, current.
+    assert result.release["version"] == "v0.3.0"
+    assert git(remote, "merge-base", "--is-ancestor", revert, result.release["commit"]) == ""
+    assert tags_of(remote) == ["v0.1.0", "v0.2.0", "v0.2.1", "v0.3.0"]
+    assert {"audit_log.py", "dark_mode.py"} <= tree_of(remote, "v0.3.0")
     with Session(engine) as session:
         kinds = [r.event_type for r in crud.list_events(session, workflow_id=handle.id)]
     assert "restored" in kinds  # the mirror records what was restored

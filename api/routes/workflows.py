@@ -38,6 +38,7 @@ from client import builds
 from core.attributes import BUILD_STATE, PROJECT_ID
 from core.messages import ApproveRequest
 from core.models import build_id_from, workflow_id_for
+from core.projects import PROJECT_ID_PATTERN
 from core.settings import Settings
 from core.states import PATH, TERMINAL, WORKING, BuildState, progress_of, role_of
 from db import crud
@@ -47,7 +48,9 @@ from workflows.build import BuildWorkflow
 router = APIRouter(prefix="/api/workflows", tags=["workflows"], responses=answers(400, 401, 503))
 log = logging.getLogger("api")
 
-ProjectId = Annotated[str, Path(min_length=1, max_length=128, description="Project id.")]
+ProjectId = Annotated[
+    str, Path(pattern=PROJECT_ID_PATTERN, description="Project id: letters, digits, . _ -")
+]
 WorkflowId = Annotated[
     str, Path(min_length=1, max_length=90, description="Workflow id build-<id>, or the build id.")
 ]

@@ -1,0 +1,144 @@
+"""Delivery of a build into its project's repository: the commit that lands is the commit that
+was tested.
+
+The project branch only ever moves forward to a build's tested commit (a fast-forward), with
+the version tag in the same atomic push. If the branch moved since the build's base, the
+branch is merged into the build instead and the build goes back to testing with the merged
+tree; a merge that conflicts goes back to the Code Writer. The push itself is the lock: of
+two builds that race, git accepts one and refuses the other, which then merges and re-tests.
+Every step can be repeated after a crash: a commit already on the branch is not pushed again
+and its tag is the one it already has.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from activities.gitcmd import GitError
+from activities.workspace import Workspace
+from core.projects import Bump, next_version, version_of
+
+PUSH_ATTEMPTS = 3  # a refused push means the branch moved meanwhile: look again
+
+
+@dataclass
+class Landing:
+    """Where a build stands against its project's branch."""
+
+    kind: Literal["ready", "landed", "moved", "conflict"]
+    commit: str  # the commit to deliver (after a merge: the merge commit)
+    branch_head: str  # the project branch's commit when delivery looked
+    version: str = ""
+    conflicts: list[str] = field(default_factory=list)
+
+
+def _is_ancestor(ws: Workspace, older: str, newer: str) -> bool:
+    try:
+        ws.git("merge-base", "--is-ancestor", older, newer)
+    except GitError as err:
+        if err.returncode == 1:
+            return False
+        raise
+    return True
+
+
+def _tags(ws: Workspace) -> list[str]:
+    return ws.git("tag", "--list", "v*").split()
+
+
+def _version_at(ws: Workspace, commit: str) -> str:
+    tags = [t for t in ws.git("tag", "--points-at", commit).split() if version_of(t)]
+    return max(tags, key=lambda t: version_of(t) or (0, 0, 0), default="")
+
+
+def survey(ws: Workspace, head: str, bump: Bump) -> Landing:
+    """Fetch the project and say what delivering `head` takes; a moved branch is merged in
+    here (and the merge commit pushed under the build's refs)."""
+    tip = ws.fetch()
+    if _is_ancestor(ws, head, tip):  # delivered already: a retry after the push
+        return Landing("landed", head, tip, _version_at(ws, head))
+    if _is_ancestor(ws, tip, head):
+        return Landing("ready", head, tip, next_version(_tags(ws), bump))
+    ws.checkout(head)
+    try:
+        ws.git("merge", "-q", "--no-edit", "-m", f"Merge {ws.remote_branch()} into the build", tip)
+    except GitError:
+        conflicts = ws.git("diff", "--name-only", "--diff-filter=U").split()
+        ws.git("merge", "--abort")
+        return Landing("conflict", head, tip, conflicts=conflicts)
+    merged = ws.head()
+    ws.push_commit(merged)
+    return Landing("moved", merged, tip)
+
+
+def push(ws: Workspace, landing: Landing) -> bool:
+    """Fast-forward the project branch to the tested commit and tag it, in one atomic push;
+    False when git refused (the branch moved or the version was taken meanwhile)."""
+    tag, branch = landing.version, ws.remote_branch()
+    ws.git("tag", "-f", "-a", tag, "-m", f"{tag}", landing.commit)
+    try:
+        ws.git("push", "-q", "--atomic", "origin", f"{landing.commit}:refs/heads/{branch}",
+               f"refs/tags/{tag}")  # fmt: skip
+    except GitError:
+        ws.git("tag", "-d", tag)
+        return False
+    return True
+
+
+@dataclass
+class Revert:
+    """A released build taken back out of its project's branch by a new commit."""
+
+    commit: str  # the revert commit on the branch
+    version: str
+    conflicts: list[str] = field(default_factory=list)  # the revert did not apply here
+
+
+def _trailer(build_id: str) -> str:
+    return f"Reverts-build: {build_id}"
+
+
+def revert(ws: Workspace, landed_from: str, landed: str, build_id: str) -> Revert:
+    """Revert the change `landed_from..landed` on the project's branch with a new commit and
+    a patch version (history is never rewritten), also under later releases. Repeatable: a
+    revert already on the branch is found by its trailer, not made twice."""
+    for _ in range(PUSH_ATTEMPTS):
+        tip = ws.fetch()
+        found = ws.git("log", "--format=%H", f"--grep={_trailer(build_id)}", f"{landed}..{tip}")
+        if found:
+            commit = found.split()[0]
+            return Revert(commit, _version_at(ws, commit))
+        change = ws.git_bytes("diff", "--binary", landed_from, landed)
+        ws.git("checkout", "-q", "-f", "--detach", tip)
+        try:
+            if change.strip():  # a build whose files were already there changed nothing
+                ws.git_input(change, "apply", "--3way", "--reverse", "--index")
+        except GitError as err:
+            unmerged = ws.git("diff", "--name-only", "--diff-filter=U").split()
+            failed = re.findall(r"error: (.+?): patch does not apply", err.reason)
+            ws.git("reset", "-q", "--hard", tip)
+            return Revert(tip, "", conflicts=sorted({*unmerged, *failed}) or [err.reason])
+        version = next_version(_tags(ws), "patch")
+        message = f"Revert build {build_id} ({_version_at(ws, landed) or landed[:12]})"
+        ws.git("commit", "-q", "--allow-empty", "-m", message, "-m", _trailer(build_id))
+        landing = Landing("ready", ws.head(), tip, version)
+        if push(ws, landing):
+            return Revert(landing.commit, version)
+    raise GitError(("push",), "the branch kept moving; the revert could not land", 1)
+
+
+def reapply(ws: Workspace, onto: str, landed_from: str, commit: str, message: str) -> str:
+    """The build's code as it was at `commit`, on top of its revert: `onto` with the build's
+    own change at `commit` applied (from where `commit` meets the project's history; nothing
+    when `commit` is project history, such as the build's base)."""
+    ws.git("checkout", "-q", "-f", "-B", ws.build_branch(), onto)
+    start = ws.git("merge-base", landed_from, commit)
+    change = ws.git_bytes("diff", "--binary", start, commit)
+    if change.strip():
+        ws.git_input(change, "apply", "--3way", "--index")
+        ws.git("commit", "-q", "--allow-empty", "-m", message)
+    head = ws.head()
+    ws.push_commit(head)
+    return head

@@ -1,0 +1,113 @@
+"""git as a subprocess, with none of the user's or the system's configuration, and the
+repository operations that need no workspace: check a remote, make a new bare repository.
+
+Blocking: activities call these through asyncio.to_thread (activities/beat.in_thread).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+GIT_TIMEOUT_SECONDS = 60
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"  # git's empty tree object
+IDENTITY = {
+    "GIT_AUTHOR_NAME": "Q Assistant Orchestration",
+    "GIT_AUTHOR_EMAIL": "builds@q-assistant.invalid",
+    "GIT_COMMITTER_NAME": "Q Assistant Orchestration",
+    "GIT_COMMITTER_EMAIL": "builds@q-assistant.invalid",
+}
+
+# git sees none of the user's or the system's configuration (hooks, signing, templates), and
+# never asks a question on a terminal. SSH keys and agents still work (SSH_AUTH_SOCK, HOME).
+GIT_ENV = {
+    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+    "HOME": os.environ.get("HOME", "/nonexistent"),
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
+    **IDENTITY,
+    **({"SSH_AUTH_SOCK": os.environ["SSH_AUTH_SOCK"]} if "SSH_AUTH_SOCK" in os.environ else {}),
+}
+
+
+class GitError(RuntimeError):
+    """A git command that failed; the message is git's own reason."""
+
+    def __init__(self, args: tuple[str, ...], reason: str, returncode: int) -> None:
+        super().__init__(f"git {' '.join(args)} failed: {reason}")
+        self.reason = reason
+        self.returncode = returncode
+
+
+def git(cwd: Path | None, *args: str, timeout: float = GIT_TIMEOUT_SECONDS) -> str:
+    """Run git in `cwd` (None: no repository) and return its output; GitError if it fails."""
+    command = ["git", *(["-C", str(cwd)] if cwd is not None else []), *args]
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, env=GIT_ENV, check=False
+        )
+    except subprocess.TimeoutExpired as err:
+        raise GitError(args, f"no answer within {timeout:g}s", -1) from err
+    if done.returncode != 0:
+        reason = done.stderr.strip() or done.stdout.strip() or f"exit {done.returncode}"
+        raise GitError(args, reason, done.returncode)
+    return done.stdout.strip()
+
+
+def git_bytes(cwd: Path, *args: str, stdin: bytes | None = None) -> bytes:
+    """git with bytes in and out (patches keep their exact bytes)."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(cwd), *args],
+            input=stdin,
+            capture_output=True,
+            timeout=GIT_TIMEOUT_SECONDS,
+            env=GIT_ENV,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as err:
+        raise GitError(args, f"no answer within {GIT_TIMEOUT_SECONDS}s", -1) from err
+    if done.returncode != 0:
+        reason = done.stderr.decode(errors="replace").strip() or f"exit {done.returncode}"
+        raise GitError(args, reason, done.returncode)
+    return done.stdout
+
+
+def remote_head(url: str, branch: str) -> str:
+    """The commit of `branch` in the repository at `url`; GitError with git's reason if the
+    repository cannot be read or has no such branch."""
+    try:
+        out = git(None, "ls-remote", "--exit-code", "--heads", url, f"refs/heads/{branch}")
+    except GitError as err:
+        if err.returncode == 2:  # --exit-code: the repository answered, without that branch
+            raise GitError(("ls-remote",), f"{url} has no branch {branch!r}", 2) from err
+        raise
+    return out.split()[0]
+
+
+def create_bare(path: Path, branch: str) -> str:
+    """A bare repository at `path` whose `branch` holds one empty commit; the head commit.
+
+    Made complete in a staging folder and renamed into place, so a worker killed halfway
+    leaves no repository without a branch; an existing repository is left as it is."""
+    if (path / "HEAD").exists():
+        return git(path, "rev-parse", f"refs/heads/{branch}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / f".{path.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        git(None, "init", "-q", "--bare", "-b", branch, str(staging))
+        commit = git(staging, "commit-tree", EMPTY_TREE, "-m", "project created")
+        git(staging, "update-ref", f"refs/heads/{branch}", commit)
+        try:
+            os.rename(staging, path)
+        except OSError:
+            if not (path / "HEAD").exists():  # not another attempt that got there first
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return git(path, "rev-parse", f"refs/heads/{branch}")

@@ -1,0 +1,121 @@
+"""A project: the git repository builds start from and deliver into, and how they do it.
+
+Pure: the registry (workflows/project.py), the client, the API and the activities share these
+types, and the version arithmetic is unit-tested without git.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Delivery = Literal["merge", "branch"]
+Bump = Literal["patch", "minor", "major"]
+PROJECT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+ProjectId = Annotated[str, Field(pattern=PROJECT_ID_PATTERN)]
+VERSION_TAG = re.compile(r"^v(\d+)\.(\d+)\.(\d+)$")
+BRANCH_CHARS = re.compile(r"^[A-Za-z0-9._/-]{1,200}$")
+
+
+def project_workflow_id(project_id: str) -> str:
+    return f"project-{project_id}"
+
+
+class ProjectConfig(BaseModel):
+    """What a person registers for a project (PUT /api/projects/{id}, `starter.py project add`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repository: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="A local path or any URL git can clone (file://, ssh, https).",
+    )
+    branch: str = "main"
+    test_command: str = Field(default="python -m pytest", max_length=2000)
+    setup_command: str = Field(default="", max_length=2000)
+    smoke_command: str = Field(default="", max_length=2000)
+    delivery: Delivery = "merge"
+
+    @field_validator("repository")
+    @classmethod
+    def _repository(cls, value: str) -> str:
+        value = value.strip()
+        if value.startswith("-"):  # git would read it as an option
+            raise ValueError("a repository must not start with '-'")
+        if not (is_url(value) or value.startswith("/")):
+            raise ValueError(f"{value!r}: give an absolute path or a URL git can clone")
+        return value
+
+    @field_validator("branch")
+    @classmethod
+    def _branch(cls, value: str) -> str:
+        """A branch name git accepts (git's own check-ref-format has the last word)."""
+        bad = (
+            not BRANCH_CHARS.match(value)
+            or value.startswith(("-", "/"))
+            or value.endswith(("/", ".", ".lock"))
+            or ".." in value
+            or "//" in value
+        )
+        if bad:
+            raise ValueError(f"{value!r} is not a branch name")
+        return value
+
+
+def is_url(repository: str) -> bool:
+    """A URL git clones (scheme://...), or git's scp-like user@host:path (a colon before any
+    slash)."""
+    if "://" in repository:
+        return True
+    head, colon, _ = repository.partition(":")
+    return bool(colon) and "/" not in head and len(head) > 1
+
+
+class ProjectView(BaseModel):
+    """A registered project as the registry answers for it."""
+
+    project_id: str
+    config: ProjectConfig
+    created_by_system: bool = False  # a greenfield project's repository, made by the system
+    head: str | None = None  # the branch's commit when the registry last checked it
+
+
+class RepositoryCheck(BaseModel):
+    """The registry's question to git: can this branch of this repository be cloned?"""
+
+    project_id: str
+    config: ProjectConfig
+
+
+class RepositoryChecked(BaseModel):
+    head: str  # the branch's commit
+
+
+class NewRepository(BaseModel):
+    """A greenfield project's repository, made by the system under PROJECTS_DIR."""
+
+    project_id: str
+
+
+class NewRepositoryMade(BaseModel):
+    repository: str
+    head: str
+
+
+def version_of(tag: str) -> tuple[int, int, int] | None:
+    match = VERSION_TAG.match(tag)
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
+def next_version(tags: list[str], bump: Bump = "minor") -> str:
+    """The tag after the highest vX.Y.Z among `tags` (v0.0.0 when there is none)."""
+    versions = [v for v in (version_of(t) for t in tags) if v is not None]
+    major, minor, patch = max(versions, default=(0, 0, 0))
+    if bump == "major":
+        return f"v{major + 1}.0.0"
+    if bump == "minor":
+        return f"v{major}.{minor + 1}.0"
+    return f"v{major}.{minor}.{patch + 1}"

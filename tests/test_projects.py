@@ -1,0 +1,243 @@
+"""Projects are real repositories: registration, builds that start from the project's code and
+deliver into it (merge queue semantics: only a tested tree lands), through a real worker."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client, WorkflowFailureError
+
+from activities.gitcmd import git
+from client.projects import (
+    ProjectNotFound,
+    ProjectRefused,
+    get_project,
+    list_projects,
+    put_project,
+)
+from core.messages import ApproveRequest
+from core.models import BuildResult, EventType
+from core.projects import ProjectConfig
+from core.settings import Settings
+from core.states import BuildState
+from tests.git_projects import make_project, push_change, tags_of, tree_of
+from tests.helpers import make_request, start, status_of, wait_until
+from workflows.build import BuildWorkflow
+
+S = BuildState
+
+
+def new_id() -> str:
+    return f"p{uuid.uuid4().hex[:10]}"
+
+
+async def registered(client: Client, settings: Settings, tmp_path: Path, **config: str) -> str:
+    project = new_id()
+    remote = make_project(tmp_path)
+    await put_project(client, settings, project, ProjectConfig(repository=str(remote), **config))
+    return project
+
+
+async def finish(handle: object) -> BuildResult:
+    async with asyncio.timeout(90):
+        result: BuildResult = await handle.result()  # type: ignore[attr-defined]
+    return result
+
+
+async def test_registration_checks_the_repository_and_stores_nothing_it_refuses(
+    client: Client, worker: Settings, tmp_path: Path
+) -> None:
+    remote = make_project(tmp_path)
+    project = new_id()
+    view = await put_project(client, worker, project, ProjectConfig(repository=str(remote)))
+    assert view.head == git(remote, "rev-parse", "main")
+    assert (await get_project(client, project)).config.repository == str(remote)
+    assert project in {v.project_id for v in await list_projects(client)}
+
+    missing = new_id()
+    with pytest.raises(ProjectRefused, match="does not appear to be a git repository"):
+        await put_project(
+            client, worker, missing, ProjectConfig(repository=str(tmp_path / "nothing.git"))
+        )
+    with pytest.raises(ProjectNotFound):
+        await get_project(client, missing)
+    with pytest.raises(ProjectRefused, match="has no branch 'release'"):
+        await put_project(
+            client, worker, project, ProjectConfig(repository=str(remote), branch="release")
+        )
+    assert (await get_project(client, project)).config.branch == "main"  # unchanged
+    assert missing not in {v.project_id for v in await list_projects(client)}
+
+
+async def test_a_build_of_an_existing_project_keeps_its_code_and_lands_tagged(
+    client: Client, worker: Settings, tmp_path: Path
+) -> None:
+    project = await registered(client, worker, tmp_path)
+    remote = tmp_path / "remote.git"
+    base = git(remote, "rev-parse", "main")
+    handle = await start(client, worker, make_request(project=project))
+    result = await finish(handle)
+    assert result.release["version"] == "v0.1.0" and result.release["delivery"] == "merge"
+    landed = git(remote, "rev-parse", "main")
+    assert result.release["commit"] == landed
+    assert git(remote, "merge-base", "--is-ancestor", base, landed) == ""
+    assert {"app.py", "tests/test_app.py", "dark_mode.py", "tests/test_dark_mode.py"} <= tree_of(
+        remote
+    )
+    assert tags_of(remote) == ["v0.1.0"]
+    assert git(remote, "rev-parse", "v0.1.0^{commit}") == landed
+    current = worker.releases / project / "current"
+    assert current.resolve().name == "v0.1.0" and (current / "app.py").exists()
+    events = await handle.query(BuildWorkflow.event_log)
+    opened = [e for e in events if e.event_type is EventType.WORKSPACE_OPENED]
+    assert opened and opened[0].data["base"] == base
+
+
+async def test_greenfield_builds_build_on_each_other(
+    client: Client, worker: Settings, tmp_path: Path
+) -> None:
+    project = new_id()
+    first = await finish(await start(client, worker, make_request(project=project)))
+    second = await finish(
+        await start(client, worker, make_request({"feature": "Audit log"}, project=project))
+    )
+    view = await get_project(client, project)
+    assert view.created_by_system
+    remote = Path(view.config.repository)
+    assert remote.is_relative_to(worker.projects)
+    assert [first.release["version"], second.release["version"]] == ["v0.1.0", "v0.2.0"]
+    assert {"dark_mode.py", "audit_log.py"} <= tree_of(remote)
+    assert tags_of(remote) == ["v0.1.0", "v0.2.0"]
+
+
+async def test_two_builds_released_at_once_both_land_each_tested_on_its_tree(
+    client: Client, worker: Settings, tmp_path: Path
+) -> None:
+    project = await registered(client, worker, tmp_path)
+    remote = tmp_path / "remote.git"
+    gate = {"approval_gates": [S.HANDOFF_TO_RELEASER]}
+    a = await start(client, worker, make_request({"feature": "Dark mode"}, project, **gate))
+    b = await start(client, worker, make_request({"feature": "Audit log"}, project, **gate))
+    for handle in (a, b):
+        await wait_until(handle, lambda s: s.waiting_for is not None, seconds=60)
+    await asyncio.gather(
+        a.execute_update(BuildWorkflow.update_approve, ApproveRequest()),
+        b.execute_update(BuildWorkflow.update_approve, ApproveRequest()),
+    )
+    # The one that lost the race merged the other's release and is tested again before it
+    # waits at its gate once more.
+    done: list[BuildResult] = []
+    async with asyncio.timeout(90):
+        while len(done) < 2:
+            for handle in (a, b):
+                status = await status_of(handle)
+                if status.waiting_for is not None:
+                    await handle.execute_update(BuildWorkflow.update_approve, ApproveRequest())
+            done = [await h.result() for h in (a, b) if (await status_of(h)).state is S.COMPLETE]
+            await asyncio.sleep(0.1)
+    assert sorted(r.release["version"] for r in done) == ["v0.1.0", "v0.2.0"]
+    assert {"dark_mode.py", "audit_log.py", "app.py"} <= tree_of(remote)
+    assert tags_of(remote) == ["v0.1.0", "v0.2.0"]
+    tests = sorted([(await status_of(h)).attempts.get("testing", 0) for h in (a, b)])
+    assert tests == [1, 2]  # the second re-tested the merged tree
+    for tag in ("v0.1.0", "v0.2.0"):  # each tag is a commit a build tested
+        tested = {r.release["commit"] for r in done}
+        assert git(remote, "rev-parse", f"{tag}^{{commit}}") in tested
+
+
+async def test_a_clean_but_moved_base_is_tested_again_before_it_lands(
+    client: Client, worker: Settings, tmp_path: Path
+) -> None:
+    project = await registered(client, worker, tmp_path)
+    remote = tmp_path / "remote.git"
+    request = make_request(project=project, approval_gates=[S.HANDOFF_TO_RELEASER])
+    handle = await start(client, worker, request)
+    await wait_until(handle, lambda s: s.waiting_for is not None, seconds=60)
+    theirs = push_change(remote, {"docs.md": "# Docs\n"}, "docs, pushed meanwhile")
+    await handle.execute_update(BuildWorkflow.update_approve, ApproveRequest())
+    status = await wait_until(
+        handle, lambda s: s.waiting_for is not None and s.attempts["testing"] == 2, seconds=60
+    )
+    assert status.attempts["deployment"] == 1 and status.loop_backs == 0
+    await handle.execute_update(BuildWorkflow.update_approve, ApproveRequest())
+    result = await finish(handle)
+    landed = git(remote, "rev-parse", "main")
+    assert result.release["commit"] == landed
+    assert git(remote, "merge-base", "--is-ancestor", theirs, landed) == ""
+    assert {"docs.md", "dark_mode.py"} <= tree_of(remote)
+
+
+async def test_a_conflict_goes_back_to_the_code_writer_and_then_lands(
+    client: Client, worker: Settings, tmp_path: Path
+) -> None:
+    project = await registered(client, worker, tmp_path)
+    remote = tmp_path / "remote.git"
+    request = make_request(project=project, approval_gates=[S.HANDOFF_TO_RELEASER])
+    handle = await start(client, worker, request)
+    await wait_until(handle, lambda s: s.waiting_for is not None, seconds=60)
+    push_change(remote, {"dark_mode.py": "ENABLED = True\n"}, "the same module, meanwhile")
+    await handle.execute_update(BuildWorkflow.update_approve, ApproveRequest())
+    status = await wait_until(handle, lambda s: s.waiting_for is not None and s.loop_backs == 1)
+    assert status.attempts["implementation"] == 2
+    await handle.execute_update(BuildWorkflow.update_approve, ApproveRequest())
+    result = await finish(handle)
+    landed = git(remote, "rev-parse", "main")
+    assert result.release["commit"] == landed and len(tags_of(remote)) == 1
+    assert "def toggle" in git(remote, "show", "main:dark_mode.py")  # the build's resolution
+    events = await handle.query(BuildWorkflow.event_log)
+    loops = [e for e in events if e.event_type is EventType.LOOP_BACK]
+    assert loops and loops[0].data["reason"] == "merge conflict"
+
+
+async def test_a_build_goes_on_when_its_workspace_is_deleted_between_roles(
+    client: Client, worker: Settings, tmp_path: Path
+) -> None:
+    project = await registered(client, worker, tmp_path)
+    request = make_request(project=project, approval_gates=[S.HANDOFF_TO_TESTER])
+    handle = await start(client, worker, request)
+    await wait_until(handle, lambda s: s.waiting_for is not None, seconds=60)
+    shutil.rmtree(worker.workspaces / request.build_id)
+    await handle.execute_update(BuildWorkflow.update_approve, ApproveRequest())
+    result = await finish(handle)
+    assert result.attempts["testing"] == 1 and result.release["version"] == "v0.1.0"
+
+
+async def test_branch_delivery_pushes_the_build_branch_and_changes_nothing_else(
+    client: Client, worker: Settings, tmp_path: Path
+) -> None:
+    project = await registered(client, worker, tmp_path, delivery="branch")
+    remote = tmp_path / "remote.git"
+    base = git(remote, "rev-parse", "main")
+    request = make_request(project=project)
+    result = await finish(await start(client, worker, request))
+    assert result.release["delivery"] == "branch"
+    assert git(remote, "rev-parse", "main") == base and tags_of(remote) == []
+    pushed = git(remote, "rev-parse", f"refs/heads/build/{request.build_id}")
+    assert pushed == result.release["commit"]
+    assert "dark_mode.py" in tree_of(remote, pushed)
+    assert not (worker.releases / project).exists()
+
+
+async def test_an_unreachable_repository_fails_the_build_with_gits_reason(
+    client: Client, worker: Settings, tmp_path: Path
+) -> None:
+    project = await registered(client, worker, tmp_path)
+    shutil.rmtree(tmp_path / "remote.git")  # gone after registration
+    handle = await start(client, worker, make_request(project=project))
+    with pytest.raises(WorkflowFailureError):
+        await finish(handle)
+    status = await status_of(handle)
+    assert status.state is S.FAILED
+    assert "the project's repository: cannot open" in (status.last_error or "")
+    assert "does not exist" in (status.last_error or "")  # git's reason
+    history = await handle.fetch_history()
+    started = [
+        e.activity_task_started_event_attributes.attempt
+        for e in history.events
+        if e.HasField("activity_task_started_event_attributes")
+    ]
+    assert started == [3]  # retried as an outage (max_attempts 3), then given up
