@@ -12,8 +12,9 @@ from fastapi.routing import APIRoute
 from api.main import create_app
 from core.settings import Settings
 from core.states import mermaid
-from workflows import records
+from workflows import build, records
 from workflows.build import BuildWorkflow
+from workflows.project import ProjectWorkflow
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -72,19 +73,23 @@ def test_the_api_doc_names_every_endpoint_and_every_message():
 
 
 def messages() -> set[str]:
-    """The names of BuildWorkflow's signals, updates and queries."""
+    """The names of BuildWorkflow's and ProjectWorkflow's signals, updates and queries."""
     names = set()
-    for attr in dir(BuildWorkflow):
-        for kind in ("signal", "update", "query"):
-            defn = getattr(getattr(BuildWorkflow, attr), f"__temporal_{kind}_definition", None)
-            if defn is not None and defn.name:
-                names.add(defn.name)
+    for workflow_class in (BuildWorkflow, ProjectWorkflow):
+        for attr in dir(workflow_class):
+            for kind in ("signal", "update", "query"):
+                handler = getattr(workflow_class, attr)
+                defn = getattr(handler, f"__temporal_{kind}_definition", None)
+                if defn is not None and defn.name:
+                    names.add(defn.name)
     return names
 
 
 def test_the_workflow_changes_doc_names_every_patch_and_history_version():
     doc = text(ROOT / "docs" / "workflow-changes.md")
-    patches = [v for k, v in vars(records).items() if k.endswith("_PATCH")]
+    patches = [
+        v for module in (records, build) for k, v in vars(module).items() if k.endswith("_PATCH")
+    ]
     assert patches and [p for p in patches if f"`{p}`" not in doc] == []
     versions = {p.name for p in (ROOT / "tests" / "histories").iterdir() if p.is_dir()}
     assert [v for v in sorted(versions) if f"| `{v}` |" not in doc] == []

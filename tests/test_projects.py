@@ -25,7 +25,7 @@ from core.projects import ProjectConfig
 from core.settings import Settings
 from core.states import BuildState
 from tests.git_projects import make_project, push_change, tags_of, tree_of
-from tests.helpers import make_request, start, status_of, wait_until
+from tests.helpers import make_request, save_history, start, status_of, wait_until
 from workflows.build import BuildWorkflow
 
 S = BuildState
@@ -95,6 +95,7 @@ async def test_a_build_of_an_existing_project_keeps_its_code_and_lands_tagged(
     events = await handle.query(BuildWorkflow.event_log)
     opened = [e for e in events if e.event_type is EventType.WORKSPACE_OPENED]
     assert opened and opened[0].data["base"] == base
+    await save_history(handle, "project_existing_repository")
 
 
 async def test_greenfield_builds_build_on_each_other(
@@ -169,6 +170,7 @@ async def test_a_clean_but_moved_base_is_tested_again_before_it_lands(
     assert result.release["commit"] == landed
     assert git(remote, "merge-base", "--is-ancestor", theirs, landed) == ""
     assert {"docs.md", "dark_mode.py"} <= tree_of(remote)
+    await save_history(handle, "project_moved_base_retested")
 
 
 async def test_a_conflict_goes_back_to_the_code_writer_and_then_lands(
@@ -191,6 +193,7 @@ async def test_a_conflict_goes_back_to_the_code_writer_and_then_lands(
     events = await handle.query(BuildWorkflow.event_log)
     loops = [e for e in events if e.event_type is EventType.LOOP_BACK]
     assert loops and loops[0].data["reason"] == "merge conflict"
+    await save_history(handle, "project_merge_conflict")
 
 
 async def test_a_build_goes_on_when_its_workspace_is_deleted_between_roles(
@@ -213,7 +216,9 @@ async def test_branch_delivery_pushes_the_build_branch_and_changes_nothing_else(
     remote = tmp_path / "remote.git"
     base = git(remote, "rev-parse", "main")
     request = make_request(project=project)
-    result = await finish(await start(client, worker, request))
+    handle = await start(client, worker, request)
+    result = await finish(handle)
+    await save_history(handle, "project_branch_delivery")
     assert result.release["delivery"] == "branch"
     assert git(remote, "rev-parse", "main") == base and tags_of(remote) == []
     pushed = git(remote, "rev-parse", f"refs/heads/build/{request.build_id}")
