@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, cast, get_args
+from typing import Annotated, Any, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -18,7 +18,7 @@ from temporalio.client import (
 
 from client import builds, projects
 from client.errors import BuildError, CommandRefused
-from client.follow import event_line, follow
+from client.follow import delivered, event_line, follow
 from core.exit import exit_now
 from core.messages import (
     AbortRequest,
@@ -37,7 +37,7 @@ from core.models import (
     parse_requirements,
     workflow_id_for,
 )
-from core.projects import Bump, Delivery, ProjectConfig, ProjectView, is_url
+from core.projects import ProjectConfig, ProjectView, is_url
 from core.settings import Settings, get_settings
 from core.states import HANDOFFS, WORKING, BuildState
 from core.telemetry import flush_traces, tracing_interceptors
@@ -51,6 +51,18 @@ app = typer.Typer(
 )
 console = Console(highlight=False)
 T = TypeVar("T")
+
+
+class BumpPart(StrEnum):
+    PATCH = "patch"
+    MINOR = "minor"
+    MAJOR = "major"
+
+
+class DeliveryMode(StrEnum):
+    MERGE = "merge"
+    BRANCH = "branch"
+
 
 BuildIdArg = Annotated[str, typer.Argument(help="Build id, or workflow id build-<id>.")]
 
@@ -135,12 +147,8 @@ def start(
         typer.Option(help="Budget in USD (default: BUILD_MAX_COST_USD; 0: no limit)."),
     ] = None,
     bump: Annotated[
-        str,
-        typer.Option(
-            help="Which part of the project's version the release raises.",
-            click_type=click.Choice(get_args(Bump)),
-        ),
-    ] = "minor",
+        BumpPart, typer.Option(help="Which part of the project's version the release raises.")
+    ] = BumpPart.MINOR,
     wait: Annotated[
         bool, typer.Option("--follow/--no-follow", help="Follow the build until it ends.")
     ] = True,
@@ -157,7 +165,7 @@ def start(
             simulate=simulate or [],
             max_tokens=max_tokens,
             max_cost_usd=max_cost,
-            bump=cast(Bump, bump),
+            bump=bump.value,
         )
         request = builds.new_request(
             settings,
@@ -193,7 +201,7 @@ def start(
         console.print(
             f"[green]build {request.build_id} COMPLETE[/green] (attempts {final.attempts})"
         )
-        console.print(f"Release {release.get('version')}: {release.get('path')}")
+        console.print(delivered(release).capitalize())
         return
     console.print(
         f"[red]build {request.build_id} {final.state.value.upper()}[/red]: {final.last_error}"
@@ -361,12 +369,9 @@ def project_add(
     ] = "",
     smoke_command: Annotated[str, typer.Option(help="Proves a release works.")] = "",
     delivery: Annotated[
-        str,
-        typer.Option(
-            help="merge: into the branch, tagged; branch: pushed for a person.",
-            click_type=click.Choice(get_args(Delivery)),
-        ),
-    ] = "merge",
+        DeliveryMode,
+        typer.Option(help="merge: into the branch, tagged; branch: pushed for a person."),
+    ] = DeliveryMode.MERGE,
 ) -> None:
     """Register a project (or change it). git must be able to read the repository's branch."""
     if not is_url(repository):
@@ -378,7 +383,7 @@ def project_add(
             test_command=test_command,
             setup_command=setup_command,
             smoke_command=smoke_command,
-            delivery=cast(Delivery, delivery),
+            delivery=delivery.value,
         )
     except ValueError as err:
         console.print(f"[red]error:[/red] {err}")

@@ -31,6 +31,12 @@ class ErrorBody(BaseModel):
     detail: str = Field(description="Why, in words a person can act on.")
 
 
+class InvalidBody(BaseModel):
+    detail: str | list[dict[str, Any]] = Field(
+        description="Why, in words a person can act on; or the invalid fields, each named."
+    )
+
+
 def answers(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI documentation of the error answers an endpoint can give."""
     meaning = {
@@ -38,10 +44,13 @@ def answers(*codes: int) -> dict[int | str, dict[str, Any]]:
         401: "API_KEY is set and the request does not carry it",
         404: "no such build or project",
         409: "the build cannot take this command now; the reason says why",
-        422: "the input is not valid, or git cannot read the repository; the reason says why",
+        422: "a field is not valid, or git cannot read the repository; the reason says why",
         503: "Temporal, a worker or the database did not answer; try again",
     }
-    return {code: {"model": ErrorBody, "description": meaning[code]} for code in codes}
+    return {
+        code: {"model": InvalidBody if code == 422 else ErrorBody, "description": meaning[code]}
+        for code in codes
+    }
 
 
 RequirementsIn = (

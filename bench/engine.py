@@ -28,7 +28,7 @@ from temporalio.worker import Worker
 
 from activities.mirror import MirrorActivities
 from bench.bare import BareWorkflow, bare_step
-from core.contracts import ROLE_CALLS
+from core.contracts import OPEN_WORKSPACE, ROLE_CALLS
 from core.exit import exit_now
 from core.models import MirrorBatch
 from core.settings import get_settings
@@ -37,7 +37,8 @@ from core.temporal import connect
 from db.engine import make_engine
 from workflows.build import BuildWorkflow
 
-ROLE_ACTIVITIES = {call.name for call in ROLE_CALLS.values()}
+# What the bench worker answers from the recording: the role calls and the workspace's opening.
+RECORDED = {call.name for call in ROLE_CALLS.values()} | {OPEN_WORKSPACE.name}
 BARE_QUEUE_SUFFIX = "-bare"
 
 
@@ -52,7 +53,7 @@ async def record(handle: WorkflowHandle[Any, Any]) -> list[dict[str, Any]]:
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
             done = event.activity_task_completed_event_attributes
             name = scheduled[done.scheduled_event_id]
-            if name in ROLE_ACTIVITIES:
+            if name in RECORDED:
                 result = json.loads(done.result.payloads[0].data)
                 recorded.append({"activity": name, "result": result})
     return recorded
@@ -61,9 +62,9 @@ async def record(handle: WorkflowHandle[Any, Any]) -> list[dict[str, Any]]:
 def recorded_activities(
     recording: list[dict[str, Any]], latency: float, mirror: MirrorActivities
 ) -> list[Callable[..., Any]]:
-    """Role activities under their real names, answering with a recorded build's results in
-    order per role (a role called twice answers its second result the second time). Like the
-    real ones, each first writes the mirror batch its task carries."""
+    """Role activities (and open_workspace) under their real names, answering with a recorded
+    build's results in order per role (a role called twice answers its second result the
+    second time). Like the real ones, each first writes the mirror batch its task carries."""
     by_role: dict[str, list[Any]] = {}
     for entry in recording:
         by_role.setdefault(entry["activity"], []).append(entry["result"])

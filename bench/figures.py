@@ -19,7 +19,7 @@ import httpx
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 
-from bench.engine import ROLE_ACTIVITIES
+from bench.engine import RECORDED
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,7 +93,7 @@ async def schedule_to_start(handle: WorkflowHandle[Any, Any]) -> list[float]:
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
             attrs = event.activity_task_started_event_attributes
             name, at = scheduled[attrs.scheduled_event_id]
-            if name in ROLE_ACTIVITIES:
+            if name in RECORDED:
                 delays.append((event.event_time.ToDatetime() - at).total_seconds())
     return delays
 

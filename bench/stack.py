@@ -13,6 +13,7 @@ from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
 
+from activities.gitcmd import create_bare
 from activities.llm import ModelClient
 from bench.bare import BareWorkflow
 from bench.engine import BARE_QUEUE_SUFFIX, record
@@ -20,6 +21,7 @@ from bench.figures import log
 from client.builds import start_build
 from client.worker import build_worker
 from core.models import BuildOptions, BuildRequest
+from core.projects import ProjectConfig
 from core.settings import Settings
 from core.temporal import connect
 from db.engine import make_engine
@@ -85,6 +87,7 @@ class Bench:
         await asyncio.to_thread(self.server.start)
         self.settings = self.settings.model_copy(update={"temporal_address": self.server.address})
         upgrade(self.settings.db_url())
+        create_bare(self.settings.projects / "bench.git", "main")
         self.client = await connect(self.settings)
 
     async def record_a_real_build(self) -> int:
@@ -111,6 +114,8 @@ class Bench:
             user_id="bench",
             requirements={"feature": "Dark mode", "priority": "high"},
             options=BuildOptions(policy=self.settings.role_policy()),
+            # Registered: a start is one RPC, as with any project a person registered.
+            project=ProjectConfig(repository=str(self.settings.projects / "bench.git")),
         )
 
     async def start_worker(self, latency: float, max_activities: int) -> None:

@@ -154,7 +154,11 @@ async def model_faults(s: Stack, size: Size) -> Verdict:
     with Session(engine) as session:
         for handle in handles:
             rows = crud.list_events(session, workflow_id=handle.id, limit=100_000)
-            calls += sum(1 for r in rows if r.event_type == "role_call")
+            # A call its checks decided (no model asked: a release that must wait for a re-test
+            # of a moved branch) made no request.
+            calls += sum(
+                1 for r in rows if r.event_type == "role_call" and r.event_data.get("requests")
+            )
     engine.dispose()
     requests, faults = fake.count(), fake.faults_injected
     # Each call ends with one clean answer; each fault costs exactly one more request.

@@ -34,13 +34,17 @@ def event_line(event: BuildEvent) -> str:
         )
     if kind == "signal_rejected":
         return f"[red]reject {data['command']}: {data['reason']}[/red]"
-    if kind == "completed":
-        release = data["release"]
+    if kind == "workspace_opened":
         return (
-            f"[green]done   released {release.get('version', '')} to {release.get('path')}[/green]"
+            f"open   {data['repository']} {data['branch']} at {str(data['base'])[:10]}, "
+            f"working on {data['build_branch']}"
         )
+    if kind == "completed":
+        return f"[green]done   {delivered(data['release'])}[/green]"
     if kind == "restored":
         undone = f", release {data['release_undone']} undone" if data["release_undone"] else ""
+        if data.get("reverted_by"):
+            undone += f" (reverted by {str(data['reverted_by'])[:10]} on the branch)"
         return (
             f"[yellow]restore code to {str(data['commit'])[:10]}{undone}; "
             f"current release: {data['release_current'] or 'none'}[/yellow]"
@@ -49,6 +53,18 @@ def event_line(event: BuildEvent) -> str:
         return f"[cyan]wait   approval at {data['gate']} (starter.py approve <build>)[/cyan]"
     details = ", ".join(f"{k}={v}" for k, v in data.items() if not isinstance(v, (dict, list)))
     return f"{kind:<6} {details}"
+
+
+def delivered(release: dict[str, Any]) -> str:
+    """What a finished build delivered, in one line."""
+    commit = str(release.get("commit") or "")[:10]
+    if release.get("delivery") == "branch":
+        return f"pushed {release.get('version')} at {commit} for a person to merge"
+    if release.get("delivery") == "merge":
+        return (
+            f"released {release.get('version')} ({commit} on the branch) to {release.get('path')}"
+        )
+    return f"released {release.get('version', '')} to {release.get('path')}"
 
 
 def why(loop: dict[str, Any]) -> str:

@@ -92,10 +92,12 @@ async def running_worker(
 
 
 def make_request(
-    requirements: Requirements | None = None, project: str = "proj-test", **options: object
+    requirements: Requirements | None = None, project: str | None = None, **options: object
 ) -> BuildRequest:
+    """A build of `project` (default: a project of its own, so builds of one test never
+    deliver into each other's repository unless the test says so)."""
     return BuildRequest(
-        project_id=project,
+        project_id=project or f"p-{uuid.uuid4().hex[:10]}",
         build_id=f"t{uuid.uuid4().hex[:12]}",
         user_id="pytest",
         requirements=requirements or {"feature": "Dark mode", "priority": "high"},

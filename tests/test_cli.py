@@ -107,7 +107,8 @@ async def test_steer_a_gated_build_from_the_command_line(
     assert code == 1 and "has finished" in out
     code, out = await run("starter.py", "events", build, settings=settings, cwd=tmp_path)
     assert code == 0 and "approved gate=handoff_to_tester" in out
-    assert f"done   released 0.1.0+{build}" in out
+    assert re.search(r"done   released v\d+\.\d+\.0 \([0-9a-f]{10} on the branch\)", out), out
+    assert "open   " in out and f"working on build/{build}" in out
 
 
 async def test_bad_input_gets_a_clear_error(settings: Settings, tmp_path: Path):

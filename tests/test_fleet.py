@@ -131,7 +131,8 @@ async def test_two_workers_share_builds_serve_metrics_and_log_build_ids(
 ):
     async with workers(settings, tmp_path, count=2, latency=0.2) as fleet:
         await until_all_poll(fleet)
-        handles = [await start(client, settings, make_request()) for _ in range(4)]
+        # Started together, so both workers poll while the first workflow tasks arrive.
+        handles = await asyncio.gather(*(start(client, settings, make_request()) for _ in range(4)))
         async with asyncio.timeout(150):
             results = await asyncio.gather(*(h.result() for h in handles))
         statuses = [await status_of(h) for h in handles]

@@ -12,7 +12,7 @@ from api.schemas import answers
 from client import projects
 from core.projects import PROJECT_ID_PATTERN, ProjectConfig, ProjectView
 
-router = APIRouter(prefix="/api/projects", tags=["projects"], responses=answers(401, 503))
+router = APIRouter(prefix="/api/projects", tags=["projects"], responses=answers(400, 401, 503))
 log = logging.getLogger("api")
 
 ProjectId = Annotated[
