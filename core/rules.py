@@ -16,7 +16,9 @@ from core.models import BuildRequest
 from core.projects import ProjectConfig
 from core.role_io import (
     ModelUsage,
+    OpenResult,
     ReleaseOutcome,
+    RestoreTask,
     RoleOutput,
     RoleTask,
     TestReport,
@@ -309,6 +311,34 @@ def role_task(request: BuildRequest, data: BuildData, state: BuildState) -> Role
         base=data.base,
         project=data.project,
         bump=request.options.bump,
+    )
+
+
+def opened(data: BuildData, result: OpenResult) -> None:
+    """The workspace is open on the project's branch head: the build's base, and the commit
+    every earlier state (a rollback to DISCOVERY) goes back to."""
+    data.project, data.branch = result.project, result.branch
+    data.project_base = data.base = data.head = result.base
+    data.commit_at[data.state.value] = result.base
+
+
+def restore_task(
+    request: BuildRequest, data: BuildData, target: BuildState, *, code: bool
+) -> RestoreTask:
+    """The compensation of a rollback to `target` (code: put the code back as it was there),
+    or of a retry after a release: undo the build's live release, reverting it on the
+    project's branch when it was merged there."""
+    release = data.release
+    landed = release is not None and release.delivery == "merge"
+    return RestoreTask(
+        build_id=request.build_id,
+        project_id=request.project_id,
+        commit=data.commit_at.get(target.value) if code else data.head,
+        undo_release=release.version if release else None,
+        release_to=release.previous if release else None,
+        project=data.project,
+        landed_from=data.base_before_release if landed else None,
+        landed=release.commit if release and landed else None,
     )
 
 

@@ -12,44 +12,31 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 # Passed through: imported once per worker, not again for every build the sandbox starts.
 with workflow.unsafe.imports_passed_through():
     from core import rules
-    from core.contracts import OPEN_WORKSPACE, RESTORE_WORKSPACE, ROLE_CALLS
+    from core.contracts import ROLE_CALLS
     from core.models import BuildRequest, BuildResult, EventType
     from core.role_io import (
         ImplementationSummary,
-        OpenResult,
-        OpenTask,
         ReleaseOutcome,
-        RestoreResult,
-        RestoreTask,
         RoleResult,
         RoleTask,
     )
     from core.rules import BuildData, Verdict
     from core.states import TABLE, TERMINAL, BuildState, is_valid, order, role_of
+    from workflows.code import BuildCode
+    from workflows.errors import BuildFailed, cause_of
     from workflows.messages import BuildMessages
     from workflows.records import BuildRecords
 
 S = BuildState
-RESTORE_TIMEOUT = timedelta(seconds=120)
-RESTORE_RETRY = RetryPolicy(maximum_attempts=5)
 # Builds start from their project's repository (the open_workspace activity first).
 PROJECT_REPOSITORIES_PATCH = "project-repositories"
 # What a Code Writer's attempt can be refused for; the build loops back and it tries again.
 REFUSED_ATTEMPTS = ("UnsafePath", "AttemptRefused", "MergeUnresolved")
-
-
-class BuildFailed(Exception):
-    """Raised inside the workflow to end the build FAILED with a reason and its short kind."""
-
-    def __init__(self, reason: str, kind: str) -> None:
-        super().__init__(reason)
-        self.kind = kind
 
 
 @workflow.defn(name="BuildWorkflow")
@@ -62,13 +49,14 @@ class BuildWorkflow(BuildMessages):
             max_cost_usd=request.options.budget.max_cost_usd,
         )
         self.records = BuildRecords(request, self.data)
+        self.code = BuildCode(request, self.data, self.records)
 
     @workflow.run
     async def run(self, request: BuildRequest) -> BuildResult:
         self.records.started()
         try:
             if workflow.patched(PROJECT_REPOSITORIES_PATCH):
-                await self._open()
+                await self.code.open()
             while self.data.state not in TERMINAL:
                 if role_of(self.data.state) is not None:
                     await self._work()
@@ -117,8 +105,10 @@ class BuildWorkflow(BuildMessages):
         except ActivityError as err:
             if is_cancelled_exception(err):
                 raise
-            cause = getattr(err.cause, "message", None) or str(err)
-            kind = getattr(err.cause, "type", None) or type(err.cause).__name__
+            cause, kind = (
+                cause_of(err),
+                getattr(err.cause, "type", None) or type(err.cause).__name__,
+            )
             if kind in REFUSED_ATTEMPTS:  # the attempt failed; the Code Writer tries again
                 why = "unsafe file paths" if kind == "UnsafePath" else "edits refused"
                 self._loop_back(state, Verdict(None, why, {"error": cause}, cause))
@@ -143,41 +133,6 @@ class BuildWorkflow(BuildMessages):
             await self._failed(state, verdict)
         else:
             self._loop_back(state, verdict)
-
-    async def _open(self) -> None:
-        """The workspace on the project's branch head: the build's base, recorded."""
-        policy = self.request.options.policy
-        task = OpenTask(
-            build_id=self.request.build_id,
-            project_id=self.request.project_id,
-            project=self.request.project,
-        )
-        try:
-            opened: OpenResult = await workflow.execute_activity(
-                OPEN_WORKSPACE.name,
-                task,
-                result_type=OPEN_WORKSPACE.result,
-                start_to_close_timeout=timedelta(seconds=policy.start_to_close_seconds),
-                heartbeat_timeout=timedelta(seconds=policy.heartbeat_seconds),
-                retry_policy=policy.retry_policy(),  # an unreachable repository: an outage
-                summary=f"open {self.request.project_id}",
-            )
-        except ActivityError as err:
-            if is_cancelled_exception(err):
-                raise
-            cause = getattr(err.cause, "message", None) or str(err)
-            raise BuildFailed(f"the project's repository: {cause}", "repository error") from err
-        self.data.project, self.data.branch = opened.project, opened.branch
-        self.data.project_base = self.data.base = self.data.head = opened.base
-        self.data.commit_at[self.data.state.value] = opened.base
-        self.records.emit(
-            EventType.WORKSPACE_OPENED,
-            "system",
-            repository=opened.project.repository,
-            branch=opened.project.branch,
-            base=opened.base,
-            build_branch=opened.branch,
-        )
 
     async def _call(self, task: RoleTask) -> RoleResult:
         call = ROLE_CALLS[task.state]
@@ -305,53 +260,9 @@ class BuildWorkflow(BuildMessages):
         self.data.feedback = {"requested_by": by, "reason": pending.reason}
         rules.reopen_from(self.data, pending.target)
         if pending.command == "rollback" or self.data.release is not None:
-            await self._restore(pending.target, code=pending.command == "rollback")
+            await self.code.restore(pending.target, code=pending.command == "rollback")
         self._move(pending.target, by)
         return True
-
-    async def _restore(self, target: BuildState, *, code: bool) -> None:
-        """Compensation: the code as it was at `target` (a rollback), and this build's release
-        undone if it made one; both recorded as a `restored` event."""
-        release = self.data.release
-        commit = self.data.commit_at.get(target.value) if code else self.data.head
-        self.records.flush_attributes()
-        landed = release is not None and release.delivery == "merge"
-        try:
-            result: RestoreResult = await workflow.execute_activity(
-                RESTORE_WORKSPACE.name,
-                RestoreTask(
-                    build_id=self.request.build_id,
-                    project_id=self.request.project_id,
-                    commit=commit,
-                    undo_release=release.version if release else None,
-                    release_to=release.previous if release else None,
-                    project=self.data.project,
-                    landed_from=self.data.base_before_release if landed else None,
-                    landed=release.commit if release and landed else None,
-                ),
-                result_type=RESTORE_WORKSPACE.result,
-                start_to_close_timeout=RESTORE_TIMEOUT,
-                retry_policy=RESTORE_RETRY,
-                summary=f"restore {target.value}",
-            )
-        except ActivityError as err:
-            if is_cancelled_exception(err):
-                raise
-            cause = getattr(err.cause, "message", None) or str(err)
-            raise BuildFailed(f"rollback to {target.value}: {cause}", "restore failed") from err
-        self.data.head = result.commit
-        if release:
-            self.data.base = result.base or self.data.base_before_release
-            self.data.release = None
-        self.records.emit(
-            EventType.RESTORED,
-            "system",
-            target=target.value,
-            commit=result.commit,
-            release_undone=release.version if release and result.release_restored else None,
-            release_current=result.release_current,
-            reverted_by=result.reverted_by,
-        )
 
     # --- pauses: the budget, and a failure that repeats ----------------------------------
 

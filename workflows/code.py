@@ -1,0 +1,97 @@
+"""The build's code in its project's repository, as the workflow drives it: the workspace
+opened on the project's branch (the base, recorded), and the compensation of a rollback (the
+code of an earlier state, a release reverted). A composed part of BuildWorkflow."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, is_cancelled_exception
+
+with workflow.unsafe.imports_passed_through():
+    from core import rules
+    from core.contracts import OPEN_WORKSPACE, RESTORE_WORKSPACE
+    from core.models import BuildRequest, EventType
+    from core.role_io import OpenResult, OpenTask, RestoreResult
+    from core.rules import BuildData
+    from core.states import BuildState
+    from workflows.errors import BuildFailed, cause_of
+    from workflows.records import BuildRecords
+
+RESTORE_TIMEOUT = timedelta(seconds=120)
+RESTORE_RETRY = RetryPolicy(maximum_attempts=5)
+
+
+class BuildCode:
+    def __init__(self, request: BuildRequest, data: BuildData, records: BuildRecords) -> None:
+        self.request = request
+        self.data = data
+        self.records = records
+
+    async def open(self) -> None:
+        """The workspace on the project's branch head: the build's base, recorded. A
+        repository git cannot reach is retried as an outage, then fails the build."""
+        request, policy = self.request, self.request.options.policy
+        task = OpenTask(
+            build_id=request.build_id, project_id=request.project_id, project=request.project
+        )
+        try:
+            opened: OpenResult = await workflow.execute_activity(
+                OPEN_WORKSPACE.name,
+                task,
+                result_type=OPEN_WORKSPACE.result,
+                start_to_close_timeout=timedelta(seconds=policy.start_to_close_seconds),
+                heartbeat_timeout=timedelta(seconds=policy.heartbeat_seconds),
+                retry_policy=policy.retry_policy(),
+                summary=f"open {request.project_id}",
+            )
+        except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise
+            reason = f"the project's repository: {cause_of(err)}"
+            raise BuildFailed(reason, "repository error") from err
+        rules.opened(self.data, opened)
+        self.records.emit(
+            EventType.WORKSPACE_OPENED,
+            "system",
+            repository=opened.project.repository,
+            branch=opened.project.branch,
+            base=opened.base,
+            build_branch=opened.branch,
+        )
+
+    async def restore(self, target: BuildState, *, code: bool) -> None:
+        """Compensation: the code as it was at `target` (a rollback), and this build's release
+        undone if it made one (reverted on the project's branch when it was merged there);
+        both recorded as a `restored` event."""
+        release = self.data.release
+        self.records.flush_attributes()
+        try:
+            result: RestoreResult = await workflow.execute_activity(
+                RESTORE_WORKSPACE.name,
+                rules.restore_task(self.request, self.data, target, code=code),
+                result_type=RESTORE_WORKSPACE.result,
+                start_to_close_timeout=RESTORE_TIMEOUT,
+                retry_policy=RESTORE_RETRY,
+                summary=f"restore {target.value}",
+            )
+        except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise
+            reason = f"rollback to {target.value}: {cause_of(err)}"
+            raise BuildFailed(reason, "restore failed") from err
+        self.data.head = result.commit
+        if release:
+            self.data.base = result.base or self.data.base_before_release
+            self.data.release = None
+        self.records.emit(
+            EventType.RESTORED,
+            "system",
+            target=target.value,
+            commit=result.commit,
+            release_undone=release.version if release and result.release_restored else None,
+            release_current=result.release_current,
+            reverted_by=result.reverted_by,
+        )
