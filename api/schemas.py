@@ -16,6 +16,7 @@ from core.messages import AbortRequest, RetryRequest, RollbackRequest, TopUpRequ
 from core.models import (
     BUILD_ID_PATTERN,
     MAX_REQUIREMENTS_CHARS,
+    BuildRepository,
     StartOptions,
     check_requirements,
     check_size,
@@ -205,6 +206,11 @@ class BuildStatusOut(BaseModel):
     as_of_seq: int = Field(description="Events of the build the answer includes.")
     source: Literal["mirror", "temporal"]
     ui_url: str
+    repository: BuildRepository | None = Field(
+        default=None,
+        description="The project's repository and branch, the base commit, the build's branch "
+        "and commit, and what it delivered (version, commit).",
+    )
 
 
 class BuildPage(BaseModel):
@@ -238,6 +244,20 @@ class RoleTotals(BaseModel):
     cost_usd: float
 
 
+class VersionRow(BaseModel):
+    """A version a build delivered into the project's branch."""
+
+    version: str
+    build_id: str
+    commit: str | None
+    delivery: str | None
+    loop_backs: int
+    duration_seconds: float | None
+    tokens: int
+    cost_usd: float
+    completed_at: datetime | None
+
+
 class ProjectStats(BaseModel):
     project_id: str
     total: int
@@ -251,6 +271,9 @@ class ProjectStats(BaseModel):
     cost_per_build_usd: float | None
     by_role: dict[str, RoleTotals] = Field(description="Calls, tokens and cost per role.")
     failure_analysis: list[FailureGroup]
+    versions: list[VersionRow] = Field(
+        default_factory=list, description="What each delivered version cost, oldest first."
+    )
 
 
 class Health(BaseModel):

@@ -248,6 +248,19 @@ class Handoff(BaseModel):
     timestamp: datetime
 
 
+class BuildRepository(BaseModel):
+    """Where a build stands in its project's repository."""
+
+    repository: str
+    branch: str  # the project's branch the build starts from and delivers into
+    base: str | None = None  # the branch's commit the build started from
+    build_branch: str | None = None  # the build's branch in its workspace
+    head: str | None = None  # the build's commit now
+    delivered: str | None = None  # the commit that landed (merge) or was pushed (branch)
+    version: str | None = None  # the tag it landed as (merge) or the branch (branch)
+    delivery: str = "merge"
+
+
 class BuildStatus(BaseModel):
     """Answer of the `status` query."""
 
@@ -267,6 +280,7 @@ class BuildStatus(BaseModel):
     usage: dict[str, dict[str, float]] = Field(default_factory=dict)  # per role
     tokens: int = 0
     cost_usd: float = 0.0
+    repository: BuildRepository | None = None  # None: a build without a project repository
 
 
 class BuildResult(BaseModel):
@@ -305,6 +319,7 @@ class BuildSnapshot(BaseModel):
     cost_usd: float = 0.0
     outputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
+    repository: BuildRepository | None = None
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from core.models import BuildRequest, BuildSnapshot, BuildStatus
+from core.models import BuildRepository, BuildRequest, BuildSnapshot, BuildStatus
 from core.rules import BuildData, budget_problem, cost_of, tokens_of
 from core.states import TERMINAL, BuildState, progress_of, role_of
 
@@ -23,6 +23,23 @@ def waiting_for(data: BuildData) -> str | None:
 def pending_command(data: BuildData) -> str | None:
     pending = data.pending
     return f"{pending.command} to {pending.target.value}" if pending else None
+
+
+def repository(data: BuildData) -> BuildRepository | None:
+    """The build's place in its project's repository (None: it has none)."""
+    if data.project is None:
+        return None
+    release = data.release
+    return BuildRepository(
+        repository=data.project.repository,
+        branch=data.project.branch,
+        base=data.project_base,
+        build_branch=data.branch,
+        head=data.head,
+        delivered=release.commit if release else None,
+        version=release.version if release else None,
+        delivery=data.project.delivery,
+    )
 
 
 def status(request: BuildRequest, data: BuildData, *, events: int) -> BuildStatus:
@@ -44,6 +61,7 @@ def status(request: BuildRequest, data: BuildData, *, events: int) -> BuildStatu
         usage={role: dict(u) for role, u in data.usage.items()},
         tokens=tokens_of(data),
         cost_usd=cost_of(data),
+        repository=repository(data),
     )
 
 
@@ -62,9 +80,28 @@ def current_details(status: BuildStatus) -> str:
         )
     if status.pending_command:
         lines.append(f"**Pending:** {status.pending_command}")
+    if status.repository is not None:
+        lines.append(repository_line(status.repository))
     if status.last_error:
         lines.append(f"**Last error:** {status.last_error}")
     return "\n\n".join(lines)
+
+
+def repository_line(repo: BuildRepository) -> str:
+    """One line of markdown: where the build started, where it is, what it delivered."""
+    line = (
+        f"**Repository:** `{repo.repository}` `{repo.branch}` from `{_short(repo.base)}` · "
+        f"**Branch:** `{repo.build_branch}` at `{_short(repo.head)}`"
+    )
+    if repo.version:
+        line += (
+            f" · **Delivered ({repo.delivery}):** `{repo.version}` at `{_short(repo.delivered)}`"
+        )
+    return line
+
+
+def _short(commit: str | None) -> str:
+    return commit[:10] if commit else "-"
 
 
 def snapshot(
@@ -100,6 +137,7 @@ def snapshot(
         cost_usd=cost_of(data),
         outputs={k: data.outputs[k] for k in sorted(outputs)},
         options=request.options.model_dump(mode="json", exclude={"policy"}),
+        repository=repository(data),
         created_at=started,
         updated_at=now,
         completed_at=now if finished else None,

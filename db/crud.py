@@ -96,6 +96,17 @@ def build_values(snapshot: BuildSnapshot) -> dict[str, Any]:
     }
     for state, output in snapshot.outputs.items():
         values[OUTPUT_COLUMNS[state]] = output
+    repo = snapshot.repository
+    values |= {
+        "repository": repo.repository if repo else None,
+        "branch": repo.branch if repo else None,
+        "base_commit": repo.base if repo else None,
+        "build_branch": repo.build_branch if repo else None,
+        "head_commit": repo.head if repo else None,
+        "delivered_commit": repo.delivered if repo else None,
+        "version": repo.version if repo else None,
+        "delivery": repo.delivery if repo else None,
+    }
     return values
 
 
@@ -243,6 +254,18 @@ class FailureCount:
     failure_reason: str | None
     builds: int
     example: str | None
+
+
+def project_versions(session: Session, *, project_id: str) -> list[BuildWorkflowRow]:
+    """The project's builds that delivered a version, in the order they finished."""
+    b = BuildWorkflowRow
+    query = (
+        select(b)
+        .where(col(b.project_id) == project_id, col(b.version).is_not(None))
+        .where(col(b.current_state) == "complete")
+        .order_by(col(b.completed_at), col(b.id))
+    )
+    return list(session.exec(query).all())
 
 
 def project_state_counts(session: Session, *, project_id: str) -> list[StateCount]:

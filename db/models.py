@@ -60,6 +60,15 @@ class BuildSummaryBase(SQLModel):
     created_at: datetime = _when(index=True)
     updated_at: datetime = _when()
     completed_at: datetime | None = _when(nullable=True)
+    # Where the build stands in its project's repository (None: it has none).
+    repository: str | None = Field(default=None, max_length=2000)
+    branch: str | None = Field(default=None, max_length=200)
+    base_commit: str | None = Field(default=None, max_length=64)
+    build_branch: str | None = Field(default=None, max_length=200)
+    head_commit: str | None = Field(default=None, max_length=64)
+    delivered_commit: str | None = Field(default=None, max_length=64)
+    version: str | None = Field(default=None, max_length=200)
+    delivery: str | None = Field(default=None, max_length=16)
 
 
 class BuildWorkflowRow(BuildSummaryBase, table=True):

@@ -9,6 +9,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
+from sqlmodel import Session
 from temporalio.client import Client, WorkflowFailureError
 
 from activities.gitcmd import git
@@ -19,11 +21,13 @@ from client.projects import (
     list_projects,
     put_project,
 )
+from core import views
 from core.messages import ApproveRequest
 from core.models import BuildResult, EventType
 from core.projects import ProjectConfig
 from core.settings import Settings
 from core.states import BuildState
+from db import crud
 from tests.git_projects import make_project, push_change, tags_of, tree_of
 from tests.helpers import make_request, save_history, start, status_of, wait_until
 from workflows.build import BuildWorkflow
@@ -246,3 +250,30 @@ async def test_an_unreachable_repository_fails_the_build_with_gits_reason(
         if e.HasField("activity_task_started_event_attributes")
     ]
     assert started == [3]  # retried as an outage (max_attempts 3), then given up
+
+
+async def test_status_mirror_and_current_details_show_the_repository(
+    client: Client, worker: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    project = await registered(client, worker, tmp_path)
+    remote = tmp_path / "remote.git"
+    base = git(remote, "rev-parse", "main")
+    request = make_request(project=project, approval_gates=[S.HANDOFF_TO_RELEASER])
+    handle = await start(client, worker, request)
+    waiting = await wait_until(handle, lambda s: s.waiting_for is not None, seconds=60)
+    repo = waiting.repository
+    assert repo is not None and (repo.base, repo.version) == (base, None)
+    assert repo.build_branch == f"build/{request.build_id}" and repo.head not in (None, base)
+    details = views.current_details(waiting)
+    assert f"`{remote}` `main` from `{base[:10]}`" in details
+    await handle.execute_update(BuildWorkflow.update_approve, ApproveRequest())
+    await finish(handle)
+    done = (await status_of(handle)).repository
+    assert done is not None and done.version == "v0.1.0"
+    assert done.delivered == git(remote, "rev-parse", "main")
+    assert "**Delivered (merge):** `v0.1.0`" in views.current_details(await status_of(handle))
+    with Session(engine) as session:
+        row = crud.get_build(session, workflow_id=handle.id)
+    assert row is not None
+    assert (row.version, row.delivered_commit, row.base_commit) == ("v0.1.0", done.delivered, base)
+    assert (row.repository, row.branch, row.delivery) == (str(remote), "main", "merge")

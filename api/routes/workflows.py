@@ -32,17 +32,23 @@ from api.schemas import (
     StartBuild,
     TopUpAnswer,
     TopUpBody,
+    VersionRow,
     answers,
 )
 from client import builds
 from core.attributes import BUILD_STATE, PROJECT_ID
 from core.messages import ApproveRequest
-from core.models import build_id_from, workflow_id_for
+from core.models import BuildRepository, build_id_from, workflow_id_for
 from core.projects import PROJECT_ID_PATTERN
 from core.settings import Settings
 from core.states import PATH, TERMINAL, WORKING, BuildState, progress_of, role_of
 from db import crud
-from db.models import BuildSummaryPublic, WorkflowEventPublic, WorkflowHandoffPublic
+from db.models import (
+    BuildSummaryPublic,
+    BuildWorkflowRow,
+    WorkflowEventPublic,
+    WorkflowHandoffPublic,
+)
 from workflows.build import BuildWorkflow
 
 router = APIRouter(prefix="/api/workflows", tags=["workflows"], responses=answers(400, 401, 503))
@@ -200,8 +206,24 @@ async def build_status(
             as_of_seq=row.last_seq,
             source="mirror",
             ui_url=settings.ui_link(wf),
+            repository=_repository(row),
         )
     return await _status_from_temporal(await state.temporal(), settings, wf)
+
+
+def _repository(row: BuildWorkflowRow) -> BuildRepository | None:
+    if row.repository is None or row.branch is None:
+        return None
+    return BuildRepository(
+        repository=row.repository,
+        branch=row.branch,
+        base=row.base_commit,
+        build_branch=row.build_branch,
+        head=row.head_commit,
+        delivered=row.delivered_commit,
+        version=row.version,
+        delivery=row.delivery or "merge",
+    )
 
 
 async def _status_from_temporal(client: Client, settings: Settings, wf: str) -> BuildStatusOut:
@@ -335,6 +357,20 @@ def project_stats(project_id: ProjectId, session: SessionDep) -> ProjectStats:
             role: RoleTotals.model_validate(totals)
             for role, totals in crud.project_usage_by_role(session, project_id=project_id).items()
         },
+        versions=[
+            VersionRow(
+                version=r.version or "",
+                build_id=r.build_id,
+                commit=r.delivered_commit,
+                delivery=r.delivery,
+                loop_backs=r.loop_backs,
+                duration_seconds=r.duration_seconds,
+                tokens=r.tokens,
+                cost_usd=r.cost_usd,
+                completed_at=r.completed_at,
+            )
+            for r in crud.project_versions(session, project_id=project_id)
+        ],
         failure_analysis=[
             FailureGroup(
                 failed_state=BuildState(f.failed_state) if f.failed_state else None,
