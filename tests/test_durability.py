@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import uuid
 from pathlib import Path
 
 import pytest
@@ -11,13 +13,17 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 from temporalio.client import Client
 
+from activities.gitcmd import git
+from client.projects import put_project
 from core.models import BuildEvent, RolePolicy
+from core.projects import ProjectConfig
 from core.settings import Settings
 from core.states import PATH, BuildState
 from core.temporal import connect
 from db import crud
 from devtools.devserver import DevServer
 from devtools.processes import free_port
+from tests.git_projects import make_project, tags_of
 from tests.helpers import make_request, running_worker, spawn_worker, start, status_of, wait_until
 from workflows.build import BuildWorkflow
 
@@ -84,4 +90,39 @@ async def test_restarted_temporal_server_keeps_running_builds(
     finally:
         server.stop()
     assert result.state is BuildState.COMPLETE and status.progress == 100
+    assert_clean_log(events, engine, handle.id)
+
+
+async def test_a_worker_killed_after_the_push_neither_merges_nor_tags_twice(
+    client: Client, settings: Settings, engine, tmp_path: Path
+):
+    remote = make_project(tmp_path)
+    project = f"p-{uuid.uuid4().hex[:8]}"
+    proc = await spawn_worker(settings, tmp_path, OFFLINE_MODEL_LATENCY_SECONDS="1")
+    await put_project(client, settings, project, ProjectConfig(repository=str(remote)))
+    request = make_request(project=project)
+    request.options.policy = RolePolicy(heartbeat_seconds=2, initial_interval_seconds=0.1)
+    handle = await start(client, settings, request)
+    async with asyncio.timeout(90):  # the push is done; the release notes are being written
+        while tags_of(remote) == []:  # noqa: ASYNC110 (the remote is polled, not awaited)
+            await asyncio.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    landed = git(remote, "rev-parse", "main")
+
+    async with running_worker(client, settings, engine):
+        async with asyncio.timeout(60):
+            result = await handle.result()
+        events = await handle.query(BuildWorkflow.event_log, 0)
+    assert result.state is BuildState.COMPLETE and result.attempts["deployment"] == 1
+    assert (result.release["version"], result.release["commit"]) == ("v0.1.0", landed)
+    assert git(remote, "rev-parse", "main") == landed and tags_of(remote) == ["v0.1.0"]
+    history = await handle.fetch_history()
+    release_attempts = [
+        e.activity_task_started_event_attributes.attempt
+        for e in history.events
+        if e.HasField("activity_task_started_event_attributes")
+    ]
+    assert max(release_attempts) == 2  # the release manager ran again, and found it landed
+    assert os.readlink(settings.releases / project / "current") == "v0.1.0"
     assert_clean_log(events, engine, handle.id)
