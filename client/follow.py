@@ -39,6 +39,11 @@ def event_line(event: BuildEvent) -> str:
             f"open   {data['repository']} {data['branch']} at {str(data['base'])[:10]}, "
             f"working on {data['build_branch']}"
         )
+    if kind == "branch_moved":
+        return (
+            f"[yellow]moved  the project's branch moved on to {str(data['branch_head'])[:10]}; "
+            f"its merge {str(data['merged'])[:10]} is tested again[/yellow]"
+        )
     if kind == "completed":
         return f"[green]done   {delivered(data['release'])}[/green]"
     if kind == "restored":

@@ -220,6 +220,7 @@ class EventType(StrEnum):
     NEEDS_ATTENTION = "needs_attention"
     ABORTED = "aborted"
     WORKSPACE_OPENED = "workspace_opened"
+    BRANCH_MOVED = "branch_moved"
 
 
 class BuildEvent(BaseModel):

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from activities.gitcmd import git
 from devtools.processes import free_port, port_open
 from tests.helpers import ROOT
 
@@ -62,6 +63,18 @@ async def test_up_runs_server_ui_and_worker_then_down_stops_them(tmp_path: Path)
             assert (await http.get("/readyz")).json()["status"] == "ready"
             status = (await http.get(f"/api/workflows/{build.group(1)}/status")).json()
             assert status["current_state"] == "complete" and status["loop_backs"] == 1
+
+        code, out = await run(devstack, "demo")
+        assert code == 0, out
+        remote = tmp_path / "data" / "examples" / "inventory.git"
+        tags = git(remote, "tag", "--list", "v*").split()
+        assert tags == ["v0.1.0", "v0.2.0"], out
+        assert "tag: v0.1.0" in out and "tag: v0.2.0" in out and "Merge main into build/" in out
+        assert out.count("complete: released v0.") == 2
+        current = tmp_path / "data" / "releases" / "inventory" / "current"
+        assert {"inventory.py", "dark_mode.py", "audit_log.py"} <= {
+            p.name for p in current.iterdir()
+        }
 
         code, out = await run(devstack, "up")  # again: finds both running, starts nothing
         assert code == 0 and "already running" in out

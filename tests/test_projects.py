@@ -174,6 +174,9 @@ async def test_a_clean_but_moved_base_is_tested_again_before_it_lands(
     assert result.release["commit"] == landed
     assert git(remote, "merge-base", "--is-ancestor", theirs, landed) == ""
     assert {"docs.md", "dark_mode.py"} <= tree_of(remote)
+    events = await handle.query(BuildWorkflow.event_log)
+    moved = [e for e in events if e.event_type is EventType.BRANCH_MOVED]
+    assert [e.data["branch_head"] for e in moved] == [theirs]
     await save_history(handle, "project_moved_base_retested")
 
 

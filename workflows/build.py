@@ -128,6 +128,12 @@ class BuildWorkflow(BuildMessages):
         if verdict.next_state is not None:
             if order(verdict.next_state) < order(state):  # a moved project: test again
                 rules.reopen_from(self.data, verdict.next_state)
+                self.records.emit(
+                    EventType.BRANCH_MOVED,
+                    task.role.value,
+                    branch_head=self.data.base,
+                    merged=self.data.head,
+                )
             self._move(verdict.next_state, task.role.value)
         elif verdict.signature is not None:
             await self._failed(state, verdict)
