@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import shutil
 import sys
 from collections.abc import Awaitable, Callable
@@ -24,7 +25,7 @@ from activities.mirror import MirrorActivities
 from activities.projects import greenfield
 from activities.release import LocalReleases, Release, ReleaseTarget
 from activities.sandbox import Limits, run_limited
-from activities.testrun import run_tests
+from activities.testrun import DEFAULT_COMMAND, baseline, compare, is_pytest, run_tests
 from activities.workspace import AttemptRefused, Remote, Workspace
 from core.contracts import (
     CODE_WRITER,
@@ -173,9 +174,18 @@ class RoleActivities:
     async def test_auditor(self, task: RoleTask) -> TestAuditorResult:
         ws = self.workspace(task.build_id, task.project)
         commit = await in_thread("checkout", ws.checkout, task.head)
-        report = await run_tests(ws, task.attempt, self.limits, beat=_beat)
+        command = task.project.test_command if task.project else DEFAULT_COMMAND
+        report = await run_tests(ws, task.attempt, self.limits, beat=_beat, command=command)
+        measured = task.project is not None and task.base not in (None, commit)
+        if not report.passed and measured and is_pytest(command):  # which failures are its own?
+            assert task.base is not None
+            cache = self.settings.workspaces / ".baselines" / task.project_id
+            base = await baseline(ws, task.base, cache, command, self.limits, beat=_beat)
+            report = compare(report, base)
         report.commit = commit
-        run = report.model_dump(mode="json", include={"passed", "tests_run", "failures"})
+        run = report.model_dump(
+            mode="json", include={"passed", "tests_run", "failures", "pre_existing", "regressions"}
+        )
         audit, usage = await self.llm.structured(_with(task, test_run=run), TestAudit)
         report.audit = audit
         report.summary = f"{report.summary} Audit: {audit.summary}"
@@ -187,6 +197,15 @@ class RoleActivities:
         ws = self.workspace(task.build_id, task.project)
         head = await in_thread("checkout", ws.checkout, task.head)
         checks = await self._static_checks(ws.repo, ws.runs / "home")
+        measured = task.project is not None and task.base not in (None, head)
+        if measured and any(result != "ok" for result in checks.values()):
+            assert task.base is not None  # count only what the build introduced
+            tree = await in_thread("worktree", ws.add_worktree, task.base, "checks")
+            try:
+                before = await self._static_checks(tree, ws.runs / "home")
+            finally:
+                await in_thread("worktree", ws.drop_worktree, tree)
+            checks = {name: introduced(out, before.get(name, "ok")) for name, out in checks.items()}
         diff, stat = await in_thread(
             "diff", ws.diff, task.base, head, self.settings.review_diff_max_chars
         )
@@ -398,6 +417,24 @@ class RoleActivities:
             self.release_manager,
             self.restore,
         ]
+
+
+def introduced(now: str, before: str) -> str:
+    """The problems of a check's output that were not there before ("ok" if none): lines
+    compared without their line and column numbers, which the build's edits move."""
+    if now == "ok":
+        return "ok"
+    seen = {_position.sub(":", line) for line in before.splitlines()}
+    new = [
+        line
+        for line in now.splitlines()
+        if _diagnostic.match(line) and _position.sub(":", line) not in seen
+    ]
+    return "\n".join(new) if new else "ok"
+
+
+_position = re.compile(r":\d+:\d+:|, line \d+")
+_diagnostic = re.compile(r"^(\S+:\d+:\d+: |\*\*\* |\s*File )")
 
 
 def _with(task: RoleTask, **context: Any) -> RoleTask:

@@ -174,6 +174,20 @@ class Workspace:
     def _unmerged(self) -> list[str]:
         return self.git("diff", "--name-only", "--diff-filter=U").split()
 
+    def add_worktree(self, commit: str, name: str) -> Path:
+        """`commit` checked out in a folder of its own beside the repository (a baseline)."""
+        tree = self.root / f"{name}-{commit[:12]}"
+        self.drop_worktree(tree)
+        self.git("worktree", "add", "-q", "--detach", "--force", str(tree), commit)
+        return tree
+
+    def drop_worktree(self, tree: Path) -> None:
+        if tree.exists():
+            with contextlib.suppress(GitError):
+                self.git("worktree", "remove", "--force", str(tree))
+            shutil.rmtree(tree, ignore_errors=True)
+        self.git("worktree", "prune")
+
     def push_commit(self, commit: str) -> None:
         """Keep `commit` in the project's repository under the build's refs (no-op without a
         remote)."""

@@ -144,6 +144,12 @@ class TestReport(BaseModel):
     junit: str | None = None  # path of the JUnit XML report
     log: str | None = None  # path of the full pytest output
     audit: TestAudit | None = None
+    command: str = ""  # the project's test command that ran
+    # Against a run on the build's base: failures that were there already (they do not fail
+    # the build), and the failing tests that passed there.
+    pre_existing: list[TestFailure] = Field(default_factory=list)
+    regressions: list[str] = Field(default_factory=list)
+    baseline: str | None = None  # the base commit and its run's summary (None: no baseline)
 
 
 class VerificationOutcome(BaseModel):

@@ -28,7 +28,7 @@ from core.projects import ProjectConfig
 from core.settings import Settings
 from core.states import BuildState
 from db import crud
-from tests.git_projects import make_project, push_change, tags_of, tree_of
+from tests.git_projects import APP, APP_TEST, make_project, push_change, tags_of, tree_of
 from tests.helpers import make_request, save_history, start, status_of, wait_until
 from workflows.build import BuildWorkflow
 
@@ -280,3 +280,29 @@ async def test_status_mirror_and_current_details_show_the_repository(
     assert row is not None
     assert (row.version, row.delivered_commit, row.base_commit) == ("v0.1.0", done.delivered, base)
     assert (row.repository, row.branch, row.delivery) == (str(remote), "main", "merge")
+
+
+async def test_pre_existing_failures_do_not_block_and_a_regression_is_named(
+    client: Client, worker: Settings, tmp_path: Path
+) -> None:
+    broken = "def test_already_broken():\n    assert 1 == 2\n"
+    guard = (
+        "import os\n\n\ndef test_no_dark_mode():\n    assert not os.path.exists('dark_mode.py')\n"
+    )
+    files = {"app.py": APP, "tests/test_app.py": APP_TEST, "tests/test_old.py": broken}
+    remote = make_project(tmp_path / "a", files)
+    project = new_id()
+    await put_project(client, worker, project, ProjectConfig(repository=str(remote)))
+    result = await finish(await start(client, worker, make_request(project=project)))
+    # The old failure failed neither the tests nor the static checks (ruff flags it too).
+    assert result.attempts["testing"] == 1 and result.attempts["verification"] == 1
+
+    guarded = make_project(tmp_path / "b", {**files, "tests/test_guard.py": guard})
+    other = new_id()
+    await put_project(client, worker, other, ProjectConfig(repository=str(guarded)))
+    handle = await start(client, worker, make_request(project=other, max_retries=0))
+    with pytest.raises(WorkflowFailureError):
+        await finish(handle)
+    status = await status_of(handle)
+    assert "1 regressed: tests.test_guard::test_no_dark_mode" in (status.last_error or "")
+    assert "1 failed on the base already" in (status.last_error or "")
