@@ -154,7 +154,7 @@ class RoleActivities:
             ws.checkout(task.head)  # a retry or a rollback starts from what the workflow holds
             if merge_with:
                 ws.start_merge(merge_with)
-            return ws.write(output.files, message)
+            return ws.write(output.files, message, output.edits)
 
         try:
             commit, refs = await in_thread("writing files", write)

@@ -74,11 +74,32 @@ class SourceFile(BaseModel):
     content: str
 
 
+class FileEdit(BaseModel):
+    """One change to the workspace: a whole file written, an exact text replaced (it must
+    occur exactly once in the file), a file deleted, or a file renamed."""
+
+    kind: Literal["write", "replace", "delete", "rename"]
+    path: str = Field(description="The file, relative to the repository root.")
+    content: str = Field(default="", description="write: the whole new content of the file.")
+    search: str = Field(
+        default="", description="replace: text of the file as it is, occurring exactly once."
+    )
+    replace: str = Field(default="", description="replace: the text that takes its place.")
+    to: str = Field(default="", description="rename: the file's new path.")
+
+
 class ImplementationOutput(BaseModel):
-    """The Code Writer's answer: whole files, relative to the workspace root."""
+    """The Code Writer's answer: whole files and edits, relative to the repository root."""
 
     summary: str
-    files: list[SourceFile]
+    files: list[SourceFile] = Field(
+        default_factory=list, description="Whole files to write (new files, small files)."
+    )
+    edits: list[FileEdit] = Field(
+        default_factory=list,
+        description="Edits, applied in order after `files`: exact-text replacements of "
+        "existing files, deletions, renames.",
+    )
 
 
 class TestAudit(BaseModel):

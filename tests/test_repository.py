@@ -11,9 +11,9 @@ from pydantic import ValidationError
 
 from activities import delivery
 from activities.gitcmd import GitError, create_bare, git, remote_head
-from activities.workspace import MergeUnresolved, Remote, Workspace
+from activities.workspace import AttemptRefused, MergeUnresolved, Remote, Workspace
 from core.projects import ProjectConfig, next_version
-from core.role_io import SourceFile
+from core.role_io import FileEdit, SourceFile
 from tests.git_projects import make_project, push_change, tags_of, tree_of
 
 
@@ -230,3 +230,60 @@ def test_a_revert_that_conflicts_names_the_files_and_changes_nothing(tmp_path: P
     done = delivery.revert(first, landed_from, landed, "b1")
     assert done.conflicts == ["feature.py"] and done.version == ""
     assert git(remote, "rev-parse", "main") == tip and tags_of(remote) == ["v0.1.0", "v0.2.0"]
+
+
+def _edit(**fields: str) -> FileEdit:
+    return FileEdit.model_validate(fields)
+
+
+def test_every_edit_kind_applies_on_top_of_whole_files(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, make_project(tmp_path))
+    ws.open()
+    edits = [
+        _edit(kind="replace", path="app.py", search='f"Hello, {name}!"', replace='f"Hi, {name}!"'),
+        _edit(kind="rename", path="tests/test_app.py", to="tests/test_greeting.py"),
+        _edit(kind="replace", path="notes.md", search="draft", replace="final"),
+        _edit(kind="delete", path="old.py"),
+    ]
+    files = [
+        SourceFile(path="notes.md", content="a draft\n"),
+        SourceFile(path="old.py", content=""),
+    ]
+    commit, refs = ws.write(files, "edits", edits)
+    assert 'return f"Hi, {name}!"' in (ws.repo / "app.py").read_text()
+    assert (ws.repo / "tests" / "test_greeting.py").exists()
+    assert not (ws.repo / "tests" / "test_app.py").exists() and not (ws.repo / "old.py").exists()
+    assert (ws.repo / "notes.md").read_text() == "a final\n"
+    assert {"app.py", "tests/test_greeting.py", "notes.md"} <= {r.path for r in refs}
+    assert git(ws.repo, "show", "--stat", "--format=", commit).count("|") >= 3
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (
+            {"kind": "replace", "path": "app.py", "search": "return f'Hello, {name}'"},
+            r"search text is not in app.py; the closest lines \(5-5\) are:\n"
+            r'    return f"Hello, \{name\}!"',
+        ),
+        (
+            {"kind": "replace", "path": "app.py", "search": "name"},
+            r"occurs 2 times \(at lines 4, 5\); include more of the lines around it",
+        ),
+        ({"kind": "replace", "path": "nope.py", "search": "x"}, "nope.py does not exist"),
+        ({"kind": "delete", "path": "nope.py"}, "nope.py does not exist; write it whole"),
+        ({"kind": "rename", "path": "app.py", "to": "tests/test_app.py"}, "exists already"),
+        ({"kind": "replace", "path": "../app.py", "search": "x"}, "'..' is refused"),
+        ({"kind": "rename", "path": "app.py", "to": ".git/config"}, "off limits"),
+    ],
+)
+def test_an_edit_that_does_not_apply_refuses_the_attempt_with_a_reason(
+    tmp_path: Path, change: dict[str, str], reason: str
+) -> None:
+    ws = workspace(tmp_path, make_project(tmp_path))
+    head = ws.open()
+    good = SourceFile(path="new.py", content="X = 1\n")
+    with pytest.raises(AttemptRefused, match=reason):
+        ws.write([good], "attempt", [_edit(**change)])
+    assert ws.head() == head and not (ws.repo / "new.py").exists()  # nothing was written
+    assert ws.git("status", "--porcelain") == ""

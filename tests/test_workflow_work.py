@@ -17,12 +17,14 @@ from temporalio.client import Client
 
 from activities import offline_model
 from activities.gitcmd import git
+from client.projects import put_project
 from core.messages import RollbackRequest
 from core.models import EventType
+from core.projects import ProjectConfig
 from core.settings import Settings
 from core.states import BuildState
 from db import crud
-from tests.git_projects import tags_of, tree_of
+from tests.git_projects import make_project, tags_of, tree_of
 from tests.helpers import (
     make_request,
     model_client_with,
@@ -170,3 +172,36 @@ async def test_a_megabyte_of_code_stays_out_of_workflow_history(
     largest = max(event.ByteSize() for event in history.events)
     assert largest < PAYLOAD_LIMIT
     assert (settings.workspaces / result.build_id / "repo" / "big_table.py").stat().st_size > 10**6
+
+
+async def test_an_edit_that_does_not_apply_is_refused_and_the_code_writer_retries_with_why(
+    client: Client, settings: Settings, engine: Engine
+):
+    prompts: list[str] = []
+
+    async def model(request: httpx2.Request) -> httpx2.Response:
+        body = json.loads(request.content)
+        if body["response_format"]["json_schema"]["name"] == "ImplementationOutput":
+            prompts.append(request.content.decode())
+            if len(prompts) == 1:
+                edit = {"kind": "replace", "path": "README.md", "search": "no such text",
+                        "replace": "x", "content": "", "to": ""}  # fmt: skip
+                answer = {"summary": "a blind edit", "files": [], "edits": [edit]}
+                return httpx2.Response(200, json=offline_model.completion(body, json.dumps(answer)))
+        return await offline_model.handle(request)
+
+    remote = make_project(settings.data_dir / f"edit-{uuid.uuid4().hex[:6]}", {"README.md": "Hi\n"})
+    project = f"p-{uuid.uuid4().hex[:8]}"
+    async with running_worker(client, settings, engine, model_client_with(settings, model)):
+        await put_project(client, settings, project, ProjectConfig(repository=str(remote)))
+        handle = await start(client, settings, make_request(project=project))
+        result = await handle.result()
+        events = await handle.query(BuildWorkflow.event_log, 0)
+    assert result.state is S.COMPLETE and len(prompts) == 2
+    loop = next(e for e in events if e.event_type is EventType.LOOP_BACK)
+    assert loop.state is S.IMPLEMENTATION and loop.data["reason"] == "edits refused"
+    assert (
+        "the search text is not in README.md; the closest lines (1-1) are:\nHi"
+        in (loop.data["error"])
+    )
+    assert "the search text is not in README.md" in prompts[1]  # the retry is told why

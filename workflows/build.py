@@ -36,7 +36,7 @@ S = BuildState
 # Builds start from their project's repository (the open_workspace activity first).
 PROJECT_REPOSITORIES_PATCH = "project-repositories"
 # What a Code Writer's attempt can be refused for; the build loops back and it tries again.
-REFUSED_ATTEMPTS = ("UnsafePath", "AttemptRefused", "MergeUnresolved")
+REFUSED_ATTEMPTS = ("UnsafePath", "AttemptRefused", "EditRefused", "MergeUnresolved")
 
 
 @workflow.defn(name="BuildWorkflow")
