@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import delivery
+from activities import delivery, repomap
 from activities.beat import in_thread
 from activities.gitcmd import GitError, create_bare
 from activities.llm import ModelClient
@@ -135,6 +135,9 @@ class RoleActivities:
     @carrying_mirror
     async def q_assistant(self, task: RoleTask) -> QAssistantResult:
         schema = DiscoveryOutput if task.state is BuildState.DISCOVERY else PlanOutput
+        if task.project is not None:
+            ws = self.workspace(task.build_id, task.project)
+            task = await in_thread("repository map", self._with_repository, task, ws, False)
         output, usage = await self.llm.structured(task, schema)
         return QAssistantResult(output=output, usage=usage)
 
@@ -146,6 +149,8 @@ class RoleActivities:
         if merge_with:  # the project moved and conflicted: both sides of each conflict
             sides = await in_thread("merge", _conflict_sides, ws, task.head, task.context)
             task = _with(task, merge=sides)
+        if task.project is not None:
+            task = await in_thread("repository context", self._with_repository, task, ws, True)
         output, usage = await self.llm.structured(task, ImplementationOutput)
         title = output.summary.strip().splitlines()[0][:120] if output.summary.strip() else ""
         message = f"implementation attempt {task.attempt}: {title}".strip(": ")
@@ -168,6 +173,27 @@ class RoleActivities:
             summary=output.summary[:2000], files=refs, commit=commit, workspace=str(ws.repo)
         )
         return CodeWriterResult(output=summary, usage=usage)
+
+    def _with_repository(self, task: RoleTask, ws: Workspace, files: bool) -> RoleTask:
+        """The task with what its model sees of the repository at its commit: the map, and
+        (`files`) the full text of the files it works on, within REPO_CONTEXT_MAX_TOKENS."""
+        commit = ws.checkout(task.head)
+        budget = self.settings.repo_context_max_tokens
+        shown: dict[str, str] = {}
+        used = 0
+        mentioned = repomap.mentioned_paths(task.context)
+        if files:
+            shown, used = repomap.file_texts(ws.repo, mentioned, budget * 2 // 3)
+        cache = self.settings.workspaces / ".repomaps" / task.project_id
+        found = repomap.entries(ws.repo, commit, cache)
+        repo_map = repomap.render(found, budget - used, mentioned)
+        context: dict[str, Any] = {
+            "repository_map": repo_map.text,
+            "repository_files": repo_map.files,
+        }
+        if files:
+            context["files"] = shown
+        return _with(task, **context)
 
     @activity.defn(name=TEST_AUDITOR.name)
     @carrying_mirror

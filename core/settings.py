@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     test_timeout_seconds: float = Field(default=120, gt=0)
     test_memory_mb: int = Field(default=1024, ge=64)
     review_diff_max_chars: int = Field(default=40_000, ge=1000)
+    # What the Q Assistant and the Code Writer see of the repository (the map, and the files
+    # they work on), in estimated tokens; never more.
+    repo_context_max_tokens: int = Field(default=8000, ge=200)
 
     # Builds
     build_execution_timeout_seconds: int = Field(default=3600, gt=0)

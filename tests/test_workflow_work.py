@@ -205,3 +205,7 @@ async def test_an_edit_that_does_not_apply_is_refused_and_the_code_writer_retrie
         in (loop.data["error"])
     )
     assert "the search text is not in README.md" in prompts[1]  # the retry is told why
+    # The Code Writer sees the repository: its map, cut to the budget, and the files it works on.
+    task = json.loads(json.loads(prompts[0])["messages"][1]["content"])
+    assert "README.md (3 B)" in task["context"]["repository_map"]
+    assert task["context"]["repository_files"] == 1 and task["context"]["files"] == {}

@@ -1,0 +1,215 @@
+"""What the models see of a repository: a map of its tree (every file's path and size; for
+Python files their top-level classes and functions with signatures), ranked and cut to a
+token budget, and the full text of the files a role is working on.
+
+Built inside the role activities from the commit's git objects, never carried in workflow
+history. The map of a commit is cached (a commit never changes), so a build does not
+rebuild it for every call.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from activities.gitcmd import GIT_ENV, GIT_TIMEOUT_SECONDS, git
+
+CHARS_PER_TOKEN = 4  # the estimate: English and code average about four characters a token
+MAX_PARSED_BYTES = 200_000  # larger Python files are listed, not parsed
+KEY_FILES = ("README", "CHANGELOG", "pyproject.toml", "setup.py", "setup.cfg")
+
+
+def tokens(text: str) -> int:
+    """Estimated tokens of `text` (rounded up)."""
+    return -(-len(text) // CHARS_PER_TOKEN)
+
+
+@dataclass
+class Entry:
+    path: str
+    size: int
+    symbols: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        head = f"{self.path} ({self.size} B)"
+        return "\n".join([head, *(f"  {s}" for s in self.symbols)])
+
+
+@dataclass
+class RepoContext:
+    """The map as a model gets it, with what it cost."""
+
+    text: str
+    files: int  # files in the tree
+    shown: int  # files the map names
+    tokens: int
+    budget: int
+
+
+def entries(repo: Path, commit: str, cache: Path | None = None) -> list[Entry]:
+    """Every file of `commit` with its symbols; cached per commit in `cache`."""
+    cached = cache / f"{commit}.json" if cache else None
+    if cached is not None and cached.exists():
+        return [Entry(**e) for e in json.loads(cached.read_text())]
+    listing = git(repo, "ls-tree", "-r", "-l", "--full-tree", commit)
+    found: list[Entry] = []
+    blobs: dict[str, str] = {}
+    for line in listing.splitlines():
+        meta, _, path = line.partition("\t")
+        parts = meta.split()
+        if len(parts) < 4 or parts[1] != "blob":
+            continue
+        size = int(parts[3]) if parts[3].isdigit() else 0
+        found.append(Entry(path, size))
+        if path.endswith(".py") and size <= MAX_PARSED_BYTES:
+            blobs[path] = parts[2]
+    texts = _read_blobs(repo, list(blobs.values()))
+    for entry in found:
+        if entry.path in blobs:
+            entry.symbols = symbols(texts.get(blobs[entry.path], ""))
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps([asdict(e) for e in found]))
+        tmp.replace(cached)
+    return found
+
+
+def _read_blobs(repo: Path, shas: list[str]) -> dict[str, str]:
+    """The text of many blobs through one `git cat-file --batch`."""
+    if not shas:
+        return {}
+    done = subprocess.run(
+        ["git", "-C", str(repo), "cat-file", "--batch"],
+        input="\n".join(shas).encode() + b"\n",
+        capture_output=True,
+        env=GIT_ENV,
+        timeout=GIT_TIMEOUT_SECONDS,
+        check=True,
+    )
+    out, texts, at = done.stdout, {}, 0
+    while at < len(out):
+        end = out.index(b"\n", at)
+        sha, _, size = out[at:end].decode().split()
+        start = end + 1
+        texts[sha] = out[start : start + int(size)].decode(errors="replace")
+        at = start + int(size) + 1
+    return texts
+
+
+def symbols(source: str) -> list[str]:
+    """A Python module's top-level classes (with their methods) and functions, as signatures."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return []
+    out: list[str] = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            out.append(_signature(node))
+        elif isinstance(node, ast.ClassDef):
+            bases = ", ".join(ast.unparse(b) for b in node.bases)
+            out.append(f"class {node.name}({bases}):" if bases else f"class {node.name}:")
+            out += [
+                f"  {_signature(item)}"
+                for item in node.body
+                if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef)
+                and not (item.name.startswith("_") and item.name != "__init__")
+            ]
+    return out
+
+
+def _signature(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
+    prefix = "async def" if isinstance(node, ast.AsyncFunctionDef) else "def"
+    returns = f" -> {ast.unparse(node.returns)}" if node.returns else ""
+    return f"{prefix} {node.name}({ast.unparse(node.args)}){returns}"
+
+
+def rank(found: list[Entry], mentioned: set[str]) -> list[Entry]:
+    """Files the task names first, then the project's key files, then Python files with the
+    most symbols, shallow paths before deep ones."""
+
+    def key(entry: Entry) -> tuple[int, int, int, str]:
+        named = entry.path in mentioned or Path(entry.path).name in mentioned
+        keyfile = Path(entry.path).name.startswith(KEY_FILES)
+        return (
+            0 if named else 1 if keyfile else 2,
+            -len(entry.symbols),
+            entry.path.count("/"),
+            entry.path,
+        )
+
+    return sorted(found, key=key)
+
+
+def render(found: list[Entry], budget: int, mentioned: set[str] | None = None) -> RepoContext:
+    """The ranked map, cut where the next file would exceed `budget` tokens (never over it):
+    a file that does not fit whole is named without its symbols, then nothing more."""
+    lines: list[str] = []
+    used, shown = 0, 0
+    ordered = rank(found, mentioned or set())
+    for number, entry in enumerate(ordered):
+        rest = len(ordered) - number - 1
+        more = f"... and {rest} more files" if rest else ""
+        for text in (entry.render(), f"{entry.path} ({entry.size} B)"):
+            cost = tokens(text + "\n") + tokens(more)
+            if used + cost <= budget:
+                lines.append(text)
+                used += tokens(text + "\n")
+                shown += 1
+                break
+        else:
+            left = len(ordered) - number
+            tail = f"... and {left} more files"
+            if used + tokens(tail) <= budget:
+                lines.append(tail)
+                used += tokens(tail)
+            break
+    text = "\n".join(lines)
+    return RepoContext(text, len(found), shown, tokens(text), budget)
+
+
+def mentioned_paths(context: dict[str, object]) -> set[str]:
+    """Paths a role's context names: the plan's files, the files of earlier attempts, the
+    test modules of failures, the files of a merge conflict."""
+    names: set[str] = set()
+    plan = context.get("planning")
+    if isinstance(plan, dict):
+        names |= {str(f) for f in plan.get("files", [])}
+    implementation = context.get("implementation")
+    if isinstance(implementation, dict):
+        names |= {str(f.get("path")) for f in implementation.get("files", [])}
+    for failure in context.get("failures", []) or []:  # type: ignore[attr-defined]
+        test = str(failure.get("test", "")).split("::")[0]
+        if test and not test.startswith("("):
+            names.add(test.replace(".", "/") + ".py")
+    merge = context.get("merge")
+    if isinstance(merge, dict):
+        names |= {str(f) for f in merge.get("conflicts", [])}
+    return {n for n in names if n and _PATH.match(n)}
+
+
+_PATH = re.compile(r"^[\w./-]+$")
+
+
+def file_texts(repo: Path, paths: set[str], budget: int) -> tuple[dict[str, str], int]:
+    """The full text of each of `paths` that exists in the working tree, in name order, as
+    many as fit in `budget` tokens; and the tokens used."""
+    texts: dict[str, str] = {}
+    used = 0
+    for path in sorted(paths):
+        target = repo / path
+        if not target.is_file() or not target.resolve().is_relative_to(repo.resolve()):
+            continue
+        text = target.read_text(errors="replace")
+        cost = tokens(path) + tokens(text)
+        if used + cost > budget:
+            continue
+        texts[path] = text
+        used += cost
+    return texts, used

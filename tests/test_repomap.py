@@ -1,0 +1,101 @@
+"""The repository map the models see: every file with its size, Python symbols with their
+signatures, ranked, cut to the token budget (never over it), cached per commit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from activities import repomap
+from activities.gitcmd import git
+from tests.git_projects import commit_files, make_project
+
+MODULE = '''"""A module."""
+
+
+class Store(Base):
+    def __init__(self, path: str) -> None: ...
+
+    def get(self, key: str, default: int = 0) -> int: ...
+
+    def _hidden(self) -> None: ...
+
+
+async def fetch(url: str, *, retries: int = 3) -> bytes: ...
+
+
+def _private() -> None: ...
+'''
+
+
+def _repo(tmp_path: Path, files: dict[str, str]) -> tuple[Path, str]:
+    remote = make_project(tmp_path, files)
+    return remote, git(remote, "rev-parse", "main")
+
+
+def test_python_files_show_their_top_level_symbols_with_signatures(tmp_path: Path) -> None:
+    remote, commit = _repo(tmp_path, {"store.py": MODULE, "notes.txt": "x" * 10})
+    found = {e.path: e for e in repomap.entries(remote, commit)}
+    assert found["store.py"].symbols == [
+        "class Store(Base):",
+        "  def __init__(self, path: str) -> None",
+        "  def get(self, key: str, default: int=0) -> int",
+        "async def fetch(url: str, *, retries: int=3) -> bytes",
+        "def _private() -> None",
+    ]
+    assert found["notes.txt"].size == 10 and found["notes.txt"].symbols == []
+
+
+@pytest.mark.parametrize("budget", [20, 60, 200, 5000])
+def test_the_map_never_exceeds_its_budget_and_names_the_task_files_first(
+    tmp_path: Path, budget: int
+) -> None:
+    files = {f"pkg/m{i}.py": MODULE for i in range(40)} | {"README.md": "# x\n", "z.py": ""}
+    remote, commit = _repo(tmp_path, files)
+    found = repomap.entries(remote, commit)
+    context = repomap.render(found, budget, mentioned={"z.py"})
+    assert context.tokens <= budget and context.files == 42
+    if context.shown:
+        assert context.text.startswith("z.py (0 B)")  # named by the task: first
+    if budget == 5000:
+        assert context.shown == 42 and "... and" not in context.text
+    elif context.shown < 42:
+        assert "more files" in context.text or context.tokens + 6 > budget
+
+
+def test_the_map_is_cached_per_commit(tmp_path: Path) -> None:
+    remote, commit = _repo(tmp_path, {"a.py": "def a() -> None: ...\n"})
+    cache = tmp_path / "cache"
+    first = repomap.entries(remote, commit, cache)
+    assert (cache / f"{commit}.json").exists()
+    (cache / f"{commit}.json").write_text('[{"path": "from-cache.py", "size": 1, "symbols": []}]')
+    assert [e.path for e in repomap.entries(remote, commit, cache)] == ["from-cache.py"]
+    side = tmp_path / "side"
+    git(None, "clone", "-q", str(remote), str(side))
+    newer = commit_files(side, {"b.py": ""}, "b")
+    git(side, "push", "-q", "origin", "HEAD:main")
+    assert {e.path for e in repomap.entries(remote, newer, cache)} == {"a.py", "b.py"}
+    assert [e.path for e in first] == ["a.py"]
+
+
+def test_the_files_a_role_works_on_come_whole_within_their_budget(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("A = 1\n")
+    (tmp_path / "big.py").write_text("B = 2\n" * 1000)
+    texts, used = repomap.file_texts(tmp_path, {"a.py", "big.py", "gone.py", "../x"}, 100)
+    assert texts == {"a.py": "A = 1\n"} and used <= 100
+
+
+def test_the_paths_a_task_names() -> None:
+    context = {
+        "planning": {"files": ["inventory.py", "tests/test_x.py"]},
+        "implementation": {"files": [{"path": "x.py"}]},
+        "failures": [{"test": "tests.test_x::test_one"}, {"test": "(test run)"}],
+        "merge": {"conflicts": ["CHANGELOG.md"]},
+    }
+    assert repomap.mentioned_paths(context) == {
+        "inventory.py",
+        "tests/test_x.py",
+        "x.py",
+        "CHANGELOG.md",
+    }
