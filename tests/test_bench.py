@@ -50,3 +50,15 @@ def test_engine_bench_runs_and_prints_every_measure():
     ):
         assert measure in done.stdout, (measure, done.stdout)
     assert "targets missed:" in done.stdout
+
+
+def test_repository_map_bench_runs_and_keeps_the_budget():
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.repomap", "--files", "300", "--budget", "2000"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr  # it exits non-zero if the map exceeds its budget
+    assert "this repository" in done.stdout and "generated, 300 modules" in done.stdout
