@@ -350,8 +350,6 @@ def _print_project(view: ProjectView) -> None:
     head = (view.head or "-")[:12]
     console.print(f"  branch {config.branch} at {head} · delivery {config.delivery}")
     console.print(f"  tests: {config.test_command}")
-    if config.setup_command:
-        console.print(f"  setup: {config.setup_command}")
     if config.smoke_command:
         console.print(f"  smoke: {config.smoke_command}")
 
@@ -364,9 +362,6 @@ def project_add(
     ],
     branch: Annotated[str, typer.Option(help="The branch builds start from.")] = "main",
     test_command: Annotated[str, typer.Option(help="The project's tests.")] = "python -m pytest",
-    setup_command: Annotated[
-        str, typer.Option(help="Run once per workspace before its tests, e.g. 'pip install -e .'")
-    ] = "",
     smoke_command: Annotated[str, typer.Option(help="Proves a release works.")] = "",
     delivery: Annotated[
         DeliveryMode,
@@ -381,7 +376,6 @@ def project_add(
             repository=repository,
             branch=branch,
             test_command=test_command,
-            setup_command=setup_command,
             smoke_command=smoke_command,
             delivery=delivery.value,
         )

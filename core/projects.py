@@ -35,8 +35,10 @@ class ProjectConfig(BaseModel):
     )
     branch: str = "main"
     test_command: str = Field(default="python -m pytest", max_length=2000)
-    setup_command: str = Field(default="", max_length=2000)
     smoke_command: str = Field(default="", max_length=2000)
+    # Not run yet: a setup command needs a sandbox of its own (network, a virtual environment
+    # of the workspace's). Read so that registrations recorded with it still load.
+    setup_command: str = Field(default="", max_length=2000, exclude=True)
     delivery: Delivery = "merge"
 
     @field_validator("repository")
@@ -47,6 +49,13 @@ class ProjectConfig(BaseModel):
             raise ValueError("a repository must not start with '-'")
         if not (is_url(value) or value.startswith("/")):
             raise ValueError(f"{value!r}: give an absolute path or a URL git can clone")
+        return value
+
+    @field_validator("setup_command")
+    @classmethod
+    def _no_setup(cls, value: str) -> str:
+        if value.strip():
+            raise ValueError("setup commands are not run yet; leave setup_command empty")
         return value
 
     @field_validator("branch")
