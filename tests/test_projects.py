@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
 from activities.gitcmd import git
 from client.projects import (
@@ -44,6 +44,17 @@ async def registered(client: Client, settings: Settings, tmp_path: Path, **confi
     remote = make_project(tmp_path)
     await put_project(client, settings, project, ProjectConfig(repository=str(remote), **config))
     return project
+
+
+async def waiting_to_release(
+    client: Client, worker: Settings, tmp_path: Path
+) -> tuple[WorkflowHandle, Path]:
+    """A build of a newly registered project, waiting at its release gate; and the remote."""
+    project = await registered(client, worker, tmp_path)
+    request = make_request(project=project, approval_gates=[S.HANDOFF_TO_RELEASER])
+    handle = await start(client, worker, request)
+    await wait_until(handle, lambda s: s.waiting_for is not None, seconds=60)
+    return handle, tmp_path / "remote.git"
 
 
 async def finish(handle: object) -> BuildResult:
@@ -157,11 +168,7 @@ async def test_two_builds_released_at_once_both_land_each_tested_on_its_tree(
 async def test_a_clean_but_moved_base_is_tested_again_before_it_lands(
     client: Client, worker: Settings, tmp_path: Path
 ) -> None:
-    project = await registered(client, worker, tmp_path)
-    remote = tmp_path / "remote.git"
-    request = make_request(project=project, approval_gates=[S.HANDOFF_TO_RELEASER])
-    handle = await start(client, worker, request)
-    await wait_until(handle, lambda s: s.waiting_for is not None, seconds=60)
+    handle, remote = await waiting_to_release(client, worker, tmp_path)
     theirs = push_change(remote, {"docs.md": "# Docs\n"}, "docs, pushed meanwhile")
     await handle.execute_update(BuildWorkflow.update_approve, ApproveRequest())
     status = await wait_until(
@@ -183,11 +190,7 @@ async def test_a_clean_but_moved_base_is_tested_again_before_it_lands(
 async def test_a_conflict_goes_back_to_the_code_writer_and_then_lands(
     client: Client, worker: Settings, tmp_path: Path
 ) -> None:
-    project = await registered(client, worker, tmp_path)
-    remote = tmp_path / "remote.git"
-    request = make_request(project=project, approval_gates=[S.HANDOFF_TO_RELEASER])
-    handle = await start(client, worker, request)
-    await wait_until(handle, lambda s: s.waiting_for is not None, seconds=60)
+    handle, remote = await waiting_to_release(client, worker, tmp_path)
     push_change(remote, {"dark_mode.py": "ENABLED = True\n"}, "the same module, meanwhile")
     await handle.execute_update(BuildWorkflow.update_approve, ApproveRequest())
     status = await wait_until(handle, lambda s: s.waiting_for is not None and s.loop_backs == 1)
