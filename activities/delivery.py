@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from activities.gitcmd import GitError
+from activities.release import Release
 from activities.workspace import Workspace
 from core.projects import Bump, next_version, version_of
+from core.role_io import ReleaseOutcome
 
 PUSH_ATTEMPTS = 3  # a refused push means the branch moved meanwhile: look again
+MAX_CONFLICT_FILES = 10
+CONFLICT_SIDE_CHARS = 4000
 
 
 @dataclass
@@ -143,3 +147,57 @@ def reapply(ws: Workspace, onto: str, landed_from: str, commit: str, message: st
     head = ws.head()
     ws.push_commit(head)
     return head
+
+
+def not_landed(landing: Landing) -> ReleaseOutcome:
+    if landing.kind == "conflict":
+        files = ", ".join(landing.conflicts) or "unknown files"
+        summary = f"the project's branch moved and conflicts with this build in {files}"
+    else:
+        summary = "the project's branch moved; its merge into the build is tested again"
+    return ReleaseOutcome(
+        released=False,
+        version="",
+        summary=summary,
+        commit=landing.commit,
+        delivery="merge",
+        branch_head=landing.branch_head,
+        retest=landing.kind == "moved",
+        conflicts=landing.conflicts,
+    )
+
+
+def outcome(
+    release: Release, head: str, landing: Landing, ran: str, *, released: bool
+) -> ReleaseOutcome:
+    return ReleaseOutcome(
+        released=released,
+        version=release.version,
+        summary="",
+        commit=head,
+        path=str(release.path),
+        previous=release.previous,
+        smoke=ran,
+        delivery="merge",
+        branch_head=landing.branch_head,
+    )
+
+
+def conflict_sides(ws: Workspace, head: str | None, context: dict[str, Any]) -> dict[str, Any]:
+    """Both sides of each conflicting file, for the Code Writer's prompt (never history)."""
+    merge = dict(context.get("merge", {}))
+    ws.checkout(head)
+    sides = {}
+    for path in list(merge.get("conflicts", []))[:MAX_CONFLICT_FILES]:
+        sides[path] = {
+            "build": _show(ws, head or "HEAD", path),
+            "project": _show(ws, str(merge["branch_head"]), path),
+        }
+    return {**merge, "sides": sides}
+
+
+def _show(ws: Workspace, commit: str, path: str) -> str:
+    try:
+        return ws.git("show", f"{commit}:{path}")[:CONFLICT_SIDE_CHARS]
+    except GitError:
+        return "(absent)"

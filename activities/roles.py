@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import re
-import shutil
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,14 +14,15 @@ from typing import Any, TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import delivery, repomap
+from activities import delivery, landing, repomap
 from activities.beat import in_thread
+from activities.checks import introduced_since, static_checks
 from activities.gitcmd import GitError, create_bare
 from activities.llm import ModelClient
 from activities.mirror import MirrorActivities
 from activities.projects import greenfield
-from activities.release import LocalReleases, Release, ReleaseTarget
-from activities.sandbox import Limits, run_limited
+from activities.release import LocalReleases, ReleaseTarget
+from activities.sandbox import Limits
 from activities.testrun import DEFAULT_COMMAND, baseline, compare, is_pytest, run_tests
 from activities.workspace import AttemptRefused, Remote, Workspace
 from core.contracts import (
@@ -65,8 +63,6 @@ from core.states import BuildState
 
 SMOKE_SECONDS = 60
 CHECK_SECONDS = 120
-MAX_CONFLICT_FILES = 10
-CONFLICT_SIDE_CHARS = 4000
 R = TypeVar("R", bound=RoleResult)
 
 
@@ -147,7 +143,7 @@ class RoleActivities:
         ws = self.workspace(task.build_id, task.project)
         merge_with = str(task.context.get("merge", {}).get("branch_head") or "")
         if merge_with:  # the project moved and conflicted: both sides of each conflict
-            sides = await in_thread("merge", _conflict_sides, ws, task.head, task.context)
+            sides = await in_thread("merge", delivery.conflict_sides, ws, task.head, task.context)
             task = _with(task, merge=sides)
         if task.project is not None:
             task = await in_thread("repository context", self._with_repository, task, ws, True)
@@ -222,16 +218,12 @@ class RoleActivities:
     async def verification_overseer(self, task: RoleTask) -> VerificationResult:
         ws = self.workspace(task.build_id, task.project)
         head = await in_thread("checkout", ws.checkout, task.head)
-        checks = await self._static_checks(ws.repo, ws.runs / "home")
+        limits = Limits(CHECK_SECONDS, self.settings.test_memory_mb)
+        checks = await static_checks(ws.repo, ws.runs / "home", limits)
         measured = task.project is not None and task.base not in (None, head)
         if measured and any(result != "ok" for result in checks.values()):
             assert task.base is not None  # count only what the build introduced
-            tree = await in_thread("worktree", ws.add_worktree, task.base, "checks")
-            try:
-                before = await self._static_checks(tree, ws.runs / "home")
-            finally:
-                await in_thread("worktree", ws.drop_worktree, tree)
-            checks = {name: introduced(out, before.get(name, "ok")) for name, out in checks.items()}
+            checks = await introduced_since(ws, task.base, checks, limits)
         diff, stat = await in_thread(
             "diff", ws.diff, task.base, head, self.settings.review_diff_max_chars
         )
@@ -259,26 +251,6 @@ class RoleActivities:
         )
         return VerificationResult(output=outcome, usage=usage)
 
-    async def _static_checks(self, repo: Path, home: Path) -> dict[str, str]:
-        limits = Limits(CHECK_SECONDS, self.settings.test_memory_mb)
-        checks: dict[str, str] = {}
-        compiled = await run_limited(
-            [sys.executable, "-m", "compileall", "-q", "."], cwd=repo, limits=limits, home=home
-        )
-        checks["byte-compile"] = "ok" if compiled.ok else _tail(compiled.output)
-        ruff = Path(sys.executable).parent / "ruff"
-        if not ruff.exists():
-            checks["ruff"] = "ok"  # not installed in this image: nothing to report
-            return checks
-        linted = await run_limited(
-            [str(ruff), "check", "--isolated", "--no-cache", "--output-format", "concise", "."],
-            cwd=repo,
-            limits=limits,
-            home=home,
-        )
-        checks["ruff"] = "ok" if linted.ok else _tail(linted.output)
-        return checks
-
     @activity.defn(name=RELEASE_MANAGER.name)
     @carrying_mirror
     async def release_manager(self, task: RoleTask) -> ReleaseResult:
@@ -288,7 +260,7 @@ class RoleActivities:
         commit = await in_thread("checkout", ws.checkout, task.head)
         version = f"0.1.{task.attempt - 1}+{task.build_id}"
         staging = ws.runs / f"release-{task.attempt}"
-        await in_thread("export", _fresh_export, ws, commit, staging)
+        await in_thread("export", landing.fresh_export, ws, commit, staging)
         release = await in_thread(
             "release", self.releases.release, task.project_id, version, staging
         )
@@ -330,35 +302,17 @@ class RoleActivities:
         if project.delivery == "branch":
             return await self._push_branch(task, ws, head)
         planned = task.context.get(BuildState.PLANNING.value, {}).get("smoke_command", "")
-        command = project.smoke_command or str(planned)
-        for _ in range(delivery.PUSH_ATTEMPTS):
-            landing = await in_thread("fetch the project", delivery.survey, ws, head, task.bump)
-            if landing.kind in ("moved", "conflict"):
-                return ReleaseResult(output=_not_landed(landing), usage=self._no_call(task))
-            version = landing.version or f"build-{task.build_id}"
-            staging = ws.runs / f"release-{task.attempt}"
-            await in_thread("export", _fresh_export, ws, head, staging)
-            release = await in_thread(
-                "stage", self.releases.stage, task.project_id, version, staging
-            )
-            smoke = await self.releases.verify(release, command, Limits(SMOKE_SECONDS, 512))
-            ran = f"`{command or 'import every module'}` exited {smoke.returncode}"
-            if not smoke.ok:  # nothing was pushed, nothing switched
-                await in_thread("discard", shutil.rmtree, release.path)
-                why = "timed out" if smoke.timed_out else _tail(smoke.output, 600)
-                outcome = _outcome(release, head, landing, ran, released=False)
-                outcome.summary = f"smoke check failed ({ran}): {why}; nothing was delivered"
-                return ReleaseResult(output=outcome, usage=self._no_call(task))
-            if landing.kind == "ready" and not await in_thread("push", delivery.push, ws, landing):
-                await in_thread("discard", shutil.rmtree, release.path)
-                continue
-            release = await in_thread("switch current", self.releases.publish, release)
-            notes, usage = await self.llm.structured(_with(task, version=version), ReleaseNotes)
-            outcome = _outcome(release, head, landing, ran, released=True)
-            outcome.summary, outcome.notes = notes.summary, notes.notes
-            return ReleaseResult(output=outcome, usage=usage)
-        landing = await in_thread("fetch the project", delivery.survey, ws, head, task.bump)
-        return ReleaseResult(output=_not_landed(landing), usage=self._no_call(task))
+        staging = ws.runs / f"release-{task.attempt}"
+        outcome = await landing.land(
+            ws, self.releases, task.project_id, head, task.bump,
+            project.smoke_command or str(planned), staging,
+        )  # fmt: skip
+        if not outcome.released:
+            return ReleaseResult(output=outcome, usage=self._no_call(task))
+        asked = _with(task, version=outcome.version)
+        notes, usage = await self.llm.structured(asked, ReleaseNotes)
+        outcome.summary, outcome.notes = notes.summary, notes.notes
+        return ReleaseResult(output=outcome, usage=usage)
 
     async def _push_branch(self, task: RoleTask, ws: Workspace, head: str) -> ReleaseResult:
         """`branch` delivery: the build's branch in the project's repository, for a person."""
@@ -381,7 +335,7 @@ class RoleActivities:
         """Compensation of a rollback: code back to `commit`, and the release undone."""
         ws = self.workspace(task.build_id, task.project)
         if task.undo_release is not None and task.landed and task.landed_from:
-            return await self._revert(task, ws, task.landed_from, task.landed)
+            return await landing.revert(ws, self.releases, task, task.landed_from, task.landed)
         commit = await in_thread("checkout", ws.checkout, task.commit)
         restored = False
         current = await asyncio.to_thread(self.releases.current, task.project_id)
@@ -391,38 +345,6 @@ class RoleActivities:
             )
             restored = True
         return RestoreResult(commit=commit, release_current=current, release_restored=restored)
-
-    async def _revert(
-        self, task: RestoreTask, ws: Workspace, landed_from: str, landed: str
-    ) -> RestoreResult:
-        """A release merged into the project's branch is reverted there by a new commit and
-        version, which is deployed; the build's code at `commit` goes on from the revert."""
-        await in_thread("checkout", ws.checkout, landed)
-        revert = await in_thread("revert", delivery.revert, ws, landed_from, landed, task.build_id)
-        if revert.conflicts:
-            raise ApplicationError(
-                f"reverting release {task.undo_release} on the project's branch conflicts in "
-                f"{', '.join(revert.conflicts)}; a person must revert it by hand",
-                type="RevertConflict",
-                non_retryable=True,
-            )
-        staging = ws.runs / f"revert-{revert.version}"
-        await in_thread("export", _fresh_export, ws, revert.commit, staging)
-        release = await in_thread(
-            "release", self.releases.release, task.project_id, revert.version, staging
-        )
-        message = f"build {task.build_id}: its code again, after the revert"
-        head = await in_thread(
-            "reapply", delivery.reapply, ws, revert.commit, landed_from, task.commit or landed_from,
-            message,
-        )  # fmt: skip
-        return RestoreResult(
-            commit=head,
-            release_current=release.version,
-            release_restored=True,
-            base=revert.commit,
-            reverted_by=revert.commit,
-        )
 
     def _no_call(self, task: RoleTask) -> ModelUsage:
         """Usage of a role call that did not reach the model (its checks decided)."""
@@ -445,24 +367,6 @@ class RoleActivities:
         ]
 
 
-def introduced(now: str, before: str) -> str:
-    """The problems of a check's output that were not there before ("ok" if none): lines
-    compared without their line and column numbers, which the build's edits move."""
-    if now == "ok":
-        return "ok"
-    seen = {_position.sub(":", line) for line in before.splitlines()}
-    new = [
-        line
-        for line in now.splitlines()
-        if _diagnostic.match(line) and _position.sub(":", line) not in seen
-    ]
-    return "\n".join(new) if new else "ok"
-
-
-_position = re.compile(r":\d+:\d+:|, line \d+")
-_diagnostic = re.compile(r"^(\S+:\d+:\d+: |\*\*\* |\s*File )")
-
-
 def _with(task: RoleTask, **context: Any) -> RoleTask:
     return task.model_copy(update={"context": {**task.context, **context}})
 
@@ -470,62 +374,3 @@ def _with(task: RoleTask, **context: Any) -> RoleTask:
 def _tail(text: str, limit: int = 1500) -> str:
     text = text.strip()
     return text if len(text) <= limit else "..." + text[-limit:]
-
-
-def _not_landed(landing: delivery.Landing) -> ReleaseOutcome:
-    if landing.kind == "conflict":
-        files = ", ".join(landing.conflicts) or "unknown files"
-        summary = f"the project's branch moved and conflicts with this build in {files}"
-    else:
-        summary = "the project's branch moved; its merge into the build is tested again"
-    return ReleaseOutcome(
-        released=False,
-        version="",
-        summary=summary,
-        commit=landing.commit,
-        delivery="merge",
-        branch_head=landing.branch_head,
-        retest=landing.kind == "moved",
-        conflicts=landing.conflicts,
-    )
-
-
-def _outcome(
-    release: Release, head: str, landing: delivery.Landing, ran: str, *, released: bool
-) -> ReleaseOutcome:
-    return ReleaseOutcome(
-        released=released,
-        version=release.version,
-        summary="",
-        commit=head,
-        path=str(release.path),
-        previous=release.previous,
-        smoke=ran,
-        delivery="merge",
-        branch_head=landing.branch_head,
-    )
-
-
-def _conflict_sides(ws: Workspace, head: str | None, context: dict[str, Any]) -> dict[str, Any]:
-    """Both sides of each conflicting file, for the Code Writer's prompt (never history)."""
-    merge = dict(context.get("merge", {}))
-    ws.checkout(head)
-    sides = {}
-    for path in list(merge.get("conflicts", []))[:MAX_CONFLICT_FILES]:
-        sides[path] = {
-            "build": _show(ws, head or "HEAD", path),
-            "project": _show(ws, str(merge["branch_head"]), path),
-        }
-    return {**merge, "sides": sides}
-
-
-def _show(ws: Workspace, commit: str, path: str) -> str:
-    try:
-        return ws.git("show", f"{commit}:{path}")[:CONFLICT_SIDE_CHARS]
-    except GitError:
-        return "(absent)"
-
-
-def _fresh_export(ws: Workspace, commit: str, staging: Path) -> None:
-    shutil.rmtree(staging, ignore_errors=True)
-    ws.export(commit, staging)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from activities.roles import introduced
+from activities.checks import introduced
 from activities.sandbox import Limits
 from activities.testrun import baseline, compare, run_tests
 from activities.workspace import Remote, Workspace

@@ -1,0 +1,99 @@
+"""The Release Manager's work on a project's repository, as the role activity drives it:
+land the tested commit and deploy it (the smoke check first, then the push, then `current`),
+and undo a landed release by a revert that is deployed in turn (activities/delivery.py has
+the git side)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from temporalio.exceptions import ApplicationError
+
+from activities import delivery
+from activities.beat import in_thread
+from activities.release import ReleaseTarget
+from activities.sandbox import Limits
+from activities.workspace import Workspace
+from core.projects import Bump
+from core.role_io import ReleaseOutcome, RestoreResult, RestoreTask
+
+SMOKE_LIMITS = Limits(60, 512)
+SMOKE_OUTPUT_CHARS = 600
+
+
+async def land(
+    ws: Workspace,
+    releases: ReleaseTarget,
+    project_id: str,
+    head: str,
+    bump: Bump,
+    smoke_command: str,
+    staging: Path,
+) -> ReleaseOutcome:
+    """Land `head` on the project's branch with its version tag and make it the current
+    release; or an outcome that says why not (the branch moved: re-test; a conflict; a
+    failed smoke check, before anything was pushed)."""
+    for _ in range(delivery.PUSH_ATTEMPTS):
+        landing = await in_thread("fetch the project", delivery.survey, ws, head, bump)
+        if landing.kind in ("moved", "conflict"):
+            return delivery.not_landed(landing)
+        version = landing.version or f"build-{ws.build_branch().removeprefix('build/')}"
+        await in_thread("export", fresh_export, ws, head, staging)
+        release = await in_thread("stage", releases.stage, project_id, version, staging)
+        smoke = await releases.verify(release, smoke_command, SMOKE_LIMITS)
+        ran = f"`{smoke_command or 'import every module'}` exited {smoke.returncode}"
+        if not smoke.ok:  # nothing was pushed, nothing switched
+            await in_thread("discard", shutil.rmtree, release.path)
+            why = "timed out" if smoke.timed_out else _tail(smoke.output)
+            outcome = delivery.outcome(release, head, landing, ran, released=False)
+            outcome.summary = f"smoke check failed ({ran}): {why}; nothing was delivered"
+            return outcome
+        if landing.kind == "ready" and not await in_thread("push", delivery.push, ws, landing):
+            await in_thread("discard", shutil.rmtree, release.path)
+            continue
+        release = await in_thread("switch current", releases.publish, release)
+        return delivery.outcome(release, head, landing, ran, released=True)
+    landing = await in_thread("fetch the project", delivery.survey, ws, head, bump)
+    return delivery.not_landed(landing)
+
+
+async def revert(
+    ws: Workspace, releases: ReleaseTarget, task: RestoreTask, landed_from: str, landed: str
+) -> RestoreResult:
+    """A release merged into the project's branch is reverted there by a new commit and
+    version, which is deployed; the build's code at `task.commit` goes on from the revert."""
+    await in_thread("checkout", ws.checkout, landed)
+    done = await in_thread("revert", delivery.revert, ws, landed_from, landed, task.build_id)
+    if done.conflicts:
+        raise ApplicationError(
+            f"reverting release {task.undo_release} on the project's branch conflicts in "
+            f"{', '.join(done.conflicts)}; a person must revert it by hand",
+            type="RevertConflict",
+            non_retryable=True,
+        )
+    staging = ws.runs / f"revert-{done.version}"
+    await in_thread("export", fresh_export, ws, done.commit, staging)
+    release = await in_thread("release", releases.release, task.project_id, done.version, staging)
+    message = f"build {task.build_id}: its code again, after the revert"
+    head = await in_thread(
+        "reapply", delivery.reapply, ws, done.commit, landed_from, task.commit or landed_from,
+        message,
+    )  # fmt: skip
+    return RestoreResult(
+        commit=head,
+        release_current=release.version,
+        release_restored=True,
+        base=done.commit,
+        reverted_by=done.commit,
+    )
+
+
+def fresh_export(ws: Workspace, commit: str, staging: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+    ws.export(commit, staging)
+
+
+def _tail(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= SMOKE_OUTPUT_CHARS else "..." + text[-SMOKE_OUTPUT_CHARS:]
