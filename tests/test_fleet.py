@@ -19,7 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 
-from core.models import RolePolicy
+from activities.gitcmd import create_bare
+from core.models import BuildRequest, RolePolicy
+from core.projects import ProjectConfig
 from core.settings import Settings
 from core.states import BuildState
 from devtools.processes import free_port, wait_for_port
@@ -132,7 +134,8 @@ async def test_two_workers_share_builds_serve_metrics_and_log_build_ids(
     async with workers(settings, tmp_path, count=2, latency=0.2) as fleet:
         await until_all_poll(fleet)
         # Started together, so both workers poll while the first workflow tasks arrive.
-        handles = await asyncio.gather(*(start(client, settings, make_request()) for _ in range(4)))
+        requests = [with_repository(make_request(), tmp_path) for _ in range(4)]
+        handles = await asyncio.gather(*(start(client, settings, r) for r in requests))
         async with asyncio.timeout(150):
             results = await asyncio.gather(*(h.result() for h in handles))
         statuses = [await status_of(h) for h in handles]
@@ -172,6 +175,17 @@ async def test_two_workers_share_builds_serve_metrics_and_log_build_ids(
     assert {x["build_id"] for x in transitions} == builds
 
 
+def with_repository(request: BuildRequest, folder: Path) -> BuildRequest:
+    """The request of a build whose project is registered already (a repository of its own):
+    starting it is one RPC, and the workers' tasks are the builds' alone."""
+    remote = folder / "repos" / f"{request.project_id}.git"
+    create_bare(remote, "main")
+    return request.model_copy(update={"project": ProjectConfig(repository=str(remote))})
+
+
+MODEL_CALLS = {"q_assistant", "code_writer", "test_auditor", "verification_overseer"}
+
+
 async def test_a_killed_worker_leaves_its_builds_to_the_others(
     client: Client, settings: Settings, engine, tmp_path: Path
 ):
@@ -181,7 +195,7 @@ async def test_a_killed_worker_leaves_its_builds_to_the_others(
         await until_all_poll(fleet)
         handles = []
         for _ in range(4):
-            request = make_request()
+            request = with_repository(make_request(), tmp_path)
             # Recovery comes from the heartbeat timeout, not from start-to-close.
             request.options.policy = RolePolicy(
                 start_to_close_seconds=120, heartbeat_seconds=2, initial_interval_seconds=0.1
@@ -192,7 +206,10 @@ async def test_a_killed_worker_leaves_its_builds_to_the_others(
             for h in handles:
                 described = await h.describe()
                 for pending in described.raw_description.pending_activities:
-                    if pending.last_worker_identity.startswith(victim.identity_prefix):
+                    # A model call (1 s here), not a quick git step that could end before
+                    # the kill lands.
+                    slow = pending.activity_type.name in MODEL_CALLS
+                    if slow and pending.last_worker_identity.startswith(victim.identity_prefix):
                         return h
             return None
 
