@@ -70,7 +70,7 @@ def survey(ws: Workspace, head: str, bump: Bump) -> Landing:
         message = f"Merge {ws.remote_branch()} into {ws.build_branch()}"
         ws.git("merge", "-q", "--no-edit", "-m", message, tip)
     except GitError:
-        conflicts = ws.git("diff", "--name-only", "--diff-filter=U").split()
+        conflicts = ws.unmerged()
         ws.git("merge", "--abort")
         return Landing("conflict", head, tip, conflicts=conflicts)
     merged = ws.head()
@@ -121,7 +121,7 @@ def revert(ws: Workspace, landed_from: str, landed: str, build_id: str) -> Rever
             if change.strip():  # a build whose files were already there changed nothing
                 ws.git_input(change, "apply", "--3way", "--reverse", "--index")
         except GitError as err:
-            unmerged = ws.git("diff", "--name-only", "--diff-filter=U").split()
+            unmerged = ws.unmerged()
             failed = re.findall(r"error: (.+?): patch does not apply", err.reason)
             ws.git("reset", "-q", "--hard", tip)
             return Revert(tip, "", conflicts=sorted({*unmerged, *failed}) or [err.reason])

@@ -46,35 +46,23 @@ class GitError(RuntimeError):
 
 def git(cwd: Path | None, *args: str, timeout: float = GIT_TIMEOUT_SECONDS) -> str:
     """Run git in `cwd` (None: no repository) and return its output; GitError if it fails."""
+    return git_bytes(cwd, *args, timeout=timeout).decode(errors="replace").strip()
+
+
+def git_bytes(
+    cwd: Path | None, *args: str, stdin: bytes | None = None, timeout: float = GIT_TIMEOUT_SECONDS
+) -> bytes:
+    """git with bytes in and out (patches and blobs keep their exact bytes)."""
     command = ["git", *(["-C", str(cwd)] if cwd is not None else []), *args]
     try:
         done = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, env=GIT_ENV, check=False
+            command, input=stdin, capture_output=True, timeout=timeout, env=GIT_ENV, check=False
         )
     except subprocess.TimeoutExpired as err:
         raise GitError(args, f"no answer within {timeout:g}s", -1) from err
     if done.returncode != 0:
-        reason = done.stderr.strip() or done.stdout.strip() or f"exit {done.returncode}"
-        raise GitError(args, reason, done.returncode)
-    return done.stdout.strip()
-
-
-def git_bytes(cwd: Path, *args: str, stdin: bytes | None = None) -> bytes:
-    """git with bytes in and out (patches keep their exact bytes)."""
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(cwd), *args],
-            input=stdin,
-            capture_output=True,
-            timeout=GIT_TIMEOUT_SECONDS,
-            env=GIT_ENV,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as err:
-        raise GitError(args, f"no answer within {GIT_TIMEOUT_SECONDS}s", -1) from err
-    if done.returncode != 0:
-        reason = done.stderr.decode(errors="replace").strip() or f"exit {done.returncode}"
-        raise GitError(args, reason, done.returncode)
+        said = (done.stderr.strip() or done.stdout.strip()).decode(errors="replace")
+        raise GitError(args, said or f"exit {done.returncode}", done.returncode)
     return done.stdout
 
 

@@ -13,11 +13,10 @@ import ast
 import json
 import os
 import re
-import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from activities.gitcmd import GIT_ENV, GIT_TIMEOUT_SECONDS, git
+from activities.gitcmd import git, git_bytes
 
 CHARS_PER_TOKEN = 4  # the estimate: English and code average about four characters a token
 MAX_PARSED_BYTES = 200_000  # larger Python files are listed, not parsed
@@ -84,15 +83,8 @@ def _read_blobs(repo: Path, shas: list[str]) -> dict[str, str]:
     """The text of many blobs through one `git cat-file --batch`."""
     if not shas:
         return {}
-    done = subprocess.run(
-        ["git", "-C", str(repo), "cat-file", "--batch"],
-        input="\n".join(shas).encode() + b"\n",
-        capture_output=True,
-        env=GIT_ENV,
-        timeout=GIT_TIMEOUT_SECONDS,
-        check=True,
-    )
-    out, texts, at = done.stdout, {}, 0
+    out = git_bytes(repo, "cat-file", "--batch", stdin="\n".join(shas).encode() + b"\n")
+    texts, at = {}, 0
     while at < len(out):
         end = out.index(b"\n", at)
         sha, _, size = out[at:end].decode().split()

@@ -175,9 +175,10 @@ class Workspace:
         next `write` must resolve them)."""
         with contextlib.suppress(GitError):
             self.git("merge", "-q", "--no-commit", "--no-ff", commit)
-        return self._unmerged()
+        return self.unmerged()
 
-    def _unmerged(self) -> list[str]:
+    def unmerged(self) -> list[str]:
+        """The files a merge in progress left in conflict."""
         return self.git("diff", "--name-only", "--diff-filter=U").split()
 
     def add_worktree(self, commit: str, name: str) -> Path:
@@ -235,7 +236,7 @@ class Workspace:
             raise UnsafePath(f"{len(files) + len(edits)} changes; at most {MAX_FILES} per attempt")
         targets = [(self.safe_path(f.path), f) for f in files]
         planned = plan_edits(self, files, edits)
-        unresolved = self._unmerged()
+        unresolved = self.unmerged()
         contents = {f.path: f.content.encode() for f in files} | planned
         written = {path for path, data in contents.items() if data is not None}
         marked = [
