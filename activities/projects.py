@@ -1,20 +1,31 @@
-"""The project registry's activities: ask git whether a repository can be built from, and make
-the repository of a greenfield project."""
+"""The project registry's activities: ask git whether a repository can be built from, make
+the repository of a greenfield project, and a build's place in its project's release queue."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from temporalio import activity
+from temporalio.client import WithStartWorkflowOperation
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 
 from activities.beat import in_thread
 from activities.gitcmd import GitError, create_bare, remote_head
-from core.contracts import CHECK_REPOSITORY, CREATE_REPOSITORY
+from core.contracts import CHECK_REPOSITORY, CREATE_REPOSITORY, JOIN_RELEASE_QUEUE
 from core.projects import (
+    ENQUEUE,
+    PROJECT_WORKFLOW,
     NewRepository,
     NewRepositoryMade,
     ProjectConfig,
+    ProjectStart,
+    QueueJoin,
+    QueuePlace,
     RepositoryCheck,
     RepositoryChecked,
+    project_workflow_id,
 )
 from core.settings import Settings
 
@@ -49,3 +60,28 @@ class ProjectActivities:
         path = self.settings.projects / f"{new.project_id}.git"
         head = await in_thread("git init --bare", create_bare, path, config.branch)
         return NewRepositoryMade(repository=config.repository, head=head)
+
+    @activity.defn(name=JOIN_RELEASE_QUEUE.name)
+    async def join_release_queue(self, join: QueueJoin) -> QueuePlace:
+        """The build's place in its project's release queue. The registry is started if it
+        does not run (a build started with its configuration in hand); the same ticket twice
+        answers the same place, so a retried join is harmless."""
+        join = join.model_copy(update={"check_seconds": self.settings.release_queue_check_seconds})
+        start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
+            PROJECT_WORKFLOW,
+            ProjectStart(project_id=join.project_id),
+            id=project_workflow_id(join.project_id),
+            task_queue=self.settings.temporal_task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            static_summary=f"project {join.project_id}",
+        )
+        place: QueuePlace = await activity.client().execute_update_with_start_workflow(
+            ENQUEUE, join, start_workflow_operation=start, result_type=QueuePlace
+        )
+        return place
+
+
+def registry(settings: Settings) -> list[Callable[..., Any]]:
+    """The registry's activities, as a worker registers them."""
+    projects = ProjectActivities(settings)
+    return [projects.check_repository, projects.create_repository, projects.join_release_queue]

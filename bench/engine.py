@@ -27,6 +27,7 @@ from temporalio.client import WorkflowHandle
 from temporalio.worker import Worker
 
 from activities.mirror import MirrorActivities
+from activities.projects import registry
 from bench.bare import BareWorkflow, bare_step
 from core.contracts import OPEN_WORKSPACE, ROLE_CALLS
 from core.exit import exit_now
@@ -36,6 +37,7 @@ from core.telemetry import setup_logging
 from core.temporal import connect
 from db.engine import make_engine
 from workflows.build import BuildWorkflow
+from workflows.project import ProjectWorkflow
 
 # What the bench worker answers from the recording: the role calls and the workspace's opening.
 RECORDED = {call.name for call in ROLE_CALLS.values()} | {OPEN_WORKSPACE.name}
@@ -105,8 +107,12 @@ def main(
         builds = Worker(
             client,
             task_queue=settings.temporal_task_queue,
-            workflows=[BuildWorkflow],
-            activities=[*recorded_activities(entries, latency, mirror), mirror.mirror_build],
+            workflows=[BuildWorkflow, ProjectWorkflow],
+            activities=[
+                *recorded_activities(entries, latency, mirror),
+                mirror.mirror_build,
+                *registry(settings),  # the projects' release queues
+            ],
             **options,
         )
         bare = Worker(

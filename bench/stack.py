@@ -60,6 +60,9 @@ QUICK = Scale(
 )
 
 
+PROJECTS = 16
+
+
 class Bench:
     def __init__(self, folder: Path, scale: Scale, database_url: str | None = None) -> None:
         self.folder = folder
@@ -79,6 +82,7 @@ class Bench:
         self.client: Client
         self.worker: asyncio.subprocess.Process | None = None
         self.payload = ""
+        self.started = 0
 
     # --- set-up ----------------------------------------------------------------------------
 
@@ -97,7 +101,7 @@ class Bench:
         llm = ModelClient(settings)
         engine = make_engine(settings.db_url())
         async with build_worker(self.client, settings, llm=llm, engine=engine):
-            handle = await start_build(self.client, settings, self.request())
+            handle = await start_build(self.client, settings, self.request("bench-record"))
             await handle.result()
         await llm.close()
         engine.dispose()
@@ -107,9 +111,12 @@ class Bench:
         self.payload = "x" * int(sum(sizes) / len(sizes))  # bare steps carry as much
         return len(recording)
 
-    def request(self) -> BuildRequest:
+    def request(self, project: str | None = None) -> BuildRequest:
+        """A build of one of PROJECTS projects in turn: a project's releases queue behind
+        each other, as they would with builds of a few projects in flight."""
+        self.started += 1
         return BuildRequest(
-            project_id="bench",
+            project_id=project or f"bench-{self.started % PROJECTS}",
             build_id=f"b{uuid.uuid4().hex[:12]}",
             user_id="bench",
             requirements={"feature": "Dark mode", "priority": "high"},

@@ -18,9 +18,15 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from client.errors import NO_ANSWER, BuildError, NoAnswer
-from core.projects import ProjectConfig, ProjectView, project_workflow_id
+from core.projects import (
+    MEMO_KEY,
+    ProjectConfig,
+    ProjectStart,
+    ProjectView,
+    project_workflow_id,
+)
 from core.settings import Settings
-from workflows.project import MEMO_KEY, ProjectStart, ProjectWorkflow
+from workflows.project import ProjectWorkflow
 
 LIST_QUERY = "WorkflowType = 'ProjectWorkflow' AND ExecutionStatus = 'Running'"
 LIST_LIMIT = 1000

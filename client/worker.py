@@ -15,7 +15,7 @@ from temporalio.worker import Worker
 
 from activities.llm import ModelClient
 from activities.mirror import MirrorActivities
-from activities.projects import ProjectActivities
+from activities.projects import registry
 from activities.roles import RoleActivities
 from core.settings import Settings
 from workflows.build import BuildWorkflow
@@ -31,13 +31,7 @@ def activities(llm: ModelClient, engine: Engine) -> list[Callable[..., Any]]:
     """The implementations of every activity contract (core/contracts.py)."""
     mirror = MirrorActivities(engine)
     roles = RoleActivities(llm, mirror=mirror)
-    projects = ProjectActivities(llm.settings)
-    return [
-        *roles.all(),
-        mirror.mirror_build,
-        projects.check_repository,
-        projects.create_repository,
-    ]
+    return [*roles.all(), mirror.mirror_build, *registry(llm.settings)]
 
 
 def build_worker(

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from core.models import MirrorBatch, MirrorReceipt
-from core.projects import NewRepository, NewRepositoryMade, RepositoryCheck, RepositoryChecked
+from core.projects import (
+    NewRepository,
+    NewRepositoryMade,
+    QueueJoin,
+    QueuePlace,
+    RepositoryCheck,
+    RepositoryChecked,
+)
 from core.role_io import (
     CodeWriterResult,
     OpenResult,
@@ -53,6 +60,8 @@ OPEN_WORKSPACE = Contract("open_workspace", OpenTask, OpenResult)
 # The project registry's (workflows/project.py) questions to git.
 CHECK_REPOSITORY = Contract("check_repository", RepositoryCheck, RepositoryChecked)
 CREATE_REPOSITORY = Contract("create_repository", NewRepository, NewRepositoryMade)
+# A build's place in its project's release queue (the registry started if it is not running).
+JOIN_RELEASE_QUEUE = Contract("join_release_queue", QueueJoin, QueuePlace)
 
 S = BuildState
 # The role activity that works in each working state.
@@ -75,4 +84,5 @@ CONTRACTS = (
     OPEN_WORKSPACE,
     CHECK_REPOSITORY,
     CREATE_REPOSITORY,
+    JOIN_RELEASE_QUEUE,
 )

@@ -221,6 +221,8 @@ class EventType(StrEnum):
     ABORTED = "aborted"
     WORKSPACE_OPENED = "workspace_opened"
     BRANCH_MOVED = "branch_moved"
+    RELEASE_QUEUED = "release_queued"
+    RELEASE_TURN = "release_turn"
 
 
 class BuildEvent(BaseModel):

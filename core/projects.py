@@ -19,6 +19,13 @@ VERSION_TAG = re.compile(r"^v(\d+)\.(\d+)\.(\d+)$")
 BRANCH_CHARS = re.compile(r"^[A-Za-z0-9._/-]{1,200}$")
 
 
+# The registry: one ProjectWorkflow (workflows/project.py) per project; its registration is
+# also in its memo under MEMO_KEY, and a build joins its release queue by the update ENQUEUE.
+PROJECT_WORKFLOW = "ProjectWorkflow"
+MEMO_KEY = "project"
+ENQUEUE = "enqueue"
+
+
 def project_workflow_id(project_id: str) -> str:
     return f"project-{project_id}"
 
@@ -90,6 +97,7 @@ class ProjectView(BaseModel):
     config: ProjectConfig
     created_by_system: bool = False  # a greenfield project's repository, made by the system
     head: str | None = None  # the branch's commit when the registry last checked it
+    release_queue: list[str] = Field(default_factory=list)  # build ids, the turn's holder first
 
 
 class RepositoryCheck(BaseModel):
@@ -112,6 +120,40 @@ class NewRepository(BaseModel):
 class NewRepositoryMade(BaseModel):
     repository: str
     head: str
+
+
+class QueueJoin(BaseModel):
+    """A build asks for its turn to deliver into its project (the project's release queue)."""
+
+    project_id: str
+    workflow_id: str  # the build's workflow, which the registry signals when its turn comes
+    build_id: str
+    ticket: int  # the build's n-th join: a grant for an earlier one is stale
+    check_seconds: float = 60  # how often the holder is asked whether it still runs
+
+
+class QueuePlace(BaseModel):
+    ahead: list[str]  # the builds before this one, the turn's holder first
+
+
+class ReleaseTurn(BaseModel):
+    """The registry's signal to a build: its ticket holds the turn."""
+
+    ticket: int
+
+
+class QueueLeave(BaseModel):
+    workflow_id: str
+    ticket: int
+
+
+class ProjectStart(BaseModel):
+    """The registry's input: its project's id, and its state when it continues as new."""
+
+    project_id: str
+    view: ProjectView | None = None
+    queue: list[QueueJoin] = []
+    granted: QueueJoin | None = None  # the last holder told it holds the turn
 
 
 def version_of(tag: str) -> tuple[int, int, int] | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from core.models import BuildRequest
 from core.projects import ProjectConfig
@@ -81,6 +81,9 @@ class BuildData:
     project: ProjectConfig | None = None  # the repository the build works on (None: none)
     branch: str | None = None  # the build's branch in its workspace
     project_base: str | None = None  # the project branch's commit the build started from
+    turn: Literal["waiting", "holding"] | None = None  # its place in the release queue
+    turn_ticket: int = 0  # how often it joined the queue: a grant for another ticket is stale
+    turn_ahead: list[str] = field(default_factory=list)  # builds before it when it joined
 
 
 USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "cost_usd", "requests")

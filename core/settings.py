@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     releases_dir: Path | None = None  # default: <data_dir>/releases
     # Greenfield projects' repositories (a project never registered gets one here).
     projects_dir: Path | None = None  # default: <data_dir>/projects
+    # How often a project's release queue asks the build holding the turn whether it still
+    # runs while others wait (a terminated build says nothing when it goes).
+    release_queue_check_seconds: float = Field(default=60, gt=0)
     test_timeout_seconds: float = Field(default=120, gt=0)
     test_memory_mb: int = Field(default=1024, ge=64)
     review_diff_max_chars: int = Field(default=40_000, ge=1000)

@@ -17,6 +17,9 @@ def waiting_for(data: BuildData) -> str | None:
         return f"a person: {data.attention} (retry with guidance, rollback or abort)"
     if data.state is S.BUDGET_EXHAUSTED:
         return f"a budget top-up ({budget_problem(data) or 'topped up'})"
+    if data.turn == "waiting":
+        ahead = f" (behind {', '.join(data.turn_ahead)})" if data.turn_ahead else ""
+        return f"its turn in the project's release queue{ahead}"
     return f"approval at {data.waiting_at_gate.value}" if data.waiting_at_gate else None
 
 

@@ -73,7 +73,9 @@ HISTORY_DIR = Path(__file__).parent / "histories"
 # The folder this code's histories are recorded into. Bump it after a workflow change (guarded
 # by a patch) and record anew; the older folders stay as they are, so replay proves the change
 # safe for builds that started before it.
-HISTORY_VERSION = "v5"
+HISTORY_VERSION = "v6"
+# Histories of the project registry (ProjectWorkflow), replayed beside the builds'.
+REGISTRY_HISTORIES = "registry"
 
 
 @asynccontextmanager
@@ -111,12 +113,12 @@ async def start(client: Client, settings: Settings, request: BuildRequest) -> Wo
     return await start_build(client, settings, request)
 
 
-async def save_history(handle: WorkflowHandle, name: str) -> None:
+async def save_history(handle: WorkflowHandle, name: str, folder: str = HISTORY_VERSION) -> None:
     """With RECORD_HISTORIES=1, keep this run's history for the replay test, in the current
-    version's folder; a history already there is never rewritten."""
+    version's folder (a build's) or in `folder`; a history already there is never rewritten."""
     if os.environ.get("RECORD_HISTORIES") != "1":
         return
-    path = HISTORY_DIR / HISTORY_VERSION / f"{name}.json"
+    path = HISTORY_DIR / folder / f"{name}.json"
     if path.exists():
         return
     history = await handle.fetch_history()

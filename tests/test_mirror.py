@@ -18,7 +18,9 @@ from temporalio.worker import Worker
 
 from activities import offline_model
 from activities.mirror import MirrorActivities
+from activities.projects import registry
 from activities.roles import RoleActivities
+from core.contracts import ROLE_CALLS
 from core.messages import ApproveRequest, RollbackRequest
 from core.models import BuildEvent, BuildSnapshot, EventType, MirrorBatch, MirrorReceipt
 from core.role_io import RoleTask
@@ -28,6 +30,9 @@ from db import crud
 from db.models import WorkflowEventRow
 from tests.helpers import make_request, model_client_with, running_worker, start, wait_until
 from workflows.build import BuildWorkflow
+from workflows.project import ProjectWorkflow
+
+ROLE_CALL_NAMES = {call.name for call in ROLE_CALLS.values()}
 
 
 def test_migrations_create_exactly_the_tables_of_the_models(mirror_db: Engine):
@@ -152,7 +157,7 @@ async def test_role_calls_carry_the_mirror_and_write_it_before_their_role_works(
         ).mirror
         for e in history.events
         if e.HasField("activity_task_scheduled_event_attributes")
-        and e.activity_task_scheduled_event_attributes.activity_type.name != "open_workspace"
+        and e.activity_task_scheduled_event_attributes.activity_type.name in ROLE_CALL_NAMES
     ]
     local = [
         e
@@ -255,8 +260,8 @@ async def test_mirror_is_exact_through_a_retry_loop_a_rollback_and_failing_activ
     worker = Worker(
         client,
         task_queue=settings.temporal_task_queue,
-        workflows=[BuildWorkflow],
-        activities=[*roles.all(), mirror.mirror_build],
+        workflows=[BuildWorkflow, ProjectWorkflow],
+        activities=[*roles.all(), mirror.mirror_build, *registry(settings)],
     )
     async with worker:
         request = make_request(simulate=["tests_fail_once"], approval_gates=[gate])

@@ -144,14 +144,14 @@ async def test_two_builds_released_at_once_both_land_each_tested_on_its_tree(
         a.execute_update(BuildWorkflow.update_approve, ApproveRequest()),
         b.execute_update(BuildWorkflow.update_approve, ApproveRequest()),
     )
-    # The one that lost the race merged the other's release and is tested again before it
-    # waits at its gate once more.
+    # The second in the release queue waits for its turn, merges the first one's release and
+    # is tested again before it waits at its gate once more.
     done: list[BuildResult] = []
     async with asyncio.timeout(90):
         while len(done) < 2:
             for handle in (a, b):
                 status = await status_of(handle)
-                if status.waiting_for is not None:
+                if (status.waiting_for or "").startswith("approval"):
                     await handle.execute_update(BuildWorkflow.update_approve, ApproveRequest())
             done = [await h.result() for h in (a, b) if (await status_of(h)).state is S.COMPLETE]
             await asyncio.sleep(0.1)
@@ -163,6 +163,13 @@ async def test_two_builds_released_at_once_both_land_each_tested_on_its_tree(
     for tag in ("v0.1.0", "v0.2.0"):  # each tag is a commit a build tested
         tested = {r.release["commit"] for r in done}
         assert git(remote, "rev-parse", f"{tag}^{{commit}}") in tested
+    queued = {}
+    for handle in (a, b):
+        events = await handle.query(BuildWorkflow.event_log)
+        [joined] = [e.data for e in events if e.event_type is EventType.RELEASE_QUEUED]
+        queued[handle.id] = joined["ahead"]
+    assert sorted(len(ahead) for ahead in queued.values()) == [0, 1]  # one waited behind one
+    assert (await get_project(client, project)).release_queue == []  # both left it
 
 
 async def test_a_clean_but_moved_base_is_tested_again_before_it_lands(

@@ -4,7 +4,8 @@ fails here; guard it with `workflow.patched` (README, "Changing the workflow saf
 
 Record the current version's histories (missing files only; existing ones are never rewritten):
     RECORD_HISTORIES=1 .venv/bin/pytest tests/test_workflow.py tests/test_workflow_failures.py \
-        tests/test_workflow_work.py tests/test_budget.py tests/test_attention.py
+        tests/test_workflow_work.py tests/test_budget.py tests/test_attention.py \
+        tests/test_projects.py tests/test_release_queue.py
 """
 
 from __future__ import annotations
@@ -19,12 +20,21 @@ from temporalio.worker import Replayer
 
 from core.settings import Settings
 from core.states import BuildState
-from tests.helpers import HISTORY_DIR, HISTORY_VERSION, make_request, running_worker, start
+from tests.helpers import (
+    HISTORY_DIR,
+    HISTORY_VERSION,
+    REGISTRY_HISTORIES,
+    make_request,
+    running_worker,
+    start,
+)
 from tests.workflow_variants import GuardedChange, UnguardedChange
 from workflows.build import BuildWorkflow
+from workflows.project import ProjectWorkflow
 
 HISTORIES = sorted(HISTORY_DIR.glob("v*/*.json"))
-HISTORY_TEXT = {p: p.read_text() for p in HISTORIES}
+PROJECT_HISTORIES = sorted((HISTORY_DIR / REGISTRY_HISTORIES).glob("*.json"))
+HISTORY_TEXT = {p: p.read_text() for p in [*HISTORIES, *PROJECT_HISTORIES]}
 SCENARIOS = {
     "happy_path",
     "tests_fail_once",
@@ -63,6 +73,16 @@ async def test_history_replays_without_nondeterminism(path: Path):
     assert failure is None, f"{path.parent.name}/{path.name}: {failure}"
 
 
+@pytest.mark.parametrize("path", PROJECT_HISTORIES, ids=lambda p: p.stem)
+async def test_project_registry_history_replays_without_nondeterminism(path: Path):
+    failure = await replay(ProjectWorkflow, path)
+    assert failure is None, f"{path.name}: {failure}"
+
+
+def test_the_registry_has_a_recorded_history():
+    assert PROJECT_HISTORIES
+
+
 @pytest.mark.parametrize("version", ["v1", HISTORY_VERSION])
 async def test_an_unguarded_change_fails_the_replay_test(version: str):
     path = HISTORY_DIR / version / "happy_path.json"
@@ -77,7 +97,7 @@ async def test_the_same_change_guarded_by_a_patch_replays_every_history_and_runs
     for path in HISTORIES:
         assert await replay(GuardedChange, path) is None, path
     # A build started after the change takes the new path, records the patch, and replays.
-    async with running_worker(client, settings, engine, workflows=[GuardedChange]):
+    async with running_worker(client, settings, engine, workflows=[GuardedChange, ProjectWorkflow]):
         handle = await start(client, settings, make_request())
         result = await handle.result()
     assert result.state is BuildState.COMPLETE

@@ -113,7 +113,10 @@ async def test_a_rollback_after_a_release_restores_the_previous_release_and_the_
     async with running_worker(client, settings, engine, llm):
         second = make_request({"feature": "Audit log"}, project=project)
         handle = await start(client, settings, second)
-        await wait_until(handle, lambda s: s.state is S.DEPLOYMENT, seconds=60)
+        # At DEPLOYMENT with its release turn: the Release Manager works.
+        await wait_until(
+            handle, lambda s: s.state is S.DEPLOYMENT and s.waiting_for is None, seconds=60
+        )
         back = RollbackRequest(target_state=S.IMPLEMENTATION, reason="the copy is wrong")
         accepted = await handle.execute_update(BuildWorkflow.update_rollback, back)
         assert accepted.applies == "after_current_phase"

@@ -31,10 +31,13 @@ with workflow.unsafe.imports_passed_through():
     from workflows.errors import BuildFailed, cause_of
     from workflows.messages import BuildMessages
     from workflows.records import BuildRecords
+    from workflows.turn import BuildTurn
 
 S = BuildState
 # Builds start from their project's repository (the open_workspace activity first).
 PROJECT_REPOSITORIES_PATCH = "project-repositories"
+# A build delivers when its project's release queue gives it the turn (workflows/turn.py).
+RELEASE_QUEUE_PATCH = "release-queue"
 # What a Code Writer's attempt can be refused for; the build loops back and it tries again.
 REFUSED_ATTEMPTS = ("UnsafePath", "AttemptRefused", "EditRefused", "MergeUnresolved")
 
@@ -50,6 +53,7 @@ class BuildWorkflow(BuildMessages):
         )
         self.records = BuildRecords(request, self.data)
         self.code = BuildCode(request, self.data, self.records)
+        self.turn = BuildTurn(request, self.data, self.records)
 
     @workflow.run
     async def run(self, request: BuildRequest) -> BuildResult:
@@ -71,8 +75,10 @@ class BuildWorkflow(BuildMessages):
                 raise
             self._move(S.CANCELLED, "person")
             self.records.emit(EventType.CANCELLED, "person", reason="workflow cancelled")
+            await self.turn.leave()
             await self.records.mirror()
             raise
+        await self.turn.leave()
         if self.data.state is S.FAILED:
             await self.records.mirror()
             raise ApplicationError(
@@ -96,6 +102,10 @@ class BuildWorkflow(BuildMessages):
         if problem := rules.budget_problem(self.data):
             await self._pause_for_budget(problem)
         state = self.data.state
+        if state is S.DEPLOYMENT and self.data.project and workflow.patched(RELEASE_QUEUE_PATCH):
+            await self.turn.take()
+            if await self._apply_pending():
+                return
         task = rules.role_task(self.request, self.data, state)
         task.mirror = await self.records.before_call()
         self.data.phase_running = True
@@ -121,6 +131,8 @@ class BuildWorkflow(BuildMessages):
             self.data.phase_running = False
         self.records.confirm(task.mirror, result.mirrored_seq)
         self._keep(state, result)
+        if isinstance(result.output, ReleaseOutcome) and result.output.released:
+            await self.turn.leave()
         self.records.role_call(task.role.value, task.attempt, result.usage)
         if await self._apply_pending():
             return
@@ -256,6 +268,7 @@ class BuildWorkflow(BuildMessages):
         if pending is None:
             return False
         self.data.pending = None
+        await self.turn.leave()
         by = pending.requested_by
         if pending.command == "abort":
             self.records.emit(EventType.ABORTED, by, reason=pending.reason)
@@ -275,6 +288,7 @@ class BuildWorkflow(BuildMessages):
     async def _pause_for_budget(self, problem: str) -> None:
         """Stop spending: wait in BUDGET_EXHAUSTED for a top-up, then go on where it paused."""
         state = self.data.state
+        await self.turn.leave()
         self.data.paused_from = state
         self._move(S.BUDGET_EXHAUSTED, "system")
         self.records.emit(
@@ -298,6 +312,7 @@ class BuildWorkflow(BuildMessages):
         self._move(state, "system")
 
     async def _needs_attention(self, state: BuildState, verdict: Verdict) -> None:
+        await self.turn.leave()
         first = rules.first_reason(verdict.feedback) or verdict.summary
         self.data.attention = f"{verdict.why} twice the same way at {state.value}: {first}"
         self.data.last_error = self.data.attention

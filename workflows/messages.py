@@ -24,9 +24,11 @@ with workflow.unsafe.imports_passed_through():
         TopUpRequest,
     )
     from core.models import BuildEvent, BuildRequest, BuildStatus, EventType, Handoff
+    from core.projects import ReleaseTurn
     from core.rules import BuildData, Pending
     from core.states import PAUSES, TABLE, BuildState
     from workflows.records import BuildRecords
+    from workflows.turn import BuildTurn
 
 
 class BuildMessages:
@@ -35,6 +37,7 @@ class BuildMessages:
     request: BuildRequest
     data: BuildData
     records: BuildRecords
+    turn: BuildTurn
 
     # --- signals (the Web UI, `temporal workflow signal`) -------------------------------
 
@@ -72,6 +75,11 @@ class BuildMessages:
             self._reject("top_up", problem, request.requested_by)
         else:
             self._accept_top_up(request)
+
+    @workflow.signal
+    def release_turn(self, turn: ReleaseTurn) -> None:
+        """The project's release queue (workflows/project.py): this build's turn has come."""
+        self.turn.granted(turn)
 
     # --- updates (the API, starter.py): the same checks, answered at once ---------------
 

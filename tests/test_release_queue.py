@@ -1,0 +1,153 @@
+"""A project's release queue (workflows/project.py, workflows/turn.py), through a real worker
+and real git: builds deliver one at a time in order of arrival, the build holding the turn
+keeps it while it re-tests a moved base, and a build that leaves or is gone frees the turn."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from temporalio.client import Client, WorkflowHandle
+
+from client.projects import get_project, put_project
+from core.messages import AbortRequest, ApproveRequest
+from core.models import BuildRequest, BuildStatus, EventType
+from core.projects import ProjectConfig, project_workflow_id
+from core.settings import Settings
+from core.states import BuildState
+from tests.git_projects import make_project, push_change, tags_of, tree_of
+from tests.helpers import (
+    REGISTRY_HISTORIES,
+    make_request,
+    running_worker,
+    save_history,
+    start,
+    status_of,
+    wait_until,
+)
+from workflows.build import BuildWorkflow
+
+S = BuildState
+GATE = {"approval_gates": [S.HANDOFF_TO_RELEASER]}
+
+
+@pytest.fixture
+async def worker(client: Client, settings: Settings, engine: Engine) -> AsyncIterator[Settings]:
+    """A worker whose release queues ask a holder every half second whether it still runs."""
+    quick = settings.model_copy(update={"release_queue_check_seconds": 0.5})
+    async with running_worker(client, quick, engine):
+        yield quick
+
+
+def at_gate(status: BuildStatus) -> bool:
+    return (status.waiting_for or "").startswith("approval")
+
+
+def queued(status: BuildStatus) -> bool:
+    """Waiting in the queue, its place known (`behind` the builds before it)."""
+    return (status.waiting_for or "").startswith("its turn in the project's release queue (")
+
+
+async def project_of(client: Client, settings: Settings, tmp_path: Path) -> tuple[str, Path]:
+    project = f"q{uuid.uuid4().hex[:10]}"
+    remote = make_project(tmp_path)
+    await put_project(client, settings, project, ProjectConfig(repository=str(remote)))
+    return project, remote
+
+
+async def at_their_gates(
+    client: Client, settings: Settings, project: str, features: list[str]
+) -> list[tuple[BuildRequest, WorkflowHandle]]:
+    builds = []
+    for feature in features:
+        request = make_request({"feature": feature}, project, **GATE)
+        builds.append((request, await start(client, settings, request)))
+    for _, handle in builds:
+        await wait_until(handle, at_gate, seconds=60)
+    return builds
+
+
+async def approve(handle: WorkflowHandle) -> None:
+    await handle.execute_update(BuildWorkflow.update_approve, ApproveRequest())
+
+
+async def release_queue(client: Client, project: str) -> list[str]:
+    return (await get_project(client, project)).release_queue
+
+
+async def test_releases_go_in_order_of_arrival_and_a_retest_keeps_the_turn(
+    client: Client, worker: Settings, tmp_path: Path
+) -> None:
+    project, remote = await project_of(client, worker, tmp_path)
+    (ra, a), (rb, b), (rc, c) = await at_their_gates(
+        client, worker, project, ["Dark mode", "Audit log", "CSV export"]
+    )
+    push_change(remote, {"docs.md": "# Docs\n"}, "docs, pushed meanwhile")
+    await approve(a)  # first to arrive: it finds the branch moved and re-tests, holding the turn
+    await wait_until(a, lambda s: at_gate(s) and s.attempts["testing"] == 2, seconds=60)
+    await approve(b)
+    await wait_until(b, queued)
+    await approve(c)
+    status = await wait_until(c, queued)
+    assert status.waiting_for is not None and f"behind {ra.build_id}, {rb.build_id}" in (
+        status.waiting_for
+    )
+    assert await release_queue(client, project) == [ra.build_id, rb.build_id, rc.build_id]
+
+    await approve(a)
+    assert (await a.result()).release["version"] == "v0.1.0"
+    # b's turn: the branch moved (a landed), so b re-tests; c waits behind it meanwhile.
+    await wait_until(b, lambda s: at_gate(s) and s.attempts["testing"] == 2, seconds=60)
+    assert queued(await status_of(c))
+    assert await release_queue(client, project) == [rb.build_id, rc.build_id]
+    await approve(b)
+    assert (await b.result()).release["version"] == "v0.2.0"
+    await wait_until(c, lambda s: at_gate(s) and s.attempts["testing"] == 2, seconds=60)
+    await approve(c)
+    assert (await c.result()).release["version"] == "v0.3.0"
+
+    assert tags_of(remote) == ["v0.1.0", "v0.2.0", "v0.3.0"]
+    assert {"docs.md", "dark_mode.py", "audit_log.py", "csv_export.py"} <= tree_of(remote)
+    assert await release_queue(client, project) == []
+    events = await c.query(BuildWorkflow.event_log)
+    [turn] = [e for e in events if e.event_type is EventType.RELEASE_TURN]
+    assert turn.data["waited_seconds"] > 0
+    await save_history(c, "release_queue_waited_its_turn")
+    registry = client.get_workflow_handle(project_workflow_id(project))
+    await save_history(registry, "release_queue_of_three", REGISTRY_HISTORIES)
+
+
+async def test_a_build_that_leaves_or_is_gone_frees_the_turn(
+    client: Client, worker: Settings, tmp_path: Path
+) -> None:
+    project, remote = await project_of(client, worker, tmp_path)
+    (rx, x), (ry, y), (_, z) = await at_their_gates(
+        client, worker, project, ["Dark mode", "Audit log", "CSV export"]
+    )
+    push_change(remote, {"docs.md": "# Docs\n"}, "docs, pushed meanwhile")
+    await approve(x)
+    await wait_until(x, lambda s: at_gate(s) and s.attempts["testing"] == 2, seconds=60)
+    await approve(y)
+    await wait_until(y, queued)
+    await approve(z)
+    await wait_until(z, queued)
+
+    # A person aborts a waiting build: it leaves its place.
+    await z.execute_update(BuildWorkflow.update_abort, AbortRequest(reason="not this one"))
+    await wait_until(z, lambda s: s.state is S.FAILED)
+    assert await release_queue(client, project) == [rx.build_id, ry.build_id]
+
+    # The holder is terminated: it says nothing, the queue finds it gone and y goes on.
+    await x.terminate("gone")
+    status = await wait_until(y, lambda s: at_gate(s) and s.attempts["testing"] == 2, seconds=30)
+    assert status.state is S.HANDOFF_TO_RELEASER
+    assert await release_queue(client, project) == [ry.build_id]
+    await approve(y)
+    async with asyncio.timeout(60):
+        assert (await y.result()).release["version"] == "v0.1.0"
+    assert tags_of(remote) == ["v0.1.0"]
+    assert await release_queue(client, project) == []

@@ -1,0 +1,103 @@
+"""A build's turn to deliver into its project: the project's release queue (workflows/
+project.py) as the build sees it. A composed part of BuildWorkflow.
+
+The build joins when it reaches DEPLOYMENT and waits until the registry signals that its
+ticket holds the turn. It keeps the turn while it re-tests a merged base or resolves a
+conflict (so a busy project cannot starve it), and leaves when it has delivered, ended, or
+paused for a person; a later DEPLOYMENT joins again with a new ticket.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import FailureError
+
+with workflow.unsafe.imports_passed_through():
+    from core.contracts import JOIN_RELEASE_QUEUE
+    from core.models import BuildRequest, EventType
+    from core.projects import QueueJoin, QueueLeave, QueuePlace, ReleaseTurn, project_workflow_id
+    from core.rules import BuildData
+    from workflows.records import BuildRecords
+
+JOIN_TIMEOUT = timedelta(seconds=60)
+JOIN_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))  # until Temporal answers
+
+
+class BuildTurn:
+    def __init__(self, request: BuildRequest, data: BuildData, records: BuildRecords) -> None:
+        self.request = request
+        self.data = data
+        self.records = records
+
+    async def take(self) -> None:
+        """Hold the project's release turn, waiting for it in order of arrival; returns
+        early when a person's command is pending (the caller applies it)."""
+        data = self.data
+        if data.turn == "holding":
+            return
+        data.turn_ticket += 1
+        data.turn = "waiting"  # before the join: the grant may arrive with its answer
+        place: QueuePlace = await workflow.execute_activity(
+            JOIN_RELEASE_QUEUE.name,
+            QueueJoin(
+                project_id=self.request.project_id,
+                workflow_id=workflow.info().workflow_id,
+                build_id=self.request.build_id,
+                ticket=data.turn_ticket,
+            ),
+            result_type=JOIN_RELEASE_QUEUE.result,
+            start_to_close_timeout=JOIN_TIMEOUT,
+            retry_policy=JOIN_RETRY,
+            summary=f"join {self.request.project_id}'s release queue",
+        )
+        data.turn_ahead = place.ahead
+        self.records.emit(
+            EventType.RELEASE_QUEUED, "system", ahead=place.ahead, ticket=data.turn_ticket
+        )
+        self.records.show()
+        queued_at = workflow.now()
+        # First in the queue, the grant is on its way. Behind others, the wait may be long:
+        # the mirror shows it, and what happens meanwhile (rejected signals) as it happens.
+        behind = bool(place.ahead)
+        while self._waiting():
+            if behind:
+                await self.records.mirror()
+            await workflow.wait_condition(
+                lambda: not self._waiting() or (behind and self.records.unmirrored())
+            )
+        if self.data.turn == "holding":
+            waited = (workflow.now() - queued_at).total_seconds()
+            self.records.emit(EventType.RELEASE_TURN, "system", waited_seconds=round(waited, 3))
+        data.turn_ahead = []
+        self.records.show()
+
+    def _waiting(self) -> bool:
+        return self.data.turn == "waiting" and self.data.pending is None
+
+    def granted(self, turn: ReleaseTurn) -> None:
+        """The registry's signal: this ticket holds the turn (a stale or repeated one is
+        ignored; the registry repeats it to see the build still runs)."""
+        if self.data.turn == "waiting" and turn.ticket == self.data.turn_ticket:
+            self.data.turn = "holding"
+
+    async def leave(self) -> None:
+        """Give up the build's place or turn; the next build's turn comes."""
+        if self.data.turn is None:
+            return
+        self.data.turn = None
+        self.data.turn_ahead = []
+        project = workflow.get_external_workflow_handle(
+            project_workflow_id(self.request.project_id)
+        )
+        try:
+            await project.signal(
+                "leave",
+                QueueLeave(workflow_id=workflow.info().workflow_id, ticket=self.data.turn_ticket),
+            )
+        except FailureError as err:  # the registry is gone: there is no queue to leave
+            workflow.logger.warning(
+                "build %s: leaving the release queue: %s", self.request.build_id, err
+            )
