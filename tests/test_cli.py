@@ -21,12 +21,20 @@ from workflows.build import BuildWorkflow
 pytestmark = pytest.mark.slow  # starter.py and worker.py as processes of their own
 
 
+def fresh() -> str:
+    """A project of the build's own: a project's registry runs on the task queue that first
+    started it, and every test has a task queue of its own."""
+    return f"cli-{uuid.uuid4().hex[:8]}"
+
+
 @pytest.mark.usefixtures("worker")
 async def test_start_follows_to_complete_and_exits_0(settings: Settings, tmp_path: Path):
     build = f"cli{uuid.uuid4().hex[:8]}"
     code, out = await run(
         "starter.py",
         "start",
+        "-p",
+        fresh(),
         "-r",
         '{"feature": "Dark mode", "priority": "high"}',
         "--build-id",
@@ -43,7 +51,16 @@ async def test_start_follows_to_complete_and_exits_0(settings: Settings, tmp_pat
     assert f"build {build} COMPLETE" in out
 
     code, out = await run(
-        "starter.py", "start", "-r", "again", "--build-id", build, settings=settings, cwd=tmp_path
+        "starter.py",
+        "start",
+        "-p",
+        fresh(),
+        "-r",
+        "again",
+        "--build-id",
+        build,
+        settings=settings,
+        cwd=tmp_path,
     )
     assert code == 1 and "already exists" in out
 
@@ -53,6 +70,8 @@ async def test_failed_build_exits_1_with_the_reason(settings: Settings, tmp_path
     code, out = await run(
         "starter.py",
         "start",
+        "-p",
+        fresh(),
         "-r",
         "Export to CSV",
         "--simulate",
@@ -71,7 +90,17 @@ async def test_steer_a_gated_build_from_the_command_line(
     client: Client, settings: Settings, tmp_path: Path
 ):
     build = f"cli{uuid.uuid4().hex[:8]}"
-    args = ("start", "-r", "Dark mode", "--build-id", build, "--gate", "handoff_to_tester")
+    args = (
+        "start",
+        "-p",
+        fresh(),
+        "-r",
+        "Dark mode",
+        "--build-id",
+        build,
+        "--gate",
+        "handoff_to_tester",
+    )
     code, out = await run("starter.py", *args, "--no-follow", settings=settings, cwd=tmp_path)
     assert code == 0 and f"build {build} started" in out
     handle = client.get_workflow_handle_for(BuildWorkflow.run, f"build-{build}")
@@ -112,10 +141,21 @@ async def test_steer_a_gated_build_from_the_command_line(
 
 
 async def test_bad_input_gets_a_clear_error(settings: Settings, tmp_path: Path):
-    code, out = await run("starter.py", "start", "-r", "  ", settings=settings, cwd=tmp_path)
+    code, out = await run(
+        "starter.py", "start", "-p", fresh(), "-r", "  ", settings=settings, cwd=tmp_path
+    )
     assert code == 2 and "requirements must not be empty" in out
     code, out = await run(
-        "starter.py", "start", "-r", "x", "--gate", "testing", settings=settings, cwd=tmp_path
+        "starter.py",
+        "start",
+        "-p",
+        fresh(),
+        "-r",
+        "x",
+        "--gate",
+        "testing",
+        settings=settings,
+        cwd=tmp_path,
     )
     assert code == 2 and "approval gates must be handoff states" in out
     code, out = await run("starter.py", "status", "nope-123", settings=settings, cwd=tmp_path)
@@ -124,7 +164,15 @@ async def test_bad_input_gets_a_clear_error(settings: Settings, tmp_path: Path):
 
 async def test_start_without_a_worker_warns_and_returns(settings: Settings, tmp_path: Path):
     code, out = await run(
-        "starter.py", "start", "-r", "x", "--no-follow", settings=settings, cwd=tmp_path
+        "starter.py",
+        "start",
+        "-p",
+        fresh(),
+        "-r",
+        "x",
+        "--no-follow",
+        settings=settings,
+        cwd=tmp_path,
     )
     assert code == 0 and "started" in out
     assert f"no worker polls task queue {settings.temporal_task_queue}" in out
@@ -133,7 +181,15 @@ async def test_start_without_a_worker_warns_and_returns(settings: Settings, tmp_
 @pytest.mark.usefixtures("worker")
 async def test_start_with_a_worker_does_not_warn(settings: Settings, tmp_path: Path):
     code, out = await run(
-        "starter.py", "start", "-r", "x", "--no-follow", settings=settings, cwd=tmp_path
+        "starter.py",
+        "start",
+        "-p",
+        fresh(),
+        "-r",
+        "x",
+        "--no-follow",
+        settings=settings,
+        cwd=tmp_path,
     )
     assert code == 0 and "no worker" not in out
 
@@ -183,6 +239,8 @@ async def test_start_follows_until_a_worker_appears(
         sys.executable,
         str(ROOT / "starter.py"),
         "start",
+        "-p",
+        fresh(),
         "-r",
         "Dark mode",
         cwd=tmp_path,

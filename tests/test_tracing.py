@@ -98,8 +98,16 @@ async def test_a_build_is_one_trace_of_workflow_and_role_spans(
     for role in ("q_assistant", "code_writer", "test_auditor", "verification_overseer"):
         assert f"RunActivity:{role}" in names, sorted(names)
     # One trace: the start, the workflow, every activity the workflow scheduled and ran. The
-    # project's registry entity (a greenfield project registered at the start) is its own.
-    project = {"ProjectWorkflow", "create_repository", "greenfield"}
+    # project's registry entity (a greenfield project registered at the start) is its own,
+    # with its side of the release queue (the build's join, its turn, its leaving).
+    project = {
+        "ProjectWorkflow",
+        "create_repository",
+        "greenfield",
+        "HandleUpdate:enqueue",
+        "SignalExternalWorkflow:release_turn",
+        "HandleSignal:leave",
+    }
     build = [span for span, _ in spans if not any(name in span.name for name in project)]
     assert "RunActivity:open_workspace" in {span.name for span in build}
     by_trace: dict[bytes, list[str]] = {}
