@@ -188,6 +188,8 @@ def demo() -> None:
     files = sorted(p.name for p in current.iterdir() if p.is_file()) if current.exists() else []
     print(f"\nThe release folder {current} ({os.readlink(current) if files else '-'}): ")
     print("  " + "  ".join(files))
+    print("\nIts CHANGELOG.md (each build added its line under Unreleased by an exact-text edit):")
+    print("  " + git(remote, "show", "main:CHANGELOG.md").strip().replace("\n", "\n  "))
 
 
 async def _demo(settings: Settings, remote: Path, console: Console) -> None:

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from activities.gitcmd import GitError
+from activities.gitcmd import EMPTY_TREE, GitError, git
 from activities.release import Release
 from activities.workspace import Workspace
 from core.projects import Bump, next_version, version_of
@@ -76,6 +76,36 @@ def survey(ws: Workspace, head: str, bump: Bump) -> Landing:
     merged = ws.head()
     ws.push_commit(merged)
     return Landing("moved", merged, tip)
+
+
+TEAMMATE = "Simulated teammate <teammate@offline.invalid>"
+
+
+def simulate_teammate(ws: Workspace, base: str | None, head: str, build_id: str) -> str | None:
+    """`--simulate conflict`: a teammate's commit that rewrites the first file the build
+    changed lands on the project's branch, once per build (its trailer finds it again); the
+    commit, or None when it landed before or the build changed nothing that could collide."""
+    trailer = f"Simulated-conflict: {build_id}"
+    tip = ws.fetch()
+    if ws.git("log", "--format=%H", "--fixed-strings", f"--grep={trailer}", tip):
+        return None
+    changed = ws.git("diff", "--name-only", "--diff-filter=AM", base or EMPTY_TREE, head)
+    colliding = [path for path in changed.split() if path != "CHANGELOG.md"]  # merged by line
+    if not colliding:
+        return None
+    tree = ws.add_worktree(tip, "teammate")
+    try:
+        path = colliding[0]
+        target = tree / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(f"# {path}: a teammate's version, landed first\nTEAMMATE = True\n")
+        message = f"A teammate changes {path}\n\n{trailer}\n"
+        git(tree, "add", "--", path)
+        git(tree, "commit", "-q", f"--author={TEAMMATE}", "-m", message)
+        git(tree, "push", "-q", "origin", f"HEAD:refs/heads/{ws.remote_branch()}")
+        return git(tree, "rev-parse", "HEAD")
+    finally:
+        ws.drop_worktree(tree)
 
 
 def push(ws: Workspace, landing: Landing) -> bool:

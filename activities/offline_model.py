@@ -20,6 +20,7 @@ import httpx2
 from core.models import Simulation, feature_name
 from core.role_io import (
     DiscoveryOutput,
+    FileEdit,
     ImplementationOutput,
     PlanOutput,
     ReleaseNotes,
@@ -29,6 +30,8 @@ from core.role_io import (
 )
 
 SIMULATE_HEADER = "x-offline-simulate"
+CHANGELOG = "CHANGELOG.md"
+UNRELEASED = "## Unreleased"
 OFFLINE_BASE_URL = "http://offline-model.invalid/v1"
 
 
@@ -74,8 +77,9 @@ def _plan(task: dict[str, Any], _sim: set[str]) -> PlanOutput:
         steps=[
             f"Create {module}.py with a state holder, is_enabled() and toggle().",
             f"Write tests/test_{module}.py covering the acceptance criteria.",
+            f"Add the feature's line to {CHANGELOG} under 'Unreleased'.",
         ],
-        files=[f"{module}.py", f"tests/test_{module}.py"],
+        files=[f"{module}.py", f"tests/test_{module}.py", CHANGELOG],
         test_strategy="Unit tests with pytest, one per acceptance criterion.",
         smoke_command=f"python -m {module}",
     )
@@ -128,16 +132,46 @@ def _implementation(task: dict[str, Any], sim: set[str]) -> ImplementationOutput
     )
     smoke_bug = Simulation.RELEASE_FAILS in sim and context.get("loop_back_from") != "deployment"
     fixed = " (fixes the reported problems)" if context.get("loop_back_from") else ""
+    files = [
+        SourceFile(
+            path=f"{module}.py",
+            content=_module_source(module, toggle_bug=toggle_bug, smoke_bug=smoke_bug),
+        ),
+        SourceFile(path=f"tests/test_{module}.py", content=_test_source(module)),
+    ]
+    entry = f"- {feature_name(task.get('requirements', 'feature'))}: `{module}.py`"
+    written, edits = changelog_edit(entry, context)
     return ImplementationOutput(
         summary=f"Attempt {attempt}: {module}.py with toggle support and 2 tests{fixed}.",
-        files=[
-            SourceFile(
-                path=f"{module}.py",
-                content=_module_source(module, toggle_bug=toggle_bug, smoke_bug=smoke_bug),
-            ),
-            SourceFile(path=f"tests/test_{module}.py", content=_test_source(module)),
-        ],
+        files=files + written,
+        edits=edits,
     )
+
+
+def changelog_edit(entry: str, context: dict[str, Any]) -> tuple[list[SourceFile], list[FileEdit]]:
+    """The feature's line under "Unreleased" in CHANGELOG.md: an exact-text edit of the file
+    the model was shown, the file written when the repository has none, nothing when the line
+    is there already (a later attempt) or the file exists but was not shown (no blind edit)."""
+    text = context.get("files", {}).get(CHANGELOG)
+    if text is None:
+        if CHANGELOG in str(context.get("repository_map", "")):  # there, but not shown
+            return [], []
+        return [SourceFile(path=CHANGELOG, content=f"# Changelog\n\n{UNRELEASED}\n\n{entry}\n")], []
+    if entry in text.splitlines():
+        return [], []
+    for search, replace in (
+        (f"{UNRELEASED}\n\n## ", f"{UNRELEASED}\n\n{entry}\n\n## "),  # an empty section
+        (f"{UNRELEASED}\n\n", f"{UNRELEASED}\n\n{entry}\n"),
+        (f"{UNRELEASED}\n", f"{UNRELEASED}\n{entry}\n"),
+    ):
+        if text.count(search) == 1:
+            return [], [FileEdit(kind="replace", path=CHANGELOG, search=search, replace=replace)]
+    first = text.splitlines(keepends=True)[0] if text else ""
+    if first.startswith("# ") and text.count(first) == 1:  # a title: the section goes below it
+        section = f"{first.rstrip()}\n\n{UNRELEASED}\n\n{entry}\n"
+        return [], [FileEdit(kind="replace", path=CHANGELOG, search=first, replace=section)]
+    whole = f"{UNRELEASED}\n\n{entry}\n\n{text}"
+    return [], [FileEdit(kind="write", path=CHANGELOG, content=whole)]
 
 
 def _test_audit(task: dict[str, Any], _sim: set[str]) -> TestAudit:

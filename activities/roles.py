@@ -34,6 +34,7 @@ from core.contracts import (
     TEST_AUDITOR,
     VERIFICATION_OVERSEER,
 )
+from core.models import Simulation
 from core.projects import ProjectConfig
 from core.role_io import (
     CodeWriterResult,
@@ -301,6 +302,10 @@ class RoleActivities:
         head = await in_thread("checkout", ws.checkout, task.head)
         if project.delivery == "branch":
             return await self._push_branch(task, ws, head)
+        if Simulation.CONFLICT in task.simulate and self.settings.offline_model:
+            await in_thread(
+                "teammate", delivery.simulate_teammate, ws, task.base, head, task.build_id
+            )
         planned = task.context.get(BuildState.PLANNING.value, {}).get("smoke_command", "")
         staging = ws.runs / f"release-{task.attempt}"
         outcome = await landing.land(

@@ -64,6 +64,10 @@ class MergeUnresolved(AttemptRefused):
 
 
 CONFLICT_MARKERS = ("<<<<<<< ", ">>>>>>> ")
+# How the workspace's merges treat files (the clone's own info/attributes, never committed):
+# two builds adding their lines to the changelog is the commonest conflict, and its one right
+# answer is both lines, which git's union driver gives.
+MERGE_ATTRIBUTES = "CHANGELOG.md merge=union\n"
 
 
 class Workspace:
@@ -108,6 +112,8 @@ class Workspace:
                 self.git("checkout", "-q", "-B", remote.build_branch, f"origin/{remote.branch}",
                          repo=staging)  # fmt: skip
             self.git("config", "commit.gpgsign", "false", repo=staging)
+            (staging / ".git" / "info").mkdir(exist_ok=True)
+            (staging / ".git" / "info" / "attributes").write_text(MERGE_ATTRIBUTES)
             os.rename(staging, self.repo)  # atomic; replaces an empty folder left by a crash
         except OSError:
             if not (self.repo / ".git").exists():  # not another attempt that got there first

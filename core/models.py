@@ -40,12 +40,15 @@ def build_id_from(workflow_id: str) -> str:
 
 class Simulation(StrEnum):
     """Branches the offline model makes happen on demand, through real artifacts (ignored by
-    real models): the Code Writer writes a real bug, the review rejects, the smoke check fails."""
+    real models): the Code Writer writes a real bug, the review rejects, the smoke check fails,
+    a teammate's change to the build's files lands on the project's branch just before the
+    build's release (a real merge conflict)."""
 
     TESTS_FAIL_ONCE = "tests_fail_once"
     VERIFICATION_REJECTS_ONCE = "verification_rejects_once"
     TESTS_ALWAYS_FAIL = "tests_always_fail"
     RELEASE_FAILS = "release_fails"
+    CONFLICT = "conflict"
 
 
 class RolePolicy(BaseModel):

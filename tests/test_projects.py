@@ -213,6 +213,27 @@ async def test_a_conflict_goes_back_to_the_code_writer_and_then_lands(
     await save_history(handle, "project_merge_conflict")
 
 
+async def test_simulate_conflict_lands_a_teammates_change_first_and_the_build_resolves_it(
+    client: Client, worker: Settings, tmp_path: Path
+) -> None:
+    project = await registered(client, worker, tmp_path)
+    remote = tmp_path / "remote.git"
+    push_change(remote, {"CHANGELOG.md": "# Changelog\n\n## Unreleased\n\n- Greeting\n"}, "log")
+    handle = await start(client, worker, make_request(project=project, simulate=["conflict"]))
+    result = await finish(handle)
+    assert result.loop_backs == 1 and result.attempts["implementation"] == 2
+    authors = git(remote, "log", "--format=%an|%s", "main").splitlines()
+    assert "Simulated teammate|A teammate changes dark_mode.py" in authors  # once, not per try
+    assert sum(a.startswith("Simulated teammate") for a in authors) == 1
+    assert "def toggle" in git(remote, "show", "main:dark_mode.py")  # the build's resolution
+    # The feature's line was an exact-text edit of the changelog the project had.
+    changelog = git(remote, "show", "main:CHANGELOG.md")
+    assert changelog == "# Changelog\n\n## Unreleased\n\n- Dark mode: `dark_mode.py`\n- Greeting"
+    events = await handle.query(BuildWorkflow.event_log)
+    loops = [e for e in events if e.event_type is EventType.LOOP_BACK]
+    assert [e.data["reason"] for e in loops] == ["merge conflict"]
+
+
 async def test_a_build_goes_on_when_its_workspace_is_deleted_between_roles(
     client: Client, worker: Settings, tmp_path: Path
 ) -> None:

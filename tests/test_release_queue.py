@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import Engine
 from temporalio.client import Client, WorkflowHandle
 
+from activities.gitcmd import git
 from client.projects import get_project, put_project
 from core.messages import AbortRequest, ApproveRequest
 from core.models import BuildRequest, BuildStatus, EventType
@@ -112,6 +113,11 @@ async def test_releases_go_in_order_of_arrival_and_a_retest_keeps_the_turn(
 
     assert tags_of(remote) == ["v0.1.0", "v0.2.0", "v0.3.0"]
     assert {"docs.md", "dark_mode.py", "audit_log.py", "csv_export.py"} <= tree_of(remote)
+    # Each wrote its line under "Unreleased"; the merges kept every line (the union driver).
+    changelog = git(remote, "show", "main:CHANGELOG.md").splitlines()
+    assert changelog.count("## Unreleased") == 1
+    assert {"- Dark mode: `dark_mode.py`", "- Audit log: `audit_log.py`"} <= set(changelog)
+    assert "- CSV export: `csv_export.py`" in changelog
     assert await release_queue(client, project) == []
     events = await c.query(BuildWorkflow.event_log)
     [turn] = [e for e in events if e.event_type is EventType.RELEASE_TURN]

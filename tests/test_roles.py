@@ -66,7 +66,11 @@ async def test_each_role_does_real_work(roles: RoleActivities):
 
     code = await env.run(roles.code_writer, task(S.IMPLEMENTATION, Role.CODE_WRITER))
     ws = roles.workspace("b1")
-    assert [f.path for f in code.output.files] == ["dark_mode.py", "tests/test_dark_mode.py"]
+    assert [f.path for f in code.output.files] == [
+        "dark_mode.py",
+        "tests/test_dark_mode.py",
+        "CHANGELOG.md",  # none in the workspace: written with the feature's line
+    ]
     assert code.output.commit == ws.head() and (ws.repo / "dark_mode.py").exists()
     assert ws.git("log", "-1", "--format=%s").startswith("implementation attempt 1")
     assert "content" not in code.output.model_dump()["files"][0]  # history gets references
@@ -84,7 +88,7 @@ async def test_each_role_does_real_work(roles: RoleActivities):
     )
     assert review.output.approved
     assert review.output.checks == {"byte-compile": "ok", "ruff": "ok"}
-    assert "2 files changed" in review.output.diff_stat
+    assert "3 files changed" in review.output.diff_stat
 
     plan_ctx = {"planning": plan.output.model_dump(mode="json")}
     released = await env.run(
