@@ -95,8 +95,9 @@ TABLE: dict[BuildState, StateSpec] = {
 
 TERMINAL: frozenset[BuildState] = frozenset({S.COMPLETE, S.FAILED, S.CANCELLED})
 PAUSES: frozenset[BuildState] = frozenset({S.BUDGET_EXHAUSTED, S.NEEDS_ATTENTION})
-# Where a failure that repeats can pause a build for a person.
-ATTENTION_FROM: tuple[BuildState, ...] = (S.TESTING, S.VERIFICATION)
+# Where a build can pause for a person: a failure that repeats (TESTING, VERIFICATION), the
+# revert of its release that conflicts on the project's branch (DEPLOYMENT).
+ATTENTION_FROM: tuple[BuildState, ...] = (S.TESTING, S.VERIFICATION, S.DEPLOYMENT)
 PATH: tuple[BuildState, ...] = tuple(
     s for s in TABLE if s not in (S.FAILED, S.CANCELLED) and s not in PAUSES
 )

@@ -7,24 +7,26 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 import uuid
+from pathlib import Path
 
 import httpx2
 import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
 
 from activities import offline_model
 from activities.gitcmd import git
 from client.projects import put_project
-from core.messages import RollbackRequest
+from core.messages import AbortRequest, RollbackRequest
 from core.models import EventType
 from core.projects import ProjectConfig
 from core.settings import Settings
 from core.states import BuildState
 from db import crud
-from tests.git_projects import make_project, tags_of, tree_of
+from tests.git_projects import make_project, push_change, tags_of, tree_of
 from tests.helpers import (
     make_request,
     model_client_with,
@@ -94,6 +96,15 @@ async def test_files_outside_the_workspace_fail_the_attempt_and_nothing_is_writt
     await save_history(handle, "unsafe_paths_refused")
 
 
+async def slow_release_notes(request: httpx2.Request) -> httpx2.Response:
+    """The offline model, 3 s slow to write release notes: the release and its smoke check are
+    done when the notes are asked for, a wide, sure window in which a rollback arrives after
+    the release."""
+    if json.loads(request.content)["response_format"]["json_schema"]["name"] == "ReleaseNotes":
+        await asyncio.sleep(3)
+    return await offline_model.handle(request)
+
+
 @pytest.mark.slow  # two builds and a 3 s window
 async def test_a_rollback_after_a_release_restores_the_previous_release_and_the_code(
     client: Client, settings: Settings, engine: Engine
@@ -101,13 +112,6 @@ async def test_a_rollback_after_a_release_restores_the_previous_release_and_the_
     project = f"p-{uuid.uuid4().hex[:6]}"
     async with running_worker(client, settings, engine):
         first = await (await start(client, settings, make_request(project=project))).result()
-
-    async def slow_release_notes(request: httpx2.Request) -> httpx2.Response:
-        # The release and its smoke check are done when the notes are asked for: a wide,
-        # sure window in which the rollback arrives after the release.
-        if json.loads(request.content)["response_format"]["json_schema"]["name"] == "ReleaseNotes":
-            await asyncio.sleep(3)
-        return await offline_model.handle(request)
 
     llm = model_client_with(settings, slow_release_notes)
     async with running_worker(client, settings, engine, llm):
@@ -149,6 +153,52 @@ async def test_a_rollback_after_a_release_restores_the_previous_release_and_the_
     with Session(engine) as session:
         kinds = [r.event_type for r in crud.list_events(session, workflow_id=handle.id)]
     assert "restored" in kinds  # the mirror records what was restored
+
+
+def tagged(remote: Path, tag: str, seconds: float = 10) -> None:
+    """Wait until the project's repository has `tag`."""
+    deadline = time.monotonic() + seconds
+    while tag not in tags_of(remote):
+        assert time.monotonic() < deadline, f"{remote} has no tag {tag}"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow  # a 3 s window
+async def test_a_revert_that_conflicts_waits_for_a_person_and_changes_nothing(
+    client: Client, settings: Settings, engine: Engine
+):
+    project = f"p-{uuid.uuid4().hex[:6]}"
+    async with running_worker(
+        client, settings, engine, model_client_with(settings, slow_release_notes)
+    ):
+        handle = await start(client, settings, make_request(project=project))
+        await wait_until(
+            handle, lambda s: s.state is S.DEPLOYMENT and s.waiting_for is None, seconds=60
+        )
+        back = RollbackRequest(target_state=S.IMPLEMENTATION, reason="take it back")
+        await handle.execute_update(BuildWorkflow.update_rollback, back)
+        remote = settings.projects / f"{project}.git"
+        await asyncio.to_thread(tagged, remote, "v0.1.0")  # landed; the notes are being written
+        # Meanwhile a teammate changes the released module: the revert cannot apply.
+        theirs = push_change(remote, {"dark_mode.py": "ENABLED = True\n"}, "a teammate's edit")
+        status = await wait_until(handle, lambda s: s.state is S.NEEDS_ATTENTION, seconds=30)
+        assert status.waiting_for is not None and "conflicts in dark_mode.py" in status.waiting_for
+        assert "revert it by hand" in status.waiting_for
+        assert git(remote, "rev-parse", "main") == theirs and tags_of(remote) == ["v0.1.0"]
+        await handle.execute_update(BuildWorkflow.update_abort, AbortRequest(reason="by hand"))
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        final = await status_of(handle)
+        events = await handle.query(BuildWorkflow.event_log, 0)
+    await save_history(handle, "revert_conflict_needs_attention")
+    assert final.state is S.FAILED
+    assert git(remote, "rev-parse", "main") == theirs and tags_of(remote) == ["v0.1.0"]
+    [asked] = [e for e in events if e.event_type is EventType.NEEDS_ATTENTION]
+    assert asked.data == {
+        "reason": "revert conflict",
+        "paused_in": "deployment",
+        "release": "v0.1.0",
+    }
 
 
 async def test_a_megabyte_of_code_stays_out_of_workflow_history(

@@ -10,6 +10,7 @@ contracts (core/contracts.py); the records are a composed object (workflows/reco
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
@@ -28,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
     from core.rules import BuildData, Verdict
     from core.states import TABLE, TERMINAL, BuildState, is_valid, order, role_of
     from workflows.code import BuildCode
-    from workflows.errors import BuildFailed, cause_of
+    from workflows.errors import BuildFailed, RevertConflicted, cause_of
     from workflows.messages import BuildMessages
     from workflows.records import BuildRecords
     from workflows.turn import BuildTurn
@@ -38,6 +39,8 @@ S = BuildState
 PROJECT_REPOSITORIES_PATCH = "project-repositories"
 # A build delivers when its project's release queue gives it the turn (workflows/turn.py).
 RELEASE_QUEUE_PATCH = "release-queue"
+# A revert of the build's release that conflicts waits for a person, not FAILED.
+REVERT_ATTENTION_PATCH = "revert-conflict-attention"
 # What a Code Writer's attempt can be refused for; the build loops back and it tries again.
 REFUSED_ATTEMPTS = ("UnsafePath", "AttemptRefused", "EditRefused", "MergeUnresolved")
 
@@ -279,7 +282,19 @@ class BuildWorkflow(BuildMessages):
         self.data.feedback = {"requested_by": by, "reason": pending.reason}
         rules.reopen_from(self.data, pending.target)
         if pending.command == "rollback" or self.data.release is not None:
-            await self.code.restore(pending.target, code=pending.command == "rollback")
+            try:
+                await self.code.restore(pending.target, code=pending.command == "rollback")
+            except RevertConflicted as conflict:
+                if not workflow.patched(REVERT_ATTENTION_PATCH):
+                    raise
+                await self._ask_a_person(
+                    f"{conflict}; revert it by hand, then abort, or roll back to try again",
+                    f"non-converging: {conflict.kind}",
+                    reason=conflict.kind,
+                    paused_in=self.data.state.value,
+                    release=self.data.release.version if self.data.release else None,
+                )
+                return True
         self._move(pending.target, by)
         return True
 
@@ -312,20 +327,24 @@ class BuildWorkflow(BuildMessages):
         self._move(state, "system")
 
     async def _needs_attention(self, state: BuildState, verdict: Verdict) -> None:
-        await self.turn.leave()
         first = rules.first_reason(verdict.feedback) or verdict.summary
-        self.data.attention = f"{verdict.why} twice the same way at {state.value}: {first}"
-        self.data.last_error = self.data.attention
         self.data.feedback = {"loop_back_from": state.value, **verdict.feedback}
-        self.data.paused_from = state
-        self._move(S.NEEDS_ATTENTION, "system")
-        self.records.emit(
-            EventType.NEEDS_ATTENTION,
-            "system",
+        await self._ask_a_person(
+            f"{verdict.why} twice the same way at {state.value}: {first}",
+            f"non-converging: {verdict.why}",
             reason=verdict.why,
             signature=verdict.signature,
             **verdict.feedback,
         )
+
+    async def _ask_a_person(self, attention: str, kind: str, **event: Any) -> None:
+        """Wait in NEEDS_ATTENTION for a retry, rollback or abort (FAILED as `kind` when
+        nobody answers in time), then apply it."""
+        await self.turn.leave()
+        self.data.attention = self.data.last_error = attention
+        self.data.paused_from = self.data.state
+        self._move(S.NEEDS_ATTENTION, "system")
+        self.records.emit(EventType.NEEDS_ATTENTION, "system", **event)
         await self.records.mirror()
         wait = self.request.options.attention_wait_seconds
         try:
@@ -333,10 +352,7 @@ class BuildWorkflow(BuildMessages):
                 lambda: self.data.pending is not None, timeout=timedelta(seconds=wait)
             )
         except TimeoutError as err:
-            raise BuildFailed(
-                f"{self.data.attention}; nobody answered within {wait:g}s",
-                f"non-converging: {verdict.why}",
-            ) from err
+            raise BuildFailed(f"{attention}; nobody answered within {wait:g}s", kind) from err
         self.data.paused_from = None
         self.data.attention = None
         await self._apply_pending()

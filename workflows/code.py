@@ -17,7 +17,7 @@ with workflow.unsafe.imports_passed_through():
     from core.role_io import OpenResult, OpenTask, RestoreResult
     from core.rules import BuildData
     from core.states import BuildState
-    from workflows.errors import BuildFailed, cause_of
+    from workflows.errors import BuildFailed, RevertConflicted, cause_of
     from workflows.records import BuildRecords
 
 RESTORE_TIMEOUT = timedelta(seconds=120)
@@ -81,6 +81,8 @@ class BuildCode:
             if is_cancelled_exception(err):
                 raise
             reason = f"rollback to {target.value}: {cause_of(err)}"
+            if getattr(err.cause, "type", None) == "RevertConflict":
+                raise RevertConflicted(reason) from err
             raise BuildFailed(reason, "restore failed") from err
         self.data.head = result.commit
         if release:

@@ -13,6 +13,13 @@ class BuildFailed(Exception):
         self.kind = kind
 
 
+class RevertConflicted(BuildFailed):
+    """Undoing a build's release on its project's branch conflicts: a person must look."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, "revert conflict")
+
+
 def cause_of(err: ActivityError) -> str:
     """What an activity's failure says, for a person."""
     return getattr(err.cause, "message", None) or str(err)
