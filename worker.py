@@ -11,6 +11,7 @@ import signal
 
 import typer
 
+from activities import isolation
 from activities.llm import ModelClient
 from client.worker import build_worker, worker_identity
 from core.exit import exit_now
@@ -24,7 +25,21 @@ from workflows.metrics import HISTOGRAM_BUCKETS
 log = logging.getLogger("worker")
 
 
+def choose_sandbox(settings: Settings) -> None:
+    """The sandbox of generated code, probed at start: the worker says which, and refuses to
+    start when the one SANDBOX names (or, for auto, every one) does not work here."""
+    try:
+        sandbox = isolation.use(settings.sandbox)
+    except isolation.SandboxUnavailable as err:
+        raise SystemExit(f"SANDBOX={settings.sandbox}: {err}") from err
+    if sandbox.kind == "none":
+        log.warning("SANDBOX=none: generated code runs unconfined, as this worker's user")
+    else:
+        log.info("sandbox (SANDBOX=%s): %s", settings.sandbox, sandbox.describe())
+
+
 async def serve(settings: Settings) -> None:
+    choose_sandbox(settings)
     try:
         runtime = worker_runtime(settings, HISTOGRAM_BUCKETS)
     except Exception as err:  # the runtime's own error names the address

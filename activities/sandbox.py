@@ -1,5 +1,6 @@
-"""Running generated code: a subprocess with a time limit, CPU and memory limits, and an
-environment scrubbed of secrets. Used for test runs and release smoke checks."""
+"""Running generated code: a subprocess in the process's sandbox (activities/isolation.py),
+with a time limit, CPU, memory, file-size and process limits, and an environment scrubbed of
+secrets. Used for test runs, baseline runs, static checks and release smoke checks."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from activities import cgroups, isolation
 from activities.beat import interval
 
 # Only these variables reach generated code; nothing named like a secret ever does.
@@ -37,6 +39,7 @@ class RunResult:
     timed_out: bool
     output: str  # the tail of stdout and stderr together
     seconds: float
+    sandbox: str = ""  # how the run was confined, and its limits
 
     @property
     def ok(self) -> bool:
@@ -65,19 +68,38 @@ def scrubbed_env(home: Path) -> dict[str, str]:
 # killed worker's run does not go on beside the retry of its activity.
 LAUNCHER = """
 import ctypes, os, resource, signal, sys
-cpu, memory = int(sys.argv[1]), int(sys.argv[2])
+cpu, memory, size, procs = (int(a) for a in sys.argv[1:5])
+if sys.argv[5]:  # the run's pids cgroup: it and every descendant count against pids.max
+    with open(os.path.join(sys.argv[5], "cgroup.procs"), "w") as procs_file:
+        procs_file.write(str(os.getpid()))
 resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
 resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+resource.setrlimit(resource.RLIMIT_NPROC, (procs, procs))
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 if sys.platform == "linux":
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)
-os.execvp(sys.argv[3], sys.argv[3:])
+os.execvp(sys.argv[6], sys.argv[6:])
 """
+FILE_BYTES = 256 * 1024 * 1024  # the largest file a run may write
+PROCESSES = 256  # processes of a sandboxed run at once (a fork bomb stops here)
 
 
-def _launched(argv: list[str], limits: Limits) -> list[str]:
+def _launched(argv: list[str], limits: Limits, group: Path | None) -> list[str]:
     memory = limits.memory_mb * 1024 * 1024
-    return [sys.executable, "-c", LAUNCHER, str(limits.cpu_seconds), str(memory), *argv]
+    return [
+        sys.executable, "-c", LAUNCHER,
+        str(limits.cpu_seconds), str(memory), str(FILE_BYTES), str(PROCESSES),
+        str(group or ""), *argv,
+    ]  # fmt: skip
+
+
+def described(sandbox: isolation.Sandbox, limits: Limits, group: Path | None) -> str:
+    counted = "a pids cgroup" if group else "rlimit only, which root is exempt from"
+    return (
+        f"{sandbox.describe()}; limits {limits.wall_seconds:g} s, {limits.memory_mb} MB, "
+        f"{PROCESSES} processes ({counted}), files up to {FILE_BYTES // 2**20} MB"
+    )
 
 
 async def run_limited(
@@ -87,13 +109,38 @@ async def run_limited(
     limits: Limits,
     home: Path,
     beat: Callable[[str], None] | None = None,
+    writable: Sequence[Path] = (),
 ) -> RunResult:
-    """Run argv; kill its whole process group at the wall-clock limit. `beat` is called every
-    few seconds while it runs (the activity heartbeats with it)."""
+    """Run argv in the process's sandbox, which lets it write `cwd` and `writable` only; kill
+    it at the wall-clock limit. `beat` is called every few seconds while it runs (the activity
+    heartbeats with it)."""
     started = time.monotonic()
-    await asyncio.to_thread(home.mkdir, parents=True, exist_ok=True)
+    sandbox = await asyncio.to_thread(isolation.current)
+    if sandbox.kind == "none":
+        await asyncio.to_thread(home.mkdir, parents=True, exist_ok=True)
+    else:
+        home = Path("/tmp")  # the sandbox's own tmpfs
+    group = await asyncio.to_thread(cgroups.make, PROCESSES)
+    try:
+        return await _run(argv, cwd, limits, home, beat, writable, sandbox, group, started)
+    finally:
+        if group is not None:
+            await asyncio.to_thread(cgroups.remove, group)  # what is left in it is killed
+
+
+async def _run(
+    argv: list[str],
+    cwd: Path,
+    limits: Limits,
+    home: Path,
+    beat: Callable[[str], None] | None,
+    writable: Sequence[Path],
+    sandbox: isolation.Sandbox,
+    group: Path | None,
+    started: float,
+) -> RunResult:
     proc = await asyncio.create_subprocess_exec(
-        *_launched(argv, limits),
+        *_launched(sandbox.wrap(argv, cwd, writable), limits, group),
         cwd=cwd,
         env=scrubbed_env(home),
         stdin=asyncio.subprocess.DEVNULL,
@@ -125,4 +172,5 @@ async def run_limited(
         timed_out=timed_out,
         output=text[-OUTPUT_TAIL_CHARS:],
         seconds=time.monotonic() - started,
+        sandbox=described(sandbox, limits, group),
     )

@@ -74,7 +74,9 @@ async def run_command(
     """Run the test command in `repo`; reports and logs go to `runs` as `<name>.xml|.log`."""
     junit, log = runs / f"junit-{name}.xml", runs / f"pytest-{name}.log"
     argv = await asyncio.to_thread(_argv, repo, runs, junit, command)
-    run = await run_limited(argv, cwd=repo, limits=limits, home=runs / "home", beat=beat)
+    run = await run_limited(
+        argv, cwd=repo, limits=limits, home=runs / "home", beat=beat, writable=[runs]
+    )
     await asyncio.to_thread(log.write_text, run.output)
     tests, failures = await asyncio.to_thread(parse_junit, junit)
     pytest = _pytest_args(command) is not None
@@ -113,6 +115,7 @@ async def run_command(
         junit=str(junit) if tests else None,
         log=str(log),
         command=command,
+        sandbox=run.sandbox,
     )
 
 

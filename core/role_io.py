@@ -171,6 +171,7 @@ class TestReport(BaseModel):
     pre_existing: list[TestFailure] = Field(default_factory=list)
     regressions: list[str] = Field(default_factory=list)
     baseline: str | None = None  # the base commit and its run's summary (None: no baseline)
+    sandbox: str = ""  # how the run was confined (activities/isolation.py), and its limits
 
 
 class VerificationOutcome(BaseModel):

@@ -111,6 +111,8 @@ class Settings(BaseSettings):
     # How often a project's release queue asks the build holding the turn whether it still
     # runs while others wait (a terminated build says nothing when it goes).
     release_queue_check_seconds: float = Field(default=60, gt=0)
+    # The sandbox of every run of generated code (activities/isolation.py).
+    sandbox: Literal["auto", "bubblewrap", "landlock", "none"] = "auto"
     test_timeout_seconds: float = Field(default=120, gt=0)
     test_memory_mb: int = Field(default=1024, ge=64)
     review_diff_max_chars: int = Field(default=40_000, ge=1000)

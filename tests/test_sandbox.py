@@ -1,0 +1,202 @@
+"""Generated code runs isolated: a hostile test suite (tests/hostile_suite.py), run through the
+real test activity's path (activities/testrun.py) under each sandbox, tries every way out.
+
+Under bubblewrap every attempt must fail while the build's own test passes; each attempt is a
+test of its own here, so a failure names the hole that opened. Under `none` the same suite
+gets out, which shows the suite can fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from activities import cgroups, isolation
+from activities.gitcmd import git
+from activities.sandbox import Limits
+from activities.testrun import passed_tests, run_command
+from core.role_io import TestReport
+
+HOSTILE = Path(__file__).with_name("hostile_suite.py")
+# The attempts that know inside whether they got out (each passes when it did). Whether the
+# daemon outlived the run is seen only from outside, after it (Outcome.daemon_alive).
+DAEMON = "test_leave_a_daemon_behind"
+ATTEMPTS = sorted(
+    line.split("(")[0].removeprefix("def ")
+    for line in HOSTILE.read_text().splitlines()
+    if line.startswith("def test_") and "feature_works" not in line and DAEMON not in line
+)
+FORKS = 300  # over the sandbox's 256 processes
+FILL_MB = 320  # over its /tmp of 256 MB
+
+
+@dataclass
+class Outcome:
+    report: TestReport
+    got_out: set[str]  # the attempts that passed: the holes
+    received: bytes  # what the host's listener was sent
+    outside_written: bool
+    git_hook_written: bool
+    daemon_alive: bool
+
+
+class Listener:
+    """A TCP listener on the host's loopback that keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.received = b""
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(2)
+                try:
+                    while chunk := conn.recv(4096):
+                        self.received += chunk
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def secret_holder() -> Iterator[tuple[int, str]]:
+    """A process standing for the worker, with a secret in its environment."""
+    secret = f"sk-hostile-{uuid.uuid4().hex}"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)"],
+        env={**os.environ, "OPENAI_API_KEY": secret},
+    )
+    yield proc.pid, secret
+    proc.kill()
+    proc.wait()
+
+
+async def hostile_run(
+    kind: isolation.Choice, root: Path, holder: tuple[int, str], temporal: str
+) -> Outcome:
+    pid, secret = holder
+    workspaces = root / "workspaces"
+    repo = workspaces / "b-hostile" / "repo"
+    (repo / "tests").mkdir(parents=True)
+    git(None, "init", "-q", str(repo))
+    shutil.copy(HOSTILE, repo / "tests" / "test_hostile.py")
+    other = workspaces / "b-other" / "repo" / "secret.txt"
+    other.parent.mkdir(parents=True)
+    other.write_text(secret)
+    mirror = root / "data" / "mirror.db"
+    mirror.parent.mkdir()
+    sqlite3.connect(mirror).execute("create table builds (secret text)").connection.commit()
+    home_file = Path.home() / f".qao-hostile-{uuid.uuid4().hex[:8]}"
+    outside_system = Path("/var/tmp") / f"qao-escaped-{uuid.uuid4().hex[:8]}"
+    home_file.write_text(secret)
+    listener = Listener()
+    targets = {
+        "worker_pid": pid,
+        "secret": secret,
+        "mirror": str(mirror),
+        "other_workspace": str(other),
+        "workspaces": str(workspaces),
+        "home_file": str(home_file),
+        "outside": str(root / "escaped.txt"),
+        "outside_system": str(outside_system),
+        "listener_port": listener.port,
+        "temporal": temporal,
+        "daemon_marker": str(repo / "daemon.log"),
+        "forks": FORKS,
+        "fill_mb": FILL_MB,
+    }
+    (repo / "targets.json").write_text(json.dumps(targets))
+    chosen = isolation._current[:]
+    isolation._current[:] = [isolation.choose(kind)]
+    try:
+        report = await run_command(
+            repo, repo.parent / "runs", "hostile", "python -m pytest", Limits(90, 2048)
+        )
+    finally:
+        isolation._current[:] = chosen
+        home_file.unlink()
+        escaped = outside_system.exists()
+        outside_system.unlink(missing_ok=True)
+    marker = repo / "daemon.log"
+    before = marker.stat().st_size if marker.exists() else 0
+    await asyncio.sleep(0.6)
+    after = marker.stat().st_size if marker.exists() else 0
+    listener.close()
+    junit = Path(report.junit or repo.parent / "runs" / "junit-hostile.xml")
+    passed = {name.rsplit("::", 1)[-1] for name in passed_tests(junit)}
+    return Outcome(
+        report=report,
+        got_out=passed & set(ATTEMPTS),
+        received=listener.received,
+        outside_written=escaped or (root / "escaped.txt").exists(),
+        git_hook_written=(repo / ".git" / "hooks" / "post-checkout").exists(),
+        daemon_alive=after > before,
+    )
+
+
+@pytest.fixture(scope="module")
+async def sandboxed(
+    tmp_path_factory: pytest.TempPathFactory, secret_holder: tuple[int, str], temporal_address: str
+) -> AsyncIterator[Outcome]:
+    root = tmp_path_factory.mktemp("hostile-bubblewrap")
+    yield await hostile_run("bubblewrap", root, secret_holder, temporal_address)
+
+
+@pytest.fixture(scope="module")
+async def unconfined(
+    tmp_path_factory: pytest.TempPathFactory, secret_holder: tuple[int, str], temporal_address: str
+) -> AsyncIterator[Outcome]:
+    root = tmp_path_factory.mktemp("hostile-none")
+    yield await hostile_run("none", root, secret_holder, temporal_address)
+
+
+@pytest.mark.parametrize("attempt", ATTEMPTS)
+def test_every_way_out_fails_in_bubblewrap(sandboxed: Outcome, attempt: str) -> None:
+    assert attempt not in sandboxed.got_out, f"hole: {attempt} got out of the sandbox"
+
+
+def test_in_bubblewrap_the_builds_own_test_runs_and_nothing_leaks(sandboxed: Outcome) -> None:
+    report = sandboxed.report
+    assert report.tests_run == len(ATTEMPTS) + 2
+    assert "test_the_feature_works" not in {f.test.rsplit("::", 1)[-1] for f in report.failures}
+    assert report.sandbox.startswith("bubblewrap")
+    assert "256 processes (a pids cgroup)" in report.sandbox
+    assert sandboxed.received == b""
+    assert not sandboxed.outside_written and not sandboxed.git_hook_written
+
+
+def test_in_bubblewrap_no_daemon_outlives_the_run(sandboxed: Outcome) -> None:
+    assert not sandboxed.daemon_alive  # the run's PID namespace took it along
+
+
+def test_without_a_sandbox_the_same_suite_gets_out(unconfined: Outcome) -> None:
+    """The suite can fail: unconfined, every attempt gets out but those the run's pids cgroup
+    stops where the machine has one (the fork bomb, and the daemon, killed with the group)."""
+    grouped = cgroups.root() is not None
+    stopped = {"test_fork_without_end"} if grouped else set()
+    assert unconfined.got_out == set(ATTEMPTS) - stopped, set(ATTEMPTS) - unconfined.got_out
+    assert unconfined.received and unconfined.outside_written and unconfined.git_hook_written
+    assert unconfined.daemon_alive is not grouped
+    assert unconfined.report.sandbox.startswith("none")
