@@ -287,6 +287,7 @@ class BuildStatus(BaseModel):
     tokens: int = 0
     cost_usd: float = 0.0
     repository: BuildRepository | None = None  # None: a build without a project repository
+    sandbox: str | None = None  # how the last test run was confined, and its limits
 
 
 class BuildResult(BaseModel):

@@ -65,6 +65,7 @@ def status(request: BuildRequest, data: BuildData, *, events: int) -> BuildStatu
         tokens=tokens_of(data),
         cost_usd=cost_of(data),
         repository=repository(data),
+        sandbox=data.outputs.get(S.TESTING.value, {}).get("sandbox") or None,
     )
 
 
@@ -85,6 +86,8 @@ def current_details(status: BuildStatus) -> str:
         lines.append(f"**Pending:** {status.pending_command}")
     if status.repository is not None:
         lines.append(repository_line(status.repository))
+    if status.sandbox:
+        lines.append(f"**Sandbox of the last test run:** {status.sandbox}")
     if status.last_error:
         lines.append(f"**Last error:** {status.last_error}")
     return "\n\n".join(lines)

@@ -62,3 +62,15 @@ def test_repository_map_bench_runs_and_keeps_the_budget():
     )
     assert done.returncode == 0, done.stderr  # it exits non-zero if the map exceeds its budget
     assert "this repository" in done.stdout and "generated, 300 modules" in done.stdout
+
+
+def test_sandbox_bench_runs_and_prints_each_sandbox_beside_none():
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.sandbox", "--runs", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| none |" in done.stdout and "| bubblewrap |" in done.stdout

@@ -227,6 +227,24 @@ async def test_worker_runs_builds_and_stops_cleanly_on_sigterm(
     log = out.decode()
     assert proc.returncode == 0, log
     assert re.search(rf"worker-{proc.pid}@\S+ polling ", log) and "worker stopped" in log
+    assert "sandbox (SANDBOX=auto): bubblewrap 0.11" in log
+
+
+async def test_the_worker_refuses_to_start_without_the_sandbox_it_was_told_to_use(
+    settings: Settings, tmp_path: Path
+):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "worker.py"),
+        cwd=tmp_path,
+        env={**env_for(settings), "SANDBOX": "landlock"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    async with asyncio.timeout(30):
+        out, _ = await proc.communicate()
+    assert proc.returncode == 1, out
+    assert "SANDBOX=landlock: SANDBOX=landlock is not available yet" in out.decode()
 
 
 async def test_start_follows_until_a_worker_appears(

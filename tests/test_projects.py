@@ -110,6 +110,12 @@ async def test_a_build_of_an_existing_project_keeps_its_code_and_lands_tagged(
     events = await handle.query(BuildWorkflow.event_log)
     opened = [e for e in events if e.event_type is EventType.WORKSPACE_OPENED]
     assert opened and opened[0].data["base"] == base
+    # The test run's sandbox, in its call's event, the status and the Web UI's details.
+    [tested] = [e for e in events if e.event_type is EventType.ROLE_CALL and e.state is S.TESTING]
+    assert tested.data["sandbox"].startswith("bubblewrap")
+    status = await status_of(handle)
+    assert status.sandbox == tested.data["sandbox"]
+    assert f"**Sandbox of the last test run:** {status.sandbox}" in views.current_details(status)
     await save_history(handle, "project_existing_repository")
 
 

@@ -136,7 +136,8 @@ class BuildWorkflow(BuildMessages):
         self._keep(state, result)
         if isinstance(result.output, ReleaseOutcome) and result.output.released:
             await self.turn.leave()
-        self.records.role_call(task.role.value, task.attempt, result.usage)
+        sandbox = getattr(result.output, "sandbox", None)  # a test run's: recorded with its call
+        self.records.role_call(task.role.value, task.attempt, result.usage, sandbox=sandbox)
         if await self._apply_pending():
             return
         verdict = rules.verdict(state, result.output)

@@ -132,9 +132,15 @@ class BuildRecords:
             instructions=ctx["instructions"],
         )
 
-    def role_call(self, role: str, attempt: int, usage: ModelUsage) -> None:
-        """A role call's usage: its event, the build's totals, metrics, search attributes."""
-        self.emit(EventType.ROLE_CALL, role, attempt=attempt, **usage.model_dump(mode="json"))
+    def role_call(
+        self, role: str, attempt: int, usage: ModelUsage, sandbox: str | None = None
+    ) -> None:
+        """A role call's usage (and the sandbox its run of generated code had): its event, the
+        build's totals, metrics, search attributes."""
+        extra = {"sandbox": sandbox} if sandbox else {}
+        self.emit(
+            EventType.ROLE_CALL, role, attempt=attempt, **usage.model_dump(mode="json"), **extra
+        )
         rules.add_usage(self.data, role, usage)
         metrics.model_call(
             role, usage.model, usage.prompt_tokens, usage.completion_tokens, usage.cost_usd
