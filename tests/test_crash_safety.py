@@ -10,35 +10,50 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 from activities.sandbox import Limits, run_limited
 from activities.workspace import GIT_ENV, Workspace
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead too (its parent has not reaped it yet).
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+def running(marker: str) -> list[int]:
+    """The host's live processes whose command line holds `marker` (a sandboxed run has pids
+    of its own namespace, so a run is found by what it runs, not by the pid it sees)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() not in (entry / "cmdline").read_bytes():
+                continue
+            if (entry / "stat").read_text().split()[2] != "Z":  # a zombie is dead too
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
 
 
-async def until_gone(pid: int, seconds: float = 5) -> bool:
+async def until_gone(marker: str, seconds: float = 5) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if not alive(pid):
+        if not running(marker):
             return True
         await asyncio.sleep(0.05)
     return False
 
 
+def sleeper(started: Path) -> str:
+    """A run that says it started, then sleeps; its text is unique, so it can be found."""
+    return (
+        f"import time; open({str(started)!r}, 'w').write('started'); "
+        f"time.sleep(60)  # {uuid.uuid4().hex}"
+    )
+
+
 async def test_a_cancelled_run_takes_its_process_group_with_it(tmp_path: Path):
     pid_file = tmp_path / "pid"
-    script = (
-        f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
-    )
+    script = sleeper(pid_file)
     run = asyncio.create_task(
         run_limited(
             [sys.executable, "-c", script], cwd=tmp_path, limits=Limits(60, 256), home=tmp_path
@@ -47,17 +62,17 @@ async def test_a_cancelled_run_takes_its_process_group_with_it(tmp_path: Path):
     async with asyncio.timeout(10):
         while not pid_file.exists() or not pid_file.read_text():  # noqa: ASYNC110 (a file)
             await asyncio.sleep(0.05)
-    pid = int(pid_file.read_text())
+    assert running(script)
     run.cancel()  # what a heartbeat timeout or a cancelled build does to the activity
     with contextlib.suppress(asyncio.CancelledError):
         await run
-    assert await until_gone(pid), "the test run outlived its cancelled activity"
+    assert await until_gone(script), "the test run outlived its cancelled activity"
 
 
 def test_a_run_dies_with_a_killed_worker(tmp_path: Path):
     """kill -9 of the worker process: its test run does not go on beside the retry."""
     pid_file = tmp_path / "pid"
-    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    child = sleeper(pid_file)
     worker = textwrap.dedent(f"""
         import asyncio, sys
         from pathlib import Path
@@ -71,12 +86,11 @@ def test_a_run_dies_with_a_killed_worker(tmp_path: Path):
         deadline = time.monotonic() + 20
         while (not pid_file.exists() or not pid_file.read_text()) and time.monotonic() < deadline:
             time.sleep(0.05)
-        pid = int(pid_file.read_text())
-        assert alive(pid)
+        assert running(child)
     finally:
         proc.kill()  # SIGKILL: no cleanup code of the worker runs
         proc.wait()
-    assert asyncio.run(until_gone(pid)), "the test run outlived its killed worker"
+    assert asyncio.run(until_gone(child)), "the test run outlived its killed worker"
 
 
 def test_a_workspace_half_made_by_a_killed_worker_is_made_again(tmp_path: Path):
