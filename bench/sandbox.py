@@ -68,8 +68,8 @@ def main() -> None:
     kinds: list[isolation.Choice] = ["none"]
     for kind in ("bubblewrap", "landlock"):
         try:
-            isolation.choose(kind)  # type: ignore[arg-type]
-            kinds.append(kind)  # type: ignore[arg-type]
+            isolation.choose(kind)
+            kinds.append(kind)
         except isolation.SandboxUnavailable as err:
             print(f"{kind}: not measured ({err})")
     with tempfile.TemporaryDirectory() as folder:
