@@ -90,9 +90,10 @@ class Sandbox:
         for name in ETC:
             args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
         args += ["--ro-bind", str(hosts_file()), "/etc/hosts"]  # localhost, not the host's names
+        # /tmp first: what is bound below it (an environment under /tmp) must stay visible.
+        args += ["--proc", "/proc", "--dev", "/dev", "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
         for path in self.readonly:
             args += ["--ro-bind", path, path]
-        args += ["--proc", "/proc", "--dev", "/dev", "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
         for folder in (cwd, *writable):
             args += ["--bind", str(folder), str(folder)]
         git = cwd / ".git"
