@@ -68,6 +68,15 @@ class RolePolicy(BaseModel):
             maximum_attempts=self.max_attempts,
         )
 
+    def activity_options(self) -> dict[str, Any]:
+        """The timeouts and retries of a role activity, as `execute_activity` takes them. The
+        heartbeat timeout notices a worker that dies mid-call in seconds, not at start-to-close."""
+        return {
+            "start_to_close_timeout": timedelta(seconds=self.start_to_close_seconds),
+            "heartbeat_timeout": timedelta(seconds=self.heartbeat_seconds),
+            "retry_policy": self.retry_policy(),
+        }
+
 
 def check_gates(gates: list[BuildState]) -> list[BuildState]:
     """Approval gates are handoff states, each named once."""

@@ -158,16 +158,12 @@ class BuildWorkflow(BuildMessages):
 
     async def _call(self, task: RoleTask) -> RoleResult:
         call = ROLE_CALLS[task.state]
-        policy = self.request.options.policy
         result: RoleResult = await workflow.execute_activity(
             call.name,
             task,
             result_type=call.result,
-            start_to_close_timeout=timedelta(seconds=policy.start_to_close_seconds),
-            # A worker that dies mid-call is noticed in seconds, not at start-to-close.
-            heartbeat_timeout=timedelta(seconds=policy.heartbeat_seconds),
-            retry_policy=policy.retry_policy(),
             summary=f"attempt {task.attempt} ({task.state.value})",  # the UI shows "<role> • "
+            **self.request.options.policy.activity_options(),
         )
         return result
 

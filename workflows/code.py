@@ -33,7 +33,7 @@ class BuildCode:
     async def open(self) -> None:
         """The workspace on the project's branch head: the build's base, recorded. A
         repository git cannot reach is retried as an outage, then fails the build."""
-        request, policy = self.request, self.request.options.policy
+        request = self.request
         task = OpenTask(
             build_id=request.build_id, project_id=request.project_id, project=request.project
         )
@@ -42,10 +42,8 @@ class BuildCode:
                 OPEN_WORKSPACE.name,
                 task,
                 result_type=OPEN_WORKSPACE.result,
-                start_to_close_timeout=timedelta(seconds=policy.start_to_close_seconds),
-                heartbeat_timeout=timedelta(seconds=policy.heartbeat_seconds),
-                retry_policy=policy.retry_policy(),
                 summary=f"open {request.project_id}",
+                **request.options.policy.activity_options(),
             )
         except ActivityError as err:
             if is_cancelled_exception(err):
