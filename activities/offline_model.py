@@ -124,7 +124,8 @@ def _test_source(module: str) -> str:
 
 def _implementation(task: dict[str, Any], sim: set[str]) -> ImplementationOutput:
     """Working code with tests; `simulate` makes it carry a real bug the real checks catch."""
-    module = slug(feature_name(task.get("requirements", "feature")))
+    name = feature_name(task.get("requirements", "feature"))
+    module = slug(name)
     attempt = int(task.get("attempt", 1))
     context = task.get("context", {})
     toggle_bug = Simulation.TESTS_ALWAYS_FAIL in sim or (
@@ -139,7 +140,7 @@ def _implementation(task: dict[str, Any], sim: set[str]) -> ImplementationOutput
         ),
         SourceFile(path=f"tests/test_{module}.py", content=_test_source(module)),
     ]
-    entry = f"- {feature_name(task.get('requirements', 'feature'))}: `{module}.py`"
+    entry = f"- {name}: `{module}.py`"
     written, edits = changelog_edit(entry, context)
     return ImplementationOutput(
         summary=f"Attempt {attempt}: {module}.py with toggle support and 2 tests{fixed}.",

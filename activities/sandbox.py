@@ -122,55 +122,41 @@ async def run_limited(
         home = Path("/tmp")  # the sandbox's own tmpfs
     group = await asyncio.to_thread(cgroups.make, PROCESSES)
     try:
-        return await _run(argv, cwd, limits, home, beat, writable, sandbox, group, started)
+        proc = await asyncio.create_subprocess_exec(
+            *_launched(sandbox.wrap(argv, cwd, writable), limits, group),
+            cwd=cwd,
+            env=scrubbed_env(home),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # its own process group, killed as one
+        )
+        output = asyncio.create_task(proc.communicate())
+        timed_out = False
+        deadline = started + limits.wall_seconds
+        try:
+            while not output.done():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    timed_out = True
+                    _kill_group(proc.pid)
+                    break
+                await asyncio.wait({output}, timeout=min(interval(HEARTBEAT_SECONDS), left))
+                if beat is not None:
+                    beat(f"{argv[0]} running for {time.monotonic() - started:.0f}s")
+        except BaseException:  # the activity was cancelled (or timed out): its run goes with it
+            _kill_group(proc.pid)
+            output.cancel()
+            raise
+        out, _ = await output
+        text = (out or b"").decode(errors="replace")
+        return RunResult(
+            returncode=proc.returncode if proc.returncode is not None else -9,
+            timed_out=timed_out,
+            output=text[-OUTPUT_TAIL_CHARS:],
+            seconds=time.monotonic() - started,
+            sandbox=described(sandbox, limits, group),
+        )
     finally:
         if group is not None:
             await asyncio.to_thread(cgroups.remove, group)  # what is left in it is killed
-
-
-async def _run(
-    argv: list[str],
-    cwd: Path,
-    limits: Limits,
-    home: Path,
-    beat: Callable[[str], None] | None,
-    writable: Sequence[Path],
-    sandbox: isolation.Sandbox,
-    group: Path | None,
-    started: float,
-) -> RunResult:
-    proc = await asyncio.create_subprocess_exec(
-        *_launched(sandbox.wrap(argv, cwd, writable), limits, group),
-        cwd=cwd,
-        env=scrubbed_env(home),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,  # its own process group, killed as one
-    )
-    output = asyncio.create_task(proc.communicate())
-    timed_out = False
-    deadline = started + limits.wall_seconds
-    try:
-        while not output.done():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                timed_out = True
-                _kill_group(proc.pid)
-                break
-            await asyncio.wait({output}, timeout=min(interval(HEARTBEAT_SECONDS), left))
-            if beat is not None:
-                beat(f"{argv[0]} running for {time.monotonic() - started:.0f}s")
-    except BaseException:  # the activity was cancelled (or timed out): its run goes with it
-        _kill_group(proc.pid)
-        output.cancel()
-        raise
-    out, _ = await output
-    text = (out or b"").decode(errors="replace")
-    return RunResult(
-        returncode=proc.returncode if proc.returncode is not None else -9,
-        timed_out=timed_out,
-        output=text[-OUTPUT_TAIL_CHARS:],
-        seconds=time.monotonic() - started,
-        sandbox=described(sandbox, limits, group),
-    )

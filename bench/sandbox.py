@@ -50,7 +50,7 @@ async def measure(repo: Path, runs: int, kinds: list[isolation.Choice]) -> dict[
     limits = Limits(120, 1024)
     for n in range(runs):
         for kind in kinds if n % 2 == 0 else reversed(kinds):  # alternating: neither goes first
-            isolation._current[:] = [isolation.choose(kind)]
+            isolation.use(kind)
             started = time.perf_counter()
             report = await run_command(
                 repo, repo.parent / "runs", f"b{n}", "python -m pytest", limits
