@@ -21,6 +21,20 @@ from workflows.build import BuildWorkflow
 pytestmark = pytest.mark.slow  # starter.py and worker.py as processes of their own
 
 
+async def worker_process(
+    settings: Settings, tmp_path: Path, **env: str
+) -> asyncio.subprocess.Process:
+    """worker.py as a process of its own, its output on one pipe."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "worker.py"),
+        cwd=tmp_path,
+        env={**env_for(settings), **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+
+
 def fresh() -> str:
     """A project of the build's own: a project's registry runs on the task queue that first
     started it, and every test has a task queue of its own."""
@@ -207,14 +221,7 @@ async def test_help_for_every_command(settings: Settings, tmp_path: Path):
 async def test_worker_runs_builds_and_stops_cleanly_on_sigterm(
     client: Client, settings: Settings, tmp_path: Path
 ):
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ROOT / "worker.py"),
-        cwd=tmp_path,
-        env=env_for(settings),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    proc = await worker_process(settings, tmp_path)
     try:
         handle = await start(client, settings, make_request())
         async with asyncio.timeout(60):
@@ -233,14 +240,7 @@ async def test_worker_runs_builds_and_stops_cleanly_on_sigterm(
 async def test_the_worker_refuses_to_start_without_the_sandbox_it_was_told_to_use(
     settings: Settings, tmp_path: Path
 ):
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ROOT / "worker.py"),
-        cwd=tmp_path,
-        env={**env_for(settings), "SANDBOX": "landlock"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    proc = await worker_process(settings, tmp_path, SANDBOX="landlock")
     async with asyncio.timeout(30):
         out, _ = await proc.communicate()
     assert proc.returncode == 1, out

@@ -80,20 +80,33 @@ async def release_queue(client: Client, project: str) -> list[str]:
     return (await get_project(client, project)).release_queue
 
 
+async def three_in_the_queue(
+    client: Client, settings: Settings, tmp_path: Path
+) -> tuple[str, Path, list[tuple[BuildRequest, WorkflowHandle]]]:
+    """Three builds of a new project approved one after another: the first holds the turn
+    while it re-tests (the branch moved under it), the two others wait behind it in order;
+    the project, its remote and the builds."""
+    project, remote = await project_of(client, settings, tmp_path)
+    builds = await at_their_gates(
+        client, settings, project, ["Dark mode", "Audit log", "CSV export"]
+    )
+    (_, first), *rest = builds
+    push_change(remote, {"docs.md": "# Docs\n"}, "docs, pushed meanwhile")
+    await approve(first)  # first to arrive: the branch moved, it re-tests holding the turn
+    await wait_until(first, lambda s: at_gate(s) and s.attempts["testing"] == 2, seconds=60)
+    for _, handle in rest:
+        await approve(handle)
+        await wait_until(handle, queued)
+    return project, remote, builds
+
+
 async def test_releases_go_in_order_of_arrival_and_a_retest_keeps_the_turn(
     client: Client, worker: Settings, tmp_path: Path
 ) -> None:
-    project, remote = await project_of(client, worker, tmp_path)
-    (ra, a), (rb, b), (rc, c) = await at_their_gates(
-        client, worker, project, ["Dark mode", "Audit log", "CSV export"]
+    project, remote, [(ra, a), (rb, b), (rc, c)] = await three_in_the_queue(
+        client, worker, tmp_path
     )
-    push_change(remote, {"docs.md": "# Docs\n"}, "docs, pushed meanwhile")
-    await approve(a)  # first to arrive: it finds the branch moved and re-tests, holding the turn
-    await wait_until(a, lambda s: at_gate(s) and s.attempts["testing"] == 2, seconds=60)
-    await approve(b)
-    await wait_until(b, queued)
-    await approve(c)
-    status = await wait_until(c, queued)
+    status = await status_of(c)
     assert status.waiting_for is not None and f"behind {ra.build_id}, {rb.build_id}" in (
         status.waiting_for
     )
@@ -130,17 +143,7 @@ async def test_releases_go_in_order_of_arrival_and_a_retest_keeps_the_turn(
 async def test_a_build_that_leaves_or_is_gone_frees_the_turn(
     client: Client, worker: Settings, tmp_path: Path
 ) -> None:
-    project, remote = await project_of(client, worker, tmp_path)
-    (rx, x), (ry, y), (_, z) = await at_their_gates(
-        client, worker, project, ["Dark mode", "Audit log", "CSV export"]
-    )
-    push_change(remote, {"docs.md": "# Docs\n"}, "docs, pushed meanwhile")
-    await approve(x)
-    await wait_until(x, lambda s: at_gate(s) and s.attempts["testing"] == 2, seconds=60)
-    await approve(y)
-    await wait_until(y, queued)
-    await approve(z)
-    await wait_until(z, queued)
+    project, remote, [(rx, x), (ry, y), (_, z)] = await three_in_the_queue(client, worker, tmp_path)
 
     # A person aborts a waiting build: it leaves its place.
     await z.execute_update(BuildWorkflow.update_abort, AbortRequest(reason="not this one"))
