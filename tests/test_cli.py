@@ -209,12 +209,17 @@ async def test_start_with_a_worker_does_not_warn(settings: Settings, tmp_path: P
 
 
 async def test_help_for_every_command(settings: Settings, tmp_path: Path):
-    for command in ("start", "status", "events", "retry", "rollback", "approve", "top-up", "abort"):
-        code, out = await run("starter.py", command, "--help", settings=settings, cwd=tmp_path)
+    commands = ("start", "status", "events", "retry", "rollback", "approve", "top-up", "abort")
+    helps = await asyncio.gather(  # at once: each is an interpreter's start-up, mostly waiting
+        *(run("starter.py", c, "--help", settings=settings, cwd=tmp_path) for c in commands),
+        run("worker.py", "--help", settings=settings, cwd=tmp_path),
+        run("api/__main__.py", "--help", settings=settings, cwd=tmp_path),
+    )
+    for command, (code, out) in zip(commands, helps, strict=False):
         assert code == 0 and "Usage" in out, (command, out)
-    code, out = await run("worker.py", "--help", settings=settings, cwd=tmp_path)
+    code, out = helps[-2]
     assert code == 0 and "SIGTERM" in out
-    code, out = await run("api/__main__.py", "--help", settings=settings, cwd=tmp_path)
+    code, out = helps[-1]
     assert code == 0 and "OpenAPI page at /docs" in out and "API_PORT" in out
 
 
