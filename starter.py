@@ -350,6 +350,8 @@ def _print_project(view: ProjectView) -> None:
     head = (view.head or "-")[:12]
     console.print(f"  branch {config.branch} at {head} · delivery {config.delivery}")
     console.print(f"  tests: {config.test_command}")
+    if config.setup_command:
+        console.print(f"  setup: {config.setup_command}")
     if config.smoke_command:
         console.print(f"  smoke: {config.smoke_command}")
 
@@ -363,6 +365,13 @@ def project_add(
     branch: Annotated[str, typer.Option(help="The branch builds start from.")] = "main",
     test_command: Annotated[str, typer.Option(help="The project's tests.")] = "python -m pytest",
     smoke_command: Annotated[str, typer.Option(help="Proves a release works.")] = "",
+    setup_command: Annotated[
+        str,
+        typer.Option(
+            help="Run once per workspace before its tests, e.g. 'pip install -e .' "
+            "(network only with SANDBOX_SETUP_NETWORK=true)."
+        ),
+    ] = "",
     delivery: Annotated[
         DeliveryMode,
         typer.Option(help="merge: into the branch, tagged; branch: pushed for a person."),
@@ -377,6 +386,7 @@ def project_add(
             branch=branch,
             test_command=test_command,
             smoke_command=smoke_command,
+            setup_command=setup_command,
             delivery=delivery.value,
         )
     except ValueError as err:

@@ -63,20 +63,32 @@ class Sandbox:
     version: str = ""
     readonly: tuple[str, ...] = field(default_factory=tuple)  # interpreter, environment
 
-    def describe(self) -> str:
+    def describe(self, network: bool = False) -> str:
         if self.kind == "none":
             return "none: generated code runs as the worker's user, unconfined"
+        reach = "the host's network (allowed for setup)" if network else "no network"
         return (
             f"bubblewrap {self.version}: namespaces (user, pid, net, ipc, uts), read-only "
-            "system, writes only to its run folder, .git read-only, no network"
+            f"system, writes only to its run folder, .git read-only, {reach}"
         )
 
-    def wrap(self, argv: Sequence[str], cwd: Path, writable: Sequence[Path] = ()) -> list[str]:
+    def wrap(
+        self,
+        argv: Sequence[str],
+        cwd: Path,
+        writable: Sequence[Path] = (),
+        readonly: Sequence[Path] = (),
+        network: bool = False,
+    ) -> list[str]:
+        """The command that runs `argv` in `cwd` confined: it writes `cwd` and `writable`
+        only, reads `readonly` besides the system and the interpreter, and reaches the host's
+        network only if `network`."""
         if self.kind == "none":
             return list(argv)
         args = [
             self.binary,
             "--unshare-all",  # user, pid, net, ipc, uts, cgroup: the network is a loopback
+            *(["--share-net"] if network else []),
             "--die-with-parent",
             "--new-session",
             "--cap-drop", "ALL",
@@ -89,10 +101,14 @@ class Sandbox:
                 args += ["--ro-bind", path, path]
         for name in ETC:
             args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-        args += ["--ro-bind", str(hosts_file()), "/etc/hosts"]  # localhost, not the host's names
+        if network:  # the host's names and resolver
+            args += ["--ro-bind-try", "/etc/hosts", "/etc/hosts"]
+            args += ["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
+        else:  # localhost, not the host's names
+            args += ["--ro-bind", str(hosts_file()), "/etc/hosts"]
         # /tmp first: what is bound below it (an environment under /tmp) must stay visible.
         args += ["--proc", "/proc", "--dev", "/dev", "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
-        for path in self.readonly:
+        for path in (*self.readonly, *map(str, readonly)):
             args += ["--ro-bind", path, path]
         for folder in (cwd, *writable):
             args += ["--bind", str(folder), str(folder)]

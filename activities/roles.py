@@ -198,12 +198,18 @@ class RoleActivities:
         ws = self.workspace(task.build_id, task.project)
         commit = await in_thread("checkout", ws.checkout, task.head)
         command = task.project.test_command if task.project else DEFAULT_COMMAND
-        report = await run_tests(ws, task.attempt, self.limits, beat=_beat, command=command)
+        setup = task.project.setup_command if task.project else ""
+        network = self.settings.sandbox_setup_network
+        report = await run_tests(
+            ws, task.attempt, self.limits, _beat, command, setup=setup, network=network
+        )
         measured = task.project is not None and task.base not in (None, commit)
         if not report.passed and measured and is_pytest(command):  # which failures are its own?
             assert task.base is not None
             cache = self.settings.workspaces / ".baselines" / task.project_id
-            base = await baseline(ws, task.base, cache, command, self.limits, beat=_beat)
+            base = await baseline(
+                ws, task.base, cache, command, self.limits, _beat, setup=setup, network=network
+            )
             report = compare(report, base)
         report.commit = commit
         run = report.model_dump(

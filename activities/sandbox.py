@@ -51,13 +51,19 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def scrubbed_env(home: Path) -> dict[str, str]:
+def scrubbed_env(home: Path, venv: Path | None = None) -> dict[str, str]:
+    """The environment of a run: HOME, PATH with the interpreter's folder (a workspace's own
+    virtual environment's first, if it has one), the locale, and nothing else of the worker's."""
     env = {k: v for k, v in os.environ.items() if k in PASSED_THROUGH}
     env.update(HOME=str(home), PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0")
     # Generated tests run with pytest alone, not with whatever plugins the worker's environment
     # holds (they change what a test run means, and loading them cost ~3 s a run).
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    path = [str(Path(sys.executable).parent), env.get("PATH", "")]
+    if venv is not None:
+        env["VIRTUAL_ENV"] = str(venv)
+        path.insert(0, str(venv / "bin"))
+    env["PATH"] = os.pathsep.join(path)
     return env
 
 
@@ -94,10 +100,12 @@ def _launched(argv: list[str], limits: Limits, group: Path | None) -> list[str]:
     ]  # fmt: skip
 
 
-def described(sandbox: isolation.Sandbox, limits: Limits, group: Path | None) -> str:
+def described(
+    sandbox: isolation.Sandbox, limits: Limits, group: Path | None, network: bool = False
+) -> str:
     counted = "a pids cgroup" if group else "rlimit only, which root is exempt from"
     return (
-        f"{sandbox.describe()}; limits {limits.wall_seconds:g} s, {limits.memory_mb} MB, "
+        f"{sandbox.describe(network)}; limits {limits.wall_seconds:g} s, {limits.memory_mb} MB, "
         f"{PROCESSES} processes ({counted}), files up to {FILE_BYTES // 2**20} MB"
     )
 
@@ -110,10 +118,15 @@ async def run_limited(
     home: Path,
     beat: Callable[[str], None] | None = None,
     writable: Sequence[Path] = (),
+    readonly: Sequence[Path] = (),
+    network: bool = False,
+    venv: Path | None = None,
 ) -> RunResult:
-    """Run argv in the process's sandbox, which lets it write `cwd` and `writable` only; kill
-    it at the wall-clock limit. `beat` is called every few seconds while it runs (the activity
-    heartbeats with it)."""
+    """Run argv in the process's sandbox, which lets it write `cwd` and `writable` only and
+    read `readonly` besides the system and the interpreter; kill it at the wall-clock limit.
+    `network` shares the host's network (a setup command a person allowed it); `venv` is a
+    workspace's own environment, first on PATH. `beat` is called every few seconds while it
+    runs (the activity heartbeats with it)."""
     started = time.monotonic()
     sandbox = await asyncio.to_thread(isolation.current)
     if sandbox.kind == "none":
@@ -123,9 +136,9 @@ async def run_limited(
     group = await asyncio.to_thread(cgroups.make, PROCESSES)
     try:
         proc = await asyncio.create_subprocess_exec(
-            *_launched(sandbox.wrap(argv, cwd, writable), limits, group),
+            *_launched(sandbox.wrap(argv, cwd, writable, readonly, network), limits, group),
             cwd=cwd,
-            env=scrubbed_env(home),
+            env=scrubbed_env(home, venv),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -155,7 +168,7 @@ async def run_limited(
             timed_out=timed_out,
             output=text[-OUTPUT_TAIL_CHARS:],
             seconds=time.monotonic() - started,
-            sandbox=described(sandbox, limits, group),
+            sandbox=described(sandbox, limits, group, network),
         )
     finally:
         if group is not None:

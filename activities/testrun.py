@@ -8,13 +8,16 @@ import asyncio
 import hashlib
 import os
 import shlex
+import shutil
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree
 
 from pydantic import BaseModel
 
+from activities import environment
 from activities.sandbox import Limits, run_limited
 from activities.workspace import Workspace
 from core.role_io import TestFailure, TestReport
@@ -43,24 +46,34 @@ def _pytest_args(command: str) -> list[str] | None:
     return None
 
 
-def _argv(repo: Path, runs: Path, junit: Path, command: str) -> list[str]:
+def _argv(repo: Path, runs: Path, junit: Path, command: str, python: str) -> list[str]:
     """What to run: pytest with a JUnit report (and the project's own arguments), or the
-    project's command as it is (`python` is this interpreter)."""
+    project's command as it is (`python` is the run's interpreter)."""
     runs.mkdir(parents=True, exist_ok=True)
     junit.unlink(missing_ok=True)
     extra = _pytest_args(command)
     if extra is None:
         argv = shlex.split(command)
         if argv and argv[0] in ("python", "python3"):
-            argv[0] = sys.executable
+            argv[0] = python
         return argv
-    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
+    argv = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
     if not any((repo / name).exists() for name in PYTEST_CONFIGS):
         # Keep pytest from adopting a configuration found above the workspace.
         empty = runs / "pytest.ini"
         empty.write_text("[pytest]\n")
         argv += ["-c", str(empty), "--rootdir", str(repo)]
     return argv + extra
+
+
+@dataclass(frozen=True)
+class SetupCommand:
+    """A project's setup command, run once per workspace into an environment of its own at
+    `root` before its first test run (activities/environment.py)."""
+
+    command: str
+    root: Path
+    network: bool = False
 
 
 async def run_command(
@@ -70,12 +83,33 @@ async def run_command(
     command: str,
     limits: Limits,
     beat: Callable[[str], None] | None = None,
+    setup: SetupCommand | None = None,
 ) -> TestReport:
-    """Run the test command in `repo`; reports and logs go to `runs` as `<name>.xml|.log`."""
+    """Run the test command in `repo` (after the setup command, if there is one and it has
+    not run yet); reports and logs go to `runs` as `<name>.xml|.log`."""
     junit, log = runs / f"junit-{name}.xml", runs / f"pytest-{name}.log"
-    argv = await asyncio.to_thread(_argv, repo, runs, junit, command)
+    python, venv, ready = sys.executable, None, ""
+    if setup is not None:
+        made = await environment.prepare(
+            repo, setup.root, setup.command, limits=limits, network=setup.network, beat=beat
+        )
+        ready = made.describe()
+        if not made.ok:
+            assert made.run is not None
+            await asyncio.to_thread(runs.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(log.write_text, made.run.output)
+            return _setup_failed(command, made, log)
+        python, venv = str(made.environment.python), setup.root
+    argv = await asyncio.to_thread(_argv, repo, runs, junit, command, python)
     run = await run_limited(
-        argv, cwd=repo, limits=limits, home=runs / "home", beat=beat, writable=[runs]
+        argv,
+        cwd=repo,
+        limits=limits,
+        home=runs / "home",
+        beat=beat,
+        writable=[runs],
+        readonly=[venv] if venv else [],
+        venv=venv,
     )
     await asyncio.to_thread(log.write_text, run.output)
     tests, failures = await asyncio.to_thread(parse_junit, junit)
@@ -116,6 +150,24 @@ async def run_command(
         log=str(log),
         command=command,
         sandbox=run.sandbox,
+        setup=ready,
+    )
+
+
+def _setup_failed(command: str, made: environment.Setup, log: Path) -> TestReport:
+    """The report of a test run that did not start: its setup command failed."""
+    assert made.run is not None
+    what = made.describe()
+    return TestReport(
+        passed=False,
+        summary=f"The setup command failed, so no tests ran: {what}.",
+        tests_run=0,
+        failures=[TestFailure(test=RUN, message=f"setup {what}: {_last(made.run.output)}")],
+        timed_out=made.run.timed_out,
+        log=str(log),
+        command=command,
+        sandbox=made.run.sandbox,
+        setup=what,
     )
 
 
@@ -125,8 +177,14 @@ async def run_tests(
     limits: Limits,
     beat: Callable[[str], None] | None = None,
     command: str = DEFAULT_COMMAND,
+    setup: str = "",
+    network: bool = False,
 ) -> TestReport:
-    return await run_command(ws.repo, ws.runs, f"testing-{attempt}", command, limits, beat)
+    """The test command on the workspace's checked-out commit; a setup command prepares the
+    workspace's environment first (once)."""
+    prepared = SetupCommand(setup, ws.root / "env", network) if setup.strip() else None
+    name = f"testing-{attempt}"
+    return await run_command(ws.repo, ws.runs, name, command, limits, beat, prepared)
 
 
 async def baseline(
@@ -136,24 +194,36 @@ async def baseline(
     command: str,
     limits: Limits,
     beat: Callable[[str], None] | None = None,
+    setup: str = "",
+    network: bool = False,
 ) -> Baseline:
     """The test command's results on `base`, run once per base commit and command (cached in
-    `cache`), in a worktree of its own beside the build's."""
-    key = cache / f"{base}-{hashlib.sha256(command.encode()).hexdigest()[:12]}.json"
+    `cache`), in a worktree of its own beside the build's, with an environment of its own if
+    the project has a setup command (an editable install of the build's tree would test the
+    build's code, not the base's)."""
+    key = cache / f"{base}-{_digest(command, setup)}.json"
     if cached := await asyncio.to_thread(_read, key):
         return cached
     tree = await asyncio.to_thread(ws.add_worktree, base, "baseline")
+    env = tree.with_name(f"{tree.name}-env")
     try:
         name = f"baseline-{base[:12]}"
-        report = await run_command(tree, ws.runs, name, command, limits, beat)
+        prepared = SetupCommand(setup, env, network) if setup.strip() else None
+        report = await run_command(tree, ws.runs, name, command, limits, beat, prepared)
         junit = ws.runs / f"junit-{name}.xml"
         passed = await asyncio.to_thread(passed_tests, junit)
     finally:
         await asyncio.to_thread(ws.drop_worktree, tree)
+        await asyncio.to_thread(shutil.rmtree, env, True)
     result = Baseline(commit=base, report=report, passed=sorted(passed))
     if not report.timed_out:  # a slow machine's timeout says nothing about the base
         await asyncio.to_thread(_write, key, result)
     return result
+
+
+def _digest(command: str, setup: str) -> str:
+    key = command if not setup.strip() else f"{command}\n{setup}"
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def _read(key: Path) -> Baseline | None:
@@ -239,7 +309,11 @@ def _cases(path: Path) -> list[tuple[str, str | None]]:
         if problem is None:
             cases.append((name, None))
         else:
-            message = problem.get("message") or (problem.text or "").strip() or "failed"
+            text = (problem.text or "").strip()
+            message = problem.get("message") or text or "failed"
+            if message == "collection failure":  # pytest's words alone: say why
+                errors = [line[1:].strip() for line in text.splitlines() if line.startswith("E ")]
+                message = f"{message}: {errors[-1] if errors else _last(text, 1)}"
             cases.append((name, message[:MESSAGE_CHARS]))
     return cases
 

@@ -297,6 +297,7 @@ class BuildStatus(BaseModel):
     cost_usd: float = 0.0
     repository: BuildRepository | None = None  # None: a build without a project repository
     sandbox: str | None = None  # how the last test run was confined, and its limits
+    setup: str | None = None  # the project's setup command's run before it (None: no setup)
 
 
 class BuildResult(BaseModel):

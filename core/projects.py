@@ -43,9 +43,12 @@ class ProjectConfig(BaseModel):
     branch: str = "main"
     test_command: str = Field(default="python -m pytest", max_length=2000)
     smoke_command: str = Field(default="", max_length=2000)
-    # Not run yet: a setup command needs a sandbox of its own (network, a virtual environment
-    # of the workspace's). Read so that registrations recorded with it still load.
-    setup_command: str = Field(default="", max_length=2000, exclude=True)
+    setup_command: str = Field(
+        default="",
+        max_length=2000,
+        description="Run once per workspace before its first test run (`sh -c`), into a "
+        "virtual environment of the workspace's own; network only with SANDBOX_SETUP_NETWORK.",
+    )
     delivery: Delivery = "merge"
 
     @field_validator("repository")
@@ -56,13 +59,6 @@ class ProjectConfig(BaseModel):
             raise ValueError("a repository must not start with '-'")
         if not (is_url(value) or value.startswith("/")):
             raise ValueError(f"{value!r}: give an absolute path or a URL git can clone")
-        return value
-
-    @field_validator("setup_command")
-    @classmethod
-    def _no_setup(cls, value: str) -> str:
-        if value.strip():
-            raise ValueError("setup commands are not run yet; leave setup_command empty")
         return value
 
     @field_validator("branch")

@@ -172,6 +172,7 @@ class TestReport(BaseModel):
     regressions: list[str] = Field(default_factory=list)
     baseline: str | None = None  # the base commit and its run's summary (None: no baseline)
     sandbox: str = ""  # how the run was confined (activities/isolation.py), and its limits
+    setup: str = ""  # the project's setup command's run before it ("": the project has none)
 
 
 class VerificationOutcome(BaseModel):

@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     release_queue_check_seconds: float = Field(default=60, gt=0)
     # The sandbox of every run of generated code (activities/isolation.py).
     sandbox: Literal["auto", "bubblewrap", "landlock", "none"] = "auto"
+    # A project's setup command may reach the network (pip install from an index); its test
+    # runs never do.
+    sandbox_setup_network: bool = False
     test_timeout_seconds: float = Field(default=120, gt=0)
     test_memory_mb: int = Field(default=1024, ge=64)
     review_diff_max_chars: int = Field(default=40_000, ge=1000)

@@ -66,6 +66,7 @@ def status(request: BuildRequest, data: BuildData, *, events: int) -> BuildStatu
         cost_usd=cost_of(data),
         repository=repository(data),
         sandbox=data.outputs.get(S.TESTING.value, {}).get("sandbox") or None,
+        setup=data.outputs.get(S.TESTING.value, {}).get("setup") or None,
     )
 
 
@@ -88,6 +89,8 @@ def current_details(status: BuildStatus) -> str:
         lines.append(repository_line(status.repository))
     if status.sandbox:
         lines.append(f"**Sandbox of the last test run:** {status.sandbox}")
+    if status.setup:
+        lines.append(f"**Setup command:** {status.setup}")
     if status.last_error:
         lines.append(f"**Last error:** {status.last_error}")
     return "\n\n".join(lines)

@@ -343,3 +343,31 @@ async def test_pre_existing_failures_do_not_block_and_a_regression_is_named(
     status = await status_of(handle)
     assert "1 regressed: tests.test_guard::test_no_dark_mode" in (status.last_error or "")
     assert "1 failed on the base already" in (status.last_error or "")
+
+
+async def test_a_project_with_a_setup_command_builds_with_what_it_installs(
+    client: Client, worker: Settings, tmp_path: Path
+) -> None:
+    """The project's tests import a package only its setup command installs."""
+    from tests.test_setup import INSTALL, WHEEL, helper_wheel
+
+    project = new_id()
+    files = {"app.py": APP, "tests/test_helper.py": "import helper\n\n\ndef test_it():\n"
+             "    assert helper.answer() == 42\n"}  # fmt: skip
+    remote = make_project(tmp_path, files)
+    seed = tmp_path / "seed"
+    (seed / WHEEL).parent.mkdir(parents=True)
+    (seed / WHEEL).write_bytes(helper_wheel())
+    git(seed, "add", "-A")
+    git(seed, "commit", "-q", "-m", "vendor helper")
+    git(seed, "push", "-q", "origin", "HEAD:refs/heads/main")
+    config = ProjectConfig(repository=str(remote), setup_command=INSTALL)
+    view = await put_project(client, worker, project, config)
+    assert view.config.setup_command == INSTALL
+    handle = await start(client, worker, make_request(project=project))
+    result = await finish(handle)
+    assert result.state is S.COMPLETE and result.release["version"] == "v0.1.0"
+    assert result.loop_backs == 0  # its tests passed at the first run
+    status = await status_of(handle)
+    assert status.setup is not None and status.setup.startswith(f"`{INSTALL}` exited 0")
+    assert f"**Setup command:** {status.setup}" in views.current_details(status)

@@ -176,7 +176,7 @@ def test_git_refusals_carry_gits_reason(tmp_path: Path) -> None:
         ({"repository": "/r.git", "branch": "a..b"}, "not a branch name"),
         ({"repository": "/r.git", "branch": "-x"}, "not a branch name"),
         ({"repository": "/r.git", "delivery": "push"}, "'merge' or 'branch'"),
-        ({"repository": "/r.git", "setup_command": "pip install -e ."}, "not run yet"),
+        ({"repository": "/r.git", "setup_command": "x" * 2001}, "at most 2000 characters"),
     ],
 )
 def test_a_registration_that_cannot_work_is_refused(fields: dict[str, str], problem: str) -> None:

@@ -1,0 +1,134 @@
+"""A workspace's own Python environment, made by the project's setup command.
+
+A project with a `setup_command` (`pip install -e .`, `pip install -r requirements.txt`)
+gets a virtual environment beside its workspace's repository, made once per workspace before
+its first test run: `python -m venv --system-site-packages` of the worker's interpreter, which
+also sees the worker's own packages (pytest, ruff) through a `.pth` file, so a setup command
+adds the project's dependencies to what a test run already has. The setup command runs in the
+sandbox like all generated code, with the repository and this environment its only writable
+places, and with network only where a person allows it (SANDBOX_SETUP_NETWORK). Its test runs
+then use the environment's interpreter, with the environment read-only.
+
+A workspace is a cache, and so is its environment: a missing one is made again, and one made
+for another setup command is replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.util
+import shutil
+import site
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from activities.sandbox import Limits, RunResult, run_limited
+
+DONE = ".qao-setup"  # in the environment: the hash of the setup command that made it
+WORKER_PACKAGES = "_qao_worker_packages.pth"
+VENV_SECONDS = 60
+PIP = """#!{python}
+import sys
+from pip._internal.cli.main import main
+sys.exit(main())
+"""
+
+
+@dataclass(frozen=True)
+class Environment:
+    root: Path
+
+    @property
+    def bin(self) -> Path:
+        return self.root / "bin"
+
+    @property
+    def python(self) -> Path:
+        return self.bin / "python"
+
+    def made_by(self, command: str) -> bool:
+        done = self.root / DONE
+        return done.exists() and done.read_text().strip() == _key(command)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A setup command's run (None `run`: the environment was made by it already)."""
+
+    environment: Environment
+    command: str
+    run: RunResult | None
+
+    @property
+    def ok(self) -> bool:
+        return self.run is None or self.run.ok
+
+    def describe(self) -> str:
+        if self.run is None:
+            return f"`{self.command}` ran for this workspace already"
+        if self.run.timed_out:
+            return f"`{self.command}` was killed at its time limit after {self.run.seconds:.0f}s"
+        return f"`{self.command}` exited {self.run.returncode} in {self.run.seconds:.1f}s"
+
+
+def _key(command: str) -> str:
+    return hashlib.sha256(command.encode()).hexdigest()
+
+
+def create(root: Path) -> Environment:
+    """A fresh virtual environment at `root` that sees the system's and the worker's packages
+    (blocking: call it through a thread)."""
+    shutil.rmtree(root, ignore_errors=True)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(root)],
+        check=True,
+        capture_output=True,
+        timeout=VENV_SECONDS,
+    )
+    env = Environment(root)
+    packages = sorted(root.glob("lib/python*/site-packages"))
+    # After its own packages: what the setup command installs comes first.
+    worker = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    for folder in packages:
+        (folder / WORKER_PACKAGES).write_text("".join(f"{p}\n" for p in worker))
+    if importlib.util.find_spec("pip") is not None:
+        # The worker's pip, installing into this environment (a venv of its own would need
+        # ensurepip, seconds per workspace).
+        pip = env.bin / "pip"
+        pip.write_text(PIP.format(python=env.python))
+        pip.chmod(0o755)
+    return env
+
+
+async def prepare(
+    repo: Path,
+    root: Path,
+    command: str,
+    *,
+    limits: Limits,
+    network: bool,
+    beat: Callable[[str], None] | None = None,
+) -> Setup:
+    """The environment at `root` made by `command` run in `repo`: once (a later call finds it
+    done), and again from scratch when the command changed or its last run failed."""
+    env = Environment(root)
+    if await asyncio.to_thread(env.made_by, command):
+        return Setup(env, command, None)
+    env = await asyncio.to_thread(create, root)
+    run = await run_limited(
+        ["/bin/sh", "-c", command],
+        cwd=repo,
+        limits=limits,
+        home=root / "home",
+        beat=beat,
+        writable=[root],
+        network=network,
+        venv=root,
+    )
+    if run.ok:
+        await asyncio.to_thread((root / DONE).write_text, _key(command))
+    return Setup(env, command, run)
