@@ -11,7 +11,7 @@ import signal
 
 import typer
 
-from activities import isolation
+from activities import cgroups, isolation
 from activities.llm import ModelClient
 from client.worker import build_worker, worker_identity
 from core.exit import exit_now
@@ -36,6 +36,8 @@ def choose_sandbox(settings: Settings) -> None:
         log.warning("SANDBOX=none: generated code runs unconfined, as this worker's user")
     else:
         log.info("sandbox (SANDBOX=%s): %s", settings.sandbox, sandbox.describe())
+    if swept := cgroups.sweep():  # what a killed worker's runs left
+        log.info("removed %d empty run cgroups left by a stopped worker", swept)
 
 
 async def serve(settings: Settings) -> None:

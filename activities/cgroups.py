@@ -16,6 +16,8 @@ from pathlib import Path
 
 ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
 EMPTY_SECONDS = 2.0
+PREFIX = "qao-run-"
+STALE_SECONDS = 600.0  # a group this old is no run's that is starting
 
 
 @functools.cache
@@ -41,7 +43,7 @@ def make(limit: int) -> Path | None:
     base = root()
     if base is None:
         return None
-    group = base / f"qao-run-{uuid.uuid4().hex[:12]}"
+    group = base / f"{PREFIX}{uuid.uuid4().hex[:12]}"
     try:
         group.mkdir()
         (group / "pids.max").write_text(str(limit))
@@ -66,3 +68,23 @@ def remove(group: Path) -> None:
         time.sleep(0.02)
     with contextlib.suppress(OSError):
         group.rmdir()
+
+
+def sweep(older_than: float = STALE_SECONDS) -> int:
+    """Remove the empty run groups a killed worker left (it could not remove its own); the
+    number removed. A group with a process in it is never removed (rmdir refuses), and a new
+    one is left to the worker that is about to join it."""
+    base = root()
+    if base is None:
+        return 0
+    removed = 0
+    now = time.time()
+    for group in base.glob(f"{PREFIX}*"):
+        try:
+            if now - group.stat().st_mtime < older_than:
+                continue
+            group.rmdir()
+            removed += 1
+        except OSError:
+            continue
+    return removed

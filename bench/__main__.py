@@ -7,7 +7,8 @@
 2. Starts a worker process running BuildWorkflow with the real mirror and role activities that
    answer with that build's results, and a bare workflow with as many activities (bench/engine.py).
 3. Measures, with both on the same dev server:
-   - engine overhead: build latency p50/p99 against the bare workflow's (model latency 0);
+   - engine overhead: build latency p50/p99 against the bare workflow's (model latency 0), and
+     against the same build opening no repository (no open_workspace, no release queue);
    - throughput: builds completed per second with 50 in flight, against the bare workflow's;
    - builds in flight: 200 builds at once with a 2 s model latency: the worker's peak RSS and the
      role activities' schedule-to-start p95;
@@ -49,16 +50,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 async def latency(bench: Bench, steps: int) -> list[Row]:
-    log(f"latency: {bench.scale.latency_samples} builds and bare workflows, alternating")
-    ours: list[float] = []
-    bare: list[float] = []
-    for _ in range(bench.scale.latency_samples):
-        started = time.perf_counter()
-        await bench.run_build()
-        ours.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        await bench.run_bare(steps)
-        bare.append(time.perf_counter() - started)
+    n = bench.scale.latency_samples
+    log(f"latency: {n} builds, builds without a repository and bare workflows, alternating")
+    kinds: dict[str, Callable[[], Awaitable[object]]] = {
+        "ours": bench.run_build,
+        "without": bench.run_build_without_repository,
+        "bare": lambda: bench.run_bare(steps),
+    }
+    seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for i in range(n):
+        for kind in kinds if i % 2 == 0 else reversed(kinds):  # none goes first every time
+            started = time.perf_counter()
+            await kinds[kind]()
+            seconds[kind].append(time.perf_counter() - started)
+    ours, without, bare = seconds["ours"], seconds["without"], seconds["bare"]
     rows = []
     for p, limit in ((50, 1.25), (99, 1.5)):
         a, b = percentile(ours, p), percentile(bare, p)
@@ -70,6 +75,18 @@ async def latency(bench: Bench, steps: int) -> list[Row]:
                 f"{a / b:.2f}",
                 f"ratio <= {limit}",
                 a / b <= limit,
+            )
+        )
+    for p in (50, 99):  # what the project's repository adds: open_workspace, release queue
+        a, b = percentile(ours, p), percentile(without, p)
+        rows.append(
+            Row(
+                f"build latency p{p}, against no repository",
+                ms(a),
+                ms(b),
+                f"{a / b:.2f}",
+                "-",
+                None,
             )
         )
     return rows

@@ -6,6 +6,8 @@
   engine's cost without the roles' work (no test subprocess).
 - BareWorkflow (bench/bare.py), the baseline: the same number of activities in a row, returning
   payloads of the same size, and nothing else.
+- BuildWithoutRepository (bench/variants.py): BuildWorkflow opening no repository, the
+  baseline of what a project's repository costs the engine.
 
     python -m bench.engine --recording FILE [--latency 2] (a worker; settings from the env)
 """
@@ -29,6 +31,7 @@ from temporalio.worker import Worker
 from activities.mirror import MirrorActivities
 from activities.projects import registry
 from bench.bare import BareWorkflow, bare_step
+from bench.variants import BuildWithoutRepository
 from core.contracts import OPEN_WORKSPACE, ROLE_CALLS
 from core.exit import exit_now
 from core.models import MirrorBatch
@@ -107,7 +110,7 @@ def main(
         builds = Worker(
             client,
             task_queue=settings.temporal_task_queue,
-            workflows=[BuildWorkflow, ProjectWorkflow],
+            workflows=[BuildWorkflow, BuildWithoutRepository, ProjectWorkflow],
             activities=[
                 *recorded_activities(entries, latency, mirror),
                 mirror.mirror_build,

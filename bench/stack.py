@@ -18,6 +18,7 @@ from activities.llm import ModelClient
 from bench.bare import BareWorkflow
 from bench.engine import BARE_QUEUE_SUFFIX, record
 from bench.figures import log
+from bench.variants import WITHOUT_REPOSITORY
 from client.builds import start_build
 from client.worker import build_worker
 from core.models import BuildOptions, BuildRequest
@@ -162,6 +163,15 @@ class Bench:
         handle = await start_build(self.client, self.settings, self.request())
         await handle.result()
         return handle
+
+    async def run_build_without_repository(self) -> None:
+        request = self.request()
+        await self.client.execute_workflow(
+            WITHOUT_REPOSITORY,
+            request,
+            id=request.workflow_id,
+            task_queue=self.settings.temporal_task_queue,
+        )
 
     async def run_bare(self, steps: int, upsert: bool = False) -> None:
         await self.client.execute_workflow(

@@ -77,6 +77,13 @@ def test_connect_to_a_listener_on_the_host_loopback():
         conn.sendall(TARGETS["secret"].encode())
 
 
+def test_connect_to_a_unix_socket_outside():
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.settimeout(2)
+        conn.connect(TARGETS["unix_socket"])
+        conn.sendall(TARGETS["secret"].encode())
+
+
 def test_connect_to_the_temporal_server():
     host, port = TARGETS["temporal"].rsplit(":", 1)
     socket.create_connection((host, int(port)), timeout=2).close()

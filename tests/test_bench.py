@@ -39,6 +39,8 @@ def test_engine_bench_runs_and_prints_every_measure():
     for measure in (
         "| build latency p50 |",
         "| build latency p99 |",
+        "| build latency p50, against no repository |",
+        "| build latency p99, against no repository |",
         "| throughput, 3 in flight |",
         "| reference: bare + 1 search-attribute upsert per step |",
         "| 6 builds at once complete | 6/6",
@@ -74,3 +76,4 @@ def test_sandbox_bench_runs_and_prints_each_sandbox_beside_none():
     )
     assert done.returncode == 0, done.stderr
     assert "| none |" in done.stdout and "| bubblewrap |" in done.stdout
+    assert "| landlock |" in done.stdout

@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
+from activities import isolation
 from activities.gitcmd import git
 from client.projects import (
     ProjectNotFound,
@@ -112,7 +113,7 @@ async def test_a_build_of_an_existing_project_keeps_its_code_and_lands_tagged(
     assert opened and opened[0].data["base"] == base
     # The test run's sandbox, in its call's event, the status and the Web UI's details.
     [tested] = [e for e in events if e.event_type is EventType.ROLE_CALL and e.state is S.TESTING]
-    assert tested.data["sandbox"].startswith("bubblewrap")
+    assert tested.data["sandbox"].startswith(isolation.current().kind)  # SANDBOX=auto: bubblewrap
     status = await status_of(handle)
     assert status.sandbox == tested.data["sandbox"]
     assert f"**Sandbox of the last test run:** {status.sandbox}" in views.current_details(status)

@@ -45,6 +45,7 @@ FILL_MB = 320  # over its /tmp of 256 MB
 
 @dataclass
 class Outcome:
+    kind: str
     report: TestReport
     got_out: set[str]  # the attempts that passed: the holes
     received: bytes  # what the host's listener was sent
@@ -54,11 +55,17 @@ class Outcome:
 
 
 class Listener:
-    """A TCP listener on the host's loopback that keeps what it is sent."""
+    """A listener of the host's (TCP on its loopback, or a unix socket at `path`) that keeps
+    what it is sent."""
 
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
+    def __init__(self, path: Path | None = None) -> None:
+        if path is None:
+            self.sock = socket.create_server(("127.0.0.1", 0))
+            self.port = self.sock.getsockname()[1]
+        else:  # a database server's socket, say: outside every workspace
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.bind(str(path))
+            self.sock.listen()
         self.received = b""
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -111,7 +118,7 @@ async def hostile_run(
     home_file = Path.home() / f".qao-hostile-{uuid.uuid4().hex[:8]}"
     outside_system = Path("/var/tmp") / f"qao-escaped-{uuid.uuid4().hex[:8]}"
     home_file.write_text(secret)
-    listener = Listener()
+    listener, unix = Listener(), Listener(root / "host.sock")
     targets = {
         "worker_pid": pid,
         "secret": secret,
@@ -122,20 +129,19 @@ async def hostile_run(
         "outside": str(root / "escaped.txt"),
         "outside_system": str(outside_system),
         "listener_port": listener.port,
+        "unix_socket": str(root / "host.sock"),
         "temporal": temporal,
         "daemon_marker": str(repo / "daemon.log"),
         "forks": FORKS,
         "fill_mb": FILL_MB,
     }
     (repo / "targets.json").write_text(json.dumps(targets))
-    chosen = isolation._current[:]
-    isolation._current[:] = [isolation.choose(kind)]
     try:
-        report = await run_command(
-            repo, repo.parent / "runs", "hostile", "python -m pytest", Limits(90, 2048)
-        )
+        with isolation.using(kind):
+            report = await run_command(
+                repo, repo.parent / "runs", "hostile", "python -m pytest", Limits(90, 2048)
+            )
     finally:
-        isolation._current[:] = chosen
         home_file.unlink()
         escaped = outside_system.exists()
         outside_system.unlink(missing_ok=True)
@@ -144,24 +150,33 @@ async def hostile_run(
     await asyncio.sleep(0.6)
     after = marker.stat().st_size if marker.exists() else 0
     listener.close()
+    unix.close()
     junit = Path(report.junit or repo.parent / "runs" / "junit-hostile.xml")
     passed = {name.rsplit("::", 1)[-1] for name in passed_tests(junit)}
     return Outcome(
+        kind=kind,
         report=report,
         got_out=passed & set(ATTEMPTS),
-        received=listener.received,
+        received=listener.received + unix.received,
         outside_written=escaped or (root / "escaped.txt").exists(),
         git_hook_written=(repo / ".git" / "hooks" / "post-checkout").exists(),
         daemon_alive=after > before,
     )
 
 
-@pytest.fixture(scope="module")
+CONFINED = ("bubblewrap", "landlock")  # every sandbox that works here
+
+
+@pytest.fixture(scope="module", params=CONFINED)
 async def sandboxed(
-    tmp_path_factory: pytest.TempPathFactory, secret_holder: tuple[int, str], temporal_address: str
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    secret_holder: tuple[int, str],
+    temporal_address: str,
 ) -> AsyncIterator[Outcome]:
-    root = tmp_path_factory.mktemp("hostile-bubblewrap")
-    yield await hostile_run("bubblewrap", root, secret_holder, temporal_address)
+    kind = request.param
+    root = tmp_path_factory.mktemp(f"hostile-{kind}")
+    yield await hostile_run(kind, root, secret_holder, temporal_address)
 
 
 @pytest.fixture(scope="module")
@@ -173,22 +188,23 @@ async def unconfined(
 
 
 @pytest.mark.parametrize("attempt", ATTEMPTS)
-def test_every_way_out_fails_in_bubblewrap(sandboxed: Outcome, attempt: str) -> None:
+def test_every_way_out_fails(sandboxed: Outcome, attempt: str) -> None:
     assert attempt not in sandboxed.got_out, f"hole: {attempt} got out of the sandbox"
 
 
-def test_in_bubblewrap_the_builds_own_test_runs_and_nothing_leaks(sandboxed: Outcome) -> None:
+def test_the_builds_own_test_runs_and_nothing_leaks(sandboxed: Outcome) -> None:
     report = sandboxed.report
     assert report.tests_run == len(ATTEMPTS) + 2
     assert "test_the_feature_works" not in {f.test.rsplit("::", 1)[-1] for f in report.failures}
-    assert report.sandbox.startswith("bubblewrap")
+    assert report.sandbox.startswith(sandboxed.kind)
     assert "256 processes (a pids cgroup)" in report.sandbox
     assert sandboxed.received == b""
     assert not sandboxed.outside_written and not sandboxed.git_hook_written
 
 
-def test_in_bubblewrap_no_daemon_outlives_the_run(sandboxed: Outcome) -> None:
-    assert not sandboxed.daemon_alive  # the run's PID namespace took it along
+def test_no_daemon_outlives_the_run(sandboxed: Outcome) -> None:
+    # bubblewrap: the run's PID namespace takes it along; landlock: the subreaper kills it.
+    assert not sandboxed.daemon_alive
 
 
 def test_without_a_sandbox_the_same_suite_gets_out(unconfined: Outcome) -> None:
@@ -200,3 +216,53 @@ def test_without_a_sandbox_the_same_suite_gets_out(unconfined: Outcome) -> None:
     assert unconfined.received and unconfined.outside_written and unconfined.git_hook_written
     assert unconfined.daemon_alive is not grouped
     assert unconfined.report.sandbox.startswith("none")
+
+
+def test_the_worker_sweeps_empty_run_groups_a_killed_worker_left() -> None:
+    if cgroups.root() is None:
+        pytest.skip("no pids cgroup can be made here")
+    left, busy = cgroups.make(8), cgroups.make(8)
+    assert left is not None and busy is not None
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (busy / "cgroup.procs").write_text(str(holder.pid))
+        cgroups.sweep()
+        assert left.exists()  # a new group may be a run's that is about to join it
+        cgroups.sweep(older_than=0)
+        assert not left.exists()
+        assert busy.exists()  # a process in it: never removed
+    finally:
+        holder.kill()
+        holder.wait()
+        cgroups.remove(busy)
+    assert not busy.exists()
+
+
+async def test_landlock_writes_the_repositorys_entries_but_not_git_nor_its_top_level(
+    tmp_path: Path,
+) -> None:
+    """Landlock's rights only add up beneath a folder: `.git` stays read-only because the
+    write right goes to each of the repository's other entries, not to the repository."""
+    repo = tmp_path / "repo"
+    (repo / "tests").mkdir(parents=True)
+    git(None, "init", "-q", str(repo))
+    (repo / "tests" / "test_writes.py").write_text(
+        "from pathlib import Path\n"
+        "import pytest\n\n\n"
+        "def test_a_file_in_an_existing_folder():\n"
+        "    Path('tests/out.txt').write_text('ok')\n\n\n"
+        "def test_a_new_top_level_file_is_refused():\n"
+        "    with pytest.raises(PermissionError):\n"
+        "        Path('new.txt').write_text('no')\n\n\n"
+        "def test_its_git_is_read_only():\n"
+        "    with pytest.raises(PermissionError):\n"
+        "        Path('.git/config').write_text('[core]\\n\\tfsmonitor = evil\\n')\n"
+    )
+    with isolation.using("landlock"):
+        report = await run_command(
+            repo, tmp_path / "runs", "w", "python -m pytest", Limits(60, 1024)
+        )
+    assert report.passed and report.tests_run == 3, report.failures
+    assert (repo / "tests" / "out.txt").read_text() == "ok" and not (repo / "new.txt").exists()
+    rules = isolation.landlock_rules((), repo, [tmp_path / "runs"], [], False)
+    assert str(repo / ".git") not in rules["write"] and str(repo) in rules["read"]  # type: ignore[operator]
