@@ -3,6 +3,7 @@ comparison with the build's base that keeps only the problems the build introduc
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sys
 from pathlib import Path
@@ -15,10 +16,17 @@ OUTPUT_CHARS = 1500
 
 
 async def static_checks(repo: Path, home: Path, limits: Limits) -> dict[str, str]:
-    """Byte-compile and `ruff check` of `repo`: per check, "ok" or the problems."""
+    """Byte-compile and `ruff check` of `repo`: per check, "ok" or the problems. The byte code
+    goes to a folder beside the run (`-X pycache_prefix`), not into the repository."""
     checks: dict[str, str] = {}
+    byte_code = home.parent / "pycache"
+    await asyncio.to_thread(byte_code.mkdir, parents=True, exist_ok=True)
     compiled = await run_limited(
-        [sys.executable, "-m", "compileall", "-q", "."], cwd=repo, limits=limits, home=home
+        [sys.executable, "-X", f"pycache_prefix={byte_code}", "-m", "compileall", "-q", "."],
+        cwd=repo,
+        limits=limits,
+        home=home,
+        writable=[byte_code],
     )
     checks["byte-compile"] = "ok" if compiled.ok else _tail(compiled.output)
     ruff = Path(sys.executable).parent / "ruff"

@@ -2,9 +2,11 @@
 activities/isolation.py, for machines where bubblewrap cannot make namespaces (some
 container runtimes refuse user namespaces). A script the launcher runs, stdlib only:
 
-    python confine.py '<rules as JSON>' command...
+    python -S confine.py [read=PATH | write=PATH | file-r=PATH | file-rw=PATH | network]... \
+        -- command...
 
-rules: {"read": [paths], "write": [paths], "files": {path: "r"|"rw"}, "network": false}
+(Plain arguments, not JSON, and only light modules: this runs before every command, and its
+start-up is the sandbox's cost.)
 
 - Landlock (Linux 5.13+; the rights the kernel's ABI knows): the run reads and executes only
   beneath `read` and `write`, writes only beneath `write` (and the `files` marked rw), and
@@ -25,13 +27,10 @@ rules: {"read": [paths], "write": [paths], "files": {path: "r"|"rw"}, "network":
 
 from __future__ import annotations
 
-import contextlib
+import _signal  # type: ignore[import-not-found]  # signal without its enums: ms less a run
 import ctypes
 import errno
-import json
 import os
-import platform
-import signal
 import sys
 import time
 
@@ -165,7 +164,7 @@ def landlock(rules: dict[str, object], version: int) -> None:
 def socket_filter() -> list[tuple[int, int, int, int]]:
     """The seccomp program: socket() and io_uring_setup() refused with EACCES, a foreign ABI's
     syscalls with ENOSYS, everything else allowed."""
-    machine = platform.machine()
+    machine = os.uname().machine
     if machine not in ARCHES:
         raise OSError(errno.ENOSYS, f"no seccomp filter for {machine}")
     arch, socket, io_uring_setup = ARCHES[machine]
@@ -218,34 +217,65 @@ def children() -> list[int]:
 
 def reap_all() -> None:
     """Kill and reap every process left beneath this one, until none is (one forked after a
-    look is found by the next)."""
+    look is found by the next). Without leftovers, nothing is looked for."""
     while True:
-        for pid in children():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
         try:
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
         except ChildProcessError:
             return
+        for pid in children():
+            try:  # noqa: SIM105 (contextlib costs this script milliseconds)
+                os.kill(pid, _signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         time.sleep(REAP_PAUSE_SECONDS)
 
 
+def parse(args: list[str]) -> tuple[dict[str, object], list[str]]:
+    """The rules and the command of this script's arguments."""
+    end = args.index("--")
+    read: list[str] = []
+    write: list[str] = []
+    files: dict[str, str] = {}
+    rules: dict[str, object] = {"read": read, "write": write, "files": files, "network": False}
+    for arg in args[:end]:
+        kind, _, path = arg.partition("=")
+        if kind == "read":
+            read.append(path)
+        elif kind == "write":
+            write.append(path)
+        elif kind in ("file-r", "file-rw"):
+            files[path] = kind.removeprefix("file-")
+        elif kind == "network":
+            rules["network"] = True
+        else:
+            raise SystemExit(f"confine: unknown rule {arg!r}")
+    return rules, args[end + 1 :]
+
+
+def arguments(rules: dict[str, object]) -> list[str]:
+    """The arguments that give this script `rules` (isolation.py builds them)."""
+    args = [f"read={p}" for p in rules["read"]]  # type: ignore[attr-defined]
+    args += [f"write={p}" for p in rules["write"]]  # type: ignore[attr-defined]
+    args += [f"file-{m}={p}" for p, m in rules["files"].items()]  # type: ignore[attr-defined]
+    return [*args, *(["network"] if rules["network"] else []), "--"]
+
+
 def main(argv: list[str]) -> int:
-    rules = json.loads(argv[1])
-    command = argv[2:]
+    rules, command = parse(argv[1:])
     _prctl(PR_SET_CHILD_SUBREAPER, 1, "subreaper")
     child = os.fork()
     if child == 0:
         try:
-            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, "pdeathsig")
+            _prctl(PR_SET_PDEATHSIG, _signal.SIGKILL, "pdeathsig")
             confine(rules)
             os.execvp(command[0], command)
         except OSError as err:
             os.write(2, f"confine: {err}\n".encode())
         os._exit(EXIT_CONFINE_FAILED)
-    for forwarded in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(forwarded, lambda number, _: os.kill(child, number))
+    for forwarded in (_signal.SIGTERM, _signal.SIGINT):
+        _signal.signal(forwarded, lambda number, _: os.kill(child, number))
     _, status = os.waitpid(child, 0)
     reap_all()
     code = os.waitstatus_to_exitcode(status)

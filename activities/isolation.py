@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import shutil
 import subprocess
@@ -37,6 +36,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from activities import confine
 
 Kind = Literal["bubblewrap", "landlock", "none"]
 Choice = Literal["auto", "bubblewrap", "landlock", "none"]
@@ -113,7 +114,7 @@ class Sandbox:
             return list(argv)
         if self.kind == "landlock":
             rules = landlock_rules(self.readonly, cwd, writable, readonly, network)
-            return [sys.executable, str(CONFINE), json.dumps(rules), *argv]
+            return [sys.executable, "-S", str(CONFINE), *confine.arguments(rules), *argv]
         args = [
             self.binary,
             "--unshare-all",  # user, pid, net, ipc, uts, cgroup: the network is a loopback
@@ -225,8 +226,6 @@ def bubblewrap() -> Sandbox:
 
 def landlock() -> Sandbox:
     """Landlock and seccomp, if they confine a command here; SandboxUnavailable if not."""
-    from activities import confine
-
     try:
         version = confine.abi()
     except OSError as err:

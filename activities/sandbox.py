@@ -59,8 +59,6 @@ def scrubbed_env(
     of the worker's."""
     env = {k: v for k, v in os.environ.items() if k in PASSED_THROUGH}
     env.update(HOME=str(home), PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0")
-    # Byte code that is written (compileall's) goes beside the run, not into the repository.
-    env["PYTHONPYCACHEPREFIX"] = str(home / ".pycache")
     if temporary is not None:
         env["TMPDIR"] = str(temporary)
     # Generated tests run with pytest alone, not with whatever plugins the worker's environment
@@ -92,7 +90,13 @@ resource.setrlimit(resource.RLIMIT_NPROC, (procs, procs))
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 if sys.platform == "linux":
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)
-os.execvp(sys.argv[6], sys.argv[6:])
+command = sys.argv[6:]
+if command[1:2] == ["-S"] and command[2:3] and command[2].endswith(os.sep + "confine.py"):
+    # landlock: confine.py's main in this process (one interpreter start less a run)
+    sys.path.insert(0, os.path.dirname(command[2]))
+    import confine
+    sys.exit(confine.main(command[2:]))
+os.execvp(command[0], command)
 """
 FILE_BYTES = 256 * 1024 * 1024  # the largest file a run may write
 PROCESSES = 256  # processes of a sandboxed run at once (a fork bomb stops here)
@@ -101,7 +105,7 @@ PROCESSES = 256  # processes of a sandboxed run at once (a fork bomb stops here)
 def _launched(argv: list[str], limits: Limits, group: Path | None) -> list[str]:
     memory = limits.memory_mb * 1024 * 1024
     return [
-        sys.executable, "-c", LAUNCHER,
+        sys.executable, "-S", "-c", LAUNCHER,  # -S: the standard library is all it needs
         str(limits.cpu_seconds), str(memory), str(FILE_BYTES), str(PROCESSES),
         str(group or ""), *argv,
     ]  # fmt: skip
