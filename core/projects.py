@@ -130,6 +130,8 @@ class QueueJoin(BaseModel):
 
 class QueuePlace(BaseModel):
     ahead: list[str]  # the builds before this one, the turn's holder first
+    # First in the queue: the turn is the build's with this answer (no release_turn signal).
+    granted: bool = False
 
 
 class ReleaseTurn(BaseModel):

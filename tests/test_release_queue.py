@@ -80,6 +80,17 @@ async def release_queue(client: Client, project: str) -> list[str]:
     return (await get_project(client, project)).release_queue
 
 
+async def turn_signals(handle: WorkflowHandle) -> int:
+    """How many release_turn signals the build's history holds."""
+    history = await handle.fetch_history()
+    return sum(
+        1
+        for event in history.events
+        if event.HasField("workflow_execution_signaled_event_attributes")
+        and event.workflow_execution_signaled_event_attributes.signal_name == "release_turn"
+    )
+
+
 async def three_in_the_queue(
     client: Client, settings: Settings, tmp_path: Path
 ) -> tuple[str, Path, list[tuple[BuildRequest, WorkflowHandle]]]:
@@ -135,9 +146,11 @@ async def test_releases_go_in_order_of_arrival_and_a_retest_keeps_the_turn(
     events = await c.query(BuildWorkflow.event_log)
     [turn] = [e for e in events if e.event_type is EventType.RELEASE_TURN]
     assert turn.data["waited_seconds"] > 0
+    # a found the queue empty: its turn came with the registry's answer, not by a signal.
+    assert await turn_signals(a) == 0 and await turn_signals(c) >= 1
     await save_history(c, "release_queue_waited_its_turn")
     registry = client.get_workflow_handle(project_workflow_id(project))
-    await save_history(registry, "release_queue_of_three", REGISTRY_HISTORIES)
+    await save_history(registry, "release_queue_of_three_granted_at_enqueue", REGISTRY_HISTORIES)
 
 
 async def test_a_build_that_leaves_or_is_gone_frees_the_turn(

@@ -7,7 +7,8 @@ on each other. The registration is also kept in the workflow's memo, so clients 
 Temporal without waiting for a worker (a build can be started while none runs).
 
 It also holds the project's release queue. A build ready to deliver joins (`enqueue`), in
-order of arrival; the registry signals the first one (`release_turn`), which keeps the turn
+order of arrival. One that finds nobody ahead holds the turn with the update's answer; one
+behind others is signalled (`release_turn`) when its turn comes. The holder keeps the turn
 while it re-tests a moved base or resolves a conflict, and `leave`s when it has landed, ended
 or been sent back by a person. While others wait, the holder is signalled again every
 `check_seconds`: a build that is gone (terminated) cannot take the signal and is dropped.
@@ -43,6 +44,8 @@ with workflow.unsafe.imports_passed_through():
 GIT_TIMEOUT = timedelta(seconds=120)
 CHECK_RETRY = RetryPolicy(maximum_attempts=1)  # a person waits for the answer
 CREATE_RETRY = RetryPolicy(maximum_attempts=5)
+# A build that joins an empty queue holds the turn with the enqueue update's answer.
+GRANT_ON_ENQUEUE_PATCH = "grant-on-enqueue"
 
 
 @workflow.defn(name=PROJECT_WORKFLOW)
@@ -122,7 +125,10 @@ class ProjectWorkflow:
             self.queue.append(join)
             self._publish()
         place = next(i for i, e in enumerate(self.queue) if e.workflow_id == join.workflow_id)
-        return QueuePlace(ahead=[e.build_id for e in self.queue[:place]])
+        granted = place == 0 and workflow.patched(GRANT_ON_ENQUEUE_PATCH)
+        if granted:  # nobody ahead: the answer is the grant, a signal round trip less
+            self.granted = self.queue[0]
+        return QueuePlace(ahead=[e.build_id for e in self.queue[:place]], granted=granted)
 
     @workflow.signal
     def leave(self, leave: QueueLeave) -> None:

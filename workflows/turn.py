@@ -1,10 +1,11 @@
 """A build's turn to deliver into its project: the project's release queue (workflows/
 project.py) as the build sees it. A composed part of BuildWorkflow.
 
-The build joins when it reaches DEPLOYMENT and waits until the registry signals that its
-ticket holds the turn. It keeps the turn while it re-tests a merged base or resolves a
-conflict (so a busy project cannot starve it), and leaves when it has delivered, ended, or
-paused for a person; a later DEPLOYMENT joins again with a new ticket.
+The build joins when it reaches DEPLOYMENT. With nobody ahead, the registry's answer gives it
+the turn; otherwise it waits until the registry signals that its ticket holds the turn. It
+keeps the turn while it re-tests a merged base or resolves a conflict (so a busy project
+cannot starve it), and leaves when it has delivered, ended, or paused for a person; a later
+DEPLOYMENT joins again with a new ticket.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class BuildTurn:
             summary=f"join {self.request.project_id}'s release queue",
         )
         data.turn_ahead = place.ahead
+        if place.granted and data.turn == "waiting":  # nobody ahead: the answer is the grant
+            data.turn = "holding"
         self.records.emit(
             EventType.RELEASE_QUEUED, "system", ahead=place.ahead, ticket=data.turn_ticket
         )
