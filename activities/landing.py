@@ -30,10 +30,12 @@ async def land(
     bump: Bump,
     smoke_command: str,
     staging: Path,
+    venv: Path | None = None,
 ) -> ReleaseOutcome:
     """Land `head` on the project's branch with its version tag and make it the current
     release; or an outcome that says why not (the branch moved: re-test; a conflict; a
-    failed smoke check, before anything was pushed)."""
+    failed smoke check, before anything was pushed). The smoke check runs with `venv`, the
+    environment the project's setup command made, if there is one."""
     for _ in range(delivery.PUSH_ATTEMPTS):
         landing = await in_thread("fetch the project", delivery.survey, ws, head, bump)
         if landing.kind in ("moved", "conflict"):
@@ -41,7 +43,7 @@ async def land(
         version = landing.version or f"build-{ws.build_branch().removeprefix('build/')}"
         await in_thread("export", fresh_export, ws, head, staging)
         release = await in_thread("stage", releases.stage, project_id, version, staging)
-        smoke = await releases.verify(release, smoke_command, SMOKE_LIMITS)
+        smoke = await releases.verify(release, smoke_command, SMOKE_LIMITS, venv)
         ran = f"`{smoke_command or 'import every module'}` exited {smoke.returncode}"
         if not smoke.ok:  # nothing was pushed, nothing switched
             await in_thread("discard", shutil.rmtree, release.path)

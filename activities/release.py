@@ -37,8 +37,11 @@ class ReleaseTarget(Protocol):
         """Publish the files as `version` and make it current."""
         ...
 
-    async def verify(self, release: Release, command: str, limits: Limits) -> RunResult:
-        """Prove the release works (the smoke check)."""
+    async def verify(
+        self, release: Release, command: str, limits: Limits, venv: Path | None = None
+    ) -> RunResult:
+        """Prove the release works (the smoke check), with the project's environment if its
+        setup command made one (`venv`)."""
         ...
 
     def restore(self, project_id: str, version: str | None) -> str | None:
@@ -98,12 +101,19 @@ class LocalReleases:
         self._switch(release.project_id, release.version)
         return Release(release.project_id, release.version, target, previous)
 
-    async def verify(self, release: Release, command: str, limits: Limits) -> RunResult:
+    async def verify(
+        self, release: Release, command: str, limits: Limits, venv: Path | None = None
+    ) -> RunResult:
         argv = shlex.split(command) if command.strip() else _import_all(release.path)
         if argv and argv[0] in ("python", "python3"):
-            argv[0] = sys.executable
+            argv[0] = str(venv / "bin" / "python") if venv else sys.executable
         return await run_limited(
-            argv, cwd=release.path, limits=limits, home=release.path.parent / ".smoke-home"
+            argv,
+            cwd=release.path,
+            limits=limits,
+            home=release.path.parent / ".smoke-home",
+            readonly=[venv] if venv else [],
+            venv=venv,
         )
 
     def restore(self, project_id: str, version: str | None) -> str | None:

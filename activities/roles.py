@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import delivery, landing, repomap
+from activities import delivery, environment, landing, repomap
 from activities.beat import in_thread
 from activities.checks import introduced_since, static_checks
 from activities.gitcmd import GitError, create_bare
@@ -316,7 +316,7 @@ class RoleActivities:
         staging = ws.runs / f"release-{task.attempt}"
         outcome = await landing.land(
             ws, self.releases, task.project_id, head, task.bump,
-            project.smoke_command or str(planned), staging,
+            project.smoke_command or str(planned), staging, await self._environment(ws, project),
         )  # fmt: skip
         if not outcome.released:
             return ReleaseResult(output=outcome, usage=self._no_call(task))
@@ -324,6 +324,17 @@ class RoleActivities:
         notes, usage = await self.llm.structured(asked, ReleaseNotes)
         outcome.summary, outcome.notes = notes.summary, notes.notes
         return ReleaseResult(output=outcome, usage=usage)
+
+    async def _environment(self, ws: Workspace, project: ProjectConfig) -> Path | None:
+        """The environment the project's setup command made for this workspace (made again
+        if the workspace was rebuilt here), for the smoke check; None without a setup."""
+        if not project.setup_command.strip():
+            return None
+        made = await environment.prepare(
+            ws.repo, ws.env, project.setup_command, limits=self.limits,
+            network=self.settings.sandbox_setup_network, beat=_beat,
+        )  # fmt: skip
+        return made.environment.root if made.ok else None
 
     async def _push_branch(self, task: RoleTask, ws: Workspace, head: str) -> ReleaseResult:
         """`branch` delivery: the build's branch in the project's repository, for a person."""

@@ -182,7 +182,7 @@ async def run_tests(
 ) -> TestReport:
     """The test command on the workspace's checked-out commit; a setup command prepares the
     workspace's environment first (once)."""
-    prepared = SetupCommand(setup, ws.root / "env", network) if setup.strip() else None
+    prepared = SetupCommand(setup, ws.env, network) if setup.strip() else None
     name = f"testing-{attempt}"
     return await run_command(ws.repo, ws.runs, name, command, limits, beat, prepared)
 

@@ -76,6 +76,7 @@ class Workspace:
         self.remote = remote
         self.repo = root / "repo"
         self.runs = root / "runs"  # test reports and logs: beside the repository, not in it
+        self.env = root / "env"  # the setup command's virtual environment (environment.py)
 
     def git(self, *args: str, repo: Path | None = None) -> str:
         return git(repo or self.repo, *args)

@@ -362,7 +362,9 @@ async def test_a_project_with_a_setup_command_builds_with_what_it_installs(
     git(seed, "add", "-A")
     git(seed, "commit", "-q", "-m", "vendor helper")
     git(seed, "push", "-q", "origin", "HEAD:refs/heads/main")
-    config = ProjectConfig(repository=str(remote), setup_command=INSTALL)
+    # The smoke check needs the installed package too: it runs with the same environment.
+    smoke = "python -c 'import helper; assert helper.answer() == 42'"
+    config = ProjectConfig(repository=str(remote), setup_command=INSTALL, smoke_command=smoke)
     view = await put_project(client, worker, project, config)
     assert view.config.setup_command == INSTALL
     handle = await start(client, worker, make_request(project=project))

@@ -125,9 +125,19 @@ async def test_the_baseline_gets_an_environment_of_its_own(tmp_path: Path) -> No
     assert not [p for p in ws.root.iterdir() if p.name.startswith("baseline-")]  # tree and env
 
 
-async def test_network_for_the_setup_only_where_a_person_allows_it(tmp_path: Path) -> None:
-    if isolation.current().kind == "none":
-        pytest.skip("without a sandbox every run has the host's network")
+@pytest.mark.parametrize("kind", ["bubblewrap", "landlock"])
+async def test_network_for_the_setup_only_where_a_person_allows_it(
+    tmp_path: Path, kind: isolation.Choice
+) -> None:
+    try:
+        isolation.choose(kind)
+    except isolation.SandboxUnavailable as err:
+        pytest.skip(f"{kind} does not work here: {err}")
+    with isolation.using(kind):
+        await network_only_where_allowed(tmp_path)
+
+
+async def network_only_where_allowed(tmp_path: Path) -> None:
     served: list[bytes] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
