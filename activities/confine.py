@@ -20,8 +20,8 @@ start-up is the sandbox's cost.)
   socket pair, which Python's asyncio and multiprocessing use, still works. With
   `network` (a setup command a person allowed it), neither the filter nor the TCP rules apply.
 - Processes: this script is the run's subreaper. It runs the command as its child, and when
-  that ends it kills every process left beneath it: a daemon that double-forked into a new
-  session is re-parented here, not to init. The child dies with this script
+  that ends (or SIGTERM, the run's time limit, ends it) it kills every process left beneath
+  it: a daemon that double-forked into a new session is re-parented here, not to init. The child dies with this script
   (PR_SET_PDEATHSIG), and this script with the worker (the launcher asked for that).
 """
 
@@ -274,8 +274,9 @@ def main(argv: list[str]) -> int:
         except OSError as err:
             os.write(2, f"confine: {err}\n".encode())
         os._exit(EXIT_CONFINE_FAILED)
-    for forwarded in (_signal.SIGTERM, _signal.SIGINT):
-        _signal.signal(forwarded, lambda number, _: os.kill(child, number))
+    # Told to stop (the run's time limit): the command is killed, then whatever it left.
+    for stop in (_signal.SIGTERM, _signal.SIGINT):
+        _signal.signal(stop, lambda *_: os.kill(child, _signal.SIGKILL))
     _, status = os.waitpid(child, 0)
     reap_all()
     code = os.waitstatus_to_exitcode(status)

@@ -21,6 +21,7 @@ from activities.beat import interval
 PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "SYSTEMROOT")
 OUTPUT_TAIL_CHARS = 4000
 HEARTBEAT_SECONDS = 2.0  # at most; shorter when the heartbeat timeout asks
+STOP_SECONDS = 2.0  # a landlock run's subreaper has this long to clear up at the time limit
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,18 @@ class RunResult:
 def _kill_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
+
+
+async def _stop(proc: asyncio.subprocess.Process, sandbox: isolation.Sandbox) -> None:
+    """End a run at its time limit. Under landlock its subreaper is asked first (SIGTERM): it
+    kills the command and every process left beneath it, a daemon in a session of its own
+    too, which the process group's SIGKILL would miss where no cgroup holds the run."""
+    if sandbox.kind == "landlock":
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), STOP_SECONDS)
+    _kill_group(proc.pid)
 
 
 def scrubbed_env(
@@ -167,7 +180,7 @@ async def run_limited(
                 left = deadline - time.monotonic()
                 if left <= 0:
                     timed_out = True
-                    _kill_group(proc.pid)
+                    await _stop(proc, sandbox)
                     break
                 await asyncio.wait({output}, timeout=min(interval(HEARTBEAT_SECONDS), left))
                 if beat is not None:

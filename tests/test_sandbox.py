@@ -266,3 +266,42 @@ async def test_landlock_writes_the_repositorys_entries_but_not_git_nor_its_top_l
     assert (repo / "tests" / "out.txt").read_text() == "ok" and not (repo / "new.txt").exists()
     rules = isolation.landlock_rules((), repo, [tmp_path / "runs"], [], False)
     assert str(repo / ".git") not in rules["write"] and str(repo) in rules["read"]  # type: ignore[operator]
+
+
+async def test_at_its_time_limit_a_landlock_run_leaves_no_daemon_even_without_a_cgroup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The subreaper clears up: a daemon in a session of its own escapes the process group's
+    kill, and here no cgroup holds the run."""
+    monkeypatch.setattr(cgroups, "make", lambda limit: None)
+    repo = tmp_path / "repo"
+    (repo / "tests").mkdir(parents=True)
+    git(None, "init", "-q", str(repo))
+    marker = repo / "tests" / "daemon.log"
+    marker.write_text("")
+    (repo / "tests" / "daemon.py").write_text(
+        "import os, sys, time\n"
+        "if os.fork():\n    os._exit(0)\n"
+        "os.setsid()\n"
+        "if os.fork():\n    os._exit(0)\n"
+        "while True:\n"
+        "    with open(sys.argv[1], 'a') as out:\n        out.write('x')\n"
+        "    time.sleep(0.05)\n"
+    )
+    (repo / "tests" / "test_hangs.py").write_text(
+        "import subprocess, sys, time\n"
+        "from pathlib import Path\n\n\n"
+        "def test_leaves_a_daemon_then_hangs():\n"
+        "    here = Path(__file__).parent\n"
+        "    subprocess.run([sys.executable, str(here / 'daemon.py'), str(here / 'daemon.log')])\n"
+        "    time.sleep(60)\n"
+    )
+    with isolation.using("landlock"):
+        report = await run_command(
+            repo, tmp_path / "runs", "t", "python -m pytest", Limits(3, 1024)
+        )
+    assert report.timed_out and "rlimit only" in report.sandbox
+    before = marker.stat().st_size
+    assert before > 0  # the daemon ran
+    await asyncio.sleep(0.5)
+    assert marker.stat().st_size == before  # and is gone
