@@ -21,8 +21,9 @@ start-up is the sandbox's cost.)
   `network` (a setup command a person allowed it), neither the filter nor the TCP rules apply.
 - Processes: this script is the run's subreaper. It runs the command as its child, and when
   that ends (or SIGTERM, the run's time limit, ends it) it kills every process left beneath
-  it: a daemon that double-forked into a new session is re-parented here, not to init. The child dies with this script
-  (PR_SET_PDEATHSIG), and this script with the worker (the launcher asked for that).
+  it: a daemon that double-forked into a new session is re-parented here, not to init. The
+  child dies with this script (PR_SET_PDEATHSIG), and this script with the worker (the
+  launcher asked for that).
 """
 
 from __future__ import annotations
