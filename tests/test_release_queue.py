@@ -17,7 +17,14 @@ from activities.gitcmd import git
 from client.projects import get_project, put_project
 from core.messages import AbortRequest, ApproveRequest
 from core.models import BuildRequest, BuildStatus, EventType
-from core.projects import ProjectConfig, project_workflow_id
+from core.projects import (
+    MEMO_KEY,
+    PROJECT_WORKFLOW,
+    ProjectConfig,
+    ProjectStart,
+    ProjectView,
+    project_workflow_id,
+)
 from core.settings import Settings
 from core.states import BuildState
 from tests.git_projects import make_project, push_change, tags_of, tree_of
@@ -173,3 +180,27 @@ async def test_a_build_that_leaves_or_is_gone_frees_the_turn(
         assert (await y.result()).release["version"] == "v0.1.0"
     assert tags_of(remote) == ["v0.1.0"]
     assert await release_queue(client, project) == []
+
+
+async def test_a_registry_left_on_a_task_queue_nobody_polls_is_started_again_here(
+    client: Client, worker: Settings, tmp_path: Path
+) -> None:
+    """TEMPORAL_TASK_QUEUE changed: the project's registry still runs on the old queue, and
+    no worker polls it. A build's join starts it again on its own queue, registration kept."""
+    project, remote = f"q{uuid.uuid4().hex[:10]}", make_project(tmp_path)
+    view = ProjectView(project_id=project, config=ProjectConfig(repository=str(remote)))
+    old = f"gone-{uuid.uuid4().hex[:8]}"
+    await client.start_workflow(
+        PROJECT_WORKFLOW,
+        ProjectStart(project_id=project, view=view),
+        id=project_workflow_id(project),
+        task_queue=old,
+        memo={MEMO_KEY: view.model_dump(mode="json")},
+    )
+    handle = await start(client, worker, make_request(project=project))
+    async with asyncio.timeout(60):
+        result = await handle.result()
+    assert result.release["version"] == "v0.1.0" and tags_of(remote) == ["v0.1.0"]
+    registry = client.get_workflow_handle(project_workflow_id(project))
+    assert (await registry.describe()).task_queue == worker.temporal_task_queue
+    assert (await get_project(client, project)).config.repository == str(remote)
