@@ -216,3 +216,14 @@ async def test_the_namespace_set_up_script_runs_for_real_and_twice(
     assert {k: v for k, v in listed.custom_attributes.items() if k in SEARCH_ATTRIBUTES} == {
         name: kinds[kind] for name, kind in SEARCH_ATTRIBUTES.items()
     }
+
+
+def test_the_worker_gets_what_its_sandbox_needs_or_falls_back():
+    worker = SERVICES["worker"]
+    sandbox = resolved(worker["environment"]["SANDBOX"])
+    assert sandbox == "auto"  # bubblewrap where the host lets it unshare, else landlock
+    assert sandbox in Settings.model_fields["sandbox"].annotation.__args__  # type: ignore[union-attr]
+    # What bwrap needs inside a container: Docker's default profiles refuse CLONE_NEWUSER.
+    assert {"seccomp=unconfined", "apparmor=unconfined"} <= set(worker["security_opt"])
+    assert int(worker["pids_limit"]) >= 1024  # a bound where no run cgroup can be made
+    assert resolved(worker["environment"]["SANDBOX_SETUP_NETWORK"]) == "false"
