@@ -16,7 +16,7 @@ from activities.release import ReleaseTarget
 from activities.sandbox import Limits
 from activities.workspace import Workspace
 from core.projects import Bump
-from core.role_io import ReleaseOutcome, RestoreResult, RestoreTask
+from core.role_io import ReleaseOutcome, RestoreResult, RestoreTask, RoleTask
 
 SMOKE_LIMITS = Limits(60, 512)
 SMOKE_OUTPUT_CHARS = 600
@@ -58,6 +58,36 @@ async def land(
         return delivery.outcome(release, head, landing, ran, released=True)
     landing = await in_thread("fetch the project", delivery.survey, ws, head, bump)
     return delivery.not_landed(landing)
+
+
+async def release_here(
+    ws: Workspace, releases: ReleaseTarget, task: RoleTask, smoke_command: str, limits: Limits
+) -> ReleaseOutcome:
+    """A build without a project repository (started before builds had one): its tree
+    released as a version of its own and smoke-checked; a failed check restores the release
+    that was current."""
+    commit = await in_thread("checkout", ws.checkout, task.head)
+    version = f"0.1.{task.attempt - 1}+{task.build_id}"
+    staging = ws.runs / f"release-{task.attempt}"
+    await in_thread("export", fresh_export, ws, commit, staging)
+    release = await in_thread("release", releases.release, task.project_id, version, staging)
+    smoke = await releases.verify(release, smoke_command, limits)
+    ran = f"`{smoke_command or 'import every module'}` exited {smoke.returncode}"
+    outcome = ReleaseOutcome(
+        released=smoke.ok,
+        version=version,
+        summary="",
+        commit=commit,
+        path=str(release.path),
+        previous=release.previous,
+        smoke=ran,
+    )
+    if not smoke.ok:
+        now = await in_thread("restore", releases.restore, task.project_id, release.previous)
+        why = "timed out" if smoke.timed_out else _tail(smoke.output)
+        outcome.summary = f"smoke check failed ({ran}): {why}; restored release {now or 'none'}"
+        outcome.restored = True
+    return outcome
 
 
 async def revert(

@@ -264,41 +264,14 @@ class RoleActivities:
         if task.project is not None:
             return await self._deliver(task, task.project)
         ws = self.workspace(task.build_id)
-        commit = await in_thread("checkout", ws.checkout, task.head)
-        version = f"0.1.{task.attempt - 1}+{task.build_id}"
-        staging = ws.runs / f"release-{task.attempt}"
-        await in_thread("export", landing.fresh_export, ws, commit, staging)
-        release = await in_thread(
-            "release", self.releases.release, task.project_id, version, staging
-        )
         command = str(task.context.get(BuildState.PLANNING.value, {}).get("smoke_command", ""))
-        smoke = await self.releases.verify(release, command, Limits(SMOKE_SECONDS, 512))
-        ran = f"`{command or 'import every module'}` exited {smoke.returncode}"
-        if not smoke.ok:
-            now = await asyncio.to_thread(self.releases.restore, task.project_id, release.previous)
-            why = "timed out" if smoke.timed_out else _tail(smoke.output, 600)
-            outcome = ReleaseOutcome(
-                released=False,
-                version=version,
-                summary=f"smoke check failed ({ran}): {why}; restored release {now or 'none'}",
-                commit=commit,
-                path=str(release.path),
-                previous=release.previous,
-                smoke=ran,
-                restored=True,
-            )
-            return ReleaseResult(output=outcome, usage=self._no_call(task))
-        notes, usage = await self.llm.structured(_with(task, version=version), ReleaseNotes)
-        outcome = ReleaseOutcome(
-            released=True,
-            version=version,
-            summary=notes.summary,
-            notes=notes.notes,
-            commit=commit,
-            path=str(release.path),
-            previous=release.previous,
-            smoke=ran,
+        outcome = await landing.release_here(
+            ws, self.releases, task, command, Limits(SMOKE_SECONDS, 512)
         )
+        if not outcome.released:
+            return ReleaseResult(output=outcome, usage=self._no_call(task))
+        notes, usage = await self.llm.structured(_with(task, version=outcome.version), ReleaseNotes)
+        outcome.summary, outcome.notes = notes.summary, notes.notes
         return ReleaseResult(output=outcome, usage=usage)
 
     async def _deliver(self, task: RoleTask, project: ProjectConfig) -> ReleaseResult:
@@ -391,8 +364,3 @@ class RoleActivities:
 
 def _with(task: RoleTask, **context: Any) -> RoleTask:
     return task.model_copy(update={"context": {**task.context, **context}})
-
-
-def _tail(text: str, limit: int = 1500) -> str:
-    text = text.strip()
-    return text if len(text) <= limit else "..." + text[-limit:]
