@@ -2,8 +2,8 @@
 activities/isolation.py, for machines where bubblewrap cannot make namespaces (some
 container runtimes refuse user namespaces). A script the launcher runs, stdlib only:
 
-    python -S confine.py [read=PATH | write=PATH | file-r=PATH | file-rw=PATH | network]... \
-        -- command...
+    python -S confine.py [read=PATH | write=PATH | file-r=PATH | file-rw=PATH | network |
+        port=N | fs=off]... -- command...
 
 (Plain arguments, not JSON, and only light modules: this runs before every command, and its
 start-up is the sandbox's cost.)
@@ -18,7 +18,9 @@ start-up is the sandbox's cost.)
   server's: Landlock does not cover connecting to a pathname socket), no io_uring (which
   opens sockets around the filter), and no syscall of a foreign ABI (i386 on x86_64). A
   socket pair, which Python's asyncio and multiprocessing use, still works. With
-  `network` (a setup command a person allowed it), neither the filter nor the TCP rules apply.
+  `network` (a setup command a person allowed it) the filter does not apply, and TCP reaches
+  only the `port`s given (a package index's 443, say, not a database on the loopback); with
+  `fs=off` (inside bubblewrap, which confines the file system) only that port rule is made.
 - Processes: this script is the run's subreaper. It runs the command as its child, and when
   that ends (or SIGTERM, the run's time limit, ends it) it kills every process left beneath
   it: a daemon that double-forked into a new session is re-parented here, not to init. The
@@ -37,7 +39,7 @@ import time
 
 LANDLOCK_CREATE_RULESET, LANDLOCK_ADD_RULE, LANDLOCK_RESTRICT_SELF = 444, 445, 446
 LANDLOCK_CREATE_RULESET_VERSION = 1
-LANDLOCK_RULE_PATH_BENEATH = 1
+LANDLOCK_RULE_PATH_BENEATH, LANDLOCK_RULE_NET_PORT = 1, 2
 PR_SET_PDEATHSIG, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER = 1, 22, 38, 36
 SECCOMP_MODE_FILTER = 2
 
@@ -73,6 +75,11 @@ class RulesetAttr(ctypes.Structure):
 class PathBeneathAttr(ctypes.Structure):
     _pack_ = 1
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+class NetPortAttr(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64)]
 
 
 class SockFilter(ctypes.Structure):
@@ -125,23 +132,33 @@ def fs_rights(version: int) -> int:
 
 def landlock(rules: dict[str, object], version: int) -> None:
     """Restrict this process, and all it starts, to the rules."""
-    handled = fs_rights(version)
+    handled = fs_rights(version) if rules["fs"] else 0
+    ports: list[int] = rules["ports"]  # type: ignore[assignment]
     attr = RulesetAttr(handled_access_fs=handled)
     size = 8
     if version >= 4:
         size = 16
-        if not rules.get("network"):
-            attr.handled_access_net = NET_BIND_TCP | NET_CONNECT_TCP  # and allow none
+        if not rules["network"] or ports:  # no TCP at all, or to these ports only
+            attr.handled_access_net = NET_BIND_TCP | NET_CONNECT_TCP
+    elif ports:
+        raise OSError(errno.ENOTSUP, f"Landlock ABI {version} cannot restrict TCP ports (4+)")
     if version >= 6:
         size = 24
         attr.scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
     ruleset = _syscall(LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size),
                        ctypes.c_uint32(0))  # fmt: skip
-    files = dict(rules.get("files") or {})  # type: ignore[call-overload]
-    allowed = [(p, READ) for p in rules.get("read") or []]  # type: ignore[attr-defined]
-    allowed += [(p, handled) for p in rules.get("write") or []]  # type: ignore[attr-defined]
+    files = dict(rules["files"])  # type: ignore[call-overload]
+    allowed = [(p, READ) for p in rules["read"]]  # type: ignore[attr-defined]
+    allowed += [(p, handled) for p in rules["write"]]  # type: ignore[attr-defined]
     allowed += [(p, READ | WRITE_FILE | TRUNCATE if m == "rw" else READ) for p, m in files.items()]
+    if not handled:
+        allowed = []  # the file system is another sandbox's (bubblewrap's) to confine
     try:
+        for port in ports:
+            reach = NetPortAttr(allowed_access=NET_CONNECT_TCP, port=port)
+            _syscall(LANDLOCK_ADD_RULE, ctypes.c_int(ruleset),
+                     ctypes.c_int(LANDLOCK_RULE_NET_PORT), ctypes.byref(reach),
+                     ctypes.c_uint32(0))  # fmt: skip
         for path, rights in allowed:
             try:
                 fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -196,7 +213,7 @@ def seccomp() -> None:
 
 def confine(rules: dict[str, object]) -> None:
     landlock(rules, abi())
-    if not rules.get("network"):
+    if not rules["network"]:
         seccomp()
 
 
@@ -236,31 +253,38 @@ def reap_all() -> None:
 def parse(args: list[str]) -> tuple[dict[str, object], list[str]]:
     """The rules and the command of this script's arguments."""
     end = args.index("--")
-    read: list[str] = []
-    write: list[str] = []
-    files: dict[str, str] = {}
-    rules: dict[str, object] = {"read": read, "write": write, "files": files, "network": False}
+    rules = empty_rules()
     for arg in args[:end]:
-        kind, _, path = arg.partition("=")
-        if kind == "read":
-            read.append(path)
-        elif kind == "write":
-            write.append(path)
+        kind, _, value = arg.partition("=")
+        if kind in ("read", "write"):
+            rules[kind].append(value)  # type: ignore[attr-defined]
         elif kind in ("file-r", "file-rw"):
-            files[path] = kind.removeprefix("file-")
+            rules["files"][value] = kind.removeprefix("file-")  # type: ignore[index]
+        elif kind == "port":
+            rules["ports"].append(int(value))  # type: ignore[attr-defined]
         elif kind == "network":
             rules["network"] = True
+        elif arg == "fs=off":
+            rules["fs"] = False
         else:
             raise SystemExit(f"confine: unknown rule {arg!r}")
     return rules, args[end + 1 :]
 
 
+def empty_rules() -> dict[str, object]:
+    """Nothing readable or writable, no network: the rules before any is given."""
+    return {"read": [], "write": [], "files": {}, "network": False, "ports": [], "fs": True}
+
+
 def arguments(rules: dict[str, object]) -> list[str]:
     """The arguments that give this script `rules` (isolation.py builds them)."""
+    rules = {**empty_rules(), **rules}
     args = [f"read={p}" for p in rules["read"]]  # type: ignore[attr-defined]
     args += [f"write={p}" for p in rules["write"]]  # type: ignore[attr-defined]
     args += [f"file-{m}={p}" for p, m in rules["files"].items()]  # type: ignore[attr-defined]
-    return [*args, *(["network"] if rules["network"] else []), "--"]
+    args += [f"port={p}" for p in rules["ports"]]  # type: ignore[attr-defined]
+    args += ["network"] if rules["network"] else []
+    return [*args, *([] if rules["fs"] else ["fs=off"]), "--"]
 
 
 def main(argv: list[str]) -> int:

@@ -85,7 +85,11 @@ class Sandbox:
     def describe(self, network: bool = False) -> str:
         if self.kind == "none":
             return "none: generated code runs as the worker's user, unconfined"
-        reach = "the host's network (allowed for setup)" if network else "no network"
+        reach = "no network"
+        if network:
+            ports = restricted_ports()
+            only = f" on TCP ports {', '.join(map(str, ports))} only" if ports else ""
+            reach = f"the host's network{only} (allowed for setup)"
         if self.kind == "landlock":
             scoped = ", signals scoped to the run" if int(self.version) >= 6 else ""
             sockets = reach if network else "no network (no sockets)"
@@ -115,6 +119,9 @@ class Sandbox:
         if self.kind == "landlock":
             rules = landlock_rules(self.readonly, cwd, writable, readonly, network)
             return [sys.executable, "-S", str(CONFINE), *confine.arguments(rules), *argv]
+        if network and (ports := restricted_ports()):  # Landlock keeps TCP to these ports
+            argv = [sys.executable, "-S", str(CONFINE), "fs=off",
+                    *confine.arguments({"network": True, "ports": list(ports)}), *argv]  # fmt: skip
         args = [
             self.binary,
             "--unshare-all",  # user, pid, net, ipc, uts, cgroup: the network is a loopback
@@ -140,6 +147,8 @@ class Sandbox:
         args += ["--proc", "/proc", "--dev", "/dev", "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
         for path in (*self.readonly, *map(str, readonly)):
             args += ["--ro-bind", path, path]
+        if network:
+            args += ["--ro-bind", str(CONFINE), str(CONFINE)]
         for folder in (cwd, *writable):
             args += ["--bind", str(folder), str(folder)]
         git = cwd / ".git"
@@ -171,7 +180,25 @@ def landlock_rules(
         "write": [*entries, *map(str, writable)],
         "files": DEVICES,
         "network": network,
+        "ports": list(restricted_ports()) if network else [],
     }
+
+
+@functools.cache
+def landlock_version() -> int:
+    """The kernel's Landlock ABI (0: none)."""
+    try:
+        return confine.abi()
+    except OSError:
+        return 0
+
+
+def restricted_ports() -> tuple[int, ...]:
+    """The TCP ports a setup command with network may connect to (SANDBOX_SETUP_PORTS), where
+    Landlock can hold it to them (ABI 4+); empty: any port."""
+    from core.settings import get_settings
+
+    return get_settings().setup_ports if landlock_version() >= 4 else ()
 
 
 NONE = Sandbox("none")

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.models import Budget, RolePolicy
@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     # A project's setup command may reach the network (pip install from an index); its test
     # runs never do.
     sandbox_setup_network: bool = False
+    # The TCP ports that network reaches (a package index's); empty: any. Services on the
+    # host's loopback (the API, Temporal, a database) listen elsewhere.
+    sandbox_setup_ports: str = "443,80"
     test_timeout_seconds: float = Field(default=120, gt=0)
     test_memory_mb: int = Field(default=1024, ge=64)
     review_diff_max_chars: int = Field(default=40_000, ge=1000)
@@ -142,6 +145,18 @@ class Settings(BaseSettings):
         if (self.temporal_tls_cert is None) != (self.temporal_tls_key is None):
             raise ValueError("TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY go together: set both")
         return self
+
+    @field_validator("sandbox_setup_ports")
+    @classmethod
+    def _ports(cls, value: str) -> str:
+        for port in filter(None, (p.strip() for p in value.split(","))):
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"SANDBOX_SETUP_PORTS: {port!r} is not a TCP port")
+        return value
+
+    @property
+    def setup_ports(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self.sandbox_setup_ports.split(",") if p.strip())
 
     @property
     def temporal_uses_tls(self) -> bool:

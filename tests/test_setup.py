@@ -17,6 +17,7 @@ from activities.sandbox import Limits
 from activities.testrun import RUN, baseline, run_tests
 from activities.workspace import Remote, Workspace
 from core.projects import ProjectConfig
+from core.settings import get_settings
 from core.role_io import SourceFile
 from tests.git_projects import make_project
 
@@ -125,47 +126,60 @@ async def test_the_baseline_gets_an_environment_of_its_own(tmp_path: Path) -> No
     assert not [p for p in ws.root.iterdir() if p.name.startswith("baseline-")]  # tree and env
 
 
+REACH = """import socket, sys
+index, database = map(int, sys.argv[1:3])
+with socket.create_connection(("127.0.0.1", index), timeout=5) as conn:
+    conn.sendall(b"index")
+try:
+    socket.create_connection(("127.0.0.1", database), timeout=5).close()
+except OSError:
+    sys.exit(0)
+sys.exit(7)  # the database on the loopback answered
+"""
+
+
 @pytest.mark.parametrize("kind", ["bubblewrap", "landlock"])
-async def test_network_for_the_setup_only_where_a_person_allows_it(
-    tmp_path: Path, kind: isolation.Choice
+async def test_network_for_the_setup_only_where_a_person_allows_it_and_to_its_ports(
+    tmp_path: Path, kind: isolation.Choice, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A setup command with network reaches a package index's port, not the other services
+    on the host's loopback (the API, Temporal, a database); without network, nothing."""
     try:
         isolation.choose(kind)
     except isolation.SandboxUnavailable as err:
         pytest.skip(f"{kind} does not work here: {err}")
-    with isolation.using(kind):
-        await network_only_where_allowed(tmp_path)
-
-
-async def network_only_where_allowed(tmp_path: Path) -> None:
     served: list[bytes] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         served.append(await reader.read(100))
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    fetch = (
-        "python -c \"import socket; s = socket.create_connection(('127.0.0.1', "
-        f"{port}), timeout=5); s.sendall(b'index')\""
-    )
+    index = await asyncio.start_server(serve, "127.0.0.1", 0)
+    database = await asyncio.start_server(serve, "127.0.0.1", 0)
+    index_port = index.sockets[0].getsockname()[1]
+    database_port = database.sockets[0].getsockname()[1]
+    monkeypatch.setenv("SANDBOX_SETUP_PORTS", str(index_port))
+    get_settings.cache_clear()
+    setup = f"python reach.py {index_port} {database_port}"
     try:
         ws, _ = _workspace(tmp_path)
-        offline = await run_tests(ws, 1, LIMITS, setup=fetch)
-        assert not offline.passed and "exited 1" in offline.setup and served == []
-        assert "no network" in offline.sandbox
-        online = await run_tests(ws, 2, LIMITS, setup=fetch, network=True)
-        assert online.setup.startswith(f"`{fetch}` exited 0")
-        assert "network (allowed for setup)" not in online.sandbox  # the tests had none
+        (ws.repo / "reach.py").write_text(REACH)
+        with isolation.using(kind):
+            offline = await run_tests(ws, 1, LIMITS, setup=setup)
+            assert not offline.passed and "exited 1" in offline.setup and served == []
+            assert "no network" in offline.sandbox
+            online = await run_tests(ws, 2, LIMITS, setup=setup, network=True)
+        assert online.setup.startswith(f"`{setup}` exited 0"), online.failures
+        assert "no network" in online.sandbox  # the test run after it had none
         for _ in range(50):
             if served:
                 break
             await asyncio.sleep(0.1)
         assert served == [b"index"]
     finally:
-        server.close()
-        await server.wait_closed()
+        index.close()
+        database.close()
+        get_settings.cache_clear()
 
 
 def test_a_registration_keeps_its_setup_command() -> None:
