@@ -17,8 +17,8 @@ from activities.sandbox import Limits
 from activities.testrun import RUN, baseline, run_tests
 from activities.workspace import Remote, Workspace
 from core.projects import ProjectConfig
-from core.settings import get_settings
 from core.role_io import SourceFile
+from core.settings import get_settings
 from tests.git_projects import make_project
 
 LIMITS = Limits(60, 1024)
