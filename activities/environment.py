@@ -124,7 +124,7 @@ async def prepare(
         cwd=repo,
         limits=limits,
         home=root / "home",
-        beat=beat,
+        beat=(lambda detail: beat(f"setup command: {detail}")) if beat else None,
         writable=[root],
         network=network,
         venv=root,
