@@ -38,6 +38,7 @@ from workflows.build import BuildWorkflow
 WORKER_SCRIPT = Path(__file__).resolve().parent / "worker.py"
 EXAMPLE = Path(__file__).resolve().parent / "examples" / "inventory"
 DEMO_PROJECT = "inventory"
+WORKER_START_SECONDS = 30  # until the worker has said which sandbox it runs
 DEMO_FEATURES = ({"feature": "Dark mode", "priority": "high"}, {"feature": "Audit log"})
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
@@ -98,13 +99,23 @@ def up() -> None:
     if worker_pid := _running(settings, "worker"):
         print(f"worker already running (pid {worker_pid})")
     else:
+        log = logs / "worker.log"
+        since = log.stat().st_size if log.exists() else 0  # the log is appended to
         proc = _spawn(settings, "worker", [sys.executable, str(WORKER_SCRIPT)])
-        time.sleep(1.5)
+        # Its first word is the sandbox it chose (it exits when the one named does not work).
         # Ask the child itself: signal 0 would also succeed on a worker that died (a zombie).
+        deadline = time.monotonic() + WORKER_START_SECONDS
+        while proc.poll() is None and not _sandbox_of(log, since):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)  # an exit right after the choice (a taken metrics port) shows too
         if proc.poll() is not None:
             _pidfile(settings, "worker").unlink(missing_ok=True)
             raise SystemExit(f"worker exited at start; see {logs / 'worker.log'}")
         print(f"worker started (pid {proc.pid}, log {logs / 'worker.log'})")
+    if sandbox := _sandbox_of(logs / "worker.log"):
+        print(f"  Generated code  runs in {sandbox}")
     if settings.worker_metrics_address:
         print(f"  Worker metrics  http://{settings.worker_metrics_address}/metrics")
     if api_pid := _running(settings, "api"):
@@ -190,6 +201,18 @@ def demo() -> None:
     print("  " + "  ".join(files))
     print("\nIts CHANGELOG.md (each build added its line under Unreleased by an exact-text edit):")
     print("  " + git(remote, "show", "main:CHANGELOG.md").strip().replace("\n", "\n  "))
+
+
+def _sandbox_of(log: Path, since: int = 0) -> str | None:
+    """The sandbox the worker chose at its last start, as its log says from byte `since` on
+    (None if it has not said yet)."""
+    if not log.exists():
+        return None
+    with log.open("rb") as text:
+        text.seek(since)
+        lines = text.read().decode(errors="replace").splitlines()
+    chosen = [line.split("): ", 1)[1] for line in lines if "sandbox (SANDBOX=" in line]
+    return chosen[-1].split(";")[0] if chosen else None
 
 
 async def _demo(settings: Settings, remote: Path, console: Console) -> None:

@@ -50,6 +50,7 @@ async def test_up_runs_server_ui_and_worker_then_down_stops_them(tmp_path: Path)
         code, out = await run(devstack, "up")
         assert code == 0, out
         assert "worker started" in out and port_open(port) and port_open(ui_port)
+        assert "  Generated code  runs in bubblewrap " in out or "runs in landlock ABI " in out, out
         assert "API started" in out and f"http://localhost:{api_port}/docs" in out
         assert (tmp_path / "data" / "temporal.db").exists()
 
