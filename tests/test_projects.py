@@ -350,18 +350,12 @@ async def test_a_project_with_a_setup_command_builds_with_what_it_installs(
     client: Client, worker: Settings, tmp_path: Path
 ) -> None:
     """The project's tests import a package only its setup command installs."""
-    from tests.test_setup import INSTALL, WHEEL, helper_wheel
+    from tests.test_setup import INSTALL, vendoring_project
 
     project = new_id()
     files = {"app.py": APP, "tests/test_helper.py": "import helper\n\n\ndef test_it():\n"
              "    assert helper.answer() == 42\n"}  # fmt: skip
-    remote = make_project(tmp_path, files)
-    seed = tmp_path / "seed"
-    (seed / WHEEL).parent.mkdir(parents=True)
-    (seed / WHEEL).write_bytes(helper_wheel())
-    git(seed, "add", "-A")
-    git(seed, "commit", "-q", "-m", "vendor helper")
-    git(seed, "push", "-q", "origin", "HEAD:refs/heads/main")
+    remote = vendoring_project(tmp_path, files)
     # The smoke check needs the installed package too: it runs with the same environment.
     smoke = "python -c 'import helper; assert helper.answer() == 42'"
     config = ProjectConfig(repository=str(remote), setup_command=INSTALL, smoke_command=smoke)

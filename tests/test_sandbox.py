@@ -244,9 +244,7 @@ async def test_landlock_writes_the_repositorys_entries_but_not_git_nor_its_top_l
     """Landlock's rights only add up beneath a folder: `.git` stays read-only because the
     write right goes to each of the repository's other entries, not to the repository."""
     repo = tmp_path / "repo"
-    (repo / "tests").mkdir(parents=True)
-    git(None, "init", "-q", str(repo))
-    (repo / "tests" / "test_writes.py").write_text(
+    writes = (
         "from pathlib import Path\n"
         "import pytest\n\n\n"
         "def test_a_file_in_an_existing_folder():\n"
@@ -258,10 +256,7 @@ async def test_landlock_writes_the_repositorys_entries_but_not_git_nor_its_top_l
         "    with pytest.raises(PermissionError):\n"
         "        Path('.git/config').write_text('[core]\\n\\tfsmonitor = evil\\n')\n"
     )
-    with isolation.using("landlock"):
-        report = await run_command(
-            repo, tmp_path / "runs", "w", "python -m pytest", Limits(60, 1024)
-        )
+    report = await landlocked(repo, {"tests/test_writes.py": writes}, wall_seconds=60)
     assert report.passed and report.tests_run == 3, report.failures
     assert (repo / "tests" / "out.txt").read_text() == "ok" and not (repo / "new.txt").exists()
     rules = isolation.landlock_rules((), repo, [tmp_path / "runs"], [], False)
@@ -275,11 +270,7 @@ async def test_at_its_time_limit_a_landlock_run_leaves_no_daemon_even_without_a_
     kill, and here no cgroup holds the run."""
     monkeypatch.setattr(cgroups, "make", lambda limit: None)
     repo = tmp_path / "repo"
-    (repo / "tests").mkdir(parents=True)
-    git(None, "init", "-q", str(repo))
-    marker = repo / "tests" / "daemon.log"
-    marker.write_text("")
-    (repo / "tests" / "daemon.py").write_text(
+    daemon = (
         "import os, sys, time\n"
         "if os.fork():\n    os._exit(0)\n"
         "os.setsid()\n"
@@ -288,7 +279,7 @@ async def test_at_its_time_limit_a_landlock_run_leaves_no_daemon_even_without_a_
         "    with open(sys.argv[1], 'a') as out:\n        out.write('x')\n"
         "    time.sleep(0.05)\n"
     )
-    (repo / "tests" / "test_hangs.py").write_text(
+    hangs = (
         "import subprocess, sys, time\n"
         "from pathlib import Path\n\n\n"
         "def test_leaves_a_daemon_then_hangs():\n"
@@ -296,12 +287,22 @@ async def test_at_its_time_limit_a_landlock_run_leaves_no_daemon_even_without_a_
         "    subprocess.run([sys.executable, str(here / 'daemon.py'), str(here / 'daemon.log')])\n"
         "    time.sleep(60)\n"
     )
-    with isolation.using("landlock"):
-        report = await run_command(
-            repo, tmp_path / "runs", "t", "python -m pytest", Limits(3, 1024)
-        )
+    files = {"tests/daemon.py": daemon, "tests/test_hangs.py": hangs, "tests/daemon.log": ""}
+    report = await landlocked(repo, files, wall_seconds=3)
+    marker = repo / "tests" / "daemon.log"
     assert report.timed_out and "rlimit only" in report.sandbox
     before = marker.stat().st_size
     assert before > 0  # the daemon ran
     await asyncio.sleep(0.5)
     assert marker.stat().st_size == before  # and is gone
+
+
+async def landlocked(repo: Path, files: dict[str, str], wall_seconds: float) -> TestReport:
+    """`files` in a new repository at `repo`, its tests run under landlock."""
+    (repo / "tests").mkdir(parents=True)
+    git(None, "init", "-q", str(repo))
+    for name, text in files.items():
+        (repo / name).write_text(text)
+    with isolation.using("landlock"):
+        limits = Limits(wall_seconds, 1024)
+        return await run_command(repo, repo.parent / "runs", "t", "python -m pytest", limits)

@@ -57,14 +57,20 @@ def helper_wheel() -> bytes:
     return buffer.getvalue()
 
 
-def _workspace(tmp_path: Path) -> tuple[Workspace, str]:
-    remote = make_project(tmp_path, {"tests/test_helper.py": USES_HELPER})
+def vendoring_project(tmp_path: Path, files: dict[str, str]) -> Path:
+    """A project's remote whose branch holds `files` and the helper's wheel at WHEEL."""
+    remote = make_project(tmp_path, files)
     seed = tmp_path / "seed"
     (seed / WHEEL).parent.mkdir(parents=True)
     (seed / WHEEL).write_bytes(helper_wheel())
     git(seed, "add", "-A")
     git(seed, "commit", "-q", "-m", "vendor helper")
     git(seed, "push", "-q", "origin", "HEAD:refs/heads/main")
+    return remote
+
+
+def _workspace(tmp_path: Path) -> tuple[Workspace, str]:
+    remote = vendoring_project(tmp_path, {"tests/test_helper.py": USES_HELPER})
     ws = Workspace(tmp_path / "ws", Remote(str(remote), "main", "b1"))
     return ws, ws.open()
 
