@@ -117,11 +117,9 @@ class Sandbox:
         if self.kind == "none":
             return list(argv)
         if self.kind == "landlock":
-            rules = landlock_rules(self.readonly, cwd, writable, readonly, network)
-            return [sys.executable, "-S", str(CONFINE), *confine.arguments(rules), *argv]
+            return confined(argv, landlock_rules(self.readonly, cwd, writable, readonly, network))
         if network and (ports := restricted_ports()):  # Landlock keeps TCP to these ports
-            argv = [sys.executable, "-S", str(CONFINE), "fs=off",
-                    *confine.arguments({"network": True, "ports": list(ports)}), *argv]  # fmt: skip
+            argv = confined(argv, {"network": True, "ports": list(ports), "fs": False})
         args = [
             self.binary,
             "--unshare-all",  # user, pid, net, ipc, uts, cgroup: the network is a loopback
@@ -156,6 +154,11 @@ class Sandbox:
             args += ["--ro-bind", str(git), str(git)]
         # The sandbox's own root (where bwrap made the mount points) is read-only too.
         return [*args, "--remount-ro", "/", "--chdir", str(cwd), "--", *argv]
+
+
+def confined(argv: Sequence[str], rules: dict[str, object]) -> list[str]:
+    """`argv` run by activities/confine.py under `rules`."""
+    return [sys.executable, "-S", str(CONFINE), *confine.arguments(rules), *argv]
 
 
 def landlock_rules(
