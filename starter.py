@@ -1,24 +1,22 @@
-"""Start builds and steer them: start, status, events, retry, rollback, approve."""
+"""Start builds and steer them: start, status, events, retry, rollback, approve; and the
+projects (`project add|show|list`, client/project_commands.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from temporalio.client import (
     Client,
 )
 
-from client import builds, projects
-from client.errors import BuildError, CommandRefused
+from client import builds
+from client.cli import console, run_command
 from client.follow import delivered, event_line, follow
+from client.project_commands import project_app
 from core.exit import exit_now
 from core.messages import (
     AbortRequest,
@@ -37,11 +35,8 @@ from core.models import (
     parse_requirements,
     workflow_id_for,
 )
-from core.projects import ProjectConfig, ProjectView, is_url
 from core.settings import Settings, get_settings
 from core.states import HANDOFFS, WORKING, BuildState
-from core.telemetry import flush_traces, tracing_interceptors
-from core.temporal import connect
 from workflows.build import BuildWorkflow
 
 app = typer.Typer(
@@ -49,8 +44,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console(highlight=False)
-T = TypeVar("T")
 
 
 class BumpPart(StrEnum):
@@ -59,45 +52,7 @@ class BumpPart(StrEnum):
     MAJOR = "major"
 
 
-class DeliveryMode(StrEnum):
-    MERGE = "merge"
-    BRANCH = "branch"
-
-
 BuildIdArg = Annotated[str, typer.Argument(help="Build id, or workflow id build-<id>.")]
-
-
-class CommandError(Exception):
-    """A refusal to show the user as one line, with exit code 1."""
-
-
-def _run(coro_fn: Callable[[Client, Settings], Awaitable[T]]) -> T:
-    settings = get_settings()
-
-    async def go() -> T:
-        try:
-            client = await connect(
-                settings, interceptors=tracing_interceptors(settings, "qao-starter")
-            )
-        except RuntimeError as err:
-            raise CommandError(
-                f"cannot reach Temporal at {settings.temporal_address} ({err}); "
-                "is it running? `make run` starts it"
-            ) from err
-        try:
-            return await coro_fn(client, settings)
-        except CommandRefused as err:
-            raise CommandError(f"refused: {err}") from err
-        except BuildError as err:
-            raise CommandError(str(err)) from err
-        finally:
-            flush_traces()
-
-    try:
-        return asyncio.run(go())
-    except CommandError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(1) from err
 
 
 def _print_accepted(result: CommandAccepted) -> None:
@@ -193,7 +148,7 @@ def start(
             return None
         return await follow(handle, console)
 
-    followed = _run(go)
+    followed = run_command(go)
     if followed is None:
         return
     final, release = followed
@@ -222,7 +177,7 @@ def status(
         )
         return result
 
-    result = _run(go)
+    result = run_command(go)
     if as_json:
         console.print_json(result.model_dump_json())
         return
@@ -243,7 +198,7 @@ def events(build: BuildIdArg) -> None:
         )
         return result
 
-    for event in _run(go):
+    for event in run_command(go):
         console.print(
             f"{event.seq:>3} {event.timestamp:%H:%M:%S} {event.state.value:<20} {event_line(event)}"
         )
@@ -256,7 +211,7 @@ def _command(build: str, update: Any, arg: Any) -> Any:
         handle = builds.handle_for(client, build)
         return await builds.update(handle, update, arg, rpc_timeout=settings.command_timeout)
 
-    return _run(go)
+    return run_command(go)
 
 
 def _steer(build: str, update: Any, arg: Any) -> None:
@@ -335,99 +290,7 @@ def approve(
     _steer(build, BuildWorkflow.update_approve, ApproveRequest(note=note, approved_by="cli"))
 
 
-project_app = typer.Typer(
-    help="Register a project's git repository, and show the registered ones.",
-    no_args_is_help=True,
-)
 app.add_typer(project_app, name="project")
-ProjectArg = Annotated[str, typer.Argument(help="Project id: letters, digits, . _ -")]
-
-
-def _print_project(view: ProjectView) -> None:
-    config = view.config
-    made = " (made by the system)" if view.created_by_system else ""
-    console.print(f"[bold]{view.project_id}[/bold]: {config.repository}{made}")
-    head = (view.head or "-")[:12]
-    console.print(f"  branch {config.branch} at {head} · delivery {config.delivery}")
-    console.print(f"  tests: {config.test_command}")
-    if config.setup_command:
-        console.print(f"  setup: {config.setup_command}")
-    if config.smoke_command:
-        console.print(f"  smoke: {config.smoke_command}")
-
-
-@project_app.command("add")
-def project_add(
-    project_id: ProjectArg,
-    repository: Annotated[
-        str, typer.Argument(help="A local path or any URL git can clone (file://, ssh, https).")
-    ],
-    branch: Annotated[str, typer.Option(help="The branch builds start from.")] = "main",
-    test_command: Annotated[str, typer.Option(help="The project's tests.")] = "python -m pytest",
-    smoke_command: Annotated[str, typer.Option(help="Proves a release works.")] = "",
-    setup_command: Annotated[
-        str,
-        typer.Option(
-            help="Run once per workspace before its tests, e.g. 'pip install -e .' "
-            "(network only with SANDBOX_SETUP_NETWORK=true)."
-        ),
-    ] = "",
-    delivery: Annotated[
-        DeliveryMode,
-        typer.Option(help="merge: into the branch, tagged; branch: pushed for a person."),
-    ] = DeliveryMode.MERGE,
-) -> None:
-    """Register a project (or change it). git must be able to read the repository's branch."""
-    if not is_url(repository):
-        repository = str(Path(repository).expanduser().resolve())
-    try:
-        config = ProjectConfig(
-            repository=repository,
-            branch=branch,
-            test_command=test_command,
-            smoke_command=smoke_command,
-            setup_command=setup_command,
-            delivery=delivery.value,
-        )
-    except ValueError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
-
-    async def go(client: Client, settings: Settings) -> ProjectView:
-        return await projects.put_project(client, settings, project_id, config)
-
-    _print_project(_run(go))
-
-
-@project_app.command("show")
-def project_show(
-    project_id: ProjectArg,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """Show a project's registration."""
-
-    async def go(client: Client, _: Settings) -> ProjectView:
-        return await projects.get_project(client, project_id)
-
-    view = _run(go)
-    if as_json:
-        console.print_json(view.model_dump_json())
-    else:
-        _print_project(view)
-
-
-@project_app.command("list")
-def project_list() -> None:
-    """List the registered projects."""
-
-    async def go(client: Client, _: Settings) -> list[ProjectView]:
-        return await projects.list_projects(client)
-
-    views = _run(go)
-    if not views:
-        console.print("no projects yet (`starter.py project add` registers one)")
-    for view in views:
-        _print_project(view)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,114 @@
+"""`starter.py project`: register a project's git repository, show and list projects."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from temporalio.client import Client
+
+from client import projects
+from client.cli import console, run_command
+from core.projects import ProjectConfig, ProjectView, is_url
+from core.settings import Settings
+
+
+class DeliveryMode(StrEnum):
+    MERGE = "merge"
+    BRANCH = "branch"
+
+
+project_app = typer.Typer(
+    help="Register a project's git repository, and show the registered ones.",
+    no_args_is_help=True,
+)
+ProjectArg = Annotated[str, typer.Argument(help="Project id: letters, digits, . _ -")]
+
+
+def _print_project(view: ProjectView) -> None:
+    config = view.config
+    made = " (made by the system)" if view.created_by_system else ""
+    console.print(f"[bold]{view.project_id}[/bold]: {config.repository}{made}")
+    head = (view.head or "-")[:12]
+    console.print(f"  branch {config.branch} at {head} · delivery {config.delivery}")
+    console.print(f"  tests: {config.test_command}")
+    if config.setup_command:
+        console.print(f"  setup: {config.setup_command}")
+    if config.smoke_command:
+        console.print(f"  smoke: {config.smoke_command}")
+
+
+@project_app.command("add")
+def project_add(
+    project_id: ProjectArg,
+    repository: Annotated[
+        str, typer.Argument(help="A local path or any URL git can clone (file://, ssh, https).")
+    ],
+    branch: Annotated[str, typer.Option(help="The branch builds start from.")] = "main",
+    test_command: Annotated[str, typer.Option(help="The project's tests.")] = "python -m pytest",
+    smoke_command: Annotated[str, typer.Option(help="Proves a release works.")] = "",
+    setup_command: Annotated[
+        str,
+        typer.Option(
+            help="Run once per workspace before its tests, e.g. 'pip install -e .' "
+            "(network only with SANDBOX_SETUP_NETWORK=true)."
+        ),
+    ] = "",
+    delivery: Annotated[
+        DeliveryMode,
+        typer.Option(help="merge: into the branch, tagged; branch: pushed for a person."),
+    ] = DeliveryMode.MERGE,
+) -> None:
+    """Register a project (or change it). git must be able to read the repository's branch."""
+    if not is_url(repository):
+        repository = str(Path(repository).expanduser().resolve())
+    try:
+        config = ProjectConfig(
+            repository=repository,
+            branch=branch,
+            test_command=test_command,
+            smoke_command=smoke_command,
+            setup_command=setup_command,
+            delivery=delivery.value,
+        )
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+
+    async def go(client: Client, settings: Settings) -> ProjectView:
+        return await projects.put_project(client, settings, project_id, config)
+
+    _print_project(run_command(go))
+
+
+@project_app.command("show")
+def project_show(
+    project_id: ProjectArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show a project's registration."""
+
+    async def go(client: Client, _: Settings) -> ProjectView:
+        return await projects.get_project(client, project_id)
+
+    view = run_command(go)
+    if as_json:
+        console.print_json(view.model_dump_json())
+    else:
+        _print_project(view)
+
+
+@project_app.command("list")
+def project_list() -> None:
+    """List the registered projects."""
+
+    async def go(client: Client, _: Settings) -> list[ProjectView]:
+        return await projects.list_projects(client)
+
+    views = run_command(go)
+    if not views:
+        console.print("no projects yet (`starter.py project add` registers one)")
+    for view in views:
+        _print_project(view)
