@@ -12,7 +12,6 @@ Blocking (git runs as a subprocess): activities call it through asyncio.to_threa
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import os
 import shutil
@@ -21,12 +20,15 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from activities.edits import AttemptRefused, EditRefused, MergeUnresolved, UnsafePath, plan_edits
 from activities.gitcmd import EMPTY_TREE, GIT_ENV, GIT_TIMEOUT_SECONDS, GitError, git, git_bytes
 from core.role_io import FileEdit, FileRef, SourceFile
 
 MAX_FILES = 200
-CLOSEST_CHARS = 2000
-__all__ = ["GIT_ENV", "GitError", "Remote", "UnsafePath", "Workspace"]
+__all__ = [
+    "GIT_ENV", "AttemptRefused", "EditRefused", "GitError", "MergeUnresolved", "Remote",
+    "UnsafePath", "Workspace",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -45,22 +47,6 @@ class Remote:
     def refs(self) -> str:
         """Where the build's commits are kept in the project's repository."""
         return f"refs/builds/{self.build_id}"
-
-
-class AttemptRefused(ValueError):
-    """The Code Writer's answer cannot be applied; the reason is for the model."""
-
-
-class UnsafePath(AttemptRefused):
-    """A file the model asked to write would land outside the workspace."""
-
-
-class EditRefused(AttemptRefused):
-    """An edit that does not apply: its search text is absent or ambiguous, its file missing."""
-
-
-class MergeUnresolved(AttemptRefused):
-    """A merge of the project's branch still has conflicts after the Code Writer's files."""
 
 
 CONFLICT_MARKERS = ("<<<<<<< ", ">>>>>>> ")
@@ -242,7 +228,7 @@ class Workspace:
         if len(files) + len(edits) > MAX_FILES:
             raise UnsafePath(f"{len(files) + len(edits)} changes; at most {MAX_FILES} per attempt")
         targets = [(self.safe_path(f.path), f) for f in files]
-        planned = plan_edits(self, files, edits)
+        planned = plan_edits(self.safe_path, files, edits)
         unresolved = self.unmerged()
         contents = {f.path: f.content.encode() for f in files} | planned
         written = {path for path, data in contents.items() if data is not None}
@@ -302,83 +288,6 @@ class Workspace:
             timeout=GIT_TIMEOUT_SECONDS,
             check=True,
         )
-
-
-def plan_edits(
-    ws: Workspace, files: list[SourceFile], edits: list[FileEdit]
-) -> dict[str, bytes | None]:
-    """What the edits leave of each file they touch (None: deleted), worked out before
-    anything is written, on top of the whole files of the same answer; EditRefused with a
-    reason the model can act on when one does not apply."""
-    state: dict[str, bytes | None] = {f.path: f.content.encode() for f in files}
-
-    def current(path: str) -> bytes | None:
-        if path in state:
-            return state[path]
-        target = ws.safe_path(path)
-        return target.read_bytes() if target.is_file() else None
-
-    changed: dict[str, bytes | None] = {}
-    for number, change in enumerate(edits, 1):
-        where = f"edit {number} ({change.kind} {change.path})"
-        ws.safe_path(change.path)
-        text = current(change.path)
-        if change.kind == "write":
-            state[change.path] = changed[change.path] = change.content.encode()
-            continue
-        if text is None:
-            raise EditRefused(f"{where}: {change.path} does not exist; write it whole instead")
-        if change.kind == "delete":
-            state[change.path] = changed[change.path] = None
-        elif change.kind == "rename":
-            ws.safe_path(change.to)
-            if not change.to or current(change.to) is not None:
-                raise EditRefused(f"{where}: {change.to or '(no new path)'} exists already")
-            state[change.to] = changed[change.to] = text
-            state[change.path] = changed[change.path] = None
-        else:
-            state[change.path] = changed[change.path] = _replace(where, text, change)
-    return changed
-
-
-def _replace(where: str, data: bytes, change: FileEdit) -> bytes:
-    text = data.decode(errors="replace")
-    if not change.search:
-        raise EditRefused(f"{where}: the search text is empty")
-    count = text.count(change.search)
-    if count == 1:
-        return text.replace(change.search, change.replace, 1).encode()
-    if count > 1:
-        lines = _occurrences(text, change.search)
-        raise EditRefused(
-            f"{where}: the search text occurs {count} times (at lines "
-            f"{', '.join(map(str, lines))}); include more of the lines around it"
-        )
-    start, closest = _closest(text, change.search)
-    raise EditRefused(
-        f"{where}: the search text is not in {change.path}; the closest lines "
-        f"({start}-{start + closest.count(chr(10))}) are:\n{closest}"
-    )
-
-
-def _occurrences(text: str, search: str) -> list[int]:
-    lines, at = [], text.find(search)
-    while at != -1:
-        lines.append(text.count("\n", 0, at) + 1)
-        at = text.find(search, at + 1)
-    return lines
-
-
-def _closest(text: str, search: str) -> tuple[int, str]:
-    """The window of the file's lines most like `search` (as many lines), and where it starts."""
-    lines = text.splitlines()
-    size = max(1, len(search.splitlines()))
-    best, start = -1.0, 0
-    for i in range(max(1, len(lines) - size + 1)):
-        ratio = difflib.SequenceMatcher(None, "\n".join(lines[i : i + size]), search).ratio()
-        if ratio > best:
-            best, start = ratio, i
-    return start + 1, "\n".join(lines[start : start + size])[:CLOSEST_CHARS]
 
 
 def _sha(data: bytes) -> str:
