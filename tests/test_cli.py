@@ -187,35 +187,21 @@ async def test_bad_input_gets_a_clear_error(settings: Settings, tmp_path: Path):
     assert code == 1 and "no build nope-123" in out
 
 
+async def start_without_following(settings: Settings, tmp_path: Path) -> tuple[int, str]:
+    """`starter.py start --no-follow` of a build of a project of its own; exit code, output."""
+    args = ("start", "-p", fresh(), "-r", "x", "--no-follow")
+    return await run("starter.py", *args, settings=settings, cwd=tmp_path)
+
+
 async def test_start_without_a_worker_warns_and_returns(settings: Settings, tmp_path: Path):
-    code, out = await run(
-        "starter.py",
-        "start",
-        "-p",
-        fresh(),
-        "-r",
-        "x",
-        "--no-follow",
-        settings=settings,
-        cwd=tmp_path,
-    )
+    code, out = await start_without_following(settings, tmp_path)
     assert code == 0 and "started" in out
     assert f"no worker polls task queue {settings.temporal_task_queue}" in out
 
 
 @pytest.mark.usefixtures("worker")
 async def test_start_with_a_worker_does_not_warn(settings: Settings, tmp_path: Path):
-    code, out = await run(
-        "starter.py",
-        "start",
-        "-p",
-        fresh(),
-        "-r",
-        "x",
-        "--no-follow",
-        settings=settings,
-        cwd=tmp_path,
-    )
+    code, out = await start_without_following(settings, tmp_path)
     assert code == 0 and "no worker" not in out
 
 
