@@ -17,7 +17,7 @@ from activities.sandbox import Limits
 from activities.testrun import RUN, baseline, run_tests
 from activities.workspace import Remote, Workspace
 from core.projects import ProjectConfig
-from core.role_io import SourceFile
+from core.role_io import SourceFile, TestReport
 from core.settings import get_settings
 from tests.git_projects import make_project
 
@@ -75,8 +75,8 @@ def _workspace(tmp_path: Path) -> tuple[Workspace, str]:
     return ws, ws.open()
 
 
-def _failed(report: object) -> list[str]:
-    return [f.test for f in report.failures]  # type: ignore[attr-defined]
+def _failed(report: TestReport) -> list[str]:
+    return [f.test for f in report.failures]
 
 
 async def test_the_setup_command_installs_once_and_the_tests_use_its_environment(
