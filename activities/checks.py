@@ -8,6 +8,7 @@ import re
 import sys
 from pathlib import Path
 
+from activities import paths
 from activities.beat import in_thread
 from activities.sandbox import Limits, run_limited
 from activities.workspace import Workspace
@@ -15,19 +16,22 @@ from activities.workspace import Workspace
 OUTPUT_CHARS = 1500
 
 
-async def static_checks(repo: Path, home: Path, limits: Limits) -> dict[str, str]:
+async def static_checks(repo: Path, scratch: Path, limits: Limits) -> dict[str, str]:
     """Byte-compile and `ruff check` of `repo`: per check, "ok" or the problems. The byte code
-    goes to a folder beside the run (`-X pycache_prefix`), not into the repository."""
+    goes to a new folder in `scratch` (`-X pycache_prefix`), not into the repository, and is
+    removed after."""
     checks: dict[str, str] = {}
-    byte_code = home.parent / "pycache"
-    await asyncio.to_thread(byte_code.mkdir, parents=True, exist_ok=True)
-    compiled = await run_limited(
-        [sys.executable, "-X", f"pycache_prefix={byte_code}", "-m", "compileall", "-q", "."],
-        cwd=repo,
-        limits=limits,
-        home=home,
-        writable=[byte_code],
-    )
+    byte_code = await asyncio.to_thread(paths.fresh, scratch, "pycache-")
+    try:
+        compiled = await run_limited(
+            [sys.executable, "-X", f"pycache_prefix={byte_code}", "-m", "compileall", "-q", "."],
+            cwd=repo,
+            limits=limits,
+            scratch=scratch,
+            writable=[byte_code],
+        )
+    finally:
+        await asyncio.to_thread(paths.remove_tree, byte_code)
     checks["byte-compile"] = "ok" if compiled.ok else _tail(compiled.output)
     ruff = Path(sys.executable).parent / "ruff"
     if not ruff.exists():
@@ -37,7 +41,7 @@ async def static_checks(repo: Path, home: Path, limits: Limits) -> dict[str, str
         [str(ruff), "check", "--isolated", "--no-cache", "--output-format", "concise", "."],
         cwd=repo,
         limits=limits,
-        home=home,
+        scratch=scratch,
     )
     checks["ruff"] = "ok" if linted.ok else _tail(linted.output)
     return checks
@@ -49,7 +53,7 @@ async def introduced_since(
     """`checks` with the problems that the same checks find on `base` taken out."""
     tree = await in_thread("worktree", ws.add_worktree, base, "checks")
     try:
-        before = await static_checks(tree, ws.runs / "home", limits)
+        before = await static_checks(tree, ws.runs, limits)
     finally:
         await in_thread("worktree", ws.drop_worktree, tree)
     return {name: introduced(out, before.get(name, "ok")) for name, out in checks.items()}

@@ -148,9 +148,14 @@ def landlock(rules: dict[str, object], version: int) -> None:
     ruleset = _syscall(LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size),
                        ctypes.c_uint32(0))  # fmt: skip
     files = dict(rules["files"])  # type: ignore[call-overload]
-    allowed = [(p, READ) for p in rules["read"]]  # type: ignore[attr-defined]
-    allowed += [(p, handled) for p in rules["write"]]  # type: ignore[attr-defined]
-    allowed += [(p, READ | WRITE_FILE | TRUNCATE if m == "rw" else READ) for p, m in files.items()]
+    # (path, rights, whether a link there is followed): the read rules are the system's and
+    # the worker's own paths (/bin -> usr/bin); a write rule is never opened through a link.
+    allowed = [(p, READ, True) for p in rules["read"]]  # type: ignore[attr-defined]
+    allowed += [(p, handled, False) for p in rules["write"]]  # type: ignore[attr-defined]
+    allowed += [
+        (p, READ | WRITE_FILE | TRUNCATE if m == "rw" else READ, m != "rw")
+        for p, m in files.items()
+    ]
     if not handled:
         allowed = []  # the file system is another sandbox's (bubblewrap's) to confine
     try:
@@ -159,13 +164,19 @@ def landlock(rules: dict[str, object], version: int) -> None:
             _syscall(LANDLOCK_ADD_RULE, ctypes.c_int(ruleset),
                      ctypes.c_int(LANDLOCK_RULE_NET_PORT), ctypes.byref(reach),
                      ctypes.c_uint32(0))  # fmt: skip
-        for path, rights in allowed:
+        for path, rights, follow in allowed:
+            # A rule that lets a run write is never opened through a link: a repository's
+            # `shared -> /` would open the whole file system to it.
+            nofollow = 0 if follow else os.O_NOFOLLOW
             try:
-                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC | nofollow)
             except OSError:
                 continue  # not on this machine: nothing to allow
             try:
-                if not os.path.isdir(path):
+                kind = os.fstat(fd).st_mode & 0o170000
+                if kind == 0o120000:  # the link itself (O_NOFOLLOW): no rule through it
+                    continue
+                if kind != 0o040000:
                     rights &= FILE_RIGHTS  # a file's rule takes a file's rights only
                 beneath = PathBeneathAttr(allowed_access=rights & handled, parent_fd=fd)
                 _syscall(LANDLOCK_ADD_RULE, ctypes.c_int(ruleset),

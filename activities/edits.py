@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from pathlib import Path
 
 from core.role_io import FileEdit, SourceFile
 
@@ -19,7 +18,8 @@ class AttemptRefused(ValueError):
 
 
 class UnsafePath(AttemptRefused):
-    """A file the model asked to write would land outside the workspace."""
+    """A path the worker does not write or read for the model: outside the repository, in its
+    `.git`, through a link, or a name the file system refuses."""
 
 
 class EditRefused(AttemptRefused):
@@ -31,23 +31,20 @@ class MergeUnresolved(AttemptRefused):
 
 
 def plan_edits(
-    safe_path: Callable[[str], Path], files: list[SourceFile], edits: list[FileEdit]
+    read: Callable[[str], bytes | None], files: list[SourceFile], edits: list[FileEdit]
 ) -> dict[str, bytes | None]:
     """What the edits leave of each file they touch (None: deleted), worked out before
     anything is written, on top of the whole files of the same answer; EditRefused with a
-    reason the model can act on when one does not apply."""
+    reason the model can act on when one does not apply. `read` gives a file's bytes in the
+    working tree (None: no such file), or UnsafePath for a path the worker does not touch."""
     state: dict[str, bytes | None] = {f.path: f.content.encode() for f in files}
 
     def current(path: str) -> bytes | None:
-        if path in state:
-            return state[path]
-        target = safe_path(path)
-        return target.read_bytes() if target.is_file() else None
+        return state[path] if path in state else read(path)
 
     changed: dict[str, bytes | None] = {}
     for number, change in enumerate(edits, 1):
         where = f"edit {number} ({change.kind} {change.path})"
-        safe_path(change.path)
         text = current(change.path)
         if change.kind == "write":
             state[change.path] = changed[change.path] = change.content.encode()
@@ -57,7 +54,6 @@ def plan_edits(
         if change.kind == "delete":
             state[change.path] = changed[change.path] = None
         elif change.kind == "rename":
-            safe_path(change.to)
             if not change.to or current(change.to) is not None:
                 raise EditRefused(f"{where}: {change.to or '(no new path)'} exists already")
             state[change.to] = changed[change.to] = text

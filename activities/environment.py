@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib.util
-import shutil
 import site
 import subprocess
 import sys
@@ -26,9 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from activities import paths
 from activities.sandbox import Limits, RunResult, run_limited
 
-DONE = ".qao-setup"  # in the environment: the hash of the setup command that made it
+DONE = ".setup-done"  # beside the environment: the hash of the setup command that made it
 WORKER_PACKAGES = "_qao_worker_packages.pth"
 VENV_SECONDS = 60
 PIP = """#!{python}
@@ -50,9 +50,14 @@ class Environment:
     def python(self) -> Path:
         return self.bin / "python"
 
+    @property
+    def marker(self) -> Path:
+        """Beside the environment, not in it: a run may write the environment, never this."""
+        return self.root.with_name(f".{self.root.name}{DONE}")
+
     def made_by(self, command: str) -> bool:
-        done = self.root / DONE
-        return done.exists() and done.read_text().strip() == _key(command)
+        done = self.marker
+        return done.is_file() and done.read_text().strip() == _key(command)
 
 
 @dataclass(frozen=True)
@@ -79,10 +84,16 @@ def _key(command: str) -> str:
     return hashlib.sha256(command.encode()).hexdigest()
 
 
+def remove(root: Path) -> None:
+    """The environment at `root` gone, with the marker that says what made it."""
+    paths.remove_tree(Environment(root).marker)
+    paths.remove_tree(root)
+
+
 def create(root: Path) -> Environment:
     """A fresh virtual environment at `root` that sees the system's and the worker's packages
     (blocking: call it through a thread)."""
-    shutil.rmtree(root, ignore_errors=True)
+    remove(root)
     subprocess.run(
         [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(root)],
         check=True,
@@ -111,10 +122,12 @@ async def prepare(
     *,
     limits: Limits,
     network: bool,
+    scratch: Path,
     beat: Callable[[str], None] | None = None,
 ) -> Setup:
     """The environment at `root` made by `command` run in `repo`: once (a later call finds it
-    done), and again from scratch when the command changed or its last run failed."""
+    done), and again from scratch when the command changed or its last run failed. `scratch`
+    is the worker's folder for the run's own (activities/sandbox.run_limited)."""
     env = Environment(root)
     if await asyncio.to_thread(env.made_by, command):
         return Setup(env, command, None)
@@ -123,12 +136,12 @@ async def prepare(
         ["/bin/sh", "-c", command],
         cwd=repo,
         limits=limits,
-        home=root / "home",
+        scratch=scratch,
         beat=(lambda detail: beat(f"setup command: {detail}")) if beat else None,
         writable=[root],
         network=network,
         venv=root,
     )
     if run.ok:
-        await asyncio.to_thread((root / DONE).write_text, _key(command))
+        await asyncio.to_thread(env.marker.write_text, _key(command))
     return Setup(env, command, run)

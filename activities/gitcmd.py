@@ -12,6 +12,8 @@ import subprocess
 import uuid
 from pathlib import Path
 
+from core.projects import redact
+
 GIT_TIMEOUT_SECONDS = 60
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"  # git's empty tree object
 IDENTITY = {
@@ -21,9 +23,15 @@ IDENTITY = {
     "GIT_COMMITTER_EMAIL": "builds@q-assistant.invalid",
 }
 
+# Set for every git command, above the repository's own configuration (a repository a run or a
+# model could write to must not choose a program git runs): no hooks, no fsmonitor daemon.
+FORCED_CONFIG = (("core.fsmonitor", "false"), ("core.hooksPath", os.devnull))
 # git sees none of the user's or the system's configuration (hooks, signing, templates), and
 # never asks a question on a terminal. SSH keys and agents still work (SSH_AUTH_SOCK, HOME).
 GIT_ENV = {
+    "GIT_CONFIG_COUNT": str(len(FORCED_CONFIG)),
+    **{f"GIT_CONFIG_KEY_{n}": key for n, (key, _) in enumerate(FORCED_CONFIG)},
+    **{f"GIT_CONFIG_VALUE_{n}": value for n, (_, value) in enumerate(FORCED_CONFIG)},
     "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
     "HOME": os.environ.get("HOME", "/nonexistent"),
     "GIT_CONFIG_GLOBAL": os.devnull,
@@ -39,7 +47,8 @@ class GitError(RuntimeError):
     """A git command that failed; the message is git's own reason."""
 
     def __init__(self, args: tuple[str, ...], reason: str, returncode: int) -> None:
-        super().__init__(f"git {' '.join(args)} failed: {reason}")
+        reason = redact(reason)  # git names the URL it failed on, with any token in it
+        super().__init__(redact(f"git {' '.join(args)} failed: {reason}"))
         self.reason = reason
         self.returncode = returncode
 

@@ -110,14 +110,16 @@ class Sandbox:
         writable: Sequence[Path] = (),
         readonly: Sequence[Path] = (),
         network: bool = False,
+        write_cwd: bool = True,
     ) -> list[str]:
-        """The command that runs `argv` in `cwd` confined: it writes `cwd` and `writable`
-        only, reads `readonly` besides the system and the interpreter, and reaches the host's
-        network only if `network`."""
+        """The command that runs `argv` in `cwd` confined: it writes `cwd` (unless not
+        `write_cwd`) and `writable` only, reads `readonly` besides the system and the
+        interpreter, and reaches the host's network only if `network`."""
         if self.kind == "none":
             return list(argv)
         if self.kind == "landlock":
-            return confined(argv, landlock_rules(self.readonly, cwd, writable, readonly, network))
+            rules = landlock_rules(self.readonly, cwd, writable, readonly, network, write_cwd)
+            return confined(argv, rules)
         if network and (ports := restricted_ports()):  # Landlock keeps TCP to these ports
             argv = confined(argv, {"network": True, "ports": list(ports), "fs": False})
         args = [
@@ -147,7 +149,8 @@ class Sandbox:
             args += ["--ro-bind", path, path]
         if network:
             args += ["--ro-bind", str(CONFINE), str(CONFINE)]
-        for folder in (cwd, *writable):
+        args += ["--bind" if write_cwd else "--ro-bind", str(cwd), str(cwd)]
+        for folder in writable:
             args += ["--bind", str(folder), str(folder)]
         git = cwd / ".git"
         if git.exists():
@@ -167,17 +170,21 @@ def landlock_rules(
     writable: Sequence[Path],
     readonly: Sequence[Path],
     network: bool,
+    write_cwd: bool = True,
 ) -> dict[str, object]:
     """What activities/confine.py lets a run under landlock read and write. Landlock's rights
     only add up beneath a folder, so `cwd`'s `.git` stays read-only by giving the write right
-    to each of `cwd`'s other entries, not to `cwd` itself."""
+    to each of `cwd`'s other entries, not to `cwd` itself (an entry that is a link gets none:
+    confine.py never opens a write rule through a link)."""
     read = [*SYSTEM, *(f"/etc/{name}" for name in ETC), *interpreter, *map(str, readonly)]
     # Not /proc: Landlock's ptrace rule does not keep a run of root's from another process's
     # /proc/<pid>/environ there (tried on this kernel), and a run needs none of it.
     read.append(str(cwd))
     if network:
         read += [f"/etc/{name}" for name in NETWORK_ETC]
-    entries = sorted(str(p) for p in cwd.iterdir() if p.name != ".git") if cwd.is_dir() else []
+    entries = []
+    if write_cwd and cwd.is_dir():
+        entries = sorted(str(p) for p in cwd.iterdir() if p.name != ".git" and not p.is_symlink())
     return {
         "read": read,
         "write": [*entries, *map(str, writable)],

@@ -5,14 +5,14 @@ the git side)."""
 
 from __future__ import annotations
 
-import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from temporalio.exceptions import ApplicationError
 
-from activities import delivery
+from activities import delivery, paths
 from activities.beat import in_thread
-from activities.release import ReleaseTarget
+from activities.release import Release, ReleaseTarget
 from activities.sandbox import Limits
 from activities.workspace import Workspace
 from core.projects import Bump
@@ -29,7 +29,6 @@ async def land(
     head: str,
     bump: Bump,
     smoke_command: str,
-    staging: Path,
     venv: Path | None = None,
 ) -> ReleaseOutcome:
     """Land `head` on the project's branch with its version tag and make it the current
@@ -41,18 +40,17 @@ async def land(
         if landing.kind in ("moved", "conflict"):
             return delivery.not_landed(landing)
         version = landing.version or f"build-{ws.build_branch().removeprefix('build/')}"
-        await in_thread("export", fresh_export, ws, head, staging)
-        release = await in_thread("stage", releases.stage, project_id, version, staging)
+        release = await in_thread("stage", exported, ws, head, releases.stage, project_id, version)
         smoke = await releases.verify(release, smoke_command, SMOKE_LIMITS, venv)
         ran = f"`{smoke_command or 'import every module'}` exited {smoke.returncode}"
         if not smoke.ok:  # nothing was pushed, nothing switched
-            await in_thread("discard", shutil.rmtree, release.path)
+            await in_thread("discard", paths.remove_tree, release.path)
             why = "timed out" if smoke.timed_out else _tail(smoke.output)
             outcome = delivery.outcome(release, head, landing, ran, released=False)
             outcome.summary = f"smoke check failed ({ran}): {why}; nothing was delivered"
             return outcome
         if landing.kind == "ready" and not await in_thread("push", delivery.push, ws, landing):
-            await in_thread("discard", shutil.rmtree, release.path)
+            await in_thread("discard", paths.remove_tree, release.path)
             continue
         release = await in_thread("switch current", releases.publish, release)
         return delivery.outcome(release, head, landing, ran, released=True)
@@ -68,9 +66,9 @@ async def release_here(
     that was current."""
     commit = await in_thread("checkout", ws.checkout, task.head)
     version = f"0.1.{task.attempt - 1}+{task.build_id}"
-    staging = ws.runs / f"release-{task.attempt}"
-    await in_thread("export", fresh_export, ws, commit, staging)
-    release = await in_thread("release", releases.release, task.project_id, version, staging)
+    release = await in_thread(
+        "release", exported, ws, commit, releases.release, task.project_id, version
+    )
     smoke = await releases.verify(release, smoke_command, limits)
     ran = f"`{smoke_command or 'import every module'}` exited {smoke.returncode}"
     outcome = ReleaseOutcome(
@@ -104,9 +102,9 @@ async def revert(
             type="RevertConflict",
             non_retryable=True,
         )
-    staging = ws.runs / f"revert-{done.version}"
-    await in_thread("export", fresh_export, ws, done.commit, staging)
-    release = await in_thread("release", releases.release, task.project_id, done.version, staging)
+    release = await in_thread(
+        "release", exported, ws, done.commit, releases.release, task.project_id, done.version
+    )
     message = f"build {task.build_id}: its code again, after the revert"
     head = await in_thread(
         "reapply", delivery.reapply, ws, done.commit, landed_from, task.commit or landed_from,
@@ -121,9 +119,22 @@ async def revert(
     )
 
 
-def fresh_export(ws: Workspace, commit: str, staging: Path) -> None:
-    shutil.rmtree(staging, ignore_errors=True)
-    ws.export(commit, staging)
+def exported(
+    ws: Workspace,
+    commit: str,
+    put: Callable[[str, str, Path], Release],
+    project_id: str,
+    version: str,
+) -> Release:
+    """The files of `commit` handed to the release target (`put`: stage or release) from a
+    new private folder of the worker's, removed after: no run has ever written there, so
+    nothing in it can point elsewhere."""
+    staging = paths.fresh(ws.root / "staging", "export-")
+    try:
+        ws.export(commit, staging)
+        return put(project_id, version, staging)
+    finally:
+        paths.remove_tree(staging)
 
 
 def _tail(text: str) -> str:

@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 from activities.beat import beating
 from activities.offline_model import OFFLINE_BASE_URL, SIMULATE_HEADER, offline_http_client
 from activities.prompts import Prompt, load_prompts
+from core.projects import redact
 from core.role_io import ModelUsage, RoleTask
 from core.settings import Settings
 
@@ -66,7 +67,8 @@ class ModelClient:
         payload = task.model_dump(mode="json", exclude={"simulate", "mirror"})
         return [
             {"role": "system", "content": prompt.text},
-            {"role": "user", "content": json.dumps(payload, sort_keys=True)},
+            # No credentials of a repository URL (or any URL) reach a model.
+            {"role": "user", "content": redact(json.dumps(payload, sort_keys=True))},
         ]
 
     async def structured(self, task: RoleTask, schema: type[T]) -> tuple[T, ModelUsage]:

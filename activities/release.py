@@ -107,13 +107,15 @@ class LocalReleases:
         argv = shlex.split(command) if command.strip() else _import_all(release.path)
         if argv and argv[0] in ("python", "python3"):
             argv[0] = str(venv / "bin" / "python") if venv else sys.executable
+        # Read-only: what the smoke check runs is what is released, and it cannot change it.
         return await run_limited(
             argv,
             cwd=release.path,
             limits=limits,
-            home=release.path.parent / ".smoke-home",
+            scratch=self.root / ".scratch",
             readonly=[venv] if venv else [],
             venv=venv,
+            write_cwd=False,
         )
 
     def restore(self, project_id: str, version: str | None) -> str | None:

@@ -16,10 +16,12 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from activities import paths as beneath
 from activities.gitcmd import git, git_bytes
 
 CHARS_PER_TOKEN = 4  # the estimate: English and code average about four characters a token
 MAX_PARSED_BYTES = 200_000  # larger Python files are listed, not parsed
+MAX_SHOWN_BYTES = 4_000_000  # more than any budget of tokens takes whole
 KEY_FILES = ("README", "CHANGELOG", "pyproject.toml", "setup.py", "setup.cfg")
 
 
@@ -195,10 +197,13 @@ def file_texts(repo: Path, paths: set[str], budget: int) -> tuple[dict[str, str]
     texts: dict[str, str] = {}
     used = 0
     for path in sorted(paths):
-        target = repo / path
-        if not target.is_file() or not target.resolve().is_relative_to(repo.resolve()):
+        try:  # a name the worker does not open (`.git`, a link on the way) is not shown
+            data = beneath.read_beneath(repo, path, MAX_SHOWN_BYTES)
+        except (beneath.PathRefused, OSError):
             continue
-        text = target.read_text(errors="replace")
+        if data is None:
+            continue
+        text = data.decode(errors="replace")
         cost = tokens(path) + tokens(text)
         if used + cost > budget:
             continue

@@ -226,7 +226,7 @@ class RoleActivities:
         ws = self.workspace(task.build_id, task.project)
         head = await in_thread("checkout", ws.checkout, task.head)
         limits = Limits(CHECK_SECONDS, self.settings.test_memory_mb)
-        checks = await static_checks(ws.repo, ws.runs / "home", limits)
+        checks = await static_checks(ws.repo, ws.runs, limits)
         measured = task.project is not None and task.base not in (None, head)
         if measured and any(result != "ok" for result in checks.values()):
             assert task.base is not None  # count only what the build introduced
@@ -286,10 +286,9 @@ class RoleActivities:
                 "teammate", delivery.simulate_teammate, ws, task.base, head, task.build_id
             )
         planned = task.context.get(BuildState.PLANNING.value, {}).get("smoke_command", "")
-        staging = ws.runs / f"release-{task.attempt}"
         outcome = await landing.land(
             ws, self.releases, task.project_id, head, task.bump,
-            project.smoke_command or str(planned), staging, await self._environment(ws, project),
+            project.smoke_command or str(planned), await self._environment(ws, project),
         )  # fmt: skip
         if not outcome.released:
             return ReleaseResult(output=outcome, usage=self._no_call(task))
@@ -305,7 +304,7 @@ class RoleActivities:
             return None
         made = await environment.prepare(
             ws.repo, ws.env, project.setup_command, limits=self.limits,
-            network=self.settings.sandbox_setup_network, beat=_beat,
+            network=self.settings.sandbox_setup_network, beat=_beat, scratch=ws.runs,
         )  # fmt: skip
         return made.environment.root if made.ok else None
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from activities import cgroups, isolation
+from activities import cgroups, isolation, paths
 from activities.beat import interval
 
 # Only these variables reach generated code; nothing named like a secret ever does.
@@ -139,32 +139,36 @@ async def run_limited(
     *,
     cwd: Path,
     limits: Limits,
-    home: Path,
+    scratch: Path,
     beat: Callable[[str], None] | None = None,
     writable: Sequence[Path] = (),
     readonly: Sequence[Path] = (),
     network: bool = False,
     venv: Path | None = None,
+    write_cwd: bool = True,
 ) -> RunResult:
-    """Run argv in the process's sandbox, which lets it write `cwd` and `writable` only and
-    read `readonly` besides the system and the interpreter; kill it at the wall-clock limit.
-    `network` shares the host's network (a setup command a person allowed it); `venv` is a
-    workspace's own environment, first on PATH. `beat` is called every few seconds while it
-    runs (the activity heartbeats with it)."""
+    """Run argv in the process's sandbox, which lets it write `cwd` (unless not `write_cwd`)
+    and `writable` only and read `readonly` besides the system and the interpreter; kill it
+    at the wall-clock limit. `scratch` is a folder of the worker's that no run writes: the run
+    gets a new folder in it for its home and temporary files (bubblewrap's tmpfs instead),
+    removed after, so no run finds what an earlier one left there. `network` shares the
+    host's network (a setup command a person allowed it); `venv` is a workspace's own
+    environment, first on PATH. `beat` is called every few seconds while it runs (the
+    activity heartbeats with it)."""
     started = time.monotonic()
     sandbox = await asyncio.to_thread(isolation.current)
-    temporary: Path | None = None
+    own: Path | None = None
     if sandbox.kind == "bubblewrap":
         home = Path("/tmp")  # the sandbox's own tmpfs
-    else:
-        await asyncio.to_thread(home.mkdir, parents=True, exist_ok=True)
-    if sandbox.kind == "landlock":  # its home and temporary files: a folder of the run's own
-        writable = [*writable, home]
-        temporary = home
+    else:  # its home and temporary files: a new folder of the run's own
+        own = home = await asyncio.to_thread(paths.fresh, scratch, "run-")
+        writable = [*writable, own]
+    temporary = own if sandbox.kind == "landlock" else None
     group = await asyncio.to_thread(cgroups.make, PROCESSES)
     try:
+        wrapped = sandbox.wrap(argv, cwd, writable, readonly, network, write_cwd)
         proc = await asyncio.create_subprocess_exec(
-            *_launched(sandbox.wrap(argv, cwd, writable, readonly, network), limits, group),
+            *_launched(wrapped, limits, group),
             cwd=cwd,
             env=scrubbed_env(home, venv, temporary),
             stdin=asyncio.subprocess.DEVNULL,
@@ -201,3 +205,5 @@ async def run_limited(
     finally:
         if group is not None:
             await asyncio.to_thread(cgroups.remove, group)  # what is left in it is killed
+        if own is not None:
+            await asyncio.to_thread(paths.remove_tree, own)

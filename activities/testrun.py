@@ -8,7 +8,6 @@ import asyncio
 import hashlib
 import os
 import shlex
-import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from xml.etree import ElementTree
 
 from pydantic import BaseModel
 
-from activities import environment
+from activities import environment, paths
 from activities.sandbox import Limits, run_limited
 from activities.workspace import Workspace
 from core.role_io import TestFailure, TestReport
@@ -46,24 +45,45 @@ def _pytest_args(command: str) -> list[str] | None:
     return None
 
 
-def _argv(repo: Path, runs: Path, junit: Path, command: str, python: str) -> list[str]:
-    """What to run: pytest with a JUnit report (and the project's own arguments), or the
-    project's command as it is (`python` is the run's interpreter)."""
-    runs.mkdir(parents=True, exist_ok=True)
-    junit.unlink(missing_ok=True)
+JUNIT = "junit.xml"
+JUNIT_BYTES = 32 * 1024 * 1024  # a report larger than this is read this far (and fails to parse)
+
+
+def _argv(repo: Path, out: Path, command: str, python: str) -> list[str]:
+    """What to run: pytest writing a JUnit report into `out` (and the project's own
+    arguments), or the project's command as it is (`python` is the run's interpreter). `out`
+    is the run's new folder, so nothing in it was there before."""
     extra = _pytest_args(command)
     if extra is None:
         argv = shlex.split(command)
         if argv and argv[0] in ("python", "python3"):
             argv[0] = python
         return argv
-    argv = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
-    if not any((repo / name).exists() for name in PYTEST_CONFIGS):
+    argv = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={out / JUNIT}"]
+    if not any(paths.exists_beneath(repo, name) for name in PYTEST_CONFIGS):
         # Keep pytest from adopting a configuration found above the workspace.
-        empty = runs / "pytest.ini"
-        empty.write_text("[pytest]\n")
-        argv += ["-c", str(empty), "--rootdir", str(repo)]
+        paths.write_beneath(out, "pytest.ini", b"[pytest]\n")
+        argv += ["-c", str(out / "pytest.ini"), "--rootdir", str(repo)]
     return argv + extra
+
+
+def _write_log(log: Path, text: str) -> None:
+    paths.write_beneath(log.parent, log.name, text.encode())
+
+
+def _kept(out: Path, junit: Path) -> bool:
+    """The run's JUnit report copied from its folder `out` to `junit`, where no run writes,
+    read without following a link (a run may have left one in its place); whether there was
+    one."""
+    try:
+        data = paths.read_beneath(out, JUNIT, JUNIT_BYTES)
+    except paths.PathRefused:
+        data = None
+    if data is None:
+        paths.unlink_beneath(junit.parent, junit.name)
+        return False
+    paths.write_beneath(junit.parent, junit.name, data)
+    return True
 
 
 @dataclass(frozen=True)
@@ -86,32 +106,39 @@ async def run_command(
     setup: SetupCommand | None = None,
 ) -> TestReport:
     """Run the test command in `repo` (after the setup command, if there is one and it has
-    not run yet); reports and logs go to `runs` as `<name>.xml|.log`."""
+    not run yet); reports and logs go to `runs` as `<name>.xml|.log`. `runs` is the worker's:
+    the run writes its report in a new folder of its own, which the worker reads and removes."""
     junit, log = runs / f"junit-{name}.xml", runs / f"pytest-{name}.log"
+    await asyncio.to_thread(runs.mkdir, parents=True, exist_ok=True)
     python, venv, ready = sys.executable, None, ""
     if setup is not None:
         made = await environment.prepare(
-            repo, setup.root, setup.command, limits=limits, network=setup.network, beat=beat
-        )
+            repo, setup.root, setup.command, limits=limits, network=setup.network, beat=beat,
+            scratch=runs,
+        )  # fmt: skip
         ready = made.describe()
         if not made.ok:
             assert made.run is not None
-            await asyncio.to_thread(runs.mkdir, parents=True, exist_ok=True)
-            await asyncio.to_thread(log.write_text, made.run.output)
+            await asyncio.to_thread(_write_log, log, made.run.output)
             return _setup_failed(command, made, log)
         python, venv = str(made.environment.python), setup.root
-    argv = await asyncio.to_thread(_argv, repo, runs, junit, command, python)
-    run = await run_limited(
-        argv,
-        cwd=repo,
-        limits=limits,
-        home=runs / "home",
-        beat=beat,
-        writable=[runs],
-        readonly=[venv] if venv else [],
-        venv=venv,
-    )
-    await asyncio.to_thread(log.write_text, run.output)
+    out = await asyncio.to_thread(paths.fresh, runs, f"{name}-")
+    try:
+        argv = await asyncio.to_thread(_argv, repo, out, command, python)
+        run = await run_limited(
+            argv,
+            cwd=repo,
+            limits=limits,
+            scratch=runs,
+            beat=beat,
+            writable=[out],
+            readonly=[venv] if venv else [],
+            venv=venv,
+        )
+        await asyncio.to_thread(_kept, out, junit)
+    finally:
+        await asyncio.to_thread(paths.remove_tree, out)
+    await asyncio.to_thread(_write_log, log, run.output)
     tests, failures = await asyncio.to_thread(parse_junit, junit)
     pytest = _pytest_args(command) is not None
     if run.timed_out:
@@ -214,7 +241,7 @@ async def baseline(
         passed = await asyncio.to_thread(passed_tests, junit)
     finally:
         await asyncio.to_thread(ws.drop_worktree, tree)
-        await asyncio.to_thread(shutil.rmtree, env, True)
+        await asyncio.to_thread(environment.remove, env)
     result = Baseline(commit=base, report=report, passed=sorted(passed))
     if not report.timed_out:  # a slow machine's timeout says nothing about the base
         await asyncio.to_thread(_write, key, result)

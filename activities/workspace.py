@@ -18,10 +18,12 @@ import shutil
 import subprocess
 import uuid
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
+from activities import paths
 from activities.edits import AttemptRefused, EditRefused, MergeUnresolved, UnsafePath, plan_edits
 from activities.gitcmd import EMPTY_TREE, GIT_ENV, GIT_TIMEOUT_SECONDS, GitError, git, git_bytes
+from activities.paths import PathRefused
 from core.role_io import FileEdit, FileRef, SourceFile
 
 MAX_FILES = 200
@@ -141,7 +143,7 @@ class Workspace:
         self.ensure()
         base = self.fetch()
         self.git("checkout", "-q", "-f", "-B", self._remote().build_branch, base)
-        self.git("clean", "-q", "-fdx")
+        self.git("clean", "-q", "-ffdx")  # -ff: nested repositories too
         return base
 
     def checkout(self, commit: str | None) -> str:
@@ -160,7 +162,7 @@ class Workspace:
             self.git("reset", "-q", "--hard", target)
         else:
             self.git("checkout", "-q", "-f", "-B", self.remote.build_branch, target)
-        self.git("clean", "-q", "-fdx")
+        self.git("clean", "-q", "-ffdx")  # -ff: nested repositories too
         return self.head()
 
     def start_merge(self, commit: str) -> list[str]:
@@ -205,30 +207,35 @@ class Workspace:
             raise ValueError("this workspace has no project repository")
         return self.remote
 
-    def safe_path(self, name: str) -> Path:
-        """The absolute path of `name` inside the repository, or UnsafePath saying why not."""
-        pure = PurePosixPath(name)
-        if not name.strip() or pure.is_absolute() or name.startswith(("/", "\\")):
-            raise UnsafePath(f"{name!r}: absolute or empty paths are refused")
-        if ".." in pure.parts:
-            raise UnsafePath(f"{name!r}: '..' is refused")
-        if pure.parts and pure.parts[0] == ".git":
-            raise UnsafePath(f"{name!r}: the repository's .git is off limits")
-        target = (self.repo / pure).resolve()
-        if not target.is_relative_to(self.repo.resolve()):
-            raise UnsafePath(f"{name!r}: resolves outside the workspace (a symlink?)")
-        return target
+    def read_file(self, name: str) -> bytes | None:
+        """The bytes of the file `name` in the working tree (None: there is none); UnsafePath
+        for a name the worker does not open (activities/paths.py says which)."""
+        try:
+            return paths.read_beneath(self.repo, name)
+        except PathRefused as err:
+            raise UnsafePath(str(err)) from err
+        except OSError as err:
+            raise UnsafePath(f"{name!r}: {err.strerror or err}") from err
 
     def write(
         self, files: list[SourceFile], message: str, edits: list[FileEdit] | None = None
     ) -> tuple[str, list[FileRef]]:
         """Check every path and edit, then write all files, apply the edits and commit;
-        nothing changes if one of them does not apply."""
+        nothing changes if one of them does not apply. Every file goes through
+        activities/paths.py: no link is followed, no `.git` touched."""
         edits = edits or []
         if len(files) + len(edits) > MAX_FILES:
             raise UnsafePath(f"{len(files) + len(edits)} changes; at most {MAX_FILES} per attempt")
-        targets = [(self.safe_path(f.path), f) for f in files]
-        planned = plan_edits(self.safe_path, files, edits)
+        try:
+            for name in (
+                [f.path for f in files]
+                + [e.path for e in edits]
+                + [e.to for e in edits if e.kind == "rename"]
+            ):
+                paths.check_name(name)
+        except PathRefused as err:
+            raise UnsafePath(str(err)) from err
+        planned = plan_edits(self.read_file, files, edits)
         unresolved = self.unmerged()
         contents = {f.path: f.content.encode() for f in files} | planned
         written = {path for path, data in contents.items() if data is not None}
@@ -244,24 +251,28 @@ class Workspace:
                 "write each of these files whole, with both sides' changes and no markers"
             )
         refs = []
-        for target, file in targets:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            data = file.content.encode()
-            target.write_bytes(data)
-            refs.append(FileRef(path=file.path, bytes=len(data), sha256=_sha(data)))
-        for name, edited in planned.items():
-            target = self.safe_path(name)
-            if edited is None:
-                target.unlink(missing_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(edited)
-            refs.append(FileRef(path=name, bytes=len(edited), sha256=_sha(edited)))
+        try:
+            for name, data in contents.items():
+                if data is None:
+                    paths.unlink_beneath(self.repo, name)
+                    continue
+                paths.write_beneath(self.repo, name, data)
+                refs.append(FileRef(path=name, bytes=len(data), sha256=_sha(data)))
+        except (PathRefused, OSError) as err:
+            self._discard()
+            if isinstance(err, PathRefused):
+                raise UnsafePath(str(err)) from err
+            raise UnsafePath(f"{err.filename or ''}: {err.strerror or err}") from err
         self.git("add", "-A")
         self.git("commit", "-q", "--allow-empty", "-m", message)
         commit = self.head()
         self.push_commit(commit)
         return commit, refs
+
+    def _discard(self) -> None:
+        """The working tree back to its commit (a merge in progress is given up too)."""
+        self.git("reset", "-q", "--hard")
+        self.git("clean", "-q", "-ffdx")
 
     def diff(self, base: str | None, head: str, limit: int) -> tuple[str, str]:
         """The diff from `base` (None: from nothing) to `head`, cut at `limit`; and its stat."""

@@ -28,7 +28,7 @@ ProjectArg = Annotated[str, typer.Argument(help="Project id: letters, digits, . 
 
 
 def _print_project(view: ProjectView) -> None:
-    config = view.config
+    config = view.shown().config
     made = " (made by the system)" if view.created_by_system else ""
     console.print(f"[bold]{view.project_id}[/bold]: {config.repository}{made}")
     head = (view.head or "-")[:12]
@@ -95,7 +95,7 @@ def project_show(
 
     view = run_command(go)
     if as_json:
-        console.print_json(view.model_dump_json())
+        console.print_json(view.shown().model_dump_json())
     else:
         _print_project(view)
 

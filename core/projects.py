@@ -77,6 +77,19 @@ class ProjectConfig(BaseModel):
         return value
 
 
+# The user and password of a URL (scheme://user:password@host): what `redact` masks.
+_CREDENTIALS = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s'\"]+)@")
+MASK = "***"
+
+
+def redact(text: str) -> str:
+    """`text` with the user and password of every URL in it masked, so a repository URL that
+    carries a token shows as `https://***:***@host/...` in prompts, logs, events and answers."""
+    return _CREDENTIALS.sub(
+        lambda m: f"{m['scheme']}{MASK}{':' + MASK if ':' in m['userinfo'] else ''}@", text
+    )
+
+
 def is_url(repository: str) -> bool:
     """A URL git clones (scheme://...), or git's scp-like user@host:path (a colon before any
     slash)."""
@@ -94,6 +107,11 @@ class ProjectView(BaseModel):
     created_by_system: bool = False  # a greenfield project's repository, made by the system
     head: str | None = None  # the branch's commit when the registry last checked it
     release_queue: list[str] = Field(default_factory=list)  # build ids, the turn's holder first
+
+    def shown(self) -> ProjectView:
+        """The view as people see it (the API, the CLI): the repository's credentials masked."""
+        config = self.config.model_copy(update={"repository": redact(self.config.repository)})
+        return self.model_copy(update={"config": config})
 
 
 class RepositoryCheck(BaseModel):

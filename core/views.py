@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from core.models import BuildRepository, BuildRequest, BuildSnapshot, BuildStatus
+from core.projects import redact
 from core.rules import BuildData, budget_problem, cost_of, tokens_of
 from core.states import TERMINAL, BuildState, progress_of, role_of
 
@@ -34,7 +35,7 @@ def repository(data: BuildData) -> BuildRepository | None:
         return None
     release = data.release
     return BuildRepository(
-        repository=data.project.repository,
+        repository=redact(data.project.repository),
         branch=data.project.branch,
         base=data.project_base,
         build_branch=data.branch,

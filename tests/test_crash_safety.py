@@ -56,7 +56,7 @@ async def test_a_cancelled_run_takes_its_process_group_with_it(tmp_path: Path):
     script = sleeper(pid_file)
     run = asyncio.create_task(
         run_limited(
-            [sys.executable, "-c", script], cwd=tmp_path, limits=Limits(60, 256), home=tmp_path
+            [sys.executable, "-c", script], cwd=tmp_path, limits=Limits(60, 256), scratch=tmp_path
         )
     )
     async with asyncio.timeout(10):
@@ -78,7 +78,7 @@ def test_a_run_dies_with_a_killed_worker(tmp_path: Path):
         from pathlib import Path
         from activities.sandbox import Limits, run_limited
         asyncio.run(run_limited([sys.executable, "-c", {child!r}], cwd=Path({str(tmp_path)!r}),
-                                limits=Limits(60, 256), home=Path({str(tmp_path)!r})))
+                                limits=Limits(60, 256), scratch=Path({str(tmp_path)!r})))
     """)
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.Popen([sys.executable, "-c", worker], cwd=root)

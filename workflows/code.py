@@ -14,6 +14,7 @@ with workflow.unsafe.imports_passed_through():
     from core import rules
     from core.contracts import OPEN_WORKSPACE, RESTORE_WORKSPACE
     from core.models import BuildRequest, EventType
+    from core.projects import redact
     from core.role_io import OpenResult, OpenTask, RestoreResult
     from core.rules import BuildData
     from core.states import BuildState
@@ -54,7 +55,7 @@ class BuildCode:
         self.records.emit(
             EventType.WORKSPACE_OPENED,
             "system",
-            repository=opened.project.repository,
+            repository=redact(opened.project.repository),
             branch=opened.project.branch,
             base=opened.base,
             build_branch=opened.branch,

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path
 from api.deps import ClientDep, SettingsDep
 from api.schemas import answers
 from client import projects
-from core.projects import PROJECT_ID_PATTERN, ProjectConfig, ProjectView
+from core.projects import PROJECT_ID_PATTERN, ProjectConfig, ProjectView, redact
 
 router = APIRouter(prefix="/api/projects", tags=["projects"], responses=answers(400, 401, 503))
 log = logging.getLogger("api")
@@ -27,16 +27,16 @@ async def put_project(
     """Register or change a project. git must be able to read the repository and its branch;
     if it cannot, 422 with git's reason, and nothing is stored."""
     view = await projects.put_project(client, settings, project_id, body)
-    log.info("project %s registered: %s (%s)", project_id, body.repository, body.branch)
-    return view
+    log.info("project %s registered: %s (%s)", project_id, redact(body.repository), body.branch)
+    return view.shown()
 
 
 @router.get("")
 async def list_projects(client: ClientDep) -> list[ProjectView]:
     """Every registered project, by id (greenfield ones too, once they have had a build)."""
-    return await projects.list_projects(client)
+    return [view.shown() for view in await projects.list_projects(client)]
 
 
 @router.get("/{project_id}", responses=answers(404))
 async def get_project(project_id: ProjectId, client: ClientDep) -> ProjectView:
-    return await projects.get_project(client, project_id)
+    return (await projects.get_project(client, project_id)).shown()
