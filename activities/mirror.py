@@ -14,10 +14,12 @@ import asyncio
 import logging
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import DataError, IntegrityError
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.beat import beating
-from core.contracts import MIRROR_BUILD
+from core.contracts import MIRROR_BUILD, MIRROR_REFUSED
 from core.models import MirrorBatch, MirrorReceipt
 from db.crud import record_batch
 
@@ -31,8 +33,21 @@ class MirrorActivities:
         self.engine = engine
 
     def write(self, batch: MirrorBatch) -> MirrorReceipt:
-        """One write (blocking: the database driver blocks)."""
-        return record_batch(self.engine, batch=batch)
+        """One write (blocking: the database driver blocks). A refusal of its data is
+        MIRROR_REFUSED, not retried: the same data would be refused again, without end."""
+        try:
+            return record_batch(self.engine, batch=batch)
+        except (DataError, IntegrityError) as err:
+            reason = str(err.orig or err).splitlines()[0][:500]
+            log.error(
+                "mirror refused the batch of %s up to event %d, not retried: %s",
+                batch.snapshot.workflow_id, batch.snapshot.last_seq, reason,
+            )  # fmt: skip
+            raise ApplicationError(
+                f"the database refused the mirror's data: {reason}",
+                type=MIRROR_REFUSED,
+                non_retryable=True,
+            ) from err
 
     @activity.defn(name=MIRROR_BUILD.name)
     async def mirror_build(self, batch: MirrorBatch) -> MirrorReceipt:

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import AppState, require_api_key
+from api.guard import Guard
 from api.metrics import SdkCollector, api_registry
 from api.routes import health, projects, workflows
 from client.errors import (
@@ -131,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(workflows.router, dependencies=[Depends(require_api_key)])
     app.include_router(projects.router, dependencies=[Depends(require_api_key)])
 
+    app.add_middleware(Guard, settings=settings)  # inside Observe: its refusals are counted
     app.add_middleware(Observe)
 
     @app.get("/metrics", tags=["health"], response_class=Response)

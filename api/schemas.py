@@ -43,8 +43,10 @@ def answers(*codes: int) -> dict[int | str, dict[str, Any]]:
     meaning = {
         400: "the body is not valid JSON text",
         401: "API_KEY is set and the request does not carry it",
+        403: "the repository is outside PROJECT_REPOSITORY_ROOTS",
         404: "no such build or project",
         409: "the build cannot take this command now; the reason says why",
+        413: "the request body is larger than API_MAX_BODY_BYTES",
         422: "a field is not valid, or git cannot read the repository; the reason says why",
         503: "Temporal, a worker or the database did not answer; try again",
     }

@@ -56,6 +56,9 @@ VERIFICATION_OVERSEER = Contract("verification_overseer", RoleTask, Verification
 RELEASE_MANAGER = Contract("release_manager", RoleTask, ReleaseResult)
 RESTORE_WORKSPACE = Contract("restore_workspace", RestoreTask, RestoreResult)
 MIRROR_BUILD = Contract("mirror_build", MirrorBatch, MirrorReceipt)  # a local activity
+# The failure kind of a mirror write the database refused for its data (not for being down):
+# not retried, recorded as an event, and the build goes on.
+MIRROR_REFUSED = "MirrorRefused"
 OPEN_WORKSPACE = Contract("open_workspace", OpenTask, OpenResult)
 # The project registry's (workflows/project.py) questions to git.
 CHECK_REPOSITORY = Contract("check_repository", RepositoryCheck, RepositoryChecked)

@@ -235,6 +235,7 @@ class EventType(StrEnum):
     BRANCH_MOVED = "branch_moved"
     RELEASE_QUEUED = "release_queued"
     RELEASE_TURN = "release_turn"
+    MIRROR_REFUSED = "mirror_refused"
 
 
 class BuildEvent(BaseModel):

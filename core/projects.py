@@ -6,7 +6,9 @@ types, and the version arithmetic is unit-tested without git.
 
 from __future__ import annotations
 
+import posixpath
 import re
+from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -88,6 +90,21 @@ def redact(text: str) -> str:
     return _CREDENTIALS.sub(
         lambda m: f"{m['scheme']}{MASK}{':' + MASK if ':' in m['userinfo'] else ''}@", text
     )
+
+
+def outside_roots(repository: str, roots: tuple[str, ...]) -> str | None:
+    """Why `repository` is not one `roots` allows (None: it is, or there are no roots): a URL
+    must start with one of the roots that are URLs, a path must lie in one of the folders."""
+    if not roots:
+        return None
+    if is_url(repository):
+        if any(is_url(root) and repository.startswith(root) for root in roots):
+            return None
+    else:
+        path = PurePosixPath(posixpath.normpath(repository))
+        if any(not is_url(root) and path.is_relative_to(root) for root in roots):
+            return None
+    return f"{redact(repository)} is outside PROJECT_REPOSITORY_ROOTS ({', '.join(roots)})"
 
 
 def is_url(repository: str) -> bool:

@@ -88,7 +88,13 @@ class Settings(BaseSettings):
     # HTTP API (api/). Without API_KEY every endpoint is open, and the API logs that at start.
     api_host: str = "127.0.0.1"
     api_port: int = 8000
-    api_key: SecretStr | None = None
+    api_key: SecretStr | None = None  # required to serve on an address other than loopback
+    # The largest request body the API reads; larger ones get 413 before they are read.
+    api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # What a project registered through the API may name as its repository, comma-separated:
+    # local folders (/srv/git) and URL prefixes (https://github.com/acme/). Empty: anything git
+    # can clone, including any local path the worker can read and ssh URLs with its keys.
+    project_repository_roots: str = ""
     # How long the API and starter.py wait for a worker to accept or refuse a command.
     command_timeout_seconds: float = Field(default=10, gt=0)
 
@@ -153,6 +159,10 @@ class Settings(BaseSettings):
             if not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"SANDBOX_SETUP_PORTS: {port!r} is not a TCP port")
         return value
+
+    @property
+    def repository_roots(self) -> tuple[str, ...]:
+        return tuple(r.strip() for r in self.project_repository_roots.split(",") if r.strip())
 
     @property
     def setup_ports(self) -> tuple[int, ...]:

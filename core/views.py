@@ -19,9 +19,17 @@ def waiting_for(data: BuildData) -> str | None:
     if data.state is S.BUDGET_EXHAUSTED:
         return f"a budget top-up ({budget_problem(data) or 'topped up'})"
     if data.turn == "waiting":
-        ahead = f" (behind {', '.join(data.turn_ahead)})" if data.turn_ahead else ""
+        ahead = f" (behind {_some(data.turn_ahead)})" if data.turn_ahead else ""
         return f"its turn in the project's release queue{ahead}"
     return f"approval at {data.waiting_at_gate.value}" if data.waiting_at_gate else None
+
+
+SHOWN_AHEAD = 3  # a queue grows with the work: its text names the next few, then counts
+
+
+def _some(names: list[str]) -> str:
+    more = len(names) - SHOWN_AHEAD
+    return ", ".join(names[:SHOWN_AHEAD]) + (f" and {more} more" if more > 0 else "")
 
 
 def pending_command(data: BuildData) -> str | None:

@@ -60,10 +60,29 @@ def _upsert_stmt(
     return stmt.returning(table.c[keys[0]])
 
 
+ELLIPSIS = "…"
+
+
+def bounded(table: Table, row: dict[str, Any]) -> dict[str, Any]:
+    """`row` as its table takes it: every text cut to its column's length (with an ellipsis)
+    and without NUL characters, which PostgreSQL refuses in text (SQLite checks neither, so
+    what passes there would be refused there). Every write of the mirror goes through here."""
+    out = dict(row)
+    for key, value in row.items():
+        if not isinstance(value, str):
+            continue
+        value = value.replace("\x00", "")
+        length = getattr(table.c[key].type, "length", None)
+        if length is not None and len(value) > length:
+            value = value[: length - len(ELLIPSIS)] + ELLIPSIS
+        out[key] = value
+    return out
+
+
 def _insert_new(conn: Connection, engine: Engine, table: Table, rows: list[dict[str, Any]]) -> int:
     """Insert rows whose (workflow_id, seq) is new; return how many were (via RETURNING)."""
     stmt = _insert_new_stmt(engine.dialect.name, table)
-    return len(conn.execute(stmt, rows).all())
+    return len(conn.execute(stmt, [bounded(table, row) for row in rows]).all())
 
 
 def build_values(snapshot: BuildSnapshot) -> dict[str, Any]:
@@ -125,7 +144,7 @@ def _upsert_usage(conn: Connection, engine: Engine, snapshot: BuildSnapshot) -> 
     ]
     columns = frozenset({"calls", "tokens", "cost_usd"})
     stmt = _upsert_stmt(engine.dialect.name, table, ("workflow_id", "role"), columns, None)
-    conn.execute(stmt, rows).all()
+    conn.execute(stmt, [bounded(table, row) for row in rows]).all()
 
 
 def record_batch(engine: Engine, *, batch: MirrorBatch) -> MirrorReceipt:
@@ -171,7 +190,7 @@ def record_batch(engine: Engine, *, batch: MirrorBatch) -> MirrorReceipt:
                 for h in batch.handoffs
             ]
             handoffs_inserted = _insert_new(conn, engine, handoffs, rows)
-        values = build_values(snapshot)
+        values = bounded(builds, build_values(snapshot))
         columns = frozenset(values) - {"build_id", "created_at"}
         stmt = _upsert_stmt(engine.dialect.name, builds, ("build_id",), columns, "last_seq")
         # RETURNING counts what was really written (rowcount is -1 with psycopg here).

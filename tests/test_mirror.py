@@ -289,3 +289,70 @@ async def test_mirror_is_exact_through_a_retry_loop_a_rollback_and_failing_activ
     assert [r.seq for r in rows] == list(range(1, len(events) + 1))  # no gap, no duplicate
     assert build is not None and build.last_seq == len(events)
     assert build.current_state == "complete" and build.attempts["planning"] == 2
+
+
+def test_text_past_its_column_and_nul_characters_are_bounded_before_the_write(
+    mirror_db: Engine,
+):
+    """PostgreSQL refuses both (SQLite takes them): the mirror cuts and cleans every text
+    column to what its table declares, so the same build writes on either."""
+    workflow_id = f"build-{uuid.uuid4().hex[:8]}"
+    batch = _batch(workflow_id, range(1, 3), BuildState.DEPLOYMENT, 2)
+    ahead = ", ".join(f"build-{n:04d}" for n in range(38))
+    batch.snapshot.waiting_for = f"its turn in the project's release queue (behind {ahead})"
+    batch.snapshot.failure_reason = "a\x00b" * 200
+    batch.events[0].triggered_by = "x" * 500
+    receipt = crud.record_batch(mirror_db, batch=batch)
+    assert receipt.events_inserted == 2 and receipt.build_updated
+    with Session(mirror_db) as session:
+        build = crud.get_build(session, workflow_id=workflow_id)
+        events = crud.list_events(session, workflow_id=workflow_id)
+    assert build is not None and build.waiting_for is not None
+    assert len(build.waiting_for) == 200 and build.waiting_for.endswith(crud.ELLIPSIS)
+    assert build.failure_reason is not None and "\x00" not in build.failure_reason
+    assert len(events[0].triggered_by) == 128
+
+
+def test_a_row_the_database_refuses_for_its_data_is_not_retried(mirror_db: Engine):
+    if mirror_db.dialect.name != "postgresql":
+        pytest.skip("SQLite stores any integer it is given")
+    from temporalio.exceptions import ApplicationError
+
+    from core.contracts import MIRROR_REFUSED
+
+    batch = _batch(f"build-{uuid.uuid4().hex[:8]}", range(1, 2), BuildState.TESTING, 2**40)
+    with pytest.raises(ApplicationError) as refused:
+        MirrorActivities(mirror_db).write(batch)  # last_seq beyond PostgreSQL's integer
+    assert refused.value.type == MIRROR_REFUSED and refused.value.non_retryable
+    assert "out of range" in str(refused.value)
+
+
+async def test_a_refused_mirror_write_is_recorded_and_the_build_goes_on(
+    client: Client, settings: Settings, mirror_db: Engine, monkeypatch: pytest.MonkeyPatch
+):
+    from sqlalchemy.exc import DataError
+
+    from activities import mirror as mirror_module
+
+    refusals = 0
+    real = crud.record_batch
+
+    def refusing(engine: Engine, *, batch: MirrorBatch) -> MirrorReceipt:
+        nonlocal refusals
+        if activity.info().activity_type == "mirror_build" and refusals == 0:
+            refusals += 1
+            cause = Exception("value too long for type character varying(200)")
+            raise DataError("INSERT ...", {}, cause)
+        return real(engine, batch=batch)
+
+    monkeypatch.setattr(mirror_module, "record_batch", refusing)
+    async with running_worker(client, settings, mirror_db):
+        handle = await start(client, settings, make_request())
+        await handle.result()
+        events = await handle.query(BuildWorkflow.event_log, 0)
+    refused = [e for e in events if e.event_type is EventType.MIRROR_REFUSED]
+    assert refusals == 1 and len(refused) == 1
+    assert "character varying(200)" in refused[0].data["reason"]
+    with Session(mirror_db) as session:
+        build = crud.get_build(session, workflow_id=handle.id)
+    assert build is not None and build.current_state == "complete"

@@ -173,3 +173,10 @@ def test_diagram_is_generated_from_the_table():
         if kind is EdgeKind.FORWARD or kind is EdgeKind.RETRY:
             assert f"{src.value} --> {dst.value}" in diagram
     assert "rollback" in diagram
+
+
+def test_a_long_release_queue_is_named_in_part_and_counted() -> None:
+    from core import views
+
+    assert views._some([f"b{n}" for n in range(38)]) == "b0, b1, b2 and 35 more"
+    assert views._some(["b0", "b1"]) == "b0, b1"

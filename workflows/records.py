@@ -11,6 +11,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from core import rules, views
@@ -23,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
         TOKENS,
         VERIFICATION_ATTEMPTS,
     )
-    from core.contracts import MIRROR_BUILD
+    from core.contracts import MIRROR_BUILD, MIRROR_REFUSED
     from core.models import BuildEvent, BuildRequest, BuildStatus, EventType, Handoff, MirrorBatch
     from core.role_io import ModelUsage
     from core.rules import BuildData, Verdict
@@ -225,21 +226,41 @@ class BuildRecords:
         self.unmirrored_outputs -= set(batch.snapshot.outputs)
 
     async def mirror(self) -> None:
-        """Write what the mirror has not confirmed, before the workflow waits or ends."""
+        """Write what the mirror has not confirmed, before the workflow waits or ends. A batch
+        the database refuses for its data is not sent again (it would be refused again, and
+        the build would wait without end): the refusal is an event of its own, written with
+        the build's row in one more batch, and the build goes on."""
         self.flush_attributes()  # every wait of the workflow passes through here first
-        batch = self.batch()
-        if batch is None:
-            return
-        last_seq = batch.snapshot.last_seq
-        await workflow.execute_local_activity(
-            MIRROR_BUILD.name,
-            batch,
-            result_type=MIRROR_BUILD.result,
-            start_to_close_timeout=MIRROR_TIMEOUT,
-            retry_policy=MIRROR_RETRY,
-            summary=f"mirror up to event {last_seq}",
-        )
-        self.confirm(batch, last_seq)
+        for _ in range(2):  # the batch, and after a refusal the batch that records it
+            batch = self.batch()
+            if batch is None:
+                return
+            last_seq = batch.snapshot.last_seq
+            refused = await self._write(batch)
+            self.confirm(batch, last_seq)
+            if refused is None:
+                return
+            workflow.logger.error("mirror refused events up to %d: %s", last_seq, refused)
+            self.emit(EventType.MIRROR_REFUSED, "system", up_to=last_seq, reason=refused)
+
+    async def _write(self, batch: MirrorBatch) -> str | None:
+        """Write `batch` through the local activity; the database's reason if it refused it."""
+        try:
+            await workflow.execute_local_activity(
+                MIRROR_BUILD.name,
+                batch,
+                result_type=MIRROR_BUILD.result,
+                start_to_close_timeout=MIRROR_TIMEOUT,
+                retry_policy=MIRROR_RETRY,
+                summary=f"mirror up to event {batch.snapshot.last_seq}",
+            )
+        except (ActivityError, ApplicationError) as err:
+            # A local activity's failure arrives as its ApplicationError itself.
+            cause = err.cause if isinstance(err, ActivityError) else err
+            if isinstance(cause, ApplicationError) and cause.type == MIRROR_REFUSED:
+                return cause.message
+            raise
+        return None
 
     async def before_call(self) -> MirrorBatch | None:
         """Before a role call: the batch the call is to carry and write, or None once the
