@@ -16,6 +16,7 @@ from core.settings import Settings
 
 GUARDED = "/api/"  # the health checks, /metrics and the docs stay open
 KEY_HEADER = "x-api-key"
+CAP_SETTING = "API_MAX_BODY_BYTES"
 
 
 def key_accepted(settings: Settings, key: str | None, authorization: str | None) -> bool:
@@ -37,10 +38,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # a name: whatever it resolves to, it is not known to be loopback
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 class Guard:
@@ -65,32 +62,32 @@ class Guard:
         cap = self.settings.api_max_body_bytes
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > cap:
-            await _answer(send, 413, f"the request body is over {cap} bytes (API_MAX_BODY_BYTES)")
+            await _answer(send, 413, f"the request body is over {cap} bytes ({CAP_SETTING})")
             return
         received = 0
-        started = False
+        too_large = answered = False
 
         async def counted() -> Message:
-            nonlocal received
+            nonlocal received, too_large
+            if too_large:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > cap:
-                    raise BodyTooLarge
+                if received > cap:  # read no more of it; the answer is 413, whatever the app says
+                    too_large = True
+                    return {"type": "http.disconnect"}
             return message
 
         async def sending(message: Message) -> None:
-            nonlocal started
-            started |= message["type"] == "http.response.start"
-            await send(message)
+            nonlocal answered
+            if not too_large:
+                await send(message)
+            elif not answered and message["type"] == "http.response.start":
+                answered = True
+                await _answer(send, 413, f"the request body is over {cap} bytes ({CAP_SETTING})")
 
-        try:
-            await self.app(scope, counted, sending)
-        except BodyTooLarge:
-            if not started:
-                await _answer(
-                    send, 413, f"the request body is over {cap} bytes (API_MAX_BODY_BYTES)"
-                )
+        await self.app(scope, counted, sending)
 
 
 async def _answer(

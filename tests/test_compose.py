@@ -45,8 +45,18 @@ def resolved(value: object) -> str:
 
 def published(service: str) -> dict[int, int]:
     """container port -> host port."""
-    pairs = (str(p).split(":") for p in SERVICES[service].get("ports", []))
+    pairs = (str(p).split(":")[-2:] for p in SERVICES[service].get("ports", []))
     return {int(c): int(h) for h, c in pairs}
+
+
+def test_nothing_is_published_beyond_loopback_and_temporal_not_at_all():
+    for name, service in SERVICES.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+    assert "ports" not in SERVICES["temporal"] and "7233" in SERVICES["temporal"]["expose"]
+    # The API listens on its container's every address: compose will not start it keyless.
+    assert "--host" in SERVICES["api"]["command"] and "0.0.0.0" in SERVICES["api"]["command"]
+    assert SERVICES["api"]["environment"]["API_KEY"].startswith("${API_KEY:?")
 
 
 def test_the_stack_has_every_part():
@@ -92,7 +102,7 @@ def test_worker_and_api_reach_temporal_and_the_same_mirror():
     for service in OUR_SERVICES:
         env = {k: resolved(v) for k, v in SERVICES[service]["environment"].items()}
         host, port = env["TEMPORAL_ADDRESS"].split(":")
-        assert host == "temporal" and int(port) in published("temporal")
+        assert host == "temporal" and port in SERVICES["temporal"]["expose"]
         assert env["TEMPORAL_TASK_QUEUE"] == Settings.model_fields["temporal_task_queue"].default
         db = urlparse(env["DATABASE_URL"])
         pg = {k: resolved(v) for k, v in SERVICES[db.hostname or ""]["environment"].items()}
