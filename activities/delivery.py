@@ -13,13 +13,16 @@ and its tag is the one it already has.
 from __future__ import annotations
 
 import re
+import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from packaging.version import InvalidVersion, Version
 
 from activities.gitcmd import EMPTY_TREE, GitError, git
 from activities.release import Release
 from activities.workspace import Workspace
-from core.projects import Bump, next_version, version_of
+from core.projects import Bump, VersionScheme, next_version, version_of
 from core.role_io import ReleaseOutcome
 
 PUSH_ATTEMPTS = 3  # a refused push means the branch moved meanwhile: look again
@@ -49,22 +52,22 @@ def _is_ancestor(ws: Workspace, older: str, newer: str) -> bool:
 
 
 def _tags(ws: Workspace) -> list[str]:
-    return ws.git("tag", "--list", "v*").split()
+    return ws.git("tag", "--list").split()
 
 
 def _version_at(ws: Workspace, commit: str) -> str:
-    tags = [t for t in ws.git("tag", "--points-at", commit).split() if version_of(t)]
-    return max(tags, key=lambda t: version_of(t) or (0, 0, 0), default="")
+    tags = [(v, t) for t in ws.git("tag", "--points-at", commit).split() if (v := version_of(t))]
+    return max(tags)[1] if tags else ""
 
 
-def survey(ws: Workspace, head: str, bump: Bump) -> Landing:
+def survey(ws: Workspace, head: str, bump: Bump, scheme: VersionScheme = "auto") -> Landing:
     """Fetch the project and say what delivering `head` takes; a moved branch is merged in
     here (and the merge commit pushed under the build's refs)."""
     tip = ws.fetch()
     if _is_ancestor(ws, head, tip):  # delivered already: a retry after the push
         return Landing("landed", head, tip, _version_at(ws, head))
     if _is_ancestor(ws, tip, head):
-        return Landing("ready", head, tip, next_version(_tags(ws), bump))
+        return Landing("ready", head, tip, next_version(_tags(ws), bump, scheme))
     ws.checkout(head)
     try:
         message = f"Merge {ws.remote_branch()} into {ws.build_branch()}"
@@ -109,15 +112,19 @@ def simulate_teammate(ws: Workspace, base: str | None, head: str, build_id: str)
 
 
 def push(ws: Workspace, landing: Landing) -> bool:
-    """Fast-forward the project branch to the tested commit and tag it, in one atomic push;
-    False when git refused (the branch moved or the version was taken meanwhile)."""
+    """Fast-forward the project branch to the tested commit and tag it (no tag without a
+    version: the `none` scheme), in one atomic push; False when git refused (the branch moved
+    or the version was taken meanwhile)."""
     tag, branch = landing.version, ws.remote_branch()
-    ws.git("tag", "-f", "-a", tag, "-m", f"{tag}", landing.commit)
+    refs = [f"{landing.commit}:refs/heads/{branch}"]
+    if tag:
+        ws.git("tag", "-f", "-a", tag, "-m", f"{tag}", landing.commit)
+        refs.append(f"refs/tags/{tag}")
     try:
-        ws.git("push", "-q", "--atomic", "origin", f"{landing.commit}:refs/heads/{branch}",
-               f"refs/tags/{tag}")  # fmt: skip
+        ws.git("push", "-q", "--atomic", "origin", *refs)
     except GitError:
-        ws.git("tag", "-d", tag)
+        if tag:
+            ws.git("tag", "-d", tag)
         return False
     return True
 
@@ -135,7 +142,9 @@ def _trailer(build_id: str) -> str:
     return f"Reverts-build: {build_id}"
 
 
-def revert(ws: Workspace, landed_from: str, landed: str, build_id: str) -> Revert:
+def revert(
+    ws: Workspace, landed_from: str, landed: str, build_id: str, scheme: VersionScheme = "auto"
+) -> Revert:
     """Revert the change `landed_from..landed` on the project's branch with a new commit and
     a patch version (history is never rewritten), also under later releases. Repeatable: a
     revert already on the branch is found by its trailer, not made twice."""
@@ -155,7 +164,7 @@ def revert(ws: Workspace, landed_from: str, landed: str, build_id: str) -> Rever
             failed = re.findall(r"error: (.+?): patch does not apply", err.reason)
             ws.git("reset", "-q", "--hard", tip)
             return Revert(tip, "", conflicts=sorted({*unmerged, *failed}) or [err.reason])
-        version = next_version(_tags(ws), "patch")
+        version = next_version(_tags(ws), "patch", scheme)
         message = f"Revert build {build_id} ({_version_at(ws, landed) or landed[:12]})"
         ws.git("commit", "-q", "--allow-empty", "-m", message, "-m", _trailer(build_id))
         landing = Landing("ready", ws.head(), tip, version)
@@ -194,6 +203,48 @@ def not_landed(landing: Landing) -> ReleaseOutcome:
         branch_head=landing.branch_head,
         retest=landing.kind == "moved",
         conflicts=landing.conflicts,
+    )
+
+
+VERSION_FILES = ("*__init__.py", "*__about__.py", "*_version.py", "*version.py")
+_DUNDER = re.compile(r"""^__version__\s*(?::\s*str\s*)?=\s*["']([^"']+)["']""", re.M)
+
+
+def declared_version(ws: Workspace, commit: str) -> tuple[str, str] | None:
+    """The version the project's files at `commit` declare, and the file: pyproject.toml's
+    [project] version (unless dynamic), else the first `__version__ = "..."` of its packages."""
+    try:
+        text = ws.git("show", f"{commit}:pyproject.toml")
+        project = tomllib.loads(text).get("project", {})
+        if isinstance(project.get("version"), str):
+            return project["version"], "pyproject.toml"
+    except (GitError, tomllib.TOMLDecodeError):
+        pass
+    try:
+        found = ws.git("grep", "-l", "-E", "^__version__", commit, "--", *VERSION_FILES)
+    except GitError:  # exit 1: nothing found
+        return None
+    for line in sorted(found.splitlines(), key=lambda name: (name.count("/"), name)):
+        path = line.split(":", 1)[1]
+        if match := _DUNDER.search(ws.git("show", f"{commit}:{path}")):
+            return match[1], path
+    return None
+
+
+def disagreement(ws: Workspace, commit: str, tag: str) -> str:
+    """What the project's files declare, where it is not the version `tag` releases."""
+    declared = declared_version(ws, commit)
+    released = version_of(tag)
+    if declared is None or released is None:
+        return ""
+    try:
+        if Version(declared[0]) == released:
+            return ""
+    except InvalidVersion:
+        pass
+    return (
+        f"{declared[1]} declares version {declared[0]}, the release is tagged {tag}; "
+        "the project's own version was not changed"
     )
 
 

@@ -15,7 +15,7 @@ from activities.beat import in_thread
 from activities.release import Release, ReleaseTarget
 from activities.sandbox import Limits
 from activities.workspace import Workspace
-from core.projects import Bump
+from core.projects import Bump, VersionScheme
 from core.role_io import ReleaseOutcome, RestoreResult, RestoreTask, RoleTask
 
 SMOKE_LIMITS = Limits(60, 512)
@@ -30,13 +30,14 @@ async def land(
     bump: Bump,
     smoke_command: str,
     venv: Path | None = None,
+    scheme: VersionScheme = "auto",
 ) -> ReleaseOutcome:
     """Land `head` on the project's branch with its version tag and make it the current
     release; or an outcome that says why not (the branch moved: re-test; a conflict; a
     failed smoke check, before anything was pushed). The smoke check runs with `venv`, the
     environment the project's setup command made, if there is one."""
     for _ in range(delivery.PUSH_ATTEMPTS):
-        landing = await in_thread("fetch the project", delivery.survey, ws, head, bump)
+        landing = await in_thread("fetch the project", delivery.survey, ws, head, bump, scheme)
         if landing.kind in ("moved", "conflict"):
             return delivery.not_landed(landing)
         version = landing.version or f"build-{ws.build_branch().removeprefix('build/')}"
@@ -53,8 +54,12 @@ async def land(
             await in_thread("discard", paths.remove_tree, release.path)
             continue
         release = await in_thread("switch current", releases.publish, release)
-        return delivery.outcome(release, head, landing, ran, released=True)
-    landing = await in_thread("fetch the project", delivery.survey, ws, head, bump)
+        done = delivery.outcome(release, head, landing, ran, released=True)
+        done.declared = await in_thread(
+            "version files", delivery.disagreement, ws, landing.commit, landing.version
+        )
+        return done
+    landing = await in_thread("fetch the project", delivery.survey, ws, head, bump, scheme)
     return delivery.not_landed(landing)
 
 
@@ -94,7 +99,10 @@ async def revert(
     """A release merged into the project's branch is reverted there by a new commit and
     version, which is deployed; the build's code at `task.commit` goes on from the revert."""
     await in_thread("checkout", ws.checkout, landed)
-    done = await in_thread("revert", delivery.revert, ws, landed_from, landed, task.build_id)
+    scheme = task.project.version_scheme if task.project else "auto"
+    done = await in_thread(
+        "revert", delivery.revert, ws, landed_from, landed, task.build_id, scheme
+    )
     if done.conflicts:
         raise ApplicationError(
             f"reverting release {task.undo_release} on the project's branch conflicts in "

@@ -289,12 +289,15 @@ class RoleActivities:
         outcome = await landing.land(
             ws, self.releases, task.project_id, head, task.bump,
             project.smoke_command or str(planned), await self._environment(ws, project),
+            project.version_scheme,
         )  # fmt: skip
         if not outcome.released:
             return ReleaseResult(output=outcome, usage=self._no_call(task))
         asked = _with(task, version=outcome.version)
         notes, usage = await self.llm.structured(asked, ReleaseNotes)
         outcome.summary, outcome.notes = notes.summary, notes.notes
+        if outcome.declared:  # said beside the model's words, not left to them
+            outcome.summary = f"{outcome.summary} Note: {outcome.declared}."
         return ReleaseResult(output=outcome, usage=usage)
 
     async def _environment(self, ws: Workspace, project: ProjectConfig) -> Path | None:

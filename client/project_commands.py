@@ -11,7 +11,7 @@ from temporalio.client import Client
 
 from client import projects
 from client.cli import console, run_command
-from core.projects import ProjectConfig, ProjectView, is_url
+from core.projects import ProjectConfig, ProjectView, VersionScheme, is_url
 from core.settings import Settings
 
 
@@ -32,7 +32,10 @@ def _print_project(view: ProjectView) -> None:
     made = " (made by the system)" if view.created_by_system else ""
     console.print(f"[bold]{view.project_id}[/bold]: {config.repository}{made}")
     head = (view.head or "-")[:12]
-    console.print(f"  branch {config.branch} at {head} · delivery {config.delivery}")
+    console.print(
+        f"  branch {config.branch} at {head} · delivery {config.delivery} · "
+        f"versions {config.version_scheme}"
+    )
     console.print(f"  tests: {config.test_command}")
     if config.setup_command:
         console.print(f"  setup: {config.setup_command}")
@@ -60,6 +63,13 @@ def project_add(
         DeliveryMode,
         typer.Option(help="merge: into the branch, tagged; branch: pushed for a person."),
     ] = DeliveryMode.MERGE,
+    version_scheme: Annotated[
+        VersionScheme,
+        typer.Option(
+            help="How releases are tagged: auto follows the project's own tags (8.5.0 -> "
+            "8.6.0, v1.4.0 -> v1.5.0; v0.1.0 first), semver, v-semver, or none (no tag)."
+        ),
+    ] = "auto",
 ) -> None:
     """Register a project (or change it). git must be able to read the repository's branch."""
     if not is_url(repository):
@@ -72,6 +82,7 @@ def project_add(
             smoke_command=smoke_command,
             setup_command=setup_command,
             delivery=delivery.value,
+            version_scheme=version_scheme,
         )
     except ValueError as err:
         console.print(f"[red]error:[/red] {err}")

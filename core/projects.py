@@ -11,13 +11,15 @@ import re
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
+from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Delivery = Literal["merge", "branch"]
 Bump = Literal["patch", "minor", "major"]
+# How a project's releases are tagged: `auto` follows its own highest version tag.
+VersionScheme = Literal["auto", "semver", "v-semver", "none"]
 PROJECT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 ProjectId = Annotated[str, Field(pattern=PROJECT_ID_PATTERN)]
-VERSION_TAG = re.compile(r"^v(\d+)\.(\d+)\.(\d+)$")
 BRANCH_CHARS = re.compile(r"^[A-Za-z0-9._/-]{1,200}$")
 
 
@@ -52,6 +54,11 @@ class ProjectConfig(BaseModel):
         "virtual environment of the workspace's own; network only with SANDBOX_SETUP_NETWORK.",
     )
     delivery: Delivery = "merge"
+    version_scheme: VersionScheme = Field(
+        default="auto",
+        description="How releases are tagged: auto (the project's own form: 8.5.0 -> 8.6.0, "
+        "v1.4.0 -> v1.5.0; v0.1.0 first), semver (no v), v-semver, none (no tag).",
+    )
 
     @field_validator("repository")
     @classmethod
@@ -189,17 +196,44 @@ class ProjectStart(BaseModel):
     granted: QueueJoin | None = None  # the last holder told it holds the turn
 
 
-def version_of(tag: str) -> tuple[int, int, int] | None:
-    match = VERSION_TAG.match(tag)
-    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+def parse_tag(tag: str) -> tuple[str, Version] | None:
+    """A version tag's prefix (`v` or nothing) and its PEP 440 version (`8.5.0`, `v1.4.0`,
+    `2.0rc1`, `5.1`); None for a tag that is no version."""
+    prefix = tag[:1] if tag[:1] in ("v", "V") else ""
+    try:
+        return prefix, Version(tag[len(prefix) :])
+    except InvalidVersion:
+        return None
 
 
-def next_version(tags: list[str], bump: Bump = "minor") -> str:
-    """The tag after the highest vX.Y.Z among `tags` (v0.0.0 when there is none)."""
-    versions = [v for v in (version_of(t) for t in tags) if v is not None]
-    major, minor, patch = max(versions, default=(0, 0, 0))
+def version_of(tag: str) -> Version | None:
+    parsed = parse_tag(tag)
+    return parsed[1] if parsed else None
+
+
+def is_final(version: Version) -> bool:
+    return not (version.is_prerelease or version.is_devrelease or version.local)
+
+
+def next_version(tags: list[str], bump: Bump = "minor", scheme: VersionScheme = "auto") -> str:
+    """The tag after the highest final release among `tags`, in the project's own form: `8.5.0`
+    is followed by `8.6.0`, `v1.4.0` by `v1.5.0`, `5.1` by `5.2`; a pre-release (`2.0rc1`) is
+    never the base. No version tag yet: `v0.1.0` (`0.1.0` with `semver`). `semver` and
+    `v-semver` choose the prefix whatever the tags use; `none`: no tag (the empty string)."""
+    if scheme == "none":
+        return ""
+    finals = [p for p in (parse_tag(t) for t in tags) if p is not None and is_final(p[1])]
+    prefix, base = max(finals, key=lambda found: found[1], default=("v", Version("0.0.0")))
+    if scheme != "auto":
+        prefix = "v" if scheme == "v-semver" else ""
+    numbers = [*base.release, 0, 0][:3]
     if bump == "major":
-        return f"v{major + 1}.0.0"
-    if bump == "minor":
-        return f"v{major}.{minor + 1}.0"
-    return f"v{major}.{minor}.{patch + 1}"
+        numbers = [numbers[0] + 1, 0, 0]
+    elif bump == "minor":
+        numbers = [numbers[0], numbers[1] + 1, 0]
+    else:
+        numbers[2] += 1
+    # As many numbers as the project writes (two in `5.1`), and all three a patch needs.
+    shown = max(len(base.release), 3 if bump == "patch" else 2) if finals else 3
+    epoch = f"{base.epoch}!" if base.epoch else ""
+    return f"{prefix}{epoch}{'.'.join(str(n) for n in numbers[: min(shown, 3)])}"

@@ -200,6 +200,9 @@ class ReleaseOutcome(BaseModel):
     # build, which is tested again before it can land.
     retest: bool = False
     conflicts: list[str] = Field(default_factory=list)  # the merge conflicted in these files
+    # The version the project's own files declare (pyproject.toml, __version__), and where, when
+    # it is not the version released: said, never silently disagreed with.
+    declared: str = ""
 
 
 RoleOutput = (

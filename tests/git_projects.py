@@ -60,4 +60,4 @@ def tree_of(remote: Path, ref: str = "main") -> set[str]:
 
 
 def tags_of(remote: Path) -> list[str]:
-    return git(remote, "tag", "--list", "v*", "--sort=v:refname").split()
+    return git(remote, "tag", "--list", "--sort=v:refname").split()

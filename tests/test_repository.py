@@ -144,7 +144,7 @@ def test_a_version_is_never_taken_twice(tmp_path: Path) -> None:
         ([], "minor", "v0.1.0"),
         ([], "patch", "v0.0.1"),
         ([], "major", "v1.0.0"),
-        (["v1.2.3", "v1.10.0", "v1.9.9", "release-7", "v2.0"], "minor", "v1.11.0"),
+        (["v1.2.3", "v1.10.0", "v1.9.9", "release-7", "v2.0rc1"], "minor", "v1.11.0"),
         (["v1.2.3"], "patch", "v1.2.4"),
         (["v1.2.3"], "major", "v2.0.0"),
     ],
