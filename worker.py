@@ -10,6 +10,7 @@ import logging
 import signal
 
 import typer
+from sqlalchemy.exc import OperationalError
 
 from activities import cgroups, isolation
 from activities.llm import ModelClient
@@ -40,6 +41,25 @@ def choose_sandbox(settings: Settings) -> None:
         log.info("removed %d empty run cgroups left by a stopped worker", swept)
 
 
+DATABASE_WAIT_MAX_SECONDS = 30.0
+
+
+async def database_ready(settings: Settings) -> None:
+    """The mirror's database migrated; while it cannot be reached, wait and try again (each
+    wait twice the last, up to 30 s), saying why: a worker started before its database comes
+    up when the database does."""
+    delay = 1.0
+    while True:
+        try:
+            await asyncio.to_thread(upgrade, settings.db_url())
+            return
+        except OperationalError as err:
+            reason = str(err.orig or err).strip().splitlines()[0]
+            log.warning("mirror database unavailable (%s); trying again in %.0fs", reason, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, DATABASE_WAIT_MAX_SECONDS)
+
+
 async def serve(settings: Settings) -> None:
     choose_sandbox(settings)
     try:
@@ -58,7 +78,7 @@ async def serve(settings: Settings) -> None:
             f"cannot reach Temporal at {settings.temporal_address}: {err}; "
             "is it running? `make run` starts it"
         ) from err
-    upgrade(settings.db_url())
+    await database_ready(settings)
     engine = make_engine(settings.db_url())
     llm = ModelClient(settings)
     identity = worker_identity()

@@ -16,8 +16,10 @@ for another setup command is replaced.
 from __future__ import annotations
 
 import asyncio
+import configparser
 import hashlib
 import importlib.util
+import os
 import site
 import subprocess
 import sys
@@ -115,6 +117,63 @@ def create(root: Path) -> Environment:
     return env
 
 
+# What a setup command with network gets of the worker's environment: its package index and
+# TLS configuration, nothing else (no credentials of its own, no tokens, no HOME).
+NETWORK_VARIABLES = (
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+    "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "ALL_PROXY",
+    "https_proxy", "http_proxy", "no_proxy", "all_proxy",
+    "PIP_CONFIG_FILE", "UV_INDEX_URL", "UV_EXTRA_INDEX_URL",
+)  # fmt: skip
+
+
+def _pip_config_files() -> list[Path]:
+    """pip's configuration files of the worker, in pip's own order (global, then the user's)."""
+    dirs = os.environ.get("XDG_CONFIG_DIRS", "/etc/xdg").split(os.pathsep)
+    found = [Path(d) / "pip" / "pip.conf" for d in dirs if d] + [Path("/etc/pip.conf")]
+    config = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
+    found += [Path.home() / ".pip" / "pip.conf", config / "pip" / "pip.conf"]
+    return [f for f in found if f.is_file()]
+
+
+def _named_paths(value: str) -> list[Path]:
+    """The files and folders a configuration value names (a CA bundle, a constraints file,
+    find-links folders, file:// index URLs)."""
+    paths: list[Path] = []
+    for token in value.split():
+        token = token.removeprefix("file://")
+        if token.startswith("/") and os.path.exists(token):
+            paths.append(Path(token))
+    return paths
+
+
+def index_configuration() -> tuple[dict[str, str], list[Path]]:
+    """The worker's package-index and TLS configuration for a setup command with network: the
+    variables (every PIP_*, the CA bundles, the proxies) and the files a run must read (pip's
+    configuration files, and every file or folder a value names). The user's own pip.conf is
+    handed over as PIP_CONFIG_FILE, since the run's HOME is not the worker's."""
+    variables = {
+        k: v for k, v in os.environ.items() if k.startswith("PIP_") or k in NETWORK_VARIABLES
+    }
+    files = _pip_config_files()
+    user = [f for f in files if f.is_relative_to(Path.home())]
+    if user and "PIP_CONFIG_FILE" not in variables:
+        variables["PIP_CONFIG_FILE"] = str(user[-1])
+    readable = list(files)
+    for file in files:
+        parser = configparser.RawConfigParser()
+        try:
+            parser.read(file)
+        except configparser.Error:
+            continue
+        for section in parser.sections():
+            for value in parser[section].values():
+                readable += _named_paths(value)
+    for value in variables.values():
+        readable += _named_paths(value)
+    return variables, sorted(set(readable))
+
+
 async def prepare(
     repo: Path,
     root: Path,
@@ -132,6 +191,7 @@ async def prepare(
     if await asyncio.to_thread(env.made_by, command):
         return Setup(env, command, None)
     env = await asyncio.to_thread(create, root)
+    variables, readable = index_configuration() if network else ({}, [])
     run = await run_limited(
         ["/bin/sh", "-c", command],
         cwd=repo,
@@ -139,8 +199,10 @@ async def prepare(
         scratch=scratch,
         beat=(lambda detail: beat(f"setup command: {detail}")) if beat else None,
         writable=[root],
+        readonly=readable,
         network=network,
         venv=root,
+        env=variables,
     )
     if run.ok:
         await asyncio.to_thread(env.marker.write_text, _key(command))

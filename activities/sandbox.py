@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,6 +146,7 @@ async def run_limited(
     network: bool = False,
     venv: Path | None = None,
     write_cwd: bool = True,
+    env: Mapping[str, str] | None = None,
 ) -> RunResult:
     """Run argv in the process's sandbox, which lets it write `cwd` (unless not `write_cwd`)
     and `writable` only and read `readonly` besides the system and the interpreter; kill it
@@ -153,8 +154,9 @@ async def run_limited(
     gets a new folder in it for its home and temporary files (bubblewrap's tmpfs instead),
     removed after, so no run finds what an earlier one left there. `network` shares the
     host's network (a setup command a person allowed it); `venv` is a workspace's own
-    environment, first on PATH. `beat` is called every few seconds while it runs (the
-    activity heartbeats with it)."""
+    environment, first on PATH. `env` adds variables the caller chose to the scrubbed
+    environment (a setup command's package-index configuration). `beat` is called every few
+    seconds while it runs (the activity heartbeats with it)."""
     started = time.monotonic()
     sandbox = await asyncio.to_thread(isolation.current)
     own: Path | None = None
@@ -170,7 +172,7 @@ async def run_limited(
         proc = await asyncio.create_subprocess_exec(
             *_launched(wrapped, limits, group),
             cwd=cwd,
-            env=scrubbed_env(home, venv, temporary),
+            env=scrubbed_env(home, venv, temporary) | dict(env or {}),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,

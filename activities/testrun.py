@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import shlex
 import sys
 from collections.abc import Callable
@@ -189,7 +190,7 @@ def _setup_failed(command: str, made: environment.Setup, log: Path) -> TestRepor
         passed=False,
         summary=f"The setup command failed, so no tests ran: {what}.",
         tests_run=0,
-        failures=[TestFailure(test=RUN, message=f"setup {what}: {_last(made.run.output)}")],
+        failures=[TestFailure(test=RUN, message=f"setup {what}: {setup_cause(made.run.output)}")],
         timed_out=made.run.timed_out,
         log=str(log),
         command=command,
@@ -343,6 +344,27 @@ def _cases(path: Path) -> list[tuple[str, str | None]]:
                 message = f"{message}: {errors[-1] if errors else _last(text, 1)}"
             cases.append((name, message[:MESSAGE_CHARS]))
     return cases
+
+
+_NETWORK_CAUSE = re.compile(
+    r"SSLError|CERTIFICATE_VERIFY_FAILED|certificate verify failed|Temporary failure in name "
+    r"resolution|Name or service not known|No address associated|Connection refused|"
+    r"NewConnectionError|ProxyError"
+)
+
+
+def setup_cause(output: str) -> str:
+    """Why a setup failed, from its output: pip's first `ERROR:` line, and the TLS, resolver or
+    connection error behind it when one was printed (pip's retries say it, its last error
+    may not); not the decoration at the output's end. Else its last lines."""
+    lines = [line.strip() for line in output.splitlines()]
+    error = next((line for line in lines if line.startswith("ERROR:")), "")
+    network = next((line for line in lines if _NETWORK_CAUSE.search(line)), "")
+    if network and network != error:
+        cause = f"{error} (because: {network})" if error else network
+    else:
+        cause = error
+    return cause[:MESSAGE_CHARS] if cause else _last(output)
 
 
 def _failed_tests(failures: list[TestFailure]) -> int:

@@ -100,7 +100,9 @@ async def start_build(
             request,
             id=request.workflow_id,
             task_queue=settings.temporal_task_queue,
-            execution_timeout=timedelta(seconds=settings.build_execution_timeout_seconds),
+            execution_timeout=timedelta(seconds=settings.build_execution_timeout_seconds)
+            if settings.build_execution_timeout_seconds
+            else None,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             search_attributes=TypedSearchAttributes(

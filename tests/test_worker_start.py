@@ -1,0 +1,57 @@
+"""A worker started while the mirror's database is down waits for it, says why, and comes up
+when it returns: a real worker process against a PostgreSQL database that does not exist yet
+and is then made."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from temporalio.client import Client
+
+from core.settings import Settings
+from db.engine import make_engine
+from tests.conftest import PG_ADMIN
+from tests.helpers import make_request, spawn_worker, start
+
+
+@pytest.mark.slow  # a worker process, waiting for a database
+async def test_a_worker_waits_for_its_database_and_comes_up_when_it_returns(
+    client: Client, settings: Settings, tmp_path: Path
+):
+    name = f"qao_late_{uuid.uuid4().hex[:8]}"
+    late = settings.model_copy(
+        update={"database_url": f"postgresql://postgres@127.0.0.1:5432/{name}"}
+    )
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        proc = await spawn_worker(late, tmp_path, stderr=out)
+    try:
+        async with asyncio.timeout(30):
+            while "mirror database unavailable" not in log.read_text():
+                assert proc.returncode is None, log.read_text()
+                await asyncio.sleep(0.2)
+        await asyncio.sleep(1.5)
+        assert proc.returncode is None  # still waiting, not gone
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        handle = await start(client, late, make_request())
+        async with asyncio.timeout(60):
+            result = await handle.result()
+        assert result.state.value == "complete"
+        engine = make_engine(late.db_url())
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "select current_state from build_workflows where workflow_id = %s",
+                (handle.id,),
+            ).all()
+        engine.dispose()
+        assert rows == [("complete",)]
+    finally:
+        proc.terminate()
+        await proc.wait()
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
