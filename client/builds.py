@@ -79,6 +79,7 @@ def new_request(
             policy=settings.role_policy(),
             budget=settings.budget(options.max_tokens, options.max_cost_usd),
             attention_wait_seconds=settings.attention_wait_seconds,
+            approval_wait_seconds=settings.approval_wait_seconds,
             bump=options.bump,
         ),
     )

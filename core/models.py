@@ -137,6 +137,7 @@ class BuildOptions(BaseModel):
     policy: RolePolicy = Field(default_factory=RolePolicy)
     budget: Budget = Field(default_factory=Budget)
     attention_wait_seconds: float = Field(default=86_400, gt=0)
+    approval_wait_seconds: float = Field(default=7 * 86_400, gt=0)
     bump: Bump = "minor"  # which part of the project's version its release raises
 
     _gates = field_validator("approval_gates")(check_gates)

@@ -142,6 +142,8 @@ class Settings(BaseSettings):
     build_max_cost_usd: float = Field(default=5.0, ge=0)
     budget_wait_seconds: float = Field(default=86_400, gt=0)
     attention_wait_seconds: float = Field(default=86_400, gt=0)
+    # How long a build waits at an approval gate before it ends FAILED (7 days).
+    approval_wait_seconds: float = Field(default=7 * 86_400, gt=0)
     role_start_to_close_seconds: float = Field(default=300, gt=0)
     role_max_attempts: int = Field(default=5, ge=1)
     role_initial_retry_seconds: float = Field(default=1, gt=0)
@@ -150,12 +152,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _timeout_outlasts_waits(self) -> Self:
-        longest = max(self.attention_wait_seconds, self.budget_wait_seconds)
-        if 0 < self.build_execution_timeout_seconds <= longest:
+        waits = (self.attention_wait_seconds, self.budget_wait_seconds, self.approval_wait_seconds)
+        if 0 < self.build_execution_timeout_seconds <= max(waits):
             raise ValueError(
                 f"BUILD_EXECUTION_TIMEOUT_SECONDS={self.build_execution_timeout_seconds} would end "
-                f"a build waiting for a person or a top-up ({longest:g} s) silently; set 0 (no "
-                "timeout, the default) or more than ATTENTION_WAIT_SECONDS and BUDGET_WAIT_SECONDS"
+                f"a build waiting for a person, an approval or a top-up ({max(waits):g} s) "
+                "silently; set 0 (no timeout, the default) or more than ATTENTION_WAIT_SECONDS, "
+                "APPROVAL_WAIT_SECONDS and BUDGET_WAIT_SECONDS"
             )
         return self
 

@@ -85,3 +85,17 @@ def test_a_signature_ignores_numbers_and_spacing_but_not_the_failing_tests():
     review = {"reasons": ["Add a docstring", "no tests for reset()"]}
     reordered = {"reasons": ["No tests for reset()", "add a docstring"]}
     assert failure_signature(S.VERIFICATION, review) == failure_signature(S.VERIFICATION, reordered)
+
+
+async def test_nobody_approving_ends_the_build_failed_and_mirrored(client: Client, worker):
+    gate = "handoff_to_releaser"
+    request = make_request(approval_gates=[gate], approval_wait_seconds=2)
+    handle = await start(client, worker, request)
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    status = await status_of(handle)
+    assert status.state is S.FAILED and status.last_error is not None
+    assert f"nobody approved {gate} within 2s" in status.last_error
+    events = await handle.query(BuildWorkflow.event_log, 0)
+    assert events[-1].event_type is EventType.FAILED
+    await save_history(handle, "approval_timer")

@@ -41,6 +41,8 @@ PROJECT_REPOSITORIES_PATCH = "project-repositories"
 RELEASE_QUEUE_PATCH = "release-queue"
 # A revert of the build's release that conflicts waits for a person, not FAILED.
 REVERT_ATTENTION_PATCH = "revert-conflict-attention"
+# An approval gate waits APPROVAL_WAIT_SECONDS, then the build ends FAILED (no silent end).
+APPROVAL_TIMER_PATCH = "approval-timer"
 # What a Code Writer's attempt can be refused for; the build loops back and it tries again.
 REFUSED_ATTEMPTS = ("UnsafePath", "AttemptRefused", "EditRefused", "MergeUnresolved")
 
@@ -239,10 +241,21 @@ class BuildWorkflow(BuildMessages):
         def decided() -> bool:
             return self.data.approved_gate == gate or self.data.pending is not None
 
+        wait = self.request.options.approval_wait_seconds
+        timed = workflow.patched(APPROVAL_TIMER_PATCH)
+        deadline = workflow.now() + timedelta(seconds=wait)
         # Mirror what happens while the build waits (e.g. rejected signals) as it happens.
         while True:
             await self.records.mirror()
-            await workflow.wait_condition(lambda: decided() or self.records.unmirrored())
+            left = (deadline - workflow.now()) if timed else None
+            try:
+                await workflow.wait_condition(
+                    lambda: decided() or self.records.unmirrored(), timeout=left
+                )
+            except TimeoutError as err:
+                raise BuildFailed(
+                    f"nobody approved {gate.value} within {wait:g}s", "approval timeout"
+                ) from err
             if decided():
                 break
         self.data.waiting_at_gate = None
