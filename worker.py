@@ -14,6 +14,7 @@ from sqlalchemy.exc import OperationalError
 
 from activities import cgroups, isolation
 from activities.llm import ModelClient
+from client.reconcile import reconcile_forever
 from client.worker import build_worker, worker_identity
 from core.exit import exit_now
 from core.settings import Settings, get_settings
@@ -99,8 +100,15 @@ async def serve(settings: Settings) -> None:
     )
     if runtime is not None:
         log.info("metrics at http://%s/metrics", settings.worker_metrics_address)
+    reconciler = (
+        asyncio.create_task(reconcile_forever(client, engine, settings.mirror_reconcile_seconds))
+        if settings.mirror_reconcile_seconds
+        else None
+    )
     async with worker:
         await stop.wait()
+        if reconciler is not None:
+            reconciler.cancel()
         log.info("shutting down: finishing running activities")
     await llm.close()
     engine.dispose()

@@ -43,7 +43,8 @@ def make(limit: int) -> Path | None:
     base = root()
     if base is None:
         return None
-    group = base / f"{PREFIX}{uuid.uuid4().hex[:12]}"
+    # Named after the worker that made it, so a later worker knows whose runs it held.
+    group = base / f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
     try:
         group.mkdir()
         (group / "pids.max").write_text(str(limit))
@@ -70,21 +71,45 @@ def remove(group: Path) -> None:
         group.rmdir()
 
 
+def _owner(group: Path) -> int | None:
+    """The pid of the worker that made `group` (None: a group named before groups said so)."""
+    owner = group.name.removeprefix(PREFIX).split("-", 1)[0]
+    return int(owner) if owner.isdigit() and "-" in group.name.removeprefix(PREFIX) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
 def sweep(older_than: float = STALE_SECONDS) -> int:
-    """Remove the empty run groups a killed worker left (it could not remove its own); the
-    number removed. A group with a process in it is never removed (rmdir refuses), and a new
-    one is left to the worker that is about to join it."""
+    """End what the runs of a killed worker left: every group whose worker is gone, with the
+    processes still in it (a sandbox that outlived its worker), and empty groups of unknown
+    owner older than `older_than`; the number of groups removed. Groups of a worker that runs
+    (this one, or another on this machine) are left alone."""
     base = root()
     if base is None:
         return 0
     removed = 0
     now = time.time()
     for group in base.glob(f"{PREFIX}*"):
+        owner = _owner(group)
         try:
-            if now - group.stat().st_mtime < older_than:
-                continue
-            group.rmdir()
-            removed += 1
+            if owner is not None:
+                if _alive(owner):
+                    continue
+                remove(group)  # its processes killed, then the group
+            else:
+                if now - group.stat().st_mtime < older_than:
+                    continue
+                group.rmdir()  # refused while a process is in it
         except OSError:
             continue
+        if not group.exists():
+            removed += 1
     return removed

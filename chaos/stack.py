@@ -18,6 +18,7 @@ import psycopg
 from sqlmodel import Session
 from temporalio.client import Client, WorkflowHandle
 
+from activities import cgroups
 from client.builds import has_worker, start_build
 from core.models import BuildOptions, BuildRequest, RolePolicy
 from core.settings import Settings
@@ -212,15 +213,48 @@ class Stack:
                 extra_rows += len(set(have) - want)
         finally:
             engine.dispose()
-        passed = complete == len(handles) and lost == duplicated == extra_rows == 0
+        await asyncio.sleep(LEFTOVER_GRACE_SECONDS)  # a run's own clean-up ends first
+        left = leftovers()
+        passed = complete == len(handles) and lost == duplicated == extra_rows == 0 and not left
         detail = (
             f"{complete}/{len(handles)} builds complete{extra}; mirror rows = events {events} "
-            f"({lost} lost, {duplicated} duplicated, {extra_rows} unknown)"
+            f"({lost} lost, {duplicated} duplicated, {extra_rows} unknown); "
+            f"{len(left)} sandbox processes left"
         )
+        if left:
+            detail += f" ({', '.join(left[:3])})"
         reasons = sorted({_reason(r) for r in results if isinstance(r, BaseException)})
         if reasons:
             detail += f"; failures: {' | '.join(reasons[:3])}"
         return Verdict(drill, passed, detail)
+
+
+LEFTOVER_GRACE_SECONDS = 3.0
+
+
+def leftovers() -> list[str]:
+    """Processes of sandboxed runs still alive once every build has ended: bubblewrap, the
+    landlock confiner, or anything in a run's pids cgroup ("pid command" each)."""
+    found: dict[int, str] = {}
+    base = cgroups.root()
+    if base is not None:
+        for group in base.glob(f"{cgroups.PREFIX}*"):
+            try:
+                for pid in (group / "cgroup.procs").read_text().split():
+                    found[int(pid)] = "in a run cgroup"
+            except OSError:
+                continue
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        command = b" ".join(argv).decode(errors="replace")
+        if argv[0].endswith(b"bwrap") or "activities/confine.py" in command:
+            found[int(entry.name)] = command[:60]
+    return [f"{pid} {what}" for pid, what in sorted(found.items())]
 
 
 class WorkerExited(RuntimeError):

@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     build_max_cost_usd: float = Field(default=5.0, ge=0)
     budget_wait_seconds: float = Field(default=86_400, gt=0)
     attention_wait_seconds: float = Field(default=86_400, gt=0)
+    # How often each worker asks Temporal about builds the mirror calls open, to write those
+    # ended from outside (terminated, timed out) as such; 0: never.
+    mirror_reconcile_seconds: float = Field(default=20, ge=0)
     # How long a build waits at an approval gate before it ends FAILED (7 days).
     approval_wait_seconds: float = Field(default=7 * 86_400, gt=0)
     role_start_to_close_seconds: float = Field(default=300, gt=0)

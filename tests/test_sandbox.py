@@ -218,11 +218,14 @@ def test_without_a_sandbox_the_same_suite_gets_out(unconfined: Outcome) -> None:
     assert unconfined.report.sandbox.startswith("none")
 
 
-def test_the_worker_sweeps_empty_run_groups_a_killed_worker_left() -> None:
-    if cgroups.root() is None:
+def test_the_worker_sweeps_empty_run_groups_of_no_known_worker() -> None:
+    base = cgroups.root()
+    if base is None:
         pytest.skip("no pids cgroup can be made here")
-    left, busy = cgroups.make(8), cgroups.make(8)
-    assert left is not None and busy is not None
+    # Groups named without their worker's pid: only their age and emptiness say they are left.
+    left, busy = (base / f"{cgroups.PREFIX}{uuid.uuid4().hex[:12]}" for _ in range(2))
+    left.mkdir()
+    busy.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         (busy / "cgroup.procs").write_text(str(holder.pid))
@@ -236,6 +239,35 @@ def test_the_worker_sweeps_empty_run_groups_a_killed_worker_left() -> None:
         holder.wait()
         cgroups.remove(busy)
     assert not busy.exists()
+
+
+def test_the_worker_ends_what_a_dead_workers_runs_left_and_spares_a_live_ones() -> None:
+    """A sandbox that outlived its worker (bubblewrap as PID 1 of a run's namespace, say) is
+    in its run's group, named after the worker: a worker at start kills what is in the groups
+    of workers that are gone, and leaves those of workers that run."""
+    base = cgroups.root()
+    if base is None:
+        pytest.skip("no pids cgroup can be made here")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a worker that was killed: its pid is free
+    orphaned = base / f"{cgroups.PREFIX}{gone.pid}-{uuid.uuid4().hex[:12]}"
+    orphaned.mkdir()
+    live = cgroups.make(8)  # this process's: a worker that runs
+    assert live is not None
+    left = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    kept = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (orphaned / "cgroup.procs").write_text(str(left.pid))
+        (live / "cgroup.procs").write_text(str(kept.pid))
+        assert cgroups.sweep() >= 1
+        assert left.wait(timeout=10) == -9 and not orphaned.exists()
+        assert kept.poll() is None and live.exists()
+    finally:
+        for proc in (left, kept):
+            proc.kill()
+            proc.wait()
+        cgroups.remove(live)
+        cgroups.remove(orphaned)
 
 
 async def test_landlock_writes_the_repositorys_entries_but_not_git_nor_its_top_level(

@@ -1,0 +1,68 @@
+"""A build ended from outside its workflow shows as such in the mirror: terminated from the
+Temporal CLI (as the Web UI's Terminate does), it is written FAILED with the reason given;
+a build reset from the CLI runs on in its new run and is left alone; a build that outlives an
+approval gate's timer is not reconciled (the workflow says it itself)."""
+
+from __future__ import annotations
+
+import subprocess
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+from temporalio.client import Client
+
+from client.reconcile import reconcile_once
+from core.messages import ApproveRequest
+from core.settings import Settings
+from db import crud
+from devtools.devserver import temporal_binary
+from tests.helpers import make_request, start, wait_until
+from workflows.build import BuildWorkflow
+
+GATE = "handoff_to_releaser"
+
+
+def temporal(settings: Settings, *args: str) -> str:
+    return subprocess.run(
+        [str(temporal_binary()), *args, "--address", settings.temporal_address],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+
+
+async def test_a_build_terminated_from_outside_is_mirrored_failed_with_its_reason(
+    client: Client, worker: Settings, engine: Engine
+):
+    handle = await start(client, worker, make_request(approval_gates=[GATE]))
+    await wait_until(handle, lambda s: s.waiting_for is not None)
+    temporal(worker, "workflow", "terminate", "-w", handle.id, "--reason", "stop it now")
+    with Session(engine) as session:
+        assert handle.id in crud.open_builds(session)
+    assert await reconcile_once(client, engine) >= 1
+    assert await reconcile_once(client, engine) == 0  # written once
+    with Session(engine) as session:
+        build = crud.get_build(session, workflow_id=handle.id)
+        events = crud.list_events(session, workflow_id=handle.id)
+    assert build is not None and build.current_state == "failed"
+    assert build.failure_reason is not None
+    assert build.failure_reason.startswith("terminated from outside the build: stop it now")
+    assert build.waiting_for is None and build.completed_at is not None
+    assert events[-1].event_type == "failed" and events[-1].event_data["outside"] is True
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+
+
+async def test_a_build_reset_from_outside_runs_on_and_is_left_alone(
+    client: Client, worker: Settings, engine: Engine
+):
+    handle = await start(client, worker, make_request(approval_gates=[GATE]))
+    await wait_until(handle, lambda s: s.waiting_for is not None)
+    temporal(worker, "workflow", "reset", "-w", handle.id, "--type", "LastWorkflowTask",
+             "--reason", "try that again")  # fmt: skip
+    await reconcile_once(client, engine)
+    with Session(engine) as session:
+        build = crud.get_build(session, workflow_id=handle.id)
+    assert build is not None and build.current_state not in ("failed", "cancelled")
+    latest = client.get_workflow_handle_for(BuildWorkflow.run, handle.id)
+    await wait_until(latest, lambda s: s.waiting_for is not None)
+    await latest.execute_update(BuildWorkflow.update_approve, ApproveRequest())
+    assert (await latest.result()).state.value == "complete"
+    assert await reconcile_once(client, engine) == 0
