@@ -196,9 +196,10 @@ def exists_beneath(root: Path, name: str) -> bool:
 
 
 def write_beneath(root: Path, name: str, data: bytes) -> None:
-    """`data` as the file `name` beneath `root`, its folders made as needed: written to a new
-    file beside it and renamed over it, so a link or a hard link in its place is replaced, not
-    written through. An existing file keeps its mode."""
+    """`data` as the file `name` beneath `root`, its folders made as needed. A regular file
+    with no other name (one link) is written in place; anything else there (a link, a hard
+    link, a device) is replaced by a new file renamed over it, never written through. An
+    existing file keeps its mode."""
     parts = check_name(name)
     base = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -214,6 +215,15 @@ def write_beneath(root: Path, name: str, data: bytes) -> None:
             before = None
         if before is not None and stat.S_ISDIR(before.st_mode):
             raise PathRefused(f"{name!r}: is a folder; name a file")
+        if before is not None and stat.S_ISREG(before.st_mode) and before.st_nlink == 1:
+            flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            fd = os.open(parts[-1], flags, dir_fd=folder)
+            with os.fdopen(fd, "wb") as out:
+                now = os.fstat(out.fileno())  # the file opened is the one looked at
+                if stat.S_ISREG(now.st_mode) and now.st_nlink == 1 and now.st_ino == before.st_ino:
+                    out.truncate(0)
+                    out.write(data)
+                    return
         mode = stat.S_IMODE(before.st_mode) if before and stat.S_ISREG(before.st_mode) else 0o644
         temporary = f".qao-write-{uuid.uuid4().hex[:12]}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -69,6 +69,7 @@ def write_before(root: Path, names: list[str]) -> None:
 
 
 def write_now(root: Path, names: list[str]) -> None:
+    root.mkdir(exist_ok=True)
     for name in names:
         paths.write_beneath(root, name, b"X = 1\n")
 
@@ -96,9 +97,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--files", type=int, default=5000)
     args = parser.parse_args()
-    print(
-        f"openat2: {'yes' if paths.has_openat2() else 'no (O_NOFOLLOW walk)'}; aim: ratio <= {AIM}"
-    )
+    how = "openat2" if paths.has_openat2() else "O_NOFOLLOW walk"
+    print(f"path helper: {how}; aim: ratio <= {AIM}")
     print("| measure (p50) | with the path rule | before | ratio |")
     print("|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="qao-bench-paths-") as tmp:

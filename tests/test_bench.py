@@ -77,3 +77,16 @@ def test_sandbox_bench_runs_and_prints_each_sandbox_beside_none():
     assert done.returncode == 0, done.stderr
     assert "| none |" in done.stdout and "| bubblewrap |" in done.stdout
     assert "| landlock |" in done.stdout
+
+
+def test_paths_bench_runs_and_prints_each_measure_beside_before():
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.paths", "--runs", "3", "--files", "200"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    for measure in ("release export, example project", "200-file tree", "writes 200 new files"):
+        assert measure in done.stdout
