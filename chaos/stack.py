@@ -213,8 +213,11 @@ class Stack:
                 extra_rows += len(set(have) - want)
         finally:
             engine.dispose()
-        await asyncio.sleep(LEFTOVER_GRACE_SECONDS)  # a run's own clean-up ends first
         left = leftovers()
+        deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
+        while left and time.monotonic() < deadline:  # a run's own clean-up may still be ending
+            await asyncio.sleep(0.2)
+            left = leftovers()
         passed = complete == len(handles) and lost == duplicated == extra_rows == 0 and not left
         detail = (
             f"{complete}/{len(handles)} builds complete{extra}; mirror rows = events {events} "
