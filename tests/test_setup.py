@@ -40,21 +40,27 @@ def test_its_environment_is_read_only():
 """
 
 
-def helper_wheel() -> bytes:
-    """A real wheel of a one-module package `helper` (what a project vendors)."""
+def make_wheel(name: str, files: dict[str, str], version: str = "1.0") -> bytes:
+    """A real pure-Python wheel of `name` holding `files` (its dist-info made here)."""
+    info = f"{name}-{version}.dist-info"
     files = {
-        "helper/__init__.py": "def answer():\n    return 42\n",
-        "helper-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: helper\nVersion: 1.0\n",
-        "helper-1.0.dist-info/WHEEL": (
+        **files,
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{info}/WHEEL": (
             "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
         ),
     }
-    record = "".join(f"{name},,\n" for name in files) + "helper-1.0.dist-info/RECORD,,\n"
+    record = "".join(f"{path},,\n" for path in files) + f"{info}/RECORD,,\n"
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as wheel:
-        for name, text in {**files, "helper-1.0.dist-info/RECORD": record}.items():
-            wheel.writestr(name, text)
+        for path, text in {**files, f"{info}/RECORD": record}.items():
+            wheel.writestr(path, text)
     return buffer.getvalue()
+
+
+def helper_wheel() -> bytes:
+    """A real wheel of a one-module package `helper` (what a project vendors)."""
+    return make_wheel("helper", {"helper/__init__.py": "def answer():\n    return 42\n"})
 
 
 def vendoring_project(tmp_path: Path, files: dict[str, str]) -> Path:

@@ -8,9 +8,7 @@ landlock; and the same setup without the configuration fails, saying why."""
 from __future__ import annotations
 
 import functools
-import io
 import threading
-import zipfile
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,9 +21,9 @@ from activities.testrun import RUN, run_tests, setup_cause
 from activities.workspace import Remote, Workspace
 from core.settings import get_settings
 from tests.git_projects import make_project
+from tests.test_setup import make_wheel
 
 LIMITS = Limits(120, 2048)
-TAG = "Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
 BACKEND = '''"""A PEP 517 and PEP 660 build backend in one module (as flit_core is one)."""
 import base64, hashlib, os, tomllib, zipfile
 
@@ -85,18 +83,7 @@ PROJECT = {
 
 
 def backend_wheel() -> bytes:
-    files = {
-        "qao_backend.py": BACKEND,
-        "qao_backend-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: qao_backend\n"
-        "Version: 1.0\n",
-        "qao_backend-1.0.dist-info/WHEEL": TAG,
-    }
-    record = "".join(f"{n},,\n" for n in files) + "qao_backend-1.0.dist-info/RECORD,,\n"
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as wheel:
-        for name, text in {**files, "qao_backend-1.0.dist-info/RECORD": record}.items():
-            wheel.writestr(name, text)
-    return buffer.getvalue()
+    return make_wheel("qao_backend", {"qao_backend.py": BACKEND})
 
 
 @pytest.fixture
