@@ -173,19 +173,29 @@ def read_beneath(root: Path, name: str, limit: int | None = None) -> bytes | Non
         return file.read() if limit is None else file.read(limit)
 
 
-def exists_beneath(root: Path, name: str) -> bool:
-    """Whether `name` beneath `root` is there (as anything, a link included), no link followed
-    on the way."""
+def _folder_of(root: Path, name: str, make: bool) -> tuple[tuple[str, ...], int | None]:
+    """The parts of `name`, and a descriptor of the folder its last part is in, opened without
+    following a link (made if `make`; None if it is not there); the caller closes it."""
     parts = check_name(name)
     base = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        folder = _walk(base, parts[:-1], make=False)
+        return parts, _walk(base, parts[:-1], make=make)
     except FileNotFoundError:
-        return False
+        if make:
+            raise
+        return parts, None
     except OSError as err:
         raise _refusal(parts, err) from err
     finally:
         os.close(base)
+
+
+def exists_beneath(root: Path, name: str) -> bool:
+    """Whether `name` beneath `root` is there (as anything, a link included), no link followed
+    on the way."""
+    parts, folder = _folder_of(root, name, make=False)
+    if folder is None:
+        return False
     try:
         os.stat(parts[-1], dir_fd=folder, follow_symlinks=False)
         return True
@@ -200,14 +210,8 @@ def write_beneath(root: Path, name: str, data: bytes) -> None:
     with no other name (one link) is written in place; anything else there (a link, a hard
     link, a device) is replaced by a new file renamed over it, never written through. An
     existing file keeps its mode."""
-    parts = check_name(name)
-    base = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        folder = _walk(base, parts[:-1], make=True)
-    except OSError as err:
-        raise _refusal(parts, err) from err
-    finally:
-        os.close(base)
+    parts, folder = _folder_of(root, name, make=True)
+    assert folder is not None  # made when missing
     try:
         try:
             before = os.stat(parts[-1], dir_fd=folder, follow_symlinks=False)
@@ -244,16 +248,9 @@ def write_beneath(root: Path, name: str, data: bytes) -> None:
 def unlink_beneath(root: Path, name: str) -> None:
     """Remove the file (or link) `name` beneath `root`, if it is there; no link followed on the
     way."""
-    parts = check_name(name)
-    base = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        folder = _walk(base, parts[:-1], make=False)
-    except FileNotFoundError:
+    parts, folder = _folder_of(root, name, make=False)
+    if folder is None:
         return
-    except OSError as err:
-        raise _refusal(parts, err) from err
-    finally:
-        os.close(base)
     try:
         os.unlink(parts[-1], dir_fd=folder)
     except FileNotFoundError:
