@@ -22,13 +22,22 @@ def test_greet():
 """
 
 
-def make_project(root: Path, files: dict[str, str] | None = None, branch: str = "main") -> Path:
-    """A bare repository at root/remote.git whose `branch` holds `files` (default: the app)."""
+def make_project(
+    root: Path,
+    files: dict[str, str] | None = None,
+    branch: str = "main",
+    links: dict[str, str] | None = None,
+) -> Path:
+    """A bare repository at root/remote.git whose `branch` holds `files` (default: the app) and
+    `links`, committed as symbolic links (name: target)."""
     remote = root / "remote.git"
     git(None, "init", "-q", "--bare", "-b", branch, str(remote))
     side = root / "seed"
     git(None, "clone", "-q", str(remote), str(side))
     git(side, "checkout", "-q", "-b", branch)
+    for name, target in (links or {}).items():
+        (side / name).parent.mkdir(parents=True, exist_ok=True)
+        (side / name).symlink_to(target)
     commit_files(side, files or {"app.py": APP, "tests/test_app.py": APP_TEST}, "initial")
     git(side, "push", "-q", "origin", f"HEAD:refs/heads/{branch}")
     return remote

@@ -8,6 +8,7 @@ the worker did without the fix."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -16,15 +17,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx2
 import pytest
 from pydantic import BaseModel
+from sqlalchemy import Engine
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities import isolation, paths
+from activities import isolation, offline_model, paths
+from activities import release as release_module
+from activities import sandbox as sandbox_module
 from activities.gitcmd import git
 from activities.llm import ModelClient
 from activities.roles import RoleActivities
+from activities.workspace import Workspace
+from client.projects import put_project
+from core.models import EventType
 from core.projects import ProjectConfig
 from core.role_io import (
     FileEdit,
@@ -36,7 +45,9 @@ from core.role_io import (
 )
 from core.settings import Settings
 from core.states import BuildState, Role
-from tests.git_projects import APP, APP_TEST, commit_files
+from tests.git_projects import APP, APP_TEST, make_project, tags_of, tree_of
+from tests.helpers import make_request, model_client_with, running_worker, start
+from workflows.build import BuildWorkflow
 
 T = TypeVar("T", bound=BaseModel)
 SANDBOXES = ["bubblewrap", "landlock"]
@@ -64,16 +75,9 @@ class Build:
 
     def __init__(self, root: Path, files: dict[str, str], links: dict[str, str]) -> None:
         self.root = root
-        remote = root / "remote.git"
-        git(None, "init", "-q", "--bare", "-b", "main", str(remote))
-        seed = root / "seed"
-        git(None, "clone", "-q", str(remote), str(seed))
-        git(seed, "checkout", "-q", "-b", "main")
-        for name, target in links.items():  # what the repository commits as symbolic links
-            (seed / name).parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(target, seed / name)
-        commit_files(seed, {"app.py": APP, "tests/test_app.py": APP_TEST, **files}, "initial")
-        git(seed, "push", "-q", "origin", "HEAD:refs/heads/main")
+        remote = make_project(
+            root, {"app.py": APP, "tests/test_app.py": APP_TEST, **files}, links=links
+        )
         settings = Settings(_env_file=None, openai_api_key=None, data_dir=root / "data")  # type: ignore[call-arg]
         self.model = ScriptedCodeWriter(settings)
         self.roles = RoleActivities(self.model)
@@ -176,7 +180,8 @@ def test_leaves_a_nested_repository_with_a_link_into_git():
     for folder in ("objects", "refs/heads"):  # a repository to git, as git init makes it
         (nested / ".git" / folder).mkdir(parents=True, exist_ok=True)
     (nested / ".git" / "HEAD").write_text("ref: refs/heads/main")
-    os.symlink("../../.git/config", nested / "settings.cfg")
+    if not (nested / "settings.cfg").exists():  # a later attempt may have written it
+        os.symlink("../../.git/config", nested / "settings.cfg")
 """
 
 
@@ -218,6 +223,32 @@ async def test_a_nested_repository_left_by_a_test_is_cleaned_before_the_next_edi
     assert not (build.ws.repo / "tests" / "nested" / ".git").exists()
 
 
+@pytest.fixture
+def keeps_nested_repositories(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`git clean -fdx` for `-ffdx`: nested repositories are kept, as before."""
+    real = Workspace.git
+
+    def clean_once(self: Workspace, *args: str, repo: Path | None = None) -> str:
+        return real(self, *("-fdx" if a == "-ffdx" else a for a in args), repo=repo)
+
+    monkeypatch.setattr(Workspace, "git", clean_once)
+
+
+async def test_the_nested_repository_gets_through_with_both_fixes_taken_out(
+    tmp_path: Path, naive_paths: None, keeps_nested_repositories: None
+):
+    marker = tmp_path / "fsmonitor-ran"
+    with isolation.using("bubblewrap"):
+        build = Build(tmp_path, {}, {})
+        await build.open()
+        head = await build.write(answer({"tests/test_nested.py": NESTED}))
+        await build.test(head)
+        hostile = answer({"tests/nested/settings.cfg": FSMONITOR.format(marker=marker)})
+        with contextlib.suppress(Exception):  # git fails on what was written over its config
+            await build.write(hostile, head)
+    assert "fsmonitor" in (build.ws.repo / ".git" / "config").read_text()
+
+
 async def test_a_committed_link_to_the_root_opens_no_writes_outside(tmp_path: Path, sandbox: str):
     outside = Path("/var/tmp") / f"qao-shared-{uuid.uuid4().hex[:8]}"
     escape = (
@@ -239,12 +270,11 @@ async def test_a_committed_link_to_the_root_opens_no_writes_outside(tmp_path: Pa
 
 
 PLANT = """import os
-import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 VICTIM = {victim!r}
-SECRET = {secret!r}
+VICTIM_DIR = {victim_dir!r}
 
 
 def test_plants_links_for_what_the_worker_writes_after_it():
@@ -256,18 +286,25 @@ def test_plants_links_for_what_the_worker_writes_after_it():
     names += ["runs/pytest.ini", "runs/pycache", "runs/home", "env/.qao-setup", ".env.setup-done",
               "staging"]
     for name in names:
+        target = VICTIM_DIR if "release" in name or name == "staging" else VICTIM
         try:
-            os.symlink(VICTIM, repo.parent / name)
+            os.symlink(target, repo.parent / name)
         except OSError:
             pass
-    # Where the run may write: its own report, which the worker reads after it.
-    for arg in sys.argv:
-        if arg.startswith("--junitxml="):
-            os.symlink(SECRET, arg.split("=", 1)[1])
 
 
 def test_the_feature_works():
     assert True
+"""
+LINK_REPORT = """
+
+def test_links_its_report_to_a_file_of_the_workers():
+    import sys
+
+    # Where the run may write: its own report, which the worker reads after it.
+    for arg in sys.argv:
+        if arg.startswith("--junitxml="):
+            os.symlink({secret!r}, arg.split("=", 1)[1])
 """
 
 
@@ -277,17 +314,25 @@ SECRET_REPORT = (
 )
 
 
+def victims(root: Path) -> Path:
+    """A file of the worker's that a planted link points at (a `.pth` file in a site-packages
+    folder: written, it runs code in every Python start), in a folder links also point at."""
+    victim = root / "site-packages" / "victim.pth"
+    victim.parent.mkdir()
+    victim.write_text("kept\n")
+    return victim
+
+
 async def planted(tmp_path: Path) -> tuple[Path, Any]:
     """A build whose test plants links for every file the worker writes after a run, and
     links its own report to a file of the worker's; its victim and the last test report."""
-    victim = tmp_path / "site-packages" / "victim.pth"
-    victim.parent.mkdir()
-    victim.write_text("kept\n")
+    victim = victims(tmp_path)
     secret = tmp_path / "secret.xml"
     secret.write_text(SECRET_REPORT)
     build = Build(tmp_path, {}, {})
     await build.open()
-    plant = PLANT.format(victim=str(victim), secret=str(secret))
+    plant = PLANT.format(victim=str(victim), victim_dir=str(victim.parent))
+    plant += LINK_REPORT.format(secret=str(secret))
     head = await build.write(answer({"tests/test_plant.py": plant}))
     for _ in range(2):  # the run, then the worker's writes after a second run and the checks
         report = await build.test(head)
@@ -300,7 +345,7 @@ async def test_links_planted_for_the_files_the_worker_writes_after_a_run_are_not
     tmp_path: Path, sandbox: str
 ):
     victim, report = await planted(tmp_path)
-    assert victim.read_text() == "kept\n"
+    assert victim.read_text() == "kept\n" and os.listdir(victim.parent) == ["victim.pth"]
     assert "sk-planted-secret" not in report.model_dump_json()
 
 
@@ -325,6 +370,61 @@ async def test_the_smoke_check_cannot_rewrite_the_release(tmp_path: Path, sandbo
     current = build.roles.settings.releases / "p" / "current"
     assert not current.exists()
     assert git(tmp_path / "remote.git", "tag", "--list") == ""
+
+
+@pytest.fixture
+def release_smoke_writable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The smoke check run with its folder writable, as before."""
+    real = sandbox_module.run_limited
+
+    async def writable(*args: Any, **kwargs: Any) -> Any:
+        return await real(*args, **{**kwargs, "write_cwd": True})
+
+    monkeypatch.setattr(release_module, "run_limited", writable)
+
+
+async def test_the_smoke_check_releases_what_it_rewrote_with_the_fix_taken_out(
+    tmp_path: Path, release_smoke_writable: None
+):
+    with isolation.using("bubblewrap"):
+        build = Build(tmp_path, {}, {})
+        build.project = build.project.model_copy(update={"smoke_command": "python smoke.py"})
+        await build.open()
+        head = await build.write(answer({"smoke.py": SMOKE_REWRITES}))
+        outcome = await build.release(head)
+    assert outcome.released
+    current = build.roles.settings.releases / "p" / "current"
+    assert (current / "app.py").read_text() == "print(1/0)\n"
+
+
+@pytest.mark.parametrize("predictable", [False, True])
+async def test_a_release_is_staged_where_no_link_can_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, predictable: bool
+):
+    """A link waits where the release is staged, at every name a staging folder could have.
+    The staging is a new folder (`paths.fresh`, a name nobody could choose beforehand), so the
+    link is never entered; `predictable` takes that out (a fixed name, made if missing), and
+    the release's files are extracted into the folder the link points at."""
+    victim = victims(tmp_path)
+    if predictable:
+
+        def fixed(parent: Path, prefix: str) -> Path:
+            folder = parent / f"{prefix}1"
+            if not folder.is_symlink():
+                folder.mkdir(parents=True, exist_ok=True)
+            return folder
+
+        monkeypatch.setattr(paths, "fresh", fixed)
+    with isolation.using("bubblewrap"):
+        build = Build(tmp_path, {}, {})
+        await build.open()
+        head = await build.write(answer({"feature.py": "ON = True\n"}))
+        (build.ws.root / "staging").mkdir(exist_ok=True)
+        (build.ws.root / "staging" / "export-1").symlink_to(victim.parent)
+        with contextlib.suppress(Exception):  # the link's removal, after, may fail
+            await build.release(head)
+    assert ("feature.py" in os.listdir(victim.parent)) == predictable
+    assert victim.read_text() == "kept\n"
 
 
 @pytest.mark.parametrize(
@@ -374,3 +474,90 @@ def test_a_write_rule_is_never_opened_through_a_link(tmp_path: Path, followed: b
         assert outside.exists() == followed, done.stderr
     finally:
         outside.unlink(missing_ok=True)
+
+
+SHARED = """from pathlib import Path
+
+
+def test_writes_through_the_committed_link_to_the_root():
+    try:
+        Path({target!r}).write_text("escaped")
+    except OSError:
+        pass
+"""
+
+
+def hostile_code_writer(extras: list[dict[str, str]]) -> tuple[Any, list[int]]:
+    """The offline model, whose Code Writer adds `extras[n]` to its n-th answer: the feature
+    works and its tests pass, so the build goes on to review and delivery with them."""
+    calls: list[int] = []
+
+    async def model(request: httpx2.Request) -> httpx2.Response:
+        body = json.loads(request.content)
+        answer = await offline_model.handle(request)
+        if body["response_format"]["json_schema"]["name"] != "ImplementationOutput":
+            return answer
+        calls.append(1)
+        out = json.loads(answer.json()["choices"][0]["message"]["content"])
+        extra = extras[len(calls) - 1] if len(calls) <= len(extras) else {}
+        out["files"] += [{"path": path, "content": text} for path, text in extra.items()]
+        return httpx2.Response(200, json=offline_model.completion(body, json.dumps(out)))
+
+    return model, calls
+
+
+async def test_a_hostile_build_is_delivered_and_nothing_it_planted_is_followed(
+    tmp_path: Path, sandbox: str, client: Client, settings: Settings, engine: Engine
+):
+    """A whole build through delivery: a repository that commits `docs -> .git` and
+    `shared -> /`, and a Code Writer whose answers (1) write `docs/config` with an fsmonitor,
+    (2) add tests that pass while they plant links for every file the worker writes after a
+    run, leave a nested repository with a link to `.git/config` and write through `shared`,
+    then, after the review asks for changes, (3) write the nested repository's link. The
+    build is released and tagged; no link was followed and nothing was written outside."""
+    marker = tmp_path / "fsmonitor-ran"
+    victim = victims(tmp_path)
+    outside = Path("/var/tmp") / f"qao-shared-{uuid.uuid4().hex[:8]}"
+    fsmonitor = FSMONITOR.format(marker=marker)
+    model, calls = hostile_code_writer(
+        [
+            {"docs/config": fsmonitor},
+            {
+                "tests/test_plant.py": PLANT.format(
+                    victim=str(victim), victim_dir=str(victim.parent)
+                ),
+                "tests/test_nested.py": NESTED,
+                "tests/test_shared.py": SHARED.format(target=f"shared{outside}"),
+            },
+            {"tests/nested/settings.cfg": fsmonitor},
+        ]
+    )
+    remote = make_project(
+        tmp_path / "project", {"app.py": APP, "tests/test_app.py": APP_TEST},
+        links={"docs": ".git", "shared": "/"},
+    )  # fmt: skip
+    project = f"p-{uuid.uuid4().hex[:8]}"
+    config = ProjectConfig(repository=str(remote), test_command="python -m pytest tests")
+    try:
+        async with running_worker(client, settings, engine, model_client_with(settings, model)):
+            await put_project(client, settings, project, config)
+            request = make_request(project=project, simulate=["verification_rejects_once"])
+            handle = await start(client, settings, request)
+            result = await handle.result()
+            events = await handle.query(BuildWorkflow.event_log, 0)
+    finally:
+        escaped = outside.exists()
+        outside.unlink(missing_ok=True)
+    assert result.state is BuildState.COMPLETE, result
+    reasons = [e.data["reason"] for e in events if e.event_type is EventType.LOOP_BACK]
+    assert reasons == ["unsafe file paths", "verification requested changes"]
+    assert len(calls) == 3 and tags_of(remote) == ["v0.1.0"]
+    ws = settings.workspaces / result.build_id
+    assert "fsmonitor" not in (ws / "repo" / ".git" / "config").read_text()
+    assert not marker.exists() and not escaped
+    assert victim.read_text() == "kept\n" and os.listdir(victim.parent) == ["victim.pth"]
+    links = {str(p.relative_to(ws)) for p in ws.rglob("*") if p.is_symlink()}
+    assert links == {"repo/docs", "repo/shared"}, links  # the repository's own, no other
+    delivered = tree_of(remote)
+    assert {"tests/test_plant.py", "tests/nested/settings.cfg"} <= delivered
+    assert "docs/config" not in delivered and "tests/nested/.git/HEAD" not in delivered
