@@ -133,8 +133,8 @@ class Settings(BaseSettings):
     repo_context_max_tokens: int = Field(default=8000, ge=200)
 
     # Builds
-    # The server's execution timeout ends a build silently (no FAILED event, no mirror write),
-    # so there is none by default; one that is set must outlast every wait a build can be in.
+    # None by default. A build started with one ends itself FAILED shortly before it
+    # (workflows/deadline.py): the server's timeout alone would end it with no record.
     build_execution_timeout_seconds: int = Field(default=0, ge=0)
     build_max_retries: int = Field(default=3, ge=0)
     # Per-build budget (a build may override it); 0 means no limit.
@@ -152,18 +152,6 @@ class Settings(BaseSettings):
     role_initial_retry_seconds: float = Field(default=1, gt=0)
     role_max_retry_seconds: float = Field(default=30, gt=0)
     role_heartbeat_seconds: float = Field(default=30, gt=0)
-
-    @model_validator(mode="after")
-    def _timeout_outlasts_waits(self) -> Self:
-        waits = (self.attention_wait_seconds, self.budget_wait_seconds, self.approval_wait_seconds)
-        if 0 < self.build_execution_timeout_seconds <= max(waits):
-            raise ValueError(
-                f"BUILD_EXECUTION_TIMEOUT_SECONDS={self.build_execution_timeout_seconds} would end "
-                f"a build waiting for a person, an approval or a top-up ({max(waits):g} s) "
-                "silently; set 0 (no timeout, the default) or more than ATTENTION_WAIT_SECONDS, "
-                "APPROVAL_WAIT_SECONDS and BUDGET_WAIT_SECONDS"
-            )
-        return self
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Self:

@@ -5,13 +5,23 @@ rolls back or aborts; nobody answering ends it FAILED."""
 from __future__ import annotations
 
 import pytest
-from temporalio.client import Client, WorkflowFailureError
+from sqlalchemy import Engine
+from sqlmodel import Session
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 
 from core.messages import AbortRequest, RetryRequest, RollbackRequest
 from core.models import EventType
 from core.rules import failure_signature
+from core.settings import Settings
 from core.states import BuildState
-from tests.helpers import make_request, save_history, start, status_of, wait_until
+from db import crud
+from tests.helpers import (
+    make_request,
+    save_history,
+    start,
+    status_of,
+    wait_until,
+)
 from workflows.build import BuildWorkflow
 
 S = BuildState
@@ -99,3 +109,24 @@ async def test_nobody_approving_ends_the_build_failed_and_mirrored(client: Clien
     events = await handle.query(BuildWorkflow.event_log, 0)
     assert events[-1].event_type is EventType.FAILED
     await save_history(handle, "approval_timer")
+
+
+async def test_an_execution_timeout_ends_the_build_itself_failed_and_mirrored(
+    client: Client, worker: Settings, engine: Engine
+):
+    """A build started with an execution timeout, waiting at a gate nobody answers, ends
+    itself FAILED a margin (a quarter of 8 s) before the server would end it without a word."""
+    timed = worker.model_copy(update={"build_execution_timeout_seconds": 8})
+    handle = await start(client, timed, make_request(approval_gates=["handoff_to_coder"]))
+    with pytest.raises(WorkflowFailureError) as failed:
+        await handle.result()
+    assert "execution timeout of 8s" in str(failed.value.cause)
+    assert (await handle.describe()).status is WorkflowExecutionStatus.FAILED  # not TIMED_OUT
+    events = await handle.query(BuildWorkflow.event_log, 0)
+    assert events[-1].event_type is EventType.FAILED
+    assert events[-1].data["kind"] == "execution timeout"
+    with Session(engine) as session:
+        build = crud.get_build(session, workflow_id=handle.id)
+    assert build is not None and build.current_state == "failed"
+    assert build.failure_reason == "execution timeout" and build.last_seq == events[-1].seq
+    await save_history(handle, "own_deadline")

@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
     from core.rules import BuildData, Verdict
     from core.states import TABLE, TERMINAL, BuildState, is_valid, order, role_of
     from workflows.code import BuildCode
+    from workflows.deadline import Deadline
     from workflows.errors import BuildFailed, RevertConflicted, cause_of
     from workflows.messages import BuildMessages
     from workflows.records import BuildRecords
@@ -63,26 +64,22 @@ class BuildWorkflow(BuildMessages):
     @workflow.run
     async def run(self, request: BuildRequest) -> BuildResult:
         self.records.started()
+        deadline = Deadline()
         try:
-            if self._opens_repository():
-                await self.code.open()
-            while self.data.state not in TERMINAL:
-                if role_of(self.data.state) is not None:
-                    await self._work()
-                else:
-                    await self._handoff()
+            async with deadline:
+                await self._walk()
         except BuildFailed as failure:
             self._fail(str(failure), failure.kind)
         except BaseException as err:
             # A cancel arrives as asyncio.CancelledError, or as an ActivityError when a role
-            # was working; either way the build ends CANCELLED, not FAILED.
-            if not is_cancelled_exception(err):
+            # was working; the build's own deadline cancels the same way.
+            if deadline.expired():
+                self._fail(deadline.reason(self.data.state.value), "execution timeout")
+            elif not is_cancelled_exception(err):
                 raise
-            self._move(S.CANCELLED, "person")
-            self.records.emit(EventType.CANCELLED, "person", reason="workflow cancelled")
-            await self.turn.leave()
-            await self.records.mirror()
-            raise
+            else:
+                await self._cancelled()
+                raise
         await self.turn.leave()
         if self.data.state is S.FAILED:
             await self.records.mirror()
@@ -99,6 +96,22 @@ class BuildWorkflow(BuildMessages):
             loop_backs=self.data.loop_backs,
             release=release,
         )
+
+    async def _walk(self) -> None:
+        """The states of the table, from the first to a terminal one."""
+        if self._opens_repository():
+            await self.code.open()
+        while self.data.state not in TERMINAL:
+            if role_of(self.data.state) is not None:
+                await self._work()
+            else:
+                await self._handoff()
+
+    async def _cancelled(self) -> None:
+        self._move(S.CANCELLED, "person")
+        self.records.emit(EventType.CANCELLED, "person", reason="workflow cancelled")
+        await self.turn.leave()
+        await self.records.mirror()
 
     def _opens_repository(self) -> bool:
         """Whether the build works on its project's repository: every build that recorded
