@@ -344,6 +344,7 @@ class BuildSnapshot(BaseModel):
     completed_at: datetime | None = None
     duration_seconds: float | None = None
     last_seq: int
+    run_id: str | None = None  # None: a batch of a build recorded before runs were told apart
 
 
 class MirrorBatch(BaseModel):

@@ -131,6 +131,7 @@ def snapshot(
     now: datetime,
     last_seq: int,
     outputs: set[str],
+    run_id: str | None = None,
 ) -> BuildSnapshot:
     """The build's mirror row as of `last_seq`, with only the phase outputs named in `outputs`."""
     finished = data.state in TERMINAL
@@ -161,4 +162,5 @@ def snapshot(
         completed_at=now if finished else None,
         duration_seconds=(now - started).total_seconds() if finished else None,
         last_seq=last_seq,
+        run_id=run_id,
     )

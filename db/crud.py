@@ -114,6 +114,8 @@ def build_values(snapshot: BuildSnapshot) -> dict[str, Any]:
         "completed_at": snapshot.completed_at,
         "workflow_metadata": {"options": snapshot.options},
     }
+    if snapshot.run_id is not None:
+        values["run_id"] = snapshot.run_id
     for state, output in snapshot.outputs.items():
         values[OUTPUT_COLUMNS[state]] = output
     repo = snapshot.repository
@@ -148,6 +150,34 @@ def _upsert_usage(conn: Connection, engine: Engine, snapshot: BuildSnapshot) -> 
     conn.execute(stmt, [bounded(table, row) for row in rows]).all()
 
 
+def _drop_reset_branch(conn: Connection, snapshot: BuildSnapshot, first_seq: int) -> None:
+    """A batch from another run of the build's workflow than the one that wrote its row (a
+    reset made a new run): the rows from the batch's first event on were written by the run
+    the reset dropped, and go; the build row steps back to that point, to be written by the
+    new run. Rows of builds recorded before runs were told apart carry no run and stay."""
+    builds, events, handoffs = (
+        _table(BuildWorkflowRow),
+        _table(WorkflowEventRow),
+        _table(WorkflowHandoffRow),
+    )
+    stored = conn.execute(
+        sa_select(builds.c.run_id).where(builds.c.build_id == snapshot.build_id)
+    ).first()
+    if stored is None or None in (stored[0], snapshot.run_id) or stored[0] == snapshot.run_id:
+        return
+    for table in (events, handoffs):
+        conn.execute(
+            table.delete().where(
+                table.c.workflow_id == snapshot.workflow_id, table.c.seq >= first_seq
+            )
+        )
+    conn.execute(
+        builds.update()
+        .where(builds.c.build_id == snapshot.build_id)
+        .values(run_id=snapshot.run_id, last_seq=first_seq - 1)
+    )
+
+
 def record_batch(engine: Engine, *, batch: MirrorBatch) -> MirrorReceipt:
     """Insert what is new, ignore what is there, move the build row forward only."""
     events, handoffs, builds = (
@@ -157,6 +187,7 @@ def record_batch(engine: Engine, *, batch: MirrorBatch) -> MirrorReceipt:
     )
     snapshot = batch.snapshot
     with engine.begin() as conn:
+        _drop_reset_branch(conn, snapshot, snapshot.last_seq - len(batch.events) + 1)
         events_inserted = handoffs_inserted = 0
         if batch.events:
             rows = [

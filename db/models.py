@@ -90,6 +90,9 @@ class BuildWorkflowRow(BuildSummaryBase, table=True):
     completed_phases: Any = _json()
     usage: Any = _json()
     last_seq: int = 0
+    # The Temporal run that wrote the row: a reset's new run replaces what the old one wrote
+    # after the point it was reset to (db/crud.py).
+    run_id: str | None = Field(default=None, max_length=64)
     workflow_metadata: Any = _json()
 
 

@@ -211,6 +211,7 @@ class BuildRecords:
             now=workflow.now(),
             last_seq=last_seq,
             outputs=self.unmirrored_outputs,
+            run_id=info.run_id,
         )
         return MirrorBatch(
             snapshot=snapshot,
