@@ -7,6 +7,7 @@ Blocking: activities call these through asyncio.to_thread (activities/beat.in_th
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import uuid
@@ -43,6 +44,30 @@ GIT_ENV = {
 }
 
 
+# git's credential store for the repositories' http(s) tokens, once the process names one
+# (`use_credentials`): git asks it for a remote's user and token, per URL path.
+_credentials: list[Path] = []
+
+
+def use_credentials(store: Path) -> None:
+    """git, in this process, reads the credentials of http(s) remotes from `store`."""
+    _credentials[:] = [store]
+
+
+def git_env() -> dict[str, str]:
+    """GIT_ENV, with the credential store when the process has one."""
+    if not _credentials:
+        return GIT_ENV
+    helper = f"store --file={shlex.quote(str(_credentials[0]))}"
+    config = (*FORCED_CONFIG, ("credential.helper", helper), ("credential.useHttpPath", "true"))
+    return {
+        **GIT_ENV,
+        "GIT_CONFIG_COUNT": str(len(config)),
+        **{f"GIT_CONFIG_KEY_{n}": key for n, (key, _) in enumerate(config)},
+        **{f"GIT_CONFIG_VALUE_{n}": value for n, (_, value) in enumerate(config)},
+    }
+
+
 class GitError(RuntimeError):
     """A git command that failed; the message is git's own reason."""
 
@@ -65,7 +90,7 @@ def git_bytes(
     command = ["git", *(["-C", str(cwd)] if cwd is not None else []), *args]
     try:
         done = subprocess.run(
-            command, input=stdin, capture_output=True, timeout=timeout, env=GIT_ENV, check=False
+            command, input=stdin, capture_output=True, timeout=timeout, env=git_env(), check=False
         )
     except subprocess.TimeoutExpired as err:
         raise GitError(args, f"no answer within {timeout:g}s", -1) from err

@@ -3,6 +3,7 @@ list. The registry is one entity workflow per project (workflows/project.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -17,6 +18,7 @@ from temporalio.client import (
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
+from client.credentials import keep_credentials
 from client.errors import NO_ANSWER, BuildError, NoAnswer
 from core.projects import (
     MEMO_KEY,
@@ -24,6 +26,7 @@ from core.projects import (
     ProjectStart,
     ProjectView,
     project_workflow_id,
+    split_credentials,
 )
 from core.settings import Settings
 from workflows.project import ProjectWorkflow
@@ -60,14 +63,26 @@ def _start(
 async def put_project(
     client: Client, settings: Settings, project_id: str, config: ProjectConfig
 ) -> ProjectView:
-    """Register or change a project; refused with git's reason if it cannot be read."""
-    with _answers(project_id):
-        return await client.execute_update_with_start_workflow(
-            ProjectWorkflow.configure,
-            config,
-            start_workflow_operation=_start(settings, project_id),
-            rpc_timeout=_timeout(settings),
-        )
+    """Register or change a project; refused with git's reason if it cannot be read. A token
+    in an http(s) repository URL goes to git's credential store (settings.git_credentials),
+    and the registration holds the URL without it."""
+    repository, url = split_credentials(config.repository)
+    store, before = settings.git_credentials, None
+    if url is not None:
+        before = await asyncio.to_thread(keep_credentials, store, repository, url)
+        config = config.model_copy(update={"repository": repository})
+    try:
+        with _answers(project_id):
+            return await client.execute_update_with_start_workflow(
+                ProjectWorkflow.configure,
+                config,
+                start_workflow_operation=_start(settings, project_id),
+                rpc_timeout=_timeout(settings),
+            )
+    except ProjectError:
+        if url is not None:  # refused: the store holds what it held
+            await asyncio.to_thread(keep_credentials, store, repository, before)
+        raise
 
 
 async def registered(client: Client, project_id: str) -> ProjectView | None:

@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities import gitcmd
 from activities.llm import ModelClient
 from activities.mirror import MirrorActivities
 from activities.projects import registry
@@ -43,6 +44,8 @@ def build_worker(
     identity: str | None = None,
     workflows: Sequence[type] = (BuildWorkflow, ProjectWorkflow),
 ) -> Worker:
+    """The worker; its git reads repository tokens from the settings' credential store."""
+    gitcmd.use_credentials(settings.git_credentials)
     return Worker(
         client,
         task_queue=settings.temporal_task_queue,

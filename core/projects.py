@@ -99,11 +99,23 @@ def redact(text: str) -> str:
     )
 
 
+def split_credentials(repository: str) -> tuple[str, str | None]:
+    """An http(s) URL with a user or password (a token) as the URL without them and the line
+    git's credential store keeps for it (`https://user:token@host/path`); any other repository
+    as it is, with None. The credentials then live only in the store (activities/gitcmd.py),
+    never in the project's registration, a build's history or what is shown of either."""
+    match = _CREDENTIALS.match(repository)
+    if match is None or match["scheme"].lower() not in ("http://", "https://"):
+        return repository, None
+    return repository.replace(f"{match['userinfo']}@", "", 1), repository
+
+
 def outside_roots(repository: str, roots: tuple[str, ...]) -> str | None:
     """Why `repository` is not one `roots` allows (None: it is, or there are no roots): a URL
     must start with one of the roots that are URLs, a path must lie in one of the folders."""
     if not roots:
         return None
+    repository = split_credentials(repository)[0]
     if is_url(repository):
         if any(is_url(root) and repository.startswith(root) for root in roots):
             return None

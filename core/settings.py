@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     # Role work: a git workspace per build, test runs with limits, local releases.
     workspace_dir: Path | None = None  # default: <data_dir>/workspaces
     releases_dir: Path | None = None  # default: <data_dir>/releases
+    # git's credential store (https://user:token@host/path lines, mode 0600): where the token of
+    # a repository URL registered with one is kept, instead of in the registration. Workers on
+    # other machines need the same file. Default: <data_dir>/git-credentials
+    git_credentials_file: Path | None = None
     # Greenfield projects' repositories (a project never registered gets one here).
     projects_dir: Path | None = None  # default: <data_dir>/projects
     # How often a project's release queue asks the build holding the turn whether it still
@@ -195,6 +199,10 @@ class Settings(BaseSettings):
     @property
     def releases(self) -> Path:
         return (self.releases_dir or self.data_dir / "releases").resolve()
+
+    @property
+    def git_credentials(self) -> Path:
+        return (self.git_credentials_file or self.data_dir / "git-credentials").resolve()
 
     @property
     def offline_model(self) -> bool:

@@ -119,6 +119,19 @@ def test_worker_and_api_reach_temporal_and_the_same_mirror():
     assert len(urls) == 1
 
 
+def test_the_api_and_the_workers_share_the_credential_store():
+    """The API keeps a registered URL's token in GIT_CREDENTIALS_FILE; the workers' git reads
+    it there: the same file, on a volume both mount, and nothing else of the workers'."""
+    stores = set()
+    for service in OUR_SERVICES:
+        store = Path(SERVICES[service]["environment"]["GIT_CREDENTIALS_FILE"])
+        mounts = dict(v.split(":")[::-1] for v in SERVICES[service]["volumes"])
+        stores.add((mounts[str(store.parent)], store))
+    assert len(stores) == 1 and "build-data" not in {
+        m.split(":")[0] for m in SERVICES["api"]["volumes"]
+    }
+
+
 def test_ports_agree_with_commands_healthchecks_and_scrapes():
     api = SERVICES["api"]
     port = int(api["command"][api["command"].index("--port") + 1])
