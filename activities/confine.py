@@ -24,8 +24,8 @@ start-up is the sandbox's cost.)
 - Processes: this script is the run's subreaper. It runs the command as its child, and when
   that ends (or SIGTERM, the run's time limit, ends it) it kills every process left beneath
   it: a daemon that double-forked into a new session is re-parented here, not to init. The
-  child dies with this script (PR_SET_PDEATHSIG), and this script with the worker (the
-  launcher asked for that).
+  child dies with this script (PR_SET_PDEATHSIG), and when the worker dies this script is sent
+  SIGTERM, so it kills all beneath it before it goes (even where no cgroup holds the run).
 """
 
 from __future__ import annotations
@@ -300,6 +300,7 @@ def arguments(rules: dict[str, object]) -> list[str]:
 
 def main(argv: list[str]) -> int:
     rules, command = parse(argv[1:])
+    worker = os.getppid()
     _prctl(PR_SET_CHILD_SUBREAPER, 1, "subreaper")
     child = os.fork()
     if child == 0:
@@ -313,6 +314,11 @@ def main(argv: list[str]) -> int:
     # Told to stop (the run's time limit): the command is killed, then whatever it left.
     for stop in (_signal.SIGTERM, _signal.SIGINT):
         _signal.signal(stop, lambda *_: os.kill(child, _signal.SIGKILL))
+    # The worker's death is a stop too: SIGKILL would end this script and leave what the run
+    # left beneath it to init (where no cgroup holds the run); SIGTERM lets it kill them first.
+    _prctl(PR_SET_PDEATHSIG, _signal.SIGTERM, "pdeathsig")
+    if os.getppid() != worker:  # the worker died before the line above
+        os.kill(child, _signal.SIGKILL)
     _, status = os.waitpid(child, 0)
     reap_all()
     code = os.waitstatus_to_exitcode(status)

@@ -302,24 +302,8 @@ async def test_at_its_time_limit_a_landlock_run_leaves_no_daemon_even_without_a_
     kill, and here no cgroup holds the run."""
     monkeypatch.setattr(cgroups, "make", lambda limit: None)
     repo = tmp_path / "repo"
-    daemon = (
-        "import os, sys, time\n"
-        "if os.fork():\n    os._exit(0)\n"
-        "os.setsid()\n"
-        "if os.fork():\n    os._exit(0)\n"
-        "while True:\n"
-        "    with open(sys.argv[1], 'a') as out:\n        out.write('x')\n"
-        "    time.sleep(0.05)\n"
-    )
-    hangs = (
-        "import subprocess, sys, time\n"
-        "from pathlib import Path\n\n\n"
-        "def test_leaves_a_daemon_then_hangs():\n"
-        "    here = Path(__file__).parent\n"
-        "    subprocess.run([sys.executable, str(here / 'daemon.py'), str(here / 'daemon.log')])\n"
-        "    time.sleep(60)\n"
-    )
-    files = {"tests/daemon.py": daemon, "tests/test_hangs.py": hangs, "tests/daemon.log": ""}
+    files = {"tests/daemon.py": DAEMON_SCRIPT, "tests/test_hangs.py": LEAVES_A_DAEMON,
+             "tests/daemon.log": ""}  # fmt: skip
     report = await landlocked(repo, files, wall_seconds=3)
     marker = repo / "tests" / "daemon.log"
     assert report.timed_out and "rlimit only" in report.sandbox
@@ -327,6 +311,66 @@ async def test_at_its_time_limit_a_landlock_run_leaves_no_daemon_even_without_a_
     assert before > 0  # the daemon ran
     await asyncio.sleep(0.5)
     assert marker.stat().st_size == before  # and is gone
+
+
+DAEMON_SCRIPT = (
+    "import os, sys, time\n"
+    "if os.fork():\n    os._exit(0)\n"
+    "os.setsid()\n"
+    "if os.fork():\n    os._exit(0)\n"
+    "while True:\n"
+    "    with open(sys.argv[1], 'a') as out:\n        out.write('x')\n"
+    "    time.sleep(0.05)\n"
+)
+LEAVES_A_DAEMON = (
+    "import subprocess, sys, time\n"
+    "from pathlib import Path\n\n\n"
+    "def test_leaves_a_daemon_then_hangs():\n"
+    "    here = Path(__file__).parent\n"
+    "    subprocess.run([sys.executable, str(here / 'daemon.py'), str(here / 'daemon.log')])\n"
+    "    time.sleep(60)\n"
+)
+A_WORKER = """
+import asyncio, sys
+from pathlib import Path
+from activities import cgroups, isolation
+from activities.sandbox import Limits
+from activities.testrun import run_command
+cgroups.make = lambda limit: None  # as on a machine where the worker can make no cgroup
+repo = Path(sys.argv[2])
+with isolation.using(sys.argv[1]):
+    asyncio.run(run_command(repo, repo.parent / "runs", "t", "python -m pytest", Limits(60, 1024)))
+"""
+
+
+@pytest.mark.parametrize("kind", CONFINED)
+async def test_a_killed_workers_run_leaves_no_daemon_even_without_a_cgroup(
+    tmp_path: Path, kind: str
+) -> None:
+    """kill -9 of the worker while its run's test has left a daemon in a session of its own:
+    bubblewrap's PID namespace ends with the run; under landlock the run's subreaper, told by
+    the kernel that the worker died, kills what it holds before it goes."""
+    repo = tmp_path / "repo"
+    (repo / "tests").mkdir(parents=True)
+    git(None, "init", "-q", str(repo))
+    files = {"tests/daemon.py": DAEMON_SCRIPT, "tests/test_hangs.py": LEAVES_A_DAEMON}
+    for name, text in files.items():
+        (repo / name).write_text(text)
+    marker = repo / "tests" / "daemon.log"
+    worker = subprocess.Popen(  # noqa: ASYNC220 (killed, not awaited)
+        [sys.executable, "-c", A_WORKER, kind, str(repo)], cwd=Path(__file__).parents[1]
+    )
+    try:
+        async with asyncio.timeout(30):
+            while not marker.exists() or marker.stat().st_size < 3:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    finally:
+        worker.kill()
+        worker.wait()
+    await asyncio.sleep(0.5)
+    before = marker.stat().st_size
+    await asyncio.sleep(0.5)
+    assert marker.stat().st_size == before, "the daemon outlived its killed worker"
 
 
 async def landlocked(repo: Path, files: dict[str, str], wall_seconds: float) -> TestReport:
