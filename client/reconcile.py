@@ -19,7 +19,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from core.states import BuildState
-from db import crud
+from db import reconciled
 
 log = logging.getLogger("reconcile")
 Status = WorkflowExecutionStatus
@@ -50,7 +50,7 @@ async def _terminate_reason(client: Client, workflow_id: str, run_id: str | None
 async def reconcile_once(client: Client, engine: Engine) -> int:
     """One pass over the builds the mirror calls open; how many were written as ended."""
     with Session(engine) as session:
-        open_ids = await asyncio.to_thread(crud.open_builds, session)
+        open_ids = await asyncio.to_thread(reconciled.open_builds, session)
     written = 0
     for workflow_id in open_ids:
         try:
@@ -68,7 +68,7 @@ async def reconcile_once(client: Client, engine: Engine) -> int:
         reason = f"{what}: {said}" if said else what
         at = described.close_time or datetime.now(UTC)
         if await asyncio.to_thread(
-            crud.record_ended_outside,
+            reconciled.record_ended_outside,
             engine, workflow_id=workflow_id, state=state, reason=reason, at=at,
         ):  # fmt: skip
             written += 1

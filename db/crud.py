@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, func
@@ -12,8 +11,8 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
-from core.models import BuildSnapshot, EventType, MirrorBatch, MirrorReceipt
-from core.states import TERMINAL, WORKING, BuildState
+from core.models import BuildSnapshot, MirrorBatch, MirrorReceipt
+from core.states import WORKING, BuildState
 from db.models import (
     BuildRoleUsageRow,
     BuildWorkflowRow,
@@ -24,7 +23,7 @@ from db.models import (
 OUTPUT_COLUMNS = {state.value: f"{state.value}_output" for state in WORKING}
 
 
-def _table(model: Any) -> Table:
+def table_of(model: Any) -> Table:
     table: Table = model.__table__
     return table
 
@@ -80,7 +79,7 @@ def bounded(table: Table, row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _insert_new(conn: Connection, engine: Engine, table: Table, rows: list[dict[str, Any]]) -> int:
+def insert_new(conn: Connection, engine: Engine, table: Table, rows: list[dict[str, Any]]) -> int:
     """Insert rows whose (workflow_id, seq) is new; return how many were (via RETURNING)."""
     stmt = _insert_new_stmt(engine.dialect.name, table)
     return len(conn.execute(stmt, [bounded(table, row) for row in rows]).all())
@@ -133,7 +132,7 @@ def build_values(snapshot: BuildSnapshot) -> dict[str, Any]:
 
 
 def _upsert_usage(conn: Connection, engine: Engine, snapshot: BuildSnapshot) -> None:
-    table = _table(BuildRoleUsageRow)
+    table = table_of(BuildRoleUsageRow)
     rows = [
         {
             "project_id": snapshot.project_id,
@@ -156,9 +155,9 @@ def _drop_reset_branch(conn: Connection, snapshot: BuildSnapshot, first_seq: int
     the reset dropped, and go; the build row steps back to that point, to be written by the
     new run. Rows of builds recorded before runs were told apart carry no run and stay."""
     builds, events, handoffs = (
-        _table(BuildWorkflowRow),
-        _table(WorkflowEventRow),
-        _table(WorkflowHandoffRow),
+        table_of(BuildWorkflowRow),
+        table_of(WorkflowEventRow),
+        table_of(WorkflowHandoffRow),
     )
     stored = conn.execute(
         sa_select(builds.c.run_id).where(builds.c.build_id == snapshot.build_id)
@@ -181,9 +180,9 @@ def _drop_reset_branch(conn: Connection, snapshot: BuildSnapshot, first_seq: int
 def record_batch(engine: Engine, *, batch: MirrorBatch) -> MirrorReceipt:
     """Insert what is new, ignore what is there, move the build row forward only."""
     events, handoffs, builds = (
-        _table(WorkflowEventRow),
-        _table(WorkflowHandoffRow),
-        _table(BuildWorkflowRow),
+        table_of(WorkflowEventRow),
+        table_of(WorkflowHandoffRow),
+        table_of(BuildWorkflowRow),
     )
     snapshot = batch.snapshot
     with engine.begin() as conn:
@@ -202,7 +201,7 @@ def record_batch(engine: Engine, *, batch: MirrorBatch) -> MirrorReceipt:
                 }
                 for e in batch.events
             ]
-            events_inserted = _insert_new(conn, engine, events, rows)
+            events_inserted = insert_new(conn, engine, events, rows)
         if batch.handoffs:
             rows = [
                 {
@@ -221,7 +220,7 @@ def record_batch(engine: Engine, *, batch: MirrorBatch) -> MirrorReceipt:
                 }
                 for h in batch.handoffs
             ]
-            handoffs_inserted = _insert_new(conn, engine, handoffs, rows)
+            handoffs_inserted = insert_new(conn, engine, handoffs, rows)
         values = bounded(builds, build_values(snapshot))
         columns = frozenset(values) - {"build_id", "created_at"}
         stmt = _upsert_stmt(engine.dialect.name, builds, ("build_id",), columns, "last_seq")
@@ -394,54 +393,3 @@ def fleet_usage_by_role(session: Session) -> dict[str, tuple[int, int, float]]:
         role: (int(calls or 0), int(tokens or 0), float(cost or 0))
         for role, calls, tokens, cost in session.execute(query)
     }
-
-
-def open_builds(session: Session, *, limit: int = 500) -> list[str]:
-    """The workflow ids of builds the mirror still calls open (not COMPLETE, FAILED or
-    CANCELLED), the least recently updated first."""
-    ended = [s.value for s in TERMINAL]
-    query = (
-        select(BuildWorkflowRow.workflow_id)
-        .where(col(BuildWorkflowRow.current_state).not_in(ended))
-        .order_by(col(BuildWorkflowRow.updated_at))
-        .limit(limit)
-    )
-    return list(session.exec(query).all())
-
-
-def record_ended_outside(
-    engine: Engine, *, workflow_id: str, state: BuildState, reason: str, at: datetime
-) -> bool:
-    """A build ended from outside the workflow (terminated, timed out), written as its last
-    event and state: only if the mirror still calls it open, so of several reconcilers one
-    writes it, once. Whether this call wrote it."""
-    builds, events = _table(BuildWorkflowRow), _table(WorkflowEventRow)
-    ended = [s.value for s in TERMINAL]
-    reason = bounded(builds, {"failure_reason": reason})["failure_reason"]
-    with engine.begin() as conn:
-        stmt = (
-            builds.update()
-            .where(builds.c.workflow_id == workflow_id, builds.c.current_state.not_in(ended))
-            .values(
-                current_state=state.value,
-                failure_reason=reason if state is BuildState.FAILED else None,
-                last_error=reason,
-                waiting_for=None,
-                pending_command=None,
-                current_role=None,
-                updated_at=at,
-                completed_at=at,
-                last_seq=builds.c.last_seq + 1,
-            )
-            .returning(builds.c.last_seq, builds.c.current_state)
-        )
-        row = conn.execute(stmt).first()
-        if row is None:
-            return False
-        event = EventType.FAILED if state is BuildState.FAILED else EventType.CANCELLED
-        _insert_new(conn, engine, events, [{
-            "workflow_id": workflow_id, "seq": row[0], "event_type": event.value,
-            "state": state.value, "triggered_by": "temporal",
-            "event_data": {"reason": reason, "outside": True}, "timestamp": at,
-        }])  # fmt: skip
-    return True

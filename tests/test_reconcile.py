@@ -16,7 +16,7 @@ from temporalio.client import Client
 from client.reconcile import reconcile_once
 from core.messages import ApproveRequest
 from core.settings import Settings
-from db import crud
+from db import crud, reconciled
 from devtools.devserver import temporal_binary
 from tests.helpers import make_request, start, wait_until
 from workflows.build import BuildWorkflow
@@ -38,7 +38,7 @@ async def test_a_build_terminated_from_outside_is_mirrored_failed_with_its_reaso
     await wait_until(handle, lambda s: s.waiting_for is not None)
     temporal(worker, "workflow", "terminate", "-w", handle.id, "--reason", "stop it now")
     with Session(engine) as session:
-        assert handle.id in crud.open_builds(session)
+        assert handle.id in reconciled.open_builds(session)
     assert await reconcile_once(client, engine) >= 1
     assert await reconcile_once(client, engine) == 0  # written once
     with Session(engine) as session:
