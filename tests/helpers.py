@@ -73,7 +73,7 @@ HISTORY_DIR = Path(__file__).parent / "histories"
 # The folder this code's histories are recorded into. Bump it after a workflow change (guarded
 # by a patch) and record anew; the older folders stay as they are, so replay proves the change
 # safe for builds that started before it.
-HISTORY_VERSION = "v8"
+HISTORY_VERSION = "v9"
 # Histories of the project registry (ProjectWorkflow), replayed beside the builds'.
 REGISTRY_HISTORIES = "registry"
 
