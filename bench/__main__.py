@@ -137,8 +137,9 @@ async def throughput(bench: Bench, steps: int) -> list[Row]:
 
 async def in_flight(bench: Bench, steps: int) -> list[Row]:
     n = bench.scale.concurrent_builds
-    log(f"in flight: {n} builds at once, 2 s model latency")
-    await bench.start_worker(latency=2.0, max_activities=max(256, n + 56))
+    latency = bench.scale.model_latency
+    log(f"in flight: {n} builds at once, {latency:g} s model latency")
+    await bench.start_worker(latency=latency, max_activities=max(256, n + 56))
     assert bench.worker is not None
     pid = bench.worker.pid
     peak = rss_kib(pid)

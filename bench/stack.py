@@ -41,6 +41,7 @@ class Scale:
     concurrent_builds: int
     api_seconds: float
     api_builds: int
+    model_latency: float  # seconds each model answer takes while builds are in flight
 
 
 FULL = Scale(
@@ -50,6 +51,7 @@ FULL = Scale(
     concurrent_builds=200,
     api_seconds=10,
     api_builds=50,
+    model_latency=2.0,
 )
 QUICK = Scale(
     latency_samples=4,
@@ -58,6 +60,7 @@ QUICK = Scale(
     concurrent_builds=6,
     api_seconds=1.5,
     api_builds=3,
+    model_latency=0.3,  # the quick run checks the script works: its figures are noise anyway
 )
 
 
