@@ -16,6 +16,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
     Client,
     WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
     WorkflowHandle,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
@@ -163,7 +164,21 @@ async def update(
     except WorkflowUpdateRPCTimeoutOrCancelledError as err:
         raise NoAnswer(_no_answer(handle.id)) from err
     except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND and await _closed(handle):
+            # The build ended as the update arrived: the server's words for that vary.
+            raise BuildFinished(
+                f"build {build_id_from(handle.id)} has finished; it takes no more commands"
+            ) from err
         raise refusal(handle.id, err) from err
+
+
+async def _closed(handle: WorkflowHandle[Any, Any]) -> bool:
+    """Whether the build's workflow exists and has ended."""
+    try:
+        described = await handle.describe(rpc_timeout=DESCRIBE_TIMEOUT)
+    except RPCError:
+        return False
+    return described.status not in (None, WorkflowExecutionStatus.RUNNING)
 
 
 def refusal(workflow_id: str, err: RPCError) -> BuildError:
