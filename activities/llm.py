@@ -1,4 +1,5 @@
-"""The one code path to a model: openai.AsyncOpenAI with structured outputs.
+"""The one code path to a model: openai.AsyncOpenAI, answers validated into pydantic models in
+the output mode the endpoint takes (activities/output_modes.py).
 
 SDK retries are off; Temporal's retry policy decides. Errors a retry cannot fix become
 non-retryable ApplicationErrors with a message a person can act on.
@@ -7,18 +8,22 @@ non-retryable ApplicationErrors with a message a person can act on.
 from __future__ import annotations
 
 import json
+import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 import openai
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import output_modes
 from activities.beat import beating
 from activities.offline_model import OFFLINE_BASE_URL, SIMULATE_HEADER, offline_http_client
+from activities.output_modes import STRONGEST_FIRST, Mode, ModeRefused, NoJson, OutputInvalid
 from activities.prompts import Prompt, load_prompts
 from core.projects import redact
 from core.role_io import ModelUsage, RoleTask
@@ -26,6 +31,7 @@ from core.settings import Settings
 
 T = TypeVar("T", bound=BaseModel)
 R = TypeVar("R")
+log = logging.getLogger(__name__)
 
 # Status codes where asking again cannot help (bad request, bad key, no access, unknown model).
 NON_RETRYABLE_STATUS = {400, 401, 403, 404, 422}
@@ -72,12 +78,12 @@ class ModelClient:
         ]
 
     async def structured(self, task: RoleTask, schema: type[T]) -> tuple[T, ModelUsage]:
-        """Ask the role's model for an answer in `schema`; re-ask on schema-invalid output."""
+        """Ask the role's model for an answer in `schema`, in the output mode its settings
+        name, or (auto) the strongest one the endpoint takes: a mode it refuses or ignores is
+        stepped down from, and the one that worked is asked first from then on."""
         prompt = self.prompts[task.role.value]
         attempt = activity.info().attempt if activity.in_activity() else 1
         choice = self.settings.model_for(task.role, attempt)
-        model = choice.model
-        messages: list[dict[str, str]] = self._messages(prompt, task)
         headers: dict[str, str] = {}
         if self.settings.offline_model and task.simulate:
             headers[SIMULATE_HEADER] = ",".join(s.value for s in task.simulate)
@@ -86,25 +92,63 @@ class ModelClient:
             for k, v in (("temperature", choice.temperature), ("max_tokens", choice.max_tokens))
             if v is not None
         }
+        call = _Call(task, schema, choice.model, self._messages(prompt, task), headers, options)
         usage = ModelUsage(
-            model=model, prompt_version=prompt.version, offline=self.settings.offline_model
+            model=choice.model, prompt_version=prompt.version, offline=self.settings.offline_model
         )
-        started = time.monotonic()
-        reasks = self.settings.llm_schema_reasks
+        endpoint = (str(self.client.base_url), choice.model)
+        if choice.output_mode == "auto":
+            first = STRONGEST_FIRST.index(_learned.get(endpoint, STRONGEST_FIRST[0]))
+            modes = STRONGEST_FIRST[first:]
+        else:
+            modes = (Mode(choice.output_mode),)
+        started, refused = time.monotonic(), []
+        for mode in modes:
+            usage.output_mode = mode.value
+            try:
+                answer, enforced = await self._in_mode(mode, call, usage)
+            except ModeRefused as err:
+                refused.append(f"{mode.value}: {err}")
+                log.warning("%s at %s: %s; trying the next mode", choice.model, endpoint[0], err)
+                continue
+            if choice.output_mode == "auto":
+                _learned[endpoint] = mode if enforced else _after(mode)
+            if not enforced:  # a usable answer, read out of prose: the server ignored the mode
+                log.info("%s at %s ignored %s; its answer was read as text", *endpoint[::-1], mode)
+                usage.output_mode = Mode.TEXT.value
+            usage.latency_ms = int((time.monotonic() - started) * 1000)
+            usage.cost_usd = self.settings.cost_of(
+                choice.model, usage.prompt_tokens, usage.completion_tokens
+            )
+            return answer, usage
+        raise ApplicationError(
+            f"model {choice.model} at {endpoint[0]} took none of the output modes asked in "
+            f"({'; '.join(refused)}); set LLM_OUTPUT_MODE, or a role's output_mode in LLM_ROLES",
+            type="ModelModeRefused",
+            non_retryable=True,
+        )
+
+    async def _in_mode(self, mode: Mode, call: _Call[T], usage: ModelUsage) -> tuple[T, bool]:
+        """The answer asked for in `mode`, and whether the endpoint kept to the mode; an answer
+        that is not the schema is re-asked with the reason, up to LLM_SCHEMA_REASKS times.
+        ModeRefused if the endpoint refuses the mode, or ignores it with no usable answer."""
+        role, model, messages = call.task.role.value, call.model, call.messages
+        reasks, no_json = self.settings.llm_schema_reasks, 0
         for asked in range(reasks + 1):
             usage.requests += 1
             try:
                 completion = await beating(
-                    self.client.chat.completions.parse(
+                    self.client.chat.completions.create(
                         model=model,
-                        messages=messages,  # type: ignore[arg-type]
-                        response_format=schema,
-                        extra_headers=headers or None,
-                        **options,  # type: ignore[arg-type]
+                        **output_modes.request(mode, call.schema, messages),
+                        extra_headers=call.headers or None,
+                        **call.options,
                     ),
-                    f"{task.role.value} asking {model}",
+                    f"{role} asking {model} ({mode.value})",
                 )
             except openai.APIStatusError as err:
+                if mode is not Mode.TEXT and output_modes.refuses_mode(err):
+                    raise ModeRefused(f"HTTP {err.status_code}: {err.message}") from err
                 raise _classify(err, model) from err
             except openai.APIConnectionError as err:  # timeouts included
                 kind = (
@@ -115,38 +159,55 @@ class ModelClient:
                 raise ApplicationError(
                     f"model {model} did not answer ({type(err).__name__}: {err})", type=kind
                 ) from err
-            except (ValidationError, openai.LengthFinishReasonError) as err:
+            if completion.usage is not None:
+                usage.prompt_tokens += completion.usage.prompt_tokens
+                usage.completion_tokens += completion.usage.completion_tokens
+            first = completion.choices[0]
+            try:
+                answer = output_modes.read(mode, first.message, first.finish_reason, call.schema)
+                return answer, output_modes.enforced(mode, first.message)
+            except OutputInvalid as err:
                 problem = str(err)
-                content = ""
-            else:
-                if completion.usage is not None:
-                    usage.prompt_tokens += completion.usage.prompt_tokens
-                    usage.completion_tokens += completion.usage.completion_tokens
-                message = completion.choices[0].message
-                if message.parsed is not None:
-                    usage.latency_ms = int((time.monotonic() - started) * 1000)
-                    usage.cost_usd = self.settings.cost_of(
-                        model, usage.prompt_tokens, usage.completion_tokens
-                    )
-                    return message.parsed, usage
-                problem = message.refusal or "the answer was empty"
-                content = message.content or ""
+                no_json += isinstance(err, NoJson)
             if asked < reasks:
                 messages = [
                     *messages,
-                    {"role": "assistant", "content": content},
+                    {"role": "assistant", "content": output_modes.answer_text(mode, first.message)},
                     {
                         "role": "user",
                         "content": f"Your answer did not match the schema: {problem}. "
                         "Answer again, only with JSON that matches it.",
                     },
                 ]
+        if no_json == reasks + 1 and mode in (Mode.JSON_SCHEMA, Mode.JSON_OBJECT):
+            raise ModeRefused(f"asked for {mode.value}, every answer was without JSON: {problem}")
         raise ApplicationError(
-            f"{task.role.value}: the model's answer did not match {schema.__name__} "
+            f"{role}: the model's answer did not match {call.schema.__name__} "
             f"after {reasks + 1} tries: {problem}",
             type="ModelOutputInvalid",
             non_retryable=True,
         )
+
+
+@dataclass(frozen=True)
+class _Call(Generic[T]):
+    """One role call's request, as every mode and re-ask of it starts from."""
+
+    task: RoleTask
+    schema: type[T]
+    model: str
+    messages: list[dict[str, str]]
+    headers: dict[str, str]
+    options: dict[str, Any]
+
+
+# The output mode that worked, per endpoint and model, for the worker's life (auto asks it first).
+_learned: dict[tuple[str, str], Mode] = {}
+
+
+def _after(mode: Mode) -> Mode:
+    """The next weaker mode (text is the last)."""
+    return STRONGEST_FIRST[min(STRONGEST_FIRST.index(mode) + 1, len(STRONGEST_FIRST) - 1)]
 
 
 def _classify(err: openai.APIStatusError, model: str) -> ApplicationError:

@@ -46,6 +46,7 @@ class ModelUsage(BaseModel):
     cost_usd: float = 0.0
     requests: int = 0  # HTTP requests this call made (re-asks included)
     offline: bool = False
+    output_mode: str = ""  # how the answer was asked for (activities/output_modes.py)
 
 
 class DiscoveryOutput(BaseModel):

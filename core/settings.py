@@ -13,6 +13,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from core.models import Budget, RolePolicy
 from core.states import Role
 
+# How a role's answer is asked for (activities/output_modes.py); auto: the strongest mode the
+# endpoint takes, found at run time.
+OutputMode = Literal["auto", "json_schema", "tools", "json_object", "text"]
+
 
 class RoleModel(BaseModel):
     """Per-role model settings (LLM_ROLES): any field left out uses the default."""
@@ -21,12 +25,14 @@ class RoleModel(BaseModel):
     fallback_model: str | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1)
+    output_mode: OutputMode | None = None
 
 
 class ModelChoice(BaseModel):
     model: str
     temperature: float | None = None
     max_tokens: int | None = None
+    output_mode: OutputMode = "auto"
 
 
 class ModelPrice(BaseModel):
@@ -105,6 +111,7 @@ class Settings(BaseSettings):
     llm_roles: dict[Role, RoleModel] = Field(default_factory=dict)
     llm_fallback_after_attempts: int = Field(default=3, ge=1)
     llm_schema_reasks: int = Field(default=2, ge=0, le=10)
+    llm_output_mode: OutputMode = "auto"  # every role's, unless LLM_ROLES gives one its own
     llm_prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
     llm_timeout_seconds: float = Field(default=120, gt=0)
     offline_model_latency_seconds: float = Field(default=0, ge=0)
@@ -216,7 +223,10 @@ class Settings(BaseSettings):
         if config.fallback_model and attempt > self.llm_fallback_after_attempts:
             model = config.fallback_model
         return ModelChoice(
-            model=model, temperature=config.temperature, max_tokens=config.max_tokens
+            model=model,
+            temperature=config.temperature,
+            max_tokens=config.max_tokens,
+            output_mode=config.output_mode or self.llm_output_mode,
         )
 
     def cost_of(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:

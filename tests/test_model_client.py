@@ -81,14 +81,14 @@ async def test_schema_invalid_answer_is_asked_again_with_the_error():
     assert len(seen) == 2
     retry_prompt = seen[1]["body"]["messages"][-1]["content"]
     assert "did not match the schema" in retry_prompt and "passed" in retry_prompt
-    assert usage.prompt_tokens == 10  # the invalid answer's usage is not parsed by the SDK
+    assert usage.prompt_tokens == 20  # the invalid answer was paid for too
     assert SIMULATE_HEADER not in seen[0]["headers"]  # real endpoints never see simulate
 
 
 async def test_schema_invalid_every_time_is_non_retryable():
     seen: list[dict] = []
     settings = Settings(_env_file=None, openai_api_key="sk-test", llm_schema_reasks=3)  # type: ignore[call-arg]
-    client = _scripted(settings, [_chat("not json")] * 4, seen)
+    client = _scripted(settings, [_chat('{"passed": "maybe"}')] * 4, seen)
     with pytest.raises(ApplicationError) as err:
         await client.structured(task(S.TESTING, Role.TEST_AUDITOR), TestReport)
     assert err.value.non_retryable and err.value.type == "ModelOutputInvalid"
