@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -20,13 +21,13 @@ from pydantic import BaseModel
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import output_modes
+from activities import edit_blocks, output_modes
 from activities.beat import beating
 from activities.offline_model import OFFLINE_BASE_URL, SIMULATE_HEADER, offline_http_client
 from activities.output_modes import STRONGEST_FIRST, Mode, ModeRefused, NoJson, OutputInvalid
 from activities.prompts import Prompt, load_prompts
 from core.projects import redact
-from core.role_io import ModelUsage, RoleTask
+from core.role_io import ImplementationOutput, ModelUsage, RoleTask
 from core.settings import Settings
 
 T = TypeVar("T", bound=BaseModel)
@@ -77,10 +78,9 @@ class ModelClient:
             {"role": "user", "content": redact(json.dumps(payload, sort_keys=True))},
         ]
 
-    async def structured(self, task: RoleTask, schema: type[T]) -> tuple[T, ModelUsage]:
-        """Ask the role's model for an answer in `schema`, in the output mode its settings
-        name, or (auto) the strongest one the endpoint takes: a mode it refuses or ignores is
-        stepped down from, and the one that worked is asked first from then on."""
+    def _prepared(self, task: RoleTask, schema: type[T]) -> tuple[_Call[T], ModelUsage, Any]:
+        """A role call's request as every mode and re-ask starts from, its usage so far, and
+        its model choice."""
         prompt = self.prompts[task.role.value]
         attempt = activity.info().attempt if activity.in_activity() else 1
         choice = self.settings.model_for(task.role, attempt)
@@ -96,6 +96,49 @@ class ModelClient:
         usage = ModelUsage(
             model=choice.model, prompt_version=prompt.version, offline=self.settings.offline_model
         )
+        return call, usage, choice
+
+    def edit_format(self) -> str:
+        """How the Code Writer's code travels: `blocks` (plain text) for real models, which
+        write code better outside JSON; `json` for the offline model, unless set."""
+        if self.settings.llm_edit_format != "auto":
+            return self.settings.llm_edit_format
+        return "json" if self.settings.offline_model else "blocks"
+
+    async def implementation(self, task: RoleTask) -> tuple[ImplementationOutput, ModelUsage]:
+        """The Code Writer's answer, in its edit format: JSON (any output mode), or edit blocks
+        in plain text (activities/edit_blocks.py), re-asked with the block it could not read."""
+        if self.edit_format() == "json":
+            return await self.structured(task, ImplementationOutput)
+        call, usage, choice = self._prepared(task, ImplementationOutput)
+        system, *rest = call.messages
+        instructed = [{**system, "content": system["content"] + edit_blocks.INSTRUCTIONS}, *rest]
+        usage.prompt_version += "+blocks"
+        usage.output_mode = "blocks"
+
+        def read(message: Any, finish: str | None) -> tuple[ImplementationOutput, bool]:
+            if finish == "length":
+                raise OutputInvalid("the answer was cut off at the token limit; answer briefly")
+            try:
+                return edit_blocks.parse(message.content or ""), True
+            except edit_blocks.BlocksInvalid as err:
+                raise OutputInvalid(str(err)) from err
+
+        started = time.monotonic()
+        blocks = _Call(task, ImplementationOutput, choice.model, instructed, call.headers,
+                       call.options)  # fmt: skip
+        answer, _ = await self._in_mode(Mode.TEXT, blocks, usage, build=_plain, read=read)
+        usage.latency_ms = int((time.monotonic() - started) * 1000)
+        usage.cost_usd = self.settings.cost_of(
+            choice.model, usage.prompt_tokens, usage.completion_tokens
+        )
+        return answer, usage
+
+    async def structured(self, task: RoleTask, schema: type[T]) -> tuple[T, ModelUsage]:
+        """Ask the role's model for an answer in `schema`, in the output mode its settings
+        name, or (auto) the strongest one the endpoint takes: a mode it refuses or ignores is
+        stepped down from, and the one that worked is asked first from then on."""
+        call, usage, choice = self._prepared(task, schema)
         endpoint = (str(self.client.base_url), choice.model)
         if choice.output_mode == "auto":
             first = STRONGEST_FIRST.index(_learned.get(endpoint, STRONGEST_FIRST[0]))
@@ -128,10 +171,25 @@ class ModelClient:
             non_retryable=True,
         )
 
-    async def _in_mode(self, mode: Mode, call: _Call[T], usage: ModelUsage) -> tuple[T, bool]:
+    async def _in_mode(
+        self,
+        mode: Mode,
+        call: _Call[T],
+        usage: ModelUsage,
+        build: Callable[[Mode, type[T], list[dict[str, str]]], dict[str, Any]] | None = None,
+        read: Callable[[Any, str | None], tuple[T, bool]] | None = None,
+    ) -> tuple[T, bool]:
         """The answer asked for in `mode`, and whether the endpoint kept to the mode; an answer
         that is not the schema is re-asked with the reason, up to LLM_SCHEMA_REASKS times.
-        ModeRefused if the endpoint refuses the mode, or ignores it with no usable answer."""
+        ModeRefused if the endpoint refuses the mode, or ignores it with no usable answer.
+        `build` and `read` make the request and read its answer (default: the mode's)."""
+        build = build or output_modes.request
+
+        def read_mode(message: Any, finish: str | None) -> tuple[T, bool]:
+            answer = output_modes.read(mode, message, finish, call.schema)
+            return answer, output_modes.enforced(mode, message)
+
+        read = read or read_mode
         role, model, messages = call.task.role.value, call.model, call.messages
         reasks, no_json = self.settings.llm_schema_reasks, 0
         for asked in range(reasks + 1):
@@ -140,7 +198,7 @@ class ModelClient:
                 completion = await beating(
                     self.client.chat.completions.create(
                         model=model,
-                        **output_modes.request(mode, call.schema, messages),
+                        **build(mode, call.schema, messages),
                         extra_headers=call.headers or None,
                         **call.options,
                     ),
@@ -164,8 +222,7 @@ class ModelClient:
                 usage.completion_tokens += completion.usage.completion_tokens
             first = completion.choices[0]
             try:
-                answer = output_modes.read(mode, first.message, first.finish_reason, call.schema)
-                return answer, output_modes.enforced(mode, first.message)
+                return read(first.message, first.finish_reason)
             except OutputInvalid as err:
                 problem = str(err)
                 no_json += isinstance(err, NoJson)
@@ -176,7 +233,10 @@ class ModelClient:
                     {
                         "role": "user",
                         "content": f"Your answer did not match the schema: {problem}. "
-                        "Answer again, only with JSON that matches it.",
+                        "Answer again, only with JSON that matches it."
+                        if build is output_modes.request
+                        else f"Your answer could not be read: {problem}\n"
+                        "Answer again, in the format the instructions give.",
                     },
                 ]
         if no_json == reasks + 1 and mode in (Mode.JSON_SCHEMA, Mode.JSON_OBJECT):
@@ -203,6 +263,11 @@ class _Call(Generic[T]):
 
 # The output mode that worked, per endpoint and model, for the worker's life (auto asks it first).
 _learned: dict[tuple[str, str], Mode] = {}
+
+
+def _plain(_mode: Mode, _schema: type[Any], messages: list[dict[str, str]]) -> dict[str, Any]:
+    """A request of plain text: the messages as they are, no constraint on the answer."""
+    return {"messages": messages}
 
 
 def _after(mode: Mode) -> Mode:

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx2
 
+from activities import edit_blocks
 from core.models import Simulation, feature_name
 from core.role_io import (
     DiscoveryOutput,
@@ -175,6 +176,18 @@ def changelog_edit(entry: str, context: dict[str, Any]) -> tuple[list[SourceFile
     return [], [FileEdit(kind="write", path=CHANGELOG, content=whole)]
 
 
+def _blocks(task: dict[str, Any], sim: set[str]) -> str:
+    """The Code Writer's answer in the edit-blocks format (LLM_EDIT_FORMAT=blocks), its edits
+    widened to the whole lines of the files it was shown."""
+    output = _implementation(task, sim)
+    shown = task.get("context", {}).get("files", {})
+    edits = [
+        edit_blocks.whole_lines(shown[e.path], e) if e.kind == "replace" and e.path in shown else e
+        for e in output.edits
+    ]
+    return edit_blocks.render(output.model_copy(update={"edits": edits}))
+
+
 def _test_audit(task: dict[str, Any], _sim: set[str]) -> TestAudit:
     run = task.get("context", {}).get("test_run", {})
     covered = bool(run.get("passed")) and int(run.get("tests_run", 0)) >= 2
@@ -261,12 +274,16 @@ async def handle(request: httpx2.Request) -> httpx2.Response:
             404, f"the offline model serves only POST /chat/completions, not {request.url.path}"
         )
     body = json.loads(request.content)
+    sim = {s for s in request.headers.get(SIMULATE_HEADER, "").split(",") if s}
+    task = _task(body)
+    system = str((body.get("messages") or [{}])[0].get("content", ""))
+    if edit_blocks.INSTRUCTIONS.strip() in system:  # the Code Writer, asked for edit blocks
+        return httpx2.Response(200, json=completion(body, _blocks(task, sim)))
     schema = (body.get("response_format") or {}).get("json_schema", {}).get("name", "")
     answer = _ANSWERS.get(schema)
     if answer is None:
         return _error(400, f"the offline model has no answer for response format {schema!r}")
-    sim = {s for s in request.headers.get(SIMULATE_HEADER, "").split(",") if s}
-    content = answer(_task(body), sim).model_dump_json()
+    content = answer(task, sim).model_dump_json()
     return httpx2.Response(200, json=completion(body, content))
 
 

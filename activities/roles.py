@@ -39,7 +39,6 @@ from core.projects import ProjectConfig
 from core.role_io import (
     CodeWriterResult,
     DiscoveryOutput,
-    ImplementationOutput,
     ImplementationSummary,
     ModelUsage,
     OpenResult,
@@ -148,7 +147,7 @@ class RoleActivities:
             task = _with(task, merge=sides)
         if task.project is not None:
             task = await in_thread("repository context", self._with_repository, task, ws, True)
-        output, usage = await self.llm.structured(task, ImplementationOutput)
+        output, usage = await self.llm.implementation(task)
         title = output.summary.strip().splitlines()[0][:120] if output.summary.strip() else ""
         message = f"implementation attempt {task.attempt}: {title}".strip(": ")
 

@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     llm_fallback_after_attempts: int = Field(default=3, ge=1)
     llm_schema_reasks: int = Field(default=2, ge=0, le=10)
     llm_output_mode: OutputMode = "auto"  # every role's, unless LLM_ROLES gives one its own
+    # How the Code Writer's code travels: edit blocks in plain text, or inside JSON; auto:
+    # blocks for real endpoints, json for the offline model.
+    llm_edit_format: Literal["auto", "blocks", "json"] = "auto"
     llm_prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
     llm_timeout_seconds: float = Field(default=120, gt=0)
     offline_model_latency_seconds: float = Field(default=0, ge=0)
