@@ -15,7 +15,7 @@ from typing import Literal
 
 import httpx2
 
-from activities import offline_model
+from activities import edit_blocks, offline_model
 
 FaultKind = Literal["status", "hang", "cut", "invalid_json", "schema_break"]
 REASONS = {200: "OK", 401: "Unauthorized", 429: "Too Many Requests", 500: "Internal Server Error"}
@@ -95,7 +95,7 @@ class FakeOpenAI:
             headers[name.strip().lower()] = value.strip()
         body = await reader.readexactly(int(headers.get("content-length", "0")))
         payload = json.loads(body or b"{}")
-        schema = (payload.get("response_format") or {}).get("json_schema", {}).get("name", "")
+        schema = asked_for(payload)
         queue = self.script.get(schema, [])
         fault = queue.pop(0) if queue else None
         if fault is None and self.random_faults and self.rng.random() < self.fault_rate:
@@ -121,6 +121,20 @@ class FakeOpenAI:
         )
         await _send(writer, answer.status_code, json.loads(answer.content))
         return True
+
+
+def asked_for(body: dict[str, object]) -> str:
+    """The answer a request asks for, in any of the ways it can be asked: the json_schema's
+    name, the forced tool's, or ImplementationOutput for the Code Writer's edit blocks."""
+    fmt = body.get("response_format") or {}
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        return str(fmt.get("json_schema", {}).get("name", ""))
+    tools = body.get("tools")
+    if isinstance(tools, list) and tools:
+        return str(tools[0]["function"]["name"])
+    messages = body.get("messages")
+    system = str(messages[0].get("content", "")) if isinstance(messages, list) and messages else ""
+    return "ImplementationOutput" if edit_blocks.INSTRUCTIONS.strip() in system else ""
 
 
 async def _send(
