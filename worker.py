@@ -13,6 +13,7 @@ import typer
 from sqlalchemy.exc import OperationalError
 
 from activities import cgroups, isolation
+from activities.answers import AnswerStore
 from activities.llm import ModelClient
 from client.reconcile import reconcile_forever
 from client.worker import build_worker, worker_identity
@@ -63,6 +64,10 @@ async def database_ready(settings: Settings) -> None:
 
 async def serve(settings: Settings) -> None:
     choose_sandbox(settings)
+    store = AnswerStore(settings.answers)
+    if pruned := await asyncio.to_thread(store.prune, settings.answer_retention_days):
+        log.info("removed the kept answers of %d builds older than %g days", pruned,
+                 settings.answer_retention_days)  # fmt: skip
     try:
         runtime = worker_runtime(settings, HISTOGRAM_BUCKETS)
     except Exception as err:  # the runtime's own error names the address

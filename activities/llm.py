@@ -7,21 +7,22 @@ non-retryable ApplicationErrors with a message a person can act on.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Generic, TypeVar
 
 import openai
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import edit_blocks, output_modes
+from activities import answers, edit_blocks, output_modes
 from activities.beat import beating
 from activities.offline_model import OFFLINE_BASE_URL, SIMULATE_HEADER, offline_http_client
 from activities.output_modes import STRONGEST_FIRST, Mode, ModeRefused, NoJson, OutputInvalid
@@ -50,6 +51,7 @@ class ModelClient:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.answers = answers.AnswerStore(settings.answers)
         self.prompts: dict[str, Prompt] = {r.value: p for r, p in load_prompts().items()}
         if settings.openai_api_key is None:
             self.client = openai.AsyncOpenAI(
@@ -124,14 +126,42 @@ class ModelClient:
             except edit_blocks.BlocksInvalid as err:
                 raise OutputInvalid(str(err)) from err
 
-        started = time.monotonic()
         blocks = _Call(task, ImplementationOutput, choice.model, instructed, call.headers,
                        call.options)  # fmt: skip
-        answer, _ = await self._in_mode(Mode.TEXT, blocks, usage, build=_plain, read=read)
-        usage.latency_ms = int((time.monotonic() - started) * 1000)
-        usage.cost_usd = self.settings.cost_of(
-            choice.model, usage.prompt_tokens, usage.completion_tokens
-        )
+
+        async def ask() -> tuple[ImplementationOutput, ModelUsage]:
+            started = time.monotonic()
+            answer, _ = await self._in_mode(Mode.TEXT, blocks, usage, build=_plain, read=read)
+            usage.latency_ms = int((time.monotonic() - started) * 1000)
+            usage.cost_usd = self.settings.cost_of(
+                choice.model, usage.prompt_tokens, usage.completion_tokens
+            )
+            return answer, usage
+
+        return await self._kept_or_asked(blocks, "blocks", ask)
+
+    async def _kept_or_asked(
+        self, call: _Call[T], fmt: str, ask: Callable[[], Awaitable[tuple[T, ModelUsage]]]
+    ) -> tuple[T, ModelUsage]:
+        """The answer kept for this very request of this build's attempt (activities/answers.py:
+        a retry of the activity after the answer arrived), else `ask`'s, kept before it is
+        returned to be acted on."""
+        task = call.task
+        digest = answers.request_hash(call.model, fmt, call.schema.__name__, call.messages)
+        key = answers.Key(task.build_id, task.role.value, task.attempt, digest)
+        kept = await asyncio.to_thread(self.answers.get, key)
+        if kept is not None:
+            try:
+                answer = call.schema.model_validate(kept.answer)
+            except ValidationError:
+                log.warning("kept answer %s of %s is not %s now; asking again",
+                            key.name, key.build_id, call.schema.__name__)  # fmt: skip
+            else:
+                log.info("%s attempt %d of %s: the kept answer is used, not asked for again",
+                         key.role, key.attempt, key.build_id)  # fmt: skip
+                return answer, kept.usage.model_copy(update={"reused": True})
+        answer, usage = await ask()
+        await asyncio.to_thread(self.answers.put, key, answer, usage)
         return answer, usage
 
     async def structured(self, task: RoleTask, schema: type[T]) -> tuple[T, ModelUsage]:
@@ -139,6 +169,13 @@ class ModelClient:
         name, or (auto) the strongest one the endpoint takes: a mode it refuses or ignores is
         stepped down from, and the one that worked is asked first from then on."""
         call, usage, choice = self._prepared(task, schema)
+        return await self._kept_or_asked(
+            call, "json", lambda: self._structured(call, usage, choice)
+        )
+
+    async def _structured(
+        self, call: _Call[T], usage: ModelUsage, choice: Any
+    ) -> tuple[T, ModelUsage]:
         endpoint = (str(self.client.base_url), choice.model)
         if choice.output_mode == "auto":
             first = STRONGEST_FIRST.index(_learned.get(endpoint, STRONGEST_FIRST[0]))

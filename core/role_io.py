@@ -47,6 +47,7 @@ class ModelUsage(BaseModel):
     requests: int = 0  # HTTP requests this call made (re-asks included)
     offline: bool = False
     output_mode: str = ""  # how the answer was asked for (activities/output_modes.py)
+    reused: bool = False  # the answer kept from an earlier try of the same call (not paid again)
 
 
 class DiscoveryOutput(BaseModel):

@@ -126,6 +126,11 @@ class Settings(BaseSettings):
     # a repository URL registered with one is kept, instead of in the registration. Workers on
     # other machines need the same file. Default: <data_dir>/git-credentials
     git_credentials_file: Path | None = None
+    # Models' complete answers, kept so a retried call is not paid for again (activities/
+    # answers.py); a build's are removed once none is newer than the retention. Default:
+    # <data_dir>/answers
+    answers_dir: Path | None = None
+    answer_retention_days: float = Field(default=30, ge=0)
     # Greenfield projects' repositories (a project never registered gets one here).
     projects_dir: Path | None = None  # default: <data_dir>/projects
     # How often a project's release queue asks the build holding the turn whether it still
@@ -209,6 +214,10 @@ class Settings(BaseSettings):
     @property
     def releases(self) -> Path:
         return (self.releases_dir or self.data_dir / "releases").resolve()
+
+    @property
+    def answers(self) -> Path:
+        return (self.answers_dir or self.data_dir / "answers").resolve()
 
     @property
     def git_credentials(self) -> Path:

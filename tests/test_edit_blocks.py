@@ -5,6 +5,7 @@ not be read, hostile paths left to the one place that refuses them (activities/p
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +144,8 @@ def test_a_hostile_path_is_read_as_written_and_refused_where_every_path_is(path:
 
 def code_task(files: dict[str, str] | None = None) -> RoleTask:
     return RoleTask(
-        build_id="b1", project_id="p", role=Role.CODE_WRITER, state=BuildState.IMPLEMENTATION,
+        build_id=f"b{uuid.uuid4().hex[:8]}", project_id="p", role=Role.CODE_WRITER,
+        state=BuildState.IMPLEMENTATION,
         attempt=1, requirements={"feature": "Dark mode"}, context={"files": files or {}},
     )  # fmt: skip
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx2
 import pytest
@@ -28,6 +29,12 @@ def task(state: BuildState, role: Role, attempt: int = 1, simulate=()) -> RoleTa
         requirements={"feature": "Dark mode", "priority": "high"},
         simulate=list(simulate),
     )
+
+
+@pytest.fixture(autouse=True)
+def own_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's settings keep their answers in a folder of its own (DATA_DIR is relative)."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture
