@@ -59,14 +59,14 @@ class ScriptedCodeWriter(ModelClient):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.answers: list[ImplementationOutput] = []
+        self.scripted: list[ImplementationOutput] = []
         self.asked = 0
 
     async def structured(self, task: RoleTask, schema: type[T]) -> tuple[T, ModelUsage]:
         if schema is ImplementationOutput:
             self.asked += 1
             usage = ModelUsage(model="scripted", prompt_version="code_writer/test", requests=1)
-            return self.answers.pop(0), usage  # type: ignore[return-value]
+            return self.scripted.pop(0), usage  # type: ignore[return-value]
         return await super().structured(task, schema)
 
 
@@ -104,7 +104,7 @@ class Build:
 
     async def write(self, answer: ImplementationOutput, head: str | None = None) -> str:
         self.attempt += 1
-        self.model.answers.append(answer)
+        self.model.scripted.append(answer)
         task = self.task(BuildState.IMPLEMENTATION, Role.CODE_WRITER, head or self.base)
         done = await self.env.run(self.roles.code_writer, task)
         return done.output.commit
