@@ -13,7 +13,9 @@ from chaos.__main__ import DRILLS
 from chaos.stack import WorkerExited, stack
 from tests.helpers import ROOT
 
-pytestmark = pytest.mark.slow  # the fault drills, each with its own stack
+# The fault drills, each with its own stack. Serial: a drill counts the sandbox processes
+# left on the whole machine, which tests running beside it would add to.
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 def drills(*args: str) -> str:
