@@ -1,5 +1,5 @@
-"""Start builds and steer them: start, status, events, retry, rollback, approve; and the
-projects (`project add|show|list`, client/project_commands.py)."""
+"""Start builds and steer them: start, status, events, retry, rollback, approve; the projects
+(`project add|show|list`, client/project_commands.py); the model endpoint (`model check`)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from temporalio.client import (
 from client import builds
 from client.cli import console, run_command
 from client.follow import delivered, event_line, follow
+from client.model_commands import model_app
 from client.project_commands import project_app
 from core.exit import exit_now
 from core.messages import (
@@ -291,6 +292,7 @@ def approve(
 
 
 app.add_typer(project_app, name="project")
+app.add_typer(model_app, name="model")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,150 @@
+"""Probe a model endpoint before trusting it (`starter.py model check`): one small question per
+output mode, one streamed answer, and the context window where the server tells it. Says what
+the endpoint takes and which mode `auto` will start with; a wrong URL, key or model is one line
+(ProbeFailed), not a stack trace.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2
+import openai
+from pydantic import BaseModel
+
+from activities import output_modes
+from activities.llm import ModelClient
+from activities.output_modes import STRONGEST_FIRST, Mode, ModeRefused, OutputInvalid
+from core.states import Role
+
+QUESTION = "What is 2 + 3? Put the number in `answer`."
+PROBE_TOKENS = 64
+
+
+class Sum(BaseModel):
+    answer: int
+
+
+class ProbeFailed(Exception):
+    """The endpoint cannot be used at all: why, in one line."""
+
+
+@dataclass
+class ProbeReport:
+    endpoint: str
+    model: str
+    modes: dict[str, str] = field(default_factory=dict)  # mode: works / ignored / refused ...
+    streaming: str = "-"
+    context_window: int | None = None
+    seconds: float = 0.0
+
+    @property
+    def auto_mode(self) -> str | None:
+        """The mode `auto` settles on: the strongest that works."""
+        return next((m for m, said in self.modes.items() if said == "works"), None)
+
+
+async def probe(llm: ModelClient, role: Role = Role.CODE_WRITER) -> ProbeReport:
+    model = llm.settings.model_for(role).model
+    report = ProbeReport(endpoint=str(llm.client.base_url), model=model)
+    started = time.monotonic()
+    messages = [
+        {"role": "system", "content": "You answer in the format asked, briefly."},
+        {"role": "user", "content": QUESTION},
+    ]
+    for mode in STRONGEST_FIRST:
+        report.modes[mode.value] = await _ask(llm, model, mode, messages)
+    report.streaming = await _stream(llm, model, messages)
+    report.context_window = await _context_window(llm, model)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+async def _ask(llm: ModelClient, model: str, mode: Mode, messages: list[dict[str, str]]) -> str:
+    try:
+        done = await llm.client.chat.completions.create(
+            model=model, max_tokens=PROBE_TOKENS, **output_modes.request(mode, Sum, messages)
+        )
+    except openai.APIStatusError as err:
+        if err.status_code in (401, 403, 404):
+            raise ProbeFailed(_why(err, model)) from err
+        return f"refused (HTTP {err.status_code}: {_short(err.message)})"
+    except openai.APIConnectionError as err:
+        raise ProbeFailed(f"cannot reach {llm.client.base_url}: {err}") from err
+    first = done.choices[0]
+    try:
+        output_modes.read(mode, first.message, first.finish_reason, Sum)
+    except ModeRefused:
+        return "ignored"
+    except OutputInvalid as err:
+        return f"answered, not the schema ({_short(str(err))})"
+    return "works" if output_modes.enforced(mode, first.message) else "ignored"
+
+
+async def _stream(llm: ModelClient, model: str, messages: list[dict[str, str]]) -> str:
+    try:
+        stream = await llm.client.chat.completions.create(  # type: ignore[call-overload]
+            model=model, messages=messages, max_tokens=PROBE_TOKENS,
+            stream=True, stream_options={"include_usage": True},
+        )  # fmt: skip
+        chunks, usage = 0, False
+        async for chunk in stream:
+            chunks += 1
+            usage = usage or chunk.usage is not None
+    except openai.APIStatusError as err:
+        return f"refused (HTTP {err.status_code}: {_short(err.message)})"
+    except (openai.APIError, ValueError) as err:
+        return f"failed ({_short(str(err))})"
+    return f"works, {chunks} chunks, " + ("usage included" if usage else "no usage in the stream")
+
+
+async def _context_window(llm: ModelClient, model: str) -> int | None:
+    """What the server says of its context: vLLM's `max_model_len` (and others' context length)
+    in /v1/models, llama.cpp's `n_ctx` in /props. Asked through the openai client's own
+    connection, with its key."""
+    base = str(llm.client.base_url).rstrip("/")
+    for url, find in ((f"{base}/models", _from_models), (f"{base.removesuffix('/v1')}/props",
+                                                         _from_props)):  # fmt: skip
+        try:
+            answer = await llm.client.get(url, cast_to=httpx2.Response)
+            if size := find(answer.json(), model):
+                return size
+        except (openai.APIError, httpx2.HTTPError, ValueError):
+            continue
+    return None
+
+
+def _from_models(body: Any, model: str) -> int | None:
+    data = body.get("data", []) if isinstance(body, dict) else []
+    for entry in data:
+        if isinstance(entry, dict) and (entry.get("id") == model or len(data) == 1):
+            for key in ("max_model_len", "context_length", "context_window", "n_ctx"):
+                if isinstance(entry.get(key), int):
+                    return int(entry[key])
+            meta = entry.get("meta") or {}
+            if isinstance(meta.get("n_ctx_train"), int):
+                return int(meta["n_ctx_train"])
+    return None
+
+
+def _from_props(body: Any, _model: str) -> int | None:
+    if not isinstance(body, dict):
+        return None
+    size = (body.get("default_generation_settings") or {}).get("n_ctx") or body.get("n_ctx")
+    return int(size) if isinstance(size, int) else None
+
+
+def _why(err: openai.APIStatusError, model: str) -> str:
+    hints = {
+        401: "OPENAI_API_KEY rejected by the endpoint",
+        403: "the API key has no access to this model or endpoint",
+        404: f"model {model} or the endpoint not found (check LLM_MODEL / OPENAI_BASE_URL)",
+    }
+    return f"{hints[err.status_code]} (HTTP {err.status_code}): {_short(err.message)}"
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= 100 else text[:97] + "..."
