@@ -29,7 +29,7 @@ from activities.output_modes import STRONGEST_FIRST, Mode, ModeRefused, NoJson, 
 from activities.prompts import Prompt, load_prompts
 from core.projects import redact
 from core.role_io import ImplementationOutput, ModelUsage, RoleTask
-from core.settings import Settings
+from core.settings import ModelChoice, Settings
 
 T = TypeVar("T", bound=BaseModel)
 R = TypeVar("R")
@@ -80,7 +80,9 @@ class ModelClient:
             {"role": "user", "content": redact(json.dumps(payload, sort_keys=True))},
         ]
 
-    def _prepared(self, task: RoleTask, schema: type[T]) -> tuple[_Call[T], ModelUsage, Any]:
+    def _prepared(
+        self, task: RoleTask, schema: type[T]
+    ) -> tuple[_Call[T], ModelUsage, ModelChoice]:
         """A role call's request as every mode and re-ask starts from, its usage so far, and
         its model choice."""
         prompt = self.prompts[task.role.value]
@@ -174,7 +176,7 @@ class ModelClient:
         )
 
     async def _structured(
-        self, call: _Call[T], usage: ModelUsage, choice: Any
+        self, call: _Call[T], usage: ModelUsage, choice: ModelChoice
     ) -> tuple[T, ModelUsage]:
         endpoint = (str(self.client.base_url), choice.model)
         if choice.output_mode == "auto":
