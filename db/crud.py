@@ -178,7 +178,8 @@ def _drop_reset_branch(conn: Connection, snapshot: BuildSnapshot, first_seq: int
 
 
 def record_batch(engine: Engine, *, batch: MirrorBatch) -> MirrorReceipt:
-    """Insert what is new, ignore what is there, move the build row forward only."""
+    """Insert what is new, ignore what is there, move the build row forward only (but for a
+    reset's new run, which first replaces what the run it dropped wrote)."""
     events, handoffs, builds = (
         table_of(WorkflowEventRow),
         table_of(WorkflowHandoffRow),
