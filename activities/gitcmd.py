@@ -27,12 +27,21 @@ IDENTITY = {
 # Set for every git command, above the repository's own configuration (a repository a run or a
 # model could write to must not choose a program git runs): no hooks, no fsmonitor daemon.
 FORCED_CONFIG = (("core.fsmonitor", "false"), ("core.hooksPath", os.devnull))
+
+
 # git sees none of the user's or the system's configuration (hooks, signing, templates), and
 # never asks a question on a terminal. SSH keys and agents still work (SSH_AUTH_SOCK, HOME).
+def _forced(config: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """`config` as git takes it from the environment, above every configuration file."""
+    return {
+        "GIT_CONFIG_COUNT": str(len(config)),
+        **{f"GIT_CONFIG_KEY_{n}": key for n, (key, _) in enumerate(config)},
+        **{f"GIT_CONFIG_VALUE_{n}": value for n, (_, value) in enumerate(config)},
+    }
+
+
 GIT_ENV = {
-    "GIT_CONFIG_COUNT": str(len(FORCED_CONFIG)),
-    **{f"GIT_CONFIG_KEY_{n}": key for n, (key, _) in enumerate(FORCED_CONFIG)},
-    **{f"GIT_CONFIG_VALUE_{n}": value for n, (_, value) in enumerate(FORCED_CONFIG)},
+    **_forced(FORCED_CONFIG),
     "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
     "HOME": os.environ.get("HOME", "/nonexistent"),
     "GIT_CONFIG_GLOBAL": os.devnull,
@@ -60,12 +69,7 @@ def git_env() -> dict[str, str]:
         return GIT_ENV
     helper = f"store --file={shlex.quote(str(_credentials[0]))}"
     config = (*FORCED_CONFIG, ("credential.helper", helper), ("credential.useHttpPath", "true"))
-    return {
-        **GIT_ENV,
-        "GIT_CONFIG_COUNT": str(len(config)),
-        **{f"GIT_CONFIG_KEY_{n}": key for n, (key, _) in enumerate(config)},
-        **{f"GIT_CONFIG_VALUE_{n}": value for n, (_, value) in enumerate(config)},
-    }
+    return {**GIT_ENV, **_forced(config)}
 
 
 class GitError(RuntimeError):

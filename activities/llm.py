@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 NON_RETRYABLE_STATUS = {400, 401, 403, 404, 422}
 MAX_RETRY_AFTER_SECONDS = 300.0
 
-_STATUS_HINTS = {
+STATUS_HINTS = {
     401: "OPENAI_API_KEY rejected by the endpoint",
     403: "the API key has no access to this model or endpoint",
     404: "model or endpoint not found (check LLM_MODEL / OPENAI_BASE_URL)",
@@ -318,7 +318,7 @@ def _classify(err: openai.APIStatusError, model: str) -> ApplicationError:
     """Non-retryable for requests a retry cannot fix; otherwise retryable, after Retry-After."""
     status = err.status_code
     if status in NON_RETRYABLE_STATUS:
-        hint = _STATUS_HINTS.get(status, "the endpoint refused the request")
+        hint = STATUS_HINTS.get(status, "the endpoint refused the request")
         return ApplicationError(
             f"{hint} (HTTP {status}, model {model}): {err.message}",
             type="ModelRequestRejected",

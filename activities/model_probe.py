@@ -15,7 +15,7 @@ import openai
 from pydantic import BaseModel
 
 from activities import output_modes
-from activities.llm import ModelClient
+from activities.llm import STATUS_HINTS, ModelClient
 from activities.output_modes import STRONGEST_FIRST, Mode, ModeRefused, OutputInvalid
 from core.states import Role
 
@@ -137,12 +137,8 @@ def _from_props(body: Any, _model: str) -> int | None:
 
 
 def _why(err: openai.APIStatusError, model: str) -> str:
-    hints = {
-        401: "OPENAI_API_KEY rejected by the endpoint",
-        403: "the API key has no access to this model or endpoint",
-        404: f"model {model} or the endpoint not found (check LLM_MODEL / OPENAI_BASE_URL)",
-    }
-    return f"{hints[err.status_code]} (HTTP {err.status_code}): {_short(err.message)}"
+    hint = STATUS_HINTS[err.status_code]
+    return f"{hint} (HTTP {err.status_code}, model {model}): {_short(err.message)}"
 
 
 def _short(text: str) -> str:
