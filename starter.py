@@ -15,7 +15,7 @@ from temporalio.client import (
 
 from client import builds
 from client.cli import console, run_command
-from client.follow import delivered, event_line, follow
+from client.follow import delivered, event_line, follow, show_model_output
 from client.model_commands import model_app
 from client.project_commands import project_app
 from core.exit import exit_now
@@ -108,6 +108,13 @@ def start(
     wait: Annotated[
         bool, typer.Option("--follow/--no-follow", help="Follow the build until it ends.")
     ] = True,
+    show_model_output: Annotated[
+        bool,
+        typer.Option(
+            "--show-model-output",
+            help="While following, print what each role's model writes, as it writes it.",
+        ),
+    ] = False,
 ) -> None:
     """Start a build, print its workflow id and Web UI link, then follow it to the end.
 
@@ -147,7 +154,7 @@ def start(
             )
         if not wait:
             return None
-        return await follow(handle, console)
+        return await follow(handle, console, output_of=client if show_model_output else None)
 
     followed = run_command(go)
     if followed is None:
@@ -203,6 +210,22 @@ def events(build: BuildIdArg) -> None:
         console.print(
             f"{event.seq:>3} {event.timestamp:%H:%M:%S} {event.state.value:<20} {event_line(event)}"
         )
+
+
+@app.command("model-output")
+def model_output(
+    build: BuildIdArg,
+    from_offset: Annotated[
+        int, typer.Option("--from", min=0, help="Start at this offset of the build's stream.")
+    ] = 0,
+) -> None:
+    """Print what the build's models write, as they write it, until the build ends (a retried
+    attempt is marked). Works on an ended build too: its stream is read to the end."""
+
+    async def go(client: Client, settings: Settings) -> None:
+        await show_model_output(client, build, console, from_offset)
+
+    run_command(go)
 
 
 def _command(build: str, update: Any, arg: Any) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,13 +18,13 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Generic, TypeVar
 
+import httpx2
 import openai
 from pydantic import BaseModel, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import answers, edit_blocks, output_modes
-from activities.beat import beating
+from activities import answers, edit_blocks, fitting, output_modes, streaming
 from activities.offline_model import OFFLINE_BASE_URL, SIMULATE_HEADER, offline_http_client
 from activities.output_modes import STRONGEST_FIRST, Mode, ModeRefused, NoJson, OutputInvalid
 from activities.prompts import Prompt, load_prompts
@@ -72,22 +73,41 @@ class ModelClient:
     async def close(self) -> None:
         await self.client.close()
 
-    def _messages(self, prompt: Prompt, task: RoleTask) -> list[dict[str, str]]:
+    async def window(self, choice: ModelChoice) -> int | None:
+        """The model's context window in tokens: its setting, else what the server says of
+        itself (asked once per endpoint and model for the worker's life), else unknown."""
+        if choice.context_tokens:
+            return choice.context_tokens
+        if self.settings.offline_model:
+            return None
+        endpoint = (str(self.client.base_url), choice.model)
+        if endpoint not in _windows:
+            _windows[endpoint] = await fitting.server_window(self.client, choice.model)
+        return _windows[endpoint]
+
+    async def _prepared(
+        self, task: RoleTask, schema: type[T]
+    ) -> tuple[_Call[T], ModelUsage, ModelChoice]:
+        """A role call's request as every mode and re-ask starts from (the task cut to the
+        model's context window), its usage so far, and its model choice."""
+        prompt = self.prompts[task.role.value]
+        attempt = activity.info().attempt if activity.in_activity() else 1
+        choice = self.settings.model_for(task.role, attempt)
         payload = task.model_dump(mode="json", exclude={"simulate", "mirror"})
-        return [
+        cut = 0
+        if window := await self.window(choice):
+            # The system prompt grows by the schema (JSON modes) or the edit format's rules.
+            instructions = json.dumps(output_modes.schema_of(schema)) + edit_blocks.INSTRUCTIONS
+            room = fitting.budget(window, prompt.text + instructions, choice.max_tokens)
+            payload, cut = fitting.fit(payload, room)
+            if cut:
+                log.info("%s: %d characters of the task cut to fit %s's %d-token window",
+                         task.role.value, cut, choice.model, window)  # fmt: skip
+        messages = [
             {"role": "system", "content": prompt.text},
             # No credentials of a repository URL (or any URL) reach a model.
             {"role": "user", "content": redact(json.dumps(payload, sort_keys=True))},
         ]
-
-    def _prepared(
-        self, task: RoleTask, schema: type[T]
-    ) -> tuple[_Call[T], ModelUsage, ModelChoice]:
-        """A role call's request as every mode and re-ask starts from, its usage so far, and
-        its model choice."""
-        prompt = self.prompts[task.role.value]
-        attempt = activity.info().attempt if activity.in_activity() else 1
-        choice = self.settings.model_for(task.role, attempt)
         headers: dict[str, str] = {}
         if self.settings.offline_model and task.simulate:
             headers[SIMULATE_HEADER] = ",".join(s.value for s in task.simulate)
@@ -96,9 +116,15 @@ class ModelClient:
             for k, v in (("temperature", choice.temperature), ("max_tokens", choice.max_tokens))
             if v is not None
         }
-        call = _Call(task, schema, choice.model, self._messages(prompt, task), headers, options)
+        out = streaming.Output(
+            task.role.value, self.settings.llm_stream_publish_seconds, streaming.carried()
+        )
+        call = _Call(task, schema, choice.model, messages, headers, options, out, payload)
         usage = ModelUsage(
-            model=choice.model, prompt_version=prompt.version, offline=self.settings.offline_model
+            model=choice.model,
+            prompt_version=prompt.version,
+            offline=self.settings.offline_model,
+            context_cut=cut,
         )
         return call, usage, choice
 
@@ -114,7 +140,7 @@ class ModelClient:
         in plain text (activities/edit_blocks.py), re-asked with the block it could not read."""
         if self.edit_format() == "json":
             return await self.structured(task, ImplementationOutput)
-        call, usage, choice = self._prepared(task, ImplementationOutput)
+        call, usage, choice = await self._prepared(task, ImplementationOutput)
         system, *rest = call.messages
         instructed = [{**system, "content": system["content"] + edit_blocks.INSTRUCTIONS}, *rest]
         usage.prompt_version += "+blocks"
@@ -129,16 +155,12 @@ class ModelClient:
                 raise OutputInvalid(str(err)) from err
 
         blocks = _Call(task, ImplementationOutput, choice.model, instructed, call.headers,
-                       call.options)  # fmt: skip
+                       call.options, call.out, call.payload)  # fmt: skip
 
         async def ask() -> tuple[ImplementationOutput, ModelUsage]:
             started = time.monotonic()
             answer, _ = await self._in_mode(Mode.TEXT, blocks, usage, build=_plain, read=read)
-            usage.latency_ms = int((time.monotonic() - started) * 1000)
-            usage.cost_usd = self.settings.cost_of(
-                choice.model, usage.prompt_tokens, usage.completion_tokens
-            )
-            return answer, usage
+            return answer, self._settled(usage, blocks.out, choice, started)
 
         return await self._kept_or_asked(blocks, "blocks", ask)
 
@@ -151,6 +173,15 @@ class ModelClient:
         task = call.task
         digest = answers.request_hash(call.model, fmt, call.schema.__name__, call.messages)
         key = answers.Key(task.build_id, task.role.value, task.attempt, digest)
+        async with call.out:
+            return await self._kept_or_asked_now(call, key, ask)
+
+    async def _kept_or_asked_now(
+        self,
+        call: _Call[T],
+        key: answers.Key,
+        ask: Callable[[], Awaitable[tuple[T, ModelUsage]]],
+    ) -> tuple[T, ModelUsage]:
         kept = await asyncio.to_thread(self.answers.get, key)
         if kept is not None:
             try:
@@ -170,7 +201,7 @@ class ModelClient:
         """Ask the role's model for an answer in `schema`, in the output mode its settings
         name, or (auto) the strongest one the endpoint takes: a mode it refuses or ignores is
         stepped down from, and the one that worked is asked first from then on."""
-        call, usage, choice = self._prepared(task, schema)
+        call, usage, choice = await self._prepared(task, schema)
         return await self._kept_or_asked(
             call, "json", lambda: self._structured(call, usage, choice)
         )
@@ -198,11 +229,7 @@ class ModelClient:
             if not enforced:  # a usable answer, read out of prose: the server ignored the mode
                 log.info("%s at %s ignored %s; its answer was read as text", *endpoint[::-1], mode)
                 usage.output_mode = Mode.TEXT.value
-            usage.latency_ms = int((time.monotonic() - started) * 1000)
-            usage.cost_usd = self.settings.cost_of(
-                choice.model, usage.prompt_tokens, usage.completion_tokens
-            )
-            return answer, usage
+            return answer, self._settled(usage, call.out, choice, started)
         raise ApplicationError(
             f"model {choice.model} at {endpoint[0]} took none of the output modes asked in "
             f"({'; '.join(refused)}); set LLM_OUTPUT_MODE, or a role's output_mode in LLM_ROLES",
@@ -230,54 +257,46 @@ class ModelClient:
 
         read = read or read_mode
         role, model, messages = call.task.role.value, call.model, call.messages
-        reasks, no_json = self.settings.llm_schema_reasks, 0
-        for asked in range(reasks + 1):
-            usage.requests += 1
+        reasks, no_json, asked, shrunk = self.settings.llm_schema_reasks, 0, 0, False
+        while True:
+            request = {
+                "model": model,
+                **build(mode, call.schema, messages),
+                "extra_headers": call.headers or None,
+                **call.options,
+            }
+            label = f"{role} asking {model} ({mode.value})" + (f", re-ask {asked}" * bool(asked))
             try:
-                completion = await beating(
-                    self.client.chat.completions.create(
-                        model=model,
-                        **build(mode, call.schema, messages),
-                        extra_headers=call.headers or None,
-                        **call.options,
-                    ),
-                    f"{role} asking {model} ({mode.value})",
-                )
+                message, finish = await self._ask(request, call.out, label)
             except openai.APIStatusError as err:
+                if fitting.too_long(err):
+                    if shrunk:
+                        raise _too_long(err, model, len(messages[1]["content"])) from err
+                    shrunk, messages = True, self._shrunk(call, messages, usage)
+                    continue
                 if mode is not Mode.TEXT and output_modes.refuses_mode(err):
                     raise ModeRefused(f"HTTP {err.status_code}: {err.message}") from err
                 raise _classify(err, model) from err
-            except openai.APIConnectionError as err:  # timeouts included
-                kind = (
-                    "ModelTimeout"
-                    if isinstance(err, openai.APITimeoutError)
-                    else "ModelUnreachable"
-                )
-                raise ApplicationError(
-                    f"model {model} did not answer ({type(err).__name__}: {err})", type=kind
-                ) from err
-            if completion.usage is not None:
-                usage.prompt_tokens += completion.usage.prompt_tokens
-                usage.completion_tokens += completion.usage.completion_tokens
-            first = completion.choices[0]
             try:
-                return read(first.message, first.finish_reason)
+                return read(message, finish)
             except OutputInvalid as err:
                 problem = str(err)
                 no_json += isinstance(err, NoJson)
-            if asked < reasks:
-                messages = [
-                    *messages,
-                    {"role": "assistant", "content": output_modes.answer_text(mode, first.message)},
-                    {
-                        "role": "user",
-                        "content": f"Your answer did not match the schema: {problem}. "
-                        "Answer again, only with JSON that matches it."
-                        if build is output_modes.request
-                        else f"Your answer could not be read: {problem}\n"
-                        "Answer again, in the format the instructions give.",
-                    },
-                ]
+            if asked >= reasks:
+                break
+            asked += 1
+            messages = [
+                *messages,
+                {"role": "assistant", "content": output_modes.answer_text(mode, message)},
+                {
+                    "role": "user",
+                    "content": f"Your answer did not match the schema: {problem}. "
+                    "Answer again, only with JSON that matches it."
+                    if build is output_modes.request
+                    else f"Your answer could not be read: {problem}\n"
+                    "Answer again, in the format the instructions give.",
+                },
+            ]
         if no_json == reasks + 1 and mode in (Mode.JSON_SCHEMA, Mode.JSON_OBJECT):
             raise ModeRefused(f"asked for {mode.value}, every answer was without JSON: {problem}")
         raise ApplicationError(
@@ -286,6 +305,83 @@ class ModelClient:
             type="ModelOutputInvalid",
             non_retryable=True,
         )
+
+    def _shrunk(
+        self, call: _Call[Any], messages: list[dict[str, str]], usage: ModelUsage
+    ) -> list[dict[str, str]]:
+        """`messages` with the task cut to half its size: the server refused it as too long
+        for its context (the window set or told was wrong, or its tokens run denser)."""
+        size = len(messages[1]["content"])
+        payload, cut = fitting.fit(call.payload, size // 2)
+        usage.context_cut += cut
+        log.warning(
+            "%s: %s refused the prompt as too long; asking once more with %d characters cut",
+            *(call.task.role.value, call.model, cut),
+        )
+        user = {"role": "user", "content": redact(json.dumps(payload, sort_keys=True))}
+        return [messages[0], user, *messages[2:]]
+
+    async def _ask(
+        self, request: dict[str, Any], out: streaming.Output, label: str
+    ) -> tuple[Any, str | None]:
+        """One request's answer message and finish reason: streamed, unless the endpoint
+        refused streaming before (then asked whole). A stream that stalls or is cut fails the
+        attempt as a timeout or an outage (Temporal retries it); what it had received counts
+        as spent (`out`)."""
+        endpoint, model = str(self.client.base_url), request["model"]
+        out.request(label, streaming.tokens_of(json.dumps(request["messages"])))
+        try:
+            if self.settings.llm_stream and endpoint not in _unstreamed:
+                try:
+                    answer = await streaming.read_stream(
+                        self.client, request, stall_seconds=self.settings.llm_stall_seconds,
+                        output=out,
+                    )  # fmt: skip
+                except openai.APIStatusError as err:
+                    if not _refuses_streaming(err):
+                        raise
+                    _unstreamed.add(endpoint)
+                    log.warning(
+                        "%s at %s refuses streaming (HTTP %d: %s); asking whole from now on",
+                        *(model, endpoint, err.status_code, err.message),
+                    )
+                else:
+                    out.finished(answer.spend(out.prompt_estimate))
+                    return answer.message(), answer.finish_reason
+            answer = streaming.Accumulator()
+            out.reading(answer)
+            out.text(answer.take(await self.client.chat.completions.create(**request)))
+            out.finished(answer.spend(out.prompt_estimate))
+            return answer.message(), answer.finish_reason
+        except openai.APIStatusError:
+            out.cut()
+            raise
+        except streaming.Stalled as err:
+            out.cut()
+            raise ApplicationError(f"model {model}: {err}", type="ModelTimeout") from err
+        except (openai.APIError, httpx2.HTTPError) as err:  # timeouts, cut connections
+            out.cut()
+            kind = (
+                "ModelTimeout"
+                if isinstance(err, openai.APITimeoutError | httpx2.TimeoutException)
+                else "ModelUnreachable"
+            )
+            raise ApplicationError(
+                f"model {model} did not answer ({type(err).__name__}: {err})", type=kind
+            ) from err
+
+    def _settled(
+        self, usage: ModelUsage, out: streaming.Output, choice: ModelChoice, started: float
+    ) -> ModelUsage:
+        """`usage` with what the call spent (earlier attempts' cut streams included)."""
+        spent = out.spent
+        usage.prompt_tokens, usage.completion_tokens = spent.prompt_tokens, spent.completion_tokens
+        usage.requests, usage.estimated = spent.requests, spent.estimated
+        usage.latency_ms = int((time.monotonic() - started) * 1000)
+        usage.cost_usd = self.settings.cost_of(
+            choice.model, usage.prompt_tokens, usage.completion_tokens
+        )
+        return usage
 
 
 @dataclass(frozen=True)
@@ -298,10 +394,25 @@ class _Call(Generic[T]):
     messages: list[dict[str, str]]
     headers: dict[str, str]
     options: dict[str, Any]
+    out: streaming.Output
+    payload: dict[str, Any]  # the task as sent (cut to the context window)
 
 
 # The output mode that worked, per endpoint and model, for the worker's life (auto asks it first).
 _learned: dict[tuple[str, str], Mode] = {}
+# Context windows the servers told, per endpoint and model, for the worker's life (None: told
+# nothing).
+_windows: dict[tuple[str, str], int | None] = {}
+# Endpoints that refused a streamed request: asked whole for the worker's life.
+_unstreamed: set[str] = set()
+_STREAM_WORDS = re.compile(r"stream", re.I)
+
+
+def _refuses_streaming(err: openai.APIStatusError) -> bool:
+    """Whether an error answer to a streamed request refuses the streaming itself."""
+    return err.status_code in (400, 422, 500, 501) and bool(
+        _STREAM_WORDS.search(f"{err.message} {err.body}")
+    )
 
 
 def _plain(_mode: Mode, _schema: type[Any], messages: list[dict[str, str]]) -> dict[str, Any]:
@@ -312,6 +423,16 @@ def _plain(_mode: Mode, _schema: type[Any], messages: list[dict[str, str]]) -> d
 def _after(mode: Mode) -> Mode:
     """The next weaker mode (text is the last)."""
     return STRONGEST_FIRST[min(STRONGEST_FIRST.index(mode) + 1, len(STRONGEST_FIRST) - 1)]
+
+
+def _too_long(err: openai.APIStatusError, model: str, size: int) -> ApplicationError:
+    return ApplicationError(
+        f"model {model} refused the prompt as too long even with the task cut to {size} "
+        f"characters (HTTP {err.status_code}: {err.message}); set its context window "
+        "(LLM_CONTEXT_TOKENS, or context_tokens in LLM_ROLES) or use a model with a larger one",
+        type="ModelContextExceeded",
+        non_retryable=True,
+    )
 
 
 def _classify(err: openai.APIStatusError, model: str) -> ApplicationError:

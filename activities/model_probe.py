@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
-import httpx2
 import openai
 from pydantic import BaseModel
 
-from activities import output_modes
+from activities import fitting, output_modes
 from activities.llm import STATUS_HINTS, ModelClient
 from activities.output_modes import STRONGEST_FIRST, Mode, ModeRefused, OutputInvalid
 from core.states import Role
@@ -57,7 +55,7 @@ async def probe(llm: ModelClient, role: Role = Role.CODE_WRITER) -> ProbeReport:
     for mode in STRONGEST_FIRST:
         report.modes[mode.value] = await _ask(llm, model, mode, messages)
     report.streaming = await _stream(llm, model, messages)
-    report.context_window = await _context_window(llm, model)
+    report.context_window = await fitting.server_window(llm.client, model)
     report.seconds = time.monotonic() - started
     return report
 
@@ -98,42 +96,6 @@ async def _stream(llm: ModelClient, model: str, messages: list[dict[str, str]]) 
     except (openai.APIError, ValueError) as err:
         return f"failed ({_short(str(err))})"
     return f"works, {chunks} chunks, " + ("usage included" if usage else "no usage in the stream")
-
-
-async def _context_window(llm: ModelClient, model: str) -> int | None:
-    """What the server says of its context: vLLM's `max_model_len` (and others' context length)
-    in /v1/models, llama.cpp's `n_ctx` in /props. Asked through the openai client's own
-    connection, with its key."""
-    base = str(llm.client.base_url).rstrip("/")
-    for url, find in ((f"{base}/models", _from_models), (f"{base.removesuffix('/v1')}/props",
-                                                         _from_props)):  # fmt: skip
-        try:
-            answer = await llm.client.get(url, cast_to=httpx2.Response)
-            if size := find(answer.json(), model):
-                return size
-        except (openai.APIError, httpx2.HTTPError, ValueError):
-            continue
-    return None
-
-
-def _from_models(body: Any, model: str) -> int | None:
-    data = body.get("data", []) if isinstance(body, dict) else []
-    for entry in data:
-        if isinstance(entry, dict) and (entry.get("id") == model or len(data) == 1):
-            for key in ("max_model_len", "context_length", "context_window", "n_ctx"):
-                if isinstance(entry.get(key), int):
-                    return int(entry[key])
-            meta = entry.get("meta") or {}
-            if isinstance(meta.get("n_ctx_train"), int):
-                return int(meta["n_ctx_train"])
-    return None
-
-
-def _from_props(body: Any, _model: str) -> int | None:
-    if not isinstance(body, dict):
-        return None
-    size = (body.get("default_generation_settings") or {}).get("n_ctx") or body.get("n_ctx")
-    return int(size) if isinstance(size, int) else None
 
 
 def _why(err: openai.APIStatusError, model: str) -> str:

@@ -34,6 +34,7 @@ SIMULATE_HEADER = "x-offline-simulate"
 CHANGELOG = "CHANGELOG.md"
 UNRELEASED = "## Unreleased"
 OFFLINE_BASE_URL = "http://offline-model.invalid/v1"
+STREAM_PIECE = 32  # characters of answer per streamed chunk
 
 
 def slug(text: str) -> str:
@@ -262,13 +263,76 @@ def completion(body: dict[str, Any], content: str) -> dict[str, Any]:
     }
 
 
+def events(body: dict[str, Any], content: str, tool_args: str | None = None) -> list[bytes]:
+    """The answer as server-sent events of chat-completion chunks, as OpenAI streams it:
+    the text (or a forced tool call's arguments) in pieces, the finish reason, then the usage
+    where the request's `stream_options` asks for it, then `[DONE]`."""
+    whole = completion(body, content)
+    head = {k: whole[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return head | {"choices": [choice]}
+
+    text = tool_args if tool_args is not None else content
+    pieces = [text[i : i + STREAM_PIECE] for i in range(0, len(text), STREAM_PIECE)]
+    if tool_args is None:
+        chunks = [chunk({"role": "assistant", "content": ""})]
+        chunks += [chunk({"content": piece}) for piece in pieces]
+    else:
+        name = _tool_name(body)
+        call = {"index": 0, "id": "call_offline", "type": "function"}
+        chunks = [chunk({"role": "assistant", "tool_calls": [call | {"function": {"name": name,
+                                                                  "arguments": ""}}]})]  # fmt: skip
+        chunks += [
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+            for piece in pieces
+        ]
+    chunks.append(chunk({}, "tool_calls" if tool_args is not None else "stop"))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        chunks.append(head | {"choices": [], "usage": whole["usage"]})
+    return [f"data: {json.dumps(c)}\n\n".encode() for c in chunks] + [b"data: [DONE]\n\n"]
+
+
+def _tool_name(body: dict[str, Any]) -> str:
+    tools = body.get("tools") or [{}]
+    return str(tools[0].get("function", {}).get("name", ""))
+
+
+def respond(
+    body: dict[str, Any], content: str, tool_args: str | None = None, latency: float = 0.0
+) -> httpx2.Response:
+    """The answer as the request asks for it: streamed (its events spread over `latency`
+    seconds) or whole."""
+    if not body.get("stream"):
+        whole = completion(body, tool_args if tool_args is not None else content)
+        if tool_args is not None:
+            call = {"id": "call_offline", "type": "function",
+                    "function": {"name": _tool_name(body), "arguments": tool_args}}  # fmt: skip
+            whole["choices"][0]["message"] |= {"content": None, "tool_calls": [call]}
+            whole["choices"][0]["finish_reason"] = "tool_calls"
+        return httpx2.Response(200, json=whole)
+    parts = events(body, content, tool_args)
+    pace = latency / len(parts)
+
+    async def paced() -> Any:
+        for part in parts:
+            await asyncio.sleep(pace)
+            yield part
+
+    sse = {"content-type": "text/event-stream"}
+    if latency > 0:
+        return httpx2.Response(200, headers=sse, content=paced())
+    return httpx2.Response(200, headers=sse, content=b"".join(parts))
+
+
 def _error(status: int, message: str) -> httpx2.Response:
     return httpx2.Response(
         status, json={"error": {"message": message, "type": "invalid_request_error"}}
     )
 
 
-async def handle(request: httpx2.Request) -> httpx2.Response:
+async def handle(request: httpx2.Request, latency: float = 0.0) -> httpx2.Response:
     if request.method != "POST" or not request.url.path.endswith("/chat/completions"):
         return _error(
             404, f"the offline model serves only POST /chat/completions, not {request.url.path}"
@@ -278,21 +342,29 @@ async def handle(request: httpx2.Request) -> httpx2.Response:
     task = _task(body)
     system = str((body.get("messages") or [{}])[0].get("content", ""))
     if edit_blocks.INSTRUCTIONS.strip() in system:  # the Code Writer, asked for edit blocks
-        return httpx2.Response(200, json=completion(body, _blocks(task, sim)))
+        return respond(body, _blocks(task, sim), latency=latency)
     schema = (body.get("response_format") or {}).get("json_schema", {}).get("name", "")
     answer = _ANSWERS.get(schema)
     if answer is None:
         return _error(400, f"the offline model has no answer for response format {schema!r}")
-    content = answer(task, sim).model_dump_json()
-    return httpx2.Response(200, json=completion(body, content))
+    return respond(body, answer(task, sim).model_dump_json(), latency=latency)
+
+
+async def content_of(request: httpx2.Request) -> str:
+    """The offline model's answer text to `request` (asked whole, streamed or not)."""
+    body = {**json.loads(request.content), "stream": False}
+    simulate = {SIMULATE_HEADER: request.headers.get(SIMULATE_HEADER, "")}
+    answer = await handle(httpx2.Request("POST", request.url, json=body, headers=simulate))
+    return str(answer.json()["choices"][0]["message"]["content"])
 
 
 def offline_http_client(latency_seconds: float = 0) -> httpx2.AsyncClient:
     """An httpx client whose transport is the offline model; latency makes demos watchable."""
 
     async def answer(request: httpx2.Request) -> httpx2.Response:
-        if latency_seconds > 0:
+        if latency_seconds > 0 and not json.loads(request.content).get("stream"):
             await asyncio.sleep(latency_seconds)
-        return await handle(request)
+        # A streamed answer takes the latency piece by piece, so a watcher sees it written.
+        return await handle(request, latency=latency_seconds)
 
     return httpx2.AsyncClient(transport=httpx2.MockTransport(answer))

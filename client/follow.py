@@ -7,11 +7,13 @@ import contextlib
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError
 
 from client.errors import NoAnswer
+from client.model_output import Lines, model_output
 from core.models import BuildEvent, BuildStatus
 from workflows.build import BuildWorkflow
 
@@ -86,10 +88,24 @@ def why(loop: dict[str, Any]) -> str:
     return ""
 
 
+async def show_model_output(
+    client: Client, build: str, console: Console, from_offset: int = 0
+) -> None:
+    """Print what the build's models write, line by line, until the build ends."""
+    lines = Lines()
+    async for _, item in model_output(client, build, from_offset):
+        for line in lines.take(item):
+            console.print(f"[dim]{escape(line)}[/dim]", highlight=False)
+
+
 async def follow(
-    handle: WorkflowHandle[Any, Any], console: Console, interval: float = 0.5
+    handle: WorkflowHandle[Any, Any],
+    console: Console,
+    interval: float = 0.5,
+    output_of: Client | None = None,
 ) -> tuple[BuildStatus, dict[str, Any]]:
-    """Show progress and events until the build ends; the final status and the release."""
+    """Show progress and events until the build ends; the final status and the release.
+    With `output_of` (the client), what the models write is shown as they write it."""
     result = asyncio.create_task(handle.result())
     seen = 0
     columns = (
@@ -100,6 +116,8 @@ async def follow(
     )
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("starting", total=100)
+        if output_of is not None:
+            shown = asyncio.create_task(show_model_output(output_of, handle.id, bar.console))
         while True:
             try:
                 status: BuildStatus = await handle.query(BuildWorkflow.status)
@@ -116,6 +134,8 @@ async def follow(
                 seen = event.seq
             role = status.current_role.value if status.current_role else "-"
             waiting = f" [cyan]waiting: {status.waiting_for}[/cyan]" if status.waiting_for else ""
+            if status.model_now:
+                waiting += f" [magenta]{escape(status.model_now)}[/magenta]"
             bar.update(
                 task,
                 completed=status.progress,
@@ -124,6 +144,9 @@ async def follow(
             if result.done():
                 break
             await asyncio.wait({result}, timeout=interval)
+        if output_of is not None:  # what the stream still holds, then the last line
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(shown, 10)
     release: dict[str, Any] = {}
     with contextlib.suppress(WorkflowFailureError):  # a FAILED build's reason is in its status
         release = (await result).release

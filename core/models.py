@@ -300,6 +300,8 @@ class BuildStatus(BaseModel):
     repository: BuildRepository | None = None  # None: a build without a project repository
     sandbox: str | None = None  # how the last test run was confined, and its limits
     setup: str | None = None  # the project's setup command's run before it (None: no setup)
+    # The model call in flight: "code_writer: 1,240 tokens so far, 38 tok/s" (workflows/stream.py)
+    model_now: str | None = None
 
 
 class BuildResult(BaseModel):

@@ -48,6 +48,31 @@ class ModelUsage(BaseModel):
     offline: bool = False
     output_mode: str = ""  # how the answer was asked for (activities/output_modes.py)
     reused: bool = False  # the answer kept from an earlier try of the same call (not paid again)
+    # Some tokens are counted from the text, not the server's usage: a stream without usage,
+    # or one cut before its end (its retry carries what it had received).
+    estimated: bool = False
+    context_cut: int = 0  # characters of the task cut to fit the model's context window
+
+
+MODEL_OUTPUT_TOPIC = "model"
+
+
+class ModelStreamItem(BaseModel):
+    """What a role's model call publishes on the build's workflow stream (topic `model`) while
+    it answers: `start` of a request, `text` as it arrives, `retry` before a new activity
+    attempt's first request (the marker that what came before was abandoned), `done`."""
+
+    role: str
+    attempt: int  # the activity's attempt
+    kind: Literal["start", "text", "retry", "done"]
+    text: str = ""
+    tokens: int = 0  # completion tokens of this call so far (all its requests)
+    tokens_per_second: float = 0.0
+
+    def progress(self) -> str:
+        """One line for `status` and the Web UI: "code_writer: 1,240 tokens so far, 38 tok/s"."""
+        rate = f", {self.tokens_per_second:.0f} tok/s" if self.tokens_per_second else ""
+        return f"{self.role}: {self.tokens:,} tokens so far{rate}"
 
 
 class DiscoveryOutput(BaseModel):

@@ -26,6 +26,7 @@ class RoleModel(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1)
     output_mode: OutputMode | None = None
+    context_tokens: int | None = Field(default=None, ge=256)
 
 
 class ModelChoice(BaseModel):
@@ -33,6 +34,7 @@ class ModelChoice(BaseModel):
     temperature: float | None = None
     max_tokens: int | None = None
     output_mode: OutputMode = "auto"
+    context_tokens: int | None = None  # None: what the server says, or unknown
 
 
 class ModelPrice(BaseModel):
@@ -117,6 +119,18 @@ class Settings(BaseSettings):
     llm_edit_format: Literal["auto", "blocks", "json"] = "auto"
     llm_prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
     llm_timeout_seconds: float = Field(default=120, gt=0)
+    # The models' context window in tokens: a role's task is cut to fit it, with room for the
+    # answer. 0: what the server says of itself (vLLM, llama.cpp), else no limit.
+    llm_context_tokens: int = Field(default=0, ge=0)
+    # Answers stream (usage included where the server sends it): the tokens so far show in
+    # `status` and the Web UI, the text on the build's workflow stream. An endpoint that
+    # refuses streaming is asked without it from then on.
+    llm_stream: bool = True
+    # A stream silent this long after its first token is abandoned and retried as a timeout
+    # (before the first token, LLM_TIMEOUT_SECONDS: a long prompt takes a while to read).
+    llm_stall_seconds: float = Field(default=60, gt=0)
+    # How often the text received is published to the build's stream (one signal each).
+    llm_stream_publish_seconds: float = Field(default=1.0, ge=0.1)
     offline_model_latency_seconds: float = Field(default=0, ge=0)
 
     # Role work: a git workspace per build, test runs with limits, local releases.
@@ -239,6 +253,7 @@ class Settings(BaseSettings):
             temperature=config.temperature,
             max_tokens=config.max_tokens,
             output_mode=config.output_mode or self.llm_output_mode,
+            context_tokens=config.context_tokens or self.llm_context_tokens or None,
         )
 
     def cost_of(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:

@@ -54,7 +54,9 @@ def repository(data: BuildData) -> BuildRepository | None:
     )
 
 
-def status(request: BuildRequest, data: BuildData, *, events: int) -> BuildStatus:
+def status(
+    request: BuildRequest, data: BuildData, *, events: int, model_now: str | None = None
+) -> BuildStatus:
     """The answer of the workflow's `status` query."""
     return BuildStatus(
         build_id=request.build_id,
@@ -76,6 +78,7 @@ def status(request: BuildRequest, data: BuildData, *, events: int) -> BuildStatu
         repository=repository(data),
         sandbox=data.outputs.get(S.TESTING.value, {}).get("sandbox") or None,
         setup=data.outputs.get(S.TESTING.value, {}).get("setup") or None,
+        model_now=model_now if data.state not in TERMINAL else None,
     )
 
 
@@ -88,6 +91,8 @@ def current_details(status: BuildStatus) -> str:
         f"**Attempts:** {attempts} · **Loop-backs:** {status.loop_backs}/{status.max_retries}",
         f"**Tokens:** {status.tokens} · **Cost:** ${status.cost_usd:.4f}",
     ]
+    if status.model_now:
+        lines.append(f"**Model:** {status.model_now}")
     if status.waiting_for:
         lines.append(
             f"**Waiting for:** {status.waiting_for} (signal `approve`, `retry` or `rollback`)"

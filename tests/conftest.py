@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import psycopg
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import Engine
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -22,6 +23,7 @@ from db.migrate import upgrade
 from devtools.devserver import temporal_binary
 from devtools.processes import free_port
 from tests.api_stack import Stack, serve_api
+from tests.fake_openai import FakeOpenAI
 from tests.helpers import running_worker
 
 # temporalio 1.35 can abort in interpreter finalization after a green run (sdk-python #300).
@@ -125,6 +127,27 @@ def settings(base_settings: Settings) -> Settings:
     """Settings with a task queue of this test's own."""
     queue = f"test-{uuid.uuid4().hex[:10]}"
     return base_settings.model_copy(update={"temporal_task_queue": queue})
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    """A fake OpenAI-compatible server on a real socket (tests/fake_openai.py)."""
+    server = FakeOpenAI()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def online(settings: Settings, fake: FakeOpenAI) -> Settings:
+    """Settings of a real endpoint: the fake server, through OPENAI_BASE_URL and a key."""
+    return settings.model_copy(
+        update={
+            "openai_api_key": SecretStr("sk-test"),
+            "openai_base_url": fake.base_url,
+            "llm_timeout_seconds": 1.5,
+        }
+    )
 
 
 @pytest.fixture

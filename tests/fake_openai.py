@@ -1,5 +1,7 @@
 """A fake OpenAI-compatible HTTP server for tests: real sockets, real HTTP/1.1, scriptable
-faults per response format, and a count of every request it receives.
+faults per response format, and a count of every request it receives. It streams as OpenAI
+does (server-sent events, usage last) when asked, and can behave as other servers do: no
+usage in streams, streaming refused, a stream that stalls or is cut halfway.
 
 Answers that are not faults come from the offline model, so builds write real code."""
 
@@ -17,7 +19,7 @@ import httpx2
 
 from activities import edit_blocks, offline_model
 
-FaultKind = Literal["status", "hang", "cut", "invalid_json", "schema_break"]
+FaultKind = Literal["status", "hang", "cut", "invalid_json", "schema_break", "stall", "cut_stream"]
 REASONS = {200: "OK", 401: "Unauthorized", 429: "Too Many Requests", 500: "Internal Server Error"}
 
 
@@ -26,7 +28,7 @@ class Fault:
     kind: FaultKind
     status: int = 500
     retry_after: float | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0  # hang, stall: how long to keep silent (a stall: after half the stream)
 
 
 @dataclass
@@ -47,6 +49,8 @@ class FakeOpenAI:
     fault_rate: float = 0.0
     random_faults: list[Fault] = field(default_factory=list)
     rng: random.Random = field(default_factory=lambda: random.Random(7))
+    stream_usage: bool = True  # False: streams end without usage (as some servers' do)
+    refuse_stream: bool = False  # True: a streamed request is a 400 naming `stream`
 
     @property
     def base_url(self) -> str:
@@ -94,6 +98,11 @@ class FakeOpenAI:
             name, _, value = line.decode().partition(":")
             headers[name.strip().lower()] = value.strip()
         body = await reader.readexactly(int(headers.get("content-length", "0")))
+        if not path.endswith("/chat/completions"):  # /models, /props: not counted as asked
+            found = path.endswith("/models")
+            models = {"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]}
+            await _send(writer, 200 if found else 404, models if found else {"error": "none"})
+            return True
         payload = json.loads(body or b"{}")
         schema = asked_for(payload)
         queue = self.script.get(schema, [])
@@ -112,15 +121,37 @@ class FakeOpenAI:
             error = {"error": {"message": f"injected {fault.status}", "type": "fake"}}
             await _send(writer, fault.status, error, extra)
             return True
-        if fault is not None:
-            content = "{not json" if fault.kind == "invalid_json" else '{"unexpected": true}'
-            await _send(writer, 200, offline_model.completion(payload, content))
+        if self.refuse_stream and payload.get("stream"):
+            error = {"error": {"message": "stream is not supported", "type": "invalid_request"}}
+            await _send(writer, 400, error)
             return True
-        answer = await offline_model.handle(
-            httpx2.Request(method, f"http://fake{path}", content=body, headers=headers)
-        )
-        await _send(writer, answer.status_code, json.loads(answer.content))
-        return True
+        if not self.stream_usage:
+            payload.pop("stream_options", None)
+        if fault is not None and fault.kind in ("invalid_json", "schema_break"):
+            content = "{not json" if fault.kind == "invalid_json" else '{"unexpected": true}'
+            answer = offline_model.respond(payload, content)
+        else:
+            answer = await offline_model.handle(
+                httpx2.Request(method, f"http://fake{path}", json=payload, headers={
+                    k: v for k, v in headers.items() if k != "content-length"})
+            )  # fmt: skip
+        if not payload.get("stream") or answer.status_code != 200:
+            await _send(writer, answer.status_code, json.loads(answer.content))
+            return True
+        # A stream: sent as it is written, its end the connection's (as servers do).
+        head = f"HTTP/1.1 {answer.status_code} OK\r\ncontent-type: text/event-stream\r\n"
+        writer.write((head + "connection: close\r\n\r\n").encode())
+        parts = answer.content.split(b"\n\n")
+        half = len(parts) // 2
+        for index, part in enumerate(parts):
+            if fault is not None and index == half:
+                await writer.drain()
+                if fault.kind == "stall":
+                    await asyncio.sleep(fault.seconds)
+                return False
+            writer.write(part + b"\n\n")
+        await writer.drain()
+        return False
 
 
 def asked_for(body: dict[str, object]) -> str:

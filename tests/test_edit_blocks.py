@@ -193,7 +193,7 @@ async def test_a_block_that_cannot_be_read_is_re_asked_with_the_block(settings: 
         bodies.append(body)
         if len(bodies) == 1:
             broken = "app.py\n```python\n<<<<<<< SEARCH\nx = 1\n```\n"
-            return httpx2.Response(200, json=offline_model.completion(body, broken))
+            return offline_model.respond(body, broken)
         return await offline_model.handle(request)
 
     llm = model_client_with(blocks, handler)

@@ -48,18 +48,15 @@ async def offline_answer(request: httpx2.Request) -> tuple[dict[str, Any], str]:
     """The request's body and the offline model's answer to it, as JSON text."""
     body = json.loads(request.content)
     fmt = {"type": "json_schema", "json_schema": {"name": schema_name(body)}}
-    asked = httpx2.Request("POST", request.url, json={**body, "response_format": fmt})
+    whole = {**body, "response_format": fmt, "stream": False}
+    asked = httpx2.Request("POST", request.url, json=whole)
     answered = await offline_model.handle(asked)
     return body, answered.json()["choices"][0]["message"]["content"]
 
 
 def reply(body: dict[str, Any], content: str | None, tool_args: str | None = None) -> Any:
-    done = offline_model.completion(body, content or tool_args or "")
-    if tool_args is not None:
-        call = {"id": "call_1", "type": "function",
-                "function": {"name": schema_name(body), "arguments": tool_args}}  # fmt: skip
-        done["choices"][0]["message"] |= {"content": None, "tool_calls": [call]}
-    return httpx2.Response(200, json=done)
+    """The answer, streamed as the request asks (tool-call arguments split across chunks)."""
+    return offline_model.respond(body, content or "", tool_args)
 
 
 def llama_cpp(seen: list[str]) -> Handler:

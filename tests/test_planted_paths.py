@@ -498,10 +498,10 @@ def hostile_code_writer(extras: list[dict[str, str]]) -> tuple[Any, list[int]]:
         if body["response_format"]["json_schema"]["name"] != "ImplementationOutput":
             return answer
         calls.append(1)
-        out = json.loads(answer.json()["choices"][0]["message"]["content"])
+        out = json.loads(await offline_model.content_of(request))
         extra = extras[len(calls) - 1] if len(calls) <= len(extras) else {}
         out["files"] += [{"path": path, "content": text} for path, text in extra.items()]
-        return httpx2.Response(200, json=offline_model.completion(body, json.dumps(out)))
+        return offline_model.respond(body, json.dumps(out))
 
     return model, calls
 

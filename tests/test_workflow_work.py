@@ -78,7 +78,7 @@ async def test_files_outside_the_workspace_fail_the_attempt_and_nothing_is_writt
             if code_writer_calls == 1:
                 escape = {"path": "../../escaped.py", "content": "print('out')\n"}
                 answer = {"summary": "escape", "files": [escape]}
-                return httpx2.Response(200, json=offline_model.completion(body, json.dumps(answer)))
+                return offline_model.respond(body, json.dumps(answer))
         return await offline_model.handle(request)
 
     async with running_worker(client, settings, engine, model_client_with(settings, model)):
@@ -212,9 +212,9 @@ async def test_a_megabyte_of_code_stays_out_of_workflow_history(
         answer = await offline_model.handle(request)
         if body["response_format"]["json_schema"]["name"] != "ImplementationOutput":
             return answer
-        content = json.loads(json.loads(answer.content)["choices"][0]["message"]["content"])
+        content = json.loads(await offline_model.content_of(request))
         content["files"].append({"path": "big_table.py", "content": big})
-        return httpx2.Response(200, json=offline_model.completion(body, json.dumps(content)))
+        return offline_model.respond(body, json.dumps(content))
 
     async with running_worker(client, settings, engine, model_client_with(settings, model)):
         handle = await start(client, settings, make_request())
@@ -240,7 +240,7 @@ async def test_an_edit_that_does_not_apply_is_refused_and_the_code_writer_retrie
                 edit = {"kind": "replace", "path": "README.md", "search": "no such text",
                         "replace": "x", "content": "", "to": ""}  # fmt: skip
                 answer = {"summary": "a blind edit", "files": [], "edits": [edit]}
-                return httpx2.Response(200, json=offline_model.completion(body, json.dumps(answer)))
+                return offline_model.respond(body, json.dumps(answer))
         return await offline_model.handle(request)
 
     remote = make_project(settings.data_dir / f"edit-{uuid.uuid4().hex[:6]}", {"README.md": "Hi\n"})

@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.errors import BuildFailed, RevertConflicted, cause_of
     from workflows.messages import BuildMessages
     from workflows.records import BuildRecords
+    from workflows.stream import ModelOutput
     from workflows.turn import BuildTurn
 
 S = BuildState
@@ -58,6 +59,7 @@ class BuildWorkflow(BuildMessages):
             max_cost_usd=request.options.budget.max_cost_usd,
         )
         self.records = BuildRecords(request, self.data)
+        self.stream = ModelOutput(self.records.model_progress)
         self.code = BuildCode(request, self.data, self.records)
         self.turn = BuildTurn(request, self.data, self.records)
 
@@ -81,6 +83,7 @@ class BuildWorkflow(BuildMessages):
                 await self._cancelled()
                 raise
         await self.turn.leave()
+        await self.stream.close()
         if self.data.state is S.FAILED:
             await self.records.mirror()
             raise ApplicationError(
@@ -109,6 +112,7 @@ class BuildWorkflow(BuildMessages):
 
     async def _cancelled(self) -> None:
         self._move(S.CANCELLED, "person")
+        self.stream.detach_pollers()
         self.records.emit(EventType.CANCELLED, "person", reason="workflow cancelled")
         await self.turn.leave()
         await self.records.mirror()

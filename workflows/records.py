@@ -64,6 +64,7 @@ class BuildRecords:
         self.pending_attributes: dict[str, SearchAttributeUpdate[Any]] = {}
         self.steered = False  # a command was accepted since the workflow last wrote the mirror
         self.entered_at = datetime.min  # when the build entered its current state
+        self.model_now: str | None = None  # the progress of the model call in flight
 
     # --- what happened ----------------------------------------------------------------
 
@@ -190,7 +191,15 @@ class BuildRecords:
         workflow.set_current_details(views.current_details(self.status()))
 
     def status(self) -> BuildStatus:
-        return views.status(self.request, self.data, events=len(self.events))
+        return views.status(
+            self.request, self.data, events=len(self.events), model_now=self.model_now
+        )
+
+    def model_progress(self, progress: str | None) -> None:
+        """The model call in flight, as its output stream last told (None: done)."""
+        if progress != self.model_now:
+            self.model_now = progress
+            self.show()
 
     # --- the mirror ---------------------------------------------------------------------
 

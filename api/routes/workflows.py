@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Response, status
+from fastapi.responses import StreamingResponse
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
@@ -36,6 +38,7 @@ from api.schemas import (
     answers,
 )
 from client import builds
+from client.model_output import model_output
 from core.attributes import BUILD_STATE, PROJECT_ID
 from core.messages import ApproveRequest
 from core.models import BuildRepository, build_id_from, workflow_id_for
@@ -284,6 +287,40 @@ async def handoff_history(
     return HandoffHistory(
         workflow_id=wf, handoffs=[WorkflowHandoffPublic.model_validate(r) for r in rows]
     )
+
+
+@router.get(
+    "/{workflow_id}/model-output",
+    responses=answers(404) | {200: {"content": {"text/event-stream": {}}}},
+    response_class=StreamingResponse,
+)
+async def build_model_output(
+    workflow_id: WorkflowId,
+    session: SessionDep,
+    state: StateDep,
+    offset: Annotated[
+        int, Query(ge=0, le=MAX_INT, description="Start at this offset of the build's stream.")
+    ] = 0,
+    last_event_id: Annotated[
+        int | None,
+        Header(ge=0, le=MAX_INT, description="Resume after a dropped connection (the SSE way)."),
+    ] = None,
+) -> StreamingResponse:
+    """What the build's models write, as server-sent events while they write it: `start` (a
+    request), `text`, `retry` (an attempt abandoned, a new one begins), `done` (a call ended)
+    each with its JSON; the event id is the offset to resume from. Ends with `end` when the
+    build has ended and all it published was sent."""
+    wf = workflow_id_for(build_id_from(workflow_id))
+    await _require_known(session, state, wf)
+    client = await state.temporal()
+    start = last_event_id if last_event_id is not None else offset
+
+    async def events() -> AsyncIterator[str]:
+        async for at, item in model_output(client, wf, start):
+            yield f"id: {at + 1}\nevent: {item.kind}\ndata: {item.model_dump_json()}\n\n"
+        yield "event: end\ndata: {}\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
 
 
 @router.get("/{workflow_id}/events", responses=answers(404))
