@@ -33,6 +33,9 @@ from core.role_io import MODEL_OUTPUT_TOPIC, ModelStreamItem
 log = logging.getLogger(__name__)
 FIRST_PUBLISH_SECONDS = 0.2  # the first text of a call is published this soon after it arrives
 PUBLISH_TIMEOUT_SECONDS = 5.0  # a publish that takes longer is dropped: output never holds a call
+STEADY_BATCHES = 10  # batches at the set pace; then each waits PUBLISH_GROWTH times longer
+PUBLISH_GROWTH = 1.25
+MAX_PUBLISH_SECONDS = 15.0
 
 
 class Stalled(Exception):
@@ -308,13 +311,20 @@ class Output:
             await asyncio.sleep(every)
 
     async def _publisher(self) -> None:
-        first = True
+        """Batches: the first soon after the first token, then every `publish_seconds`; a call
+        that writes for long publishes ever less often (each batch is a signal, four events of
+        the build's history), so a long answer costs tens of batches, not hundreds."""
+        wait, batches = FIRST_PUBLISH_SECONDS, 0
         while True:
             await self.wake.wait()
-            await asyncio.sleep(FIRST_PUBLISH_SECONDS if first else self.publish_seconds)
-            first = False
+            await asyncio.sleep(wait)
             self.wake.clear()
             await self._flush()
+            batches += 1
+            wait = min(
+                self.publish_seconds * PUBLISH_GROWTH ** max(0, batches - STEADY_BATCHES),
+                MAX_PUBLISH_SECONDS,
+            )
 
     async def _flush(self) -> None:
         self._take_text()

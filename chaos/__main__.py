@@ -15,6 +15,12 @@ Drills:
   schemathesis     the API's OpenAPI schema, fuzzed and stateful; no 5xx, no schema breaks
 Every drill but schemathesis checks: all builds complete, and for each build the mirror's rows
 equal the workflow's events exactly (0 lost, 0 duplicated).
+
+Only when named (slow; needs `make install-local-model`):
+  real-model       5 builds against the real local model (llama-cpp-python's server, Gemma 3
+                   270M): each ends in words (COMPLETE, FAILED or waiting for a person: the model
+                   is tiny), nothing crashes or hangs, the mirror is whole; a table per role of
+                   modes, requests, tokens, tokens/s, latency
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ import random
 import sqlite3
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from sqlmodel import Session
@@ -43,9 +51,13 @@ from chaos.stack import (
     log,
     stack,
 )
+from client.builds import start_build
+from core.models import BuildStatus
+from core.states import BuildState
 from db import crud
 from db.engine import make_engine
-from devtools.processes import api_process, tied
+from devtools.processes import api_process, free_port, tied
+from workflows.build import BuildWorkflow
 
 # --- drills ----------------------------------------------------------------------------------
 
@@ -215,6 +227,88 @@ def _cases(text: str) -> int:
     return int(found.group(1)) if found else 0
 
 
+REAL_MODEL_BUILDS = 5
+ENDS = {BuildState.COMPLETE, BuildState.FAILED, BuildState.NEEDS_ATTENTION}
+
+
+async def real_model(s: Stack, size: Size) -> Verdict:
+    from devtools import local_model
+
+    port = free_port()
+    async with local_model.serving(s.settings.data_dir, port, s.folder / "local-model.log") as env:
+        await s.start_worker(**env, LLM_STREAM_PUBLISH_SECONDS="1")
+        await s.wait_for_worker()
+        handles = []
+        for _ in range(min(size.builds, REAL_MODEL_BUILDS)):
+            request = s.request(max_attempts=3)
+            options = request.options.model_copy(update={"max_retries": 1})
+            request = request.model_copy(update={"options": options})
+            handles.append(await start_build(s.client, s.settings, request))
+        ended: dict[str, BuildStatus] = {}
+        deadline = time.monotonic() + 1800
+        while len(ended) < len(handles) and time.monotonic() < deadline:
+            for handle in handles:
+                if handle.id not in ended:
+                    status = await handle.query(BuildWorkflow.status)
+                    if status.state in ENDS:
+                        ended[handle.id] = status
+            if why := s.worker_exit():
+                return Verdict("real-model", False, why)
+            await asyncio.sleep(2)
+        events = {h.id: await h.query(BuildWorkflow.event_log, 0) for h in handles}
+        for handle in handles:  # a build waiting for a person is let go
+            if ended.get(handle.id) and ended[handle.id].state is BuildState.NEEDS_ATTENTION:
+                await handle.cancel()
+    engine = make_engine(s.settings.db_url())
+    mirrored = True
+    with Session(engine) as session:
+        for handle in handles:
+            rows = crud.list_events(session, workflow_id=handle.id, limit=100_000)
+            mirrored &= {(r.seq, r.event_type) for r in rows} >= {
+                (e.seq, e.event_type.value) for e in events[handle.id]
+            } and len(rows) == len({r.seq for r in rows})
+    engine.dispose()
+    print(_real_model_table(events, ended), flush=True)
+    words = all(
+        st.state is BuildState.COMPLETE or (st.last_error and "Traceback" not in st.last_error)
+        for st in ended.values()
+    )
+    outcomes = Counter(st.state.value for st in ended.values())
+    passed = len(ended) == len(handles) and mirrored and words
+    detail = (
+        f"{len(ended)}/{len(handles)} builds ended ({dict(outcomes)}), reasons in words: {words}, "
+        f"mirror whole: {mirrored}"
+    )
+    return Verdict("real-model", passed, detail)
+
+
+def _real_model_table(events: dict[str, list[Any]], ended: dict[str, BuildStatus]) -> str:
+    """Per role: calls, output modes, requests (re-asks and refused modes included), tokens,
+    completion tokens per second of latency, mean latency; then each build's outcome."""
+    per: dict[str, list[dict[str, Any]]] = {}
+    for log_ in events.values():
+        for event in log_:
+            if event.event_type.value == "role_call":
+                per.setdefault(event.triggered_by, []).append(event.data)
+    lines = [
+        f"{'role':<22} {'calls':>5} {'modes':<22} {'requests':>8} {'tokens':>8} {'tok/s':>6} "
+        f"{'latency':>8}"
+    ]
+    for role, calls in per.items():
+        modes = Counter(str(c.get("output_mode")) for c in calls)
+        completion = sum(c["completion_tokens"] for c in calls)
+        seconds = sum(c["latency_ms"] for c in calls) / 1000
+        lines.append(
+            f"{role:<22} {len(calls):>5} {','.join(f'{m}:{n}' for m, n in modes.items()):<22} "
+            f"{sum(c['requests'] for c in calls):>8} "
+            f"{sum(c['prompt_tokens'] for c in calls) + completion:>8} "
+            f"{completion / max(seconds, 0.001):>6.1f} {seconds / len(calls):>7.1f}s"
+        )
+    for build, status in ended.items():
+        lines.append(f"{build}: {status.state.value} {status.last_error or ''}"[:160])
+    return "\n".join(lines)
+
+
 DRILLS: dict[str, Callable[[Stack, Size], Awaitable[Verdict]]] = {
     "kill-worker": kill_worker,
     "restart-server": restart_server,
@@ -222,6 +316,7 @@ DRILLS: dict[str, Callable[[Stack, Size], Awaitable[Verdict]]] = {
     "model-faults": model_faults,
     "schemathesis": schemathesis_drill,
 }
+NAMED_ONLY: dict[str, Callable[[Stack, Size], Awaitable[Verdict]]] = {"real-model": real_model}
 
 
 async def run(names: list[str], size: Size, database: str) -> list[Verdict]:
@@ -230,7 +325,7 @@ async def run(names: list[str], size: Size, database: str) -> list[Verdict]:
         log(f"drill {name}")
         async with stack(database) as s:
             try:
-                verdict = await DRILLS[name](s, size)
+                verdict = await (DRILLS | NAMED_ONLY)[name](s, size)
             except Exception as err:  # a drill that breaks is a failed drill, with the reason
                 verdict = Verdict(name, False, f"the drill broke: {type(err).__name__}: {err}")
         print(verdict.line(), flush=True)
@@ -243,7 +338,9 @@ def main() -> None:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 2)[2],
     )  # fmt: skip
-    parser.add_argument("drills", nargs="*", choices=[*DRILLS, []], help="default: all")
+    parser.add_argument(
+        "drills", nargs="*", choices=[*DRILLS, *NAMED_ONLY, []], help="default: all but real-model"
+    )
     parser.add_argument("--quick", action="store_true", help="a few builds per drill (CI)")
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     args = parser.parse_args()

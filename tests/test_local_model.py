@@ -66,6 +66,9 @@ async def test_a_build_against_the_real_local_model_ends_in_words_with_its_mirro
                 for role, config in json.loads(served["LLM_ROLES"]).items()
             },
             "llm_timeout_seconds": 300,
+            # No re-asks and no loop-backs: the suite's time. The tiny model's Code Writer
+            # tends to write until its answer is cut; one such answer ends the build.
+            "llm_schema_reasks": 0,
         }
     )
     async with running_worker(client, real, engine):
@@ -73,6 +76,12 @@ async def test_a_build_against_the_real_local_model_ends_in_words_with_its_mirro
         # FAILED or waiting for a person, for the model's quality, are ends this test accepts.
         status = await wait_until(handle, lambda s: s.state in ENDS, seconds=400)
         events = await handle.query(BuildWorkflow.event_log, 0)
+    for call in (e for e in events if e.event_type is EventType.ROLE_CALL):  # for the log
+        data = call.data
+        print(f"{call.triggered_by:<22} {data['output_mode']:<10} requests {data['requests']} "
+              f"tokens {data['prompt_tokens']}+{data['completion_tokens']} "
+              f"{data['latency_ms'] / 1000:.1f}s cut {data['context_cut']}")  # fmt: skip
+    print(f"{status.state.value}: {status.last_error}")
     assert status.state in ENDS, status
     if status.state is not S.COMPLETE:
         assert status.last_error and "Traceback" not in status.last_error
