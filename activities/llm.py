@@ -103,11 +103,7 @@ class ModelClient:
             if cut:
                 log.info("%s: %d characters of the task cut to fit %s's %d-token window",
                          task.role.value, cut, choice.model, window)  # fmt: skip
-        messages = [
-            {"role": "system", "content": prompt.text},
-            # No credentials of a repository URL (or any URL) reach a model.
-            {"role": "user", "content": redact(json.dumps(payload, sort_keys=True))},
-        ]
+        messages = [{"role": "system", "content": prompt.text}, _task_message(payload)]
         headers: dict[str, str] = {}
         if self.settings.offline_model and task.simulate:
             headers[SIMULATE_HEADER] = ",".join(s.value for s in task.simulate)
@@ -174,28 +170,20 @@ class ModelClient:
         digest = answers.request_hash(call.model, fmt, call.schema.__name__, call.messages)
         key = answers.Key(task.build_id, task.role.value, task.attempt, digest)
         async with call.out:
-            return await self._kept_or_asked_now(call, key, ask)
-
-    async def _kept_or_asked_now(
-        self,
-        call: _Call[T],
-        key: answers.Key,
-        ask: Callable[[], Awaitable[tuple[T, ModelUsage]]],
-    ) -> tuple[T, ModelUsage]:
-        kept = await asyncio.to_thread(self.answers.get, key)
-        if kept is not None:
-            try:
-                answer = call.schema.model_validate(kept.answer)
-            except ValidationError:
-                log.warning("kept answer %s of %s is not %s now; asking again",
-                            key.name, key.build_id, call.schema.__name__)  # fmt: skip
-            else:
-                log.info("%s attempt %d of %s: the kept answer is used, not asked for again",
-                         key.role, key.attempt, key.build_id)  # fmt: skip
-                return answer, kept.usage.model_copy(update={"reused": True})
-        answer, usage = await ask()
-        await asyncio.to_thread(self.answers.put, key, answer, usage)
-        return answer, usage
+            kept = await asyncio.to_thread(self.answers.get, key)
+            if kept is not None:
+                try:
+                    answer = call.schema.model_validate(kept.answer)
+                except ValidationError:
+                    log.warning("kept answer %s of %s is not %s now; asking again",
+                                key.name, key.build_id, call.schema.__name__)  # fmt: skip
+                else:
+                    log.info("%s attempt %d of %s: the kept answer is used, not asked for again",
+                             key.role, key.attempt, key.build_id)  # fmt: skip
+                    return answer, kept.usage.model_copy(update={"reused": True})
+            answer, usage = await ask()
+            await asyncio.to_thread(self.answers.put, key, answer, usage)
+            return answer, usage
 
     async def structured(self, task: RoleTask, schema: type[T]) -> tuple[T, ModelUsage]:
         """Ask the role's model for an answer in `schema`, in the output mode its settings
@@ -318,8 +306,7 @@ class ModelClient:
             "%s: %s refused the prompt as too long; asking once more with %d characters cut",
             *(call.task.role.value, call.model, cut),
         )
-        user = {"role": "user", "content": redact(json.dumps(payload, sort_keys=True))}
-        return [messages[0], user, *messages[2:]]
+        return [messages[0], _task_message(payload), *messages[2:]]
 
     async def _ask(
         self, request: dict[str, Any], out: streaming.Output, label: str
@@ -413,6 +400,12 @@ def _refuses_streaming(err: openai.APIStatusError) -> bool:
     return err.status_code in (400, 422, 500, 501) and bool(
         _STREAM_WORDS.search(f"{err.message} {err.body}")
     )
+
+
+def _task_message(payload: dict[str, Any]) -> dict[str, str]:
+    """The user message of a role call: its task as JSON. No credentials of a repository URL
+    (or any URL) reach a model."""
+    return {"role": "user", "content": redact(json.dumps(payload, sort_keys=True))}
 
 
 def _plain(_mode: Mode, _schema: type[Any], messages: list[dict[str, str]]) -> dict[str, Any]:

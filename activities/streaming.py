@@ -248,15 +248,14 @@ class Output:
         self.tokens_before += spend.completion_tokens
         self.answer = None
 
-    def cut(self) -> Spend:
+    def cut(self) -> None:
         """The request in flight was abandoned: what it had received counts as spent
-        (estimated), so the next attempt carries it."""
+        (estimated), and the heartbeat carries it to the next attempt."""
         if self.answer is not None:
             received = Spend(self.prompt_estimate, self.answer.chunks, estimated=True)
             self.spent = self.spent.add(received)
             self.answer = None
         self.heartbeat()
-        return self.spent
 
     def text(self, added: str) -> None:
         if not added:

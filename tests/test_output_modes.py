@@ -48,10 +48,8 @@ async def offline_answer(request: httpx2.Request) -> tuple[dict[str, Any], str]:
     """The request's body and the offline model's answer to it, as JSON text."""
     body = json.loads(request.content)
     fmt = {"type": "json_schema", "json_schema": {"name": schema_name(body)}}
-    whole = {**body, "response_format": fmt, "stream": False}
-    asked = httpx2.Request("POST", request.url, json=whole)
-    answered = await offline_model.handle(asked)
-    return body, answered.json()["choices"][0]["message"]["content"]
+    asked = httpx2.Request("POST", request.url, json={**body, "response_format": fmt})
+    return body, await offline_model.content_of(asked)
 
 
 def reply(body: dict[str, Any], content: str | None, tool_args: str | None = None) -> Any:
