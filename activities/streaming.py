@@ -33,6 +33,9 @@ from core.role_io import MODEL_OUTPUT_TOPIC, ModelStreamItem
 log = logging.getLogger(__name__)
 FIRST_PUBLISH_SECONDS = 0.2  # the first text of a call is published this soon after it arrives
 PUBLISH_TIMEOUT_SECONDS = 5.0  # a publish that takes longer is dropped: output never holds a call
+# Text of one call published live, at most: the stream travels in the build's history, which
+# carries references, not files (a megabyte-long answer is shown up to here, then marked).
+LIVE_TEXT_CHARS = 64_000
 STEADY_BATCHES = 10  # batches at the set pace; then each waits PUBLISH_GROWTH times longer
 PUBLISH_GROWTH = 1.25
 MAX_PUBLISH_SECONDS = 15.0
@@ -209,6 +212,7 @@ class Output:
         self.label, self.asked_at = f"{role} starting", time.monotonic()
         self.pending: list[ModelStreamItem] = []
         self.pending_text: list[str] = []
+        self.live_chars = 0  # text of this call taken for publishing
         self.wake = asyncio.Event()
         self.client = _stream_client()
         self.tasks: list[asyncio.Task[None]] = []
@@ -299,9 +303,20 @@ class Output:
         )
 
     def _take_text(self) -> None:
-        if self.pending_text:
-            self.pending.append(self._item("text", "".join(self.pending_text)))
-            self.pending_text.clear()
+        if not self.pending_text:
+            return
+        text = "".join(self.pending_text)
+        self.pending_text.clear()
+        room = LIVE_TEXT_CHARS - self.live_chars
+        if room <= 0:
+            return
+        if len(text) > room:
+            text = text[:room] + (
+                f"\n[... the rest of this answer is not shown live: {LIVE_TEXT_CHARS:,} "
+                "characters a call at most ...]\n"
+            )
+        self.live_chars += min(len(text), room)
+        self.pending.append(self._item("text", text))
 
     async def _heartbeats(self) -> None:
         every = beat.interval()

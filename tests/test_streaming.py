@@ -240,3 +240,17 @@ def test_the_offline_model_answers_streamed_or_whole_as_asked(body: dict[str, ob
     assert isinstance(answer, httpx2.Response)
     streamed = answer.headers.get("content-type") == "text/event-stream"
     assert streamed is bool(body)
+
+
+def test_live_text_of_a_call_stops_at_its_limit_with_a_marker():
+    out = streaming.Output("code_writer", 1.0, streaming.Spend())
+    out.text("x" * (streaming.LIVE_TEXT_CHARS - 10))
+    out.emit("start", "a re-ask")  # takes the pending text first
+    out.text("y" * 100_000)
+    out.emit("done")
+    out.text("z" * 10)
+    out.emit("done")
+    texts = [item.text for item in out.pending if item.kind == "text"]
+    assert len(texts) == 2 and texts[0] == "x" * (streaming.LIVE_TEXT_CHARS - 10)
+    assert texts[1].startswith("y" * 10 + "\n[... the rest of this answer is not shown live")
+    assert sum(t.count("x") + t.count("y") for t in texts) == streaming.LIVE_TEXT_CHARS

@@ -41,7 +41,9 @@ async def test_rejected_api_key_ends_failed_with_an_actionable_message(
     status = await status_of_closed(client, keyed, engine, handle.id)
     assert status.state is BuildState.FAILED
     assert status.last_error and "q_assistant failed in discovery" in status.last_error
-    assert len(calls) == 1  # non-retryable: no Temporal retry, no SDK retry
+    # Non-retryable: one chat request, no Temporal retry, no SDK retry (before it, the client
+    # asked the endpoint once for its context window: /models, then llama.cpp's /props).
+    assert calls == ["/v1/models", "/props", "/v1/chat/completions"]
 
 
 async def status_of_closed(client: Client, settings: Settings, engine, workflow_id: str):
