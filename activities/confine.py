@@ -42,6 +42,7 @@ LANDLOCK_CREATE_RULESET_VERSION = 1
 LANDLOCK_RULE_PATH_BENEATH, LANDLOCK_RULE_NET_PORT = 1, 2
 PR_SET_PDEATHSIG, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER = 1, 22, 38, 36
 SECCOMP_MODE_FILTER = 2
+STOPS = (_signal.SIGTERM, _signal.SIGINT)
 
 # Landlock's file system rights (include/uapi/linux/landlock.h), and the ABI that added them.
 EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
@@ -311,15 +312,26 @@ def main(argv: list[str]) -> int:
         except OSError as err:
             os.write(2, f"confine: {err}\n".encode())
         os._exit(EXIT_CONFINE_FAILED)
-    # Told to stop (the run's time limit): the command is killed, then whatever it left.
-    for stop in (_signal.SIGTERM, _signal.SIGINT):
-        _signal.signal(stop, lambda *_: os.kill(child, _signal.SIGKILL))
+
+    # Told to stop (the run's time limit): the command is killed, then whatever it left. A stop
+    # may come more than once (the worker's death signals this script once per thread of the
+    # worker the kernel re-parents it through): after the first, it has nothing to do.
+    def stop(*_: object) -> None:
+        try:  # noqa: SIM105 (contextlib costs this script milliseconds)
+            os.kill(child, _signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    for name in STOPS:
+        _signal.signal(name, stop)
     # The worker's death is a stop too: SIGKILL would end this script and leave what the run
     # left beneath it to init (where no cgroup holds the run); SIGTERM lets it kill them first.
     _prctl(PR_SET_PDEATHSIG, _signal.SIGTERM, "pdeathsig")
     if os.getppid() != worker:  # the worker died before the line above
         os.kill(child, _signal.SIGKILL)
     _, status = os.waitpid(child, 0)
+    for name in STOPS:  # the child's pid is free now, and another process may take it
+        _signal.signal(name, _signal.SIG_IGN)
     reap_all()
     code = os.waitstatus_to_exitcode(status)
     return code if code >= 0 else 128 - code

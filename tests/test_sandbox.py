@@ -12,11 +12,13 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -311,6 +313,36 @@ async def test_at_its_time_limit_a_landlock_run_leaves_no_daemon_even_without_a_
     assert before > 0  # the daemon ran
     await asyncio.sleep(0.5)
     assert marker.stat().st_size == before  # and is gone
+
+
+def test_the_subreaper_told_to_stop_again_and_again_still_kills_what_the_run_left(
+    tmp_path: Path,
+) -> None:
+    """A killed worker's run is told to stop more than once (once per thread of the worker the
+    kernel re-parents it through): every stop after the first finds the command gone, and the
+    subreaper still kills the daemon the run left and ends with the command's own status."""
+    (tmp_path / "daemon.py").write_text(DAEMON_SCRIPT)
+    marker = tmp_path / "daemon.log"
+    left = f"{sys.executable} {tmp_path / 'daemon.py'} {marker}; exec sleep 60"
+    confine = Path(isolation.__file__).with_name("confine.py")
+    run = subprocess.Popen(
+        [sys.executable, "-S", str(confine), "fs=off", "--", "sh", "-c", left], cwd=tmp_path
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not marker.exists() or marker.stat().st_size < 3:
+            assert time.monotonic() < deadline, "the daemon never started"
+            time.sleep(0.02)
+        while run.poll() is None:  # stops every millisecond, until the subreaper has ended
+            run.send_signal(signal.SIGTERM)
+            time.sleep(0.001)
+        before = marker.stat().st_size
+        time.sleep(0.3)
+        assert marker.stat().st_size == before, "the daemon outlived its run"
+        assert run.returncode == 128 + signal.SIGKILL  # the command's end, not a traceback
+    finally:
+        run.kill()
+        subprocess.run(["pkill", "-9", "-f", str(marker)], check=False)
 
 
 DAEMON_SCRIPT = (
