@@ -153,19 +153,25 @@ class ModelClient:
         blocks = _Call(task, ImplementationOutput, choice.model, instructed, call.headers,
                        call.options, call.out, call.payload)  # fmt: skip
 
-        async def ask() -> tuple[ImplementationOutput, ModelUsage]:
-            started = time.monotonic()
+        async def ask() -> ImplementationOutput:
             answer, _ = await self._in_mode(Mode.TEXT, blocks, usage, build=_plain, read=read)
-            return answer, self._settled(usage, blocks.out, choice, started)
+            return answer
 
-        return await self._kept_or_asked(blocks, "blocks", ask)
+        return await self._kept_or_asked(blocks, "blocks", usage, choice, ask)
 
     async def _kept_or_asked(
-        self, call: _Call[T], fmt: str, ask: Callable[[], Awaitable[tuple[T, ModelUsage]]]
+        self,
+        call: _Call[T],
+        fmt: str,
+        usage: ModelUsage,
+        choice: ModelChoice,
+        ask: Callable[[], Awaitable[T]],
     ) -> tuple[T, ModelUsage]:
         """The answer kept for this very request of this build's attempt (activities/answers.py:
         a retry of the activity after the answer arrived), else `ask`'s, kept before it is
-        returned to be acted on."""
+        returned to be acted on, with what the call spent. A call that ends in a failure no
+        retry mends spent tokens all the same: they travel in the failure's details, and the
+        build records them as a failed role call."""
         task = call.task
         digest = answers.request_hash(call.model, fmt, call.schema.__name__, call.messages)
         key = answers.Key(task.build_id, task.role.value, task.attempt, digest)
@@ -181,7 +187,17 @@ class ModelClient:
                     log.info("%s attempt %d of %s: the kept answer is used, not asked for again",
                              key.role, key.attempt, key.build_id)  # fmt: skip
                     return answer, kept.usage.model_copy(update={"reused": True})
-            answer, usage = await ask()
+            started = time.monotonic()
+            try:
+                answer = await ask()
+            except ApplicationError as err:
+                if not err.non_retryable or err.details:
+                    raise
+                spent = self._settled(usage, call.out, choice, started)
+                raise ApplicationError(
+                    err.message, spent.model_dump(mode="json"), type=err.type, non_retryable=True
+                ) from err.__cause__
+            usage = self._settled(usage, call.out, choice, started)
             await asyncio.to_thread(self.answers.put, key, answer, usage)
             return answer, usage
 
@@ -191,19 +207,17 @@ class ModelClient:
         stepped down from, and the one that worked is asked first from then on."""
         call, usage, choice = await self._prepared(task, schema)
         return await self._kept_or_asked(
-            call, "json", lambda: self._structured(call, usage, choice)
+            call, "json", usage, choice, lambda: self._structured(call, usage, choice)
         )
 
-    async def _structured(
-        self, call: _Call[T], usage: ModelUsage, choice: ModelChoice
-    ) -> tuple[T, ModelUsage]:
+    async def _structured(self, call: _Call[T], usage: ModelUsage, choice: ModelChoice) -> T:
         endpoint = (str(self.client.base_url), choice.model)
         if choice.output_mode == "auto":
             first = STRONGEST_FIRST.index(_learned.get(endpoint, STRONGEST_FIRST[0]))
             modes = STRONGEST_FIRST[first:]
         else:
             modes = (Mode(choice.output_mode),)
-        started, refused = time.monotonic(), []
+        refused: list[str] = []
         for mode in modes:
             usage.output_mode = mode.value
             try:
@@ -217,7 +231,7 @@ class ModelClient:
             if not enforced:  # a usable answer, read out of prose: the server ignored the mode
                 log.info("%s at %s ignored %s; its answer was read as text", *endpoint[::-1], mode)
                 usage.output_mode = Mode.TEXT.value
-            return answer, self._settled(usage, call.out, choice, started)
+            return answer
         raise ApplicationError(
             f"model {choice.model} at {endpoint[0]} took none of the output modes asked in "
             f"({'; '.join(refused)}); set LLM_OUTPUT_MODE, or a role's output_mode in LLM_ROLES",

@@ -139,16 +139,26 @@ def enforced(mode: Mode, message: ChatCompletionMessage) -> bool:
 
 
 def first_json_object(text: str) -> dict[str, Any]:
-    """The first JSON object in `text`: the whole text, or inside a code fence or prose."""
-    decoder = json.JSONDecoder()
+    """The first JSON object in `text`: the whole text, or inside a code fence or prose.
+    Control characters inside strings are taken (small models write raw newlines in them);
+    where nothing parses, the error says where the first candidate broke, for the re-ask."""
+    decoder = json.JSONDecoder(strict=False)
+    first: json.JSONDecodeError | None = None
     for start in (m.start() for m in re.finditer(r"\{", text)):
         try:
             value, _ = decoder.raw_decode(text, start)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as err:
+            first = first or err
             continue
         if isinstance(value, dict):
             return value
-    raise ValueError(f"no JSON object in the answer: {_start(text)}")
+    if first is None:
+        raise ValueError(f"no JSON object in the answer: {_start(text)}")
+    near = " ".join(text[max(first.pos - 40, 0) : first.pos + 20].split())
+    raise ValueError(
+        f"no JSON object in the answer: {_start(text)}; the first one breaks at character "
+        f"{first.pos} ({first.msg}), near {near!r}"
+    )
 
 
 def _start(text: str) -> str:

@@ -71,8 +71,10 @@ def server_command(data_dir: Path, port: int, context: int = CONTEXT_TOKENS) -> 
 
 def settings_env(port: int) -> dict[str, str]:
     """What points the worker at the local server: its URL, a key (it checks none), the
-    model, its context window (the server does not say it) and a cap on each answer."""
-    roles = {role: {"max_tokens": ANSWER_TOKENS} for role in ROLES}
+    model, its context window (the server does not say it), a cap on each answer and greedy
+    sampling (temperature 0: the server samples at 0.8 otherwise, and the same build would
+    answer differently each run)."""
+    roles = {role: {"max_tokens": ANSWER_TOKENS, "temperature": 0} for role in ROLES}
     return {
         "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
         "OPENAI_API_KEY": "local",

@@ -100,6 +100,9 @@ async def test_schema_invalid_every_time_is_non_retryable():
         await client.structured(task(S.TESTING, Role.TEST_AUDITOR), TestReport)
     assert err.value.non_retryable and err.value.type == "ModelOutputInvalid"
     assert len(seen) == 4  # LLM_SCHEMA_REASKS re-asks after the first answer
+    (spent,) = err.value.details  # what the four answers cost, for the build's records
+    assert spent["requests"] == 4 and spent["prompt_tokens"] == 40
+    assert spent["completion_tokens"] == 20 and spent["output_mode"] == "json_schema"
 
 
 async def test_rejected_key_is_a_clear_non_retryable_error():

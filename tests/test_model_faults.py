@@ -14,11 +14,13 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.llm import ModelClient
+from core.models import EventType
 from core.role_io import RoleTask, TestAudit
 from core.settings import RoleModel, Settings
 from core.states import BuildState, Role
 from tests.fake_openai import FakeOpenAI, Fault
 from tests.helpers import make_request, running_worker, start, status_of
+from workflows.build import BuildWorkflow
 
 S = BuildState
 LOGICAL_CALLS = 6  # discovery, plan, code, test audit, review, release notes
@@ -68,6 +70,28 @@ async def test_invalid_and_schema_breaking_answers_are_asked_again(
     _, result, status = await build(client, online, engine)
     assert result.state is S.COMPLETE and status.attempts["planning"] == 1  # re-asked in the call
     assert fake.count("PlanOutput") == 3 and fake.count() == LOGICAL_CALLS + 2
+
+
+async def test_an_answer_never_the_schema_fails_the_build_with_its_spend_recorded(
+    client: Client, online: Settings, engine: Engine, fake: FakeOpenAI
+):
+    tries = online.llm_schema_reasks + 1
+    fake.fail("PlanOutput", *[Fault("schema_break")] * tries)
+    async with running_worker(client, online, engine, ModelClient(online)):
+        handle = await start(client, online, make_request())
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        status = await status_of(handle)
+        events = await handle.query(BuildWorkflow.event_log, 0)
+    assert status.state is S.FAILED and status.last_error is not None
+    assert f"did not match PlanOutput after {tries} tries" in status.last_error
+    calls = [e for e in events if e.event_type is EventType.ROLE_CALL]
+    failed = calls[-1]
+    assert failed.triggered_by == "q_assistant" and failed.data["failed"] is True
+    assert failed.data["requests"] == tries and failed.data["completion_tokens"] > 0
+    assert "failed" not in calls[0].data  # discovery's answer was used
+    # Every request the server saw is paid for in some call's usage, the failed one's too.
+    assert sum(u["requests"] for u in status.usage.values()) == fake.count()
 
 
 @pytest.mark.slow

@@ -279,6 +279,14 @@ def test_an_answer_without_json_or_cut_off_is_invalid_not_a_refusal_on_its_own()
         output_modes.read(Mode.JSON_SCHEMA, message('{"summary": "s", "st'), "length", PlanOutput)
 
 
+def test_raw_newlines_in_strings_are_read_and_broken_json_says_where() -> None:
+    raw = '{"summary": "two\nlines", "steps": ["a"], "files": [], "test_strategy": "t"}'
+    assert output_modes.first_json_object(raw)["summary"] == "two\nlines"
+    with pytest.raises(ValueError, match=r"breaks at character 16 \(Expecting ','") as err:
+        output_modes.first_json_object('{"summary": "s" "steps": []}')
+    assert 'near \'{"summary": "s" "steps": []}\'' in str(err.value)
+
+
 def test_json_modes_carry_the_schema_in_the_request_and_the_prompt() -> None:
     base = [{"role": "system", "content": "You plan."}, {"role": "user", "content": "{}"}]
     strict = output_modes.request(Mode.JSON_SCHEMA, PlanOutput, base)

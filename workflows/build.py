@@ -30,7 +30,7 @@ with workflow.unsafe.imports_passed_through():
     from core.states import TABLE, TERMINAL, BuildState, is_valid, order, role_of
     from workflows.code import BuildCode
     from workflows.deadline import Deadline
-    from workflows.errors import BuildFailed, RevertConflicted, cause_of
+    from workflows.errors import BuildFailed, RevertConflicted, cause_of, spend_of
     from workflows.messages import BuildMessages
     from workflows.records import BuildRecords
     from workflows.stream import ModelOutput
@@ -147,6 +147,8 @@ class BuildWorkflow(BuildMessages):
                 cause_of(err),
                 getattr(err.cause, "type", None) or type(err.cause).__name__,
             )
+            if (spent := spend_of(err)) is not None:  # the model answered, and it was paid for
+                self.records.role_call(task.role.value, task.attempt, spent, failed=True)
             if kind in REFUSED_ATTEMPTS:  # the attempt failed; the Code Writer tries again
                 why = "unsafe file paths" if kind == "UnsafePath" else "edits refused"
                 self._loop_back(state, Verdict(None, why, {"error": cause}, cause))

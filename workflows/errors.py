@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import ValidationError
 from temporalio.exceptions import ActivityError
+
+from core.role_io import ModelUsage
 
 
 class BuildFailed(Exception):
@@ -23,3 +28,15 @@ class RevertConflicted(BuildFailed):
 def cause_of(err: ActivityError) -> str:
     """What an activity's failure says, for a person."""
     return getattr(err.cause, "message", None) or str(err)
+
+
+def spend_of(err: ActivityError) -> ModelUsage | None:
+    """What a role's model call spent before its failure, where the failure's details say it
+    (activities/llm.py puts it there when no retry can mend the call)."""
+    details: Any = getattr(err.cause, "details", None) or ()
+    if len(details) != 1 or not isinstance(details[0], dict):
+        return None
+    try:
+        return ModelUsage.model_validate(details[0])
+    except ValidationError:
+        return None

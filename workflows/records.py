@@ -135,11 +135,19 @@ class BuildRecords:
         )
 
     def role_call(
-        self, role: str, attempt: int, usage: ModelUsage, sandbox: str | None = None
+        self,
+        role: str,
+        attempt: int,
+        usage: ModelUsage,
+        sandbox: str | None = None,
+        failed: bool = False,
     ) -> None:
         """A role call's usage (and the sandbox its run of generated code had): its event, the
-        build's totals, metrics, search attributes."""
-        extra = {"sandbox": sandbox} if sandbox else {}
+        build's totals, metrics, search attributes. A `failed` call's answer was not usable; its
+        spend counts all the same."""
+        extra: dict[str, Any] = {"sandbox": sandbox} if sandbox else {}
+        if failed:
+            extra["failed"] = True
         self.emit(
             EventType.ROLE_CALL, role, attempt=attempt, **usage.model_dump(mode="json"), **extra
         )
