@@ -12,7 +12,7 @@ import signal
 import typer
 from sqlalchemy.exc import OperationalError
 
-from activities import cgroups, isolation
+from activities import cgroups, isolation, model_probe
 from activities.answers import AnswerStore
 from activities.llm import ModelClient
 from client.reconcile import reconcile_forever
@@ -110,10 +110,17 @@ async def serve(settings: Settings) -> None:
         if settings.mirror_reconcile_seconds
         else None
     )
+    # Beside polling, not before it: a slow model must not hold up builds that need no call.
+    checked = (
+        asyncio.create_task(model_probe.check_at_start(llm))
+        if settings.llm_probe_at_start and not settings.offline_model
+        else None
+    )
     async with worker:
         await stop.wait()
-        if reconciler is not None:
-            reconciler.cancel()
+        for task in (reconciler, checked):
+            if task is not None:
+                task.cancel()
         log.info("shutting down: finishing running activities")
     await llm.close()
     engine.dispose()

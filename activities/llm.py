@@ -201,6 +201,10 @@ class ModelClient:
             await asyncio.to_thread(self.answers.put, key, answer, usage)
             return answer, usage
 
+    def remember_mode(self, model: str, mode: Mode) -> None:
+        """The mode `auto` asks `model` at this endpoint first (a probe found it works)."""
+        _learned[(str(self.client.base_url), model)] = mode
+
     async def structured(self, task: RoleTask, schema: type[T]) -> tuple[T, ModelUsage]:
         """Ask the role's model for an answer in `schema`, in the output mode its settings
         name, or (auto) the strongest one the endpoint takes: a mode it refuses or ignores is

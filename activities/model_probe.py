@@ -6,6 +6,7 @@ the endpoint takes and which mode `auto` will start with; a wrong URL, key or mo
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -16,6 +17,8 @@ from activities import fitting, output_modes
 from activities.llm import STATUS_HINTS, ModelClient
 from activities.output_modes import STRONGEST_FIRST, Mode, ModeRefused, OutputInvalid
 from core.states import Role
+
+log = logging.getLogger("model")
 
 QUESTION = "What is 2 + 3? Put the number in `answer`."
 PROBE_TOKENS = 64
@@ -58,6 +61,40 @@ async def probe(llm: ModelClient, role: Role = Role.CODE_WRITER) -> ProbeReport:
     report.context_window = await fitting.server_window(llm.client, model)
     report.seconds = time.monotonic() - started
     return report
+
+
+async def check_at_start(llm: ModelClient) -> list[ProbeReport]:
+    """The worker's probe of each model its roles use, one log line each; the mode `auto`
+    will use is asked first from then on. An endpoint that cannot be used is one error line
+    (builds will fail until it is fixed), never a reason for the worker not to serve."""
+    reports = []
+    first_role = {llm.settings.model_for(role).model: role for role in reversed(Role)}
+    for model, role in first_role.items():
+        try:
+            report = await probe(llm, role)
+        except ProbeFailed as err:
+            log.error("model check: %s; builds will fail until it is fixed "
+                      "(starter.py model check asks again)", err)  # fmt: skip
+            continue
+        except Exception as err:  # the worker serves whatever a probe meets
+            log.warning("model check of %s could not finish: %s", model, err)
+            continue
+        if report.auto_mode is not None:
+            llm.remember_mode(model, Mode(report.auto_mode))
+        (log.info if report.auto_mode else log.error)("model check: %s", summary(report))
+        reports.append(report)
+    return reports
+
+
+def summary(report: ProbeReport) -> str:
+    """A probe's report in one line, for the log."""
+    modes = ", ".join(f"{mode} {said}" for mode, said in report.modes.items())
+    window = f"{report.context_window:,} tokens" if report.context_window else "not said"
+    auto = f"auto uses {report.auto_mode}" if report.auto_mode else "NO output mode works"
+    return (
+        f"{report.model} at {report.endpoint}: {modes}; streaming {report.streaming}; "
+        f"context window {window}; {auto} ({report.seconds:.1f} s)"
+    )
 
 
 async def _ask(llm: ModelClient, model: str, mode: Mode, messages: list[dict[str, str]]) -> str:

@@ -155,6 +155,7 @@ async def model_faults(s: Stack, size: Size) -> Verdict:
             # limit times out clean answers too, and the request count stops being exact.
             LLM_TIMEOUT_SECONDS="5",
             LLM_SCHEMA_REASKS="4",
+            LLM_PROBE_AT_START="false",  # the fake server counts every request the builds made
         )
         # The default heartbeat timeout: a retry here should come from an injected fault only.
         handles = await s.start_builds(size.fault_builds, heartbeat_seconds=30)

@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     llm_stall_seconds: float = Field(default=60, gt=0)
     # How often the text received is published to the build's stream (one signal each).
     llm_stream_publish_seconds: float = Field(default=1.0, ge=0.1)
+    # The worker asks each model the roles use one small question per output mode when it
+    # starts (`starter.py model check`'s probe), logs what the endpoint takes in one line, and
+    # asks the mode that worked first: a misconfigured endpoint shows before any build fails.
+    llm_probe_at_start: bool = True
     offline_model_latency_seconds: float = Field(default=0, ge=0)
 
     # Role work: a git workspace per build, test runs with limits, local releases.

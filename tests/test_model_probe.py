@@ -10,9 +10,12 @@ from typing import Any
 import httpx2
 import pytest
 from pydantic import SecretStr
+from temporalio.exceptions import ApplicationError
 
-from activities.model_probe import ProbeFailed, probe
-from core.settings import Settings
+from activities.model_probe import ProbeFailed, check_at_start, probe
+from core.role_io import PlanOutput, RoleTask
+from core.settings import RoleModel, Settings
+from core.states import BuildState, Role
 from tests.helpers import model_client_with
 
 ANSWER = '{"answer": 5}'
@@ -91,4 +94,50 @@ async def test_a_rejected_key_is_one_line(settings: Settings):
     llm = model_client_with(online(settings), denied)
     with pytest.raises(ProbeFailed, match="OPENAI_API_KEY rejected by the endpoint"):
         await probe(llm)
+    await llm.close()
+
+
+async def test_the_workers_check_probes_each_model_once_and_asks_the_mode_that_works_first(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+):
+    asked: list[tuple[str, str]] = []
+
+    async def counted(request: httpx2.Request) -> httpx2.Response:
+        if request.method == "POST":
+            body = json.loads(request.content)
+            fmt = (body.get("response_format") or {}).get("type") or (
+                "tools" if body.get("tools") else "text"
+            )
+            asked.append((body["model"], fmt))
+        return await llama_cpp_like(request)
+
+    coder = {Role.CODE_WRITER: RoleModel(model="coder")}
+    two = online(settings).model_copy(update={"llm_roles": coder, "llm_stream": False})
+    llm = model_client_with(two, counted)
+    caplog.set_level("INFO", logger="model")
+    reports = await check_at_start(llm)
+    assert sorted(r.model for r in reports) == ["coder", "gemma"]  # each model once
+    lines = [r.getMessage() for r in caplog.records if r.name == "model"]
+    assert len(lines) == 2 and all("auto uses tools" in line for line in lines), lines
+    assert "json_schema refused (HTTP 500" in lines[0] and "8,192 tokens" in lines[0]
+    probed = len(asked)
+    task = RoleTask(build_id="b", project_id="p", role=Role.Q_ASSISTANT,
+                    state=BuildState.PLANNING, attempt=1, requirements="x")  # fmt: skip
+    with pytest.raises(ApplicationError, match="did not match PlanOutput"):  # it answers Sums
+        await llm.structured(task, PlanOutput)
+    assert asked[probed][1] == "tools"  # the mode the check found, not a refused json_schema
+    await llm.close()
+
+
+async def test_the_workers_check_of_an_endpoint_that_refuses_it_is_one_line(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+):
+    async def denied(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(401, json={"error": {"message": "Incorrect API key provided"}})
+
+    llm = model_client_with(online(settings), denied)
+    assert await check_at_start(llm) == []  # said, not raised: the worker serves on
+    (line,) = [r for r in caplog.records if r.name == "model"]
+    assert line.levelname == "ERROR" and line.exc_info is None
+    assert "OPENAI_API_KEY rejected by the endpoint (HTTP 401" in line.getMessage()
     await llm.close()

@@ -1,6 +1,7 @@
 """A worker started while the mirror's database is down waits for it, says why, and comes up
 when it returns: a real worker process against a PostgreSQL database that does not exist yet
-and is then made."""
+and is then made. A worker checks its model endpoint at start and says what it found in one
+line, a wrong one included."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from temporalio.client import Client
 
 from core.settings import Settings
 from db.engine import make_engine
+from devtools.processes import free_port
 from tests.conftest import PG_ADMIN
+from tests.fake_openai import FakeOpenAI
 from tests.helpers import make_request, spawn_worker, start
 
 
@@ -55,3 +58,31 @@ async def test_a_worker_waits_for_its_database_and_comes_up_when_it_returns(
         await proc.wait()
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("endpoint", ["fake", "nothing there"])
+async def test_a_worker_says_at_start_what_its_model_endpoint_takes(
+    settings: Settings, tmp_path: Path, fake: FakeOpenAI, endpoint: str
+):
+    url = fake.base_url if endpoint == "fake" else f"http://127.0.0.1:{free_port()}/v1"
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        proc = await spawn_worker(
+            settings, tmp_path, stderr=out, OPENAI_API_KEY="sk-test", OPENAI_BASE_URL=url
+        )
+    try:
+        async with asyncio.timeout(30):
+            while "model check" not in log.read_text():
+                assert proc.returncode is None, log.read_text()
+                await asyncio.sleep(0.2)
+        await asyncio.sleep(0.3)
+        text = log.read_text()
+        assert proc.returncode is None and "Traceback" not in text  # serving all the same
+        (line,) = [line for line in text.splitlines() if "model check" in line]
+        if endpoint == "fake":  # it answers the roles' questions only, not the check's
+            assert "json_schema refused (HTTP 400" in line and "NO output mode works" in line
+        else:
+            assert f"cannot reach {url}" in line and "ERROR" in line, line
+    finally:
+        proc.terminate()
+        await proc.wait()
