@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
+from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
-from core.role_io import ModelUsage
+with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
+    from core.role_io import ModelUsage
 
 
 class BuildFailed(Exception):
