@@ -13,7 +13,7 @@ import typer
 from sqlalchemy.exc import OperationalError
 
 from activities import cgroups, isolation, model_probe
-from activities.answers import AnswerStore
+from activities.answers import open_store
 from activities.llm import ModelClient
 from client.reconcile import reconcile_forever
 from client.worker import build_worker, worker_identity
@@ -64,10 +64,6 @@ async def database_ready(settings: Settings) -> None:
 
 async def serve(settings: Settings) -> None:
     choose_sandbox(settings)
-    store = AnswerStore(settings.answers)
-    if pruned := await asyncio.to_thread(store.prune, settings.answer_retention_days):
-        log.info("removed the kept answers of %d builds older than %g days", pruned,
-                 settings.answer_retention_days)  # fmt: skip
     try:
         runtime = worker_runtime(settings, HISTOGRAM_BUCKETS)
     except Exception as err:  # the runtime's own error names the address
@@ -86,6 +82,10 @@ async def serve(settings: Settings) -> None:
         ) from err
     await database_ready(settings)
     engine = make_engine(settings.db_url())
+    store = open_store(settings, engine)
+    if pruned := await asyncio.to_thread(store.prune, settings.answer_retention_days):
+        log.info("removed the kept answers of %d builds older than %g days", pruned,
+                 settings.answer_retention_days)  # fmt: skip
     llm = ModelClient(settings)
     identity = worker_identity()
     worker = build_worker(client, settings, llm=llm, engine=engine, identity=identity)

@@ -4,10 +4,16 @@ it instead of paying for it again.
 
 An answer is keyed by build, role, the build's attempt of the phase, and a hash of the request
 (model, format, schema, messages): the same question, asked again for the same attempt, gets
-the same answer. The files live under ANSWERS_DIR (default `<DATA_DIR>/answers`), one folder
-per build, and hold the answer and what it cost: no key, no header, no prompt (the prompts
-carry repositories' code; their hash is enough to tell requests apart). Folders of builds not
-written for ANSWER_RETENTION_DAYS are removed at worker start.
+the same answer. Each holds the answer and what it cost: no key, no header, no prompt (the
+prompts carry repositories' code; their hash is enough to tell requests apart). Where they
+live is ANSWER_STORE:
+
+- `files` (default): under ANSWERS_DIR (default `<DATA_DIR>/answers`), one folder per build:
+  for workers that share a disk.
+- `database`: the mirror's database (table `kept_answers`): for a fleet whose workers share
+  none, so a retry on another machine finds the answer its first try was paid for.
+
+A build's answers are removed at worker start once none is newer than ANSWER_RETENTION_DAYS.
 
 Blocking: the model client calls these through asyncio.to_thread.
 """
@@ -22,13 +28,20 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
+from sqlalchemy import Engine, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 
 from activities import paths
 from core.role_io import ModelUsage
+from core.settings import Settings
+from db.engine import make_engine
+from db.models import KeptAnswerRow
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +69,27 @@ class Kept:
     usage: ModelUsage
 
 
+class Answers(Protocol):
+    """Where kept answers live: a get that never raises, a put that logs rather than raises
+    (the answer is used all the same, it just cannot be reused), and a prune by age."""
+
+    def get(self, key: Key) -> Kept | None: ...
+
+    def put(self, key: Key, answer: BaseModel, usage: ModelUsage) -> None: ...
+
+    def prune(self, days: float) -> int: ...
+
+
+def open_store(settings: Settings, engine: Engine | None = None) -> Answers:
+    """The store ANSWER_STORE names (`engine`: the mirror's, where the caller has one)."""
+    if settings.answer_store == "database":
+        return DatabaseAnswers(engine or make_engine(settings.db_url()))
+    return AnswerStore(settings.answers)
+
+
 class AnswerStore:
+    """Kept answers as files, one folder per build; the first kept for a key stays."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
 
@@ -89,7 +122,12 @@ class AnswerStore:
             folder.mkdir(parents=True, exist_ok=True)
             part = folder / f".{key.name}.{uuid.uuid4().hex[:8]}"
             part.write_text(json.dumps(record))
-            os.replace(part, folder / key.name)
+            try:  # the first answer kept for a key stays (a hard link never overwrites)
+                os.link(part, folder / key.name)
+            except FileExistsError:
+                pass
+            finally:
+                part.unlink()
         except (OSError, ValueError) as err:
             log.warning("answer of %s/%s not kept: %s", key.build_id, key.name, err)
 
@@ -107,3 +145,60 @@ class AnswerStore:
 
 def _newest(folder: Path) -> float:
     return max((f.stat().st_mtime for f in folder.iterdir()), default=folder.stat().st_mtime)
+
+
+class DatabaseAnswers:
+    """Kept answers as rows of the mirror's database: one per key, the first kept wins (the
+    same request of the same attempt has one answer)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def get(self, key: Key) -> Kept | None:
+        row = KeptAnswerRow.__table__.c  # type: ignore[attr-defined]
+        query = select(row.answer, row.usage).where(
+            row.workflow_id == key.build_id,
+            row.role == key.role,
+            row.attempt == key.attempt,
+            row.request_hash == key.request,
+        )
+        try:
+            with self.engine.connect() as conn:
+                found = conn.execute(query).first()
+            return (
+                None
+                if found is None
+                else Kept(found.answer, ModelUsage.model_validate(found.usage))
+            )
+        except (SQLAlchemyError, ValueError) as err:
+            log.warning("kept answer %s/%s not read: %s", key.build_id, key.name, err)
+            return None
+
+    def put(self, key: Key, answer: BaseModel, usage: ModelUsage) -> None:
+        values = {
+            "workflow_id": key.build_id, "role": key.role, "attempt": key.attempt,
+            "request_hash": key.request, "kept_at": datetime.now(UTC),
+            "answer": answer.model_dump(mode="json"), "usage": usage.model_dump(mode="json"),
+        }  # fmt: skip
+        table = KeptAnswerRow.__table__  # type: ignore[attr-defined]
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        insert = dialect.insert(table).values(values).on_conflict_do_nothing()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert)
+        except SQLAlchemyError as err:
+            log.warning("answer of %s/%s not kept: %s", key.build_id, key.name, err)
+
+    def prune(self, days: float) -> int:
+        if days <= 0:
+            return 0
+        row = KeptAnswerRow.__table__.c  # type: ignore[attr-defined]
+        cutoff = datetime.now(UTC) - timedelta(days=days)
+        old = (
+            select(row.workflow_id).group_by(row.workflow_id).having(func.max(row.kept_at) < cutoff)
+        )
+        with self.engine.begin() as conn:
+            builds = list(conn.execute(old).scalars())
+            if builds:
+                conn.execute(delete(KeptAnswerRow.__table__).where(row.workflow_id.in_(builds)))  # type: ignore[attr-defined]
+        return len(builds)

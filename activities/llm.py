@@ -52,7 +52,7 @@ class ModelClient:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.answers = answers.AnswerStore(settings.answers)
+        self.answers = answers.open_store(settings)
         self.prompts: dict[str, Prompt] = {r.value: p for r, p in load_prompts().items()}
         if settings.openai_api_key is None:
             self.client = openai.AsyncOpenAI(

@@ -148,6 +148,9 @@ class Settings(BaseSettings):
     # answers.py); a build's are removed once none is newer than the retention. Default:
     # <data_dir>/answers
     answers_dir: Path | None = None
+    # Where kept answers live: files under answers_dir, or the mirror's database, which every
+    # worker of a fleet reaches (a retry on another machine finds its first try's answer).
+    answer_store: Literal["files", "database"] = "files"
     answer_retention_days: float = Field(default=30, ge=0)
     # Greenfield projects' repositories (a project never registered gets one here).
     projects_dir: Path | None = None  # default: <data_dir>/projects

@@ -165,3 +165,24 @@ class BuildRoleUsageRow(SQLModel, table=True):
     calls: int = 0
     tokens: int = 0
     cost_usd: float = 0.0
+
+
+class KeptAnswerRow(SQLModel, table=True):
+    """A model's complete answer, kept for a retry of its call (activities/answers.py, with
+    ANSWER_STORE=database: every worker of a fleet finds it). No key, header or prompt."""
+
+    __tablename__ = "kept_answers"
+    __table_args__ = (
+        UniqueConstraint(
+            "workflow_id", "role", "attempt", "request_hash", name="uq_kept_answer_request"
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    workflow_id: str = Field(max_length=80)
+    role: str = Field(max_length=32)
+    attempt: int
+    request_hash: str = Field(max_length=64)
+    answer: Any = _json(nullable=False)
+    usage: Any = _json(nullable=False)
+    kept_at: datetime = _when(index=True)
