@@ -364,6 +364,9 @@ class ModelClient:
         except streaming.Stalled as err:
             out.cut()
             raise ApplicationError(f"model {model}: {err}", type="ModelTimeout") from err
+        except streaming.Unfinished as err:  # as a cut connection: asked again
+            out.cut()
+            raise ApplicationError(f"model {model}: {err}", type="ModelUnreachable") from err
         except (openai.APIError, httpx2.HTTPError) as err:  # timeouts, cut connections
             out.cut()
             kind = (

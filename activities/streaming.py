@@ -45,6 +45,12 @@ class Stalled(Exception):
     """The stream sent nothing for the stall limit after its first token."""
 
 
+class Unfinished(Exception):
+    """The stream ended without saying why the answer ended (no finish reason): the server
+    stopped it. llama-cpp-python's server ends a stream so when another request arrives
+    (unless started with `--interrupt_requests False`)."""
+
+
 def tokens_of(text: str) -> int:
     """A token count estimated from text (about four characters a token)."""
     return max(1, len(text) // 4) if text else 0
@@ -169,7 +175,8 @@ async def read_stream(
     output: Output,
 ) -> Accumulator:
     """Ask `request` streamed and read the answer; text goes to `output` as it arrives.
-    Stalled when the stream falls silent for `stall_seconds` after its first token."""
+    Stalled when the stream falls silent for `stall_seconds` after its first token;
+    Unfinished when it ends without a finish reason."""
     answer = Accumulator()
     output.reading(answer)
     streamed = {**request, "stream": True, "stream_options": {"include_usage": True}}
@@ -184,6 +191,11 @@ async def read_stream(
             try:
                 chunk = await asyncio.wait_for(chunks.__anext__(), wait)
             except StopAsyncIteration:
+                if answer.finish_reason is None:
+                    raise Unfinished(
+                        f"the stream ended after {answer.chunks} tokens without a finish "
+                        "reason: the server stopped the answer"
+                    ) from None
                 return answer
             except TimeoutError:
                 raise Stalled(

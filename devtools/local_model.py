@@ -66,6 +66,9 @@ def server_command(data_dir: Path, port: int, context: int = CONTEXT_TOKENS) -> 
         sys.executable, "-m", "llama_cpp.server", "--model", str(gguf(data_dir)),
         "--model_alias", MODEL_ALIAS, "--host", "127.0.0.1", "--port", str(port),
         "--n_ctx", str(context), "--verbose", "False",
+        # One answer at a time, the others queued: by default a new request ends the stream
+        # of the one being answered (a [DONE] without a finish reason).
+        "--interrupt_requests", "False",
     ]  # fmt: skip
 
 

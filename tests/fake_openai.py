@@ -1,7 +1,8 @@
 """A fake OpenAI-compatible HTTP server for tests: real sockets, real HTTP/1.1, scriptable
 faults per response format, and a count of every request it receives. It streams as OpenAI
 does (server-sent events, usage last) when asked, and can behave as other servers do: no
-usage in streams, streaming refused, a stream that stalls or is cut halfway.
+usage in streams, streaming refused, a stream that stalls, is cut halfway, or is ended halfway
+with [DONE] and no finish reason (interrupted).
 
 Answers that are not faults come from the offline model, so builds write real code."""
 
@@ -19,7 +20,9 @@ import httpx2
 
 from activities import edit_blocks, offline_model
 
-FaultKind = Literal["status", "hang", "cut", "invalid_json", "schema_break", "stall", "cut_stream"]
+FaultKind = Literal[
+    "status", "hang", "cut", "invalid_json", "schema_break", "stall", "cut_stream", "interrupt"
+]
 REASONS = {200: "OK", 401: "Unauthorized", 429: "Too Many Requests", 500: "Internal Server Error"}
 
 
@@ -148,6 +151,9 @@ class FakeOpenAI:
                 await writer.drain()
                 if fault.kind == "stall":
                     await asyncio.sleep(fault.seconds)
+                if fault.kind == "interrupt":  # llama-cpp-python's when another request comes
+                    writer.write(b"data: [DONE]\n\n")
+                    await writer.drain()
                 return False
             writer.write(part + b"\n\n")
         await writer.drain()

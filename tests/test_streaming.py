@@ -18,6 +18,7 @@ import pytest
 from openai.types.chat import ChatCompletionChunk
 from sqlalchemy import Engine
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities import llm as llm_module
@@ -114,6 +115,22 @@ async def test_a_stalled_stream_is_retried_with_a_marker_and_its_tokens_are_carr
     whole = [r for r in fake.requests if r.schema == "PlanOutput"][1]
     answer = offline_model.completion(whole.body, retried)["usage"]
     assert usage["completion_tokens"] > answer["completion_tokens"]
+
+
+async def test_a_stream_ended_without_a_finish_reason_is_asked_again_not_taken_as_the_answer(
+    online: Settings, fake: FakeOpenAI
+):
+    """llama-cpp-python's server ends the stream it is answering with [DONE] when another
+    request arrives: half an answer, no finish reason. It is an outage (retried), not an
+    answer without the tool call or JSON asked for (which would step the mode down)."""
+    fake.fail("TestAudit", Fault("interrupt"))
+    llm = ModelClient(online)
+    with pytest.raises(ApplicationError, match="without a finish reason") as err:
+        await llm.structured(task(Role.TEST_AUDITOR, S.TESTING), TestAudit)
+    assert err.value.type == "ModelUnreachable" and not err.value.non_retryable
+    answer, usage = await llm.structured(task(Role.TEST_AUDITOR, S.TESTING), TestAudit)
+    assert answer.summary and usage.output_mode == "json_schema"  # no step down
+    await llm.close()
 
 
 async def test_a_server_without_usage_in_streams_gets_tokens_counted_and_marked(
