@@ -147,7 +147,7 @@ class BuildWorkflow(BuildMessages):
                 cause_of(err),
                 getattr(err.cause, "type", None) or type(err.cause).__name__,
             )
-            if (spent := spend_of(err)) is not None:  # the model answered, and it was paid for
+            if (spent := spend_of(err)) is not None:  # what its model call spent before failing
                 self.records.role_call(task.role.value, task.attempt, spent, failed=True)
             if kind in REFUSED_ATTEMPTS:  # the attempt failed; the Code Writer tries again
                 why = "unsafe file paths" if kind == "UnsafePath" else "edits refused"
