@@ -31,6 +31,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities import output_modes, streaming
 from activities.llm import ModelClient
 from activities.output_modes import Mode
+from core.attributes import KEYS
 from core.role_io import PlanOutput, RoleTask
 from core.settings import RoleModel, Settings
 from core.states import BuildState, Role
@@ -142,7 +143,7 @@ async def main(calls: int) -> None:
     with tempfile.TemporaryDirectory(prefix="qao-bench-model-") as tmp:
         folder = Path(tmp)
         env_ = await WorkflowEnvironment.start_local(
-            dev_server_existing_path=str(temporal_binary()), ui=False
+            dev_server_existing_path=str(temporal_binary()), ui=False, search_attributes=KEYS
         )
         base = Settings(_env_file=None, data_dir=folder, openai_api_key=None,
                         temporal_address=env_.client.service_client.config.target_host)  # fmt: skip
