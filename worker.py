@@ -86,7 +86,7 @@ async def serve(settings: Settings) -> None:
     if pruned := await asyncio.to_thread(store.prune, settings.answer_retention_days):
         log.info("removed the kept answers of %d builds older than %g days", pruned,
                  settings.answer_retention_days)  # fmt: skip
-    llm = ModelClient(settings)
+    llm = ModelClient(settings, store)  # one store, on the mirror's engine where it is there
     identity = worker_identity()
     worker = build_worker(client, settings, llm=llm, engine=engine, identity=identity)
     stop = asyncio.Event()

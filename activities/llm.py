@@ -50,9 +50,9 @@ STATUS_HINTS = {
 class ModelClient:
     """Holds the openai client; built once per worker process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, kept: answers.Answers | None = None) -> None:
         self.settings = settings
-        self.answers = answers.open_store(settings)
+        self.answers = kept or answers.open_store(settings)  # the worker passes its own
         self.prompts: dict[str, Prompt] = {r.value: p for r, p in load_prompts().items()}
         if settings.openai_api_key is None:
             self.client = openai.AsyncOpenAI(

@@ -68,7 +68,9 @@ async def check_at_start(llm: ModelClient) -> list[ProbeReport]:
     will use is asked first from then on. An endpoint that cannot be used is one error line
     (builds will fail until it is fixed), never a reason for the worker not to serve."""
     reports = []
-    first_role = {llm.settings.model_for(role).model: role for role in reversed(Role)}
+    first_role: dict[str, Role] = {}  # each model once, asked as the first role using it
+    for role in Role:
+        first_role.setdefault(llm.settings.model_for(role).model, role)
     for model, role in first_role.items():
         try:
             report = await probe(llm, role)
