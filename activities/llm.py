@@ -352,12 +352,12 @@ class ModelClient:
                     )
                 else:
                     out.finished(answer.spend(out.prompt_estimate))
-                    return answer.message(), answer.finish_reason
+                    return answer.message(), answer.finish(request.get("max_tokens"))
             answer = streaming.Accumulator()
             out.reading(answer)
             out.text(answer.take(await self.client.chat.completions.create(**request)))
             out.finished(answer.spend(out.prompt_estimate))
-            return answer.message(), answer.finish_reason
+            return answer.message(), answer.finish(request.get("max_tokens"))
         except openai.APIStatusError:
             out.cut()
             raise

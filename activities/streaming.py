@@ -160,6 +160,15 @@ class Accumulator:
             tool_calls=calls or None,
         )
 
+    def finish(self, limit: int | None) -> str | None:
+        """Why the answer ended: the server's finish reason, or `length` when the answer used
+        every token `limit` allowed (llama-cpp-python's server says `tool_calls` for a tool
+        call cut at the limit, whose arguments then end mid-JSON)."""
+        used = self.usage.completion_tokens if self.usage is not None else self.chunks
+        if limit is not None and self.finish_reason not in (None, "length") and used >= limit:
+            return "length"
+        return self.finish_reason
+
     def spend(self, prompt_estimate: int) -> Spend:
         """This answer's tokens: the server's usage, else counted (and marked estimated)."""
         if self.usage is not None:

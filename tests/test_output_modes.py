@@ -215,6 +215,46 @@ async def test_an_answer_that_is_not_the_schema_is_re_asked_with_why_in_text_mod
     await llm.close()
 
 
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_tool_call_cut_at_max_tokens_is_re_asked_as_cut_off_whatever_the_server_says(
+    settings: Settings, stream: bool
+):
+    """llama-cpp-python's server ends a forced tool call cut at `max_tokens` with finish reason
+    `tool_calls`, not `length`: a call that used every token allowed was cut off, and the
+    re-ask says so (not only that the JSON breaks)."""
+    limit, bodies = 4000, []
+
+    async def handler(request: httpx2.Request) -> Any:
+        body, content = await offline_answer(request)
+        bodies.append(body)
+        cut = len(bodies) == 1
+        args = content[: len(content) // 2] if cut else content
+        answer = offline_model.respond({**body, "stream": False}, "", tool_args=args)
+        whole = json.loads(answer.content)
+        whole["usage"]["completion_tokens"] = limit if cut else limit // 2
+        if not body.get("stream"):
+            return httpx2.Response(200, json=whole)
+        call = whole["choices"][0]["message"]["tool_calls"][0]
+        head = {k: whole[k] for k in ("id", "created", "model")} | {
+            "object": "chat.completion.chunk"
+        }
+        delta = {"tool_calls": [{"index": 0, **call}]}
+        chunks = [
+            head | {"choices": [{"index": 0, "delta": delta, "finish_reason": "tool_calls"}]},
+            head | {"choices": [], "usage": whole["usage"]},
+        ]
+        text = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, text=text)
+
+    roles = {Role.Q_ASSISTANT: RoleModel(output_mode="tools", max_tokens=limit)}
+    llm = model_client_with(offline_settings(settings, llm_roles=roles, llm_stream=stream), handler)
+    plan, usage = await llm.structured(plan_task(), PlanOutput)
+    assert plan.files and usage.requests == 2
+    assert bodies[0]["max_tokens"] == limit
+    assert "cut off at the token limit" in bodies[1]["messages"][-1]["content"]
+    await llm.close()
+
+
 async def test_a_build_against_a_llama_cpp_like_server_completes_and_records_its_modes(
     client: Client, settings: Settings, engine: Engine
 ):

@@ -204,6 +204,18 @@ def test_tool_call_arguments_split_across_chunks_are_joined_and_a_repeated_name_
     assert answer.spend(prompt_estimate=40) == streaming.Spend(40, 3, 0, estimated=True)
 
 
+def test_an_answer_that_used_every_token_allowed_ended_at_the_limit_whatever_its_reason():
+    answer = streaming.Accumulator()
+    call = {"index": 0, "id": "call_1", "function": {"name": "PlanOutput", "arguments": '{"su'}}
+    answer.add(chunk({"tool_calls": [call]}, "tool_calls"))
+    assert answer.finish(None) == "tool_calls" and answer.finish(2) == "tool_calls"
+    assert answer.finish(1) == "length"  # no usage: its chunks are counted
+    answer.usage = streaming.Spend(10, 64)  # the server's count, where it sends one
+    assert answer.finish(64) == "length" and answer.finish(65) == "tool_calls"
+    answer.finish_reason = None  # an unfinished stream stays unfinished
+    assert answer.finish(64) is None
+
+
 def test_model_output_is_shown_in_whole_lines_with_headers_and_markers():
     lines = Lines()
 
