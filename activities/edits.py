@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
+from typing import ClassVar
 
+from core.contracts import Failure
 from core.role_io import FileEdit, SourceFile
 
 CLOSEST_CHARS = 2000
@@ -16,18 +18,26 @@ CLOSEST_CHARS = 2000
 class AttemptRefused(ValueError):
     """The Code Writer's answer cannot be applied; the reason is for the model."""
 
+    kind: ClassVar[Failure] = Failure.ATTEMPT_REFUSED
+
 
 class UnsafePath(AttemptRefused):
     """A path the worker does not write or read for the model: outside the repository, in its
     `.git`, through a link, or a name the file system refuses."""
 
+    kind = Failure.UNSAFE_PATH
+
 
 class EditRefused(AttemptRefused):
     """An edit that does not apply: its search text is absent or ambiguous, its file missing."""
 
+    kind = Failure.EDIT_REFUSED
+
 
 class MergeUnresolved(AttemptRefused):
     """A merge of the project's branch still has conflicts after the Code Writer's files."""
+
+    kind = Failure.MERGE_UNRESOLVED
 
 
 def plan_edits(

@@ -15,6 +15,7 @@ from activities.beat import in_thread
 from activities.release import Release, ReleaseTarget
 from activities.sandbox import Limits
 from activities.workspace import Workspace
+from core.contracts import Failure
 from core.projects import Bump, VersionScheme
 from core.role_io import ReleaseOutcome, RestoreResult, RestoreTask, RoleTask
 
@@ -107,7 +108,7 @@ async def revert(
         raise ApplicationError(
             f"reverting release {task.undo_release} on the project's branch conflicts in "
             f"{', '.join(done.conflicts)}; a person must revert it by hand",
-            type="RevertConflict",
+            type=Failure.REVERT_CONFLICT,
             non_retryable=True,
         )
     release = await in_thread(

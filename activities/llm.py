@@ -28,6 +28,7 @@ from activities import answers, edit_blocks, fitting, output_modes, streaming
 from activities.offline_model import OFFLINE_BASE_URL, SIMULATE_HEADER, offline_http_client
 from activities.output_modes import STRONGEST_FIRST, Mode, ModeRefused, NoJson, OutputInvalid
 from activities.prompts import Prompt, load_prompts
+from core.contracts import Failure
 from core.projects import redact
 from core.role_io import ImplementationOutput, ModelUsage, RoleTask
 from core.settings import ModelChoice, Settings
@@ -239,7 +240,7 @@ class ModelClient:
         raise ApplicationError(
             f"model {choice.model} at {endpoint[0]} took none of the output modes asked in "
             f"({'; '.join(refused)}); set LLM_OUTPUT_MODE, or a role's output_mode in LLM_ROLES",
-            type="ModelModeRefused",
+            type=Failure.MODEL_MODE_REFUSED,
             non_retryable=True,
         )
 
@@ -308,7 +309,7 @@ class ModelClient:
         raise ApplicationError(
             f"{role}: the model's answer did not match {call.schema.__name__} "
             f"after {reasks + 1} tries: {problem}",
-            type="ModelOutputInvalid",
+            type=Failure.MODEL_OUTPUT_INVALID,
             non_retryable=True,
         )
 
@@ -363,16 +364,16 @@ class ModelClient:
             raise
         except streaming.Stalled as err:
             out.cut()
-            raise ApplicationError(f"model {model}: {err}", type="ModelTimeout") from err
+            raise ApplicationError(f"model {model}: {err}", type=Failure.MODEL_TIMEOUT) from err
         except streaming.Unfinished as err:  # as a cut connection: asked again
             out.cut()
-            raise ApplicationError(f"model {model}: {err}", type="ModelUnreachable") from err
+            raise ApplicationError(f"model {model}: {err}", type=Failure.MODEL_UNREACHABLE) from err
         except (openai.APIError, httpx2.HTTPError) as err:  # timeouts, cut connections
             out.cut()
             kind = (
-                "ModelTimeout"
+                Failure.MODEL_TIMEOUT
                 if isinstance(err, openai.APITimeoutError | httpx2.TimeoutException)
-                else "ModelUnreachable"
+                else Failure.MODEL_UNREACHABLE
             )
             raise ApplicationError(
                 f"model {model} did not answer ({type(err).__name__}: {err})", type=kind
@@ -444,7 +445,7 @@ def _too_long(err: openai.APIStatusError, model: str, size: int) -> ApplicationE
         f"model {model} refused the prompt as too long even with the task cut to {size} "
         f"characters (HTTP {err.status_code}: {err.message}); set its context window "
         "(LLM_CONTEXT_TOKENS, or context_tokens in LLM_ROLES) or use a model with a larger one",
-        type="ModelContextExceeded",
+        type=Failure.MODEL_CONTEXT_EXCEEDED,
         non_retryable=True,
     )
 
@@ -456,11 +457,11 @@ def _classify(err: openai.APIStatusError, model: str) -> ApplicationError:
         hint = STATUS_HINTS.get(status, "the endpoint refused the request")
         return ApplicationError(
             f"{hint} (HTTP {status}, model {model}): {err.message}",
-            type="ModelRequestRejected",
+            type=Failure.MODEL_REQUEST_REJECTED,
             non_retryable=True,
         )
     wait = retry_after(err.response.headers.get("retry-after"))
-    kind = "ModelRateLimited" if status == 429 else "ModelUnavailable"
+    kind = Failure.MODEL_RATE_LIMITED if status == 429 else Failure.MODEL_UNAVAILABLE
     return ApplicationError(
         f"model {model} answered HTTP {status}: {err.message}"
         + (f"; retrying after {wait:.0f}s as asked" if wait else ""),

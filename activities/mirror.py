@@ -19,7 +19,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.beat import beating
-from core.contracts import MIRROR_BUILD, MIRROR_REFUSED
+from core.contracts import MIRROR_BUILD, Failure
 from core.models import MirrorBatch, MirrorReceipt
 from db.crud import record_batch
 
@@ -34,7 +34,7 @@ class MirrorActivities:
 
     def write(self, batch: MirrorBatch) -> MirrorReceipt:
         """One write (blocking: the database driver blocks). A refusal of its data is
-        MIRROR_REFUSED, not retried: the same data would be refused again, without end."""
+        Failure.MIRROR_REFUSED, not retried: the same data would be refused again, without end."""
         try:
             return record_batch(self.engine, batch=batch)
         except (DataError, IntegrityError) as err:
@@ -45,7 +45,7 @@ class MirrorActivities:
             )  # fmt: skip
             raise ApplicationError(
                 f"the database refused the mirror's data: {reason}",
-                type=MIRROR_REFUSED,
+                type=Failure.MIRROR_REFUSED,
                 non_retryable=True,
             ) from err
 

@@ -18,7 +18,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.beat import in_thread
 from activities.gitcmd import GitError, create_bare, remote_head
-from core.contracts import CHECK_REPOSITORY, CREATE_REPOSITORY, JOIN_RELEASE_QUEUE
+from core.contracts import CHECK_REPOSITORY, CREATE_REPOSITORY, JOIN_RELEASE_QUEUE, Failure
 from core.projects import (
     ENQUEUE,
     MEMO_KEY,
@@ -56,7 +56,7 @@ class ProjectActivities:
         except GitError as err:
             raise ApplicationError(
                 f"cannot use {config.repository!r} (branch {config.branch!r}): {err.reason}",
-                type="RepositoryRefused",
+                type=Failure.REPOSITORY_REFUSED,
                 non_retryable=True,
             ) from err
         return RepositoryChecked(head=head)

@@ -33,6 +33,7 @@ from core.contracts import (
     RESTORE_WORKSPACE,
     TEST_AUDITOR,
     VERIFICATION_OVERSEER,
+    Failure,
 )
 from core.models import Simulation
 from core.projects import ProjectConfig
@@ -119,7 +120,7 @@ class RoleActivities:
         except GitError as err:
             raise ApplicationError(
                 f"cannot open {project.repository} (branch {project.branch}): {err.reason}",
-                type="RepositoryUnavailable",
+                type=Failure.REPOSITORY_UNAVAILABLE,
             ) from err
         return OpenResult(base=base, branch=f"build/{task.build_id}", project=project)
 
@@ -162,7 +163,7 @@ class RoleActivities:
         except AttemptRefused as err:
             raise ApplicationError(
                 f"the Code Writer's files were refused, nothing was written: {err}",
-                type=type(err).__name__,
+                type=err.kind,
                 non_retryable=True,
             ) from err
         summary = ImplementationSummary(

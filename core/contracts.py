@@ -10,6 +10,7 @@ test checks every implementation against its contract.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Generic, TypeVar
 
 from core.models import MirrorBatch, MirrorReceipt
@@ -56,15 +57,51 @@ VERIFICATION_OVERSEER = Contract("verification_overseer", RoleTask, Verification
 RELEASE_MANAGER = Contract("release_manager", RoleTask, ReleaseResult)
 RESTORE_WORKSPACE = Contract("restore_workspace", RestoreTask, RestoreResult)
 MIRROR_BUILD = Contract("mirror_build", MirrorBatch, MirrorReceipt)  # a local activity
-# The failure kind of a mirror write the database refused for its data (not for being down):
-# not retried, recorded as an event, and the build goes on.
-MIRROR_REFUSED = "MirrorRefused"
 OPEN_WORKSPACE = Contract("open_workspace", OpenTask, OpenResult)
 # The project registry's (workflows/project.py) questions to git.
 CHECK_REPOSITORY = Contract("check_repository", RepositoryCheck, RepositoryChecked)
 CREATE_REPOSITORY = Contract("create_repository", NewRepository, NewRepositoryMade)
 # A build's place in its project's release queue (the registry started if it is not running).
 JOIN_RELEASE_QUEUE = Contract("join_release_queue", QueueJoin, QueuePlace)
+
+
+class Failure(StrEnum):
+    """The kinds of failure the activities and workflows raise (an ApplicationError's `type`),
+    by which the workflow branches and callers tell failures apart. Every raise and every
+    branch names a member, never a string or a class name (tests/test_failure_kinds.py), so
+    renaming an exception class cannot change what a build does. The values are what
+    recorded histories carry: a value never changes."""
+
+    # A Code Writer attempt refused before anything was written: the Code Writer tries again.
+    ATTEMPT_REFUSED = "AttemptRefused"
+    UNSAFE_PATH = "UnsafePath"  # a path outside the repository, in .git, through a link
+    EDIT_REFUSED = "EditRefused"  # a search text absent or ambiguous, a file missing
+    MERGE_UNRESOLVED = "MergeUnresolved"  # conflicts left after the Code Writer's files
+    # A mirror write the database refused for its data (not for being down): not retried,
+    # recorded as an event, and the build goes on.
+    MIRROR_REFUSED = "MirrorRefused"
+    REVERT_CONFLICT = "RevertConflict"  # undoing a release conflicts: a person must look
+    REPOSITORY_REFUSED = "RepositoryRefused"  # a registration git cannot use
+    REPOSITORY_UNAVAILABLE = "RepositoryUnavailable"  # a workspace git cannot open now
+    # The model layer's, retried or not by the retry policy.
+    MODEL_MODE_REFUSED = "ModelModeRefused"
+    MODEL_OUTPUT_INVALID = "ModelOutputInvalid"
+    MODEL_CONTEXT_EXCEEDED = "ModelContextExceeded"
+    MODEL_REQUEST_REJECTED = "ModelRequestRejected"
+    MODEL_TIMEOUT = "ModelTimeout"
+    MODEL_UNREACHABLE = "ModelUnreachable"
+    MODEL_RATE_LIMITED = "ModelRateLimited"
+    MODEL_UNAVAILABLE = "ModelUnavailable"
+    # The workflows' own.
+    COMMAND_REJECTED = "CommandRejected"  # an update's validator refused the command
+    BUILD_FAILED = "BuildFailed"
+    INVALID_TRANSITION = "InvalidTransition"
+
+
+# The failures that end one Code Writer attempt, not the build: it is asked again.
+REFUSED_ATTEMPTS = frozenset(
+    {Failure.ATTEMPT_REFUSED, Failure.UNSAFE_PATH, Failure.EDIT_REFUSED, Failure.MERGE_UNRESOLVED}
+)
 
 S = BuildState
 # The role activity that works in each working state.

@@ -318,12 +318,12 @@ def test_a_row_the_database_refuses_for_its_data_is_not_retried(mirror_db: Engin
         pytest.skip("SQLite stores any integer it is given")
     from temporalio.exceptions import ApplicationError
 
-    from core.contracts import MIRROR_REFUSED
+    from core.contracts import Failure
 
     batch = _batch(f"build-{uuid.uuid4().hex[:8]}", range(1, 2), BuildState.TESTING, 2**40)
     with pytest.raises(ApplicationError) as refused:
         MirrorActivities(mirror_db).write(batch)  # last_seq beyond PostgreSQL's integer
-    assert refused.value.type == MIRROR_REFUSED and refused.value.non_retryable
+    assert refused.value.type == Failure.MIRROR_REFUSED and refused.value.non_retryable
     assert "out of range" in str(refused.value)
 
 

@@ -18,7 +18,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 # Passed through: imported once per worker, not again for every build the sandbox starts.
 with workflow.unsafe.imports_passed_through():
     from core import rules
-    from core.contracts import ROLE_CALLS
+    from core.contracts import REFUSED_ATTEMPTS, ROLE_CALLS, Failure
     from core.models import BuildRequest, BuildResult, EventType
     from core.role_io import (
         ImplementationSummary,
@@ -46,7 +46,6 @@ REVERT_ATTENTION_PATCH = "revert-conflict-attention"
 # An approval gate waits APPROVAL_WAIT_SECONDS, then the build ends FAILED (no silent end).
 APPROVAL_TIMER_PATCH = "approval-timer"
 # What a Code Writer's attempt can be refused for; the build loops back and it tries again.
-REFUSED_ATTEMPTS = ("UnsafePath", "AttemptRefused", "EditRefused", "MergeUnresolved")
 
 
 @workflow.defn(name="BuildWorkflow")
@@ -87,7 +86,9 @@ class BuildWorkflow(BuildMessages):
         if self.data.state is S.FAILED:
             await self.records.mirror()
             raise ApplicationError(
-                self.data.last_error or "build failed", type="BuildFailed", non_retryable=True
+                self.data.last_error or "build failed",
+                type=Failure.BUILD_FAILED,
+                non_retryable=True,
             )
         release = self.data.release.model_dump(mode="json") if self.data.release is not None else {}
         self.records.emit(EventType.COMPLETED, "system", release=release)
@@ -150,7 +151,7 @@ class BuildWorkflow(BuildMessages):
             if (spent := spend_of(err)) is not None:  # what its model call spent before failing
                 self.records.role_call(task.role.value, task.attempt, spent, failed=True)
             if kind in REFUSED_ATTEMPTS:  # the attempt failed; the Code Writer tries again
-                why = "unsafe file paths" if kind == "UnsafePath" else "edits refused"
+                why = "unsafe file paths" if kind == Failure.UNSAFE_PATH else "edits refused"
                 self._loop_back(state, Verdict(None, why, {"error": cause}, cause))
                 return
             role = task.role.value
@@ -285,7 +286,10 @@ class BuildWorkflow(BuildMessages):
     def _move(self, target: BuildState, by: str) -> None:
         source = self.data.state
         if not is_valid(source, target):
-            raise ApplicationError(f"invalid transition {source.value} -> {target.value}")
+            raise ApplicationError(
+                f"invalid transition {source.value} -> {target.value}",
+                type=Failure.INVALID_TRANSITION,
+            )
         finished_phase = role_of(source) is not None and TABLE[source].next == target
         if finished_phase and source not in self.data.completed_phases:
             self.data.completed_phases.append(source)

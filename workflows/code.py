@@ -12,7 +12,7 @@ from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from core import rules
-    from core.contracts import OPEN_WORKSPACE, RESTORE_WORKSPACE
+    from core.contracts import OPEN_WORKSPACE, RESTORE_WORKSPACE, Failure
     from core.models import BuildRequest, EventType
     from core.projects import redact
     from core.role_io import OpenResult, OpenTask, RestoreResult
@@ -80,7 +80,7 @@ class BuildCode:
             if is_cancelled_exception(err):
                 raise
             reason = f"rollback to {target.value}: {cause_of(err)}"
-            if getattr(err.cause, "type", None) == "RevertConflict":
+            if getattr(err.cause, "type", None) == Failure.REVERT_CONFLICT:
                 raise RevertConflicted(reason) from err
             raise BuildFailed(reason, "restore failed") from err
         self.data.head = result.commit

@@ -14,6 +14,7 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from core import rules
+    from core.contracts import Failure
     from core.messages import (
         AbortRequest,
         ApproveRequest,
@@ -220,4 +221,4 @@ class BuildMessages:
 def refuse(problem: str | None) -> None:
     """An update's validator refuses with the rule's reason."""
     if problem:
-        raise ApplicationError(problem, type="CommandRejected", non_retryable=True)
+        raise ApplicationError(problem, type=Failure.COMMAND_REJECTED, non_retryable=True)

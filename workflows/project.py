@@ -25,7 +25,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from core.contracts import CHECK_REPOSITORY, CREATE_REPOSITORY
+    from core.contracts import CHECK_REPOSITORY, CREATE_REPOSITORY, Failure
     from core.projects import (
         ENQUEUE,
         MEMO_KEY,
@@ -164,7 +164,7 @@ class ProjectWorkflow:
                 )
             except ActivityError as err:
                 cause = getattr(err.cause, "message", None) or str(err)
-                raise ApplicationError(cause, type="RepositoryRefused") from err
+                raise ApplicationError(cause, type=Failure.REPOSITORY_REFUSED) from err
             self.view = ProjectView(project_id=self.project_id, config=config, head=checked.head)
             self._publish()
             return self.view

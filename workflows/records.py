@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
         TOKENS,
         VERIFICATION_ATTEMPTS,
     )
-    from core.contracts import MIRROR_BUILD, MIRROR_REFUSED
+    from core.contracts import MIRROR_BUILD, Failure
     from core.models import BuildEvent, BuildRequest, BuildStatus, EventType, Handoff, MirrorBatch
     from core.role_io import ModelUsage
     from core.rules import BuildData, Verdict
@@ -275,7 +275,7 @@ class BuildRecords:
         except (ActivityError, ApplicationError) as err:
             # A local activity's failure arrives as its ApplicationError itself.
             cause = err.cause if isinstance(err, ActivityError) else err
-            if isinstance(cause, ApplicationError) and cause.type == MIRROR_REFUSED:
+            if isinstance(cause, ApplicationError) and cause.type == Failure.MIRROR_REFUSED:
                 return cause.message
             raise
         return None
