@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal
 
 from core.models import BuildRequest
@@ -39,11 +40,20 @@ from core.states import (
 S = BuildState
 
 
+class Command(StrEnum):
+    """A person's command that waits for the pipeline's next boundary to apply."""
+
+    RETRY = "retry"
+    ROLLBACK = "rollback"
+    ABORT = "abort"
+
+
 @dataclass
 class Pending:
-    """A retry or rollback accepted but not yet applied (it applies at the next boundary)."""
+    """A retry, rollback or abort accepted but not yet applied (it applies at the next
+    boundary)."""
 
-    command: str
+    command: Command
     target: BuildState
     reason: str
     requested_by: str
@@ -386,4 +396,4 @@ def verdict(state: BuildState, output: RoleOutput) -> Verdict:
 
 def aborting(data: BuildData) -> bool:
     """An abort is pending (it ends a pause at once)."""
-    return data.pending is not None and data.pending.command == "abort"
+    return data.pending is not None and data.pending.command is Command.ABORT

@@ -130,7 +130,8 @@ def test_each_refused_attempt_carries_its_own_kind_and_the_workflow_asks_again_f
 
 def test_a_kind_is_its_recorded_value_whatever_the_class_is_called():
     """Recorded histories carry these strings; the workflow compares them with the members."""
-    assert Failure.UNSAFE_PATH == "UnsafePath" and "MirrorRefused" == Failure.MIRROR_REFUSED
+    assert Failure("UnsafePath") is Failure.UNSAFE_PATH
+    assert Failure.MIRROR_REFUSED.value == "MirrorRefused"
 
     class Renamed(AttemptRefused.__subclasses__()[0]):  # type: ignore[misc]
         """A class renamed (or subclassed) keeps the kind its family declares."""

@@ -13,7 +13,7 @@ from core.role_io import (
     TestReport,
     VerificationOutcome,
 )
-from core.rules import BuildData, Pending, Verdict
+from core.rules import BuildData, Command, Pending, Verdict
 from core.states import BuildState, Role
 
 S = BuildState
@@ -44,7 +44,7 @@ def test_rollback_reasons_name_the_problem():
 
 
 def test_one_pending_command_at_a_time():
-    data = BuildData(state=S.TESTING, pending=Pending("rollback", S.PLANNING, "x", "p"))
+    data = BuildData(state=S.TESTING, pending=Pending(Command.ROLLBACK, S.PLANNING, "x", "p"))
     assert "already pending" in (rules.check_retry(data) or "")
     assert "already pending" in (rules.check_rollback(data, S.DISCOVERY) or "")
 

@@ -26,7 +26,7 @@ with workflow.unsafe.imports_passed_through():
         RoleResult,
         RoleTask,
     )
-    from core.rules import BuildData, Verdict
+    from core.rules import BuildData, Command, Verdict
     from core.states import TABLE, TERMINAL, BuildState, is_valid, order, role_of
     from workflows.code import BuildCode
     from workflows.deadline import Deadline
@@ -312,17 +312,18 @@ class BuildWorkflow(BuildMessages):
         self.data.pending = None
         await self.turn.leave()
         by = pending.requested_by
-        if pending.command == "abort":
+        if pending.command is Command.ABORT:
             self.records.emit(EventType.ABORTED, by, reason=pending.reason)
             raise BuildFailed(f"aborted by {by}: {pending.reason}", "aborted")
-        event = EventType.RETRY_REQUESTED if pending.command == "retry" else EventType.ROLLBACK
+        retry = pending.command is Command.RETRY
+        event = EventType.RETRY_REQUESTED if retry else EventType.ROLLBACK
         self.records.emit(event, by, target=pending.target.value, reason=pending.reason)
         self.data.guidance.append(pending.reason)
         self.data.feedback = {"requested_by": by, "reason": pending.reason}
         rules.reopen_from(self.data, pending.target)
-        if pending.command == "rollback" or self.data.release is not None:
+        if pending.command is Command.ROLLBACK or self.data.release is not None:
             try:
-                await self.code.restore(pending.target, code=pending.command == "rollback")
+                await self.code.restore(pending.target, code=pending.command is Command.ROLLBACK)
             except RevertConflicted as conflict:
                 if not workflow.patched(REVERT_ATTENTION_PATCH):
                     raise

@@ -26,7 +26,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from core.models import BuildEvent, BuildRequest, BuildStatus, EventType, Handoff
     from core.projects import ReleaseTurn
-    from core.rules import BuildData, Pending
+    from core.rules import BuildData, Command, Pending
     from core.states import PAUSES, TABLE, BuildState
     from workflows.records import BuildRecords
     from workflows.turn import BuildTurn
@@ -45,14 +45,14 @@ class BuildMessages:
     @workflow.signal
     def retry(self, request: RetryRequest) -> None:
         if problem := rules.check_retry(self.data):
-            self._reject("retry", problem, request.requested_by)
+            self._reject(Command.RETRY, problem, request.requested_by)
         else:
             self._accept_retry(request)
 
     @workflow.signal
     def rollback(self, request: RollbackRequest) -> None:
         if problem := rules.check_rollback(self.data, request.target_state):
-            self._reject("rollback", problem, request.requested_by)
+            self._reject(Command.ROLLBACK, problem, request.requested_by)
         else:
             self._accept_rollback(request)
 
@@ -66,7 +66,7 @@ class BuildMessages:
     @workflow.signal
     def abort(self, request: AbortRequest) -> None:
         if problem := rules.check_abort(self.data):
-            self._reject("abort", problem, request.requested_by)
+            self._reject(Command.ABORT, problem, request.requested_by)
         else:
             self._accept_abort(request)
 
@@ -142,12 +142,13 @@ class BuildMessages:
 
     def _accept_retry(self, request: RetryRequest) -> CommandAccepted:
         target = rules.retry_target(self.data.state)
-        return self._hold("retry", target, request.reason, request.requested_by)
+        return self._hold(Command.RETRY, target, request.reason, request.requested_by)
 
     def _accept_rollback(self, request: RollbackRequest) -> CommandAccepted:
-        return self._hold("rollback", request.target_state, request.reason, request.requested_by)
+        target = request.target_state
+        return self._hold(Command.ROLLBACK, target, request.reason, request.requested_by)
 
-    def _hold(self, command: str, target: BuildState, reason: str, by: str) -> CommandAccepted:
+    def _hold(self, command: Command, target: BuildState, reason: str, by: str) -> CommandAccepted:
         """Hold a retry or rollback until the pipeline's next boundary."""
         source = self.data.state
         self.data.pending = Pending(command, target, reason, by)
@@ -162,13 +163,13 @@ class BuildMessages:
         source = self.data.state
         # An abort replaces a pending retry or rollback: ending the build is the last word.
         self.data.pending = Pending(
-            "abort", BuildState.FAILED, request.reason, request.requested_by
+            Command.ABORT, BuildState.FAILED, request.reason, request.requested_by
         )
         self.records.steered = True
         self.records.show()
         waiting = self.data.waiting_at_gate is not None or source in PAUSES
         return CommandAccepted(
-            command="abort",
+            command=Command.ABORT,
             from_state=source,
             target_state=BuildState.FAILED,
             applies="after_current_phase" if self.data.phase_running and not waiting else "now",
