@@ -3,19 +3,17 @@
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 from temporalio.client import (
     Client,
 )
 
 from client import builds
-from client.cli import console, run_command
-from client.follow import delivered, event_line, follow, show_model_output
+from client.cli import console, refuse, run_command
+from client.follow import delivered, event_line, follow, show_model_output, status_tables
 from client.model_commands import model_app
 from client.project_commands import project_app
 from core.exit import exit_now
@@ -139,8 +137,7 @@ def start(
             user_id=user,
         )
     except ValueError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
+        refuse(err)
 
     async def go(client: Client, settings: Settings) -> tuple[BuildStatus, dict[str, Any]] | None:
         handle = await builds.start_build(client, settings, request)
@@ -189,10 +186,8 @@ def status(
     if as_json:
         console.print_json(result.model_dump_json())
         return
-    table = Table(show_header=False, box=None)
-    for key, value in result.model_dump(mode="json").items():
-        table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
-    console.print(table)
+    for table in status_tables(result):
+        console.print(table)
     console.print(f"Web UI: {get_settings().ui_link(workflow_id_for(result.build_id))}")
 
 
@@ -291,8 +286,7 @@ def top_up(
     try:
         request = TopUpRequest(tokens=tokens, cost_usd=cost, note=note, requested_by="cli")
     except ValueError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
+        refuse(err)
 
     answer: TopUpAccepted = _command(build, BuildWorkflow.update_top_up, request)
     state = "resumes" if answer.resumes else "has"

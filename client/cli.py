@@ -5,19 +5,54 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from temporalio.client import Client
 
 from client.errors import BuildError, CommandRefused
+from core.models import BUILD_ID_PATTERN, BUILD_ID_RULE
+from core.projects import PROJECT_ID_PATTERN, PROJECT_ID_RULE
 from core.settings import Settings, get_settings
 from core.telemetry import flush_traces, tracing_interceptors
 from core.temporal import connect
 
 console = Console(highlight=False)
 T = TypeVar("T")
+
+
+# Patterns said in words: a person is not asked to read a regular expression.
+PATTERN_RULES = {BUILD_ID_PATTERN: BUILD_ID_RULE, PROJECT_ID_PATTERN: PROJECT_ID_RULE}
+
+
+def in_words(err: ValueError) -> str:
+    """A refused value as one sentence naming each field and its rule (pydantic's own text
+    names the model, a regular expression and a link)."""
+    if not isinstance(err, ValidationError):
+        return str(err)
+    parts = []
+    for error in err.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "value"
+        pattern = (error.get("ctx") or {}).get("pattern")
+        if pattern in PATTERN_RULES:
+            rule = f"takes {PATTERN_RULES[pattern]}"
+        else:
+            rule = error["msg"].removeprefix("Value error, ")
+            rule = rule.replace("Input should be", "must be").replace("Input should", "must")
+            rule = rule[:1].lower() + rule[1:]
+        given = error.get("input")
+        shown = f" ({given!r} given)" if isinstance(given, (str, int, float)) else ""
+        parts.append(f"{field} {rule}{shown}")
+    return "; ".join(parts)
+
+
+def refuse(err: ValueError) -> NoReturn:
+    """Print a refused value in words and exit 2 (a usage error)."""
+    console.print(f"[red]error:[/red] {escape(in_words(err))}")
+    raise typer.Exit(2) from err
 
 
 class CommandError(Exception):

@@ -1,4 +1,5 @@
-"""Following a build in a terminal: a progress bar, and each event as one line as it happens."""
+"""A build in a terminal: its status as tables, and following it (a progress bar, each event
+as one line as it happens, and the command to send when it waits for a person)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError
 
 from client.errors import NoAnswer
 from client.model_output import Lines, model_output
 from core.models import BuildEvent, BuildStatus
+from core.states import BuildState
 from workflows.build import BuildWorkflow
 
 
@@ -98,6 +101,59 @@ async def show_model_output(
             console.print(f"[dim]{escape(line)}[/dim]", highlight=False)
 
 
+USAGE_COLUMNS = (
+    ("calls", "calls"),
+    ("requests", "requests"),
+    ("prompt_tokens", "prompt tokens"),
+    ("completion_tokens", "completion tokens"),
+)
+
+
+def status_tables(status: BuildStatus) -> list[Table]:
+    """The status as a person reads it: one row per field, lists and counts in words, and
+    the model usage per role as a table of whole numbers and the cost in dollars."""
+    fields = Table(show_header=False, box=None)
+    for key, value in status.model_dump(mode="json", exclude={"usage"}).items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items()) or "-"
+        elif isinstance(value, list):
+            value = ", ".join(str(v) for v in value) or "-"
+        fields.add_row(key, "-" if value is None else str(value))
+    if command := next_command(status):
+        fields.add_row("to go on", command)
+    tables = [fields]
+    if status.usage:
+        usage = Table(title="model usage per role", title_justify="left")
+        usage.add_column("role")
+        for _, header in USAGE_COLUMNS:
+            usage.add_column(header, justify="right")
+        usage.add_column("cost", justify="right")
+        for role, totals in status.usage.items():
+            counts = [f"{int(totals.get(key, 0)):,}" for key, _ in USAGE_COLUMNS]
+            usage.add_row(role, *counts, f"${totals.get('cost_usd', 0):.4f}")
+        tables.append(usage)
+    return tables
+
+
+def next_command(status: BuildStatus) -> str | None:
+    """What to type for a build that waits for a person (None: it needs no one)."""
+    build = status.build_id
+    if status.state is BuildState.NEEDS_ATTENTION:
+        return (
+            f"starter.py retry {build} -m 'guidance for the Code Writer', or "
+            f"starter.py rollback {build} --to <state> -m 'why', or "
+            f"starter.py abort {build} -m 'why'"
+        )
+    if status.state is BuildState.BUDGET_EXHAUSTED:
+        return (
+            f"starter.py top-up {build} --tokens <n> (or --cost <usd>), or "
+            f"starter.py abort {build} -m 'why'"
+        )
+    if (status.waiting_for or "").startswith("approval at"):
+        return f"starter.py approve {build} -m 'note'"
+    return None
+
+
 async def follow(
     handle: WorkflowHandle[Any, Any],
     console: Console,
@@ -108,6 +164,7 @@ async def follow(
     With `output_of` (the client), what the models write is shown as they write it."""
     result = asyncio.create_task(handle.result())
     seen = 0
+    told: str | None = None  # the command last suggested: said once per wait
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -132,6 +189,9 @@ async def follow(
             for event in events:
                 bar.console.print(f"  {event.seq:>3} {event_line(event)}")
                 seen = event.seq
+            if (command := next_command(status)) != told and command is not None:
+                bar.console.print(f"  [bold cyan]waiting for you:[/bold cyan] {escape(command)}")
+            told = command
             role = status.current_role.value if status.current_role else "-"
             waiting = f" [cyan]waiting: {status.waiting_for}[/cyan]" if status.waiting_for else ""
             if status.model_now:

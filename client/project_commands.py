@@ -10,7 +10,7 @@ import typer
 from temporalio.client import Client
 
 from client import projects
-from client.cli import console, run_command
+from client.cli import console, refuse, run_command
 from core.projects import ProjectConfig, ProjectView, VersionScheme, is_url
 from core.settings import Settings
 
@@ -85,8 +85,7 @@ def project_add(
             version_scheme=version_scheme,
         )
     except ValueError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
+        refuse(err)
 
     async def go(client: Client, settings: Settings) -> ProjectView:
         return await projects.put_project(client, settings, project_id, config)

@@ -28,6 +28,7 @@ from core.states import HANDOFFS, BuildState, Role
 
 WORKFLOW_ID_PREFIX = "build-"
 BUILD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+BUILD_ID_RULE = "letters, digits, '_', '.' and '-', up to 64, the first a letter or digit"
 
 
 def workflow_id_for(build_id: str) -> str:

@@ -19,6 +19,7 @@ Bump = Literal["patch", "minor", "major"]
 # How a project's releases are tagged: `auto` follows its own highest version tag.
 VersionScheme = Literal["auto", "semver", "v-semver", "none"]
 PROJECT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+PROJECT_ID_RULE = "letters, digits, '.', '_' and '-', up to 128, the first a letter or digit"
 ProjectId = Annotated[str, Field(pattern=PROJECT_ID_PATTERN)]
 BRANCH_CHARS = re.compile(r"^[A-Za-z0-9._/-]{1,200}$")
 

@@ -11,7 +11,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
 
 from core.models import BuildStatus
 from core.settings import Settings
@@ -110,6 +111,16 @@ async def test_failed_build_exits_1_with_the_reason(settings: Settings, tmp_path
     assert "FAILED" in out and "retries exhausted" in out
 
 
+async def started(handle: WorkflowHandle) -> bool:
+    try:
+        await handle.describe()
+    except RPCError as err:
+        if err.status is RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
+
+
 @pytest.mark.usefixtures("worker")
 async def test_steer_a_gated_build_from_the_command_line(
     client: Client, settings: Settings, tmp_path: Path
@@ -126,15 +137,23 @@ async def test_steer_a_gated_build_from_the_command_line(
         "--gate",
         "handoff_to_tester",
     )
-    code, out = await run("starter.py", *args, "--no-follow", settings=settings, cwd=tmp_path)
-    assert code == 0 and f"build {build} started" in out
+    following = asyncio.create_task(run("starter.py", *args, settings=settings, cwd=tmp_path))
     handle = client.get_workflow_handle_for(BuildWorkflow.run, f"build-{build}")
+    for _ in range(150):  # the follower's process starts the build
+        if await started(handle):
+            break
+        await asyncio.sleep(0.2)
     await wait_until(handle, lambda s: s.waiting_for is not None)
 
     code, out = await run("starter.py", "status", build, "--json", settings=settings, cwd=tmp_path)
     assert code == 0
     status = BuildStatus.model_validate(json.loads(out))
     assert status.waiting_for == "approval at handoff_to_tester" and status.progress == 40
+    code, out = await run("starter.py", "status", build, settings=settings, cwd=tmp_path)
+    assert code == 0 and f"starter.py approve {build}" in out  # what to type, said
+    usage = out[out.index("model usage per role") :]
+    assert re.search(r"q_assistant\s+│\s+2\s+│\s+2\s+│\s+[\d,]+\s+│\s+[\d,]+\s+│\s+\$0\.", usage)
+    assert re.search(r"code_writer\s+│\s+1\s+│", usage) and ".0 " not in usage
 
     code, out = await run(
         "starter.py",
@@ -154,6 +173,9 @@ async def test_steer_a_gated_build_from_the_command_line(
     )
     assert code == 0 and "approve accepted: handoff_to_tester -> testing" in out
     await handle.result()
+    code, out = await following
+    assert code == 0 and f"build {build} started" in out
+    assert out.count(f"waiting for you: starter.py approve {build}") == 1, out
 
     code, out = await run(
         "starter.py", "retry", build, "-m", "late", settings=settings, cwd=tmp_path
@@ -185,6 +207,15 @@ async def test_bad_input_gets_a_clear_error(settings: Settings, tmp_path: Path):
     assert code == 2 and "approval gates must be handoff states" in out
     code, out = await run("starter.py", "status", "nope-123", settings=settings, cwd=tmp_path)
     assert code == 1 and "no build nope-123" in out
+    # A refused value is one sentence naming the field and its rule in words.
+    args = ("start", "-p", "Not a project!", "-r", "x", "--build-id", "x y", "--max-retries", "-1")
+    code, out = await run("starter.py", *args, settings=settings, cwd=tmp_path)
+    words = " ".join(out.split())
+    assert code == 2 and "max_retries must be greater than or equal to 0 (-1 given)" in words
+    code, out = await run("starter.py", *args[:-2], settings=settings, cwd=tmp_path)
+    words = " ".join(out.split())
+    assert code == 2 and "project_id takes letters, digits" in words and "('x y' given)" in words
+    assert "pydantic" not in words and "^[" not in words and "validation error for" not in words
 
 
 async def start_without_following(settings: Settings, tmp_path: Path) -> tuple[int, str]:
