@@ -60,7 +60,8 @@ class Settings(BaseSettings):
     temporal_address: str = "localhost:7233"
     temporal_namespace: str = "default"
     temporal_task_queue: str = "q-assistant-builds"
-    temporal_ui_url: str = "http://localhost:8233"
+    # The Web UI's address in links; unset, the embedded dev server's (TEMPORAL_UI_PORT).
+    temporal_ui_url: str = ""
     temporal_tls: bool = False  # TLS without a client certificate (implied by cert or API key)
     temporal_tls_cert: Path | None = None  # client certificate (PEM) for mTLS
     temporal_tls_key: Path | None = None  # its private key (PEM)
@@ -192,6 +193,12 @@ class Settings(BaseSettings):
     role_initial_retry_seconds: float = Field(default=1, gt=0)
     role_max_retry_seconds: float = Field(default=30, gt=0)
     role_heartbeat_seconds: float = Field(default=30, gt=0)
+
+    @model_validator(mode="after")
+    def _ui_url(self) -> Self:
+        if not self.temporal_ui_url:
+            self.temporal_ui_url = f"http://localhost:{self.temporal_ui_port}"
+        return self
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Self:

@@ -26,7 +26,6 @@ async def test_up_runs_server_ui_and_worker_then_down_stops_them(tmp_path: Path)
         "TEMPORAL_PORT": str(port),
         "TEMPORAL_UI_PORT": str(ui_port),
         "TEMPORAL_ADDRESS": f"127.0.0.1:{port}",
-        "TEMPORAL_UI_URL": f"http://127.0.0.1:{ui_port}",
         "TEMPORAL_TASK_QUEUE": "devstack-test",
         "API_PORT": str(api_port),
         "COLUMNS": "200",
@@ -50,13 +49,15 @@ async def test_up_runs_server_ui_and_worker_then_down_stops_them(tmp_path: Path)
         code, out = await run(devstack, "up")
         assert code == 0, out
         assert "worker started" in out and port_open(port) and port_open(ui_port)
+        # The Web UI's address is the port it was started on (TEMPORAL_UI_URL unset).
+        assert f"Temporal Web UI http://localhost:{ui_port}\n" in out, out
         assert "  Generated code  runs in bubblewrap " in out or "runs in landlock ABI " in out, out
         assert "API started" in out and f"http://localhost:{api_port}/docs" in out
         assert (tmp_path / "data" / "temporal.db").exists()
 
         code, out = await run(starter, "start", "-r", "Dark mode", "--simulate", "tests_fail_once")
         assert code == 0, out
-        assert f"http://127.0.0.1:{ui_port}/namespaces/default/workflows/build-" in out
+        assert f"http://localhost:{ui_port}/namespaces/default/workflows/build-" in out
         assert "COMPLETE" in out
         build = re.search(r"workflow id (build-\w+)", out)
         assert build is not None
