@@ -1,5 +1,6 @@
 """The one code path to a model: openai.AsyncOpenAI, answers validated into pydantic models in
-the output mode the endpoint takes (activities/output_modes.py).
+the output mode the endpoint takes (activities/output_modes.py), kept before they are used
+(activities/answers.py), each request sent by activities/model_request.py.
 
 SDK retries are off; Temporal's retry policy decides. Errors a retry cannot fix become
 non-retryable ApplicationErrors with a message a person can act on.
@@ -10,21 +11,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any, Generic, TypeVar
 
-import httpx2
 import openai
 from pydantic import BaseModel, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import answers, edit_blocks, fitting, output_modes, streaming
+from activities import answers, edit_blocks, fitting, model_request, output_modes, streaming
 from activities.offline_model import OFFLINE_BASE_URL, SIMULATE_HEADER, offline_http_client
 from activities.output_modes import STRONGEST_FIRST, Mode, ModeRefused, NoJson, OutputInvalid
 from activities.prompts import Prompt, load_prompts
@@ -36,16 +33,6 @@ from core.settings import ModelChoice, Settings
 T = TypeVar("T", bound=BaseModel)
 R = TypeVar("R")
 log = logging.getLogger(__name__)
-
-# Status codes where asking again cannot help (bad request, bad key, no access, unknown model).
-NON_RETRYABLE_STATUS = {400, 401, 403, 404, 422}
-MAX_RETRY_AFTER_SECONDS = 300.0
-
-STATUS_HINTS = {
-    401: "OPENAI_API_KEY rejected by the endpoint",
-    403: "the API key has no access to this model or endpoint",
-    404: "model or endpoint not found (check LLM_MODEL / OPENAI_BASE_URL)",
-}
 
 
 class ModelClient:
@@ -274,16 +261,22 @@ class ModelClient:
             }
             label = f"{role} asking {model} ({mode.value})" + (f", re-ask {asked}" * bool(asked))
             try:
-                message, finish = await self._ask(request, call.out, label)
+                message, finish = await model_request.ask(
+                    self.client, request, call.out, label,
+                    stream=self.settings.llm_stream,
+                    stall_seconds=self.settings.llm_stall_seconds,
+                )  # fmt: skip
             except openai.APIStatusError as err:
                 if fitting.too_long(err):
                     if shrunk:
-                        raise _too_long(err, model, len(messages[1]["content"])) from err
+                        raise model_request.too_long(
+                            err, model, len(messages[1]["content"])
+                        ) from err
                     shrunk, messages = True, self._shrunk(call, messages, usage)
                     continue
                 if mode is not Mode.TEXT and output_modes.refuses_mode(err):
                     raise ModeRefused(f"HTTP {err.status_code}: {err.message}") from err
-                raise _classify(err, model) from err
+                raise model_request.classify(err, model) from err
             try:
                 return read(message, finish)
             except OutputInvalid as err:
@@ -327,58 +320,6 @@ class ModelClient:
         )
         return [messages[0], _task_message(payload), *messages[2:]]
 
-    async def _ask(
-        self, request: dict[str, Any], out: streaming.Output, label: str
-    ) -> tuple[Any, str | None]:
-        """One request's answer message and finish reason: streamed, unless the endpoint
-        refused streaming before (then asked whole). A stream that stalls or is cut fails the
-        attempt as a timeout or an outage (Temporal retries it); what it had received counts
-        as spent (`out`)."""
-        endpoint, model = str(self.client.base_url), request["model"]
-        out.request(label, streaming.tokens_of(json.dumps(request["messages"])))
-        try:
-            if self.settings.llm_stream and endpoint not in _unstreamed:
-                try:
-                    answer = await streaming.read_stream(
-                        self.client, request, stall_seconds=self.settings.llm_stall_seconds,
-                        output=out,
-                    )  # fmt: skip
-                except openai.APIStatusError as err:
-                    if not _refuses_streaming(err):
-                        raise
-                    _unstreamed.add(endpoint)
-                    log.warning(
-                        "%s at %s refuses streaming (HTTP %d: %s); asking whole from now on",
-                        *(model, endpoint, err.status_code, err.message),
-                    )
-                else:
-                    out.finished(answer.spend(out.prompt_estimate))
-                    return answer.message(), answer.finish(request.get("max_tokens"))
-            answer = streaming.Accumulator()
-            out.reading(answer)
-            out.text(answer.take(await self.client.chat.completions.create(**request)))
-            out.finished(answer.spend(out.prompt_estimate))
-            return answer.message(), answer.finish(request.get("max_tokens"))
-        except openai.APIStatusError:
-            out.cut()
-            raise
-        except streaming.Stalled as err:
-            out.cut()
-            raise ApplicationError(f"model {model}: {err}", type=Failure.MODEL_TIMEOUT) from err
-        except streaming.Unfinished as err:  # as a cut connection: asked again
-            out.cut()
-            raise ApplicationError(f"model {model}: {err}", type=Failure.MODEL_UNREACHABLE) from err
-        except (openai.APIError, httpx2.HTTPError) as err:  # timeouts, cut connections
-            out.cut()
-            kind = (
-                Failure.MODEL_TIMEOUT
-                if isinstance(err, openai.APITimeoutError | httpx2.TimeoutException)
-                else Failure.MODEL_UNREACHABLE
-            )
-            raise ApplicationError(
-                f"model {model} did not answer ({type(err).__name__}: {err})", type=kind
-            ) from err
-
     def _settled(
         self, usage: ModelUsage, out: streaming.Output, choice: ModelChoice, started: float
     ) -> ModelUsage:
@@ -412,16 +353,6 @@ _learned: dict[tuple[str, str], Mode] = {}
 # Context windows the servers told, per endpoint and model, for the worker's life (None: told
 # nothing).
 _windows: dict[tuple[str, str], int | None] = {}
-# Endpoints that refused a streamed request: asked whole for the worker's life.
-_unstreamed: set[str] = set()
-_STREAM_WORDS = re.compile(r"stream", re.I)
-
-
-def _refuses_streaming(err: openai.APIStatusError) -> bool:
-    """Whether an error answer to a streamed request refuses the streaming itself."""
-    return err.status_code in (400, 422, 500, 501) and bool(
-        _STREAM_WORDS.search(f"{err.message} {err.body}")
-    )
 
 
 def _task_message(payload: dict[str, Any]) -> dict[str, str]:
@@ -438,48 +369,3 @@ def _plain(_mode: Mode, _schema: type[Any], messages: list[dict[str, str]]) -> d
 def _after(mode: Mode) -> Mode:
     """The next weaker mode (text is the last)."""
     return STRONGEST_FIRST[min(STRONGEST_FIRST.index(mode) + 1, len(STRONGEST_FIRST) - 1)]
-
-
-def _too_long(err: openai.APIStatusError, model: str, size: int) -> ApplicationError:
-    return ApplicationError(
-        f"model {model} refused the prompt as too long even with the task cut to {size} "
-        f"characters (HTTP {err.status_code}: {err.message}); set its context window "
-        "(LLM_CONTEXT_TOKENS, or context_tokens in LLM_ROLES) or use a model with a larger one",
-        type=Failure.MODEL_CONTEXT_EXCEEDED,
-        non_retryable=True,
-    )
-
-
-def _classify(err: openai.APIStatusError, model: str) -> ApplicationError:
-    """Non-retryable for requests a retry cannot fix; otherwise retryable, after Retry-After."""
-    status = err.status_code
-    if status in NON_RETRYABLE_STATUS:
-        hint = STATUS_HINTS.get(status, "the endpoint refused the request")
-        return ApplicationError(
-            f"{hint} (HTTP {status}, model {model}): {err.message}",
-            type=Failure.MODEL_REQUEST_REJECTED,
-            non_retryable=True,
-        )
-    wait = retry_after(err.response.headers.get("retry-after"))
-    kind = Failure.MODEL_RATE_LIMITED if status == 429 else Failure.MODEL_UNAVAILABLE
-    return ApplicationError(
-        f"model {model} answered HTTP {status}: {err.message}"
-        + (f"; retrying after {wait:.0f}s as asked" if wait else ""),
-        type=kind,
-        next_retry_delay=timedelta(seconds=wait) if wait else None,
-    )
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), capped."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = (when - datetime.now(UTC)).total_seconds()
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS) or None

@@ -14,7 +14,8 @@ import openai
 from pydantic import BaseModel
 
 from activities import fitting, output_modes
-from activities.llm import STATUS_HINTS, ModelClient
+from activities.llm import ModelClient
+from activities.model_request import STATUS_HINTS
 from activities.output_modes import STRONGEST_FIRST, Mode, ModeRefused, OutputInvalid
 from core.states import Role
 

@@ -9,7 +9,8 @@ import httpx2
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.llm import ModelClient, retry_after
+from activities.llm import ModelClient
+from activities.model_request import retry_after
 from activities.offline_model import SIMULATE_HEADER, slug
 from core.role_io import RoleTask, TestReport
 from core.settings import Settings

@@ -21,8 +21,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities import llm as llm_module
-from activities import offline_model, streaming
+from activities import model_request, offline_model, streaming
 from activities.llm import ModelClient
 from client.model_output import Lines, model_output
 from core.models import Simulation
@@ -153,9 +152,9 @@ async def test_a_server_that_refuses_streaming_is_asked_whole_from_then_on(
         for _ in range(2):
             _, usage = await llm.structured(task(Role.TEST_AUDITOR, S.TESTING), TestAudit)
             assert not usage.estimated and usage.completion_tokens > 0
-        assert llm_module._unstreamed == {f"{online.openai_base_url}/"}
+        assert model_request.unstreamed == {f"{online.openai_base_url}/"}
     finally:
-        llm_module._unstreamed.clear()
+        model_request.unstreamed.clear()
         await llm.close()
     streamed = [bool(r.body.get("stream")) for r in fake.requests]
     assert streamed == [True, False, False]
