@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi import Depends, HTTPException, Path, Request, Security, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -77,6 +77,9 @@ StateDep = Annotated[AppState, Depends(_state)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 SessionDep = Annotated[Session, Depends(_session)]
 ClientDep = Annotated[Client, Depends(_client)]
+WorkflowId = Annotated[
+    str, Path(min_length=1, max_length=90, description="Workflow id build-<id>, or the build id.")
+]
 
 _key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API_KEY, if set.")
 _bearer = HTTPBearer(auto_error=False, description="API_KEY as a bearer token, if set.")

@@ -1,10 +1,11 @@
-"""Builds: start, steer (advance, retry, rollback) through Temporal; read from the mirror."""
+"""Builds: start through Temporal; status, history, events and model output from the mirror and
+the workflow (steering them: api/routes/steering.py)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.responses import StreamingResponse
@@ -12,12 +13,8 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
 
-from api.deps import AppState, ClientDep, SessionDep, SettingsDep, StateDep
+from api.deps import AppState, ClientDep, SessionDep, SettingsDep, StateDep, WorkflowId
 from api.schemas import (
-    AbortAccepted,
-    AbortBody,
-    Advance,
-    Advanced,
     BuildPage,
     BuildStarted,
     BuildStatusOut,
@@ -26,21 +23,14 @@ from api.schemas import (
     HandoffHistory,
     Progress,
     ProjectStats,
-    RetryAccepted,
-    RetryBody,
     RoleTotals,
-    RollbackAccepted,
-    RollbackBody,
     StartBuild,
-    TopUpAnswer,
-    TopUpBody,
     VersionRow,
     answers,
 )
 from client import builds
 from client.model_output import model_output
 from core.attributes import BUILD_STATE, PROJECT_ID
-from core.messages import ApproveRequest
 from core.models import BuildRepository, build_id_from, workflow_id_for
 from core.projects import PROJECT_ID_PATTERN
 from core.settings import Settings
@@ -52,16 +42,12 @@ from db.models import (
     WorkflowEventPublic,
     WorkflowHandoffPublic,
 )
-from workflows.build import BuildWorkflow
 
 router = APIRouter(prefix="/api/workflows", tags=["workflows"], responses=answers(400, 401, 503))
 log = logging.getLogger("api")
 
 ProjectId = Annotated[
     str, Path(pattern=PROJECT_ID_PATTERN, description="Project id: letters, digits, . _ -")
-]
-WorkflowId = Annotated[
-    str, Path(min_length=1, max_length=90, description="Workflow id build-<id>, or the build id.")
 ]
 FIRST = PATH[0]
 MAX_INT = 2**31 - 1  # bounds numbers the databases compare with (SQLite overflows at 2**63)
@@ -99,74 +85,6 @@ async def start_build(
         ui_url=settings.ui_link(handle.id),
         status_url=status_url,
     )
-
-
-async def _steer(
-    client: Client, settings: Settings, workflow_id: str, update: Any, command: Any
-) -> dict[str, Any]:
-    """Run one of the workflow's validated updates; the accepted answer's fields."""
-    handle = builds.handle_for(client, workflow_id)
-    accepted = await builds.update(handle, update, command, rpc_timeout=settings.command_timeout)
-    return {"workflow_id": handle.id, **accepted.model_dump(exclude={"command"})}
-
-
-@router.post("/{workflow_id}/advance", responses=answers(404, 409))
-async def advance(
-    workflow_id: WorkflowId, body: Advance, client: ClientDep, settings: SettingsDep
-) -> Advanced:
-    """Approve the gate the build waits at; 409 with the reason when nothing waits."""
-    approval = ApproveRequest(
-        note=body.notes, approved_by=body.role.value, phase_result=body.phase_result
-    )
-    answer = await _steer(client, settings, workflow_id, BuildWorkflow.update_approve, approval)
-    return Advanced(advanced_by=body.role, state=answer["target_state"], **answer)
-
-
-@router.post(
-    "/{workflow_id}/request-retry",
-    status_code=status.HTTP_202_ACCEPTED,
-    responses=answers(404, 409),
-)
-async def request_retry(
-    workflow_id: WorkflowId, body: RetryBody, client: ClientDep, settings: SettingsDep
-) -> RetryAccepted:
-    """Send the build back to IMPLEMENTATION with the reason as guidance."""
-    answer = await _steer(client, settings, workflow_id, BuildWorkflow.update_retry, body)
-    return RetryAccepted(**answer)
-
-
-@router.post(
-    "/{workflow_id}/rollback", status_code=status.HTTP_202_ACCEPTED, responses=answers(404, 409)
-)
-async def rollback(
-    workflow_id: WorkflowId, body: RollbackBody, client: ClientDep, settings: SettingsDep
-) -> RollbackAccepted:
-    """Roll the build back to an earlier working state (discovery ... deployment)."""
-    answer = await _steer(client, settings, workflow_id, BuildWorkflow.update_rollback, body)
-    return RollbackAccepted(**answer)
-
-
-@router.post(
-    "/{workflow_id}/abort", status_code=status.HTTP_202_ACCEPTED, responses=answers(404, 409)
-)
-async def abort(
-    workflow_id: WorkflowId, body: AbortBody, client: ClientDep, settings: SettingsDep
-) -> AbortAccepted:
-    """End the build FAILED with the reason: at once at a gate or pause, else after the phase."""
-    answer = await _steer(client, settings, workflow_id, BuildWorkflow.update_abort, body)
-    return AbortAccepted(**answer)
-
-
-@router.post("/{workflow_id}/top-up", responses=answers(404, 409))
-async def top_up(
-    workflow_id: WorkflowId, body: TopUpBody, client: ClientDep, settings: SettingsDep
-) -> TopUpAnswer:
-    """Add to the build's budget; a build paused in budget_exhausted goes on."""
-    handle = builds.handle_for(client, workflow_id)
-    answer = await builds.update(
-        handle, BuildWorkflow.update_top_up, body, rpc_timeout=settings.command_timeout
-    )
-    return TopUpAnswer(workflow_id=handle.id, **answer.model_dump())
 
 
 @router.get("/{workflow_id}/status", responses=answers(404))
