@@ -93,3 +93,7 @@ def test_the_workflow_changes_doc_names_every_patch_and_history_version():
     assert patches and [p for p in patches if f"`{p}`" not in doc] == []
     versions = {p.name for p in (ROOT / "tests" / "histories").iterdir() if p.is_dir()}
     assert [v for v in sorted(versions) if f"| `{v}` |" not in doc] == []
+
+
+def test_the_readme_is_a_front_door_of_at_most_9_kb():
+    assert len(README.read_bytes()) <= 9 * 1024, "move detail into docs/"

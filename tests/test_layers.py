@@ -181,3 +181,15 @@ def test_every_package_the_code_imports_is_declared():
     # opentelemetry's namespace package maps to each of its distributions; one is enough.
     missing = {d: m for d, m in missing.items() if not d.startswith("opentelemetry-")}
     assert missing == {}
+
+
+def test_no_module_outside_tests_and_migrations_is_over_400_lines():
+    roots = [*LAYERS, *sorted(TOOLS - {"tests"})]
+    paths = [
+        p for root in roots for p in (ROOT / root).rglob("*.py") if "migrations" not in p.parts
+    ]
+    paths += [ROOT / f"{name}.py" for name in ("worker", "starter", "devstack")]
+    long = {
+        str(p.relative_to(ROOT)): n for p in paths if (n := len(p.read_text().splitlines())) > 400
+    }
+    assert long == {}, "split these by what they hold"
