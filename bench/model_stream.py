@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.model_stream            # needs make install-local-model
     .venv/bin/python -m bench.model_stream --calls 3
+    .venv/bin/python -m bench.model_stream --quick    # no real model; checks the script works
 
 1. Overhead: one role call through the pipeline (ModelClient.structured: streamed, the tokens
    counted, the output published, the answer validated and kept) against the same request sent
@@ -143,14 +144,16 @@ async def overhead(settings: Settings, calls: int) -> tuple[dict[str, list[float
     return seconds, valid
 
 
-async def history(settings: Settings, stream: bool) -> tuple[int, int, float | None]:
+async def history(
+    settings: Settings, stream: bool, latency: float
+) -> tuple[int, int, float | None]:
     """Events and bytes of one offline build's history, and (streaming) the seconds from its
     first token read to the first `status` that shows tokens."""
     url = f"sqlite:///{settings.data_dir / f'mirror-{stream}.db'}"
     upgrade(url)
     engine = make_engine(url)
     ours = settings.model_copy(update={
-        "llm_stream": stream, "offline_model_latency_seconds": 1.0, "database_url": url,
+        "llm_stream": stream, "offline_model_latency_seconds": latency, "database_url": url,
         "temporal_task_queue": f"bench-{uuid.uuid4().hex[:6]}"})  # fmt: skip
     client = await connect(ours)
     llm = ModelClient(ours)
@@ -171,12 +174,13 @@ async def history(settings: Settings, stream: bool) -> tuple[int, int, float | N
     try:
         async with build_worker(client, ours, llm=llm, engine=engine):
             handle = await start_build(client, ours, request)
+            result = asyncio.ensure_future(handle.result())
             shown = None
-            while shown is None and stream:
+            while shown is None and stream and not result.done():  # or it ended unseen
                 status = await handle.query(BuildWorkflow.status)
                 shown = time.monotonic() if status.model_now else None
                 await asyncio.sleep(0.01)
-            await handle.result()
+            await result
     finally:
         streaming.Output.text = text  # type: ignore[method-assign]
         await llm.close()
@@ -222,7 +226,14 @@ def compared(
     ]
 
 
-async def main(calls: int) -> None:
+def print_rows(rows: list[tuple[str, str, str, str]]) -> None:
+    width = max(len(r[0]) for r in rows)
+    print(f"{'':<{width}}  {'ours':<44} {'baseline, same run':<56} difference (median of rounds)")
+    for measure, a, b, verdict in rows:
+        print(f"{measure:<{width}}  {a:<44} {b:<56} {verdict}")
+
+
+async def main(calls: int, quick: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="qao-bench-model-") as tmp:
         folder = Path(tmp)
         env_ = await WorkflowEnvironment.start_local(
@@ -232,8 +243,10 @@ async def main(calls: int) -> None:
                         temporal_address=env_.client.service_client.config.target_host)  # fmt: skip
         rows: list[tuple[str, str, str, str]] = []
         try:
-            log("one offline build with streaming, one without (a second per answer)")
-            streamed, whole = await history(base, True), await history(base, False)
+            latency = 0.5 if quick else 1.0
+            log(f"one offline build with streaming, one without ({latency} s per answer)")
+            streamed = await history(base, True, latency)
+            whole = await history(base, False, latency)
             rows.append((
                 "first token to `status`",
                 f"{streamed[2]:.3f} s" if streamed[2] is not None else "never shown",
@@ -251,18 +264,17 @@ async def main(calls: int) -> None:
             log(f"the pipeline's own cost: {calls * 10} calls each way, the offline model at once")
             seconds, _ = await overhead(offline, calls * 10)
             rows.extend(compared(seconds, "offline, answering at once", calls * 10, in_ms=True))
-            log("starting the real local model (llama-cpp-python, Gemma 3 270M)")
-            server_log = folder / "local-model.log"
-            async with local_model.serving(folder, free_port(), server_log) as served:
-                log(f"{calls} role calls each way against it")
-                seconds, valid = await overhead(real_settings(base, served), calls)
-            rows.extend(compared(seconds, f"real local model, {valid} answers the schema", calls))
+            if not quick:
+                log("starting the real local model (llama-cpp-python, Gemma 3 270M)")
+                server_log = folder / "local-model.log"
+                async with local_model.serving(folder, free_port(), server_log) as served:
+                    log(f"{calls} role calls each way against it")
+                    seconds, valid = await overhead(real_settings(base, served), calls)
+                where = f"real local model, {valid} answers the schema"
+                rows.extend(compared(seconds, where, calls))
         finally:
             await env_.shutdown()
-    width = max(len(r[0]) for r in rows)
-    print(f"{'':<{width}}  {'ours':<44} {'baseline, same run':<56} difference (median of rounds)")
-    for measure, a, b, verdict in rows:
-        print(f"{measure:<{width}}  {a:<44} {b:<56} {verdict}")
+    print_rows(rows)
 
 
 if __name__ == "__main__":
@@ -270,5 +282,8 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=9, help="role calls each way")
+    parser.add_argument(
+        "--quick", action="store_true", help="offline rows only, half the latency"
+    )
     args = parser.parse_args()
-    exit_now(lambda: asyncio.run(main(args.calls)))
+    exit_now(lambda: asyncio.run(main(args.calls, args.quick)))

@@ -90,3 +90,21 @@ def test_paths_bench_runs_and_prints_each_measure_beside_before():
     assert done.returncode == 0, done.stderr
     for measure in ("release export, example project", "200-file tree", "writes 200 new files"):
         assert measure in done.stdout
+
+
+def test_model_stream_bench_runs_and_prints_its_offline_measures_beside_their_baselines():
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.model_stream", "--quick", "--calls", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for measure in (
+        "first token to `status`",
+        "history of one build",
+        "(offline, answering at once)",
+        "straight to the server, streamed",
+    ):
+        assert measure in done.stdout, done.stdout

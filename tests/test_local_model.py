@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from core.settings import RoleModel, Settings
 from core.states import BuildState, Role
 from db import crud
 from devtools.processes import free_port
-from tests.helpers import ROOT, make_request, running_worker, start, wait_until
+from tests.helpers import make_request, running_worker, start, wait_until
 from workflows.build import BuildWorkflow
 
 S = BuildState
@@ -97,22 +95,3 @@ async def test_a_build_against_the_real_local_model_ends_in_words_with_its_mirro
     with Session(engine) as session:
         rows = crud.list_events(session, workflow_id=handle.id, after_seq=0, limit=10_000)
     assert [r.seq for r in rows] == [e.seq for e in events]
-
-
-def test_the_model_stream_bench_runs_and_prints_every_measure_beside_its_baseline():
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.model_stream", "--calls", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    for measure in (
-        "first token to `status`",
-        "history of one build",
-        "(offline, answering at once)",
-        "(real local model,",
-        "straight to the server, streamed",
-    ):
-        assert measure in done.stdout, done.stdout
