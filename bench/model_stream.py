@@ -282,8 +282,6 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=9, help="role calls each way")
-    parser.add_argument(
-        "--quick", action="store_true", help="offline rows only, half the latency"
-    )
+    parser.add_argument("--quick", action="store_true", help="offline rows only, half the latency")
     args = parser.parse_args()
     exit_now(lambda: asyncio.run(main(args.calls, args.quick)))
