@@ -42,6 +42,11 @@ class ModelClient:
         self.settings = settings
         self.answers = kept or answers.open_store(settings)  # the worker passes its own
         self.prompts: dict[str, Prompt] = {r.value: p for r, p in load_prompts().items()}
+        # What each endpoint and model said of its context window (None: nothing), asked
+        # once for the client's life: the worker's one client, shared by every role call.
+        self.windows: dict[tuple[str, str], int | None] = {}
+        # The output mode that worked, per endpoint and model (`auto` asks it first).
+        self.learned: dict[tuple[str, str], Mode] = {}
         if settings.openai_api_key is None:
             self.client = openai.AsyncOpenAI(
                 api_key="offline",
@@ -63,15 +68,15 @@ class ModelClient:
 
     async def window(self, choice: ModelChoice) -> int | None:
         """The model's context window in tokens: its setting, else what the server says of
-        itself (asked once per endpoint and model for the worker's life), else unknown."""
+        itself (asked once per endpoint and model for the client's life), else unknown."""
         if choice.context_tokens:
             return choice.context_tokens
         if self.settings.offline_model:
             return None
         endpoint = (str(self.client.base_url), choice.model)
-        if endpoint not in _windows:
-            _windows[endpoint] = await fitting.server_window(self.client, choice.model)
-        return _windows[endpoint]
+        if endpoint not in self.windows:
+            self.windows[endpoint] = await fitting.server_window(self.client, choice.model)
+        return self.windows[endpoint]
 
     async def _prepared(
         self, task: RoleTask, schema: type[T]
@@ -191,7 +196,7 @@ class ModelClient:
 
     def remember_mode(self, model: str, mode: Mode) -> None:
         """The mode `auto` asks `model` at this endpoint first (a probe found it works)."""
-        _learned[(str(self.client.base_url), model)] = mode
+        self.learned[(str(self.client.base_url), model)] = mode
 
     async def structured(self, task: RoleTask, schema: type[T]) -> tuple[T, ModelUsage]:
         """Ask the role's model for an answer in `schema`, in the output mode its settings
@@ -205,7 +210,7 @@ class ModelClient:
     async def _structured(self, call: _Call[T], usage: ModelUsage, choice: ModelChoice) -> T:
         endpoint = (str(self.client.base_url), choice.model)
         if choice.output_mode == "auto":
-            first = STRONGEST_FIRST.index(_learned.get(endpoint, STRONGEST_FIRST[0]))
+            first = STRONGEST_FIRST.index(self.learned.get(endpoint, STRONGEST_FIRST[0]))
             modes = STRONGEST_FIRST[first:]
         else:
             modes = (Mode(choice.output_mode),)
@@ -219,7 +224,7 @@ class ModelClient:
                 log.warning("%s at %s: %s; trying the next mode", choice.model, endpoint[0], err)
                 continue
             if choice.output_mode == "auto":
-                _learned[endpoint] = mode if enforced else _after(mode)
+                self.learned[endpoint] = mode if enforced else _after(mode)
             if not enforced:  # a usable answer, read out of prose: the server ignored the mode
                 log.info("%s at %s ignored %s; its answer was read as text", *endpoint[::-1], mode)
                 usage.output_mode = Mode.TEXT.value
@@ -346,13 +351,6 @@ class _Call(Generic[T]):
     options: dict[str, Any]
     out: streaming.Output
     payload: dict[str, Any]  # the task as sent (cut to the context window)
-
-
-# The output mode that worked, per endpoint and model, for the worker's life (auto asks it first).
-_learned: dict[tuple[str, str], Mode] = {}
-# Context windows the servers told, per endpoint and model, for the worker's life (None: told
-# nothing).
-_windows: dict[tuple[str, str], int | None] = {}
 
 
 def _task_message(payload: dict[str, Any]) -> dict[str, str]:

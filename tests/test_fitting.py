@@ -14,7 +14,7 @@ import pytest
 from pydantic import SecretStr
 from temporalio.exceptions import ApplicationError
 
-from activities import fitting, llm, offline_model
+from activities import fitting, offline_model
 from core.role_io import PlanOutput, RoleTask
 from core.settings import Settings
 from core.states import BuildState, Role
@@ -109,4 +109,3 @@ async def test_a_refusal_for_size_is_asked_once_more_at_half_and_then_given_up(
     assert "LLM_CONTEXT_TOKENS" in str(err.value)
     assert len(seen) == 2
     await client.close()
-    llm._windows.clear()
