@@ -48,19 +48,24 @@ BARE_QUEUE_SUFFIX = "-bare"
 
 
 async def record(handle: WorkflowHandle[Any, Any]) -> list[dict[str, Any]]:
-    """A finished build's role activity results, in order: [{"activity": name, "result": …}]."""
-    scheduled: dict[int, str] = {}
+    """A finished build's role activity results, in order, with the state each was called in:
+    [{"activity": name, "state": …, "result": …}]."""
+    scheduled: dict[int, tuple[str, str]] = {}
     recorded: list[dict[str, Any]] = []
     async for event in handle.fetch_history_events():
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-            name = event.activity_task_scheduled_event_attributes.activity_type.name
-            scheduled[event.event_id] = name
+            attributes = event.activity_task_scheduled_event_attributes
+            task = (
+                json.loads(attributes.input.payloads[0].data) if attributes.input.payloads else {}
+            )
+            state = str(task.get("state", "")) if isinstance(task, dict) else ""
+            scheduled[event.event_id] = (attributes.activity_type.name, state)
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
             done = event.activity_task_completed_event_attributes
-            name = scheduled[done.scheduled_event_id]
+            name, state = scheduled[done.scheduled_event_id]
             if name in RECORDED:
                 result = json.loads(done.result.payloads[0].data)
-                recorded.append({"activity": name, "result": result})
+                recorded.append({"activity": name, "state": state, "result": result})
     return recorded
 
 
@@ -68,13 +73,15 @@ def recorded_activities(
     recording: list[dict[str, Any]], latency: float, mirror: MirrorActivities
 ) -> list[Callable[..., Any]]:
     """Role activities (and open_workspace) under their real names, answering with a recorded
-    build's results in order per role (a role called twice answers its second result the
-    second time). Like the real ones, each first writes the mirror batch its task carries."""
-    by_role: dict[str, list[Any]] = {}
+    build's results in order per role and state (the Q Assistant answers its discovery at
+    DISCOVERY and its plan at PLANNING; a state's second attempt answers its second result).
+    Like the real ones, each first writes the mirror batch its task carries."""
+    by_call: dict[str, dict[str, list[Any]]] = {}
     for entry in recording:
-        by_role.setdefault(entry["activity"], []).append(entry["result"])
+        by_state = by_call.setdefault(entry["activity"], {})
+        by_state.setdefault(entry.get("state", ""), []).append(entry["result"])
 
-    def make(name: str, results: list[Any]) -> Callable[..., Any]:
+    def make(name: str, by_state: dict[str, list[Any]]) -> Callable[..., Any]:
         @activity.defn(name=name)
         async def role(task: dict[str, Any]) -> Any:
             carried = task.get("mirror")
@@ -82,12 +89,13 @@ def recorded_activities(
             mirrored = await mirror.carried(batch)
             if latency:
                 await asyncio.sleep(latency)
+            results = by_state[str(task.get("state", ""))]
             attempt = int(task.get("attempt", 1))
             return {**results[min(attempt, len(results)) - 1], "mirrored_seq": mirrored}
 
         return role
 
-    return [make(name, results) for name, results in by_role.items()]
+    return [make(name, by_state) for name, by_state in by_call.items()]
 
 
 def main(
