@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from packaging.version import InvalidVersion, Version
 
@@ -23,7 +23,8 @@ from activities.gitcmd import EMPTY_TREE, GitError, git
 from activities.release import Release
 from activities.workspace import Workspace
 from core.projects import Bump, VersionScheme, next_version, version_of
-from core.role_io import ReleaseOutcome
+from core.releases import Conflict, Released, Retest, SmokeFailed
+from core.role_io import Merge
 
 PUSH_ATTEMPTS = 3  # a refused push means the branch moved meanwhile: look again
 MAX_CONFLICT_FILES = 10
@@ -188,21 +189,23 @@ def reapply(ws: Workspace, onto: str, landed_from: str, commit: str, message: st
     return head
 
 
-def not_landed(landing: Landing) -> ReleaseOutcome:
+def not_landed(landing: Landing) -> Retest | Conflict:
     if landing.kind == "conflict":
         files = ", ".join(landing.conflicts) or "unknown files"
-        summary = f"the project's branch moved and conflicts with this build in {files}"
-    else:
-        summary = "the project's branch moved; its merge into the build is tested again"
-    return ReleaseOutcome(
-        released=False,
+        return Conflict(
+            version="",
+            summary=f"the project's branch moved and conflicts with this build in {files}",
+            commit=landing.commit,
+            delivery="merge",
+            branch_head=landing.branch_head,
+            conflicts=landing.conflicts,
+        )
+    return Retest(
         version="",
-        summary=summary,
+        summary="the project's branch moved; its merge into the build is tested again",
         commit=landing.commit,
         delivery="merge",
         branch_head=landing.branch_head,
-        retest=landing.kind == "moved",
-        conflicts=landing.conflicts,
     )
 
 
@@ -248,11 +251,8 @@ def disagreement(ws: Workspace, commit: str, tag: str) -> str:
     )
 
 
-def outcome(
-    release: Release, head: str, landing: Landing, ran: str, *, released: bool
-) -> ReleaseOutcome:
-    return ReleaseOutcome(
-        released=released,
+def released(release: Release, head: str, landing: Landing, ran: str) -> Released:
+    return Released(
         version=release.version,
         summary="",
         commit=head,
@@ -264,17 +264,29 @@ def outcome(
     )
 
 
-def conflict_sides(ws: Workspace, head: str | None, context: dict[str, Any]) -> dict[str, Any]:
+def smoke_failed(release: Release, head: str, landing: Landing, ran: str, why: str) -> SmokeFailed:
+    return SmokeFailed(
+        version=release.version,
+        summary=f"smoke check failed ({ran}): {why}; nothing was delivered",
+        commit=head,
+        path=str(release.path),
+        previous=release.previous,
+        smoke=ran,
+        delivery="merge",
+        branch_head=landing.branch_head,
+    )
+
+
+def conflict_sides(ws: Workspace, head: str | None, merge: Merge) -> Merge:
     """Both sides of each conflicting file, for the Code Writer's prompt (never history)."""
-    merge = dict(context.get("merge", {}))
     ws.checkout(head)
     sides = {}
-    for path in list(merge.get("conflicts", []))[:MAX_CONFLICT_FILES]:
+    for path in merge.conflicts[:MAX_CONFLICT_FILES]:
         sides[path] = {
             "build": _show(ws, head or "HEAD", path),
-            "project": _show(ws, str(merge["branch_head"]), path),
+            "project": _show(ws, str(merge.branch_head), path),
         }
-    return {**merge, "sides": sides}
+    return merge.model_copy(update={"sides": sides})
 
 
 def _show(ws: Workspace, commit: str, path: str) -> str:

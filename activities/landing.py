@@ -17,7 +17,8 @@ from activities.sandbox import Limits
 from activities.workspace import Workspace
 from core.contracts import Failure
 from core.projects import Bump, VersionScheme
-from core.role_io import ReleaseOutcome, RestoreResult, RestoreTask, RoleTask
+from core.releases import Released, ReleaseOutcome, RestoreResult, RestoreTask, SmokeFailed
+from core.role_io import RoleTask
 
 SMOKE_LIMITS = Limits(60, 512)
 SMOKE_OUTPUT_CHARS = 600
@@ -48,14 +49,12 @@ async def land(
         if not smoke.ok:  # nothing was pushed, nothing switched
             await in_thread("discard", paths.remove_tree, release.path)
             why = "timed out" if smoke.timed_out else _tail(smoke.output)
-            outcome = delivery.outcome(release, head, landing, ran, released=False)
-            outcome.summary = f"smoke check failed ({ran}): {why}; nothing was delivered"
-            return outcome
+            return delivery.smoke_failed(release, head, landing, ran, why)
         if landing.kind == "ready" and not await in_thread("push", delivery.push, ws, landing):
             await in_thread("discard", paths.remove_tree, release.path)
             continue
         release = await in_thread("switch current", releases.publish, release)
-        done = delivery.outcome(release, head, landing, ran, released=True)
+        done = delivery.released(release, head, landing, ran)
         done.declared = await in_thread(
             "version files", delivery.disagreement, ws, landing.commit, landing.version
         )
@@ -66,7 +65,7 @@ async def land(
 
 async def release_here(
     ws: Workspace, releases: ReleaseTarget, task: RoleTask, smoke_command: str, limits: Limits
-) -> ReleaseOutcome:
+) -> Released | SmokeFailed:
     """A build without a project repository (started before builds had one): its tree
     released as a version of its own and smoke-checked; a failed check restores the release
     that was current."""
@@ -77,21 +76,18 @@ async def release_here(
     )
     smoke = await releases.verify(release, smoke_command, limits)
     ran = f"`{smoke_command or 'import every module'}` exited {smoke.returncode}"
-    outcome = ReleaseOutcome(
-        released=smoke.ok,
-        version=version,
-        summary="",
-        commit=commit,
-        path=str(release.path),
-        previous=release.previous,
-        smoke=ran,
-    )
-    if not smoke.ok:
-        now = await in_thread("restore", releases.restore, task.project_id, release.previous)
-        why = "timed out" if smoke.timed_out else _tail(smoke.output)
-        outcome.summary = f"smoke check failed ({ran}): {why}; restored release {now or 'none'}"
-        outcome.restored = True
-    return outcome
+    if smoke.ok:
+        return Released(
+            version=version, summary="", commit=commit, path=str(release.path),
+            previous=release.previous, smoke=ran,
+        )  # fmt: skip
+    now = await in_thread("restore", releases.restore, task.project_id, release.previous)
+    why = "timed out" if smoke.timed_out else _tail(smoke.output)
+    return SmokeFailed(
+        version=version, commit=commit, path=str(release.path), previous=release.previous,
+        smoke=ran, restored=True,
+        summary=f"smoke check failed ({ran}): {why}; restored release {now or 'none'}",
+    )  # fmt: skip
 
 
 async def revert(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from activities import paths as beneath
 from activities.gitcmd import git, git_bytes
+from core.role_io import RoleContext
 
 CHARS_PER_TOKEN = 4  # the estimate: English and code average about four characters a token
 MAX_PARSED_BYTES = 200_000  # larger Python files are listed, not parsed
@@ -168,23 +169,20 @@ def render(found: list[Entry], budget: int, mentioned: set[str] | None = None) -
     return RepoContext(text, len(found), shown, tokens(text), budget)
 
 
-def mentioned_paths(context: dict[str, object]) -> set[str]:
+def mentioned_paths(context: RoleContext) -> set[str]:
     """Paths a role's context names: the plan's files, the files of earlier attempts, the
     test modules of failures, the files of a merge conflict."""
     names: set[str] = set()
-    plan = context.get("planning")
-    if isinstance(plan, dict):
-        names |= {str(f) for f in plan.get("files", [])}
-    implementation = context.get("implementation")
-    if isinstance(implementation, dict):
-        names |= {str(f.get("path")) for f in implementation.get("files", [])}
-    for failure in context.get("failures", []) or []:  # type: ignore[attr-defined]
-        test = str(failure.get("test", "")).split("::")[0]
+    if context.planning:
+        names |= set(context.planning.files)
+    if context.implementation:
+        names |= {f.path for f in context.implementation.files}
+    for failure in context.failures or []:
+        test = failure.test.split("::")[0]
         if test and not test.startswith("("):
             names.add(test.replace(".", "/") + ".py")
-    merge = context.get("merge")
-    if isinstance(merge, dict):
-        names |= {str(f) for f in merge.get("conflicts", [])}
+    if context.merge:
+        names |= set(context.merge.conflicts)
     return {n for n in names if n and _PATH.match(n)}
 
 

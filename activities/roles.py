@@ -37,6 +37,7 @@ from core.contracts import (
 )
 from core.models import Simulation
 from core.projects import ProjectConfig
+from core.releases import Released, RestoreResult, RestoreTask
 from core.role_io import (
     CodeWriterResult,
     DiscoveryOutput,
@@ -47,14 +48,13 @@ from core.role_io import (
     PlanOutput,
     QAssistantResult,
     ReleaseNotes,
-    ReleaseOutcome,
     ReleaseResult,
-    RestoreResult,
-    RestoreTask,
+    RoleContext,
     RoleResult,
     RoleTask,
     TestAudit,
     TestAuditorResult,
+    TestRun,
     VerificationOutcome,
     VerificationReport,
     VerificationResult,
@@ -142,9 +142,10 @@ class RoleActivities:
     @carrying_mirror
     async def code_writer(self, task: RoleTask) -> CodeWriterResult:
         ws = self.workspace(task.build_id, task.project)
-        merge_with = str(task.context.get("merge", {}).get("branch_head") or "")
-        if merge_with:  # the project moved and conflicted: both sides of each conflict
-            sides = await in_thread("merge", delivery.conflict_sides, ws, task.head, task.context)
+        merge = task.context.merge
+        merge_with = merge.branch_head if merge else None
+        if merge and merge_with:  # the project moved and conflicted: both sides of each conflict
+            sides = await in_thread("merge", delivery.conflict_sides, ws, task.head, merge)
             task = _with(task, merge=sides)
         if task.project is not None:
             task = await in_thread("repository context", self._with_repository, task, ws, True)
@@ -184,13 +185,12 @@ class RoleActivities:
         cache = self.settings.workspaces / ".repomaps" / task.project_id
         found = repomap.entries(ws.repo, commit, cache)
         repo_map = repomap.render(found, budget - used, mentioned)
-        context: dict[str, Any] = {
-            "repository_map": repo_map.text,
-            "repository_files": repo_map.files,
-        }
-        if files:
-            context["files"] = shown
-        return _with(task, **context)
+        return _with(
+            task,
+            repository_map=repo_map.text,
+            repository_files=repo_map.files,
+            files=shown if files else None,
+        )
 
     @activity.defn(name=TEST_AUDITOR.name)
     @carrying_mirror
@@ -212,9 +212,7 @@ class RoleActivities:
             )
             report = compare(report, base)
         report.commit = commit
-        run = report.model_dump(
-            mode="json", include={"passed", "tests_run", "failures", "pre_existing", "regressions"}
-        )
+        run = TestRun.model_validate(report, from_attributes=True)
         audit, usage = await self.llm.structured(_with(task, test_run=run), TestAudit)
         report.audit = audit
         report.summary = f"{report.summary} Audit: {audit.summary}"
@@ -264,11 +262,10 @@ class RoleActivities:
         if task.project is not None:
             return await self._deliver(task, task.project)
         ws = self.workspace(task.build_id)
-        command = str(task.context.get(BuildState.PLANNING.value, {}).get("smoke_command", ""))
         outcome = await landing.release_here(
-            ws, self.releases, task, command, Limits(SMOKE_SECONDS, 512)
+            ws, self.releases, task, task.context.smoke_command(), Limits(SMOKE_SECONDS, 512)
         )
-        if not outcome.released:
+        if not isinstance(outcome, Released):
             return ReleaseResult(output=outcome, usage=self._no_call(task))
         notes, usage = await self.llm.structured(_with(task, version=outcome.version), ReleaseNotes)
         outcome.summary, outcome.notes = notes.summary, notes.notes
@@ -285,13 +282,12 @@ class RoleActivities:
             await in_thread(
                 "teammate", delivery.simulate_teammate, ws, task.base, head, task.build_id
             )
-        planned = task.context.get(BuildState.PLANNING.value, {}).get("smoke_command", "")
         outcome = await landing.land(
             ws, self.releases, task.project_id, head, task.bump,
-            project.smoke_command or str(planned), await self._environment(ws, project),
-            project.version_scheme,
+            project.smoke_command or task.context.smoke_command(),
+            await self._environment(ws, project), project.version_scheme,
         )  # fmt: skip
-        if not outcome.released:
+        if not isinstance(outcome, Released):
             return ReleaseResult(output=outcome, usage=self._no_call(task))
         asked = _with(task, version=outcome.version)
         notes, usage = await self.llm.structured(asked, ReleaseNotes)
@@ -316,8 +312,7 @@ class RoleActivities:
         branch = f"build/{task.build_id}"
         await in_thread("push", ws.git, "push", "-q", "origin", f"+{head}:refs/heads/{branch}")
         notes, usage = await self.llm.structured(_with(task, version=branch), ReleaseNotes)
-        outcome = ReleaseOutcome(
-            released=True,
+        outcome = Released(
             version=branch,
             summary=notes.summary,
             notes=notes.notes,
@@ -364,5 +359,7 @@ class RoleActivities:
         ]
 
 
-def _with(task: RoleTask, **context: Any) -> RoleTask:
-    return task.model_copy(update={"context": {**task.context, **context}})
+def _with(task: RoleTask, **given: Any) -> RoleTask:
+    """The task with more for its model to see (typed by RoleContext's fields)."""
+    context = RoleContext.model_validate({**dict(task.context), **given})
+    return task.model_copy(update={"context": context})

@@ -22,14 +22,13 @@ from core.projects import (
     RepositoryCheck,
     RepositoryChecked,
 )
+from core.releases import RestoreResult, RestoreTask
 from core.role_io import (
     CodeWriterResult,
     OpenResult,
     OpenTask,
     QAssistantResult,
     ReleaseResult,
-    RestoreResult,
-    RestoreTask,
     RoleResult,
     RoleTask,
     TestAuditorResult,

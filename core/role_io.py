@@ -7,34 +7,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 from core.models import MirrorBatch, Requirements, Simulation
 from core.projects import Bump, ProjectConfig
+from core.releases import ReleaseOutcome
 from core.states import BuildState, Role
-
-
-class RoleTask(BaseModel):
-    """The one input of every role activity."""
-
-    build_id: str
-    project_id: str
-    role: Role
-    state: BuildState
-    attempt: int
-    requirements: Requirements
-    context: dict[str, Any] = Field(default_factory=dict)
-    guidance: list[str] = Field(default_factory=list)
-    simulate: list[Simulation] = Field(default_factory=list)
-    head: str | None = None  # the workspace commit this role works on (None: a new workspace)
-    # The commit the build's change is measured from: the project branch it started from (or
-    # merged in), then its own last release (None: an empty workspace).
-    base: str | None = None
-    project: ProjectConfig | None = None  # None: a workspace without a project repository
-    bump: Bump = "minor"
-    # What the mirror has not confirmed yet: the call writes it before its role works, which
-    # saves the workflow a mirror step of its own before every call. Never part of a prompt.
-    mirror: MirrorBatch | None = None
 
 
 class ModelUsage(BaseModel):
@@ -211,27 +194,6 @@ class VerificationOutcome(BaseModel):
     diff_stat: str = ""
 
 
-class ReleaseOutcome(BaseModel):
-    released: bool
-    version: str
-    summary: str
-    notes: list[str] = Field(default_factory=list)
-    commit: str | None = None
-    path: str | None = None  # the release folder
-    previous: str | None = None  # the version `current` pointed to before
-    smoke: str = ""  # what the smoke check ran and how it ended
-    restored: bool = False  # a failed smoke check put `previous` back
-    delivery: str = ""  # "merge" or "branch" into the project's repository ("": none)
-    branch_head: str | None = None  # the project branch's commit when delivery looked
-    # The project branch moved since the build's base: `commit` is the branch merged into the
-    # build, which is tested again before it can land.
-    retest: bool = False
-    conflicts: list[str] = Field(default_factory=list)  # the merge conflicted in these files
-    # The version the project's own files declare (pyproject.toml, __version__), and where, when
-    # it is not the version released: said, never silently disagreed with.
-    declared: str = ""
-
-
 RoleOutput = (
     DiscoveryOutput
     | PlanOutput
@@ -240,6 +202,100 @@ RoleOutput = (
     | VerificationOutcome
     | ReleaseOutcome
 )
+
+
+class SetOnly(BaseModel):
+    """A model whose JSON holds only the fields that are set (not None): a role's prompt shows
+    what the role has, not a list of what it has not."""
+
+    @model_serializer(mode="wrap")
+    def _set_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped: dict[str, Any] = handler(self)
+        return {name: value for name, value in dumped.items() if getattr(self, name) is not None}
+
+
+class Merge(BaseModel):
+    """The merge the Code Writer makes: the project branch's commit and the files that conflict
+    with the build; the activity adds both sides of each file (`sides`) for the prompt."""
+
+    branch_head: str | None = None
+    conflicts: list[str] = Field(default_factory=list)
+    sides: dict[str, dict[str, str]] | None = None  # path -> {"build": ..., "project": ...}
+
+
+class Feedback(SetOnly):
+    """What the Code Writer is asked to fix: the phase that sent the build back and why (the
+    failing tests, the review's reasons, the merge to make, the release that did not go out),
+    or what a person said with a retry or a rollback."""
+
+    loop_back_from: BuildState | None = None
+    failures: list[TestFailure] | None = None
+    reasons: list[str] | None = None
+    merge: Merge | None = None
+    release: ReleaseOutcome | None = None
+    error: str | None = None  # why the Code Writer's last attempt was refused
+    requested_by: str | None = None
+    reason: str | None = None
+
+
+class TestRun(BaseModel):
+    """The real test run, as the Test Auditor's model is shown it."""
+
+    __test__: ClassVar[bool] = False  # not a pytest class
+
+    passed: bool
+    tests_run: int
+    failures: list[TestFailure] = Field(default_factory=list)
+    pre_existing: list[TestFailure] = Field(default_factory=list)
+    regressions: list[str] = Field(default_factory=list)
+
+
+class RoleContext(Feedback):
+    """What a role is given beyond the request, one JSON object in its prompt: the outputs of
+    the earlier phases its state needs (core/rules.CONTEXT_INPUTS), the feedback (at
+    IMPLEMENTATION), and what the activity adds from the workspace and its own work."""
+
+    discovery: DiscoveryOutput | None = None
+    planning: PlanOutput | None = None
+    implementation: ImplementationSummary | None = None
+    testing: TestReport | None = None
+    verification: VerificationOutcome | None = None
+    # Added by the activity for its model; the workflow never sends them.
+    repository_map: str | None = None
+    repository_files: int | None = None  # files in the map
+    files: dict[str, str] | None = None  # path -> full text of the files the role works on
+    test_run: TestRun | None = None
+    diff: str | None = None
+    diff_stat: str | None = None
+    checks: dict[str, str] | None = None
+    version: str | None = None  # what the Release Manager released
+
+    def smoke_command(self) -> str:
+        """The plan's smoke command ("": none planned)."""
+        return self.planning.smoke_command if self.planning else ""
+
+
+class RoleTask(BaseModel):
+    """The one input of every role activity."""
+
+    build_id: str
+    project_id: str
+    role: Role
+    state: BuildState
+    attempt: int
+    requirements: Requirements
+    context: RoleContext = Field(default_factory=RoleContext)
+    guidance: list[str] = Field(default_factory=list)
+    simulate: list[Simulation] = Field(default_factory=list)
+    head: str | None = None  # the workspace commit this role works on (None: a new workspace)
+    # The commit the build's change is measured from: the project branch it started from (or
+    # merged in), then its own last release (None: an empty workspace).
+    base: str | None = None
+    project: ProjectConfig | None = None  # None: a workspace without a project repository
+    bump: Bump = "minor"
+    # What the mirror has not confirmed yet: the call writes it before its role works, which
+    # saves the workflow a mirror step of its own before every call. Never part of a prompt.
+    mirror: MirrorBatch | None = None
 
 
 class OpenTask(BaseModel):
@@ -284,26 +340,3 @@ class VerificationResult(RoleResult):
 
 class ReleaseResult(RoleResult):
     output: ReleaseOutcome
-
-
-class RestoreTask(BaseModel):
-    """Compensation of a rollback: the workspace back to `commit`, and, after a release of
-    this build, the project's `current` release back to `release_to`."""
-
-    build_id: str
-    project_id: str
-    commit: str | None
-    undo_release: str | None = None  # the version this build released
-    release_to: str | None = None  # what `current` pointed to before it
-    project: ProjectConfig | None = None  # the workspace's project repository (None: none)
-    # A release merged into the project's branch: the change landed_from..landed is reverted.
-    landed_from: str | None = None
-    landed: str | None = None
-
-
-class RestoreResult(BaseModel):
-    commit: str | None
-    release_current: str | None
-    release_restored: bool
-    base: str | None = None  # the project branch's commit the build now goes on from
-    reverted_by: str | None = None  # the commit that reverted the release on the branch

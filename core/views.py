@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from core.build_data import BuildData
 from core.models import BuildRepository, BuildRequest, BuildSnapshot, BuildStatus
 from core.projects import redact
-from core.rules import BuildData, budget_problem, cost_of, tokens_of
+from core.role_io import TestReport
 from core.states import TERMINAL, BuildState, progress_of, role_of
 
 S = BuildState
@@ -17,11 +18,12 @@ def waiting_for(data: BuildData) -> str | None:
     if data.state is S.NEEDS_ATTENTION:
         return f"a person: {data.attention} (retry with guidance, rollback or abort)"
     if data.state is S.BUDGET_EXHAUSTED:
-        return f"a budget top-up ({budget_problem(data) or 'topped up'})"
-    if data.turn == "waiting":
-        ahead = f" (behind {_some(data.turn_ahead)})" if data.turn_ahead else ""
+        return f"a budget top-up ({data.budget.problem() or 'topped up'})"
+    if data.queue.turn == "waiting":
+        ahead = f" (behind {_some(data.queue.ahead)})" if data.queue.ahead else ""
         return f"its turn in the project's release queue{ahead}"
-    return f"approval at {data.waiting_at_gate.value}" if data.waiting_at_gate else None
+    gate = data.steering.waiting_at_gate
+    return f"approval at {gate.value}" if gate else None
 
 
 SHOWN_AHEAD = 3  # a queue grows with the work: its text names the next few, then counts
@@ -33,24 +35,25 @@ def _some(names: list[str]) -> str:
 
 
 def pending_command(data: BuildData) -> str | None:
-    pending = data.pending
+    pending = data.steering.pending
     return f"{pending.command} to {pending.target.value}" if pending else None
 
 
 def repository(data: BuildData) -> BuildRepository | None:
     """The build's place in its project's repository (None: it has none)."""
-    if data.project is None:
+    built, project = data.code, data.code.project
+    if project is None:
         return None
-    release = data.release
+    release = built.release
     return BuildRepository(
-        repository=redact(data.project.repository),
-        branch=data.project.branch,
-        base=data.project_base,
-        build_branch=data.branch,
-        head=data.head,
+        repository=redact(project.repository),
+        branch=project.branch,
+        base=built.project_base,
+        build_branch=built.branch,
+        head=built.head,
         delivered=release.commit if release else None,
         version=release.version if release else None,
-        delivery=data.project.delivery,
+        delivery=project.delivery,
     )
 
 
@@ -58,6 +61,8 @@ def status(
     request: BuildRequest, data: BuildData, *, events: int, model_now: str | None = None
 ) -> BuildStatus:
     """The answer of the workflow's `status` query."""
+    output = data.outputs.get(S.TESTING.value)
+    tested = output if isinstance(output, TestReport) else None
     return BuildStatus(
         build_id=request.build_id,
         project_id=request.project_id,
@@ -72,12 +77,12 @@ def status(
         waiting_for=waiting_for(data),
         pending_command=pending_command(data),
         events=events,
-        usage={role: dict(u) for role, u in data.usage.items()},
-        tokens=tokens_of(data),
-        cost_usd=cost_of(data),
+        usage={role: dict(u) for role, u in data.budget.usage.items()},
+        tokens=data.budget.tokens(),
+        cost_usd=data.budget.cost(),
         repository=repository(data),
-        sandbox=data.outputs.get(S.TESTING.value, {}).get("sandbox") or None,
-        setup=data.outputs.get(S.TESTING.value, {}).get("setup") or None,
+        sandbox=(tested.sandbox or None) if tested else None,
+        setup=(tested.setup or None) if tested else None,
         model_now=model_now if data.state not in TERMINAL else None,
     )
 
@@ -156,10 +161,10 @@ def snapshot(
         pending_command=pending_command(data),
         failed_state=data.failed_state,
         failure_reason=data.failure_reason,
-        usage={role: dict(u) for role, u in data.usage.items()},
-        tokens=tokens_of(data),
-        cost_usd=cost_of(data),
-        outputs={k: data.outputs[k] for k in sorted(outputs)},
+        usage={role: dict(u) for role, u in data.budget.usage.items()},
+        tokens=data.budget.tokens(),
+        cost_usd=data.budget.cost(),
+        outputs={k: data.outputs[k].model_dump(mode="json") for k in sorted(outputs)},
         options=request.options.model_dump(mode="json", exclude={"policy"}),
         repository=repository(data),
         created_at=started,

@@ -11,6 +11,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 
 from core.messages import AbortRequest, RetryRequest, RollbackRequest
 from core.models import EventType
+from core.role_io import Feedback, TestFailure
 from core.rules import failure_signature
 from core.settings import Settings
 from core.states import BuildState
@@ -87,14 +88,17 @@ async def test_different_failures_keep_looping_back(client: Client, worker):
 
 
 def test_a_signature_ignores_numbers_and_spacing_but_not_the_failing_tests():
-    one = {"failures": [{"test": "t::a", "message": "assert 3 == 4 at 0x7f00ab"}]}
-    same = {"failures": [{"test": "t::a", "message": "assert  5 == 6 at 0x1234"}]}
-    other = {"failures": [{"test": "t::b", "message": "assert 3 == 4 at 0x7f00ab"}]}
-    assert failure_signature(S.TESTING, one) == failure_signature(S.TESTING, same)
-    assert failure_signature(S.TESTING, one) != failure_signature(S.TESTING, other)
-    review = {"reasons": ["Add a docstring", "no tests for reset()"]}
-    reordered = {"reasons": ["No tests for reset()", "add a docstring"]}
-    assert failure_signature(S.VERIFICATION, review) == failure_signature(S.VERIFICATION, reordered)
+    def failed(test: str, message: str) -> Feedback:
+        return Feedback(failures=[TestFailure(test=test, message=message)])
+
+    one = failed("t::a", "assert 3 == 4 at 0x7f00ab")
+    same = failed("t::a", "assert  5 == 6 at 0x1234")
+    other = failed("t::b", "assert 3 == 4 at 0x7f00ab")
+    assert failure_signature(one) == failure_signature(same)
+    assert failure_signature(one) != failure_signature(other)
+    review = Feedback(reasons=["Add a docstring", "no tests for reset()"])
+    reordered = Feedback(reasons=["No tests for reset()", "add a docstring"])
+    assert failure_signature(review) == failure_signature(reordered)
 
 
 async def test_nobody_approving_ends_the_build_failed_and_mirrored(client: Client, worker):

@@ -35,6 +35,7 @@ from activities.workspace import Workspace
 from client.projects import put_project
 from core.models import EventType
 from core.projects import ProjectConfig
+from core.releases import Released, SmokeFailed
 from core.role_io import (
     FileEdit,
     ImplementationOutput,
@@ -366,7 +367,7 @@ async def test_the_smoke_check_cannot_rewrite_the_release(tmp_path: Path, sandbo
     assert (await build.test(head)).passed
     assert (await build.review(head)).approved
     outcome = await build.release(head)
-    assert not outcome.released and "smoke check failed" in outcome.summary
+    assert isinstance(outcome, SmokeFailed) and "smoke check failed" in outcome.summary
     current = build.roles.settings.releases / "p" / "current"
     assert not current.exists()
     assert git(tmp_path / "remote.git", "tag", "--list") == ""
@@ -392,7 +393,7 @@ async def test_the_smoke_check_releases_what_it_rewrote_with_the_fix_taken_out(
         await build.open()
         head = await build.write(answer({"smoke.py": SMOKE_REWRITES}))
         outcome = await build.release(head)
-    assert outcome.released
+    assert isinstance(outcome, Released)
     current = build.roles.settings.releases / "p" / "current"
     assert (current / "app.py").read_text() == "print(1/0)\n"
 

@@ -9,6 +9,7 @@ import pytest
 
 from activities import repomap
 from activities.gitcmd import git
+from core.role_io import RoleContext
 from tests.git_projects import commit_files, make_project
 
 MODULE = '''"""A module."""
@@ -87,12 +88,17 @@ def test_the_files_a_role_works_on_come_whole_within_their_budget(tmp_path: Path
 
 
 def test_the_paths_a_task_names() -> None:
-    context = {
-        "planning": {"files": ["inventory.py", "tests/test_x.py"]},
-        "implementation": {"files": [{"path": "x.py"}]},
-        "failures": [{"test": "tests.test_x::test_one"}, {"test": "(test run)"}],
-        "merge": {"conflicts": ["CHANGELOG.md"]},
-    }
+    context = RoleContext.model_validate(
+        {
+            "planning": {"summary": "p", "steps": [], "test_strategy": "t",
+                         "files": ["inventory.py", "tests/test_x.py"]},
+            "implementation": {"summary": "i", "commit": "c", "workspace": "w",
+                               "files": [{"path": "x.py", "bytes": 1, "sha256": "h"}]},
+            "failures": [{"test": "tests.test_x::test_one", "message": ""},
+                         {"test": "(test run)", "message": ""}],
+            "merge": {"conflicts": ["CHANGELOG.md"]},
+        }
+    )  # fmt: skip
     assert repomap.mentioned_paths(context) == {
         "inventory.py",
         "tests/test_x.py",

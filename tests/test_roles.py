@@ -18,7 +18,8 @@ from activities.sandbox import Limits
 from activities.testrun import run_tests
 from activities.workspace import UnsafePath, Workspace
 from core.models import Simulation
-from core.role_io import DiscoveryOutput, PlanOutput, RestoreTask, RoleTask, SourceFile
+from core.releases import Released, RestoreTask, SmokeFailed
+from core.role_io import DiscoveryOutput, PlanOutput, RoleContext, RoleTask, SourceFile
 from core.settings import Settings
 from core.states import BuildState, Role
 
@@ -40,7 +41,7 @@ def task(
     head: str | None = None,
     base: str | None = None,
     simulate: tuple[Simulation, ...] = (),
-    context: dict | None = None,
+    context: RoleContext | None = None,
 ) -> RoleTask:
     return RoleTask(
         build_id=build,
@@ -52,7 +53,7 @@ def task(
         simulate=list(simulate),
         head=head,
         base=base,
-        context=context or {},
+        context=context or RoleContext(),
     )
 
 
@@ -90,13 +91,14 @@ async def test_each_role_does_real_work(roles: RoleActivities):
     assert review.output.checks == {"byte-compile": "ok", "ruff": "ok"}
     assert "3 files changed" in review.output.diff_stat
 
-    plan_ctx = {"planning": plan.output.model_dump(mode="json")}
+    assert isinstance(plan.output, PlanOutput)
+    plan_ctx = RoleContext(planning=plan.output)
     released = await env.run(
         roles.release_manager,
         task(S.DEPLOYMENT, Role.RELEASE_MANAGER, head=head, context=plan_ctx),
     )
     outcome = released.output
-    assert outcome.released and outcome.version == "0.1.0+b1"
+    assert isinstance(outcome, Released) and outcome.version == "0.1.0+b1"
     assert outcome.smoke == "`python -m dark_mode` exited 0"
     releases = roles.settings.releases / "p"
     assert os.readlink(releases / "current") == "0.1.0+b1"
@@ -139,7 +141,11 @@ async def test_a_real_bug_is_caught_by_the_real_test_run_and_fixed(roles: RoleAc
 
 async def test_a_failed_smoke_check_restores_the_previous_release(roles: RoleActivities):
     env = ActivityEnvironment()
-    plan = {"planning": {"smoke_command": "python -m dark_mode"}}
+    plan = RoleContext(
+        planning=PlanOutput(
+            summary="", steps=[], files=[], test_strategy="", smoke_command="python -m dark_mode"
+        )
+    )
 
     async def release(build: str, *simulate: Simulation):
         code = await env.run(
@@ -153,9 +159,9 @@ async def test_a_failed_smoke_check_restores_the_previous_release(roles: RoleAct
         )
 
     good = await release("b1")
-    assert good.output.released
+    assert isinstance(good.output, Released)
     bad = await release("b2", Simulation.RELEASE_FAILS)
-    assert not bad.output.released and bad.output.restored
+    assert isinstance(bad.output, SmokeFailed) and bad.output.restored
     assert bad.output.previous == "0.1.0+b1"
     assert "self-check failed" in bad.output.summary and "exited 1" in bad.output.smoke
     current = roles.settings.releases / "p" / "current"
@@ -165,7 +171,7 @@ async def test_a_failed_smoke_check_restores_the_previous_release(roles: RoleAct
 
 async def test_restore_puts_back_the_code_and_undoes_this_builds_release(roles: RoleActivities):
     env = ActivityEnvironment()
-    plan = {"planning": {"smoke_command": ""}}
+    plan = RoleContext(planning=PlanOutput(summary="", steps=[], files=[], test_strategy=""))
     first = await env.run(roles.code_writer, task(S.IMPLEMENTATION, Role.CODE_WRITER, build="a"))
     await env.run(
         roles.release_manager,
@@ -186,7 +192,7 @@ async def test_restore_puts_back_the_code_and_undoes_this_builds_release(roles: 
             project_id="p",
             commit=before_code,
             undo_release=shipped.output.version,
-            release_to=shipped.output.previous,
+            release_to=shipped.output.previous if isinstance(shipped.output, Released) else None,
         ),
     )
     assert restored.release_restored and restored.release_current == "0.1.0+a"

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
+from pydantic import TypeAdapter
 
 from core import rules, views
+from core.build_data import BuildData, CodeState, Command, Pending, Steering
 from core.models import BuildOptions, BuildRequest
+from core.releases import Conflict, Released, ReleaseOutcome, Retest, SmokeFailed
 from core.role_io import (
+    DiscoveryOutput,
+    Feedback,
+    ImplementationSummary,
+    Merge,
     PlanOutput,
-    ReleaseOutcome,
+    RoleContext,
     TestFailure,
     TestReport,
     VerificationOutcome,
 )
-from core.rules import BuildData, Command, Pending, Verdict
+from core.rules import Verdict
 from core.states import BuildState, Role
 
 S = BuildState
@@ -44,42 +53,81 @@ def test_rollback_reasons_name_the_problem():
 
 
 def test_one_pending_command_at_a_time():
-    data = BuildData(state=S.TESTING, pending=Pending(Command.ROLLBACK, S.PLANNING, "x", "p"))
+    pending = Pending(Command.ROLLBACK, S.PLANNING, "x", "p")
+    data = BuildData(state=S.TESTING, steering=Steering(pending=pending))
     assert "already pending" in (rules.check_retry(data) or "")
     assert "already pending" in (rules.check_rollback(data, S.DISCOVERY) or "")
 
 
 def test_approve_only_at_a_gate():
     assert "nothing waits" in (rules.check_approve(BuildData(state=S.TESTING)) or "")
-    gated = BuildData(state=S.HANDOFF_TO_RELEASER, waiting_at_gate=S.HANDOFF_TO_RELEASER)
+    gate = S.HANDOFF_TO_RELEASER
+    gated = BuildData(state=gate, steering=Steering(waiting_at_gate=gate))
     assert rules.check_approve(gated) is None
-    gated.approved_gate = S.HANDOFF_TO_RELEASER  # a second approve in the same workflow task
+    gated.steering.approved_gate = gate  # a second approve in the same workflow task
     assert "already approved" in (rules.check_approve(gated) or "")
+
+
+def discovered(summary: str = "d") -> DiscoveryOutput:
+    return DiscoveryOutput(summary=summary, requirements=[], acceptance_criteria=[])
+
+
+def implemented(summary: str = "impl") -> ImplementationSummary:
+    return ImplementationSummary(summary=summary, files=[], commit="c1", workspace="/w")
+
+
+def planned(summary: str = "p") -> PlanOutput:
+    return PlanOutput(summary=summary, steps=[], files=["app.py"], test_strategy="pytest")
 
 
 def test_context_carries_earlier_outputs_and_loop_back_feedback():
     data = BuildData(
-        outputs={"discovery": {"summary": "d"}, "planning": {"summary": "p"}},
-        feedback={"failures": [{"test": "t", "message": "m"}]},
+        outputs={"discovery": discovered(), "planning": planned()},
+        feedback=Feedback(failures=[TestFailure(test="t", message="m")]),
     )
     ctx = rules.context_for(data, S.IMPLEMENTATION)
-    assert ctx["discovery"] == {"summary": "d"}
-    assert ctx["planning"] == {"summary": "p"}
-    assert ctx["failures"][0]["test"] == "t"
-    assert "failures" not in rules.context_for(data, S.TESTING)
+    assert ctx.discovery == discovered() and ctx.planning == planned()
+    assert ctx.failures == [TestFailure(test="t", message="m")]
+    assert rules.context_for(data, S.TESTING).failures is None
+
+
+def test_a_context_in_a_prompt_shows_only_what_is_set():
+    ctx = RoleContext(planning=planned(), failures=[TestFailure(test="t", message="m")])
+    assert ctx.model_dump(mode="json") == {
+        "planning": planned().model_dump(mode="json"),
+        "failures": [{"test": "t", "message": "m"}],
+    }
+    assert RoleContext.model_validate_json(ctx.model_dump_json()) == ctx
+    assert ctx.smoke_command() == "" and RoleContext().model_dump() == {}
+
+
+def test_a_release_outcome_in_a_recorded_payload_is_read_by_its_flags():
+    """Recorded histories hold release outcomes as flags (released, retest, conflicts); they
+    read as the outcome they meant, so those builds replay the same way."""
+    read = TypeAdapter(ReleaseOutcome).validate_python
+    base = {"version": "", "summary": "s", "released": False}
+    assert isinstance(read({**base, "retest": True, "conflicts": []}), Retest)
+    assert isinstance(read({**base, "conflicts": ["a.py"]}), Conflict)
+    assert isinstance(read({**base, "restored": True}), SmokeFailed)
+    assert isinstance(read({**base, "released": True, "conflicts": []}), Released)
+    tagged = Conflict(version="", summary="s", conflicts=["a.py"])
+    assert read(tagged.model_dump(mode="json")) == tagged
 
 
 def test_handoff_names_roles_instructions_and_previous_output():
     data = BuildData(
         state=S.HANDOFF_TO_TESTER,
-        outputs={"implementation": {"summary": "impl"}, "discovery": {"summary": "d"}},
+        outputs={"implementation": implemented(), "discovery": discovered()},
         attempts={"testing": 1},
         loop_backs=1,
     )
     from_role, to_role, next_state, ctx = rules.handoff_parts(data, S.HANDOFF_TO_TESTER, "b1")
     assert (from_role, to_role, next_state) == (Role.CODE_WRITER, Role.TEST_AUDITOR, S.TESTING)
-    assert ctx["previous_output"] == {"summary": "impl"}
-    assert ctx["phase_data"]["discovery"] == {"summary": "d"}
+    assert ctx["previous_output"] == implemented().model_dump(mode="json")
+    assert ctx["phase_data"] == {
+        "discovery": discovered().model_dump(mode="json"),
+        "implementation": implemented().model_dump(mode="json"),
+    }
     assert ctx["metadata"] == {
         "build_id": "b1",
         "from_state": "implementation",
@@ -133,14 +181,16 @@ def test_a_phase_that_succeeds_moves_the_build_forward():
     assert rules.verdict(S.VERIFICATION, approved).next_state is S.HANDOFF_TO_RELEASER
     plan = PlanOutput(summary="p", steps=["s"], files=["f.py"], test_strategy="pytest")
     assert rules.verdict(S.PLANNING, plan).next_state is S.HANDOFF_TO_CODER
-    released = ReleaseOutcome(released=True, version="0.1.0", summary="out")
+    released = Released(version="0.1.0", summary="out")
     assert rules.verdict(S.DEPLOYMENT, released).next_state is S.COMPLETE
 
 
 def test_failing_tests_go_back_with_the_failures_and_a_signature():
     verdict = rules.verdict(S.TESTING, report(False, ("t::a", "assert 1 == 2")))
     assert verdict.next_state is None and verdict.why == "tests failed"
-    assert verdict.feedback == {"failures": [{"test": "t::a", "message": "assert 1 == 2"}]}
+    assert verdict.feedback == Feedback(
+        failures=[TestFailure(test="t::a", message="assert 1 == 2")]
+    )
     assert verdict.summary == "1 failed"
     same = rules.verdict(S.TESTING, report(False, ("t::a", "assert 7 == 8")))
     other = rules.verdict(S.TESTING, report(False, ("t::b", "assert 1 == 2")))
@@ -152,17 +202,26 @@ def test_a_review_that_asks_for_changes_goes_back_with_its_reasons():
     review = VerificationOutcome(approved=False, summary="changes", reasons=["add a docstring"])
     verdict = rules.verdict(S.VERIFICATION, review)
     assert (verdict.next_state, verdict.why) == (None, "verification requested changes")
-    assert verdict.feedback == {"reasons": ["add a docstring"]} and verdict.signature
+    assert verdict.feedback == Feedback(reasons=["add a docstring"]) and verdict.signature
 
 
 def test_a_failed_release_goes_back_without_a_signature():
-    failed = ReleaseOutcome(released=False, version="0.1.0", summary="smoke failed", smoke="x")
+    failed = SmokeFailed(version="0.1.0", summary="smoke failed", smoke="x")
     verdict = rules.verdict(S.DEPLOYMENT, failed)
     assert (verdict.next_state, verdict.why, verdict.signature) == (None, "release failed", None)
-    assert verdict.feedback["release"]["smoke"] == "x" and verdict.summary == "smoke failed"
+    assert verdict.feedback == Feedback(release=failed) and verdict.summary == "smoke failed"
 
 
-def test_a_role_task_counts_the_attempt_and_carries_what_the_role_needs():
+def test_a_moved_branch_is_tested_again_and_a_conflict_goes_back_with_the_merge():
+    moved = Retest(version="", summary="moved", commit="m1", branch_head="b1")
+    assert rules.verdict(S.DEPLOYMENT, moved) == Verdict(S.TESTING)
+    conflict = Conflict(version="", summary="c", branch_head="b1", conflicts=["a.py"])
+    verdict = rules.verdict(S.DEPLOYMENT, conflict)
+    assert (verdict.next_state, verdict.why, verdict.signature) == (None, "merge conflict", None)
+    assert verdict.feedback == Feedback(merge=Merge(branch_head="b1", conflicts=["a.py"]))
+
+
+def test_a_role_task_carries_what_the_role_needs_and_changes_nothing():
     request = BuildRequest(
         project_id="p",
         build_id="b1",
@@ -171,21 +230,20 @@ def test_a_role_task_counts_the_attempt_and_carries_what_the_role_needs():
     )
     data = BuildData(
         state=S.IMPLEMENTATION,
-        outputs={"planning": {"summary": "p"}},
-        guidance=["use csv"],
-        head="abc",
+        outputs={"planning": planned()},
+        steering=Steering(guidance=["use csv"]),
+        code=CodeState(head="abc"),
     )
-    first = rules.role_task(request, data, S.IMPLEMENTATION)
-    second = rules.role_task(request, data, S.IMPLEMENTATION)
-    assert (first.attempt, second.attempt, data.attempts) == (1, 2, {"implementation": 2})
+    before = copy.deepcopy(data)
+    first = rules.role_task(request, data, S.IMPLEMENTATION, 2)
+    assert first.attempt == 2 and data == before
     assert first.role is Role.CODE_WRITER and first.head == "abc"
-    assert first.context == {"planning": {"summary": "p"}} and first.guidance == ["use csv"]
+    assert first.context == RoleContext(planning=planned()) and first.guidance == ["use csv"]
     assert first.simulate == ["tests_fail_once"]
     with pytest.raises(ValueError, match="not a working state"):
-        rules.role_task(request, data, S.HANDOFF_TO_CODER)
+        rules.role_task(request, data, S.HANDOFF_TO_CODER, 1)
 
 
 def test_going_back_reopens_the_phases_from_the_target_on():
-    data = BuildData(completed_phases=[S.DISCOVERY, S.PLANNING, S.IMPLEMENTATION, S.TESTING])
-    rules.reopen_from(data, S.IMPLEMENTATION)
-    assert data.completed_phases == [S.DISCOVERY, S.PLANNING]
+    phases = [S.DISCOVERY, S.PLANNING, S.IMPLEMENTATION, S.TESTING]
+    assert rules.reopened(phases, S.IMPLEMENTATION) == [S.DISCOVERY, S.PLANNING]

@@ -18,15 +18,13 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 # Passed through: imported once per worker, not again for every build the sandbox starts.
 with workflow.unsafe.imports_passed_through():
     from core import rules
+    from core.budget import Budget
+    from core.build_data import BuildData, Command
     from core.contracts import REFUSED_ATTEMPTS, ROLE_CALLS, Failure
     from core.models import BuildRequest, BuildResult, EventType
-    from core.role_io import (
-        ImplementationSummary,
-        ReleaseOutcome,
-        RoleResult,
-        RoleTask,
-    )
-    from core.rules import BuildData, Command, Verdict
+    from core.releases import Released
+    from core.role_io import Feedback, RoleResult, RoleTask
+    from core.rules import Verdict
     from core.states import TABLE, TERMINAL, BuildState, is_valid, order, role_of
     from workflows.code import BuildCode
     from workflows.deadline import Deadline
@@ -53,10 +51,8 @@ class BuildWorkflow(BuildMessages):
     @workflow.init
     def __init__(self, request: BuildRequest) -> None:
         self.request = request
-        self.data = BuildData(
-            max_tokens=request.options.budget.max_tokens,
-            max_cost_usd=request.options.budget.max_cost_usd,
-        )
+        limits = request.options.budget
+        self.data = BuildData(budget=Budget(limits.max_tokens, limits.max_cost_usd))
         self.records = BuildRecords(request, self.data)
         self.stream = ModelOutput(self.records.model_progress)
         self.code = BuildCode(request, self.data, self.records)
@@ -90,7 +86,8 @@ class BuildWorkflow(BuildMessages):
                 type=Failure.BUILD_FAILED,
                 non_retryable=True,
             )
-        release = self.data.release.model_dump(mode="json") if self.data.release is not None else {}
+        released = self.data.code.release
+        release = released.model_dump(mode="json") if released is not None else {}
         self.records.emit(EventType.COMPLETED, "system", release=release)
         await self.records.mirror()
         return BuildResult(
@@ -128,14 +125,18 @@ class BuildWorkflow(BuildMessages):
 
     async def _work(self) -> None:
         """One role call in the current working state, then its verdict."""
-        if problem := rules.budget_problem(self.data):
+        if problem := self.data.budget.problem():
             await self._pause_for_budget(problem)
         state = self.data.state
-        if state is S.DEPLOYMENT and self.data.project and workflow.patched(RELEASE_QUEUE_PATCH):
+        # `patched` records its marker where it is first called: it is asked at DEPLOYMENT only,
+        # where recorded histories have the marker.
+        project = self.data.code.project
+        if state is S.DEPLOYMENT and project and workflow.patched(RELEASE_QUEUE_PATCH):
             await self.turn.take()
             if await self._apply_pending():
                 return
-        task = rules.role_task(self.request, self.data, state)
+        attempt = self.data.attempts[state.value] = self.data.attempts.get(state.value, 0) + 1
+        task = rules.role_task(self.request, self.data, state, attempt)
         task.mirror = await self.records.before_call()
         self.data.phase_running = True
         self.records.show()
@@ -152,7 +153,7 @@ class BuildWorkflow(BuildMessages):
                 self.records.role_call(task.role.value, task.attempt, spent, failed=True)
             if kind in REFUSED_ATTEMPTS:  # the attempt failed; the Code Writer tries again
                 why = "unsafe file paths" if kind == Failure.UNSAFE_PATH else "edits refused"
-                self._loop_back(state, Verdict(None, why, {"error": cause}, cause))
+                self._loop_back(state, Verdict(None, why, Feedback(error=cause), cause))
                 return
             role = task.role.value
             raise BuildFailed(
@@ -162,7 +163,7 @@ class BuildWorkflow(BuildMessages):
             self.data.phase_running = False
         self.records.confirm(task.mirror, result.mirrored_seq)
         self._keep(state, result)
-        if isinstance(result.output, ReleaseOutcome) and result.output.released:
+        if isinstance(result.output, Released):
             await self.turn.leave()
         sandbox = getattr(result.output, "sandbox", None)  # a test run's: recorded with its call
         self.records.role_call(task.role.value, task.attempt, result.usage, sandbox=sandbox)
@@ -171,12 +172,12 @@ class BuildWorkflow(BuildMessages):
         verdict = rules.verdict(state, result.output)
         if verdict.next_state is not None:
             if order(verdict.next_state) < order(state):  # a moved project: test again
-                rules.reopen_from(self.data, verdict.next_state)
+                self._reopen(verdict.next_state)
                 self.records.emit(
                     EventType.BRANCH_MOVED,
                     task.role.value,
-                    branch_head=self.data.base,
-                    merged=self.data.head,
+                    branch_head=self.data.code.base,
+                    merged=self.data.code.head,
                 )
             self._move(verdict.next_state, task.role.value)
         elif verdict.signature is not None:
@@ -198,18 +199,9 @@ class BuildWorkflow(BuildMessages):
     def _keep(self, state: BuildState, result: RoleResult) -> None:
         """A phase's output: handed to later roles; the code it made; the release it made."""
         output = result.output
-        self.data.outputs[state.value] = output.model_dump(mode="json")
+        self.data.outputs[state.value] = output
         self.records.output_changed(state)
-        if isinstance(output, ImplementationSummary):
-            self.data.head = output.commit
-        elif isinstance(output, ReleaseOutcome) and (output.retest or output.conflicts):
-            self.data.base = output.branch_head  # the build is now measured from there
-            if output.retest:
-                self.data.head = output.commit
-        elif isinstance(output, ReleaseOutcome) and output.released:
-            self.data.release = output
-            self.data.base_before_release = self.data.base
-            self.data.base = output.commit
+        self.code.kept(output)
 
     async def _failed(self, state: BuildState, verdict: Verdict) -> None:
         """Loop back, unless this is the same failure as last time: then ask a person rather
@@ -235,7 +227,7 @@ class BuildWorkflow(BuildMessages):
             )
         self.data.loop_backs += 1
         self.records.looped_back(state, verdict)
-        self.data.feedback = {"loop_back_from": state.value, **verdict.feedback}
+        self.data.feedback = verdict.feedback.model_copy(update={"loop_back_from": state})
         if state is not S.IMPLEMENTATION:
             self._move(rules.retry_target(state), role_of(state) or "system")
 
@@ -254,12 +246,12 @@ class BuildWorkflow(BuildMessages):
         self._move(next_state, "system")
 
     async def _wait_for_approval(self, gate: BuildState) -> None:
-        self.data.waiting_at_gate = gate
+        self._wait_at(gate)
         self.records.emit(EventType.APPROVAL_REQUESTED, "system", gate=gate.value)
         self.records.show()
 
         def decided() -> bool:
-            return self.data.approved_gate == gate or self.data.pending is not None
+            return self._approved(gate) or self.data.steering.pending is not None
 
         wait = self.request.options.approval_wait_seconds
         timed = workflow.patched(APPROVAL_TIMER_PATCH)
@@ -278,8 +270,7 @@ class BuildWorkflow(BuildMessages):
                 ) from err
             if decided():
                 break
-        self.data.waiting_at_gate = None
-        self.data.approved_gate = None
+        self._wait_at(None)
 
     # --- transitions --------------------------------------------------------------------
 
@@ -294,8 +285,12 @@ class BuildWorkflow(BuildMessages):
         if finished_phase and source not in self.data.completed_phases:
             self.data.completed_phases.append(source)
         self.data.state = target
-        self.data.commit_at[target.value] = self.data.head
+        self.code.entered(target)
         self.records.moved(source, target, by)
+
+    def _reopen(self, target: BuildState) -> None:
+        """Phases at or after `target` are no longer complete once the build goes back to it."""
+        self.data.completed_phases = rules.reopened(self.data.completed_phases, target)
 
     def _fail(self, reason: str, kind: str) -> None:
         self.data.last_error = reason
@@ -306,10 +301,9 @@ class BuildWorkflow(BuildMessages):
 
     async def _apply_pending(self) -> bool:
         """Apply a held retry, rollback or abort; whether there was one."""
-        pending = self.data.pending
+        pending = self._take_pending()
         if pending is None:
             return False
-        self.data.pending = None
         await self.turn.leave()
         by = pending.requested_by
         if pending.command is Command.ABORT:
@@ -318,10 +312,11 @@ class BuildWorkflow(BuildMessages):
         retry = pending.command is Command.RETRY
         event = EventType.RETRY_REQUESTED if retry else EventType.ROLLBACK
         self.records.emit(event, by, target=pending.target.value, reason=pending.reason)
-        self.data.guidance.append(pending.reason)
-        self.data.feedback = {"requested_by": by, "reason": pending.reason}
-        rules.reopen_from(self.data, pending.target)
-        if pending.command is Command.ROLLBACK or self.data.release is not None:
+        self._guide(pending.reason)
+        self.data.feedback = Feedback(requested_by=by, reason=pending.reason)
+        self._reopen(pending.target)
+        release = self.data.code.release
+        if pending.command is Command.ROLLBACK or release is not None:
             try:
                 await self.code.restore(pending.target, code=pending.command is Command.ROLLBACK)
             except RevertConflicted as conflict:
@@ -332,7 +327,7 @@ class BuildWorkflow(BuildMessages):
                     f"non-converging: {conflict.kind}",
                     reason=conflict.kind,
                     paused_in=self.data.state.value,
-                    release=self.data.release.version if self.data.release else None,
+                    release=release.version if release else None,
                 )
                 return True
         self._move(pending.target, by)
@@ -353,7 +348,7 @@ class BuildWorkflow(BuildMessages):
         wait = self.request.options.budget.wait_seconds
         try:
             await workflow.wait_condition(
-                lambda: rules.budget_problem(self.data) is None or rules.aborting(self.data),
+                lambda: self.data.budget.problem() is None or rules.aborting(self.data),
                 timeout=timedelta(seconds=wait),
             )
         except TimeoutError as err:
@@ -368,13 +363,13 @@ class BuildWorkflow(BuildMessages):
 
     async def _needs_attention(self, state: BuildState, verdict: Verdict) -> None:
         first = rules.first_reason(verdict.feedback) or verdict.summary
-        self.data.feedback = {"loop_back_from": state.value, **verdict.feedback}
+        self.data.feedback = verdict.feedback.model_copy(update={"loop_back_from": state})
         await self._ask_a_person(
             f"{verdict.why} twice the same way at {state.value}: {first}",
             f"non-converging: {verdict.why}",
             reason=verdict.why,
             signature=verdict.signature,
-            **verdict.feedback,
+            **verdict.feedback.model_dump(mode="json"),
         )
 
     async def _ask_a_person(self, attention: str, kind: str, **event: Any) -> None:
@@ -389,7 +384,7 @@ class BuildWorkflow(BuildMessages):
         wait = self.request.options.attention_wait_seconds
         try:
             await workflow.wait_condition(
-                lambda: self.data.pending is not None, timeout=timedelta(seconds=wait)
+                lambda: self.data.steering.pending is not None, timeout=timedelta(seconds=wait)
             )
         except TimeoutError as err:
             raise BuildFailed(f"{attention}; nobody answered within {wait:g}s", kind) from err

@@ -12,11 +12,12 @@ from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from core import rules
+    from core.build_data import BuildData
     from core.contracts import OPEN_WORKSPACE, RESTORE_WORKSPACE, Failure
     from core.models import BuildRequest, EventType
     from core.projects import redact
-    from core.role_io import OpenResult, OpenTask, RestoreResult
-    from core.rules import BuildData
+    from core.releases import Conflict, Released, RestoreResult, Retest
+    from core.role_io import ImplementationSummary, OpenResult, OpenTask, RoleOutput
     from core.states import BuildState
     from workflows.errors import BuildFailed, RevertConflicted, cause_of
     from workflows.records import BuildRecords
@@ -51,7 +52,12 @@ class BuildCode:
                 raise
             reason = f"the project's repository: {cause_of(err)}"
             raise BuildFailed(reason, "repository error") from err
-        rules.opened(self.data, opened)
+        built = self.data.code
+        built.project, built.branch = opened.project, opened.branch
+        # The build's base, and the commit every earlier state (a rollback to DISCOVERY) goes
+        # back to.
+        built.project_base = built.base = built.head = opened.base
+        built.commit_at[self.data.state.value] = opened.base
         self.records.emit(
             EventType.WORKSPACE_OPENED,
             "system",
@@ -61,11 +67,33 @@ class BuildCode:
             build_branch=opened.branch,
         )
 
+    def kept(self, output: RoleOutput) -> None:
+        """What a phase's output does to the code: the commit the Code Writer made; a project
+        branch that moved (the build is measured from it, and a clean merge is its code);
+        the release made."""
+        built = self.data.code
+        match output:
+            case ImplementationSummary():
+                built.head = output.commit
+            case Retest() | Conflict():
+                built.base = output.branch_head
+                if isinstance(output, Retest):
+                    built.head = output.commit
+            case Released():
+                built.release = output
+                built.base_before_release = built.base
+                built.base = output.commit
+
+    def entered(self, state: BuildState) -> None:
+        """The build enters `state` with its code at `head` (where a rollback there goes)."""
+        self.data.code.commit_at[state.value] = self.data.code.head
+
     async def restore(self, target: BuildState, *, code: bool) -> None:
         """Compensation: the code as it was at `target` (a rollback), and this build's release
         undone if it made one (reverted on the project's branch when it was merged there);
         both recorded as a `restored` event."""
-        release = self.data.release
+        built = self.data.code
+        release = built.release
         self.records.flush_attributes()
         try:
             result: RestoreResult = await workflow.execute_activity(
@@ -83,10 +111,10 @@ class BuildCode:
             if getattr(err.cause, "type", None) == Failure.REVERT_CONFLICT:
                 raise RevertConflicted(reason) from err
             raise BuildFailed(reason, "restore failed") from err
-        self.data.head = result.commit
+        built.head = result.commit
         if release:
-            self.data.base = result.base or self.data.base_before_release
-            self.data.release = None
+            built.base = result.base or built.base_before_release
+            built.release = None
         self.records.emit(
             EventType.RESTORED,
             "system",

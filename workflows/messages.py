@@ -14,6 +14,7 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from core import rules
+    from core.build_data import BuildData, Command, Pending
     from core.contracts import Failure
     from core.messages import (
         AbortRequest,
@@ -26,7 +27,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from core.models import BuildEvent, BuildRequest, BuildStatus, EventType, Handoff
     from core.projects import ReleaseTurn
-    from core.rules import BuildData, Command, Pending
     from core.states import PAUSES, TABLE, BuildState
     from workflows.records import BuildRecords
     from workflows.turn import BuildTurn
@@ -151,7 +151,7 @@ class BuildMessages:
     def _hold(self, command: Command, target: BuildState, reason: str, by: str) -> CommandAccepted:
         """Hold a retry or rollback until the pipeline's next boundary."""
         source = self.data.state
-        self.data.pending = Pending(command, target, reason, by)
+        self.data.steering.pending = Pending(command, target, reason, by)
         self.records.steered = True
         self.records.show()
         applies = "after_current_phase" if self.data.phase_running else "now"
@@ -162,12 +162,12 @@ class BuildMessages:
     def _accept_abort(self, request: AbortRequest) -> CommandAccepted:
         source = self.data.state
         # An abort replaces a pending retry or rollback: ending the build is the last word.
-        self.data.pending = Pending(
+        self.data.steering.pending = Pending(
             Command.ABORT, BuildState.FAILED, request.reason, request.requested_by
         )
         self.records.steered = True
         self.records.show()
-        waiting = self.data.waiting_at_gate is not None or source in PAUSES
+        waiting = self.data.steering.waiting_at_gate is not None or source in PAUSES
         return CommandAccepted(
             command=Command.ABORT,
             from_state=source,
@@ -176,16 +176,16 @@ class BuildMessages:
         )
 
     def _accept_approval(self, request: ApproveRequest) -> CommandAccepted:
-        gate = self.data.waiting_at_gate
+        gate = self.data.steering.waiting_at_gate
         assert gate is not None
-        self.data.approved_gate = gate
+        self.data.steering.approved_gate = gate
         self.records.steered = True
         extra = {"phase_result": request.phase_result} if request.phase_result else {}
         self.records.emit(
             EventType.APPROVED, request.approved_by, gate=gate.value, note=request.note, **extra
         )
         if request.phase_result:
-            self.data.guidance.append(f"{request.approved_by} adds: {request.phase_result}")
+            self._guide(f"{request.approved_by} adds: {request.phase_result}")
         next_state = TABLE[gate].next
         assert next_state is not None
         return CommandAccepted(
@@ -194,7 +194,8 @@ class BuildMessages:
 
     def _accept_top_up(self, request: TopUpRequest) -> TopUpAccepted:
         resumes = self.data.state is BuildState.BUDGET_EXHAUSTED
-        rules.apply_top_up(self.data, request.tokens, request.cost_usd)
+        budget = self.data.budget
+        budget.top_up(request.tokens, request.cost_usd)
         self.records.steered = True
         self.records.emit(
             EventType.TOPPED_UP,
@@ -202,17 +203,36 @@ class BuildMessages:
             tokens=request.tokens,
             cost_usd=request.cost_usd,
             note=request.note,
-            max_tokens=self.data.max_tokens,
-            max_cost_usd=self.data.max_cost_usd,
+            max_tokens=budget.max_tokens,
+            max_cost_usd=budget.max_cost_usd,
         )
         self.records.show()
         return TopUpAccepted(
-            max_tokens=self.data.max_tokens,
-            max_cost_usd=self.data.max_cost_usd,
-            tokens_used=rules.tokens_of(self.data),
-            cost_used_usd=rules.cost_of(self.data),
-            resumes=resumes and rules.budget_problem(self.data) is None,
+            max_tokens=budget.max_tokens,
+            max_cost_usd=budget.max_cost_usd,
+            tokens_used=budget.tokens(),
+            cost_used_usd=budget.cost(),
+            resumes=resumes and budget.problem() is None,
         )
+
+    # --- the steering part of the build's state: changed here only ---------------------
+
+    def _take_pending(self) -> Pending | None:
+        """The held command, no longer held (the pipeline applies it now)."""
+        pending, self.data.steering.pending = self.data.steering.pending, None
+        return pending
+
+    def _guide(self, text: str) -> None:
+        """Guidance every later role is given."""
+        self.data.steering.guidance.append(text)
+
+    def _wait_at(self, gate: BuildState | None) -> None:
+        """The build waits for approval at `gate` (None: it waits no more)."""
+        self.data.steering.waiting_at_gate = gate
+        self.data.steering.approved_gate = None
+
+    def _approved(self, gate: BuildState) -> bool:
+        return self.data.steering.approved_gate == gate
 
     def _reject(self, command: str, reason: str, by: str) -> None:
         self.records.emit(EventType.SIGNAL_REJECTED, by, command=command, reason=reason)

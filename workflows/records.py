@@ -14,7 +14,7 @@ from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from core import rules, views
+    from core import views
     from core.attributes import (
         BUILD_ROLE,
         BUILD_STATE,
@@ -24,10 +24,11 @@ with workflow.unsafe.imports_passed_through():
         TOKENS,
         VERIFICATION_ATTEMPTS,
     )
+    from core.build_data import BuildData
     from core.contracts import MIRROR_BUILD, Failure
     from core.models import BuildEvent, BuildRequest, BuildStatus, EventType, Handoff, MirrorBatch
     from core.role_io import ModelUsage
-    from core.rules import BuildData, Verdict
+    from core.rules import Verdict
     from core.states import TERMINAL, BuildState, Role, role_of
     from workflows import metrics
 
@@ -95,7 +96,7 @@ class BuildRecords:
 
     def moved(self, source: BuildState, target: BuildState, by: str) -> None:
         """A transition the workflow made: its event, search attributes, metrics and log."""
-        change = {"from": source.value, "to": target.value, "commit": self.data.head}
+        change = {"from": source.value, "to": target.value, "commit": self.data.code.head}
         self.emit(EventType.STATE_CHANGED, by, **change)
         # New keys may join this upsert freely; a new upsert (a new command) needs a patch.
         role = role_of(target)
@@ -151,15 +152,15 @@ class BuildRecords:
         self.emit(
             EventType.ROLE_CALL, role, attempt=attempt, **usage.model_dump(mode="json"), **extra
         )
-        rules.add_usage(self.data, role, usage)
+        self.data.budget.add(role, usage)
         metrics.model_call(
             role, usage.model, usage.prompt_tokens, usage.completion_tokens, usage.cost_usd
         )
         attempts = self.data.attempts
         self.upsert(
             [
-                TOKENS.value_set(rules.tokens_of(self.data)),
-                COST.value_set(rules.cost_of(self.data)),
+                TOKENS.value_set(self.data.budget.tokens()),
+                COST.value_set(self.data.budget.cost()),
                 TEST_ATTEMPTS.value_set(attempts.get(S.TESTING.value, 0)),
                 VERIFICATION_ATTEMPTS.value_set(attempts.get(S.VERIFICATION.value, 0)),
             ]
@@ -172,7 +173,7 @@ class BuildRecords:
             role_of(state) or "system",
             reason=verdict.why,
             loop_back=self.data.loop_backs,
-            **verdict.feedback,
+            **verdict.feedback.model_dump(mode="json"),
         )
 
     def output_changed(self, state: BuildState) -> None:

@@ -17,10 +17,10 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import FailureError
 
 with workflow.unsafe.imports_passed_through():
+    from core.build_data import BuildData
     from core.contracts import JOIN_RELEASE_QUEUE
     from core.models import BuildRequest, EventType
     from core.projects import QueueJoin, QueueLeave, QueuePlace, ReleaseTurn, project_workflow_id
-    from core.rules import BuildData
     from workflows.records import BuildRecords
 
 JOIN_TIMEOUT = timedelta(seconds=60)
@@ -36,29 +36,29 @@ class BuildTurn:
     async def take(self) -> None:
         """Hold the project's release turn, waiting for it in order of arrival; returns
         early when a person's command is pending (the caller applies it)."""
-        data = self.data
-        if data.turn == "holding":
+        queue = self.data.queue
+        if queue.turn == "holding":
             return
-        data.turn_ticket += 1
-        data.turn = "waiting"  # before the join: the grant may arrive with its answer
+        queue.ticket += 1
+        queue.turn = "waiting"  # before the join: the grant may arrive with its answer
         place: QueuePlace = await workflow.execute_activity(
             JOIN_RELEASE_QUEUE.name,
             QueueJoin(
                 project_id=self.request.project_id,
                 workflow_id=workflow.info().workflow_id,
                 build_id=self.request.build_id,
-                ticket=data.turn_ticket,
+                ticket=queue.ticket,
             ),
             result_type=JOIN_RELEASE_QUEUE.result,
             start_to_close_timeout=JOIN_TIMEOUT,
             retry_policy=JOIN_RETRY,
             summary=f"join {self.request.project_id}'s release queue",
         )
-        data.turn_ahead = place.ahead
-        if place.granted and data.turn == "waiting":  # nobody ahead: the answer is the grant
-            data.turn = "holding"
+        queue.ahead = place.ahead
+        if place.granted and queue.turn == "waiting":  # nobody ahead: the answer is the grant
+            queue.turn = "holding"
         self.records.emit(
-            EventType.RELEASE_QUEUED, "system", ahead=place.ahead, ticket=data.turn_ticket
+            EventType.RELEASE_QUEUED, "system", ahead=place.ahead, ticket=queue.ticket
         )
         self.records.show()
         queued_at = workflow.now()
@@ -71,34 +71,36 @@ class BuildTurn:
             await workflow.wait_condition(
                 lambda: not self._waiting() or (behind and self.records.unmirrored())
             )
-        if self.data.turn == "holding":
+        if queue.turn == "holding":
             waited = (workflow.now() - queued_at).total_seconds()
             self.records.emit(EventType.RELEASE_TURN, "system", waited_seconds=round(waited, 3))
-        data.turn_ahead = []
+        queue.ahead = []
         self.records.show()
 
     def _waiting(self) -> bool:
-        return self.data.turn == "waiting" and self.data.pending is None
+        return self.data.queue.turn == "waiting" and self.data.steering.pending is None
 
     def granted(self, turn: ReleaseTurn) -> None:
         """The registry's signal: this ticket holds the turn (a stale or repeated one is
         ignored; the registry repeats it to see the build still runs)."""
-        if self.data.turn == "waiting" and turn.ticket == self.data.turn_ticket:
-            self.data.turn = "holding"
+        queue = self.data.queue
+        if queue.turn == "waiting" and turn.ticket == queue.ticket:
+            queue.turn = "holding"
 
     async def leave(self) -> None:
         """Give up the build's place or turn; the next build's turn comes."""
-        if self.data.turn is None:
+        queue = self.data.queue
+        if queue.turn is None:
             return
-        self.data.turn = None
-        self.data.turn_ahead = []
+        queue.turn = None
+        queue.ahead = []
         project = workflow.get_external_workflow_handle(
             project_workflow_id(self.request.project_id)
         )
         try:
             await project.signal(
                 "leave",
-                QueueLeave(workflow_id=workflow.info().workflow_id, ticket=self.data.turn_ticket),
+                QueueLeave(workflow_id=workflow.info().workflow_id, ticket=queue.ticket),
             )
         except FailureError as err:  # the registry is gone: there is no queue to leave
             workflow.logger.warning(
