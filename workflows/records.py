@@ -35,13 +35,14 @@ with workflow.unsafe.imports_passed_through():
 S = BuildState
 
 # Search attributes are upserted once per workflow task, the changes of a task coalesced: each
-# upsert is a visibility write on the server. Builds recorded without this patch upsert each
-# change at once, and replay that way.
+# upsert is a visibility write on the server. A deprecated patch: no run takes the old path
+# (an upsert per change), and kept histories carry its marker.
 COALESCED_ATTRIBUTES_PATCH = "coalesced-search-attributes"
 
 # The mirror's batch rides with the next role call, which writes it before its role works: one
 # workflow activation and one local activity less per role call. The workflow writes through a
-# local activity itself when it waits or ends, and after a person's command.
+# local activity itself when it waits or ends, and after a person's command. A deprecated
+# patch: no run takes the old path (a local activity before every call).
 CARRIED_MIRROR_PATCH = "mirror-carried-by-role-calls"
 
 # The workflow's own mirror writes are local activities (no round trip to the server), retried
@@ -183,9 +184,7 @@ class BuildRecords:
 
     def upsert(self, updates: list[SearchAttributeUpdate[Any]]) -> None:
         """Search attribute changes: held until the workflow next waits (`flush_attributes`)."""
-        if not workflow.patched(COALESCED_ATTRIBUTES_PATCH):
-            workflow.upsert_search_attributes(updates)
-            return
+        workflow.deprecate_patch(COALESCED_ATTRIBUTES_PATCH)
         for update in updates:
             self.pending_attributes[update.key.name] = update
 
@@ -285,9 +284,9 @@ class BuildRecords:
         """Before a role call: the batch the call is to carry and write, or None once the
         workflow has written it itself. It writes it itself after a person's command, so the
         command's answer leaves only once the mirror shows its effect (a local activity holds
-        the workflow task) and a status read right after it is current; and for builds
-        recorded without the carried-mirror patch."""
-        if not workflow.patched(CARRIED_MIRROR_PATCH) or self.steered:
+        the workflow task) and a status read right after it is current."""
+        workflow.deprecate_patch(CARRIED_MIRROR_PATCH)
+        if self.steered:
             self.steered = False
             await self.mirror()
             return None
