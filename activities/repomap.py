@@ -3,20 +3,21 @@ Python files their top-level classes and functions with signatures), ranked and 
 token budget, and the full text of the files a role is working on.
 
 Built inside the role activities from the commit's git objects, never carried in workflow
-history. The map of a commit is cached (a commit never changes), so a build does not
-rebuild it for every call.
+history. What a Python file declares is cached per blob (a blob never changes), so a new
+commit (a moved base, the Code Writer's next attempt) parses only the files it changed.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from activities import paths as beneath
+from activities import pysymbols
 from activities.gitcmd import git, git_bytes
 from core.role_io import RoleContext
 
@@ -53,14 +54,16 @@ class RepoContext:
     budget: int
 
 
+SYMBOLS_FILE = "symbols.json"
+KEPT_PER_FILE = 4  # the cache keeps at most this many blobs per Python file of the tree
+
+
 def entries(repo: Path, commit: str, cache: Path | None = None) -> list[Entry]:
-    """Every file of `commit` with its symbols; cached per commit in `cache`."""
-    cached = cache / f"{commit}.json" if cache else None
-    if cached is not None and cached.exists():
-        return [Entry(**e) for e in json.loads(cached.read_text())]
+    """Every file of `commit` with its symbols. The symbols are cached per blob (its git
+    object id) in `cache`: a commit parses only the Python files no earlier commit had."""
     listing = git(repo, "ls-tree", "-r", "-l", "--full-tree", commit)
     found: list[Entry] = []
-    blobs: dict[str, str] = {}
+    blobs: dict[str, str] = {}  # path -> blob
     for line in listing.splitlines():
         meta, _, path = line.partition("\t")
         parts = meta.split()
@@ -70,16 +73,39 @@ def entries(repo: Path, commit: str, cache: Path | None = None) -> list[Entry]:
         found.append(Entry(path, size))
         if path.endswith(".py") and size <= MAX_PARSED_BYTES:
             blobs[path] = parts[2]
-    texts = _read_blobs(repo, list(blobs.values()))
+    known = _load(cache)
+    missing = sorted(set(blobs.values()) - known.keys())
+    parsed = {sha: pysymbols.symbols(text) for sha, text in _read_blobs(repo, missing).items()}
     for entry in found:
         if entry.path in blobs:
-            entry.symbols = symbols(texts.get(blobs[entry.path], ""))
-    if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps([asdict(e) for e in found]))
-        tmp.replace(cached)
+            sha = blobs[entry.path]
+            entry.symbols = parsed.get(sha, known.get(sha, []))
+    if cache is not None and parsed:
+        _save(cache, known | parsed, set(blobs.values()))
     return found
+
+
+def _load(cache: Path | None) -> dict[str, list[str]]:
+    """The cached symbols by blob ({} without a cache, or one that cannot be read)."""
+    if cache is None:
+        return {}
+    try:
+        loaded = json.loads((cache / SYMBOLS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _save(cache: Path, symbols: dict[str, list[str]], current: set[str]) -> None:
+    """Write the cache whole (atomically: a reader sees the old file or the new one). Past
+    `KEPT_PER_FILE` blobs per file of the tree, only the current commit's are kept."""
+    if len(symbols) > KEPT_PER_FILE * max(len(current), 1):
+        symbols = {sha: found for sha, found in symbols.items() if sha in current}
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / SYMBOLS_FILE
+    tmp = target.with_name(f"{SYMBOLS_FILE}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(symbols))
+    tmp.replace(target)
 
 
 def _read_blobs(repo: Path, shas: list[str]) -> dict[str, str]:
@@ -95,34 +121,6 @@ def _read_blobs(repo: Path, shas: list[str]) -> dict[str, str]:
         texts[sha] = out[start : start + int(size)].decode(errors="replace")
         at = start + int(size) + 1
     return texts
-
-
-def symbols(source: str) -> list[str]:
-    """A Python module's top-level classes (with their methods) and functions, as signatures."""
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
-        return []
-    out: list[str] = []
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            out.append(_signature(node))
-        elif isinstance(node, ast.ClassDef):
-            bases = ", ".join(ast.unparse(b) for b in node.bases)
-            out.append(f"class {node.name}({bases}):" if bases else f"class {node.name}:")
-            out += [
-                f"  {_signature(item)}"
-                for item in node.body
-                if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef)
-                and not (item.name.startswith("_") and item.name != "__init__")
-            ]
-    return out
-
-
-def _signature(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
-    prefix = "async def" if isinstance(node, ast.AsyncFunctionDef) else "def"
-    returns = f" -> {ast.unparse(node.returns)}" if node.returns else ""
-    return f"{prefix} {node.name}({ast.unparse(node.args)}){returns}"
 
 
 def rank(found: list[Entry], mentioned: set[str]) -> list[Entry]:

@@ -56,14 +56,14 @@ def test_engine_bench_runs_and_prints_every_measure():
 
 def test_repository_map_bench_runs_and_keeps_the_budget():
     done = subprocess.run(
-        [sys.executable, "-m", "bench.repomap", "--files", "300", "--budget", "2000"],
+        [sys.executable, "-m", "bench.repomap", "--modules", "60", "--budget", "2000"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr  # it exits non-zero if the map exceeds its budget
-    assert "this repository" in done.stdout and "generated, 300 modules" in done.stdout
+    assert "| this repository |" in done.stdout and "| generated, 60 modules |" in done.stdout
 
 
 def test_sandbox_bench_runs_and_prints_each_sandbox_beside_none():

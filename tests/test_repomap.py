@@ -1,13 +1,14 @@
 """The repository map the models see: every file with its size, Python symbols with their
-signatures, ranked, cut to the token budget (never over it), cached per commit."""
+signatures, ranked, cut to the token budget (never over it), cached per blob."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from activities import repomap
+from activities import pysymbols, repomap
 from activities.gitcmd import git
 from core.role_io import RoleContext
 from tests.git_projects import commit_files, make_project
@@ -65,19 +66,48 @@ def test_the_map_never_exceeds_its_budget_and_names_the_task_files_first(
         assert "more files" in context.text or context.tokens + 6 > budget
 
 
-def test_the_map_is_cached_per_commit(tmp_path: Path) -> None:
-    remote, commit = _repo(tmp_path, {"a.py": "def a() -> None: ...\n"})
+def test_symbols_are_cached_per_blob_and_a_new_commit_parses_only_its_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    remote, commit = _repo(tmp_path, {"a.py": "def a() -> None: ...\n", "c.py": "C = 1\n"})
     cache = tmp_path / "cache"
+    parsed: list[str] = []
+    real = pysymbols.symbols
+
+    def counting(source: str) -> list[str]:
+        parsed.append(source)
+        return real(source)
+
+    monkeypatch.setattr(pysymbols, "symbols", counting)
     first = repomap.entries(remote, commit, cache)
-    assert (cache / f"{commit}.json").exists()
-    (cache / f"{commit}.json").write_text('[{"path": "from-cache.py", "size": 1, "symbols": []}]')
-    assert [e.path for e in repomap.entries(remote, commit, cache)] == ["from-cache.py"]
+    assert len(parsed) == 2 and (cache / repomap.SYMBOLS_FILE).exists()
+    blob = git(remote, "rev-parse", f"{commit}:a.py")
+    kept = json.loads((cache / repomap.SYMBOLS_FILE).read_text())
+    assert kept[blob] == ["def a() -> None"]
+    kept[blob] = ["from the cache"]
+    (cache / repomap.SYMBOLS_FILE).write_text(json.dumps(kept))
     side = tmp_path / "side"
     git(None, "clone", "-q", str(remote), str(side))
-    newer = commit_files(side, {"b.py": ""}, "b")
+    newer = commit_files(side, {"b.py": "def b(): ...\n", "c.py": "C = 2\n"}, "b")
     git(side, "push", "-q", "origin", "HEAD:main")
-    assert {e.path for e in repomap.entries(remote, newer, cache)} == {"a.py", "b.py"}
-    assert [e.path for e in first] == ["a.py"]
+    parsed.clear()
+    found = {e.path: e.symbols for e in repomap.entries(remote, newer, cache)}
+    assert found == {"a.py": ["from the cache"], "b.py": ["def b()"], "c.py": []}
+    assert sorted(parsed) == ["C = 2\n", "def b(): ...\n"]  # a.py's blob did not change
+    assert [e.symbols for e in first if e.path == "a.py"] == [["def a() -> None"]]
+
+
+def test_the_cache_keeps_the_current_tree_when_it_outgrows_it(tmp_path: Path) -> None:
+    remote, commit = _repo(tmp_path, {"a.py": "def a(): ...\n"})
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    old = {f"{n:040x}": ["def gone()"] for n in range(repomap.KEPT_PER_FILE)}
+    (cache / repomap.SYMBOLS_FILE).write_text(json.dumps(old))
+    repomap.entries(remote, commit, cache)
+    kept = json.loads((cache / repomap.SYMBOLS_FILE).read_text())
+    assert kept == {git(remote, "rev-parse", f"{commit}:a.py"): ["def a()"]}
+    (cache / repomap.SYMBOLS_FILE).write_text("not json")  # a broken cache is rebuilt
+    assert repomap.entries(remote, commit, cache)[0].symbols == ["def a()"]
 
 
 def test_the_files_a_role_works_on_come_whole_within_their_budget(tmp_path: Path) -> None:
