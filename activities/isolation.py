@@ -38,35 +38,13 @@ from pathlib import Path
 from typing import Literal
 
 from activities import confine
+from activities import policy as policy_module
+from activities.policy import SYSTEM, Host, Policy, bubblewrap_argv, landlock_rules
 
 Kind = Literal["bubblewrap", "landlock", "none"]
 Choice = Literal["auto", "bubblewrap", "landlock", "none"]
-TMP_BYTES = 256 * 1024 * 1024  # the sandbox's /tmp
-# What of /etc a run reads: the loader's cache, names of users and hosts, time zones, TLS roots,
-# the system's name.
-ETC = (
-    "ld.so.cache",
-    "ld.so.conf",
-    "ld.so.conf.d",
-    "localtime",
-    "passwd",
-    "group",
-    "nsswitch.conf",
-    "alternatives",
-    "ssl/certs",
-    "ca-certificates",
-    "mime.types",
-    "os-release",  # what system this is (pip asks; a denied read is an error, a missing one not)
-    "debian_version",
-    "lsb-release",
-)
-SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 PROBE_SECONDS = 20
 CONFINE = Path(__file__).with_name("confine.py")
-# The devices a run uses under landlock (bubblewrap makes a /dev of its own).
-DEVICES = {"/dev/null": "rw", "/dev/zero": "r", "/dev/full": "rw", "/dev/random": "r",
-           "/dev/urandom": "r"}  # fmt: skip
-NETWORK_ETC = ("hosts", "resolv.conf")
 
 
 class SandboxUnavailable(RuntimeError):
@@ -117,81 +95,39 @@ class Sandbox:
         interpreter, and reaches the host's network only if `network`."""
         if self.kind == "none":
             return list(argv)
+        policy = Policy(
+            cwd=cwd,
+            write_cwd=write_cwd,
+            writable=tuple(writable),
+            readonly=(*self.readonly, *map(str, readonly)),
+            network=network,
+            ports=restricted_ports() if network else (),
+        )
         if self.kind == "landlock":
-            rules = landlock_rules(self.readonly, cwd, writable, readonly, network, write_cwd)
-            return confined(argv, rules)
-        if network and (ports := restricted_ports()):  # Landlock keeps TCP to these ports
-            argv = confined(argv, {"network": True, "ports": list(ports), "fs": False})
-        args = [
-            self.binary,
-            "--unshare-all",  # user, pid, net, ipc, uts, cgroup: the network is a loopback
-            *(["--share-net"] if network else []),
-            "--die-with-parent",
-            "--new-session",
-            "--cap-drop", "ALL",
-            "--hostname", "sandbox",
-        ]  # fmt: skip
-        for path in SYSTEM:
-            if os.path.islink(path):
-                args += ["--symlink", os.readlink(path), path]
-            elif os.path.isdir(path):
-                args += ["--ro-bind", path, path]
-        for name in ETC:
-            args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-        if network:  # the host's names and resolver
-            args += ["--ro-bind-try", "/etc/hosts", "/etc/hosts"]
-            args += ["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
-        else:  # localhost, not the host's names
-            args += ["--ro-bind", str(hosts_file()), "/etc/hosts"]
-        # /tmp first: what is bound below it (an environment under /tmp) must stay visible.
-        args += ["--proc", "/proc", "--dev", "/dev", "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
-        for path in (*self.readonly, *map(str, readonly)):
-            args += ["--ro-bind", path, path]
-        if network:
-            args += ["--ro-bind", str(CONFINE), str(CONFINE)]
-        args += ["--bind" if write_cwd else "--ro-bind", str(cwd), str(cwd)]
-        for folder in writable:
-            args += ["--bind", str(folder), str(folder)]
-        git = cwd / ".git"
-        if git.exists():
-            args += ["--ro-bind", str(git), str(git)]
-        # The sandbox's own root (where bwrap made the mount points) is read-only too.
-        return [*args, "--remount-ro", "/", "--chdir", str(cwd), "--", *argv]
+            rules = landlock_rules(policy, writable_entries(cwd) if write_cwd else [])
+            return policy_module.confined(host_of(cwd), rules, list(argv))
+        return bubblewrap_argv(self.binary, policy, host_of(cwd, hosts=True), list(argv))
 
 
-def confined(argv: Sequence[str], rules: dict[str, object]) -> list[str]:
-    """`argv` run by activities/confine.py under `rules`."""
-    return [sys.executable, "-S", str(CONFINE), *confine.arguments(rules), *argv]
+def host_of(cwd: Path, hosts: bool = False) -> Host:
+    """This machine's facts a run's argv depends on (`hosts`: write the localhost-only hosts
+    file, which only bubblewrap binds)."""
+    links = {path: os.readlink(path) for path in SYSTEM if os.path.islink(path)}
+    return Host(
+        links=links,
+        folders=tuple(p for p in SYSTEM if p not in links and os.path.isdir(p)),
+        git=(cwd / ".git").exists(),
+        hosts=str(hosts_file()) if hosts else "",
+        python=sys.executable,
+        confine=str(CONFINE),
+    )
 
 
-def landlock_rules(
-    interpreter: Sequence[str],
-    cwd: Path,
-    writable: Sequence[Path],
-    readonly: Sequence[Path],
-    network: bool,
-    write_cwd: bool = True,
-) -> dict[str, object]:
-    """What activities/confine.py lets a run under landlock read and write. Landlock's rights
-    only add up beneath a folder, so `cwd`'s `.git` stays read-only by giving the write right
-    to each of `cwd`'s other entries, not to `cwd` itself (an entry that is a link gets none:
-    confine.py never opens a write rule through a link)."""
-    read = [*SYSTEM, *(f"/etc/{name}" for name in ETC), *interpreter, *map(str, readonly)]
-    # Not /proc: Landlock's ptrace rule does not keep a run of root's from another process's
-    # /proc/<pid>/environ there (tried on this kernel), and a run needs none of it.
-    read.append(str(cwd))
-    if network:
-        read += [f"/etc/{name}" for name in NETWORK_ETC]
-    entries = []
-    if write_cwd and cwd.is_dir():
-        entries = sorted(str(p) for p in cwd.iterdir() if p.name != ".git" and not p.is_symlink())
-    return {
-        "read": read,
-        "write": [*entries, *map(str, writable)],
-        "files": DEVICES,
-        "network": network,
-        "ports": list(restricted_ports()) if network else [],
-    }
+def writable_entries(cwd: Path) -> list[str]:
+    """The entries of a run's folder it may write under landlock: all but `.git` and links."""
+    if not cwd.is_dir():
+        return []
+    return sorted(str(p) for p in cwd.iterdir() if p.name != ".git" and not p.is_symlink())
 
 
 @functools.cache

@@ -30,6 +30,7 @@ from activities import release as release_module
 from activities import sandbox as sandbox_module
 from activities.gitcmd import git
 from activities.llm import ModelClient
+from activities.policy import Policy, confined, landlock_rules
 from activities.roles import RoleActivities
 from activities.workspace import Workspace
 from client.projects import put_project
@@ -465,11 +466,12 @@ def test_a_write_rule_is_never_opened_through_a_link(tmp_path: Path, followed: b
     repo.mkdir()
     (repo / "shared").symlink_to("/")
     outside = Path("/var/tmp") / f"qao-rule-{uuid.uuid4().hex[:8]}"
-    rules = isolation.landlock_rules(isolation.interpreter_paths(), repo, [], [], False)
+    policy = Policy(cwd=repo, readonly=isolation.interpreter_paths())
+    rules = landlock_rules(policy, isolation.writable_entries(repo))
     assert rules["write"] == []  # the link is no entry to write
     rules["write"] = [os.path.realpath(repo / "shared") if followed else str(repo / "shared")]
     write = f"open({str(outside)!r}, 'w').write('escaped')"
-    argv = isolation.confined([sys.executable, "-c", write], rules)
+    argv = confined(isolation.host_of(repo), rules, [sys.executable, "-c", write])
     try:
         done = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=30)
         assert outside.exists() == followed, done.stderr

@@ -28,6 +28,7 @@ import pytest
 
 from activities import cgroups, isolation
 from activities.gitcmd import git
+from activities.policy import Policy, landlock_rules
 from activities.sandbox import Limits
 from activities.testrun import passed_tests, run_command
 from core.role_io import TestReport
@@ -293,7 +294,8 @@ async def test_landlock_writes_the_repositorys_entries_but_not_git_nor_its_top_l
     report = await landlocked(repo, {"tests/test_writes.py": writes}, wall_seconds=60)
     assert report.passed and report.tests_run == 3, report.failures
     assert (repo / "tests" / "out.txt").read_text() == "ok" and not (repo / "new.txt").exists()
-    rules = isolation.landlock_rules((), repo, [tmp_path / "runs"], [], False)
+    policy = Policy(cwd=repo, writable=(tmp_path / "runs",))
+    rules = landlock_rules(policy, isolation.writable_entries(repo))
     assert str(repo / ".git") not in rules["write"] and str(repo) in rules["read"]  # type: ignore[operator]
 
 
