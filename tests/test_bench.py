@@ -12,14 +12,15 @@ from tests.helpers import ROOT
 pytestmark = pytest.mark.slow  # the benchmark and its own stack
 
 
-def test_stats_bench_runs_and_prints_its_table():
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.stats_bench", "--builds", "300", "--runs", "3"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
+def run_bench(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """`python <args>` in the project's folder, its output kept as text."""
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
+
+
+def test_stats_bench_runs_and_prints_its_table():
+    done = run_bench(["-m", "bench.stats_bench", "--builds", "300", "--runs", "3"], timeout=120)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert any(line.startswith("stats queries (db.crud)") for line in lines)
@@ -28,13 +29,7 @@ def test_stats_bench_runs_and_prints_its_table():
 
 
 def test_engine_bench_runs_and_prints_every_measure():
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_bench(["-m", "bench", "--quick"], timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     for measure in (
         "| build latency p50 |",
@@ -55,51 +50,27 @@ def test_engine_bench_runs_and_prints_every_measure():
 
 
 def test_repository_map_bench_runs_and_keeps_the_budget():
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.repomap", "--modules", "60", "--budget", "2000"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_bench(["-m", "bench.repomap", "--modules", "60", "--budget", "2000"], timeout=120)
     assert done.returncode == 0, done.stderr  # it exits non-zero if the map exceeds its budget
     assert "| this repository |" in done.stdout and "| generated, 60 modules |" in done.stdout
 
 
 def test_sandbox_bench_runs_and_prints_each_sandbox_beside_none():
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.sandbox", "--runs", "2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_bench(["-m", "bench.sandbox", "--runs", "2"], timeout=120)
     assert done.returncode == 0, done.stderr
     assert "| none |" in done.stdout and "| bubblewrap |" in done.stdout
     assert "| landlock |" in done.stdout
 
 
 def test_paths_bench_runs_and_prints_each_measure_beside_before():
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.paths", "--runs", "3", "--files", "200"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_bench(["-m", "bench.paths", "--runs", "3", "--files", "200"], timeout=120)
     assert done.returncode == 0, done.stderr
     for measure in ("release export, example project", "200-file tree", "writes 200 new files"):
         assert measure in done.stdout
 
 
 def test_model_stream_bench_runs_and_prints_its_offline_measures_beside_their_baselines():
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.model_stream", "--quick", "--calls", "2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_bench(["-m", "bench.model_stream", "--quick", "--calls", "2"], timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     for measure in (
         "first token to `status`",
