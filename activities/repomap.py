@@ -61,18 +61,7 @@ KEPT_PER_FILE = 4  # the cache keeps at most this many blobs per Python file of 
 def entries(repo: Path, commit: str, cache: Path | None = None) -> list[Entry]:
     """Every file of `commit` with its symbols. The symbols are cached per blob (its git
     object id) in `cache`: a commit parses only the Python files no earlier commit had."""
-    listing = git(repo, "ls-tree", "-r", "-l", "--full-tree", commit)
-    found: list[Entry] = []
-    blobs: dict[str, str] = {}  # path -> blob
-    for line in listing.splitlines():
-        meta, _, path = line.partition("\t")
-        parts = meta.split()
-        if len(parts) < 4 or parts[1] != "blob":
-            continue
-        size = int(parts[3]) if parts[3].isdigit() else 0
-        found.append(Entry(path, size))
-        if path.endswith(".py") and size <= MAX_PARSED_BYTES:
-            blobs[path] = parts[2]
+    found, blobs = tree(repo, commit)
     known = _load(cache)
     missing = sorted(set(blobs.values()) - known.keys())
     parsed = {sha: pysymbols.symbols(text) for sha, text in _read_blobs(repo, missing).items()}
@@ -83,6 +72,24 @@ def entries(repo: Path, commit: str, cache: Path | None = None) -> list[Entry]:
     if cache is not None and parsed:
         _save(cache, known | parsed, set(blobs.values()))
     return found
+
+
+def tree(repo: Path, commit: str) -> tuple[list[Entry], dict[str, str]]:
+    """Every file of `commit` (without symbols), and the blob of each Python file small
+    enough to parse, by path."""
+    listing = git(repo, "ls-tree", "-r", "-l", "--full-tree", commit)
+    found: list[Entry] = []
+    blobs: dict[str, str] = {}
+    for line in listing.splitlines():
+        meta, _, path = line.partition("\t")
+        parts = meta.split()
+        if len(parts) < 4 or parts[1] != "blob":
+            continue
+        size = int(parts[3]) if parts[3].isdigit() else 0
+        found.append(Entry(path, size))
+        if path.endswith(".py") and size <= MAX_PARSED_BYTES:
+            blobs[path] = parts[2]
+    return found, blobs
 
 
 def _load(cache: Path | None) -> dict[str, list[str]]:

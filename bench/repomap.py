@@ -156,16 +156,7 @@ def baseline_entries(repo: Path, commit: str, cache: Path) -> list[repomap.Entry
     cached = cache / f"{commit}.json"
     if cached.exists():
         return [repomap.Entry(**e) for e in json.loads(cached.read_text())]
-    listing = git(repo, "ls-tree", "-r", "-l", "--full-tree", commit)
-    found, blobs = [], {}
-    for line in listing.splitlines():
-        meta, _, path = line.partition("\t")
-        parts = meta.split()
-        if len(parts) < 4 or parts[1] != "blob":
-            continue
-        found.append(repomap.Entry(path, int(parts[3]) if parts[3].isdigit() else 0))
-        if path.endswith(".py") and found[-1].size <= repomap.MAX_PARSED_BYTES:
-            blobs[path] = parts[2]
+    found, blobs = repomap.tree(repo, commit)
     texts = repomap._read_blobs(repo, list(blobs.values()))
     for entry in found:
         if entry.path in blobs:
