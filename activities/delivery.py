@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 from packaging.version import InvalidVersion, Version
 
@@ -251,29 +251,28 @@ def disagreement(ws: Workspace, commit: str, tag: str) -> str:
     )
 
 
-def released(release: Release, head: str, landing: Landing, ran: str) -> Released:
-    return Released(
+Checked = TypeVar("Checked", Released, SmokeFailed)
+
+
+def smoke_checked(
+    kind: type[Checked],
+    release: Release,
+    commit: str,
+    ran: str,
+    summary: str = "",
+    landing: Landing | None = None,
+) -> Checked:
+    """A release that reached its smoke check, as `kind` (it passed, or it failed): merged
+    into the project's branch when there is a `landing`, else a release of its own."""
+    return kind(
         version=release.version,
-        summary="",
-        commit=head,
+        summary=summary,
+        commit=commit,
         path=str(release.path),
         previous=release.previous,
         smoke=ran,
-        delivery="merge",
-        branch_head=landing.branch_head,
-    )
-
-
-def smoke_failed(release: Release, head: str, landing: Landing, ran: str, why: str) -> SmokeFailed:
-    return SmokeFailed(
-        version=release.version,
-        summary=f"smoke check failed ({ran}): {why}; nothing was delivered",
-        commit=head,
-        path=str(release.path),
-        previous=release.previous,
-        smoke=ran,
-        delivery="merge",
-        branch_head=landing.branch_head,
+        delivery="merge" if landing else "",
+        branch_head=landing.branch_head if landing else None,
     )
 
 

@@ -49,12 +49,13 @@ async def land(
         if not smoke.ok:  # nothing was pushed, nothing switched
             await in_thread("discard", paths.remove_tree, release.path)
             why = "timed out" if smoke.timed_out else _tail(smoke.output)
-            return delivery.smoke_failed(release, head, landing, ran, why)
+            summary = f"smoke check failed ({ran}): {why}; nothing was delivered"
+            return delivery.smoke_checked(SmokeFailed, release, head, ran, summary, landing)
         if landing.kind == "ready" and not await in_thread("push", delivery.push, ws, landing):
             await in_thread("discard", paths.remove_tree, release.path)
             continue
         release = await in_thread("switch current", releases.publish, release)
-        done = delivery.released(release, head, landing, ran)
+        done = delivery.smoke_checked(Released, release, head, ran, landing=landing)
         done.declared = await in_thread(
             "version files", delivery.disagreement, ws, landing.commit, landing.version
         )
@@ -77,17 +78,13 @@ async def release_here(
     smoke = await releases.verify(release, smoke_command, limits)
     ran = f"`{smoke_command or 'import every module'}` exited {smoke.returncode}"
     if smoke.ok:
-        return Released(
-            version=version, summary="", commit=commit, path=str(release.path),
-            previous=release.previous, smoke=ran,
-        )  # fmt: skip
+        return delivery.smoke_checked(Released, release, commit, ran)
     now = await in_thread("restore", releases.restore, task.project_id, release.previous)
     why = "timed out" if smoke.timed_out else _tail(smoke.output)
-    return SmokeFailed(
-        version=version, commit=commit, path=str(release.path), previous=release.previous,
-        smoke=ran, restored=True,
-        summary=f"smoke check failed ({ran}): {why}; restored release {now or 'none'}",
-    )  # fmt: skip
+    summary = f"smoke check failed ({ran}): {why}; restored release {now or 'none'}"
+    failed = delivery.smoke_checked(SmokeFailed, release, commit, ran, summary)
+    failed.restored = True
+    return failed
 
 
 async def revert(
