@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from temporalio.client import WorkflowHandle
 
-from activities.gitcmd import git
+from activities.repository.gitcmd import git
 from client.builds import new_request, start_build
 from client.follow import delivered, follow
 from client.projects import put_project

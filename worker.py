@@ -12,9 +12,10 @@ import signal
 import typer
 from sqlalchemy.exc import OperationalError
 
-from activities import cgroups, isolation, model_probe
-from activities.answers import open_store
-from activities.llm import ModelClient
+from activities.model import probe
+from activities.model.answers import open_store
+from activities.model.llm import ModelClient
+from activities.sandbox import cgroups, isolation
 from client.reconcile import reconcile_forever
 from client.worker import build_worker, worker_identity
 from core.exit import exit_now
@@ -112,7 +113,7 @@ async def serve(settings: Settings) -> None:
     )
     # Beside polling, not before it: a slow model must not hold up builds that need no call.
     checked = (
-        asyncio.create_task(model_probe.check_at_start(llm))
+        asyncio.create_task(probe.check_at_start(llm))
         if settings.llm_probe_at_start and not settings.offline_model
         else None
     )

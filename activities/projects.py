@@ -17,7 +17,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.beat import in_thread
-from activities.gitcmd import GitError, create_bare, remote_head
+from activities.repository.gitcmd import GitError, create_bare, remote_head
 from core.contracts import CHECK_REPOSITORY, CREATE_REPOSITORY, JOIN_RELEASE_QUEUE, Failure
 from core.projects import (
     ENQUEUE,

@@ -14,17 +14,19 @@ from typing import Any, TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import delivery, environment, landing, repomap
 from activities.beat import in_thread
-from activities.checks import introduced_since, static_checks
-from activities.gitcmd import GitError, create_bare
-from activities.llm import ModelClient
+from activities.delivery import landing, pushes
+from activities.delivery.targets import LocalReleases, ReleaseTarget
 from activities.mirror import MirrorActivities
+from activities.model.llm import ModelClient
 from activities.projects import greenfield
-from activities.release import LocalReleases, ReleaseTarget
-from activities.sandbox import Limits
-from activities.testrun import DEFAULT_COMMAND, baseline, compare, is_pytest, run_tests
-from activities.workspace import AttemptRefused, Remote, Workspace
+from activities.repository import repomap
+from activities.repository.gitcmd import GitError, create_bare
+from activities.repository.workspace import AttemptRefused, Remote, Workspace
+from activities.sandbox.runs import Limits
+from activities.testing import environment
+from activities.testing.checks import introduced_since, static_checks
+from activities.testing.testrun import DEFAULT_COMMAND, baseline, compare, is_pytest, run_tests
 from core.contracts import (
     CODE_WRITER,
     OPEN_WORKSPACE,
@@ -145,7 +147,7 @@ class RoleActivities:
         merge = task.context.merge
         merge_with = merge.branch_head if merge else None
         if merge and merge_with:  # the project moved and conflicted: both sides of each conflict
-            sides = await in_thread("merge", delivery.conflict_sides, ws, task.head, merge)
+            sides = await in_thread("merge", pushes.conflict_sides, ws, task.head, merge)
             task = _with(task, merge=sides)
         if task.project is not None:
             task = await in_thread("repository context", self._with_repository, task, ws, True)
@@ -280,7 +282,7 @@ class RoleActivities:
             return await self._push_branch(task, ws, head)
         if Simulation.CONFLICT in task.simulate and self.settings.offline_model:
             await in_thread(
-                "teammate", delivery.simulate_teammate, ws, task.base, head, task.build_id
+                "teammate", pushes.simulate_teammate, ws, task.base, head, task.build_id
             )
         outcome = await landing.land(
             ws, self.releases, task.project_id, head, task.bump,

@@ -31,9 +31,9 @@ from pydantic import SecretStr
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from activities import output_modes, streaming
-from activities.llm import ModelClient
-from activities.output_modes import Mode
+from activities.model import output_modes, streaming
+from activities.model.llm import ModelClient
+from activities.model.output_modes import Mode
 from bench.figures import log
 from client.builds import start_build
 from client.worker import build_worker

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from activities import paths
-from activities.gitcmd import git
-from activities.landing import exported
-from activities.release import LocalReleases
-from activities.workspace import Workspace
+from activities.delivery.landing import exported
+from activities.delivery.targets import LocalReleases
+from activities.repository.gitcmd import git
+from activities.repository.workspace import Workspace
 from core.exit import exit_now
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from activities import pysymbols, repomap
-from activities.gitcmd import git
+from activities.repository import pysymbols, repomap
+from activities.repository.gitcmd import git
 from core.exit import exit_now
 
 ROOT = Path(__file__).resolve().parent.parent

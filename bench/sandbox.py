@@ -16,10 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from activities import isolation, offline_model
-from activities.gitcmd import git
-from activities.sandbox import Limits
-from activities.testrun import run_command
+from activities.model import offline
+from activities.repository.gitcmd import git
+from activities.sandbox import isolation
+from activities.sandbox.runs import Limits
+from activities.testing.testrun import run_command
 from core.exit import exit_now
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,9 +34,9 @@ def workspace(folder: Path) -> Path:
     repo = folder / "repo"
     shutil.copytree(ROOT / "examples" / "inventory", repo)
     (repo / "dark_mode.py").write_text(
-        offline_model._module_source("dark_mode", toggle_bug=False, smoke_bug=False)
+        offline._module_source("dark_mode", toggle_bug=False, smoke_bug=False)
     )
-    (repo / "tests" / "test_dark_mode.py").write_text(offline_model._test_source("dark_mode"))
+    (repo / "tests" / "test_dark_mode.py").write_text(offline._test_source("dark_mode"))
     git(None, "init", "-q", str(repo))
     return repo
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
 
-from activities.gitcmd import create_bare
-from activities.llm import ModelClient
+from activities.model.llm import ModelClient
+from activities.repository.gitcmd import create_bare
 from bench.bare import BareWorkflow
 from bench.engine import BARE_QUEUE_SUFFIX, record
 from bench.figures import log

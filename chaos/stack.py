@@ -18,7 +18,7 @@ import psycopg
 from sqlmodel import Session
 from temporalio.client import Client, WorkflowHandle
 
-from activities import cgroups
+from activities.sandbox import cgroups
 from client.builds import has_worker, start_build
 from core.models import BuildOptions, BuildRequest, RolePolicy
 from core.settings import Settings
@@ -255,7 +255,7 @@ def leftovers() -> list[str]:
         except OSError:
             continue
         command = b" ".join(argv).decode(errors="replace")
-        if argv[0].endswith(b"bwrap") or "activities/confine.py" in command:
+        if argv[0].endswith(b"bwrap") or "activities/sandbox/confine.py" in command:
             found[int(entry.name)] = command[:60]
     return [f"{pid} {what}" for pid, what in sorted(found.items())]
 

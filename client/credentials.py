@@ -1,6 +1,6 @@
 """git's credential store, as the client that registers a project writes it: the token of an
 http(s) repository URL is kept there, and the registration holds the URL without it. The
-workers' git reads the same file (activities/gitcmd.py `use_credentials`)."""
+workers' git reads the same file (activities/repository/gitcmd.py `use_credentials`)."""
 
 from __future__ import annotations
 

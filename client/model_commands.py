@@ -1,5 +1,5 @@
 """`starter.py model check`: what the configured model endpoint takes, asked before a build
-depends on it (activities/model_probe.py)."""
+depends on it (activities/model/probe.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from activities.llm import ModelClient
-from activities.model_probe import ProbeFailed, ProbeReport, probe
+from activities.model.llm import ModelClient
+from activities.model.probe import ProbeFailed, ProbeReport, probe
 from client.cli import console
 from core.settings import get_settings
 from core.states import Role

@@ -13,10 +13,10 @@ from sqlalchemy import Engine
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities import gitcmd
-from activities.llm import ModelClient
 from activities.mirror import MirrorActivities
+from activities.model.llm import ModelClient
 from activities.projects import registry
+from activities.repository import gitcmd
 from activities.roles import RoleActivities
 from core.settings import Settings
 from workflows.build import BuildWorkflow

@@ -103,8 +103,9 @@ def redact(text: str) -> str:
 def split_credentials(repository: str) -> tuple[str, str | None]:
     """An http(s) URL with a user or password (a token) as the URL without them and the line
     git's credential store keeps for it (`https://user:token@host/path`); any other repository
-    as it is, with None. The credentials then live only in the store (activities/gitcmd.py),
-    never in the project's registration, a build's history or what is shown of either."""
+    as it is, with None. The credentials then live only in the store
+    (activities/repository/gitcmd.py), never in the project's registration, a build's history
+    or what is shown of either."""
     match = _CREDENTIALS.match(repository)
     if match is None or match["scheme"].lower() not in ("http://", "https://"):
         return repository, None

@@ -29,7 +29,7 @@ class ModelUsage(BaseModel):
     cost_usd: float = 0.0
     requests: int = 0  # HTTP requests this call made (re-asks included)
     offline: bool = False
-    output_mode: str = ""  # how the answer was asked for (activities/output_modes.py)
+    output_mode: str = ""  # how the answer was asked for (activities/model/output_modes.py)
     reused: bool = False  # the answer kept from an earlier try of the same call (not paid again)
     # Some tokens are counted from the text, not the server's usage: a stream without usage,
     # or one cut before its end (its retry carries what it had received).
@@ -181,7 +181,7 @@ class TestReport(BaseModel):
     pre_existing: list[TestFailure] = Field(default_factory=list)
     regressions: list[str] = Field(default_factory=list)
     baseline: str | None = None  # the base commit and its run's summary (None: no baseline)
-    sandbox: str = ""  # how the run was confined (activities/isolation.py), and its limits
+    sandbox: str = ""  # how the run was confined (activities/sandbox/isolation.py), and its limits
     setup: str = ""  # the project's setup command's run before it ("": the project has none)
 
 

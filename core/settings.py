@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from core.models import Budget, RolePolicy
 from core.states import Role
 
-# How a role's answer is asked for (activities/output_modes.py); auto: the strongest mode the
+# How a role's answer is asked for (activities/model/output_modes.py); auto: the strongest mode the
 # endpoint takes, found at run time.
 OutputMode = Literal["auto", "json_schema", "tools", "json_object", "text"]
 
@@ -158,7 +158,7 @@ class Settings(BaseSettings):
     # How often a project's release queue asks the build holding the turn whether it still
     # runs while others wait (a terminated build says nothing when it goes).
     release_queue_check_seconds: float = Field(default=60, gt=0)
-    # The sandbox of every run of generated code (activities/isolation.py).
+    # The sandbox of every run of generated code (activities/sandbox/isolation.py).
     sandbox: Literal["auto", "bubblewrap", "landlock", "none"] = "auto"
     # A project's setup command may reach the network (pip install from an index); its test
     # runs never do.

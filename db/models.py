@@ -168,7 +168,7 @@ class BuildRoleUsageRow(SQLModel, table=True):
 
 
 class KeptAnswerRow(SQLModel, table=True):
-    """A model's complete answer, kept for a retry of its call (activities/answers.py, with
+    """A model's complete answer, kept for a retry of its call (activities/model/answers.py, with
     ANSWER_STORE=database: every worker of a fleet finds it). No key, header or prompt."""
 
     __tablename__ = "kept_answers"

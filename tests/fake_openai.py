@@ -18,7 +18,7 @@ from typing import Literal
 
 import httpx2
 
-from activities import edit_blocks, offline_model
+from activities.model import edit_blocks, offline
 
 FaultKind = Literal[
     "status", "hang", "cut", "invalid_json", "schema_break", "stall", "cut_stream", "interrupt"
@@ -132,9 +132,9 @@ class FakeOpenAI:
             payload.pop("stream_options", None)
         if fault is not None and fault.kind in ("invalid_json", "schema_break"):
             content = "{not json" if fault.kind == "invalid_json" else '{"unexpected": true}'
-            answer = offline_model.respond(payload, content)
+            answer = offline.respond(payload, content)
         else:
-            answer = await offline_model.handle(
+            answer = await offline.handle(
                 httpx2.Request(method, f"http://fake{path}", json=payload, headers={
                     k: v for k, v in headers.items() if k != "content-length"})
             )  # fmt: skip

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from activities.gitcmd import git
+from activities.repository.gitcmd import git
 
 APP = '''"""A tiny application the builds add features to."""
 

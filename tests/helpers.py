@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Engine
 from temporalio.client import Client, WorkflowHandle
 
-from activities.llm import ModelClient
+from activities.model.llm import ModelClient
 from client.builds import start_build
 from client.worker import build_worker
 from core.models import BuildOptions, BuildRequest, BuildStatus, Requirements

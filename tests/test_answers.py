@@ -1,5 +1,5 @@
-"""An answer is never paid for twice (activities/answers.py): a model's complete answer is kept
-before anything acts on it, and a retry of the activity after it arrived uses it. Nothing
+"""An answer is never paid for twice (activities/model/answers.py): a model's complete answer
+is kept before anything acts on it, and a retry of the activity after it arrived uses it. Nothing
 secret is kept, and old builds' answers go. Both stores: files, and the mirror's database
 (SQLite and PostgreSQL) that a fleet's workers share."""
 
@@ -18,9 +18,9 @@ import pytest
 from sqlalchemy import Engine, update
 from temporalio.client import Client
 
-from activities import offline_model
-from activities.answers import Answers, AnswerStore, DatabaseAnswers, Key, request_hash
-from activities.workspace import Workspace
+from activities.model import offline
+from activities.model.answers import Answers, AnswerStore, DatabaseAnswers, Key, request_hash
+from activities.repository.workspace import Workspace
 from core.models import EventType
 from core.role_io import ModelUsage, PlanOutput
 from core.settings import Settings
@@ -123,7 +123,7 @@ async def test_a_retry_after_the_answer_arrived_uses_it_and_keeps_no_secret(
 
     async def model(request: httpx2.Request) -> httpx2.Response:
         asked.append(json.loads(request.content)["response_format"]["json_schema"]["name"])
-        return await offline_model.handle(request)
+        return await offline.handle(request)
 
     real, failed = Workspace.write, list[int]()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from activities.gitcmd import git
+from activities.repository.gitcmd import git
 from tests.api_stack import Stack, new_project, poll
 from tests.git_projects import make_project
 

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import create_engine
 from temporalio import activity
 
-from activities.llm import ModelClient
+from activities.model.llm import ModelClient
 from client.worker import activities
 from core.contracts import CONTRACTS, ROLE_CALLS
 from core.settings import Settings

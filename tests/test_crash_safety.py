@@ -13,8 +13,8 @@ import time
 import uuid
 from pathlib import Path
 
-from activities.sandbox import Limits, run_limited
-from activities.workspace import GIT_ENV, Workspace
+from activities.repository.workspace import GIT_ENV, Workspace
+from activities.sandbox.runs import Limits, run_limited
 
 
 def running(marker: str) -> list[int]:
@@ -76,7 +76,7 @@ def test_a_run_dies_with_a_killed_worker(tmp_path: Path):
     worker = textwrap.dedent(f"""
         import asyncio, sys
         from pathlib import Path
-        from activities.sandbox import Limits, run_limited
+        from activities.sandbox.runs import Limits, run_limited
         asyncio.run(run_limited([sys.executable, "-c", {child!r}], cwd=Path({str(tmp_path)!r}),
                                 limits=Limits(60, 256), scratch=Path({str(tmp_path)!r})))
     """)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from activities.gitcmd import git
+from activities.repository.gitcmd import git
 from client.credentials import keep_credentials
 from client.projects import ProjectRefused, put_project, registered
 from core.projects import ProjectConfig, project_workflow_id, split_credentials

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from activities.gitcmd import git
+from activities.repository.gitcmd import git
 from devtools.processes import free_port, port_open
 from tests.helpers import ROOT
 

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 from temporalio.client import Client
 
-from activities.gitcmd import git
+from activities.repository.gitcmd import git
 from client.projects import put_project
 from core.models import BuildEvent, RolePolicy
 from core.projects import ProjectConfig

@@ -1,4 +1,4 @@
-"""The Code Writer's blocks format (activities/edit_blocks.py): answers as models write them
+"""The Code Writer's blocks format (activities/model/edit_blocks.py): answers as models write them
 read into the same edits as the JSON answer, malformed ones refused with the block that could
 not be read, hostile paths left to the one place that refuses them (activities/paths.py)."""
 
@@ -14,9 +14,10 @@ import pytest
 from sqlalchemy import Engine
 from temporalio.client import Client
 
-from activities import offline_model, paths
-from activities.edit_blocks import BlocksInvalid, parse, render, whole_lines
-from activities.workspace import Workspace
+from activities import paths
+from activities.model import offline
+from activities.model.edit_blocks import BlocksInvalid, parse, render, whole_lines
+from activities.repository.workspace import Workspace
 from core.models import EventType
 from core.role_io import FileEdit, ImplementationOutput, RoleTask, SourceFile
 from core.settings import Settings
@@ -159,7 +160,7 @@ async def test_the_offline_code_writer_answers_in_blocks_that_apply_as_its_json_
 
     async def seen(request: httpx2.Request) -> Any:
         bodies.append(json.loads(request.content))
-        return await offline_model.handle(request)
+        return await offline.handle(request)
 
     llm = model_client_with(blocks, seen)
     out, usage = await llm.implementation(code_task({"CHANGELOG.md": changelog}))
@@ -193,8 +194,8 @@ async def test_a_block_that_cannot_be_read_is_re_asked_with_the_block(settings: 
         bodies.append(body)
         if len(bodies) == 1:
             broken = "app.py\n```python\n<<<<<<< SEARCH\nx = 1\n```\n"
-            return offline_model.respond(body, broken)
-        return await offline_model.handle(request)
+            return offline.respond(body, broken)
+        return await offline.handle(request)
 
     llm = model_client_with(blocks, handler)
     out, usage = await llm.implementation(code_task())

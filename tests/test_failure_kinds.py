@@ -8,7 +8,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from activities.edits import AttemptRefused
+from activities.repository.edits import AttemptRefused
 from core.contracts import REFUSED_ATTEMPTS, Failure
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""Prompts fit the model (activities/fitting.py): a task is cut to the context window, set or
+"""Prompts fit the model (activities/model/fitting.py): a task is cut to the context window, set or
 told by the server, with room for the answer; a server that still refuses the prompt's size
 gets it once more at half the size, never the same prompt again."""
 
@@ -14,7 +14,7 @@ import pytest
 from pydantic import SecretStr
 from temporalio.exceptions import ApplicationError
 
-from activities import fitting, offline_model
+from activities.model import fitting, offline
 from core.role_io import PlanOutput, RoleTask
 from core.settings import Settings
 from core.states import BuildState, Role
@@ -71,7 +71,7 @@ def llama_cpp_sized(window: int, seen: list[int]) -> Any:
             return httpx2.Response(400, json={"error": {"message": message, "code": 400}})
         whole = {**body, "response_format": {"type": "json_schema",
                                              "json_schema": {"name": "PlanOutput"}}}  # fmt: skip
-        answer = await offline_model.handle(httpx2.Request("POST", request.url, json=whole))
+        answer = await offline.handle(httpx2.Request("POST", request.url, json=whole))
         return answer
 
     return handler

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 
-from activities.gitcmd import create_bare
+from activities.repository.gitcmd import create_bare
 from core.models import BuildRequest, RolePolicy
 from core.projects import ProjectConfig
 from core.settings import Settings

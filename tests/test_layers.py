@@ -84,7 +84,7 @@ def test_the_check_sees_each_kind_of_violation():
     assert violations("api.main", ["devtools.processes"]) == [
         "api.main imports the tool devtools.processes"
     ]
-    assert violations("tests.conftest", ["client.worker", "activities.llm"]) == []
+    assert violations("tests.conftest", ["client.worker", "activities.model.llm"]) == []
     assert violations("starter", ["client.builds", "api.schemas"]) == []
 
 

@@ -16,8 +16,8 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.worker import Worker
 
-from activities import offline_model
 from activities.mirror import MirrorActivities
+from activities.model import offline
 from activities.projects import registry
 from activities.roles import RoleActivities
 from core.contracts import ROLE_CALLS
@@ -142,7 +142,7 @@ async def test_role_calls_carry_the_mirror_and_write_it_before_their_role_works(
         with Session(mirror_db) as session:  # what the API could read while the role works
             rows = session.exec(select(func.count()).where(WorkflowEventRow.workflow_id == wid))
             seen.append({"rows": rows.one(), "body": request.content.decode()})
-        return await offline_model.handle(request)
+        return await offline.handle(request)
 
     request = make_request()
     wid = request.workflow_id
@@ -252,7 +252,7 @@ async def test_mirror_is_exact_through_a_retry_loop_a_rollback_and_failing_activ
         model_calls += 1
         if model_calls % 5 == 2:  # every fifth model call fails; Temporal retries the role
             return httpx2.Response(500, json={"error": {"message": "overloaded"}})
-        return await offline_model.handle(request)
+        return await offline.handle(request)
 
     mirror = CrashAfterCommitMirror(mirror_db)
     roles = RoleActivities(model_client_with(settings, flaky_model), mirror=mirror)

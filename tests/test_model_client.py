@@ -9,9 +9,9 @@ import httpx2
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.llm import ModelClient
-from activities.model_request import retry_after
-from activities.offline_model import SIMULATE_HEADER, slug
+from activities.model.llm import ModelClient
+from activities.model.offline import SIMULATE_HEADER, slug
+from activities.model.wire import retry_after
 from core.role_io import RoleTask, TestReport
 from core.settings import Settings
 from core.states import BuildState, Role

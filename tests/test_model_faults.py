@@ -13,7 +13,7 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.llm import ModelClient
+from activities.model.llm import ModelClient
 from core.models import EventType
 from core.role_io import RoleTask, TestAudit
 from core.settings import RoleModel, Settings

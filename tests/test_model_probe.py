@@ -1,4 +1,4 @@
-"""`starter.py model check` (activities/model_probe.py): a llama.cpp-like endpoint is probed
+"""`starter.py model check` (activities/model/probe.py): a llama.cpp-like endpoint is probed
 through the real openai SDK, mode by mode, streamed, and asked its context window; a rejected
 key is one line."""
 
@@ -12,7 +12,7 @@ import pytest
 from pydantic import SecretStr
 from temporalio.exceptions import ApplicationError
 
-from activities.model_probe import ProbeFailed, check_at_start, probe
+from activities.model.probe import ProbeFailed, check_at_start, probe
 from core.role_io import PlanOutput, RoleTask
 from core.settings import RoleModel, Settings
 from core.states import BuildState, Role

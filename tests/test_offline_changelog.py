@@ -3,8 +3,8 @@ file written when the repository has none, and never a blind or repeated edit.""
 
 from __future__ import annotations
 
-from activities.offline_model import changelog_edit
-from activities.workspace import Workspace
+from activities.model.offline import changelog_edit
+from activities.repository.workspace import Workspace
 from core.role_io import SourceFile
 
 ENTRY = "- Dark mode: `dark_mode.py`"

@@ -1,6 +1,6 @@
-"""Output modes found at run time (activities/output_modes.py, activities/llm.py): endpoints
-that behave as real server families do (llama.cpp's server refuses `json_schema` with a 500
-and takes a forced tool call; others accept every mode and ignore it, answering prose around a
+"""Output modes found at run time (activities/model/output_modes.py, activities/model/llm.py):
+endpoints that behave as real server families do (llama.cpp's server refuses `json_schema` with a
+500 and takes a forced tool call; others accept every mode and ignore it, answering prose around a
 fenced JSON object; some refuse everything) are met through the real openai SDK. `auto` steps
 down to the mode that works, remembers it per endpoint and model, and records it; a configured
 mode is used as it is."""
@@ -20,8 +20,8 @@ from sqlalchemy import Engine
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from activities import offline_model, output_modes
-from activities.output_modes import Mode, ModeRefused, NoJson, OutputInvalid
+from activities.model import offline, output_modes
+from activities.model.output_modes import Mode, ModeRefused, NoJson, OutputInvalid
 from core.models import EventType
 from core.role_io import PlanOutput, RoleTask
 from core.settings import RoleModel, Settings
@@ -49,12 +49,12 @@ async def offline_answer(request: httpx2.Request) -> tuple[dict[str, Any], str]:
     body = json.loads(request.content)
     fmt = {"type": "json_schema", "json_schema": {"name": schema_name(body)}}
     asked = httpx2.Request("POST", request.url, json={**body, "response_format": fmt})
-    return body, await offline_model.content_of(asked)
+    return body, await offline.content_of(asked)
 
 
 def reply(body: dict[str, Any], content: str | None, tool_args: str | None = None) -> Any:
     """The answer, streamed as the request asks (tool-call arguments split across chunks)."""
-    return offline_model.respond(body, content or "", tool_args)
+    return offline.respond(body, content or "", tool_args)
 
 
 def llama_cpp(seen: list[str]) -> Handler:
@@ -229,7 +229,7 @@ async def test_a_tool_call_cut_at_max_tokens_is_re_asked_as_cut_off_whatever_the
         bodies.append(body)
         cut = len(bodies) == 1
         args = content[: len(content) // 2] if cut else content
-        answer = offline_model.respond({**body, "stream": False}, "", tool_args=args)
+        answer = offline.respond({**body, "stream": False}, "", tool_args=args)
         whole = json.loads(answer.content)
         whole["usage"]["completion_tokens"] = limit if cut else limit // 2
         if not body.get("stream"):

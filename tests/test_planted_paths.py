@@ -25,14 +25,16 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities import isolation, offline_model, paths
-from activities import release as release_module
-from activities import sandbox as sandbox_module
-from activities.gitcmd import git
-from activities.llm import ModelClient
-from activities.policy import Policy, confined, landlock_rules
+from activities import paths
+from activities.delivery import targets as release_module
+from activities.model import offline
+from activities.model.llm import ModelClient
+from activities.repository.gitcmd import git
+from activities.repository.workspace import Workspace
 from activities.roles import RoleActivities
-from activities.workspace import Workspace
+from activities.sandbox import isolation
+from activities.sandbox import runs as sandbox_module
+from activities.sandbox.policy import Policy, confined, landlock_rules
 from client.projects import put_project
 from core.models import EventType
 from core.projects import ProjectConfig
@@ -448,7 +450,7 @@ async def test_an_edit_path_the_worker_refuses_is_told_to_the_code_writer_not_re
 
 
 def test_a_plan_naming_git_reads_nothing_of_it_into_a_prompt(tmp_path: Path) -> None:
-    from activities import repomap
+    from activities.repository import repomap
 
     repo = tmp_path / "repo"
     git(None, "init", "-q", str(repo))
@@ -497,14 +499,14 @@ def hostile_code_writer(extras: list[dict[str, str]]) -> tuple[Any, list[int]]:
 
     async def model(request: httpx2.Request) -> httpx2.Response:
         body = json.loads(request.content)
-        answer = await offline_model.handle(request)
+        answer = await offline.handle(request)
         if body["response_format"]["json_schema"]["name"] != "ImplementationOutput":
             return answer
         calls.append(1)
-        out = json.loads(await offline_model.content_of(request))
+        out = json.loads(await offline.content_of(request))
         extra = extras[len(calls) - 1] if len(calls) <= len(extras) else {}
         out["files"] += [{"path": path, "content": text} for path, text in extra.items()]
-        return offline_model.respond(body, json.dumps(out))
+        return offline.respond(body, json.dumps(out))
 
     return model, calls
 

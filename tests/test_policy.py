@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from activities.policy import (
+from activities.sandbox.policy import (
     DEVICES,
     ETC,
     SYSTEM,
@@ -24,7 +24,7 @@ HOST = Host(
     git=True,
     hosts="/tmp/qao-sandbox-x/hosts",
     python="/venv/bin/python",
-    confine="/app/activities/confine.py",
+    confine="/app/activities/sandbox/confine.py",
 )
 RUN = Path("/work/ws/b1/repo")
 ETC_BINDS = [arg for name in ETC for arg in ("--ro-bind-try", f"/etc/{name}", f"/etc/{name}")]
@@ -61,11 +61,11 @@ def test_a_networked_run_shares_the_network_and_is_held_to_its_ports_by_confine(
         "/etc/resolv.conf",
     ]
     assert "/tmp/qao-sandbox-x/hosts" not in argv  # the host's names, not localhost's
-    bind = argv.index("/app/activities/confine.py")
+    bind = argv.index("/app/activities/sandbox/confine.py")
     assert argv[bind - 1 : bind + 2] == ["--ro-bind", HOST.confine, HOST.confine]
     command = argv[argv.index("--") + 1 :]
     assert command == [
-        "/venv/bin/python", "-S", "/app/activities/confine.py",
+        "/venv/bin/python", "-S", "/app/activities/sandbox/confine.py",
         *confine_arguments({"network": True, "ports": [443], "fs": False}),
         "pip", "install", ".",
     ]  # fmt: skip

@@ -13,8 +13,8 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
-from activities import isolation
-from activities.gitcmd import git
+from activities.repository.gitcmd import git
+from activities.sandbox import isolation
 from client.projects import (
     ProjectNotFound,
     ProjectRefused,

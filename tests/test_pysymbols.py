@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from activities import pysymbols
+from activities.repository import pysymbols
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Engine
 from temporalio.client import Client, WorkflowHandle
 
-from activities.gitcmd import git
+from activities.repository.gitcmd import git
 from client.projects import get_project, put_project
 from core.messages import AbortRequest, ApproveRequest
 from core.models import BuildRequest, BuildStatus, EventType

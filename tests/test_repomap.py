@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from activities import pysymbols, repomap
-from activities.gitcmd import git
+from activities.repository import pysymbols, repomap
+from activities.repository.gitcmd import git
 from core.role_io import RoleContext
 from tests.git_projects import commit_files, make_project
 

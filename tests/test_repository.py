@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from activities import delivery
-from activities.gitcmd import GitError, create_bare, git, remote_head
-from activities.workspace import AttemptRefused, MergeUnresolved, Remote, Workspace
+from activities.delivery import pushes
+from activities.repository.gitcmd import GitError, create_bare, git, remote_head
+from activities.repository.workspace import AttemptRefused, MergeUnresolved, Remote, Workspace
 from core.projects import ProjectConfig, next_version
 from core.role_io import FileEdit, SourceFile
 from tests.git_projects import make_project, push_change, tags_of, tree_of
@@ -57,13 +57,13 @@ def test_a_ready_build_lands_as_a_fast_forward_with_the_next_tag(tmp_path: Path)
     ws = workspace(tmp_path, remote)
     ws.open()
     head, _ = ws.write([SourceFile(path="feature.py", content="X = 1\n")], "attempt 1")
-    landing = delivery.survey(ws, head, "minor")
+    landing = pushes.survey(ws, head, "minor")
     assert (landing.kind, landing.version) == ("ready", "v0.1.0")
-    assert delivery.push(ws, landing)
+    assert pushes.push(ws, landing)
     assert git(remote, "rev-parse", "refs/heads/main") == head
     assert tags_of(remote) == ["v0.1.0"]
     # Looked at again (a retry after a crash): landed, the same tag, nothing pushed twice.
-    again = delivery.survey(ws, head, "minor")
+    again = pushes.survey(ws, head, "minor")
     assert (again.kind, again.version) == ("landed", "v0.1.0")
     assert tags_of(remote) == ["v0.1.0"]
 
@@ -74,7 +74,7 @@ def test_a_moved_branch_is_merged_into_the_build_for_another_test(tmp_path: Path
     ws.open()
     head, _ = ws.write([SourceFile(path="feature.py", content="X = 1\n")], "attempt 1")
     theirs = push_change(remote, {"other.py": "Y = 2\n"}, "someone else's feature")
-    landing = delivery.survey(ws, head, "minor")
+    landing = pushes.survey(ws, head, "minor")
     assert landing.kind == "moved" and landing.branch_head == theirs
     parents = git(remote, "rev-list", "--parents", "-n", "1", landing.commit).split()[1:]
     assert set(parents) == {head, theirs}  # pushed under the build's refs, both sides in it
@@ -88,7 +88,7 @@ def test_a_conflicting_branch_names_the_files_and_leaves_no_merge_behind(tmp_pat
     ws.open()
     head, _ = ws.write([SourceFile(path="app.py", content="ours\n")], "attempt 1")
     push_change(remote, {"app.py": "theirs\n"}, "a change to the same lines")
-    landing = delivery.survey(ws, head, "minor")
+    landing = pushes.survey(ws, head, "minor")
     assert (landing.kind, landing.conflicts) == ("conflict", ["app.py"])
     assert not (ws.repo / ".git" / "MERGE_HEAD").exists()
     assert ws.head() == head
@@ -114,7 +114,7 @@ def test_the_code_writer_resolves_a_conflicting_merge_by_writing_the_files(tmp_p
     merged, _ = ws.write([SourceFile(path="app.py", content="ours and theirs\n")], "attempt 2")
     assert set(ws.git("rev-list", "--parents", "-n", "1", merged).split()[1:]) == {head, theirs}
     assert (ws.repo / "other.py").exists()
-    assert delivery.survey(ws, merged, "minor").kind == "ready"
+    assert pushes.survey(ws, merged, "minor").kind == "ready"
 
 
 def test_a_version_is_never_taken_twice(tmp_path: Path) -> None:
@@ -124,16 +124,16 @@ def test_a_version_is_never_taken_twice(tmp_path: Path) -> None:
     second.open()
     a, _ = first.write([SourceFile(path="a.py", content="")], "a")
     b, _ = second.write([SourceFile(path="b.py", content="")], "b")
-    ready_a, ready_b = delivery.survey(first, a, "minor"), delivery.survey(second, b, "minor")
+    ready_a, ready_b = pushes.survey(first, a, "minor"), pushes.survey(second, b, "minor")
     assert ready_a.version == ready_b.version == "v0.1.0"
-    assert delivery.push(first, ready_a)
-    assert not delivery.push(second, ready_b)  # git refuses: the branch moved, the tag taken
+    assert pushes.push(first, ready_a)
+    assert not pushes.push(second, ready_b)  # git refuses: the branch moved, the tag taken
     assert tags_of(remote) == ["v0.1.0"]
-    moved = delivery.survey(second, b, "minor")
+    moved = pushes.survey(second, b, "minor")
     assert moved.kind == "moved"
-    ready = delivery.survey(second, moved.commit, "minor")
+    ready = pushes.survey(second, moved.commit, "minor")
     assert (ready.kind, ready.version) == ("ready", "v0.2.0")
-    assert delivery.push(second, ready)
+    assert pushes.push(second, ready)
     assert tags_of(remote) == ["v0.1.0", "v0.2.0"]
     assert {"a.py", "b.py", "app.py"} <= tree_of(remote)
 
@@ -196,8 +196,8 @@ def _land(ws: Workspace, files: dict[str, str], message: str) -> tuple[str, str]
     """Write, then land on the project's branch; (the branch head before, the landed commit)."""
     ws.open()
     head, _ = ws.write([SourceFile(path=k, content=v) for k, v in files.items()], message)
-    landing = delivery.survey(ws, head, "minor")
-    assert landing.kind == "ready" and delivery.push(ws, landing)
+    landing = pushes.survey(ws, head, "minor")
+    assert landing.kind == "ready" and pushes.push(ws, landing)
     return landing.branch_head, head
 
 
@@ -207,16 +207,16 @@ def test_a_release_is_reverted_by_a_new_commit_also_under_a_later_release(tmp_pa
     landed_from, landed = _land(first, {"feature.py": "X = 1\n"}, "feature")
     _land(later, {"later.py": "Y = 2\n"}, "a later release")
     history = git(remote, "rev-list", "main").split()
-    done = delivery.revert(first, landed_from, landed, "b1")
+    done = pushes.revert(first, landed_from, landed, "b1")
     assert not done.conflicts and done.version == "v0.2.1"
     assert git(remote, "rev-parse", "main") == done.commit
     assert git(remote, "rev-list", "main").split()[1:] == history  # nothing rewritten
     assert "feature.py" not in tree_of(remote) and "later.py" in tree_of(remote)
-    again = delivery.revert(first, landed_from, landed, "b1")  # a retry: found, not redone
+    again = pushes.revert(first, landed_from, landed, "b1")  # a retry: found, not redone
     assert (again.commit, again.version) == (done.commit, "v0.2.1")
     assert tags_of(remote) == ["v0.1.0", "v0.2.0", "v0.2.1"]
     # The build goes on from the revert with its code as it was at `landed`.
-    head = delivery.reapply(first, done.commit, landed_from, landed, "again")
+    head = pushes.reapply(first, done.commit, landed_from, landed, "again")
     assert (first.repo / "feature.py").read_text() == "X = 1\n"
     assert (first.repo / "later.py").exists()
     assert git(remote, "rev-parse", f"refs/builds/b1/{head}") == head
@@ -228,7 +228,7 @@ def test_a_revert_that_conflicts_names_the_files_and_changes_nothing(tmp_path: P
     landed_from, landed = _land(first, {"feature.py": "X = 1\n"}, "feature")
     _land(later, {"feature.py": "X = 2\n"}, "a later change of the same lines")
     tip = git(remote, "rev-parse", "main")
-    done = delivery.revert(first, landed_from, landed, "b1")
+    done = pushes.revert(first, landed_from, landed, "b1")
     assert done.conflicts == ["feature.py"] and done.version == ""
     assert git(remote, "rev-parse", "main") == tip and tags_of(remote) == ["v0.1.0", "v0.2.0"]
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from temporalio.testing import ActivityEnvironment
 
-from activities.llm import ModelClient
-from activities.release import LocalReleases
+from activities.delivery.targets import LocalReleases
+from activities.model.llm import ModelClient
+from activities.repository.workspace import UnsafePath, Workspace
 from activities.roles import RoleActivities
-from activities.sandbox import Limits
-from activities.testrun import run_tests
-from activities.workspace import UnsafePath, Workspace
+from activities.sandbox.runs import Limits
+from activities.testing.testrun import run_tests
 from core.models import Simulation
 from core.releases import Released, RestoreTask, SmokeFailed
 from core.role_io import DiscoveryOutput, PlanOutput, RoleContext, RoleTask, SourceFile

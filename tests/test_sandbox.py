@@ -1,5 +1,5 @@
 """Generated code runs isolated: a hostile test suite (tests/hostile_suite.py), run through the
-real test activity's path (activities/testrun.py) under each sandbox, tries every way out.
+real test activity's path (activities/testing/testrun.py) under each sandbox, tries every way out.
 
 Under bubblewrap every attempt must fail while the build's own test passes; each attempt is a
 test of its own here, so a failure names the hole that opened. Under `none` the same suite
@@ -26,11 +26,11 @@ from pathlib import Path
 
 import pytest
 
-from activities import cgroups, isolation
-from activities.gitcmd import git
-from activities.policy import Policy, landlock_rules
-from activities.sandbox import Limits
-from activities.testrun import passed_tests, run_command
+from activities.repository.gitcmd import git
+from activities.sandbox import cgroups, isolation
+from activities.sandbox.policy import Policy, landlock_rules
+from activities.sandbox.runs import Limits
+from activities.testing.testrun import passed_tests, run_command
 from core.role_io import TestReport
 
 HOSTILE = Path(__file__).with_name("hostile_suite.py")
@@ -367,9 +367,9 @@ LEAVES_A_DAEMON = (
 A_WORKER = """
 import asyncio, sys
 from pathlib import Path
-from activities import cgroups, isolation
-from activities.sandbox import Limits
-from activities.testrun import run_command
+from activities.sandbox import cgroups, isolation
+from activities.sandbox.runs import Limits
+from activities.testing.testrun import run_command
 cgroups.make = lambda limit: None  # as on a machine where the worker can make no cgroup
 repo = Path(sys.argv[2])
 with isolation.using(sys.argv[1]):

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from activities import isolation
-from activities.gitcmd import git
-from activities.sandbox import Limits
-from activities.testrun import RUN, baseline, run_tests
-from activities.workspace import Remote, Workspace
+from activities.repository.gitcmd import git
+from activities.repository.workspace import Remote, Workspace
+from activities.sandbox import isolation
+from activities.sandbox.runs import Limits
+from activities.testing.testrun import RUN, baseline, run_tests
 from core.projects import ProjectConfig
 from core.role_io import SourceFile, TestReport
 from core.settings import get_settings

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from activities import environment, isolation
-from activities.sandbox import Limits
-from activities.testrun import RUN, run_tests, setup_cause
-from activities.workspace import Remote, Workspace
+from activities.repository.workspace import Remote, Workspace
+from activities.sandbox import isolation
+from activities.sandbox.runs import Limits
+from activities.testing import environment
+from activities.testing.testrun import RUN, run_tests, setup_cause
 from core.settings import get_settings
 from tests.git_projects import make_project
 from tests.test_setup import make_wheel

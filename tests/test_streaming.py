@@ -1,4 +1,4 @@
-"""Role calls stream (activities/streaming.py): the tokens so far in the activity's heartbeat
+"""Role calls stream (activities/model/streaming.py): the tokens so far in the activity's heartbeat
 and the build's `status`, the text on the build's workflow stream (workflows/stream.py) for
 `--show-model-output` and the API's server-sent events, resumable by offset and marked where
 an attempt is retried. A stream that stalls is abandoned and retried as a timeout; a server
@@ -21,8 +21,8 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities import model_request, offline_model, streaming
-from activities.llm import ModelClient
+from activities.model import offline, streaming, wire
+from activities.model.llm import ModelClient
 from client.model_output import Lines, model_output
 from core.models import Simulation
 from core.role_io import ModelStreamItem, PlanOutput, RoleTask, TestAudit
@@ -112,7 +112,7 @@ async def test_a_stalled_stream_is_retried_with_a_marker_and_its_tokens_are_carr
     usage = plan_call.data
     assert usage["requests"] == 2 and usage["estimated"] is True
     whole = [r for r in fake.requests if r.schema == "PlanOutput"][1]
-    answer = offline_model.completion(whole.body, retried)["usage"]
+    answer = offline.completion(whole.body, retried)["usage"]
     assert usage["completion_tokens"] > answer["completion_tokens"]
 
 
@@ -152,9 +152,9 @@ async def test_a_server_that_refuses_streaming_is_asked_whole_from_then_on(
         for _ in range(2):
             _, usage = await llm.structured(task(Role.TEST_AUDITOR, S.TESTING), TestAudit)
             assert not usage.estimated and usage.completion_tokens > 0
-        assert model_request.unstreamed == {f"{online.openai_base_url}/"}
+        assert wire.unstreamed == {f"{online.openai_base_url}/"}
     finally:
-        model_request.unstreamed.clear()
+        wire.unstreamed.clear()
         await llm.close()
     streamed = [bool(r.body.get("stream")) for r in fake.requests]
     assert streamed == [True, False, False]
@@ -264,7 +264,7 @@ async def test_the_api_serves_model_output_as_server_sent_events_resumable_by_la
 
 @pytest.mark.parametrize("body", [{"stream": True}, {}])
 def test_the_offline_model_answers_streamed_or_whole_as_asked(body: dict[str, object]):
-    answer = offline_model.respond({"model": "m", "messages": [], **body}, '{"a": 1}')
+    answer = offline.respond({"model": "m", "messages": [], **body}, '{"a": 1}')
     assert isinstance(answer, httpx2.Response)
     streamed = answer.headers.get("content-type") == "text/event-stream"
     assert streamed is bool(body)

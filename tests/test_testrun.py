@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from activities.checks import introduced
-from activities.sandbox import Limits
-from activities.testrun import baseline, compare, run_tests
-from activities.workspace import Remote, Workspace
+from activities.repository.workspace import Remote, Workspace
+from activities.sandbox.runs import Limits
+from activities.testing.checks import introduced
+from activities.testing.testrun import baseline, compare, run_tests
 from core.role_io import SourceFile
 from tests.git_projects import APP, APP_TEST, make_project
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from activities import delivery
-from activities.gitcmd import git
-from activities.workspace import Remote, Workspace
+from activities.delivery import pushes
+from activities.repository.gitcmd import git
+from activities.repository.workspace import Remote, Workspace
 from core.projects import VersionScheme, next_version
 from core.role_io import SourceFile
 from tests.git_projects import make_project, tags_of
@@ -53,8 +53,8 @@ def released(tmp_path: Path, tags: list[str], scheme: VersionScheme, files: dict
     ws = Workspace(tmp_path / "ws", Remote(str(remote), "main", "b1"))
     ws.open()
     head, _ = ws.write([SourceFile(path="feature.py", content="Y = 2\n")], "attempt 1")
-    landing = delivery.survey(ws, head, "minor", scheme)
-    assert landing.kind == "ready" and delivery.push(ws, landing)
+    landing = pushes.survey(ws, head, "minor", scheme)
+    assert landing.kind == "ready" and pushes.push(ws, landing)
     assert git(remote, "rev-parse", "refs/heads/main") == head
     return landing.version
 
@@ -84,6 +84,6 @@ def test_a_version_the_projects_files_declare_is_said_where_it_disagrees(
 ) -> None:
     version = released(tmp_path, ["8.5.0"], "auto", files)
     ws = Workspace(tmp_path / "ws", Remote(str(tmp_path / "remote.git"), "main", "b1"))
-    said = delivery.disagreement(ws, ws.head(), version)
+    said = pushes.disagreement(ws, ws.head(), version)
     assert said.startswith(f"{declared} declares version 8.5.0, the release is tagged 8.6.0")
-    assert delivery.disagreement(ws, ws.head(), "8.5.0") == ""  # agreeing: nothing to say
+    assert pushes.disagreement(ws, ws.head(), "8.5.0") == ""  # agreeing: nothing to say

@@ -17,8 +17,8 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 from temporalio.client import Client, WorkflowFailureError
 
-from activities import offline_model
-from activities.gitcmd import git
+from activities.model import offline
+from activities.repository.gitcmd import git
 from client.projects import put_project
 from core.messages import AbortRequest, RollbackRequest
 from core.models import EventType
@@ -78,8 +78,8 @@ async def test_files_outside_the_workspace_fail_the_attempt_and_nothing_is_writt
             if code_writer_calls == 1:
                 escape = {"path": "../../escaped.py", "content": "print('out')\n"}
                 answer = {"summary": "escape", "files": [escape]}
-                return offline_model.respond(body, json.dumps(answer))
-        return await offline_model.handle(request)
+                return offline.respond(body, json.dumps(answer))
+        return await offline.handle(request)
 
     async with running_worker(client, settings, engine, model_client_with(settings, model)):
         handle = await start(client, settings, make_request())
@@ -102,7 +102,7 @@ async def slow_release_notes(request: httpx2.Request) -> httpx2.Response:
     the release."""
     if json.loads(request.content)["response_format"]["json_schema"]["name"] == "ReleaseNotes":
         await asyncio.sleep(3)
-    return await offline_model.handle(request)
+    return await offline.handle(request)
 
 
 @pytest.mark.slow  # two builds and a 3 s window
@@ -209,12 +209,12 @@ async def test_a_megabyte_of_code_stays_out_of_workflow_history(
 
     async def model(request: httpx2.Request) -> httpx2.Response:
         body = json.loads(request.content)
-        answer = await offline_model.handle(request)
+        answer = await offline.handle(request)
         if body["response_format"]["json_schema"]["name"] != "ImplementationOutput":
             return answer
-        content = json.loads(await offline_model.content_of(request))
+        content = json.loads(await offline.content_of(request))
         content["files"].append({"path": "big_table.py", "content": big})
-        return offline_model.respond(body, json.dumps(content))
+        return offline.respond(body, json.dumps(content))
 
     async with running_worker(client, settings, engine, model_client_with(settings, model)):
         handle = await start(client, settings, make_request())
@@ -240,8 +240,8 @@ async def test_an_edit_that_does_not_apply_is_refused_and_the_code_writer_retrie
                 edit = {"kind": "replace", "path": "README.md", "search": "no such text",
                         "replace": "x", "content": "", "to": ""}  # fmt: skip
                 answer = {"summary": "a blind edit", "files": [], "edits": [edit]}
-                return offline_model.respond(body, json.dumps(answer))
-        return await offline_model.handle(request)
+                return offline.respond(body, json.dumps(answer))
+        return await offline.handle(request)
 
     remote = make_project(settings.data_dir / f"edit-{uuid.uuid4().hex[:6]}", {"README.md": "Hi\n"})
     project = f"p-{uuid.uuid4().hex[:8]}"

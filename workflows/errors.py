@@ -35,7 +35,7 @@ def cause_of(err: ActivityError) -> str:
 
 def spend_of(err: ActivityError) -> ModelUsage | None:
     """What a role's model call spent before its failure, where the failure's details say it
-    (activities/llm.py puts it there when no retry can mend the call)."""
+    (activities/model/llm.py puts it there when no retry can mend the call)."""
     details: Any = getattr(err.cause, "details", None) or ()
     if len(details) != 1 or not isinstance(details[0], dict):
         return None

@@ -1,5 +1,5 @@
 """The build's workflow stream (temporalio.contrib.workflow_streams): what the roles' models
-write, published by the model layer (activities/streaming.py) in batches, read by
+write, published by the model layer (activities/model/streaming.py) in batches, read by
 `starter.py start --show-model-output` and the API's server-sent events, resumable by offset.
 The latest progress it carries ("code_writer: 1,240 tokens so far, 38 tok/s") goes to the
 `status` query and the Web UI's current details.

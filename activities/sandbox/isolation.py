@@ -12,7 +12,7 @@ static checks, smoke checks, setup commands), chosen once per process by SANDBOX
   dies with the run: the PID namespace's first process ends with the command, and bwrap
   dies with its parent.
 - `landlock`: where user namespaces are refused (some container runtimes), Landlock rules
-  and a seccomp filter (activities/confine.py): the same files readable, writes only to the
+  and a seccomp filter (activities/sandbox/confine.py): the same files readable, writes only to the
   repository's existing files and folders but `.git` (Landlock cannot take a right back
   beneath a folder, so the repository's top level itself stays read-only) and to the named
   folders, no socket at all, signals and ptrace only within the run, and every process left
@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from activities import confine
-from activities import policy as policy_module
-from activities.policy import SYSTEM, Host, Policy, bubblewrap_argv, landlock_rules
+from activities.sandbox import confine
+from activities.sandbox import policy as policy_module
+from activities.sandbox.policy import SYSTEM, Host, Policy, bubblewrap_argv, landlock_rules
 
 Kind = Literal["bubblewrap", "landlock", "none"]
 Choice = Literal["auto", "bubblewrap", "landlock", "none"]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from activities import paths
 from activities.beat import in_thread
-from activities.sandbox import Limits, run_limited
-from activities.workspace import Workspace
+from activities.repository.workspace import Workspace
+from activities.sandbox.runs import Limits, run_limited
 
 OUTPUT_CHARS = 1500
 

@@ -1,6 +1,6 @@
 """The Release Manager's work on a project's repository, as the role activity drives it:
 land the tested commit and deploy it (the smoke check first, then the push, then `current`),
-and undo a landed release by a revert that is deployed in turn (activities/delivery.py has
+and undo a landed release by a revert that is deployed in turn (activities/delivery/pushes.py has
 the git side)."""
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from pathlib import Path
 
 from temporalio.exceptions import ApplicationError
 
-from activities import delivery, paths
+from activities import paths
 from activities.beat import in_thread
-from activities.release import Release, ReleaseTarget
-from activities.sandbox import Limits
-from activities.workspace import Workspace
+from activities.delivery import pushes
+from activities.delivery.targets import Release, ReleaseTarget
+from activities.repository.workspace import Workspace
+from activities.sandbox.runs import Limits
 from core.contracts import Failure
 from core.projects import Bump, VersionScheme
 from core.releases import Released, ReleaseOutcome, RestoreResult, RestoreTask, SmokeFailed
@@ -38,10 +39,10 @@ async def land(
     release; or an outcome that says why not (the branch moved: re-test; a conflict; a
     failed smoke check, before anything was pushed). The smoke check runs with `venv`, the
     environment the project's setup command made, if there is one."""
-    for _ in range(delivery.PUSH_ATTEMPTS):
-        landing = await in_thread("fetch the project", delivery.survey, ws, head, bump, scheme)
+    for _ in range(pushes.PUSH_ATTEMPTS):
+        landing = await in_thread("fetch the project", pushes.survey, ws, head, bump, scheme)
         if landing.kind in ("moved", "conflict"):
-            return delivery.not_landed(landing)
+            return pushes.not_landed(landing)
         version = landing.version or f"build-{ws.build_branch().removeprefix('build/')}"
         release = await in_thread("stage", exported, ws, head, releases.stage, project_id, version)
         smoke = await releases.verify(release, smoke_command, SMOKE_LIMITS, venv)
@@ -50,18 +51,18 @@ async def land(
             await in_thread("discard", paths.remove_tree, release.path)
             why = "timed out" if smoke.timed_out else _tail(smoke.output)
             summary = f"smoke check failed ({ran}): {why}; nothing was delivered"
-            return delivery.smoke_checked(SmokeFailed, release, head, ran, summary, landing)
-        if landing.kind == "ready" and not await in_thread("push", delivery.push, ws, landing):
+            return pushes.smoke_checked(SmokeFailed, release, head, ran, summary, landing)
+        if landing.kind == "ready" and not await in_thread("push", pushes.push, ws, landing):
             await in_thread("discard", paths.remove_tree, release.path)
             continue
         release = await in_thread("switch current", releases.publish, release)
-        done = delivery.smoke_checked(Released, release, head, ran, landing=landing)
+        done = pushes.smoke_checked(Released, release, head, ran, landing=landing)
         done.declared = await in_thread(
-            "version files", delivery.disagreement, ws, landing.commit, landing.version
+            "version files", pushes.disagreement, ws, landing.commit, landing.version
         )
         return done
-    landing = await in_thread("fetch the project", delivery.survey, ws, head, bump, scheme)
-    return delivery.not_landed(landing)
+    landing = await in_thread("fetch the project", pushes.survey, ws, head, bump, scheme)
+    return pushes.not_landed(landing)
 
 
 async def release_here(
@@ -78,11 +79,11 @@ async def release_here(
     smoke = await releases.verify(release, smoke_command, limits)
     ran = f"`{smoke_command or 'import every module'}` exited {smoke.returncode}"
     if smoke.ok:
-        return delivery.smoke_checked(Released, release, commit, ran)
+        return pushes.smoke_checked(Released, release, commit, ran)
     now = await in_thread("restore", releases.restore, task.project_id, release.previous)
     why = "timed out" if smoke.timed_out else _tail(smoke.output)
     summary = f"smoke check failed ({ran}): {why}; restored release {now or 'none'}"
-    failed = delivery.smoke_checked(SmokeFailed, release, commit, ran, summary)
+    failed = pushes.smoke_checked(SmokeFailed, release, commit, ran, summary)
     failed.restored = True
     return failed
 
@@ -94,9 +95,7 @@ async def revert(
     version, which is deployed; the build's code at `task.commit` goes on from the revert."""
     await in_thread("checkout", ws.checkout, landed)
     scheme = task.project.version_scheme if task.project else "auto"
-    done = await in_thread(
-        "revert", delivery.revert, ws, landed_from, landed, task.build_id, scheme
-    )
+    done = await in_thread("revert", pushes.revert, ws, landed_from, landed, task.build_id, scheme)
     if done.conflicts:
         raise ApplicationError(
             f"reverting release {task.undo_release} on the project's branch conflicts in "
@@ -109,7 +108,7 @@ async def revert(
     )
     message = f"build {task.build_id}: its code again, after the revert"
     head = await in_thread(
-        "reapply", delivery.reapply, ws, done.commit, landed_from, task.commit or landed_from,
+        "reapply", pushes.reapply, ws, done.commit, landed_from, task.commit or landed_from,
         message,
     )  # fmt: skip
     return RestoreResult(

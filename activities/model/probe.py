@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import openai
 from pydantic import BaseModel
 
-from activities import fitting, output_modes
-from activities.llm import ModelClient
-from activities.model_request import STATUS_HINTS
-from activities.output_modes import STRONGEST_FIRST, Mode, ModeRefused, OutputInvalid
+from activities.model import fitting, output_modes
+from activities.model.llm import ModelClient
+from activities.model.output_modes import STRONGEST_FIRST, Mode, ModeRefused, OutputInvalid
+from activities.model.wire import STATUS_HINTS
 from core.states import Role
 
 log = logging.getLogger("model")

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from activities import paths as beneath
-from activities import pysymbols
-from activities.gitcmd import git, git_bytes
+from activities.repository import pysymbols
+from activities.repository.gitcmd import git, git_bytes
 from core.role_io import RoleContext
 
 CHARS_PER_TOKEN = 4  # the estimate: English and code average about four characters a token

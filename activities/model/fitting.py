@@ -4,7 +4,7 @@ for the answer, before it is sent; the window is a setting, or what the server s
 
 Cutting is generic: the longest text of the task (the repository map, a file shown, a test
 log) is shortened first, each cut marked where it was made, until the whole fits. A server
-that still refuses the prompt's size gets it once more at half the size (activities/llm.py).
+that still refuses the prompt's size gets it once more at half the size (activities/model/llm.py).
 """
 
 from __future__ import annotations

@@ -19,9 +19,9 @@ from typing import Literal, TypeVar
 
 from packaging.version import InvalidVersion, Version
 
-from activities.gitcmd import EMPTY_TREE, GitError, git
-from activities.release import Release
-from activities.workspace import Workspace
+from activities.delivery.targets import Release
+from activities.repository.gitcmd import EMPTY_TREE, GitError, git
+from activities.repository.workspace import Workspace
 from core.projects import Bump, VersionScheme, next_version, version_of
 from core.releases import Conflict, Released, Retest, SmokeFailed
 from core.role_io import Merge

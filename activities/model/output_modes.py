@@ -2,7 +2,7 @@
 how each answer is read back. Servers differ: OpenAI takes a strict `json_schema`; llama.cpp's
 server refuses it (HTTP 500) but takes JSON mode with a schema and a forced tool call; others
 accept `json_schema` and ignore it. So a role's call starts at the strongest mode and steps
-down when the endpoint refuses the mode or shows it ignored it (activities/llm.py); every mode
+down when the endpoint refuses the mode or shows it ignored it (activities/model/llm.py); every mode
 ends in the same pydantic validation, and a validation error is re-asked the same way.
 
 - `json_schema`: `response_format` of type json_schema, strict.

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from activities import paths
-from activities.sandbox import Limits, RunResult, run_limited
+from activities.sandbox.runs import Limits, RunResult, run_limited
 
 DONE = ".setup-done"  # beside the environment: the hash of the setup command that made it
 WORKER_PACKAGES = "_qao_worker_packages.pth"

@@ -17,9 +17,10 @@ from xml.etree import ElementTree
 
 from pydantic import BaseModel
 
-from activities import environment, paths
-from activities.sandbox import Limits, run_limited
-from activities.workspace import Workspace
+from activities import paths
+from activities.repository.workspace import Workspace
+from activities.sandbox.runs import Limits, run_limited
+from activities.testing import environment
 from core.role_io import TestFailure, TestReport
 
 DEFAULT_COMMAND = "python -m pytest"
@@ -90,7 +91,7 @@ def _kept(out: Path, junit: Path) -> bool:
 @dataclass(frozen=True)
 class SetupCommand:
     """A project's setup command, run once per workspace into an environment of its own at
-    `root` before its first test run (activities/environment.py)."""
+    `root` before its first test run (activities/testing/environment.py)."""
 
     command: str
     root: Path

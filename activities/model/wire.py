@@ -17,7 +17,7 @@ import httpx2
 import openai
 from temporalio.exceptions import ApplicationError
 
-from activities import streaming
+from activities.model import streaming
 from core.contracts import Failure
 
 log = logging.getLogger(__name__)

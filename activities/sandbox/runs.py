@@ -1,4 +1,4 @@
-"""Running generated code: a subprocess in the process's sandbox (activities/isolation.py),
+"""Running generated code: a subprocess in the process's sandbox (activities/sandbox/isolation.py),
 with a time limit, CPU, memory, file-size and process limits, and an environment scrubbed of
 secrets. Used for test runs, baseline runs, static checks and release smoke checks."""
 
@@ -14,8 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from activities import cgroups, isolation, paths
+from activities import paths
 from activities.beat import interval
+from activities.sandbox import cgroups, isolation
 
 # Only these variables reach generated code; nothing named like a secret ever does.
 PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "SYSTEMROOT")

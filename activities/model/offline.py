@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx2
 
-from activities import edit_blocks
+from activities.model import edit_blocks
 from core.models import Simulation, feature_name
 from core.role_io import (
     DiscoveryOutput,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from activities.sandbox import Limits, RunResult, run_limited
+from activities.sandbox.runs import Limits, RunResult, run_limited
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from activities import paths
-from activities.edits import AttemptRefused, EditRefused, MergeUnresolved, UnsafePath, plan_edits
-from activities.gitcmd import EMPTY_TREE, GIT_ENV, GIT_TIMEOUT_SECONDS, GitError, git, git_bytes
 from activities.paths import PathRefused
+from activities.repository.edits import (
+    AttemptRefused,
+    EditRefused,
+    MergeUnresolved,
+    UnsafePath,
+    plan_edits,
+)
+from activities.repository.gitcmd import (
+    EMPTY_TREE,
+    GIT_ENV,
+    GIT_TIMEOUT_SECONDS,
+    GitError,
+    git,
+    git_bytes,
+)
 from core.role_io import FileEdit, FileRef, SourceFile
 
 MAX_FILES = 200

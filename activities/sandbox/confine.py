@@ -1,5 +1,5 @@
 """Confines one run of generated code with Landlock and seccomp: the `landlock` sandbox of
-activities/isolation.py, for machines where bubblewrap cannot make namespaces (some
+activities/sandbox/isolation.py, for machines where bubblewrap cannot make namespaces (some
 container runtimes refuse user namespaces). A script the launcher runs, stdlib only:
 
     python -S confine.py [read=PATH | write=PATH | file-r=PATH | file-rw=PATH | network |

@@ -1,6 +1,6 @@
 """The one code path to a model: openai.AsyncOpenAI, answers validated into pydantic models in
-the output mode the endpoint takes (activities/output_modes.py), kept before they are used
-(activities/answers.py), each request sent by activities/model_request.py.
+the output mode the endpoint takes (activities/model/output_modes.py), kept before they are used
+(activities/model/answers.py), each request sent by activities/model/wire.py.
 
 SDK retries are off; Temporal's retry policy decides. Errors a retry cannot fix become
 non-retryable ApplicationErrors with a message a person can act on.
@@ -21,10 +21,10 @@ from pydantic import BaseModel, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import answers, edit_blocks, fitting, model_request, output_modes, streaming
-from activities.offline_model import OFFLINE_BASE_URL, SIMULATE_HEADER, offline_http_client
-from activities.output_modes import STRONGEST_FIRST, Mode, ModeRefused, NoJson, OutputInvalid
-from activities.prompts import Prompt, load_prompts
+from activities.model import answers, edit_blocks, fitting, output_modes, streaming, wire
+from activities.model.offline import OFFLINE_BASE_URL, SIMULATE_HEADER, offline_http_client
+from activities.model.output_modes import STRONGEST_FIRST, Mode, ModeRefused, NoJson, OutputInvalid
+from activities.model.prompts import Prompt, load_prompts
 from core.contracts import Failure
 from core.projects import redact
 from core.role_io import ImplementationOutput, ModelUsage, RoleTask
@@ -126,7 +126,8 @@ class ModelClient:
 
     async def implementation(self, task: RoleTask) -> tuple[ImplementationOutput, ModelUsage]:
         """The Code Writer's answer, in its edit format: JSON (any output mode), or edit blocks
-        in plain text (activities/edit_blocks.py), re-asked with the block it could not read."""
+        in plain text (activities/model/edit_blocks.py), re-asked with the block it could not
+        read."""
         if self.edit_format() == "json":
             return await self.structured(task, ImplementationOutput)
         call, usage, choice = await self._prepared(task, ImplementationOutput)
@@ -160,11 +161,11 @@ class ModelClient:
         choice: ModelChoice,
         ask: Callable[[], Awaitable[T]],
     ) -> tuple[T, ModelUsage]:
-        """The answer kept for this very request of this build's attempt (activities/answers.py:
-        a retry of the activity after the answer arrived), else `ask`'s, kept before it is
-        returned to be acted on, with what the call spent. A call that ends in a failure no
-        retry mends spent tokens all the same: they travel in the failure's details, and the
-        build records them as a failed role call."""
+        """The answer kept for this very request of this build's attempt
+        (activities/model/answers.py: a retry of the activity after the answer arrived), else
+        `ask`'s, kept before it is returned to be acted on, with what the call spent. A call
+        that ends in a failure no retry mends spent tokens all the same: they travel in the
+        failure's details, and the build records them as a failed role call."""
         task = call.task
         digest = answers.request_hash(call.model, fmt, call.schema.__name__, call.messages)
         key = answers.Key(task.build_id, task.role.value, task.attempt, digest)
@@ -266,7 +267,7 @@ class ModelClient:
             }
             label = f"{role} asking {model} ({mode.value})" + (f", re-ask {asked}" * bool(asked))
             try:
-                message, finish = await model_request.ask(
+                message, finish = await wire.ask(
                     self.client, request, call.out, label,
                     stream=self.settings.llm_stream,
                     stall_seconds=self.settings.llm_stall_seconds,
@@ -274,14 +275,12 @@ class ModelClient:
             except openai.APIStatusError as err:
                 if fitting.too_long(err):
                     if shrunk:
-                        raise model_request.too_long(
-                            err, model, len(messages[1]["content"])
-                        ) from err
+                        raise wire.too_long(err, model, len(messages[1]["content"])) from err
                     shrunk, messages = True, self._shrunk(call, messages, usage)
                     continue
                 if mode is not Mode.TEXT and output_modes.refuses_mode(err):
                     raise ModeRefused(f"HTTP {err.status_code}: {err.message}") from err
-                raise model_request.classify(err, model) from err
+                raise wire.classify(err, model) from err
             try:
                 return read(message, finish)
             except OutputInvalid as err:

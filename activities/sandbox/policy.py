@@ -1,10 +1,11 @@
 """What one confined run may touch, as a typed policy, and the pure functions that turn it into
-bubblewrap's argv and into the rules activities/confine.py applies with Landlock and seccomp.
+bubblewrap's argv and into the rules activities/sandbox/confine.py applies with Landlock and
+seccomp.
 
 The machine's facts the result depends on (which system paths are links, whether the run's
 folder has a `.git`, the localhost-only hosts file) come in as `Host`, so each function is
 pure: tests/test_policy.py asserts the exact argv and rules, as openai/codex tests its
-bubblewrap argv. activities/isolation.py gathers the facts and runs the result.
+bubblewrap argv. activities/sandbox/isolation.py gathers the facts and runs the result.
 """
 
 from __future__ import annotations
@@ -60,12 +61,12 @@ class Host:
     git: bool = False  # the run's folder has a `.git`
     hosts: str = ""  # the localhost-only hosts file
     python: str = ""  # the interpreter that runs confine.py
-    confine: str = ""  # activities/confine.py
+    confine: str = ""  # activities/sandbox/confine.py
 
 
 def confined(host: Host, rules: dict[str, object], argv: list[str]) -> list[str]:
-    """`argv` run by activities/confine.py under `rules`."""
-    from activities import confine
+    """`argv` run by activities/sandbox/confine.py under `rules`."""
+    from activities.sandbox import confine
 
     return [host.python, "-S", host.confine, *confine.arguments(rules), *argv]
 
@@ -116,7 +117,7 @@ def bubblewrap_argv(binary: str, policy: Policy, host: Host, argv: list[str]) ->
 
 
 def landlock_rules(policy: Policy, entries: list[str]) -> dict[str, object]:
-    """What activities/confine.py lets a run read and write. Landlock's rights only add up
+    """What activities/sandbox/confine.py lets a run read and write. Landlock's rights only add up
     beneath a folder, so the run's `.git` stays read-only by giving the write right to each of
     its folder's other `entries` (not links: confine.py never opens a write rule through a
     link), not to the folder itself."""
