@@ -33,7 +33,7 @@ def choose_sandbox(settings: Settings) -> None:
     """The sandbox of generated code, probed at start: the worker says which, and refuses to
     start when the one SANDBOX names (or, for auto, every one) does not work here."""
     try:
-        sandbox = isolation.use(settings.sandbox)
+        sandbox = isolation.configured(settings)
     except isolation.SandboxUnavailable as err:
         raise SystemExit(f"SANDBOX={settings.sandbox}: {err}") from err
     if sandbox.kind == "none":

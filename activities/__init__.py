@@ -4,5 +4,7 @@ helpers here (beat, paths) and packages before it:
 
     model, sandbox, repository    (independent of each other)
     testing, delivery             (run in the sandbox, on a repository)
-    roles, mirror, projects       (the activities the worker registers)
+    mirror, projects, then roles  (the activities the worker registers)
+
+tests/test_layers.py holds each module to this order.
 """

@@ -88,6 +88,75 @@ def test_the_check_sees_each_kind_of_violation():
     assert violations("starter", ["client.builds", "api.schemas"]) == []
 
 
+# Inside activities/: the helpers every part shares, then the packages by mechanism, then the
+# activities the worker registers. A room imports its own modules and rooms of lower floors
+# only: model, sandbox and repository know nothing of each other.
+ACTIVITY_FLOORS = {
+    "beat": 0, "paths": 0,
+    "model": 1, "sandbox": 1, "repository": 1,
+    "testing": 2, "delivery": 2,
+    "mirror": 3, "projects": 3,
+    "roles": 4,
+}  # fmt: skip
+
+
+def activity_rooms(tree: ast.Module) -> list[str]:
+    """The rooms of activities/ a module imports (`from activities import paths` -> paths,
+    `from activities.sandbox.runs import Limits` -> sandbox)."""
+    rooms = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            parts = node.module.split(".")
+            if parts[0] == "activities":
+                rooms += [parts[1]] if len(parts) > 1 else [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            rooms += [a.name.split(".")[1] for a in node.names if a.name.startswith("activities.")]
+    return rooms
+
+
+def room_violations(importer: str, rooms: list[str]) -> list[str]:
+    mine = importer.split(".")[1]
+    return [
+        f"{importer} ({mine}, floor {ACTIVITY_FLOORS[mine]}) imports activities.{room} "
+        f"(floor {ACTIVITY_FLOORS[room]})"
+        for room in rooms
+        if room != mine and ACTIVITY_FLOORS[room] >= ACTIVITY_FLOORS[mine]
+    ]
+
+
+ACTIVITY_MODULES = [
+    p for p in sorted((ROOT / "activities").rglob("*.py")) if p.name != "__init__.py"
+]
+
+
+def test_every_room_of_activities_has_a_floor():
+    rooms = {module_name(p).split(".")[1] for p in ACTIVITY_MODULES}
+    assert rooms == set(ACTIVITY_FLOORS)
+
+
+@pytest.mark.parametrize("path", ACTIVITY_MODULES, ids=module_name)
+def test_activities_rooms_import_only_lower_floors(path: Path):
+    module = module_name(path)
+    assert room_violations(module, activity_rooms(ast.parse(path.read_text()))) == []
+
+
+def test_the_room_check_sees_a_sibling_and_an_upward_import():
+    tree = ast.parse(
+        "from activities import paths\n"
+        "from activities.repository.workspace import Workspace\n"
+        "from activities import roles, beat\n"
+        "import activities.sandbox.runs\n"
+    )
+    rooms = activity_rooms(tree)
+    assert rooms == ["paths", "repository", "roles", "beat", "sandbox"]
+    assert room_violations("activities.model.llm", rooms) == [
+        "activities.model.llm (model, floor 1) imports activities.repository (floor 1)",
+        "activities.model.llm (model, floor 1) imports activities.roles (floor 4)",
+        "activities.model.llm (model, floor 1) imports activities.sandbox (floor 1)",
+    ]
+    assert room_violations("activities.roles", rooms) == []
+
+
 def test_the_api_process_loads_no_activity_code():
     """The API reaches builds through client/ and workflows/ (typed handles), never the role
     activities, their openai client or their sandbox."""

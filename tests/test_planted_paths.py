@@ -8,6 +8,7 @@ the worker did without the fix."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -32,9 +33,9 @@ from activities.model.llm import ModelClient
 from activities.repository.gitcmd import git
 from activities.repository.workspace import Workspace
 from activities.roles import RoleActivities
-from activities.sandbox import isolation
+from activities.sandbox import isolation, landlock
 from activities.sandbox import runs as sandbox_module
-from activities.sandbox.policy import Policy, confined, landlock_rules
+from activities.sandbox.policy import Policy
 from client.projects import put_project
 from core.models import EventType
 from core.projects import ProjectConfig
@@ -469,11 +470,12 @@ def test_a_write_rule_is_never_opened_through_a_link(tmp_path: Path, followed: b
     (repo / "shared").symlink_to("/")
     outside = Path("/var/tmp") / f"qao-rule-{uuid.uuid4().hex[:8]}"
     policy = Policy(cwd=repo, readonly=isolation.interpreter_paths())
-    rules = landlock_rules(policy, isolation.writable_entries(repo))
-    assert rules["write"] == []  # the link is no entry to write
-    rules["write"] = [os.path.realpath(repo / "shared") if followed else str(repo / "shared")]
+    rules = landlock.rules(policy, isolation.writable_entries(repo))
+    assert rules.write == ()  # the link is no entry to write
+    shared = os.path.realpath(repo / "shared") if followed else str(repo / "shared")
+    rules = dataclasses.replace(rules, write=(shared,))
     write = f"open({str(outside)!r}, 'w').write('escaped')"
-    argv = confined(isolation.host_of(repo), rules, [sys.executable, "-c", write])
+    argv = landlock.argv(isolation.host_of(repo), rules, [sys.executable, "-c", write])
     try:
         done = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=30)
         assert outside.exists() == followed, done.stderr

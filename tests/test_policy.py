@@ -1,22 +1,19 @@
-"""A run's policy turned into bubblewrap's argv and into confine.py's Landlock rules: the exact
-result for given facts of a machine, with no machine needed (the end-to-end sandbox tests
-run them for real: tests/test_sandbox.py, tests/test_planted_paths.py)."""
+"""A run's policy turned into bubblewrap's argv, into Landlock's rules and confine.py's command
+line, and confine.py's seccomp program: the exact result for given facts of a machine, with no
+machine needed (the end-to-end sandbox tests run them for real: tests/test_sandbox.py,
+tests/test_planted_paths.py)."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
-from activities.sandbox.policy import (
-    DEVICES,
-    ETC,
-    SYSTEM,
-    TMP_BYTES,
-    Host,
-    Policy,
-    bubblewrap_argv,
-    confined,
-    landlock_rules,
-)
+import pytest
+
+from activities.sandbox import bubblewrap, confine, landlock
+from activities.sandbox.bubblewrap import TMP_BYTES
+from activities.sandbox.landlock import DEVICES, Rules
+from activities.sandbox.policy import ETC, SYSTEM, Host, Policy
 
 HOST = Host(
     links={"/bin": "usr/bin", "/lib": "usr/lib"},
@@ -32,7 +29,7 @@ ETC_BINDS = [arg for name in ETC for arg in ("--ro-bind-try", f"/etc/{name}", f"
 
 def test_an_offline_run_writes_its_folder_and_runs_folder_only():
     policy = Policy(cwd=RUN, writable=(Path("/work/ws/b1/runs/3"),), readonly=("/venv",))
-    argv = bubblewrap_argv("/bin/bwrap", policy, HOST, ["python", "-m", "pytest"])
+    argv = bubblewrap.argv("/bin/bwrap", policy, HOST, ["python", "-m", "pytest"])
     assert argv == [
         "/bin/bwrap", "--unshare-all", "--die-with-parent", "--new-session",
         "--cap-drop", "ALL", "--hostname", "sandbox",
@@ -53,7 +50,7 @@ def test_an_offline_run_writes_its_folder_and_runs_folder_only():
 
 def test_a_networked_run_shares_the_network_and_is_held_to_its_ports_by_confine():
     policy = Policy(cwd=RUN, network=True, ports=(443,))
-    argv = bubblewrap_argv("/bin/bwrap", policy, HOST, ["pip", "install", "."])
+    argv = bubblewrap.argv("/bin/bwrap", policy, HOST, ["pip", "install", "."])
     assert argv[:3] == ["/bin/bwrap", "--unshare-all", "--share-net"]
     assert argv[argv.index("/etc/resolv.conf") - 1 : argv.index("/etc/resolv.conf") + 2] == [
         "--ro-bind-try",
@@ -66,19 +63,14 @@ def test_a_networked_run_shares_the_network_and_is_held_to_its_ports_by_confine(
     command = argv[argv.index("--") + 1 :]
     assert command == [
         "/venv/bin/python", "-S", "/app/activities/sandbox/confine.py",
-        *confine_arguments({"network": True, "ports": [443], "fs": False}),
+        "port=443", "network", "fs=off", "--",
         "pip", "install", ".",
     ]  # fmt: skip
 
 
-def confine_arguments(rules: dict[str, object]) -> list[str]:
-    argv = confined(HOST, rules, ["x"])
-    return argv[3:-1]
-
-
 def test_a_read_only_run_binds_its_folder_read_only_and_a_folder_without_git_binds_none():
     policy = Policy(cwd=RUN, write_cwd=False)
-    argv = bubblewrap_argv("/bin/bwrap", policy, Host(hosts="/h"), ["true"])
+    argv = bubblewrap.argv("/bin/bwrap", policy, Host(hosts="/h"), ["true"])
     assert ["--ro-bind", str(RUN), str(RUN)] == argv[argv.index(str(RUN)) - 1 :][:3]
     assert "--bind" not in argv and f"{RUN}/.git" not in argv
     assert not any(path in argv for path in SYSTEM)  # no system path here, none bound
@@ -87,13 +79,66 @@ def test_a_read_only_run_binds_its_folder_read_only_and_a_folder_without_git_bin
 def test_landlock_rules_write_the_folders_entries_never_the_folder_or_its_git():
     entries = [f"{RUN}/a.py", f"{RUN}/tests"]
     policy = Policy(cwd=RUN, writable=(Path("/runs/3"),), readonly=("/venv", "/opt/env"))
-    assert landlock_rules(policy, entries) == {
-        "read": [*SYSTEM, *(f"/etc/{name}" for name in ETC), "/venv", "/opt/env", str(RUN)],
-        "write": [f"{RUN}/a.py", f"{RUN}/tests", "/runs/3"],
-        "files": DEVICES,
-        "network": False,
-        "ports": [],
+    assert landlock.rules(policy, entries) == Rules(
+        read=(*SYSTEM, *(f"/etc/{name}" for name in ETC), "/venv", "/opt/env", str(RUN)),
+        write=(f"{RUN}/a.py", f"{RUN}/tests", "/runs/3"),
+        files=DEVICES,
+        network=False,
+        ports=(),
+    )
+    shut = landlock.rules(Policy(cwd=RUN, write_cwd=False, network=True, ports=(80,)), entries)
+    assert shut.write == () and shut.network is True and shut.ports == (80,)
+    assert shut.read[-2:] == ("/etc/hosts", "/etc/resolv.conf")
+
+
+def test_confine_py_is_given_the_rules_as_its_exact_command_line_and_reads_them_back():
+    rules = Rules(
+        read=("/usr", f"{RUN}"),
+        write=(f"{RUN}/a.py",),
+        files=(("/dev/null", "rw"), ("/dev/zero", "r")),
+        network=True,
+        ports=(443, 80),
+    )
+    argv = landlock.argv(HOST, rules, ["pytest", "-q"])
+    assert argv == [
+        "/venv/bin/python", "-S", "/app/activities/sandbox/confine.py",
+        "read=/usr", f"read={RUN}", f"write={RUN}/a.py",
+        "file-rw=/dev/null", "file-r=/dev/zero", "port=443", "port=80", "network",
+        "--", "pytest", "-q",
+    ]  # fmt: skip
+    read, command = confine.parse(argv[3:])
+    assert command == ["pytest", "-q"]
+    assert read == {
+        "read": list(rules.read),
+        "write": list(rules.write),
+        "files": dict(rules.files),
+        "network": True,
+        "ports": [443, 80],
+        "fs": True,
     }
-    shut = landlock_rules(Policy(cwd=RUN, write_cwd=False, network=True, ports=(80,)), entries)
-    assert shut["write"] == [] and shut["network"] is True and shut["ports"] == [80]
-    assert shut["read"][-2:] == ["/etc/hosts", "/etc/resolv.conf"]  # type: ignore[index]
+    assert confine.parse(landlock.arguments(landlock.ports_only((8080,))))[0] == {
+        **confine.empty_rules(),
+        "network": True,
+        "ports": [8080],
+        "fs": False,
+    }
+
+
+def test_the_seccomp_program_refuses_sockets_and_io_uring_and_a_foreign_abi():
+    allow, refuse, enosys = 0x7FFF0000, 0x00050000 | errno.EACCES, 0x00050000 | errno.ENOSYS
+    load, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    assert confine.socket_filter("x86_64") == [
+        (load, 0, 0, 4),  # the architecture
+        (jeq, 0, 6, 0xC000003E),  # not x86_64: ENOSYS
+        (load, 0, 0, 0),  # the syscall's number
+        (jge, 4, 0, 0x40000000),  # x32: ENOSYS
+        (jeq, 2, 0, 41),  # socket: EACCES
+        (jeq, 1, 0, 425),  # io_uring_setup: EACCES
+        (ret, 0, 0, allow),
+        (ret, 0, 0, refuse),
+        (ret, 0, 0, enosys),
+    ]
+    arm = confine.socket_filter("aarch64")
+    assert arm[1] == (jeq, 0, 6, 0xC00000B7) and arm[4] == (jeq, 2, 0, 198)
+    with pytest.raises(OSError, match="no seccomp filter for riscv64"):
+        confine.socket_filter("riscv64")

@@ -27,11 +27,12 @@ from pathlib import Path
 import pytest
 
 from activities.repository.gitcmd import git
-from activities.sandbox import cgroups, isolation
-from activities.sandbox.policy import Policy, landlock_rules
+from activities.sandbox import cgroups, isolation, landlock
+from activities.sandbox.policy import Policy
 from activities.sandbox.runs import Limits
 from activities.testing.testrun import passed_tests, run_command
 from core.role_io import TestReport
+from core.settings import Settings
 
 HOSTILE = Path(__file__).with_name("hostile_suite.py")
 # The attempts that know inside whether they got out (each passes when it did). Whether the
@@ -295,8 +296,8 @@ async def test_landlock_writes_the_repositorys_entries_but_not_git_nor_its_top_l
     assert report.passed and report.tests_run == 3, report.failures
     assert (repo / "tests" / "out.txt").read_text() == "ok" and not (repo / "new.txt").exists()
     policy = Policy(cwd=repo, writable=(tmp_path / "runs",))
-    rules = landlock_rules(policy, isolation.writable_entries(repo))
-    assert str(repo / ".git") not in rules["write"] and str(repo) in rules["read"]  # type: ignore[operator]
+    rules = landlock.rules(policy, isolation.writable_entries(repo))
+    assert str(repo / ".git") not in rules.write and str(repo) in rules.read
 
 
 async def test_at_its_time_limit_a_landlock_run_leaves_no_daemon_even_without_a_cgroup(
@@ -420,3 +421,20 @@ async def landlocked(repo: Path, files: dict[str, str], wall_seconds: float) -> 
     with isolation.using("landlock"):
         limits = Limits(wall_seconds, 1024)
         return await run_command(repo, repo.parent / "runs", "t", "python -m pytest", limits)
+
+
+def test_the_sandbox_is_given_the_setup_ports_of_the_settings_it_is_configured_by() -> None:
+    """The ports a setup command with network may reach come from the settings the worker
+    configures its sandbox with (isolation.configured, at start), not read inside."""
+    settings = Settings(sandbox="bubblewrap", sandbox_setup_ports="8443,8080")
+    with isolation.using("none"):  # the process's sandbox back as it was, after
+        isolation.configured(settings)
+        chosen = isolation.current()
+        assert chosen.kind == "bubblewrap" and chosen.ports == (8443, 8080)
+        assert "TCP ports 8443, 8080 only" in chosen.describe(network=True)
+        argv = chosen.wrap(["pip", "install", "."], Path("/tmp"), network=True)
+        command = argv[argv.index("--") + 1 :]  # confine.py, holding it to the ports
+        assert command[3:] == ["port=8443", "port=8080", "network", "fs=off", "--", "pip",
+                               "install", "."]  # fmt: skip
+    with isolation.using("bubblewrap"):
+        assert isolation.current().ports == ()  # none given: any port

@@ -18,7 +18,6 @@ from activities.sandbox.runs import Limits
 from activities.testing.testrun import RUN, baseline, run_tests
 from core.projects import ProjectConfig
 from core.role_io import SourceFile, TestReport
-from core.settings import get_settings
 from tests.git_projects import make_project
 
 LIMITS = Limits(60, 1024)
@@ -152,7 +151,7 @@ sys.exit(7)  # the database on the loopback answered
 
 @pytest.mark.parametrize("kind", ["bubblewrap", "landlock"])
 async def test_network_for_the_setup_only_where_a_person_allows_it_and_to_its_ports(
-    tmp_path: Path, kind: isolation.Choice, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, kind: isolation.Choice
 ) -> None:
     """A setup command with network reaches a package index's port, not the other services
     on the host's loopback (the API, Temporal, a database); without network, nothing."""
@@ -170,13 +169,11 @@ async def test_network_for_the_setup_only_where_a_person_allows_it_and_to_its_po
     database = await asyncio.start_server(serve, "127.0.0.1", 0)
     index_port = index.sockets[0].getsockname()[1]
     database_port = database.sockets[0].getsockname()[1]
-    monkeypatch.setenv("SANDBOX_SETUP_PORTS", str(index_port))
-    get_settings.cache_clear()
     setup = f"python reach.py {index_port} {database_port}"
     try:
         ws, _ = _workspace(tmp_path)
         (ws.repo / "reach.py").write_text(REACH)
-        with isolation.using(kind):
+        with isolation.using(kind, setup_ports=(index_port,)):
             offline = await run_tests(ws, 1, LIMITS, setup=setup)
             assert not offline.passed and "exited 1" in offline.setup and served == []
             assert "no network" in offline.sandbox
@@ -191,7 +188,6 @@ async def test_network_for_the_setup_only_where_a_person_allows_it_and_to_its_po
     finally:
         index.close()
         database.close()
-        get_settings.cache_clear()
 
 
 def test_a_registration_keeps_its_setup_command() -> None:

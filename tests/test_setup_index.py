@@ -110,11 +110,10 @@ def index(tmp_path: Path) -> Iterator[tuple[int, list[str]]]:
 
 @pytest.fixture
 def configured(index: tuple[int, list[str]], monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
-    """The worker's pip configured for the index (as a corporate mirror would be), and the
-    setup's port rule opened to it."""
+    """The worker's pip configured for the index (as a corporate mirror would be); the
+    sandbox's port rule is opened to it where the sandbox is chosen."""
     port, _ = index
     monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{port}/simple/")
-    monkeypatch.setenv("SANDBOX_SETUP_PORTS", str(port))
     monkeypatch.setenv("OPENAI_API_KEY_SHOULD_NOT_PASS", "sk-not-for-the-setup")
     get_settings.cache_clear()
     yield port
@@ -134,7 +133,7 @@ async def test_pip_install_e_with_the_workers_index_configuration(
     tmp_path: Path, kind: isolation.Choice, configured: int, index: tuple[int, list[str]]
 ) -> None:
     ws = workspace(tmp_path)
-    with isolation.using(kind):
+    with isolation.using(kind, setup_ports=(configured,)):
         report = await run_tests(ws, 1, LIMITS, setup="pip install -e .", network=True)
     assert report.passed, report.failures
     assert report.setup.startswith("`pip install -e .` exited 0")
@@ -150,7 +149,7 @@ async def test_without_the_configuration_the_setup_fails_and_says_why(
 ) -> None:
     monkeypatch.setattr(environment, "index_configuration", lambda: ({}, []))  # the fix out
     ws = workspace(tmp_path)
-    with isolation.using("bubblewrap"):
+    with isolation.using("bubblewrap", setup_ports=(configured,)):
         report = await run_tests(ws, 1, LIMITS, setup="pip install -e .", network=True)
     assert not report.passed and report.failures[0].test == RUN
     message = report.failures[0].message

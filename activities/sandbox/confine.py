@@ -1,6 +1,7 @@
 """Confines one run of generated code with Landlock and seccomp: the `landlock` sandbox of
 activities/sandbox/isolation.py, for machines where bubblewrap cannot make namespaces (some
-container runtimes refuse user namespaces). A script the launcher runs, stdlib only:
+container runtimes refuse user namespaces). A script the launcher runs, stdlib only; its
+command line is made by activities/sandbox/landlock.py:
 
     python -S confine.py [read=PATH | write=PATH | file-r=PATH | file-rw=PATH | network |
         port=N | fs=off]... -- command...
@@ -11,7 +12,7 @@ start-up is the sandbox's cost.)
 - Landlock (Linux 5.13+; the rights the kernel's ABI knows): the run reads and executes only
   beneath `read` and `write`, writes only beneath `write` (and the `files` marked rw), and
   with ABI 4+ binds and connects no TCP port; with ABI 6+ it signals no process outside its
-  own domain and reaches no abstract unix socket outside it (isolation.py gives it no
+  own domain and reaches no abstract unix socket outside it (landlock.py gives it no
   /proc: Landlock's ptrace rule does not keep a process of root's from the environment of
   another there).
 - seccomp: no `socket()` at all (no network, no unix socket of the host's such as a database
@@ -191,10 +192,9 @@ def landlock(rules: dict[str, object], version: int) -> None:
         os.close(ruleset)
 
 
-def socket_filter() -> list[tuple[int, int, int, int]]:
-    """The seccomp program: socket() and io_uring_setup() refused with EACCES, a foreign ABI's
-    syscalls with ENOSYS, everything else allowed."""
-    machine = os.uname().machine
+def socket_filter(machine: str) -> list[tuple[int, int, int, int]]:
+    """The seccomp program for `machine` (os.uname's): socket() and io_uring_setup() refused
+    with EACCES, a foreign ABI's syscalls with ENOSYS, everything else allowed."""
     if machine not in ARCHES:
         raise OSError(errno.ENOSYS, f"no seccomp filter for {machine}")
     arch, socket, io_uring_setup = ARCHES[machine]
@@ -212,7 +212,7 @@ def socket_filter() -> list[tuple[int, int, int, int]]:
 
 
 def seccomp() -> None:
-    program = socket_filter()
+    program = socket_filter(os.uname().machine)
     filters = (SockFilter * len(program))(*(SockFilter(*insn) for insn in program))
     prog = SockFprog(len=len(program), filter=filters)
     _prctl(PR_SET_NO_NEW_PRIVS, 1, "no_new_privs")
@@ -286,17 +286,6 @@ def parse(args: list[str]) -> tuple[dict[str, object], list[str]]:
 def empty_rules() -> dict[str, object]:
     """Nothing readable or writable, no network: the rules before any is given."""
     return {"read": [], "write": [], "files": {}, "network": False, "ports": [], "fs": True}
-
-
-def arguments(rules: dict[str, object]) -> list[str]:
-    """The arguments that give this script `rules` (isolation.py builds them)."""
-    rules = {**empty_rules(), **rules}
-    args = [f"read={p}" for p in rules["read"]]  # type: ignore[attr-defined]
-    args += [f"write={p}" for p in rules["write"]]  # type: ignore[attr-defined]
-    args += [f"file-{m}={p}" for p, m in rules["files"].items()]  # type: ignore[attr-defined]
-    args += [f"port={p}" for p in rules["ports"]]  # type: ignore[attr-defined]
-    args += ["network"] if rules["network"] else []
-    return [*args, *([] if rules["fs"] else ["fs=off"]), "--"]
 
 
 def main(argv: list[str]) -> int:

@@ -12,7 +12,8 @@ static checks, smoke checks, setup commands), chosen once per process by SANDBOX
   dies with the run: the PID namespace's first process ends with the command, and bwrap
   dies with its parent.
 - `landlock`: where user namespaces are refused (some container runtimes), Landlock rules
-  and a seccomp filter (activities/sandbox/confine.py): the same files readable, writes only to the
+  and a seccomp filter (activities/sandbox/landlock.py's rules, applied inside the run by
+  activities/sandbox/confine.py): the same files readable, writes only to the
   repository's existing files and folders but `.git` (Landlock cannot take a right back
   beneath a folder, so the repository's top level itself stays read-only) and to the named
   folders, no socket at all, signals and ptrace only within the run, and every process left
@@ -21,11 +22,17 @@ static checks, smoke checks, setup commands), chosen once per process by SANDBOX
 - `none`: no sandbox, only when asked for by name; every run says so.
 - `auto`: the strongest that works here (bubblewrap, then landlock), probed once. Nothing
   working is an error: running without a sandbox is a choice a person makes by name.
+
+What a run may touch is a `Policy` (activities/sandbox/policy.py); this module gathers the
+machine's facts and hands both to the chosen mechanism's pure function. The process's
+settings come in through `configured` (the worker's, at start); nothing here reads them but
+`current`, for a process that chose nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import shutil
@@ -35,11 +42,13 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from activities.sandbox import confine
-from activities.sandbox import policy as policy_module
-from activities.sandbox.policy import SYSTEM, Host, Policy, bubblewrap_argv, landlock_rules
+from activities.sandbox import bubblewrap, confine, landlock
+from activities.sandbox.policy import SYSTEM, Host, Policy
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 Kind = Literal["bubblewrap", "landlock", "none"]
 Choice = Literal["auto", "bubblewrap", "landlock", "none"]
@@ -59,13 +68,14 @@ class Sandbox:
     binary: str = ""
     version: str = ""
     readonly: tuple[str, ...] = field(default_factory=tuple)  # interpreter, environment
+    ports: tuple[int, ...] = ()  # a run with the network connects to these TCP ports only
 
     def describe(self, network: bool = False) -> str:
         if self.kind == "none":
             return "none: generated code runs as the worker's user, unconfined"
         reach = "no network"
         if network:
-            ports = restricted_ports()
+            ports = self.ports
             only = f" on TCP ports {', '.join(map(str, ports))} only" if ports else ""
             reach = f"the host's network{only} (allowed for setup)"
         if self.kind == "landlock":
@@ -101,12 +111,12 @@ class Sandbox:
             writable=tuple(writable),
             readonly=(*self.readonly, *map(str, readonly)),
             network=network,
-            ports=restricted_ports() if network else (),
+            ports=self.ports if network else (),
         )
         if self.kind == "landlock":
-            rules = landlock_rules(policy, writable_entries(cwd) if write_cwd else [])
-            return policy_module.confined(host_of(cwd), rules, list(argv))
-        return bubblewrap_argv(self.binary, policy, host_of(cwd, hosts=True), list(argv))
+            rules = landlock.rules(policy, writable_entries(cwd) if write_cwd else [])
+            return landlock.argv(host_of(cwd), rules, list(argv))
+        return bubblewrap.argv(self.binary, policy, host_of(cwd, hosts=True), list(argv))
 
 
 def host_of(cwd: Path, hosts: bool = False) -> Host:
@@ -137,14 +147,6 @@ def landlock_version() -> int:
         return confine.abi()
     except OSError:
         return 0
-
-
-def restricted_ports() -> tuple[int, ...]:
-    """The TCP ports a setup command with network may connect to (SANDBOX_SETUP_PORTS), where
-    Landlock can hold it to them (ABI 4+); empty: any port."""
-    from core.settings import get_settings
-
-    return get_settings().setup_ports if landlock_version() >= 4 else ()
 
 
 NONE = Sandbox("none")
@@ -179,7 +181,7 @@ def bwrap_binary() -> str | None:
         return shutil.which("bwrap")
 
 
-def bubblewrap() -> Sandbox:
+def probe_bubblewrap() -> Sandbox:
     """bubblewrap, if it runs a command here; SandboxUnavailable with bwrap's reason if not."""
     binary = bwrap_binary()
     if binary is None:
@@ -197,7 +199,7 @@ def bubblewrap() -> Sandbox:
     return sandbox
 
 
-def landlock() -> Sandbox:
+def probe_landlock() -> Sandbox:
     """Landlock and seccomp, if they confine a command here; SandboxUnavailable if not."""
     try:
         version = confine.abi()
@@ -222,11 +224,11 @@ def choose(choice: Choice) -> Sandbox:
     if choice == "none":
         return NONE
     if choice == "bubblewrap":
-        return bubblewrap()
+        return probe_bubblewrap()
     if choice == "landlock":
-        return landlock()
+        return probe_landlock()
     reasons = []
-    for kind in (bubblewrap, landlock):
+    for kind in (probe_bubblewrap, probe_landlock):
         try:
             return kind()
         except SandboxUnavailable as err:
@@ -240,28 +242,37 @@ def choose(choice: Choice) -> Sandbox:
 _current: list[Sandbox] = []
 
 
-def use(choice: Choice) -> Sandbox:
-    """Choose the process's sandbox (the worker, at start); SandboxUnavailable if it fails."""
-    sandbox = choose(choice)
+def use(choice: Choice, setup_ports: tuple[int, ...] = ()) -> Sandbox:
+    """Choose the process's sandbox (the worker, at start); SandboxUnavailable if it fails. A
+    run given the network connects to `setup_ports` only (SANDBOX_SETUP_PORTS), where Landlock
+    can hold it to them (ABI 4+); empty: any port."""
+    ports = setup_ports if landlock_version() >= 4 else ()
+    sandbox = dataclasses.replace(choose(choice), ports=ports)
     _current[:] = [sandbox]
     return sandbox
 
 
 @contextlib.contextmanager
-def using(choice: Choice) -> Iterator[Sandbox]:
+def using(choice: Choice, setup_ports: tuple[int, ...] = ()) -> Iterator[Sandbox]:
     """The process's sandbox set to `choice` for a while, then back (a test or a bench trying
     each sandbox in one process)."""
     before = _current[:]
     try:
-        yield use(choice)
+        yield use(choice, setup_ports)
     finally:
         _current[:] = before
 
 
+def configured(settings: Settings) -> Sandbox:
+    """The process's sandbox as the settings name it (SANDBOX, SANDBOX_SETUP_PORTS)."""
+    return use(settings.sandbox, settings.setup_ports)
+
+
 def current() -> Sandbox:
-    """The process's sandbox: the one chosen at start, else SANDBOX=auto's."""
+    """The process's sandbox: the one chosen at start, else the settings' (a process that chose
+    none: a test, a bench)."""
     if not _current:
         from core.settings import get_settings
 
-        use(get_settings().sandbox)
+        configured(get_settings())
     return _current[0]
