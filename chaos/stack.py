@@ -237,16 +237,14 @@ LEFTOVER_GRACE_SECONDS = 3.0
 
 def leftovers() -> list[str]:
     """Processes of sandboxed runs still alive once every build has ended: bubblewrap, the
-    landlock confiner, or anything in a run's pids cgroup ("pid command" each)."""
+    landlock confiner, or anything in a run's cgroups ("pid command" each)."""
     found: dict[int, str] = {}
-    base = cgroups.root()
-    if base is not None:
-        for group in base.glob(f"{cgroups.PREFIX}*"):
-            try:
-                for pid in (group / "cgroup.procs").read_text().split():
-                    found[int(pid)] = "in a run cgroup"
-            except OSError:
-                continue
+    for group in cgroups.run_groups():
+        try:
+            for pid in (group / "cgroup.procs").read_text().split():
+                found[int(pid)] = "in a run cgroup"
+        except OSError:
+            continue
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue

@@ -1,7 +1,7 @@
 """A run's policy turned into bubblewrap's argv, into Landlock's rules and confine.py's command
-line, and confine.py's seccomp program: the exact result for given facts of a machine, with no
-machine needed (the end-to-end sandbox tests run them for real: tests/test_sandbox.py,
-tests/test_planted_paths.py)."""
+line, confine.py's seccomp program, a run's cgroup settings and its launcher's command: the
+exact result for given facts of a machine, with no machine needed (the end-to-end sandbox
+tests run them for real: tests/test_sandbox.py, tests/test_planted_paths.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from activities.sandbox import bubblewrap, confine, landlock
+from activities.sandbox import bubblewrap, cgroups, confine, landlock
 from activities.sandbox.bubblewrap import TMP_BYTES
 from activities.sandbox.landlock import DEVICES, Rules
 from activities.sandbox.policy import ETC, SYSTEM, Host, Policy
+from activities.sandbox.runs import FILE_BYTES, PROCESSES, Limits, launched
 
 HOST = Host(
     links={"/bin": "usr/bin", "/lib": "usr/lib"},
@@ -142,3 +143,47 @@ def test_the_seccomp_program_refuses_sockets_and_io_uring_and_a_foreign_abi():
     assert arm[1] == (jeq, 0, 6, 0xC00000B7) and arm[4] == (jeq, 2, 0, 198)
     with pytest.raises(OSError, match="no seccomp filter for riscv64"):
         confine.socket_filter("riscv64")
+
+
+def test_a_runs_cgroups_are_set_to_its_processes_and_memory_per_cgroup_version():
+    v1_pids = cgroups.Place(Path("/sys/fs/cgroup/pids"), 1, ("pids",))
+    v1_memory = cgroups.Place(Path("/sys/fs/cgroup/memory"), 1, ("memory",))
+    v2 = cgroups.Place(Path("/sys/fs/cgroup"), 2, ("pids", "memory"))
+    Setting = cgroups.Setting
+    assert cgroups.settings(v1_pids, 256, 2**30) == [Setting("pids.max", "256")]
+    assert cgroups.settings(v1_memory, 256, 2**30) == [
+        Setting("memory.limit_in_bytes", "1073741824"),
+        Setting("memory.memsw.limit_in_bytes", "1073741824", required=False),
+    ]
+    assert cgroups.settings(v2, 256, 2**30) == [
+        Setting("pids.max", "256"),
+        Setting("memory.max", "1073741824"),
+        Setting("memory.swap.max", "0", required=False),
+    ]
+
+
+def test_the_kernels_oom_kills_are_read_from_either_versions_file():
+    v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"
+    v2 = "low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\noom_group_kill 0\n"
+    assert cgroups.oom_kills(v1) == 2 and cgroups.oom_kills(v2) == 1
+    assert cgroups.oom_kills("oom_kill_disable 0\nunder_oom 0\n") == 0
+
+
+def test_the_launcher_joins_every_group_and_limits_address_space_only_without_a_memory_group():
+    limits = Limits(60, 1024)
+    both = cgroups.Group(
+        (Path("/cg/pids/qao-run-1-a"), Path("/cg/memory/qao-run-1-a")),
+        ("pids", "memory"),
+        memory=Path("/cg/memory/qao-run-1-a"),
+    )
+    argv = launched(["pytest"], limits, both)
+    assert argv[4:] == ["61", "0", str(FILE_BYTES), str(PROCESSES),
+                        "/cg/pids/qao-run-1-a:/cg/memory/qao-run-1-a", "pytest"]  # fmt: skip
+    pids_only = cgroups.Group((Path("/cg/pids/qao-run-1-a"),), ("pids",))
+    assert launched(["pytest"], limits, pids_only)[5:8] == [
+        str(1024 * 2**20),
+        str(FILE_BYTES),
+        str(PROCESSES),
+    ]
+    assert launched(["pytest"], limits, None)[5] == str(1024 * 2**20)
+    assert launched(["pytest"], limits, None)[8] == ""

@@ -214,7 +214,7 @@ def test_no_daemon_outlives_the_run(sandboxed: Outcome) -> None:
 def test_without_a_sandbox_the_same_suite_gets_out(unconfined: Outcome) -> None:
     """The suite can fail: unconfined, every attempt gets out but those the run's pids cgroup
     stops where the machine has one (the fork bomb, and the daemon, killed with the group)."""
-    grouped = cgroups.root() is not None
+    grouped = any("pids" in place.controls for place in cgroups.places())
     stopped = {"test_fork_without_end"} if grouped else set()
     assert unconfined.got_out == set(ATTEMPTS) - stopped, set(ATTEMPTS) - unconfined.got_out
     assert unconfined.received and unconfined.outside_written and unconfined.git_hook_written
@@ -222,10 +222,15 @@ def test_without_a_sandbox_the_same_suite_gets_out(unconfined: Outcome) -> None:
     assert unconfined.report.sandbox.startswith("none")
 
 
+def pids_place() -> Path:
+    for place in cgroups.places():
+        if "pids" in place.controls:
+            return place.root
+    pytest.skip("no pids cgroup can be made here")
+
+
 def test_the_worker_sweeps_empty_run_groups_of_no_known_worker() -> None:
-    base = cgroups.root()
-    if base is None:
-        pytest.skip("no pids cgroup can be made here")
+    base = pids_place()
     # Groups named without their worker's pid: only their age and emptiness say they are left.
     left, busy = (base / f"{cgroups.PREFIX}{uuid.uuid4().hex[:12]}" for _ in range(2))
     left.mkdir()
@@ -241,7 +246,7 @@ def test_the_worker_sweeps_empty_run_groups_of_no_known_worker() -> None:
     finally:
         holder.kill()
         holder.wait()
-        cgroups.remove(busy)
+        cgroups.remove_folder(busy)
     assert not busy.exists()
 
 
@@ -249,15 +254,14 @@ def test_the_worker_ends_what_a_dead_workers_runs_left_and_spares_a_live_ones() 
     """A sandbox that outlived its worker (bubblewrap as PID 1 of a run's namespace, say) is
     in its run's group, named after the worker: a worker at start kills what is in the groups
     of workers that are gone, and leaves those of workers that run."""
-    base = cgroups.root()
-    if base is None:
-        pytest.skip("no pids cgroup can be made here")
+    base = pids_place()
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # a worker that was killed: its pid is free
     orphaned = base / f"{cgroups.PREFIX}{gone.pid}-{uuid.uuid4().hex[:12]}"
     orphaned.mkdir()
-    live = cgroups.make(8)  # this process's: a worker that runs
-    assert live is not None
+    made = cgroups.make(8, 2**30)  # this process's: a worker that runs
+    assert made is not None
+    live = next(path for path in made.paths if path.parent == base)
     left = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     kept = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -270,8 +274,8 @@ def test_the_worker_ends_what_a_dead_workers_runs_left_and_spares_a_live_ones() 
         for proc in (left, kept):
             proc.kill()
             proc.wait()
-        cgroups.remove(live)
-        cgroups.remove(orphaned)
+        cgroups.remove(made)
+        cgroups.remove_folder(orphaned)
 
 
 async def test_landlock_writes_the_repositorys_entries_but_not_git_nor_its_top_level(
@@ -305,7 +309,7 @@ async def test_at_its_time_limit_a_landlock_run_leaves_no_daemon_even_without_a_
 ) -> None:
     """The subreaper clears up: a daemon in a session of its own escapes the process group's
     kill, and here no cgroup holds the run."""
-    monkeypatch.setattr(cgroups, "make", lambda limit: None)
+    monkeypatch.setattr(cgroups, "make", lambda processes, memory: None)
     repo = tmp_path / "repo"
     files = {"tests/daemon.py": DAEMON_SCRIPT, "tests/test_hangs.py": LEAVES_A_DAEMON,
              "tests/daemon.log": ""}  # fmt: skip
@@ -371,7 +375,7 @@ from pathlib import Path
 from activities.sandbox import cgroups, isolation
 from activities.sandbox.runs import Limits
 from activities.testing.testrun import run_command
-cgroups.make = lambda limit: None  # as on a machine where the worker can make no cgroup
+cgroups.make = lambda processes, memory: None  # as on a machine where the worker can make no cgroup
 repo = Path(sys.argv[2])
 with isolation.using(sys.argv[1]):
     asyncio.run(run_command(repo, repo.parent / "runs", "t", "python -m pytest", Limits(60, 1024)))

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from activities.repository.workspace import Remote, Workspace
+from activities.sandbox import cgroups
 from activities.sandbox.runs import Limits
 from activities.testing.checks import introduced
 from activities.testing.testrun import baseline, compare, run_tests
@@ -78,3 +81,41 @@ def test_static_checks_count_only_what_the_build_introduced() -> None:
     assert introduced(new, before) == "feature.py:1:1: F401 `os` imported but unused"
     assert introduced("ok", before) == "ok"
     assert introduced("feature.py:1:1: F401 `os` imported but unused", "ok") != "ok"
+
+
+RESERVES = """import mmap
+
+
+def test_reserves_much_and_uses_little():
+    reserved = mmap.mmap(-1, 3 * 1024**3)  # address space, never touched
+    reserved[:4] = b"used"
+    assert reserved[:4] == b"used"
+"""
+USES_TOO_MUCH = """def test_uses_more_than_it_may():
+    held = bytearray(600 * 1024**2)
+    assert len(held)
+"""
+
+
+async def test_memory_is_held_by_what_a_run_uses_and_running_out_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a memory cgroup, a suite that reserves much address space and uses little runs,
+    and one that uses more than its limit is killed and told so by name; without one (the
+    rlimit on address space), the reservation alone fails, and says so too."""
+    if not any("memory" in place.controls for place in cgroups.places()):
+        pytest.skip("no memory cgroup can be made here")
+    files = {"tests/test_reserves.py": RESERVES, "tests/test_too_much.py": USES_TOO_MUCH}
+    ws, _ = _workspace(tmp_path, files)
+    limits = Limits(60, 512)
+    report = await run_tests(ws, 1, limits)
+    assert "512 MB of memory (a memory cgroup" in report.sandbox
+    assert [f.test for f in report.failures][:1] == ["(test run)"], report.failures
+    assert "out of memory at its limit of 512 MB (TEST_MEMORY_MB" in report.failures[0].message
+    assert "killed for memory" in report.failures[0].message
+    ws.write([SourceFile(path="tests/test_too_much.py", content="")], "attempt 2")
+    assert (await run_tests(ws, 2, limits)).passed
+    monkeypatch.setattr(cgroups, "make", lambda processes, memory: None)
+    rlimited = await run_tests(ws, 3, limits)
+    assert not rlimited.passed and "address space per process" in rlimited.sandbox
+    assert "TEST_MEMORY_MB" in rlimited.failures[0].message

@@ -42,6 +42,7 @@ class RunResult:
     output: str  # the tail of stdout and stderr together
     seconds: float
     sandbox: str = ""  # how the run was confined, and its limits
+    out_of_memory: bool = False  # killed for its memory limit (or a MemoryError under rlimit)
 
     @property
     def ok(self) -> bool:
@@ -94,11 +95,12 @@ def scrubbed_env(
 LAUNCHER = """
 import ctypes, os, resource, signal, sys
 cpu, memory, size, procs = (int(a) for a in sys.argv[1:5])
-if sys.argv[5]:  # the run's pids cgroup: it and every descendant count against pids.max
-    with open(os.path.join(sys.argv[5], "cgroup.procs"), "w") as procs_file:
+for group in filter(None, sys.argv[5].split(os.pathsep)):  # it and every descendant count
+    with open(os.path.join(group, "cgroup.procs"), "w") as procs_file:
         procs_file.write(str(os.getpid()))
 resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+if memory:  # 0: a memory cgroup holds the run
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
 resource.setrlimit(resource.RLIMIT_NPROC, (procs, procs))
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -116,23 +118,52 @@ FILE_BYTES = 256 * 1024 * 1024  # the largest file a run may write
 PROCESSES = 256  # processes of a sandboxed run at once (a fork bomb stops here)
 
 
-def _launched(argv: list[str], limits: Limits, group: Path | None) -> list[str]:
-    memory = limits.memory_mb * 1024 * 1024
+def launched(argv: list[str], limits: Limits, group: cgroups.Group | None) -> list[str]:
+    """The launcher's command for `argv`: the run joins its groups, then its rlimits are set
+    (the address space only where no memory group holds it) and `argv` is executed."""
+    held = group is not None and group.memory is not None
+    memory = 0 if held else limits.memory_mb * 1024 * 1024
+    groups = os.pathsep.join(map(str, group.paths)) if group else ""
     return [
         sys.executable, "-S", "-c", LAUNCHER,  # -S: the standard library is all it needs
-        str(limits.cpu_seconds), str(memory), str(FILE_BYTES), str(PROCESSES),
-        str(group or ""), *argv,
+        str(limits.cpu_seconds), str(memory), str(FILE_BYTES), str(PROCESSES), groups, *argv,
     ]  # fmt: skip
 
 
 def described(
-    sandbox: isolation.Sandbox, limits: Limits, group: Path | None, network: bool = False
+    sandbox: isolation.Sandbox,
+    limits: Limits,
+    group: cgroups.Group | None,
+    network: bool = False,
 ) -> str:
-    counted = "a pids cgroup" if group else "rlimit only, which root is exempt from"
+    controls = group.controls if group else ()
+    counted = "a pids cgroup" if "pids" in controls else "rlimit only, which root is exempt from"
+    memory = (
+        f"{limits.memory_mb} MB of memory (a memory cgroup: all its processes together)"
+        if "memory" in controls
+        else f"{limits.memory_mb} MB of address space per process (rlimit)"
+    )
     return (
-        f"{sandbox.describe(network)}; limits {limits.wall_seconds:g} s, {limits.memory_mb} MB, "
+        f"{sandbox.describe(network)}; limits {limits.wall_seconds:g} s, {memory}, "
         f"{PROCESSES} processes ({counted}), files up to {FILE_BYTES // 2**20} MB"
     )
+
+
+def memory_exceeded(limits: Limits, group: cgroups.Group | None) -> str:
+    if group is not None and group.memory is not None:
+        return (
+            f"killed for memory: the run's processes together used its limit of "
+            f"{limits.memory_mb} MB"
+        )
+    return f"out of memory: a process reached its limit of {limits.memory_mb} MB of address space"
+
+
+def out_of_memory(group: cgroups.Group | None, output: str) -> bool:
+    """Whether the run ended for its memory limit: its memory group's kernel killed a
+    process, or, under the address-space rlimit, an allocation was refused and said so."""
+    if group is not None and group.memory is not None:
+        return cgroups.oom_killed(group)
+    return any(sign in output for sign in ("MemoryError", "Cannot allocate memory"))
 
 
 async def run_limited(
@@ -167,11 +198,11 @@ async def run_limited(
         own = home = await asyncio.to_thread(paths.fresh, scratch, "run-")
         writable = [*writable, own]
     temporary = own if sandbox.kind == "landlock" else None
-    group = await asyncio.to_thread(cgroups.make, PROCESSES)
+    group = await asyncio.to_thread(cgroups.make, PROCESSES, limits.memory_mb * 1024 * 1024)
     try:
         wrapped = sandbox.wrap(argv, cwd, writable, readonly, network, write_cwd)
         proc = await asyncio.create_subprocess_exec(
-            *_launched(wrapped, limits, group),
+            *launched(wrapped, limits, group),
             cwd=cwd,
             env=scrubbed_env(home, venv, temporary) | dict(env or {}),
             stdin=asyncio.subprocess.DEVNULL,
@@ -198,12 +229,17 @@ async def run_limited(
             raise
         out, _ = await output
         text = (out or b"").decode(errors="replace")
+        returncode = proc.returncode if proc.returncode is not None else -9
+        short = returncode != 0 and await asyncio.to_thread(out_of_memory, group, text)
+        if short:  # said last, where whoever reads the output's tail looks
+            text += f"\n[sandbox] {memory_exceeded(limits, group)}\n"
         return RunResult(
-            returncode=proc.returncode if proc.returncode is not None else -9,
+            returncode=returncode,
             timed_out=timed_out,
             output=text[-OUTPUT_TAIL_CHARS:],
             seconds=time.monotonic() - started,
             sandbox=described(sandbox, limits, group, network),
+            out_of_memory=short,
         )
     finally:
         if group is not None:

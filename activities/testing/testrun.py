@@ -152,6 +152,15 @@ async def run_command(
                 "or is too slow",
             ),
         )
+    elif run.out_of_memory:
+        failures.insert(
+            0,
+            TestFailure(
+                test=RUN,
+                message=f"the run was out of memory at its limit of {limits.memory_mb} MB "
+                f"(TEST_MEMORY_MB; raise it for a suite that needs more): {_last(run.output)}",
+            ),
+        )
     elif pytest and (run.returncode in EXIT_MEANINGS or (run.returncode != 0 and not failures)):
         meaning = EXIT_MEANINGS.get(run.returncode, f"pytest exited {run.returncode}")
         failures.append(TestFailure(test=RUN, message=f"{meaning}: {_last(run.output)}"))
