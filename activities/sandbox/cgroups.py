@@ -166,6 +166,18 @@ def oom_killed(group: Group) -> bool:
     return False
 
 
+def peak_bytes(group: Group) -> int | None:
+    """The most memory the run's processes used together, where the kernel tells it."""
+    if group.memory is None:
+        return None
+    for name in ("memory.peak", "memory.max_usage_in_bytes"):
+        try:
+            return int((group.memory / name).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
 def remove(group: Group) -> None:
     """Kill every process left in the run's groups, then remove them."""
     for path in group.paths:

@@ -135,11 +135,14 @@ def described(
     limits: Limits,
     group: cgroups.Group | None,
     network: bool = False,
+    peak: int | None = None,
 ) -> str:
+    """How the run was confined and limited (`peak`: the most memory it used, if known)."""
     controls = group.controls if group else ()
     counted = "a pids cgroup" if "pids" in controls else "rlimit only, which root is exempt from"
+    used = f", {peak / 2**20:.0f} MB used at most" if peak is not None else ""
     memory = (
-        f"{limits.memory_mb} MB of memory (a memory cgroup: all its processes together)"
+        f"{limits.memory_mb} MB of memory (a memory cgroup: all its processes together{used})"
         if "memory" in controls
         else f"{limits.memory_mb} MB of address space per process (rlimit)"
     )
@@ -231,6 +234,7 @@ async def run_limited(
         text = (out or b"").decode(errors="replace")
         returncode = proc.returncode if proc.returncode is not None else -9
         short = returncode != 0 and await asyncio.to_thread(out_of_memory, group, text)
+        peak = await asyncio.to_thread(cgroups.peak_bytes, group) if group else None
         if short:  # said last, where whoever reads the output's tail looks
             text += f"\n[sandbox] {memory_exceeded(limits, group)}\n"
         return RunResult(
@@ -238,7 +242,7 @@ async def run_limited(
             timed_out=timed_out,
             output=text[-OUTPUT_TAIL_CHARS:],
             seconds=time.monotonic() - started,
-            sandbox=described(sandbox, limits, group, network),
+            sandbox=described(sandbox, limits, group, network, peak),
             out_of_memory=short,
         )
     finally:
