@@ -12,6 +12,7 @@ import dataclasses
 import json
 import uuid
 from datetime import timedelta
+from types import SimpleNamespace
 
 import httpx2
 import pytest
@@ -282,3 +283,29 @@ def test_live_text_of_a_call_stops_at_its_limit_with_a_marker():
     assert len(texts) == 2 and texts[0] == "x" * (streaming.LIVE_TEXT_CHARS - 10)
     assert texts[1].startswith("y" * 10 + "\n[... the rest of this answer is not shown live")
     assert sum(t.count("x") + t.count("y") for t in texts) == streaming.LIVE_TEXT_CHARS
+
+
+async def test_a_call_ends_when_its_end_meets_a_publish_that_is_finishing():
+    """The call's end cancels its publisher in the very step its publish completes: the
+    publisher still ends (asyncio.wait_for on Python 3.11 swallows a cancellation that meets
+    its inner future's completion, and the publisher then waited for ever, holding the
+    activity and, at shutdown, the worker)."""
+    gate, flushing = asyncio.Event(), asyncio.Event()
+
+    class Stream:
+        def topic(self, *_: object, **__: object) -> SimpleNamespace:
+            return SimpleNamespace(publish=lambda item: None)
+
+        async def flush(self) -> None:
+            flushing.set()
+            await gate.wait()
+
+    async def call() -> None:
+        output = streaming.Output("code_writer", 0.01, streaming.Spend())
+        output.client = Stream()  # type: ignore[assignment]
+        async with output:
+            output.text("hello")  # wakes the publisher
+            await flushing.wait()  # which is inside its publish now
+            gate.set()  # the publish completes in the step the call's end cancels it
+
+    await asyncio.wait_for(call(), 10)

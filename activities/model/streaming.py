@@ -198,7 +198,8 @@ async def read_stream(
         while True:
             wait = stall_seconds if answer.chunks else None
             try:
-                chunk = await asyncio.wait_for(chunks.__anext__(), wait)
+                async with asyncio.timeout(wait):  # a cancellation of the call is never lost
+                    chunk = await chunks.__anext__()
             except StopAsyncIteration:
                 if answer.finish_reason is None:
                     raise Unfinished(
@@ -235,6 +236,7 @@ class Output:
         self.pending_text: list[str] = []
         self.live_chars = 0  # text of this call taken for publishing
         self.wake = asyncio.Event()
+        self.closed = False  # the call ended: the publisher stops at its next turn
         self.client = _stream_client()
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -248,6 +250,7 @@ class Output:
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
+        self.closed = True
         self.emit("done")
         for task in self.tasks:
             task.cancel()
@@ -350,7 +353,7 @@ class Output:
         that writes for long publishes ever less often (each batch is a signal, four events of
         the build's history), so a long answer costs tens of batches, not hundreds."""
         wait, batches = FIRST_PUBLISH_SECONDS, 0
-        while True:
+        while not self.closed:
             await self.wake.wait()
             await asyncio.sleep(wait)
             self.wake.clear()
@@ -370,8 +373,9 @@ class Output:
         topic = self.client.topic(MODEL_OUTPUT_TOPIC, type=ModelStreamItem)
         for item in items:
             topic.publish(item)
-        try:
-            await asyncio.wait_for(self.client.flush(), PUBLISH_TIMEOUT_SECONDS)
+        try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+            async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+                await self.client.flush()
         except Exception as err:  # the build's stream is gone or slow: the call goes on
             log.info("%s: model output not published (%s); publishing stops", self.role, err)
             self.client = None

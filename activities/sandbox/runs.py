@@ -62,7 +62,8 @@ async def _stop(proc: asyncio.subprocess.Process, sandbox: isolation.Sandbox) ->
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), STOP_SECONDS)
+            async with asyncio.timeout(STOP_SECONDS):  # never swallows a cancellation
+                await proc.wait()
     _kill_group(proc.pid)
 
 
