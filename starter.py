@@ -1,5 +1,6 @@
 """Start builds and steer them: start, status, events, retry, rollback, approve; the projects
-(`project add|show|list`, client/project_commands.py); the model endpoint (`model check`)."""
+(`project add|show|list`, client/project_commands.py); the model endpoint (`model check`);
+builds' score cards side by side (`compare`, client/score_commands.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from client.cli import console, refuse, run_command
 from client.follow import delivered, event_line, follow, show_model_output, status_tables
 from client.model_commands import model_app
 from client.project_commands import project_app
+from client.score_commands import compare
 from core.exit import exit_now
 from core.messages import (
     AbortRequest,
@@ -310,6 +312,7 @@ def approve(
 
 app.add_typer(project_app, name="project")
 app.add_typer(model_app, name="model")
+app.command("compare")(compare)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from core.models import (
     check_requirements,
     check_size,
 )
+from core.scores import ModelScore
 from core.states import BuildState, Role
 from db.models import BuildSummaryPublic, WorkflowEventPublic, WorkflowHandoffPublic
 
@@ -272,6 +273,11 @@ class ProjectStats(BaseModel):
     cost_usd: float
     cost_per_build_usd: float | None
     by_role: dict[str, RoleTotals] = Field(description="Calls, tokens and cost per role.")
+    by_model: list[ModelScore] = Field(
+        default_factory=list,
+        description="Per role, model and prompt version: the builds it answered in, how many "
+        "of them completed, its calls, tokens and cost.",
+    )
     failure_analysis: list[FailureGroup]
     versions: list[VersionRow] = Field(
         default_factory=list, description="What each delivered version cost, oldest first."

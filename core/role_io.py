@@ -154,6 +154,10 @@ class ImplementationSummary(BaseModel):
     workspace: str
 
 
+# The name of a failure of a test run itself (it hung, crashed, ran out of memory), not of a test.
+RUN = "(test run)"
+
+
 class TestFailure(BaseModel):
     __test__: ClassVar[bool] = False  # not a pytest class
 

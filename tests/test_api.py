@@ -82,6 +82,25 @@ async def test_a_build_started_over_http_completes_and_reads_back_exactly(
     assert stats["by_role"]["code_writer"]["calls"] == 2
     assert isinstance(stats["by_role"]["code_writer"]["tokens"], int)
     assert stats["by_role"]["code_writer"]["cost_usd"] == status["usage"]["code_writer"]["cost_usd"]
+    by_model = {(m["role"], m["prompt_version"]): m for m in stats["by_model"]}
+    writer = next(m for (role, _), m in by_model.items() if role == "code_writer")
+    assert (writer["builds"], writer["completed"], writer["completion_rate"]) == (1, 1, 1.0)
+    assert writer["calls"] == 2 and writer["model"] and writer["prompt_version"]
+    assert sum(m["calls"] for m in stats["by_model"]) == sum(
+        u["calls"] for u in status["usage"].values()
+    )
+
+    card = (await http.get(f"/api/workflows/{body['build_id']}/score")).json()
+    assert (card["outcome"], card["finished"], card["loop_backs"]) == (
+        "complete",
+        True,
+        {"tests failed": 1},
+    )
+    assert card["wall_seconds"] == pytest.approx(status["duration_seconds"])
+    assert card["tokens"] == status["tokens"] == sum(r["tokens"] for r in card["roles"].values())
+    assert card["roles"]["code_writer"]["calls"] == 2
+    assert card["roles"]["code_writer"]["attempts"] == status["attempts"]["implementation"]
+    assert card["tests"]["failed"] == 0 and card["tests"]["passed"] == card["tests"]["run"] > 0
 
 
 async def test_the_same_build_id_twice_gets_409(stack: Stack):
@@ -124,6 +143,7 @@ async def test_unknown_builds_get_404(stack: Stack):
         ("GET", "status", None),
         ("GET", "events", None),
         ("GET", "history", None),
+        ("GET", "score", None),
         ("POST", "advance", {"role": "q_assistant"}),
         ("POST", "request-retry", {"reason": "x"}),
         ("POST", "rollback", {"target_state": "planning", "reason": "x"}),

@@ -76,6 +76,20 @@ async def test_start_follows_to_complete_and_exits_0(settings: Settings, tmp_pat
     assert "loop   tests failed: tests.test_dark_mode::test_toggle_twice_restores" in out
     assert f"build {build} COMPLETE" in out
 
+    code, out = await run("starter.py", "compare", build, "--json", settings=settings, cwd=tmp_path)
+    assert code == 0, out
+    (card,) = json.loads(out)
+    assert (card["build_id"], card["outcome"], card["loop_backs"]) == (
+        build,
+        "complete",
+        {"tests failed": 1},
+    )
+    assert card["roles"]["code_writer"]["calls"] == 2
+    code, out = await run("starter.py", "compare", build, settings=settings, cwd=tmp_path)
+    assert code == 0 and "score cards" in out and "tests failed" in out, out
+    code, out = await run("starter.py", "compare", build, "nosuch", settings=settings, cwd=tmp_path)
+    assert code == 1 and "the mirror has no build build-nosuch" in out, out
+
     code, out = await run(
         "starter.py",
         "start",

@@ -15,9 +15,9 @@ from activities.repository.gitcmd import git
 from activities.repository.workspace import Remote, Workspace
 from activities.sandbox import isolation
 from activities.sandbox.runs import Limits
-from activities.testing.testrun import RUN, baseline, run_tests
+from activities.testing.testrun import baseline, run_tests
 from core.projects import ProjectConfig
-from core.role_io import SourceFile, TestReport
+from core.role_io import RUN, SourceFile, TestReport
 from tests.git_projects import make_project
 
 LIMITS = Limits(60, 1024)

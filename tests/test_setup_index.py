@@ -19,7 +19,8 @@ from activities.repository.workspace import Remote, Workspace
 from activities.sandbox import isolation
 from activities.sandbox.runs import Limits
 from activities.testing import environment
-from activities.testing.testrun import RUN, run_tests, setup_cause
+from activities.testing.testrun import run_tests, setup_cause
+from core.role_io import RUN
 from core.settings import get_settings
 from tests.git_projects import make_project
 from tests.test_setup import make_wheel

@@ -21,13 +21,12 @@ from activities import paths
 from activities.repository.workspace import Workspace
 from activities.sandbox.runs import Limits, run_limited
 from activities.testing import environment
-from core.role_io import TestFailure, TestReport
+from core.role_io import RUN, TestFailure, TestReport
 
 DEFAULT_COMMAND = "python -m pytest"
 PYTEST_CONFIGS = ("pytest.ini", "pyproject.toml", "setup.cfg", "tox.ini")
 MAX_FAILURES = 20
 MESSAGE_CHARS = 500
-RUN = "(test run)"  # the name of a failure of the run itself, not of one test
 # pytest's exit codes that are not "some tests failed" (1): say what happened instead.
 EXIT_MEANINGS = {
     2: "the run was interrupted",

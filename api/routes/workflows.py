@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Response, status
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Response, status
 from fastapi.responses import StreamingResponse
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
@@ -33,9 +33,10 @@ from client.model_output import model_output
 from core.attributes import BUILD_STATE, PROJECT_ID
 from core.models import BuildRepository, build_id_from, workflow_id_for
 from core.projects import PROJECT_ID_PATTERN
+from core.scores import ScoreCard
 from core.settings import Settings
 from core.states import PATH, TERMINAL, WORKING, BuildState, progress_of, role_of
-from db import crud
+from db import crud, scores
 from db.models import (
     BuildSummaryPublic,
     BuildWorkflowRow,
@@ -241,6 +242,21 @@ async def build_model_output(
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
+@router.get("/{workflow_id}/score", responses=answers(404))
+async def build_score(workflow_id: WorkflowId, session: SessionDep, state: StateDep) -> ScoreCard:
+    """The build's score card, as the mirror has it: outcome, wall time, loop-backs per reason,
+    calls, attempts, tokens and cost per role with their models and prompt versions, and its
+    last test run (passed, failed, regressed)."""
+    wf = workflow_id_for(build_id_from(workflow_id))
+    card = await run_in_threadpool(scores.score_of, session, workflow_id=wf)
+    if card is None:
+        await _require_known(session, state, wf)  # 404 in the usual words if no one knows it
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"{wf} is not in the mirror yet: its score card is not"
+        )
+    return card
+
+
 @router.get("/{workflow_id}/events", responses=answers(404))
 async def build_events(
     workflow_id: WorkflowId,
@@ -312,6 +328,7 @@ def project_stats(project_id: ProjectId, session: SessionDep) -> ProjectStats:
             role: RoleTotals.model_validate(totals)
             for role, totals in crud.project_usage_by_role(session, project_id=project_id).items()
         },
+        by_model=scores.project_model_scores(session, project_id=project_id),
         versions=[
             VersionRow(
                 version=r.version or "",
