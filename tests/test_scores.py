@@ -75,7 +75,7 @@ def test_a_card_counts_calls_attempts_spend_loop_backs_and_the_last_test_run():
 
 
 def test_a_running_build_has_no_wall_time_and_a_finished_one_without_a_duration_has_its_span():
-    running = score_card(build("testing", completed_at=None), [])
+    running = score_card(build("testing", completed_at=None, testing_output={"odd": 1}), [])
     assert not running.finished and running.wall_seconds is None and running.tests is None
     ended = score_card(build("cancelled", completed_at=STARTED + timedelta(seconds=42)), [])
     assert ended.finished and ended.wall_seconds == 42.0
