@@ -1,6 +1,7 @@
 """Start builds and steer them: start, status, events, retry, rollback, approve; the projects
 (`project add|show|list`, client/project_commands.py); the model endpoint (`model check`);
-builds' score cards side by side (`compare`, client/score_commands.py)."""
+re-runs of builds (`rerun`, client/rerun_commands.py); builds' score cards side by side
+(`compare`, client/score_commands.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from temporalio.client import (
 
 from client import builds
 from client.cli import console, refuse, run_command
-from client.follow import delivered, event_line, follow, show_model_output, status_tables
+from client.follow import event_line, show_model_output, status_tables
+from client.launch import Followed, announced, concluded
 from client.model_commands import model_app
 from client.project_commands import project_app
+from client.rerun_commands import rerun
 from client.score_commands import compare
 from core.exit import exit_now
 from core.messages import (
@@ -141,34 +144,14 @@ def start(
     except ValueError as err:
         refuse(err)
 
-    async def go(client: Client, settings: Settings) -> tuple[BuildStatus, dict[str, Any]] | None:
+    async def go(client: Client, settings: Settings) -> Followed:
         handle = await builds.start_build(client, settings, request)
-        console.print(f"build [bold]{request.build_id}[/bold] started: workflow id {handle.id}")
-        console.print(f"Web UI: {settings.ui_link(handle.id)}")
-        if not await builds.has_worker(client, settings):
-            console.print(
-                f"[yellow]warning:[/yellow] no worker polls task queue "
-                f"{settings.temporal_task_queue}; the build waits until one does "
-                "(`make run` or `.venv/bin/python worker.py`)"
-            )
-        if not wait:
-            return None
-        return await follow(handle, console, output_of=client if show_model_output else None)
+        return await announced(
+            client, settings, handle, request.build_id,
+            wait=wait, show_model_output=show_model_output,
+        )  # fmt: skip
 
-    followed = run_command(go)
-    if followed is None:
-        return
-    final, release = followed
-    if final.state is BuildState.COMPLETE:
-        console.print(
-            f"[green]build {request.build_id} COMPLETE[/green] (attempts {final.attempts})"
-        )
-        console.print(delivered(release).capitalize())
-        return
-    console.print(
-        f"[red]build {request.build_id} {final.state.value.upper()}[/red]: {final.last_error}"
-    )
-    raise typer.Exit(1)
+    concluded(request.build_id, run_command(go))
 
 
 @app.command()
@@ -312,6 +295,7 @@ def approve(
 
 app.add_typer(project_app, name="project")
 app.add_typer(model_app, name="model")
+app.command("rerun")(rerun)
 app.command("compare")(compare)
 
 

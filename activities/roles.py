@@ -22,7 +22,7 @@ from activities.model.llm import ModelClient
 from activities.projects import greenfield
 from activities.repository import repomap
 from activities.repository.gitcmd import GitError, create_bare
-from activities.repository.workspace import AttemptRefused, Remote, Workspace
+from activities.repository.workspace import AttemptRefused, CommitMissing, Remote, Workspace
 from activities.sandbox.runs import Limits
 from activities.testing import environment
 from activities.testing.checks import introduced_since, static_checks
@@ -40,6 +40,7 @@ from core.contracts import (
 from core.models import Simulation
 from core.projects import ProjectConfig
 from core.releases import Released, RestoreResult, RestoreTask
+from core.reruns import scratch_project
 from core.role_io import (
     CodeWriterResult,
     DiscoveryOutput,
@@ -113,12 +114,20 @@ class RoleActivities:
         """The build's workspace on its project's branch head, which becomes its base. A
         repository git cannot reach fails the attempt, and the retry policy tries again."""
         project = task.project or greenfield(self.settings, task.project_id)
+        if task.rerun_at is not None:  # the one place a re-run's delivery is decided
+            project = scratch_project(project)
         try:
             if task.project is None:
                 path = Path(project.repository)
                 await in_thread("git init --bare", create_bare, path, project.branch)
             ws = self.workspace(task.build_id, project)
-            base = await in_thread("git clone", ws.open)
+            base = await in_thread("git clone", ws.open, task.rerun_at)
+        except CommitMissing as err:
+            raise ApplicationError(
+                f"cannot re-run from {task.rerun_at}: {project.repository} no longer has it",
+                type=Failure.REPOSITORY_REFUSED,
+                non_retryable=True,
+            ) from err
         except GitError as err:
             raise ApplicationError(
                 f"cannot open {project.repository} (branch {project.branch}): {err.reason}",

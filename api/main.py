@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.deps import AppState, require_api_key
 from api.guard import Guard
 from api.metrics import SdkCollector, api_registry
-from api.routes import health, projects, steering, workflows
+from api.routes import health, projects, reruns, steering, workflows
 from client.errors import (
     BuildError,
     BuildExists,
@@ -32,6 +32,7 @@ from client.errors import (
     NoAnswer,
 )
 from client.projects import ProjectNotFound, ProjectRefused
+from client.reruns import RerunRefused
 from core.models import build_id_from
 from core.settings import Settings, get_settings
 from core.telemetry import current_build
@@ -49,6 +50,7 @@ STATUS_OF: dict[type[BuildError], int] = {
     NoAnswer: status.HTTP_503_SERVICE_UNAVAILABLE,
     ProjectNotFound: status.HTTP_404_NOT_FOUND,
     ProjectRefused: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    RerunRefused: status.HTTP_409_CONFLICT,
 }
 
 
@@ -131,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(workflows.router, dependencies=[Depends(require_api_key)])
     app.include_router(steering.router, dependencies=[Depends(require_api_key)])
+    app.include_router(reruns.router, dependencies=[Depends(require_api_key)])
     app.include_router(projects.router, dependencies=[Depends(require_api_key)])
 
     app.add_middleware(Guard, settings=settings)  # inside Observe: its refusals are counted

@@ -21,6 +21,7 @@ from core.models import (
     check_requirements,
     check_size,
 )
+from core.reruns import MAX_PROMPT_CHARS
 from core.scores import ModelScore
 from core.states import BuildState, Role
 from db.models import BuildSummaryPublic, WorkflowEventPublic, WorkflowHandoffPublic
@@ -84,6 +85,32 @@ class BuildStarted(BaseModel):
     next_role: Role
     ui_url: str
     status_url: str
+    rerun_of: str | None = None  # the build this one re-runs
+
+
+class RerunBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    build_id: str | None = Field(
+        default=None, pattern=BUILD_ID_PATTERN, description="The re-run's id; default: random."
+    )
+    user_id: Person = "api"
+    live: list[Role] = Field(
+        default_factory=list,
+        description="Roles that call their models; the others answer from the original's "
+        "kept answers.",
+    )
+    models: dict[Role, Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=dict, description="A role's model (the role is live)."
+    )
+    prompts: dict[Role, Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]] = Field(
+        default_factory=dict, description="A role's system prompt (the role is live)."
+    )
+    live_after_divergence: bool = Field(
+        default=False,
+        description="Where the re-run reaches a call the original never made, ask the role's "
+        "model (default: the build stops in needs_attention and says so).",
+    )
 
 
 class Advance(BaseModel):

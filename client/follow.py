@@ -27,6 +27,8 @@ def event_line(event: BuildEvent) -> str:
     if kind == "state_changed":
         return f"state  {data.get('from', '-')} -> {data['to']}"
     if kind == "role_call":
+        if data.get("replayed"):
+            return f"call   {event.triggered_by} attempt {data['attempt']} (recorded answer)"
         return (
             f"call   {event.triggered_by} attempt {data['attempt']} "
             f"({data['prompt_tokens']}+{data['completion_tokens']} tokens, {data['latency_ms']} ms)"

@@ -38,6 +38,9 @@ def _role_rows(cards: list[ScoreCard]) -> list[tuple[str, list[str]]]:
              [f"{', '.join(s.models)} @ {', '.join(s.prompt_versions)}" if s else "-"
               for s in scores]),
         ]  # fmt: skip
+        if any(s and s.replayed for s in scores):  # a re-run's: answered from its original
+            rows.append((f"{role.value}: recorded answers",
+                         [str(s.replayed) if s else "-" for s in scores]))  # fmt: skip
     return rows
 
 
@@ -46,6 +49,7 @@ def comparison(cards: list[ScoreCard]) -> list[tuple[str, list[str]]]:
     reasons = sorted({reason for card in cards for reason in card.loop_backs})
     tests = [card.tests for card in cards]
     rows: list[tuple[str, list[str]]] = [
+        ("re-run of", [card.rerun_of or "-" for card in cards]),
         ("outcome", [card.outcome + (f" ({card.failure_reason})" if card.failure_reason else "")
                      for card in cards]),
         ("wall time", [_seconds(card.wall_seconds) for card in cards]),

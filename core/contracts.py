@@ -91,6 +91,8 @@ class Failure(StrEnum):
     MODEL_UNREACHABLE = "ModelUnreachable"
     MODEL_RATE_LIMITED = "ModelRateLimited"
     MODEL_UNAVAILABLE = "ModelUnavailable"
+    # A re-run's role call the original build never made (core/reruns.py).
+    RECORDING_DIVERGED = "RecordingDiverged"
     # The workflows' own.
     COMMAND_REJECTED = "CommandRejected"  # an update's validator refused the command
     BUILD_FAILED = "BuildFailed"

@@ -24,6 +24,7 @@ from pydantic import (
 from temporalio.common import RetryPolicy
 
 from core.projects import Bump, ProjectConfig, ProjectId
+from core.reruns import Rerun
 from core.states import HANDOFFS, BuildState, Role
 
 WORKFLOW_ID_PREFIX = "build-"
@@ -140,6 +141,7 @@ class BuildOptions(BaseModel):
     attention_wait_seconds: float = Field(default=86_400, gt=0)
     approval_wait_seconds: float = Field(default=7 * 86_400, gt=0)
     bump: Bump = "minor"  # which part of the project's version its release raises
+    rerun: Rerun | None = None  # a re-run of an earlier build (core/reruns.py)
 
     _gates = field_validator("approval_gates")(check_gates)
 
@@ -303,6 +305,8 @@ class BuildStatus(BaseModel):
     setup: str | None = None  # the project's setup command's run before it (None: no setup)
     # The model call in flight: "code_writer: 1,240 tokens so far, 38 tok/s" (workflows/stream.py)
     model_now: str | None = None
+    rerun_of: str | None = None  # the build this one re-runs (core/reruns.py)
+    live_roles: list[Role] = Field(default_factory=list)  # a re-run's roles that call models
 
 
 class BuildResult(BaseModel):

@@ -17,6 +17,7 @@ from pydantic import (
 from core.models import MirrorBatch, Requirements, Simulation
 from core.projects import Bump, ProjectConfig
 from core.releases import ReleaseOutcome
+from core.reruns import Replay
 from core.states import BuildState, Role
 
 
@@ -31,6 +32,7 @@ class ModelUsage(BaseModel):
     offline: bool = False
     output_mode: str = ""  # how the answer was asked for (activities/model/output_modes.py)
     reused: bool = False  # the answer kept from an earlier try of the same call (not paid again)
+    replayed: bool = False  # a re-run's answer from its original build (core/reruns.py)
     # Some tokens are counted from the text, not the server's usage: a stream without usage,
     # or one cut before its end (its retry carries what it had received).
     estimated: bool = False
@@ -300,6 +302,9 @@ class RoleTask(BaseModel):
     # What the mirror has not confirmed yet: the call writes it before its role works, which
     # saves the workflow a mirror step of its own before every call. Never part of a prompt.
     mirror: MirrorBatch | None = None
+    # A re-run's call: answered from the original's kept answers unless live. Never part of
+    # a prompt.
+    replay: Replay | None = None
 
 
 class OpenTask(BaseModel):
@@ -308,6 +313,9 @@ class OpenTask(BaseModel):
     build_id: str
     project_id: str
     project: ProjectConfig | None = None  # None: the project's greenfield repository
+    # A re-run's start, its original's base commit (the project is then delivered to the
+    # build's own branch: core/reruns.py); None: the project branch's head.
+    rerun_at: str | None = None
 
 
 class OpenResult(BaseModel):

@@ -232,6 +232,7 @@ def role_task(request: BuildRequest, data: BuildData, state: BuildState, attempt
         base=data.code.base,
         project=data.code.project,
         bump=request.options.bump,
+        replay=rerun.replay(role) if (rerun := request.options.rerun) else None,
     )
 
 

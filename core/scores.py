@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Protocol
 from pydantic import BaseModel, Field, ValidationError
 
 from core.models import EventType
+from core.reruns import Rerun
 from core.role_io import RUN, TestReport
 from core.states import TERMINAL, BuildState
 
@@ -33,6 +34,7 @@ class BuildFacts(Protocol):
     tokens: int
     cost_usd: float
     testing_output: Any
+    workflow_metadata: Any  # {"options": the build's options}: a re-run's says of what
 
 
 class EventFacts(Protocol):
@@ -50,6 +52,7 @@ class RoleScore(BaseModel):
     calls: int = 0
     failed: int = 0
     reused: int = 0  # answers kept from an earlier try, not paid again
+    replayed: int = 0  # a re-run's answers from its original build, not paid again
     attempts: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -87,6 +90,16 @@ class ScoreCard(BaseModel):
     tests: TestScore | None = None
     tokens: int = 0
     cost_usd: float = 0.0
+    rerun_of: str | None = None  # the build this one re-runs (core/reruns.py)
+    live_roles: list[str] = Field(default_factory=list)  # a re-run's roles that called models
+
+
+def _rerun(metadata: Any) -> Rerun | None:
+    found = ((metadata or {}).get("options") or {}).get("rerun")
+    try:
+        return Rerun.model_validate(found) if found else None
+    except ValidationError:  # a row written by another version: not told as a re-run
+        return None
 
 
 def _tests(output: Any) -> TestScore | None:
@@ -117,6 +130,7 @@ def _role_calls(events: Iterable[EventFacts]) -> dict[str, RoleScore]:
         score.calls += 1
         score.failed += bool(data.get("failed"))
         score.reused += bool(data.get("reused"))
+        score.replayed += bool(data.get("replayed"))
         score.attempts = max(score.attempts, int(data.get("attempt", 0)))
         score.prompt_tokens += int(data.get("prompt_tokens", 0))
         score.completion_tokens += int(data.get("completion_tokens", 0))
@@ -153,6 +167,8 @@ def score_card(build: BuildFacts, events: Sequence[EventFacts]) -> ScoreCard:
         tests=_tests(build.testing_output),
         tokens=build.tokens,
         cost_usd=round(build.cost_usd, 8),
+        rerun_of=rerun.original if (rerun := _rerun(build.workflow_metadata)) else None,
+        live_roles=[role.value for role in rerun.live_roles()] if rerun else [],
     )
 
 

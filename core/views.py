@@ -6,7 +6,13 @@ from __future__ import annotations
 from datetime import datetime
 
 from core.build_data import BuildData
-from core.models import BuildRepository, BuildRequest, BuildSnapshot, BuildStatus
+from core.models import (
+    BuildRepository,
+    BuildRequest,
+    BuildSnapshot,
+    BuildStatus,
+    workflow_id_for,
+)
 from core.projects import redact
 from core.role_io import TestReport
 from core.states import TERMINAL, BuildState, progress_of, role_of
@@ -84,11 +90,13 @@ def status(
         sandbox=(tested.sandbox or None) if tested else None,
         setup=(tested.setup or None) if tested else None,
         model_now=model_now if data.state not in TERMINAL else None,
+        rerun_of=rerun.original if (rerun := request.options.rerun) else None,
+        live_roles=rerun.live_roles() if rerun else [],
     )
 
 
-def current_details(status: BuildStatus) -> str:
-    """Markdown for the Web UI's current details."""
+def current_details(status: BuildStatus, namespace: str = "default") -> str:
+    """Markdown for the Web UI's current details (a re-run's links its original's page)."""
     role = status.current_role.value if status.current_role else "-"
     attempts = ", ".join(f"{k} {v}" for k, v in status.attempts.items()) or "-"
     lines = [
@@ -96,6 +104,10 @@ def current_details(status: BuildStatus) -> str:
         f"**Attempts:** {attempts} · **Loop-backs:** {status.loop_backs}/{status.max_retries}",
         f"**Tokens:** {status.tokens} · **Cost:** ${status.cost_usd:.4f}",
     ]
+    if status.rerun_of:
+        page = f"/namespaces/{namespace}/workflows/{workflow_id_for(status.rerun_of)}"
+        live = ", ".join(r.value for r in status.live_roles) or "none"
+        lines.append(f"**Re-run of:** [build {status.rerun_of}]({page}) · **Live roles:** {live}")
     if status.model_now:
         lines.append(f"**Model:** {status.model_now}")
     if status.waiting_for:

@@ -176,12 +176,14 @@ class KeptAnswerRow(SQLModel, table=True):
         UniqueConstraint(
             "workflow_id", "role", "attempt", "request_hash", name="uq_kept_answer_request"
         ),
+        Index("ix_kept_answers_build_role_attempt", "workflow_id", "role", "attempt"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
     workflow_id: str = Field(max_length=80)
     role: str = Field(max_length=32)
     attempt: int
+    state: str | None = Field(default=None, max_length=32)  # None: kept before states were
     request_hash: str = Field(max_length=64)
     answer: Any = _json(nullable=False)
     usage: Any = _json(nullable=False)

@@ -19,7 +19,7 @@ def build(state: str = "complete", **given: Any) -> SimpleNamespace:
         "build_id": "b1", "workflow_id": "build-b1", "project_id": "p", "current_state": state,
         "failure_reason": None, "loop_backs": 0, "duration_seconds": None,
         "created_at": STARTED, "completed_at": None, "tokens": 0, "cost_usd": 0.0,
-        "testing_output": None,
+        "testing_output": None, "workflow_metadata": None,
     }  # fmt: skip
     return SimpleNamespace(**(row | given))
 

@@ -130,7 +130,8 @@ class BuildWorkflow(BuildMessages):
         state = self.data.state
         # `patched` records its marker where it is first called: it is asked at DEPLOYMENT only,
         # where recorded histories have the marker.
-        project = self.data.code.project
+        # A re-run delivers to its own branch (core/reruns.py): it takes no turn in the queue.
+        project = self.data.code.project and not self.request.options.rerun
         if state is S.DEPLOYMENT and project and workflow.patched(RELEASE_QUEUE_PATCH):
             await self.turn.take()
             if await self._apply_pending():
@@ -145,20 +146,8 @@ class BuildWorkflow(BuildMessages):
         except ActivityError as err:
             if is_cancelled_exception(err):
                 raise
-            cause, kind = (
-                cause_of(err),
-                getattr(err.cause, "type", None) or type(err.cause).__name__,
-            )
-            if (spent := spend_of(err)) is not None:  # what its model call spent before failing
-                self.records.role_call(task.role.value, task.attempt, spent, failed=True)
-            if kind in REFUSED_ATTEMPTS:  # the attempt failed; the Code Writer tries again
-                why = "unsafe file paths" if kind == Failure.UNSAFE_PATH else "edits refused"
-                self._loop_back(state, Verdict(None, why, Feedback(error=cause), cause))
-                return
-            role = task.role.value
-            raise BuildFailed(
-                f"{role} failed in {state.value}: {cause}", f"{role} error: {kind}"
-            ) from err
+            await self._call_failed(task, err)
+            return
         finally:
             self.data.phase_running = False
         self.records.confirm(task.mirror, result.mirrored_seq)
@@ -195,6 +184,22 @@ class BuildWorkflow(BuildMessages):
             **self.request.options.policy.activity_options(),
         )
         return result
+
+    async def _call_failed(self, task: RoleTask, err: ActivityError) -> None:
+        """A role call that failed: a refused Code Writer attempt loops back; a re-run's call
+        the original never made asks a person; anything else fails the build."""
+        state, role = task.state, task.role.value
+        cause, kind = cause_of(err), getattr(err.cause, "type", None) or type(err.cause).__name__
+        if (spent := spend_of(err)) is not None:  # what its model call spent before failing
+            self.records.role_call(role, task.attempt, spent, failed=True)
+        if kind in REFUSED_ATTEMPTS:  # the attempt failed; the Code Writer tries again
+            why = "unsafe file paths" if kind == Failure.UNSAFE_PATH else "edits refused"
+            self._loop_back(state, Verdict(None, why, Feedback(error=cause), cause))
+        elif kind == Failure.RECORDING_DIVERGED:
+            await self._ask_a_person(cause, "recording diverged", reason="recording diverged")
+        else:
+            failure = f"{role} failed in {state.value}: {cause}"
+            raise BuildFailed(failure, f"{role} error: {kind}") from err
 
     def _keep(self, state: BuildState, result: RoleResult) -> None:
         """A phase's output: handed to later roles; the code it made; the release it made."""

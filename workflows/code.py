@@ -33,11 +33,16 @@ class BuildCode:
         self.records = records
 
     async def open(self) -> None:
-        """The workspace on the project's branch head: the build's base, recorded. A
-        repository git cannot reach is retried as an outage, then fails the build."""
+        """The workspace on the project's branch head (a re-run's: on its original's base):
+        the build's base, recorded. A repository git cannot reach is retried as an outage,
+        then fails the build."""
         request = self.request
+        rerun = request.options.rerun
         task = OpenTask(
-            build_id=request.build_id, project_id=request.project_id, project=request.project
+            build_id=request.build_id,
+            project_id=request.project_id,
+            project=request.project,
+            rerun_at=rerun.base if rerun else None,
         )
         try:
             opened: OpenResult = await workflow.execute_activity(

@@ -196,7 +196,9 @@ class BuildRecords:
 
     def show(self) -> None:
         """The Web UI's current details: the status query's answer, as Markdown."""
-        workflow.set_current_details(views.current_details(self.status()))
+        workflow.set_current_details(
+            views.current_details(self.status(), workflow.info().namespace)
+        )
 
     def status(self) -> BuildStatus:
         return views.status(

@@ -4,7 +4,9 @@ it instead of paying for it again.
 
 An answer is keyed by build, role, the build's attempt of the phase, and a hash of the request
 (model, format, schema, messages): the same question, asked again for the same attempt, gets
-the same answer. Each holds the answer and what it cost: no key, no header, no prompt (the
+the same answer. It also records the state it was asked in, so a re-run (core/reruns.py) finds
+the original's answer to each call by role, state and attempt (`recorded`), or by the request's
+hash (`by_request`). Each holds the answer and what it cost: no key, no header, no prompt (the
 prompts carry repositories' code; their hash is enough to tell requests apart). Where they
 live is ANSWER_STORE:
 
@@ -52,6 +54,7 @@ class Key:
     role: str
     attempt: int
     request: str  # the request's hash
+    state: str = ""  # the build state it was asked in (not part of the name: a retry's lookup)
 
     @property
     def name(self) -> str:
@@ -78,6 +81,15 @@ class Answers(Protocol):
     def put(self, key: Key, answer: BaseModel, usage: ModelUsage) -> None: ...
 
     def prune(self, days: float) -> int: ...
+
+    def recorded(self, build_id: str, role: str, state: str, attempt: int) -> list[Kept]:
+        """The answers `build_id` kept for `role`'s attempt `attempt` in `state` (and those of
+        that attempt kept without a state), the latest first: the one its build acted on."""
+        ...
+
+    def by_request(self, build_id: str, request: str) -> Kept | None:
+        """An answer `build_id` kept for the very request hashed `request`, any attempt."""
+        ...
 
 
 def open_store(settings: Settings, engine: Engine | None = None) -> Answers:
@@ -114,7 +126,7 @@ class AnswerStore:
         raised: the answer is still used, it just cannot be reused."""
         record = {
             "build_id": key.build_id, "role": key.role, "attempt": key.attempt,
-            "request_hash": key.request, "kept_at": time.time(),
+            "state": key.state, "request_hash": key.request, "kept_at": time.time(),
             "answer": answer.model_dump(mode="json"), "usage": usage.model_dump(mode="json"),
         }  # fmt: skip
         try:
@@ -131,6 +143,39 @@ class AnswerStore:
         except (OSError, ValueError) as err:
             log.warning("answer of %s/%s not kept: %s", key.build_id, key.name, err)
 
+    def _records(self, build_id: str) -> list[dict[str, Any]]:
+        """Every answer record `build_id` kept, oldest first (unreadable ones left out)."""
+        try:
+            folder = self._folder(build_id)
+            names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".json"))
+        except (OSError, ValueError):
+            return []
+        found = []
+        for name in names:
+            try:
+                data = paths.read_beneath(folder, name)
+                record = json.loads(data) if data is not None else None
+            except (OSError, ValueError) as err:
+                log.warning("kept answer %s/%s not read: %s", build_id, name, err)
+                continue
+            if isinstance(record, dict) and "answer" in record and "usage" in record:
+                found.append(record)
+        return sorted(found, key=lambda r: float(r.get("kept_at", 0)))
+
+    def recorded(self, build_id: str, role: str, state: str, attempt: int) -> list[Kept]:
+        matching = [
+            r for r in self._records(build_id)
+            if r.get("role") == role and r.get("attempt") == attempt
+            and r.get("state") in (state, "", None)
+        ]  # fmt: skip
+        return [_kept(r["answer"], r["usage"]) for r in reversed(matching)]
+
+    def by_request(self, build_id: str, request: str) -> Kept | None:
+        for r in reversed(self._records(build_id)):
+            if r.get("request_hash") == request:
+                return _kept(r["answer"], r["usage"])
+        return None
+
     def prune(self, days: float) -> int:
         """Remove the folders of builds none of whose answers is newer than `days`; how many."""
         if days <= 0 or not self.root.is_dir():
@@ -141,6 +186,10 @@ class AnswerStore:
                 shutil.rmtree(folder)
                 removed += 1
         return removed
+
+
+def _kept(answer: dict[str, Any], usage: dict[str, Any]) -> Kept:
+    return Kept(answer, ModelUsage.model_validate(usage))
 
 
 def _newest(folder: Path) -> float:
@@ -177,7 +226,7 @@ class DatabaseAnswers:
     def put(self, key: Key, answer: BaseModel, usage: ModelUsage) -> None:
         values = {
             "workflow_id": key.build_id, "role": key.role, "attempt": key.attempt,
-            "request_hash": key.request, "kept_at": datetime.now(UTC),
+            "state": key.state, "request_hash": key.request, "kept_at": datetime.now(UTC),
             "answer": answer.model_dump(mode="json"), "usage": usage.model_dump(mode="json"),
         }  # fmt: skip
         table = KeptAnswerRow.__table__  # type: ignore[attr-defined]
@@ -188,6 +237,39 @@ class DatabaseAnswers:
                 conn.execute(insert)
         except SQLAlchemyError as err:
             log.warning("answer of %s/%s not kept: %s", key.build_id, key.name, err)
+
+    def recorded(self, build_id: str, role: str, state: str, attempt: int) -> list[Kept]:
+        row = KeptAnswerRow.__table__.c  # type: ignore[attr-defined]
+        query = (
+            select(row.answer, row.usage)
+            .where(
+                row.workflow_id == build_id,
+                row.role == role,
+                row.attempt == attempt,
+                (row.state == state) | (row.state == "") | row.state.is_(None),
+            )
+            .order_by(row.kept_at.desc(), row.id.desc())
+        )
+        return self._read(query, build_id)
+
+    def by_request(self, build_id: str, request: str) -> Kept | None:
+        row = KeptAnswerRow.__table__.c  # type: ignore[attr-defined]
+        query = (
+            select(row.answer, row.usage)
+            .where(row.workflow_id == build_id, row.request_hash == request)
+            .order_by(row.kept_at.desc(), row.id.desc())
+            .limit(1)
+        )
+        found = self._read(query, build_id)
+        return found[0] if found else None
+
+    def _read(self, query: Any, build_id: str) -> list[Kept]:
+        try:
+            with self.engine.connect() as conn:
+                return [_kept(r.answer, r.usage) for r in conn.execute(query)]
+        except (SQLAlchemyError, ValueError) as err:
+            log.warning("kept answers of %s not read: %s", build_id, err)
+            return []
 
     def prune(self, days: float) -> int:
         if days <= 0:

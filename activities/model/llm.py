@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.model import answers, edit_blocks, fitting, output_modes, streaming, wire
+from activities.model import answers, edit_blocks, fitting, output_modes, replays, streaming, wire
 from activities.model.offline import OFFLINE_BASE_URL, SIMULATE_HEADER, offline_http_client
 from activities.model.output_modes import STRONGEST_FIRST, Mode, ModeRefused, NoJson, OutputInvalid
 from activities.model.prompts import Prompt, load_prompts
@@ -86,7 +86,11 @@ class ModelClient:
         prompt = self.prompts[task.role.value]
         attempt = activity.info().attempt if activity.in_activity() else 1
         choice = self.settings.model_for(task.role, attempt)
-        payload = task.model_dump(mode="json", exclude={"simulate", "mirror"})
+        if task.replay and task.replay.model:  # a re-run's live role on another model
+            choice = choice.model_copy(update={"model": task.replay.model})
+        if task.replay and task.replay.prompt:  # ... or prompt
+            prompt = Prompt(task.role, task.replay.prompt.version, task.replay.prompt.text)
+        payload = task.model_dump(mode="json", exclude={"simulate", "mirror", "replay"})
         cut = 0
         if window := await self.window(choice):
             # The system prompt grows by the schema (JSON modes) or the edit format's rules.
@@ -168,7 +172,7 @@ class ModelClient:
         failure's details, and the build records them as a failed role call."""
         task = call.task
         digest = answers.request_hash(call.model, fmt, call.schema.__name__, call.messages)
-        key = answers.Key(task.build_id, task.role.value, task.attempt, digest)
+        key = answers.Key(task.build_id, task.role.value, task.attempt, digest, task.state.value)
         async with call.out:
             kept = await asyncio.to_thread(self.answers.get, key)
             if kept is not None:
@@ -181,6 +185,13 @@ class ModelClient:
                     log.info("%s attempt %d of %s: the kept answer is used, not asked for again",
                              key.role, key.attempt, key.build_id)  # fmt: skip
                     return answer, kept.usage.model_copy(update={"reused": True})
+            if task.replay and not task.replay.live:  # a re-run: the original's answer
+                found = await asyncio.to_thread(
+                    replays.recorded, self.answers, task, digest, call.schema
+                )
+                if found is not None:
+                    await asyncio.to_thread(self.answers.put, key, *found)
+                    return found
             started = time.monotonic()
             try:
                 answer = await ask()

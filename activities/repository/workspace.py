@@ -41,8 +41,8 @@ from core.role_io import FileEdit, FileRef, SourceFile
 
 MAX_FILES = 200
 __all__ = [
-    "GIT_ENV", "AttemptRefused", "EditRefused", "GitError", "MergeUnresolved", "Remote",
-    "UnsafePath", "Workspace",
+    "GIT_ENV", "AttemptRefused", "CommitMissing", "EditRefused", "GitError", "MergeUnresolved",
+    "Remote", "UnsafePath", "Workspace",
 ]  # fmt: skip
 
 
@@ -62,6 +62,11 @@ class Remote:
     def refs(self) -> str:
         """Where the build's commits are kept in the project's repository."""
         return f"refs/builds/{self.build_id}"
+
+
+class CommitMissing(GitError):
+    """A commit to start from that the project's repository does not have (retrying cannot
+    bring it back)."""
 
 
 CONFLICT_MARKERS = ("<<<<<<< ", ">>>>>>> ")
@@ -150,11 +155,16 @@ class Workspace:
         )  # fmt: skip
         return self.git("rev-parse", f"refs/remotes/origin/{remote.branch}")
 
-    def open(self) -> str:
-        """Clone (or fetch) the project, put the build branch at the project branch's head and
-        return that commit: the build's base."""
+    def open(self, at: str | None = None) -> str:
+        """Clone (or fetch) the project, put the build branch at the project branch's head (or
+        at commit `at`, which the project's repository must have) and return that commit: the
+        build's base."""
         self.ensure()
         base = self.fetch()
+        if at is not None:
+            if not self.has(at):
+                raise CommitMissing(("checkout", at), f"commit {at} is not in it", 128)
+            base = self.git("rev-parse", f"{at}^{{commit}}")
         self.git("checkout", "-q", "-f", "-B", self._remote().build_branch, base)
         self.git("clean", "-q", "-ffdx")  # -ff: nested repositories too
         return base

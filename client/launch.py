@@ -1,0 +1,54 @@
+"""A build started from the command line (`start`, `rerun`): its id and Web UI link, a warning
+when no worker polls, following it to its end, and the exit code that end means."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from temporalio.client import Client, WorkflowHandle
+
+from client import builds
+from client.cli import console
+from client.follow import delivered, follow
+from core.models import BuildStatus
+from core.settings import Settings
+from core.states import BuildState
+
+Followed = tuple[BuildStatus, dict[str, Any]] | None
+
+
+async def announced(
+    client: Client,
+    settings: Settings,
+    handle: WorkflowHandle[Any, Any],
+    build_id: str,
+    *,
+    wait: bool,
+    show_model_output: bool,
+) -> Followed:
+    """Say the build started and where to watch it; follow it (`wait`) to its end."""
+    console.print(f"build [bold]{build_id}[/bold] started: workflow id {handle.id}")
+    console.print(f"Web UI: {settings.ui_link(handle.id)}")
+    if not await builds.has_worker(client, settings):
+        console.print(
+            f"[yellow]warning:[/yellow] no worker polls task queue "
+            f"{settings.temporal_task_queue}; the build waits until one does "
+            "(`make run` or `.venv/bin/python worker.py`)"
+        )
+    if not wait:
+        return None
+    return await follow(handle, console, output_of=client if show_model_output else None)
+
+
+def concluded(build_id: str, followed: Followed) -> None:
+    """How the followed build ended; exit code 1 unless it reached COMPLETE."""
+    if followed is None:
+        return
+    final, release = followed
+    if final.state is BuildState.COMPLETE:
+        console.print(f"[green]build {build_id} COMPLETE[/green] (attempts {final.attempts})")
+        console.print(delivered(release).capitalize())
+        return
+    console.print(f"[red]build {build_id} {final.state.value.upper()}[/red]: {final.last_error}")
+    raise typer.Exit(1)
