@@ -12,8 +12,9 @@ from temporalio.client import Client
 
 from client.cli import console, refuse, run_command
 from client.launch import Followed, announced, concluded
-from client.reruns import RerunChoices, start_rerun
-from core.reruns import PromptText
+from client.reruns import start_rerun
+from core.models import Simulation
+from core.reruns import PromptText, RerunChoices
 from core.settings import Settings
 from core.states import Role
 
@@ -71,6 +72,13 @@ def rerun(
             "role's model (default: stop in needs_attention and say so)."
         ),
     ] = False,
+    simulate: Annotated[
+        list[Simulation] | None,
+        typer.Option(
+            help="What the offline model makes live roles do, in place of the "
+            "original's simulations; repeatable."
+        ),
+    ] = None,
     build_id: Annotated[str | None, typer.Option(help="The re-run's build id.")] = None,
     user: Annotated[str, typer.Option(help="Who asks for the re-run.")] = "cli",
     wait: Annotated[
@@ -98,7 +106,7 @@ def rerun(
 
     async def go(client: Client, settings: Settings) -> tuple[str, Followed]:
         request, handle = await start_rerun(
-            client, settings, build, choices, build_id=build_id, user_id=user
+            client, settings, build, choices, build_id=build_id, user_id=user, simulate=simulate
         )
         rerun = request.options.rerun
         assert rerun is not None

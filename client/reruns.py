@@ -7,7 +7,6 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from pydantic import BaseModel, Field
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
@@ -16,25 +15,12 @@ from client import builds
 from client.errors import BuildError
 from core.contracts import OPEN_WORKSPACE
 from core.models import BuildRequest, Simulation
-from core.reruns import PromptText, Rerun
+from core.reruns import Rerun, RerunChoices
 from core.settings import Settings
-from core.states import Role
 
 
 class RerunRefused(BuildError):
     """The original cannot be re-run (it never opened a workspace to start from)."""
-
-
-class RerunChoices(BaseModel):
-    """What a person chooses of a re-run: which roles call their models, with which model and
-    prompt (a role given either is live), and what a divergence does."""
-
-    live: list[Role] = Field(default_factory=list)
-    models: dict[Role, str] = Field(default_factory=dict)
-    prompts: dict[Role, PromptText] = Field(default_factory=dict)
-    live_after_divergence: bool = False
-    # What the offline model makes live roles do (None: the original's simulations).
-    simulate: list[Simulation] | None = None
 
 
 async def original_of(client: Client, build: str) -> tuple[BuildRequest, str]:
@@ -78,20 +64,15 @@ def rerun_request(
     *,
     build_id: str | None = None,
     user_id: str,
+    simulate: list[Simulation] | None = None,
 ) -> BuildRequest:
     """A new build of `original`'s project, base commit, requirements and choices (gates,
-    retries, budget, simulations), recorded as its re-run; timeouts from today's settings."""
-    rerun = Rerun(
-        original=original.build_id,
-        base=base,
-        live=choices.live,
-        live_after_divergence=choices.live_after_divergence,
-        models=choices.models,
-        prompts=choices.prompts,
-    )
+    retries, budget, simulations: `simulate`, for the offline model's live roles, in place
+    of the original's), recorded as its re-run; timeouts from today's settings."""
+    rerun = Rerun(original=original.build_id, base=base, **dict(choices))
     update: dict[str, object] = {"rerun": rerun, "policy": settings.role_policy()}
-    if choices.simulate is not None:
-        update["simulate"] = choices.simulate
+    if simulate is not None:
+        update["simulate"] = simulate
     options = original.options.model_copy(update=update)
     return BuildRequest(
         project_id=original.project_id,
@@ -111,8 +92,11 @@ async def start_rerun(
     *,
     build_id: str | None = None,
     user_id: str,
+    simulate: list[Simulation] | None = None,
 ) -> tuple[BuildRequest, WorkflowHandle[Any, Any]]:
     """Start a re-run of `build`: its request, and its handle."""
     original, base = await original_of(client, build)
-    request = rerun_request(settings, original, base, choices, build_id=build_id, user_id=user_id)
+    request = rerun_request(
+        settings, original, base, choices, build_id=build_id, user_id=user_id, simulate=simulate
+    )
     return request, await builds.start_build(client, settings, request)

@@ -34,15 +34,12 @@ class PromptText(BaseModel):
         return cls(text=text, version=f"{name}@{digest}")
 
 
-class Rerun(BaseModel):
-    """What makes a build a re-run of `original`."""
+class RerunChoices(BaseModel):
+    """What a person chooses of a re-run: which roles call their models, with which model and
+    prompt (a role given either is live), and what a divergence does."""
 
     model_config = ConfigDict(extra="forbid")
 
-    original: str = Field(min_length=1, max_length=64, description="The build re-run.")
-    base: str = Field(
-        pattern=r"^[0-9a-f]{7,64}$", description="The commit the original build started from."
-    )
     live: list[Role] = Field(
         default_factory=list, description="Roles that call their models; the others answer "
         "from the original's kept answers.",
@@ -61,6 +58,15 @@ class Rerun(BaseModel):
     @classmethod
     def _once(cls, live: list[Role]) -> list[Role]:
         return sorted(set(live), key=list(Role).index)
+
+
+class Rerun(RerunChoices):
+    """What makes a build a re-run of `original`: the choices, and where it starts."""
+
+    original: str = Field(min_length=1, max_length=64, description="The build re-run.")
+    base: str = Field(
+        pattern=r"^[0-9a-f]{7,64}$", description="The commit the original build started from."
+    )
 
     def live_roles(self) -> list[Role]:
         """The roles that call their models: marked live, or given a model or a prompt."""

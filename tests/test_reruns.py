@@ -18,11 +18,12 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from activities.model.answers import AnswerStore, DatabaseAnswers, Key
 from activities.repository.gitcmd import git
 from client.errors import BuildNotFound
-from client.reruns import RerunChoices, original_of, start_rerun
+from client.reruns import original_of, start_rerun
 from core import views
 from core.messages import AbortRequest
 from core.models import BuildEvent, EventType, Simulation
 from core.projects import ProjectConfig
+from core.reruns import RerunChoices
 from core.role_io import DiscoveryOutput, ModelUsage, PlanOutput
 from core.settings import Settings
 from core.states import BuildState, Role
@@ -179,8 +180,10 @@ async def test_a_live_role_that_leads_where_the_recording_has_no_answer(
     # The live Code Writer writes a real bug on its first attempt (the offline model's
     # simulation): the real tests fail, and the build loops back to a second attempt and a
     # second test run the original never had.
-    choices = RerunChoices(live=[Role.CODE_WRITER], simulate=[Simulation.TESTS_FAIL_ONCE])
-    _, stopped = await start_rerun(client, worker, handle.id, choices, user_id="pytest")
+    choices, bug = RerunChoices(live=[Role.CODE_WRITER]), [Simulation.TESTS_FAIL_ONCE]
+    _, stopped = await start_rerun(
+        client, worker, handle.id, choices, user_id="pytest", simulate=bug
+    )
     status = await wait_until(stopped, lambda s: s.state is S.NEEDS_ATTENTION, seconds=90)
     assert "has no answer for test_auditor's attempt 2 at testing" in (status.last_error or "")
     assert "--live-after-divergence" in (status.last_error or "")
@@ -190,7 +193,9 @@ async def test_a_live_role_that_leads_where_the_recording_has_no_answer(
     assert "aborted by person: diverged" in str(failed.value.cause)
 
     choices = choices.model_copy(update={"live_after_divergence": True})
-    rerun, went_on = await start_rerun(client, worker, handle.id, choices, user_id="pytest")
+    rerun, went_on = await start_rerun(
+        client, worker, handle.id, choices, user_id="pytest", simulate=bug
+    )
     result = await finished(went_on)
     assert result.state is S.COMPLETE and result.loop_backs == 1
     calls = [e for e in await went_on.query(BuildWorkflow.event_log)

@@ -30,12 +30,12 @@ def recorded(
     replay = task.replay
     assert replay is not None and not replay.live
     role, state, attempt = task.role.value, task.state.value, task.attempt
-    candidates = store.recorded(replay.original, role, state, attempt)
-    by_hash = store.by_request(replay.original, request)
-    for kept in (*candidates, *([by_hash] if by_hash else [])):
-        answer = _as(kept, schema)
-        if answer is not None:
+    for kept in store.recorded(replay.original, role, state, attempt):
+        if (answer := _as(kept, schema)) is not None:
             return answer, _replayed(kept.usage)
+    by_hash = store.by_request(replay.original, request)  # read only when nothing matched
+    if by_hash is not None and (answer := _as(by_hash, schema)) is not None:
+        return answer, _replayed(by_hash.usage)
     if replay.live_after_divergence:
         log.info("%s attempt %d at %s: build %s made no such call; asking the model",
                  role, attempt, state, replay.original)  # fmt: skip

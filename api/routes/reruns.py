@@ -8,10 +8,10 @@ import logging
 from fastapi import APIRouter, Response, status
 
 from api.deps import ClientDep, SettingsDep, WorkflowId
+from api.routes.workflows import started
 from api.schemas import BuildStarted, RerunBody, answers
-from client.reruns import RerunChoices, start_rerun
-from core.reruns import PromptText
-from core.states import PATH, role_of
+from client.reruns import start_rerun
+from core.reruns import PromptText, RerunChoices
 
 router = APIRouter(prefix="/api/workflows", tags=["workflows"], responses=answers(400, 401, 503))
 log = logging.getLogger("api")
@@ -42,17 +42,6 @@ async def rerun_build(
     )
     log.info("build %s started as a re-run of %s by %s", request.build_id, workflow_id,
              body.user_id)  # fmt: skip
-    status_url = f"{router.prefix}/{handle.id}/status"
-    response.headers["Location"] = status_url
-    first_role = role_of(PATH[0])
-    assert first_role is not None
-    return BuildStarted(
-        workflow_id=handle.id,
-        build_id=request.build_id,
-        project_id=request.project_id,
-        initial_state=PATH[0],
-        next_role=first_role,
-        ui_url=settings.ui_link(handle.id),
-        status_url=status_url,
-        rerun_of=request.options.rerun.original if request.options.rerun else None,
-    )
+    answer = started(handle, request, settings, response)
+    answer.rerun_of = request.options.rerun.original if request.options.rerun else None
+    return answer

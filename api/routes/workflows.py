@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Response, status
 from fastapi.responses import StreamingResponse
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 
 from api.deps import AppState, ClientDep, SessionDep, SettingsDep, StateDep, WorkflowId
 from api.schemas import (
@@ -31,7 +31,7 @@ from api.schemas import (
 from client import builds
 from client.model_output import model_output
 from core.attributes import BUILD_STATE, PROJECT_ID
-from core.models import BuildRepository, build_id_from, workflow_id_for
+from core.models import BuildRepository, BuildRequest, build_id_from, workflow_id_for
 from core.projects import PROJECT_ID_PATTERN
 from core.scores import ScoreCard
 from core.settings import Settings
@@ -73,6 +73,14 @@ async def start_build(
     )
     handle = await builds.start_build(client, settings, request)
     log.info("build %s started for project %s by %s", request.build_id, project_id, body.user_id)
+    return started(handle, request, settings, response)
+
+
+def started(
+    handle: WorkflowHandle[Any, Any], request: BuildRequest, settings: Settings, response: Response
+) -> BuildStarted:
+    """The answer to a started build (a start, a re-run): where to follow it, in the body and
+    as its Location."""
     status_url = f"{router.prefix}/{handle.id}/status"
     response.headers["Location"] = status_url
     first_role = role_of(FIRST)
@@ -80,7 +88,7 @@ async def start_build(
     return BuildStarted(
         workflow_id=handle.id,
         build_id=request.build_id,
-        project_id=project_id,
+        project_id=request.project_id,
         initial_state=FIRST,
         next_role=first_role,
         ui_url=settings.ui_link(handle.id),
