@@ -1,7 +1,7 @@
 """Start builds and steer them: start, status, events, retry, rollback, approve; the projects
 (`project add|show|list`, client/project_commands.py); the model endpoint (`model check`);
 re-runs of builds (`rerun`, client/rerun_commands.py); builds' score cards side by side
-(`compare`, client/score_commands.py)."""
+(`compare`, client/score_commands.py); evaluation suites (`eval`, client/eval_commands.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from temporalio.client import (
 
 from client import builds
 from client.cli import console, refuse, run_command
+from client.eval_commands import eval_command
 from client.follow import event_line, show_model_output, status_tables
 from client.launch import Followed, announced, concluded
 from client.model_commands import model_app
@@ -297,6 +298,7 @@ app.add_typer(project_app, name="project")
 app.add_typer(model_app, name="model")
 app.command("rerun")(rerun)
 app.command("compare")(compare)
+app.command("eval")(eval_command)
 
 
 if __name__ == "__main__":

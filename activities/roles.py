@@ -114,17 +114,19 @@ class RoleActivities:
         """The build's workspace on its project's branch head, which becomes its base. A
         repository git cannot reach fails the attempt, and the retry policy tries again."""
         project = task.project or greenfield(self.settings, task.project_id)
-        if task.rerun_at is not None:  # the one place a re-run's delivery is decided
+        if (
+            task.start_at is not None
+        ):  # the one place a re-run's or evaluation's delivery is decided
             project = scratch_project(project)
         try:
             if task.project is None:
                 path = Path(project.repository)
                 await in_thread("git init --bare", create_bare, path, project.branch)
             ws = self.workspace(task.build_id, project)
-            base = await in_thread("git clone", ws.open, task.rerun_at)
+            base = await in_thread("git clone", ws.open, task.start_at)
         except CommitMissing as err:
             raise ApplicationError(
-                f"cannot re-run from {task.rerun_at}: {project.repository} no longer has it",
+                f"cannot start from {task.start_at}: {project.repository} no longer has it",
                 type=Failure.REPOSITORY_REFUSED,
                 non_retryable=True,
             ) from err

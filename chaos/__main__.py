@@ -13,6 +13,9 @@ Drills:
   model-faults     429s, 500s, 503s, cut connections, timeouts and malformed answers on 30% of
                    model requests, from an OpenAI-compatible server on a real socket
   schemathesis     the API's OpenAPI schema, fuzzed and stateful; no 5xx, no schema breaks
+  eval-kill-worker an evaluation suite (evals/offline.yaml, repeated to the drill's size, two
+                   configs) while the worker is killed -9: the run ends with its table, each
+                   child build started once (chaos/eval_drills.py)
 Every drill but schemathesis checks: all builds complete, and for each build the mirror's rows
 equal the workflow's events exactly (0 lost, 0 duplicated).
 
@@ -21,6 +24,8 @@ Only when named (slow; needs `make install-local-model`):
                    270M): each ends in words (COMPLETE, FAILED or waiting for a person: the model
                    is tiny), nothing crashes or hangs, the mirror is whole; a table per role of
                    modes, requests, tokens, tokens/s, latency
+  eval-real-model  evals/local-model.yaml against the real local model: the run ends with its
+                   table (pass rate, tokens, wall time), each child build in words
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from typing import Any
 import psycopg
 from sqlmodel import Session
 
+from chaos.eval_drills import eval_kill_worker, eval_real_model
 from chaos.stack import (
     FULL,
     PG_ADMIN,
@@ -317,8 +323,12 @@ DRILLS: dict[str, Callable[[Stack, Size], Awaitable[Verdict]]] = {
     "db-outage": db_outage,
     "model-faults": model_faults,
     "schemathesis": schemathesis_drill,
+    "eval-kill-worker": eval_kill_worker,
 }
-NAMED_ONLY: dict[str, Callable[[Stack, Size], Awaitable[Verdict]]] = {"real-model": real_model}
+NAMED_ONLY: dict[str, Callable[[Stack, Size], Awaitable[Verdict]]] = {
+    "real-model": real_model,
+    "eval-real-model": eval_real_model,
+}
 
 
 async def run(names: list[str], size: Size, database: str) -> list[Verdict]:

@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.evals import EvalActivities
 from activities.mirror import MirrorActivities
 from activities.model.llm import ModelClient
 from activities.projects import registry
@@ -20,6 +21,7 @@ from activities.repository import gitcmd
 from activities.roles import RoleActivities
 from core.settings import Settings
 from workflows.build import BuildWorkflow
+from workflows.evals import EvalWorkflow
 from workflows.project import ProjectWorkflow
 
 
@@ -32,7 +34,8 @@ def activities(llm: ModelClient, engine: Engine) -> list[Callable[..., Any]]:
     """The implementations of every activity contract (core/contracts.py)."""
     mirror = MirrorActivities(engine)
     roles = RoleActivities(llm, mirror=mirror)
-    return [*roles.all(), mirror.mirror_build, *registry(llm.settings)]
+    evals = EvalActivities(llm.settings, engine)
+    return [*roles.all(), mirror.mirror_build, *registry(llm.settings), *evals.all()]
 
 
 def build_worker(
@@ -42,7 +45,7 @@ def build_worker(
     llm: ModelClient,
     engine: Engine,
     identity: str | None = None,
-    workflows: Sequence[type] = (BuildWorkflow, ProjectWorkflow),
+    workflows: Sequence[type] = (BuildWorkflow, ProjectWorkflow, EvalWorkflow),
 ) -> Worker:
     """The worker; its git reads repository tokens from the settings' credential store."""
     gitcmd.use_credentials(settings.git_credentials)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Generic, TypeVar
 
+from core.evals import EvalReport, EvalReportTask
+from core.evaluation import Acceptance
 from core.models import MirrorBatch, MirrorReceipt
 from core.projects import (
     NewRepository,
@@ -24,6 +26,7 @@ from core.projects import (
 )
 from core.releases import RestoreResult, RestoreTask
 from core.role_io import (
+    AcceptanceTask,
     CodeWriterResult,
     OpenResult,
     OpenTask,
@@ -62,6 +65,9 @@ CHECK_REPOSITORY = Contract("check_repository", RepositoryCheck, RepositoryCheck
 CREATE_REPOSITORY = Contract("create_repository", NewRepository, NewRepositoryMade)
 # A build's place in its project's release queue (the registry started if it is not running).
 JOIN_RELEASE_QUEUE = Contract("join_release_queue", QueueJoin, QueuePlace)
+# An evaluation case's hidden tests on what its build delivered, and a suite run's table.
+RUN_ACCEPTANCE = Contract("run_acceptance", AcceptanceTask, Acceptance)
+EVAL_REPORT = Contract("eval_report", EvalReportTask, EvalReport)
 
 
 class Failure(StrEnum):
@@ -93,6 +99,8 @@ class Failure(StrEnum):
     MODEL_UNAVAILABLE = "ModelUnavailable"
     # A re-run's role call the original build never made (core/reruns.py).
     RECORDING_DIVERGED = "RecordingDiverged"
+    # An evaluation's table asked for before the mirror has every child's end: read again.
+    EVAL_NOT_MIRRORED = "EvalNotMirrored"
     # The workflows' own.
     COMMAND_REJECTED = "CommandRejected"  # an update's validator refused the command
     BUILD_FAILED = "BuildFailed"
@@ -126,4 +134,6 @@ CONTRACTS = (
     CHECK_REPOSITORY,
     CREATE_REPOSITORY,
     JOIN_RELEASE_QUEUE,
+    RUN_ACCEPTANCE,
+    EVAL_REPORT,
 )

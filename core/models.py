@@ -23,6 +23,7 @@ from pydantic import (
 )
 from temporalio.common import RetryPolicy
 
+from core.evaluation import Evaluation
 from core.projects import Bump, ProjectConfig, ProjectId
 from core.reruns import Rerun
 from core.states import HANDOFFS, BuildState, Role
@@ -142,8 +143,19 @@ class BuildOptions(BaseModel):
     approval_wait_seconds: float = Field(default=7 * 86_400, gt=0)
     bump: Bump = "minor"  # which part of the project's version its release raises
     rerun: Rerun | None = None  # a re-run of an earlier build (core/reruns.py)
+    evaluation: Evaluation | None = None  # a case of an evaluation suite (core/evals.py)
 
     _gates = field_validator("approval_gates")(check_gates)
+
+    def fixed_start(self) -> str | None:
+        """The commit a re-run or an evaluation case starts from (None: the project branch's
+        head). Such a build is delivered to its own branch (activities/roles.py decides it in
+        one place) and takes no turn in the project's release queue."""
+        if self.rerun is not None:
+            return self.rerun.base
+        if self.evaluation is not None:
+            return self.evaluation.base
+        return None
 
 
 Requirements = str | dict[str, Any]
@@ -240,6 +252,7 @@ class EventType(StrEnum):
     RELEASE_QUEUED = "release_queued"
     RELEASE_TURN = "release_turn"
     MIRROR_REFUSED = "mirror_refused"
+    ACCEPTANCE_TESTED = "acceptance_tested"  # an evaluation case's hidden tests (core/evals.py)
 
 
 class BuildEvent(BaseModel):

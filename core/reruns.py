@@ -86,9 +86,11 @@ class Rerun(RerunChoices):
 
 
 class Replay(BaseModel):
-    """A re-run's role call: answered from `original`'s kept answers unless `live`."""
+    """How a role call is answered: from `original`'s kept answers unless `live` (a re-run),
+    and by which model and prompt when they are not the role's own (a re-run's live role, an
+    evaluation's config)."""
 
-    original: str
+    original: str | None = None
     live: bool = False
     live_after_divergence: bool = False
     model: str | None = None  # the live role's model, in place of its setting

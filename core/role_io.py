@@ -8,12 +8,14 @@ from __future__ import annotations
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     Field,
     SerializerFunctionWrapHandler,
     model_serializer,
 )
 
+from core.evaluation import HiddenTests
 from core.models import MirrorBatch, Requirements, Simulation
 from core.projects import Bump, ProjectConfig
 from core.releases import ReleaseOutcome
@@ -158,6 +160,16 @@ class ImplementationSummary(BaseModel):
 
 # The name of a failure of a test run itself (it hung, crashed, ran out of memory), not of a test.
 RUN = "(test run)"
+
+
+class AcceptanceTask(BaseModel):
+    """Run an evaluation case's hidden tests (core/evaluation.py) on the commit a build
+    delivered, in a fresh checkout of it that no role touched."""
+
+    build_id: str
+    project: ProjectConfig
+    commit: str
+    hidden: HiddenTests
 
 
 class TestFailure(BaseModel):
@@ -313,9 +325,11 @@ class OpenTask(BaseModel):
     build_id: str
     project_id: str
     project: ProjectConfig | None = None  # None: the project's greenfield repository
-    # A re-run's start, its original's base commit (the project is then delivered to the
-    # build's own branch: core/reruns.py); None: the project branch's head.
-    rerun_at: str | None = None
+    # A fixed start (a re-run's original base, an evaluation case's base): the project is then
+    # delivered to the build's own branch. None: the project branch's head.
+    start_at: str | None = Field(
+        default=None, validation_alias=AliasChoices("start_at", "rerun_at")
+    )
 
 
 class OpenResult(BaseModel):

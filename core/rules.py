@@ -15,6 +15,7 @@ from typing import Any
 from core.build_data import BuildData, Command
 from core.models import BuildRequest
 from core.releases import Conflict, RestoreTask, Retest, SmokeFailed
+from core.reruns import Replay
 from core.role_io import (
     Feedback,
     Merge,
@@ -232,8 +233,18 @@ def role_task(request: BuildRequest, data: BuildData, state: BuildState, attempt
         base=data.code.base,
         project=data.code.project,
         bump=request.options.bump,
-        replay=rerun.replay(role) if (rerun := request.options.rerun) else None,
+        replay=_replay(request, role),
     )
+
+
+def _replay(request: BuildRequest, role: Role) -> Replay | None:
+    """How `role`'s calls are answered when not by its own model and prompt: a re-run's
+    recording or live choices, an evaluation config's model and prompt."""
+    if (rerun := request.options.rerun) is not None:
+        return rerun.replay(role)
+    if (evaluation := request.options.evaluation) is not None:
+        return evaluation.choices.replay(role)
+    return None
 
 
 def restore_task(

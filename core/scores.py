@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, Field, ValidationError
 
+from core.evaluation import Acceptance
 from core.models import EventType
 from core.reruns import Rerun
 from core.role_io import RUN, TestReport
@@ -92,6 +93,9 @@ class ScoreCard(BaseModel):
     cost_usd: float = 0.0
     rerun_of: str | None = None  # the build this one re-runs (core/reruns.py)
     live_roles: list[str] = Field(default_factory=list)  # a re-run's roles that called models
+    # An evaluation case's hidden tests on the delivered commit (None: the build has none, or
+    # delivered nothing).
+    acceptance: Acceptance | None = None
 
 
 def _rerun(metadata: Any) -> Rerun | None:
@@ -100,6 +104,16 @@ def _rerun(metadata: Any) -> Rerun | None:
         return Rerun.model_validate(found) if found else None
     except ValidationError:  # a row written by another version: not told as a re-run
         return None
+
+
+def _acceptance(events: Sequence[EventFacts]) -> Acceptance | None:
+    for event in reversed(events):
+        if event.event_type == EventType.ACCEPTANCE_TESTED.value:
+            try:
+                return Acceptance.model_validate(event.event_data or {})
+            except ValidationError:  # an event written by another version
+                return None
+    return None
 
 
 def _tests(output: Any) -> TestScore | None:
@@ -169,6 +183,7 @@ def score_card(build: BuildFacts, events: Sequence[EventFacts]) -> ScoreCard:
         cost_usd=round(build.cost_usd, 8),
         rerun_of=rerun.original if (rerun := _rerun(build.workflow_metadata)) else None,
         live_roles=[role.value for role in rerun.live_roles()] if rerun else [],
+        acceptance=_acceptance(events),
     )
 
 

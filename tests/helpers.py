@@ -21,6 +21,7 @@ from client.worker import build_worker
 from core.models import BuildOptions, BuildRequest, BuildStatus, Requirements
 from core.settings import Settings
 from workflows.build import BuildWorkflow
+from workflows.evals import EvalWorkflow
 from workflows.project import ProjectWorkflow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +85,7 @@ async def running_worker(
     settings: Settings,
     engine: Engine,
     llm: ModelClient | None = None,
-    workflows: Sequence[type] = (BuildWorkflow, ProjectWorkflow),
+    workflows: Sequence[type] = (BuildWorkflow, ProjectWorkflow, EvalWorkflow),
 ) -> AsyncIterator[ModelClient]:
     """A worker on the settings' task queue, with the offline model unless `llm` is given."""
     llm = llm or ModelClient(settings)

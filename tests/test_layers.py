@@ -96,7 +96,7 @@ ACTIVITY_FLOORS = {
     "model": 1, "sandbox": 1, "repository": 1,
     "testing": 2, "delivery": 2,
     "mirror": 3, "projects": 3,
-    "roles": 4,
+    "roles": 4, "evals": 4,
 }  # fmt: skip
 
 

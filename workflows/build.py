@@ -107,6 +107,8 @@ class BuildWorkflow(BuildMessages):
                 await self._work()
             else:
                 await self._handoff()
+        if self.data.state is S.COMPLETE:  # an evaluation case is scored on what it delivered
+            await self.code.accept()
 
     async def _cancelled(self) -> None:
         self._move(S.CANCELLED, "person")
@@ -130,8 +132,8 @@ class BuildWorkflow(BuildMessages):
         state = self.data.state
         # `patched` records its marker where it is first called: it is asked at DEPLOYMENT only,
         # where recorded histories have the marker.
-        # A re-run delivers to its own branch (core/reruns.py): it takes no turn in the queue.
-        project = self.data.code.project and not self.request.options.rerun
+        # A re-run or an evaluation delivers to its own branch: it takes no turn in the queue.
+        project = self.data.code.project and not self.request.options.fixed_start()
         if state is S.DEPLOYMENT and project and workflow.patched(RELEASE_QUEUE_PATCH):
             await self.turn.take()
             if await self._apply_pending():

@@ -13,11 +13,18 @@ from temporalio.exceptions import ActivityError, is_cancelled_exception
 with workflow.unsafe.imports_passed_through():
     from core import rules
     from core.build_data import BuildData
-    from core.contracts import OPEN_WORKSPACE, RESTORE_WORKSPACE, Failure
+    from core.contracts import OPEN_WORKSPACE, RESTORE_WORKSPACE, RUN_ACCEPTANCE, Failure
+    from core.evaluation import Acceptance
     from core.models import BuildRequest, EventType
     from core.projects import redact
     from core.releases import Conflict, Released, RestoreResult, Retest
-    from core.role_io import ImplementationSummary, OpenResult, OpenTask, RoleOutput
+    from core.role_io import (
+        AcceptanceTask,
+        ImplementationSummary,
+        OpenResult,
+        OpenTask,
+        RoleOutput,
+    )
     from core.states import BuildState
     from workflows.errors import BuildFailed, RevertConflicted, cause_of
     from workflows.records import BuildRecords
@@ -33,16 +40,15 @@ class BuildCode:
         self.records = records
 
     async def open(self) -> None:
-        """The workspace on the project's branch head (a re-run's: on its original's base):
-        the build's base, recorded. A repository git cannot reach is retried as an outage,
-        then fails the build."""
+        """The workspace on the project's branch head (a re-run's or an evaluation's: on its
+        fixed start): the build's base, recorded. A repository git cannot reach is retried as
+        an outage, then fails the build."""
         request = self.request
-        rerun = request.options.rerun
         task = OpenTask(
             build_id=request.build_id,
             project_id=request.project_id,
             project=request.project,
-            rerun_at=rerun.base if rerun else None,
+            start_at=request.options.fixed_start(),
         )
         try:
             opened: OpenResult = await workflow.execute_activity(
@@ -88,6 +94,38 @@ class BuildCode:
                 built.release = output
                 built.base_before_release = built.base
                 built.base = output.commit
+
+    async def accept(self) -> None:
+        """An evaluation case's hidden tests on the commit the build delivered, after delivery
+        (core/evaluation.py), recorded for its score card. A run that could not be made is
+        recorded as not passed, with why: the build itself delivered."""
+        evaluation, built = self.request.options.evaluation, self.data.code
+        release = built.release
+        if evaluation is None or evaluation.hidden is None or built.project is None:
+            return
+        if release is None or release.commit is None:
+            return
+        task = AcceptanceTask(
+            build_id=self.request.build_id,
+            project=built.project,
+            commit=release.commit,
+            hidden=evaluation.hidden,
+        )
+        try:
+            accepted: Acceptance = await workflow.execute_activity(
+                RUN_ACCEPTANCE.name,
+                task,
+                result_type=RUN_ACCEPTANCE.result,
+                summary=f"hidden tests on {release.commit[:12]}",
+                **self.request.options.policy.activity_options(),
+            )
+        except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise
+            accepted = Acceptance(
+                passed=False, commit=release.commit, summary=f"not run: {cause_of(err)}"
+            )
+        self.records.emit(EventType.ACCEPTANCE_TESTED, "system", **accepted.model_dump(mode="json"))
 
     def entered(self, state: BuildState) -> None:
         """The build enters `state` with its code at `head` (where a rollback there goes)."""

@@ -28,12 +28,17 @@ def recorded(
     it made no such call, and the re-run may go live after a divergence); RecordingDiverged
     when it made none and the re-run may not."""
     replay = task.replay
-    assert replay is not None and not replay.live
-    role, state, attempt = task.role.value, task.state.value, task.attempt
-    for kept in store.recorded(replay.original, role, state, attempt):
+    assert replay is not None and not replay.live and replay.original is not None
+    original, role, state, attempt = (
+        replay.original,
+        task.role.value,
+        task.state.value,
+        task.attempt,
+    )
+    for kept in store.recorded(original, role, state, attempt):
         if (answer := _as(kept, schema)) is not None:
             return answer, _replayed(kept.usage)
-    by_hash = store.by_request(replay.original, request)  # read only when nothing matched
+    by_hash = store.by_request(original, request)  # read only when nothing matched
     if by_hash is not None and (answer := _as(by_hash, schema)) is not None:
         return answer, _replayed(by_hash.usage)
     if replay.live_after_divergence:

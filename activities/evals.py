@@ -1,0 +1,111 @@
+"""The activities of evaluation suites (core/evals.py): a case's hidden tests run on the commit
+its build delivered, and the suite's table read from its builds' score cards.
+
+The hidden tests are written only here, into a fresh checkout of the delivered commit under
+the worker's `acceptance/` folder: never into the build's workspace, never into anything a
+role reads (the commit is fetched from the project's repository, where every commit of a
+build is pushed under `refs/builds/<id>/<commit>`)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities import paths
+from activities.beat import in_thread
+from activities.repository.gitcmd import GitError, git
+from activities.sandbox.runs import Limits
+from activities.testing.testrun import SetupCommand, run_command
+from core.contracts import EVAL_REPORT, RUN_ACCEPTANCE, Failure
+from core.evals import CaseResult, EvalReport, EvalReportTask, case_result, report
+from core.evaluation import Acceptance
+from core.role_io import RUN, AcceptanceTask, TestFailure
+from core.settings import Settings
+from db.scores import score_of
+
+
+def _beat(detail: str) -> None:
+    activity.heartbeat(detail)
+
+
+def checkout(task: AcceptanceTask, root: Path) -> Path:
+    """A fresh checkout of the delivered commit at `root/repo`, with the hidden tests in it."""
+    shutil.rmtree(root, ignore_errors=True)  # an earlier attempt's
+    repo = root / "repo"
+    root.mkdir(parents=True)
+    git(None, "init", "-q", str(repo))
+    ref = f"refs/builds/{task.build_id}/{task.commit}"
+    git(repo, "fetch", "-q", "--no-tags", task.project.repository, ref)
+    git(repo, "checkout", "-q", "--detach", task.commit)
+    for name, text in task.hidden.files.items():
+        paths.write_beneath(repo, name, text.encode())  # no link the build planted is followed
+    return repo
+
+
+class EvalActivities:
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+
+    @activity.defn(name=RUN_ACCEPTANCE.name)
+    async def run_acceptance(self, task: AcceptanceTask) -> Acceptance:
+        """The hidden tests on the delivered commit, in the sandbox, as the project's own run."""
+        root = self.settings.data_dir / "acceptance" / task.build_id
+        try:
+            repo = await in_thread("checkout", checkout, task, root)
+        except (GitError, OSError) as err:
+            raise ApplicationError(
+                f"cannot check out {task.commit} of {task.project.repository}: {err}",
+                type=Failure.REPOSITORY_UNAVAILABLE,
+            ) from err
+        setup = task.project.setup_command
+        prepared = SetupCommand(setup, root / "env", self.settings.sandbox_setup_network)
+        limits = Limits(self.settings.test_timeout_seconds, self.settings.test_memory_mb)
+        ran = await run_command(
+            repo, root / "runs", "acceptance", task.hidden.command, limits, _beat,
+            prepared if setup.strip() else None,
+        )  # fmt: skip
+        await asyncio.to_thread(paths.remove_tree, repo)
+        failed = sum(1 for failure in ran.failures if failure.test != RUN)
+        return Acceptance(
+            passed=ran.passed,
+            tests_run=ran.tests_run,
+            failed=failed,
+            commit=task.commit,
+            summary=ran.summary if ran.passed else f"{ran.summary} {_first(ran.failures)}",
+            sandbox=ran.sandbox,
+        )
+
+    @activity.defn(name=EVAL_REPORT.name)
+    async def eval_report(self, task: EvalReportTask) -> EvalReport:
+        """The suite's table from its builds' score cards; retried until the mirror has every
+        build's end (it is written as each build ends, and may lag behind an outage)."""
+        return await asyncio.to_thread(self._report, task)
+
+    def _report(self, task: EvalReportTask) -> EvalReport:
+        results: list[CaseResult] = []
+        with Session(self.engine) as session:
+            for child in task.children:
+                card = score_of(session, workflow_id=child.workflow_id)
+                if card is None or not card.finished:
+                    raise ApplicationError(
+                        f"the mirror has not yet the end of build {child.build_id}",
+                        type=Failure.EVAL_NOT_MIRRORED,
+                    )
+                results.append(case_result(child.case, child.config, card))
+        return report(task.run_id, task.suite, task.configs, results)
+
+    def all(self) -> list[Callable[..., Any]]:
+        return [self.run_acceptance, self.eval_report]
+
+
+def _first(failures: list[TestFailure]) -> str:
+    return f"First: {failures[0].test}: {failures[0].message}"[:400] if failures else ""

@@ -1,0 +1,189 @@
+"""Evaluation suites (core/evals.py): the shipped offline suite run as one EvalWorkflow with a
+child build per case and config, through a real worker, the offline model and real git
+repositories; hidden tests that no role sees; suite files refused in words."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from temporalio.client import Client
+
+from activities.repository.gitcmd import git
+from client.eval_commands import follow_eval, tables
+from client.evals import SuiteError, eval_run, load_config, load_suite, start_eval
+from core.evals import CaseResult, EvalReport, report
+from core.evaluation import HiddenTests
+from core.settings import Settings
+from tests.fake_openai import FakeOpenAI
+from tests.helpers import ROOT, running_worker
+
+SUITE = ROOT / "evals" / "offline.yaml"
+CONFIGS = [
+    ROOT / "evals" / "configs" / "baseline.yaml",
+    ROOT / "evals" / "configs" / "flaky-coder.yaml",
+]
+HIDDEN = [
+    (ROOT / "evals" / "hidden" / name).read_text()
+    for name in ("test_dark_mode.py", "test_audit_log.py")
+]
+# A line of each hidden test that no prompt, answer or workspace may hold.
+MARKERS = ["test_toggle_switches_and_says_so", "test_reset_turns_it_off"]
+
+
+async def run_suite(client: Client, settings: Settings, configs: list[Path]) -> EvalReport:
+    run = eval_run(settings, SUITE, configs)
+    handle = await start_eval(client, settings, run)
+    return await follow_eval(handle, quiet=True)
+
+
+@pytest.mark.timeout(120)
+async def test_the_offline_suite_ends_in_a_table_per_config_and_a_winner_per_case(
+    client: Client, worker: Settings
+) -> None:
+    got = await run_suite(client, worker, CONFIGS)
+
+    rows = {row.config: row for row in got.configs}
+    assert set(rows) == {"baseline", "flaky-coder"}
+    # dark-mode passes its hidden tests under both; audit-log's hidden test of reset() fails.
+    assert (rows["baseline"].passed, rows["baseline"].cases) == (1, 2)
+    assert (rows["flaky-coder"].passed, rows["flaky-coder"].cases) == (1, 2)
+    assert rows["baseline"].loop_backs == 0 and rows["flaky-coder"].loop_backs == 2
+    assert rows["flaky-coder"].tokens > rows["baseline"].tokens > 0
+    assert got.winners == {"dark-mode": "baseline", "audit-log": None}
+    results = {(r.case, r.config): r for r in got.results}
+    for config in rows:
+        dark, audit = results["dark-mode", config], results["audit-log", config]
+        assert dark.outcome == audit.outcome == "complete"
+        assert dark.acceptance is not None and dark.acceptance.passed
+        assert (dark.acceptance.tests_run, dark.acceptance.failed) == (2, 0)
+        assert audit.acceptance is not None and not audit.acceptance.passed
+        assert (audit.acceptance.tests_run, audit.acceptance.failed) == (2, 1)
+        assert "test_reset_turns_it_off" in audit.acceptance.summary
+        assert dark.acceptance.commit and dark.wall_seconds
+    # The table a person reads says the same.
+    rendered = "\n".join(str(t.title) for t in tables(got))
+    assert got.run_id in rendered
+
+
+@pytest.mark.timeout(120)
+async def test_hidden_tests_reach_no_prompt_and_no_workspace_a_role_touches(
+    client: Client, online: Settings, fake: FakeOpenAI, engine: Engine
+) -> None:
+    async with running_worker(client, online, engine):
+        got = await run_suite(client, online, [CONFIGS[0]])
+    assert [r.acceptance is not None for r in got.results] == [True, True]
+    assert fake.count() >= 2 * 6  # every role of both builds asked the server
+    asked = json.dumps([seen.body for seen in fake.requests])
+    for marker in MARKERS:
+        assert marker not in asked
+    # Nothing of them in the builds' workspaces, nor in any commit of the project's repository.
+    for result in got.results:
+        workspace = online.workspaces / result.build_id
+        assert workspace.is_dir()
+        for path in workspace.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                data = path.read_bytes()
+                assert not any(m.encode() in data for m in MARKERS), path
+    _, [case, _], _ = load_suite(SUITE, online)
+    history = git(Path(case.repository), "log", "--all", "-p")
+    assert "audit_log.py" in history  # the builds' commits are there
+    assert not any(m in history for m in MARKERS)
+    # The project's branch did not move and nothing was tagged: delivered to build branches.
+    assert git(Path(case.repository), "rev-parse", case.branch) == case.base
+    assert git(Path(case.repository), "tag") == ""
+
+
+def test_a_plain_folder_is_the_same_commit_wherever_it_is_made(
+    settings: Settings, tmp_path: Path
+) -> None:
+    first = load_suite(SUITE, settings)[1][0]
+    other = settings.model_copy(update={"data_dir": tmp_path / "elsewhere"})
+    again = load_suite(SUITE, other)[1][0]
+    assert first.repository != again.repository and first.base == again.base
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("cases: []", "`cases` lists the suite's cases"),
+        ("cases: [{id: a, requirements: x}]", "`repository` is missing"),
+        ("cases: [{id: a, repository: nowhere, requirements: x}]", "is not a folder"),
+        ("cases: [{id: a, repository: ../examples/inventory, base: nope, requirements: x}]",
+         "'nope' is not a commit"),
+        ("cases: [{id: A!, repository: ../examples/inventory, requirements: x}]", "id"),
+        ("cases: [{id: a, repository: ../examples/inventory, requirements: x, hidden_tests: "
+         "{files: {../escape.py: hidden/test_dark_mode.py}}}]", "relative, in the repository"),
+        ("cases: [{id: a, repository: ../examples/inventory, requirements: x, hidden_tests: "
+         "{files: {t.py: hidden/missing.py}}}]", "cannot read"),
+        ("cases: [{id: a, repository: ../examples/inventory, requirements: '  '}]", "empty"),
+    ],
+)  # fmt: skip
+def test_a_suite_file_that_cannot_be_used_is_refused_in_words(
+    settings: Settings, text: str, said: str
+) -> None:
+    suite = ROOT / "evals" / f".test-{abs(hash(text))}.yaml"  # beside the real one: same paths
+    suite.write_text(text)
+    try:
+        with pytest.raises(SuiteError, match=None) as refused:
+            load_suite(suite, settings)
+        assert said in str(refused.value), refused.value
+    finally:
+        suite.unlink()
+
+
+def test_a_config_names_roles_models_and_prompt_files(tmp_path: Path) -> None:
+    (tmp_path / "terse.md").write_text("Write the least code that works.")
+    path = tmp_path / "terse.yaml"
+    path.write_text("models: {code_writer: gpt-x}\nprompts: {code_writer: terse.md}\n")
+    config = load_config(path)
+    assert config.name == "terse"
+    call = config.choices.replay(next(r for r in config.choices.models))
+    assert call is not None and call.live and call.model == "gpt-x"
+    assert call.prompt is not None and call.prompt.version.startswith("terse.md@")
+    for bad, said in (("models: {coder: x}", "coder"), ("prompts: {code_writer: none.md}",
+                      "cannot read"), ("simulate: [nothing]", "simulate")):  # fmt: skip
+        path.write_text(bad)
+        with pytest.raises(SuiteError) as refused:
+            load_config(path)
+        assert said in str(refused.value)
+
+
+def test_two_configs_of_one_name_are_refused(settings: Settings) -> None:
+    with pytest.raises(SuiteError, match="two configs have one name"):
+        eval_run(settings, SUITE, [CONFIGS[0], CONFIGS[0]])
+
+
+def test_the_winner_passed_and_spent_least_and_a_tie_has_none() -> None:
+    def result(case: str, config: str, passed: bool, tokens: int) -> CaseResult:
+        return CaseResult(case=case, config=config, build_id=f"{case}-{config}",
+                          outcome="complete", passed=passed, tokens=tokens)  # fmt: skip
+
+    got = report("r", "s", ["a", "b"], [
+        result("one", "a", True, 90), result("one", "b", True, 50),
+        result("two", "a", True, 10), result("two", "b", False, 5),
+        result("three", "a", True, 7), result("three", "b", True, 7),
+    ])  # fmt: skip
+    assert got.winners == {"one": "b", "two": "a", "three": None}
+    assert [(r.config, r.passed, r.pass_rate, r.tokens) for r in got.configs] == [
+        ("a", 3, 1.0, 107),
+        ("b", 2, 0.6667, 62),
+    ]
+
+
+def test_hidden_test_paths_stay_in_the_repository() -> None:
+    for bad in ("/etc/x.py", "../x.py", "tests/../../x.py", ".git/hooks/pre-commit", "a//b.py"):
+        with pytest.raises(ValueError, match="relative, in the repository"):
+            HiddenTests(files={bad: "x"})
+    assert HiddenTests(files={"tests/test_h.py": "x"}).command == "python -m pytest -q"
+
+
+def test_starter_eval_help_says_what_it_does() -> None:
+    done = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "python"), "starter.py", "eval", "--help"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "hidden tests" in done.stdout and "--config" in done.stdout
