@@ -44,15 +44,18 @@ def show(report: EvalReport) -> None:
 
 
 def sized(run: EvalRun, children: int) -> EvalRun:
-    """The run with its cases repeated until it has about `children` child builds."""
-    per_case = len(run.configs)
-    copies = max(1, children // (per_case * len(run.cases)))
+    """The run with its cases repeated (numbered) until it has `children` child builds, or
+    the next multiple of its configs."""
+    count = max(len(run.cases), -(-children // len(run.configs)))
+    if count == len(run.cases):
+        return run
     cases = [
-        case.model_copy(update={"id": f"{case.id}-{i}" if copies > 1 else case.id})
-        for i in range(copies)
-        for case in run.cases
+        run.cases[n % len(run.cases)].model_copy(
+            update={"id": f"{run.cases[n % len(run.cases)].id}-{n // len(run.cases)}"}
+        )
+        for n in range(count)
     ]
-    return run.model_copy(update={"cases": cases})
+    return EvalRun.model_validate({**dict(run), "cases": cases})  # checked as a file's run is
 
 
 async def _ended(

@@ -77,6 +77,8 @@ HISTORY_DIR = Path(__file__).parent / "histories"
 HISTORY_VERSION = "v9"
 # Histories of the project registry (ProjectWorkflow), replayed beside the builds'.
 REGISTRY_HISTORIES = "registry"
+# Histories of evaluation suite runs (EvalWorkflow).
+EVAL_HISTORIES = "evals"
 
 
 @asynccontextmanager

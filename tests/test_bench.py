@@ -79,3 +79,16 @@ def test_model_stream_bench_runs_and_prints_its_offline_measures_beside_their_ba
         "straight to the server, streamed",
     ):
         assert measure in done.stdout, done.stdout
+
+
+def test_evals_bench_runs_and_prints_each_measure_beside_its_baseline():
+    done = run_bench(["-m", "bench.evals", "--quick"], timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for measure in (
+        "| re-run, no live roles: model tokens | 0 |",
+        "| re-run, no live roles: wall time |",
+        "| suite parent, 4 children: history events |",
+        "| suite parent, 4 children: history bytes |",
+        "| suite parent: largest event |",
+    ):
+        assert measure in done.stdout, done.stdout

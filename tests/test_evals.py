@@ -19,7 +19,7 @@ from core.evals import CaseResult, EvalReport, report
 from core.evaluation import HiddenTests
 from core.settings import Settings
 from tests.fake_openai import FakeOpenAI
-from tests.helpers import ROOT, running_worker
+from tests.helpers import EVAL_HISTORIES, ROOT, running_worker, save_history
 
 SUITE = ROOT / "evals" / "offline.yaml"
 CONFIGS = [
@@ -37,7 +37,11 @@ MARKERS = ["test_toggle_switches_and_says_so", "test_reset_turns_it_off"]
 async def run_suite(client: Client, settings: Settings, configs: list[Path]) -> EvalReport:
     run = eval_run(settings, SUITE, configs)
     handle = await start_eval(client, settings, run)
-    return await follow_eval(handle, quiet=True)
+    got = await follow_eval(handle, quiet=True)
+    await save_history(handle, "offline_suite", folder=EVAL_HISTORIES)
+    child = client.get_workflow_handle(f"build-{got.results[-1].build_id}")
+    await save_history(child, "evaluation_case")
+    return got
 
 
 @pytest.mark.timeout(120)
@@ -78,6 +82,7 @@ async def test_hidden_tests_reach_no_prompt_and_no_workspace_a_role_touches(
     assert [r.acceptance is not None for r in got.results] == [True, True]
     assert fake.count() >= 2 * 6  # every role of both builds asked the server
     asked = json.dumps([seen.body for seen in fake.requests])
+    assert "reset() turns it off" in asked  # the requirements reach the roles; the tests never
     for marker in MARKERS:
         assert marker not in asked
     # Nothing of them in the builds' workspaces, nor in any commit of the project's repository.

@@ -21,6 +21,7 @@ from temporalio.worker import Replayer
 from core.settings import Settings
 from core.states import BuildState
 from tests.helpers import (
+    EVAL_HISTORIES,
     HISTORY_DIR,
     HISTORY_VERSION,
     REGISTRY_HISTORIES,
@@ -30,11 +31,13 @@ from tests.helpers import (
 )
 from tests.workflow_variants import GuardedChange, UnguardedChange
 from workflows.build import BuildWorkflow
+from workflows.evals import EvalWorkflow
 from workflows.project import ProjectWorkflow
 
 HISTORIES = sorted(HISTORY_DIR.glob("v*/*.json"))
 PROJECT_HISTORIES = sorted((HISTORY_DIR / REGISTRY_HISTORIES).glob("*.json"))
-HISTORY_TEXT = {p: p.read_text() for p in [*HISTORIES, *PROJECT_HISTORIES]}
+EVAL_RUN_HISTORIES = sorted((HISTORY_DIR / EVAL_HISTORIES).glob("*.json"))
+HISTORY_TEXT = {p: p.read_text() for p in [*HISTORIES, *PROJECT_HISTORIES, *EVAL_RUN_HISTORIES]}
 SCENARIOS = {
     "happy_path",
     "tests_fail_once",
@@ -87,6 +90,16 @@ async def test_project_registry_history_replays_without_nondeterminism(path: Pat
 
 def test_the_registry_has_a_recorded_history():
     assert PROJECT_HISTORIES
+
+
+@pytest.mark.parametrize("path", EVAL_RUN_HISTORIES, ids=lambda p: p.stem)
+async def test_evaluation_run_history_replays_without_nondeterminism(path: Path):
+    failure = await replay(EvalWorkflow, path)
+    assert failure is None, f"{path.name}: {failure}"
+
+
+def test_evaluation_runs_have_a_recorded_history():
+    assert EVAL_RUN_HISTORIES
 
 
 @pytest.mark.parametrize("version", sorted({VERSIONS[0], HISTORY_VERSION}))
