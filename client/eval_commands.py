@@ -26,8 +26,9 @@ POLL_SECONDS = 1.0
 def tables(report: EvalReport) -> list[Table]:
     """The run's table per config, and each case under each config with its winner."""
     per_config = Table(title=f"evaluation {report.suite} ({report.run_id})")
-    for column in ("config", "passed", "pass rate", "tokens", "cost", "loop-backs", "wall time"):
-        per_config.add_column(column, justify="left" if column == "config" else "right")
+    per_config.add_column("config", no_wrap=True)
+    for column in ("passed", "pass rate", "tokens", "cost", "loop-backs", "wall time"):
+        per_config.add_column(column, justify="right")
     for row in report.configs:
         per_config.add_row(
             row.config, f"{row.passed}/{row.cases}", f"{row.pass_rate:.0%}", f"{row.tokens:,}",
@@ -35,7 +36,7 @@ def tables(report: EvalReport) -> list[Table]:
         )  # fmt: skip
     configs = [row.config for row in report.configs]
     per_case = Table(title="per case")
-    per_case.add_column("case")
+    per_case.add_column("case", no_wrap=True)
     for config in configs:
         per_case.add_column(config)
     per_case.add_column("winner")
@@ -72,6 +73,12 @@ async def follow_eval(handle: WorkflowHandle[Any, Any], *, quiet: bool = False) 
                 said.add(build)
             await asyncio.wait({result}, timeout=POLL_SECONDS)
         report: EvalReport = result.result()
+        for ended in report.results:  # those that ended since the last look
+            if ended.build_id not in said and not quiet:
+                console.print(
+                    f"  {len(said) + 1}/{len(report.results)} ended: build {ended.build_id}"
+                )
+            said.add(ended.build_id)
         return report
     except WorkflowFailureError as err:
         raise BuildError(f"evaluation {handle.id} failed: {err.cause}") from err

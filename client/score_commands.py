@@ -23,6 +23,16 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} s"
 
 
+def _hidden(card: ScoreCard) -> str:
+    """An evaluation case's hidden tests on what the build delivered."""
+    hidden = card.acceptance
+    if hidden is None:
+        return "-"
+    if not hidden.tests_run:
+        return hidden.summary[:60] or "not run"
+    return f"{hidden.tests_run - hidden.failed} / {hidden.tests_run}"
+
+
 def _role_rows(cards: list[ScoreCard]) -> list[tuple[str, list[str]]]:
     rows = []
     for role in Role:
@@ -58,6 +68,8 @@ def comparison(cards: list[ScoreCard]) -> list[tuple[str, list[str]]]:
           for reason in reasons),
         ("tests passed / failed", [f"{t.passed} / {t.failed}" if t else "-" for t in tests]),
         ("tests regressed", [str(t.regressed) if t else "-" for t in tests]),
+        *([("hidden tests passed / run", [_hidden(card) for card in cards])]
+          if any(card.acceptance for card in cards) else []),
         ("tokens", [f"{card.tokens:,}" for card in cards]),
         ("cost", [f"${card.cost_usd:.4f}" for card in cards]),
     ]  # fmt: skip

@@ -12,11 +12,15 @@ import pytest
 from sqlalchemy import Engine
 from temporalio.client import Client
 
+from activities.evals import checkout
+from activities.paths import PathRefused
 from activities.repository.gitcmd import git
 from client.eval_commands import follow_eval, tables
 from client.evals import SuiteError, eval_run, load_config, load_suite, start_eval
 from core.evals import CaseResult, EvalReport, report
 from core.evaluation import HiddenTests
+from core.projects import ProjectConfig
+from core.role_io import AcceptanceTask
 from core.settings import Settings
 from tests.fake_openai import FakeOpenAI
 from tests.helpers import EVAL_HISTORIES, ROOT, running_worker, save_history
@@ -192,3 +196,32 @@ def test_starter_eval_help_says_what_it_does() -> None:
         cwd=ROOT, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert "hidden tests" in done.stdout and "--config" in done.stdout
+
+
+def test_a_link_the_build_planted_where_a_hidden_test_goes_is_not_written_through(
+    tmp_path: Path,
+) -> None:
+    """The invariant: the worker writes hidden tests only beneath the fresh checkout, through
+    no link (activities/paths.write_beneath, in activities/evals.checkout)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    remote = tmp_path / "project"
+    remote.mkdir()
+    git(remote, "init", "-q", "-b", "main")
+    (remote / "tests").symlink_to(outside)  # the build's commit: `tests` is a link out
+    git(remote, "add", "-A")
+    git(remote, "commit", "-q", "-m", "planted")
+    commit = git(remote, "rev-parse", "HEAD")
+    git(remote, "update-ref", f"refs/builds/b1/{commit}", commit)
+    task = AcceptanceTask(
+        build_id="b1",
+        project=ProjectConfig(repository=str(remote)),
+        commit=commit,
+        hidden=HiddenTests(files={"tests/test_hidden.py": "def test_x():\n    pass\n"}),
+    )
+    with pytest.raises(PathRefused, match="symbolic link"):
+        checkout(task, tmp_path / "acceptance")
+    assert list(outside.iterdir()) == []
+    # Without the rule, a plain write follows the link out of the checkout.
+    (tmp_path / "acceptance" / "repo" / "tests" / "test_hidden.py").write_text("x")
+    assert [p.name for p in outside.iterdir()] == ["test_hidden.py"]

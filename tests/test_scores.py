@@ -114,3 +114,18 @@ def test_the_comparison_sets_each_measure_beside_the_same_measure_of_the_other_b
     assert rows["code_writer: calls (highest attempt)"] == ["1 (1)", "2 (2)"]
     assert rows["code_writer: model @ prompt"] == ["m1 @ v1", "m1, m2 @ v1"]
     assert "q_assistant: tokens" not in rows  # no call of it in either build
+
+
+def test_a_cards_hidden_tests_are_its_last_acceptance_event_and_compare_shows_them():
+    tested = event("acceptance_tested", passed=False, tests_run=3, failed=1, commit="c0ffee",
+                   summary="2 of 3 tests passed")  # fmt: skip
+    card = score_card(build(), [call("code_writer", 1), tested])
+    assert card.acceptance is not None
+    assert (card.acceptance.passed, card.acceptance.tests_run, card.acceptance.failed) == (
+        False, 3, 1,
+    )  # fmt: skip
+    plain = score_card(build(), [call("code_writer", 1)])
+    assert plain.acceptance is None
+    rows = dict(comparison([card, plain]))
+    assert rows["hidden tests passed / run"] == ["2 / 3", "-"]
+    assert "hidden tests passed / run" not in dict(comparison([plain]))
