@@ -4,13 +4,16 @@ repositories; hidden tests that no role sees; suite files refused in words."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
-from temporalio.client import Client
+from sqlmodel import Session
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.service import RPCError
 
 from activities.evals import checkout
 from activities.paths import PathRefused
@@ -22,6 +25,7 @@ from core.evaluation import HiddenTests
 from core.projects import ProjectConfig
 from core.role_io import AcceptanceTask
 from core.settings import Settings
+from db.scores import score_of
 from tests.fake_openai import FakeOpenAI
 from tests.helpers import EVAL_HISTORIES, ROOT, running_worker, save_history
 
@@ -225,3 +229,49 @@ def test_a_link_the_build_planted_where_a_hidden_test_goes_is_not_written_throug
     # Without the rule, a plain write follows the link out of the checkout.
     (tmp_path / "acceptance" / "repo" / "tests" / "test_hidden.py").write_text("x")
     assert [p.name for p in outside.iterdir()] == ["test_hidden.py"]
+
+
+@pytest.mark.timeout(120)
+async def test_a_run_cancelled_while_hidden_tests_run_leaves_its_builds_delivered_and_said(
+    client: Client, worker: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    """A child cancelled after delivery, while its hidden tests run, stays COMPLETE in the
+    mirror (it delivered; COMPLETE -> CANCELLED is no transition) and its card says why the
+    hidden tests did not run."""
+    hidden = tmp_path / "test_slow.py"
+    hidden.write_text("def test_slow():\n    import time\n    time.sleep(60)\n")
+    suite = tmp_path / "slow.yaml"
+    suite.write_text(
+        f"cases: [{{id: slow, repository: {ROOT / 'examples' / 'inventory'}, "
+        "requirements: {feature: Dark mode}, hidden_tests: {files: {tests/test_hidden_slow.py: "
+        "test_slow.py}}}]\n"
+    )
+    run = eval_run(worker, suite, [CONFIGS[0]])
+    handle = await start_eval(client, worker, run)
+    child = client.get_workflow_handle(f"build-{run.run_id}-slow-baseline")
+
+    async def testing_hidden() -> bool:
+        try:
+            described = await child.describe()
+        except RPCError:
+            return False
+        pending = described.raw_description.pending_activities
+        return any(a.activity_type.name == "run_acceptance" for a in pending)
+
+    async with asyncio.timeout(90):
+        while True:
+            if await testing_hidden():
+                break
+            await asyncio.sleep(0.2)
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    async with asyncio.timeout(30):
+        while True:
+            with Session(engine) as session:
+                card = score_of(session, workflow_id=child.id)
+            if card is not None and card.acceptance is not None:
+                break
+            await asyncio.sleep(0.2)
+    assert card.outcome == "complete"
+    assert not card.acceptance.passed and "cancelled" in card.acceptance.summary

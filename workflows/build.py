@@ -43,7 +43,6 @@ RELEASE_QUEUE_PATCH = "release-queue"
 REVERT_ATTENTION_PATCH = "revert-conflict-attention"
 # An approval gate waits APPROVAL_WAIT_SECONDS, then the build ends FAILED (no silent end).
 APPROVAL_TIMER_PATCH = "approval-timer"
-# What a Code Writer's attempt can be refused for; the build loops back and it tries again.
 
 
 @workflow.defn(name="BuildWorkflow")
@@ -107,20 +106,21 @@ class BuildWorkflow(BuildMessages):
                 await self._work()
             else:
                 await self._handoff()
-        if self.data.state is S.COMPLETE:  # an evaluation case is scored on what it delivered
-            await self.code.accept()
+        await self.code.accept()  # an evaluation case, scored on what it delivered
 
     async def _cancelled(self) -> None:
-        self._move(S.CANCELLED, "person")
+        delivered = self.data.state is S.COMPLETE  # cancelled while scored: it stays COMPLETE
+        if not delivered:
+            self._move(S.CANCELLED, "person")
         self.stream.detach_pollers()
-        self.records.emit(EventType.CANCELLED, "person", reason="workflow cancelled")
+        if not delivered:
+            self.records.emit(EventType.CANCELLED, "person", reason="workflow cancelled")
         await self.turn.leave()
         await self.records.mirror()
 
     def _opens_repository(self) -> bool:
-        """Whether the build works on its project's repository: every build that recorded
-        the patch (bench/variants.py's variant says no, to measure what the repository
-        costs the engine)."""
+        """Whether the build works on its project's repository: every build that recorded the
+        patch (bench/variants.py's says no, to measure what the repository costs the engine)."""
         return workflow.patched(PROJECT_REPOSITORIES_PATCH)
 
     # --- working states -----------------------------------------------------------------

@@ -4,6 +4,7 @@ code of an earlier state, a release reverted). A composed part of BuildWorkflow.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
@@ -31,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
 
 RESTORE_TIMEOUT = timedelta(seconds=120)
 RESTORE_RETRY = RetryPolicy(maximum_attempts=5)
+CANCELLED = "not run: the build was cancelled while its hidden tests ran"
 
 
 class BuildCode:
@@ -101,7 +103,9 @@ class BuildCode:
         recorded as not passed, with why: the build itself delivered."""
         evaluation, built = self.request.options.evaluation, self.data.code
         release = built.release
-        if evaluation is None or evaluation.hidden is None or built.project is None:
+        if self.data.state is not BuildState.COMPLETE or built.project is None:
+            return
+        if evaluation is None or evaluation.hidden is None:
             return
         if release is None or release.commit is None:
             return
@@ -121,10 +125,17 @@ class BuildCode:
             )
         except ActivityError as err:
             if is_cancelled_exception(err):
+                self._scored(Acceptance(passed=False, commit=release.commit, summary=CANCELLED))
                 raise
             accepted = Acceptance(
                 passed=False, commit=release.commit, summary=f"not run: {cause_of(err)}"
             )
+        except asyncio.CancelledError:
+            self._scored(Acceptance(passed=False, commit=release.commit, summary=CANCELLED))
+            raise
+        self._scored(accepted)
+
+    def _scored(self, accepted: Acceptance) -> None:
         self.records.emit(EventType.ACCEPTANCE_TESTED, "system", **accepted.model_dump(mode="json"))
 
     def entered(self, state: BuildState) -> None:

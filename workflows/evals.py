@@ -40,7 +40,6 @@ REPORT_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attem
 class EvalWorkflow:
     @workflow.init
     def __init__(self, run: EvalRun) -> None:
-        self.run_input = run
         self.requests = child_requests(run)
         self.done: list[str] = []
         self.running: list[str] = []
