@@ -21,12 +21,7 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
-)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -40,7 +35,7 @@ from client.errors import (
     NoAnswer,
 )
 from client.projects import greenfield, registered
-from core.attributes import PROJECT_ID
+from core.attributes import of_project
 from core.models import (
     BuildOptions,
     BuildRequest,
@@ -107,9 +102,7 @@ async def start_build(
             else None,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            search_attributes=TypedSearchAttributes(
-                [SearchAttributePair(PROJECT_ID, request.project_id)]
-            ),
+            search_attributes=of_project(request.project_id),
             static_summary=f"{request.project_id}: build {request.build_id}",
         )
     except WorkflowAlreadyStartedError as err:

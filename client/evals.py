@@ -20,12 +20,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 from temporalio.client import Client, WorkflowHandle
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.repository.gitcmd import GitError, git, git_env
 from client.errors import BuildError
-from core.attributes import PROJECT_ID
+from core.attributes import of_project
 from core.evals import EvalCase, EvalConfig, EvalRun
 from core.evaluation import HiddenTests, ModelChoices
 from core.projects import is_url
@@ -209,9 +208,7 @@ async def start_eval(client: Client, settings: Settings, run: EvalRun) -> Workfl
             run,
             id=run.workflow_id,
             task_queue=settings.temporal_task_queue,
-            search_attributes=TypedSearchAttributes(
-                [SearchAttributePair(PROJECT_ID, f"eval-{run.suite}")]
-            ),
+            search_attributes=of_project(f"eval-{run.suite}"),
             static_summary=f"evaluation {run.suite}: {len(run.cases)} cases x "
             f"{len(run.configs)} configs",
         )

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from temporalio.common import SearchAttributeIndexedValueType, SearchAttributeKey
+from temporalio.common import (
+    SearchAttributeIndexedValueType,
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+)
 
 BUILD_STATE = SearchAttributeKey.for_keyword("BuildState")
 BUILD_ROLE = SearchAttributeKey.for_keyword("BuildRole")
@@ -14,6 +19,12 @@ TOKENS = SearchAttributeKey.for_int("BuildTokens")
 COST = SearchAttributeKey.for_float("BuildCostUsd")
 TEST_ATTEMPTS = SearchAttributeKey.for_int("TestAttempts")
 VERIFICATION_ATTEMPTS = SearchAttributeKey.for_int("VerificationAttempts")
+
+
+def of_project(project_id: str) -> TypedSearchAttributes:
+    """What a workflow of a project starts with (a build, a suite run): its ProjectId."""
+    return TypedSearchAttributes([SearchAttributePair(PROJECT_ID, project_id)])
+
 
 KEYS: tuple[SearchAttributeKey[Any], ...] = (
     BUILD_STATE,

@@ -23,6 +23,7 @@ from core.models import (
     workflow_id_for,
 )
 from core.projects import ProjectConfig
+from core.reruns import scratch_project
 from core.scores import ScoreCard
 
 MAX_PARALLEL = 16
@@ -100,13 +101,13 @@ def child_requests(run: EvalRun) -> list[BuildRequest]:
     """A build per case and config, case by case; delivered to its own branch, scored after."""
     requests = []
     for case in run.cases:
-        project = ProjectConfig(
-            repository=case.repository,
-            branch=case.branch,
-            test_command=case.test_command,
-            setup_command=case.setup_command,
-            delivery="branch",
-            version_scheme="none",
+        project = scratch_project(
+            ProjectConfig(
+                repository=case.repository,
+                branch=case.branch,
+                test_command=case.test_command,
+                setup_command=case.setup_command,
+            )
         )
         for config in run.configs:
             evaluation = Evaluation(

@@ -13,12 +13,12 @@ import contextlib
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ChildWorkflowError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from core.attributes import PROJECT_ID
+    from core.attributes import of_project
     from core.contracts import EVAL_REPORT
     from core.evals import (
         EvalChild,
@@ -86,9 +86,7 @@ class EvalWorkflow:
                 id=request.workflow_id,
                 result_type=BuildResult,
                 parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
-                search_attributes=TypedSearchAttributes(
-                    [SearchAttributePair(PROJECT_ID, request.project_id)]
-                ),
+                search_attributes=of_project(request.project_id),
                 static_summary=summary,
             )
         self.running.remove(request.build_id)
