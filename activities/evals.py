@@ -23,7 +23,8 @@ from activities import paths
 from activities.beat import in_thread
 from activities.repository.gitcmd import GitError, git
 from activities.sandbox.runs import Limits
-from activities.testing.testrun import SetupCommand, run_command
+from activities.testing import environment
+from activities.testing.testrun import run_command
 from core.contracts import EVAL_REPORT, RUN_ACCEPTANCE, Failure
 from core.evals import CaseResult, EvalReport, EvalReportTask, case_result, report
 from core.evaluation import Acceptance
@@ -43,7 +44,7 @@ def checkout(task: AcceptanceTask, root: Path) -> Path:
     root.mkdir(parents=True)
     git(None, "init", "-q", str(repo))
     ref = f"refs/builds/{task.build_id}/{task.commit}"
-    git(repo, "fetch", "-q", "--no-tags", task.project.repository, ref)
+    git(repo, "fetch", "-q", "--tags", task.project.repository, ref)  # tags: versions
     git(repo, "checkout", "-q", "--detach", task.commit)
     for name, text in task.hidden.files.items():
         paths.write_beneath(repo, name, text.encode())  # no link the build planted is followed
@@ -68,13 +69,17 @@ class EvalActivities:
                 f"cannot check out {task.commit} of {task.project.repository}: {err}",
                 type=Failure.REPOSITORY_UNAVAILABLE,
             ) from err
-        setup = task.project.setup_command
-        prepared = SetupCommand(setup, root / "env", self.settings.sandbox_setup_network)
+        request = environment.Request(
+            store=self.settings.environments,
+            project=task.project_id or task.build_id,
+            setup_command=task.project.setup_command,
+            network=self.settings.sandbox_setup_network,
+            wheels=self.settings.runner_wheels,
+        )
         limits = Limits(self.settings.test_timeout_seconds, self.settings.test_memory_mb)
         ran = await run_command(
-            repo, root / "runs", "acceptance", task.hidden.command, limits, _beat,
-            prepared if setup.strip() else None,
-        )  # fmt: skip
+            repo, root / "runs", "acceptance", task.hidden.command, limits, _beat, request
+        )
         await asyncio.to_thread(paths.remove_tree, repo)
         failed = sum(1 for failure in ran.failures if failure.test != RUN)
         return Acceptance(

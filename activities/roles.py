@@ -166,14 +166,15 @@ class RoleActivities:
         title = output.summary.strip().splitlines()[0][:120] if output.summary.strip() else ""
         message = f"implementation attempt {task.attempt}: {title}".strip(": ")
 
-        def write() -> tuple[str, Any]:
+        def write() -> tuple[str, Any, bool]:
             ws.checkout(task.head)  # a retry or a rollback starts from what the workflow holds
             if merge_with:
                 ws.start_merge(merge_with)
-            return ws.write(output.files, message, output.edits)
+            commit, refs = ws.write(output.files, message, output.edits)
+            return commit, refs, ws.changes(task.base, commit)
 
         try:
-            commit, refs = await in_thread("writing files", write)
+            commit, refs, changed = await in_thread("writing files", write)
         except AttemptRefused as err:
             raise ApplicationError(
                 f"the Code Writer's files were refused, nothing was written: {err}",
@@ -181,7 +182,11 @@ class RoleActivities:
                 non_retryable=True,
             ) from err
         summary = ImplementationSummary(
-            summary=output.summary[:2000], files=refs, commit=commit, workspace=str(ws.repo)
+            summary=output.summary[:2000],
+            files=refs,
+            commit=commit,
+            workspace=str(ws.repo),
+            changed=changed,
         )
         return CodeWriterResult(output=summary, usage=usage)
 
@@ -211,19 +216,14 @@ class RoleActivities:
         ws = self.workspace(task.build_id, task.project)
         commit = await in_thread("checkout", ws.checkout, task.head)
         command = task.project.test_command if task.project else DEFAULT_COMMAND
-        setup = task.project.setup_command if task.project else ""
-        network = self.settings.sandbox_setup_network
-        report = await run_tests(
-            ws, task.attempt, self.limits, _beat, command, setup=setup, network=network
-        )
+        request = self.environment_request(task.project_id, task.project)
+        report = await run_tests(ws, task.attempt, self.limits, _beat, command, request)
         measured = task.project is not None and task.base not in (None, commit)
-        if not report.passed and measured and is_pytest(command):  # which failures are its own?
-            assert task.base is not None
+        if not report.passed and not report.setup_failed and measured and is_pytest(command):
+            assert task.base is not None  # which failures are its own?
             cache = self.settings.workspaces / ".baselines" / task.project_id
-            base = await baseline(
-                ws, task.base, cache, command, self.limits, _beat, setup=setup, network=network
-            )
-            report = compare(report, base)
+            base = await baseline(ws, task.base, cache, command, self.limits, _beat, request)
+            report = await asyncio.to_thread(compare, report, base)
         report.commit = commit
         run = TestRun.model_validate(report, from_attributes=True)
         audit, usage = await self.llm.structured(_with(task, test_run=run), TestAudit)
@@ -298,7 +298,7 @@ class RoleActivities:
         outcome = await landing.land(
             ws, self.releases, task.project_id, head, task.bump,
             project.smoke_command or task.context.smoke_command(),
-            await self._environment(ws, project), project.version_scheme,
+            await self._environment(ws, task.project_id, project), project.version_scheme,
         )  # fmt: skip
         if not isinstance(outcome, Released):
             return ReleaseResult(output=outcome, usage=self._no_call(task))
@@ -309,15 +309,27 @@ class RoleActivities:
             outcome.summary = f"{outcome.summary} Note: {outcome.declared}."
         return ReleaseResult(output=outcome, usage=usage)
 
-    async def _environment(self, ws: Workspace, project: ProjectConfig) -> Path | None:
-        """The environment the project's setup command made for this workspace (made again
-        if the workspace was rebuilt here), for the smoke check; None without a setup."""
-        if not project.setup_command.strip():
-            return None
+    def environment_request(
+        self, project_id: str, project: ProjectConfig | None
+    ) -> environment.Request:
+        """What a project's runs ask of its environment (activities/testing/environment.py)."""
+        return environment.Request(
+            store=self.settings.environments,
+            project=project_id,
+            setup_command=project.setup_command if project else "",
+            network=self.settings.sandbox_setup_network,
+            wheels=self.settings.runner_wheels,
+        )
+
+    async def _environment(
+        self, ws: Workspace, project_id: str, project: ProjectConfig
+    ) -> Path | None:
+        """The project's environment for the smoke check (found made by its test runs, or made
+        again on a worker that has none); None if it cannot be made."""
+        request = self.environment_request(project_id, project)
         made = await environment.prepare(
-            ws.repo, ws.env, project.setup_command, limits=self.limits,
-            network=self.settings.sandbox_setup_network, beat=_beat, scratch=ws.runs,
-        )  # fmt: skip
+            ws.repo, request, limits=self.limits, beat=_beat, scratch=ws.runs
+        )
         return made.environment.root if made.ok else None
 
     async def _push_branch(self, task: RoleTask, ws: Workspace, head: str) -> ReleaseResult:

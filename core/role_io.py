@@ -156,6 +156,8 @@ class ImplementationSummary(BaseModel):
     files: list[FileRef]
     commit: str
     workspace: str
+    # Whether the build's tree differs from its base's: an empty change is never released.
+    changed: bool = True
 
 
 # The name of a failure of a test run itself (it hung, crashed, ran out of memory), not of a test.
@@ -170,6 +172,7 @@ class AcceptanceTask(BaseModel):
     project: ProjectConfig
     commit: str
     hidden: HiddenTests
+    project_id: str = ""  # whose environments the run uses ("": the build's own)
 
 
 class TestFailure(BaseModel):
@@ -177,6 +180,32 @@ class TestFailure(BaseModel):
 
     test: str
     message: str
+    error: bool = False  # the test errored (its collection or a fixture broke), not failed
+
+
+class TestCounts(BaseModel):
+    """A test run's cases, each counted once: `run` is passed + failed + errors +
+    pre_existing, and with `skipped` they are every case of the report."""
+
+    __test__: ClassVar[bool] = False  # not a pytest class
+
+    passed: int = 0
+    failed: int = 0  # failed, and not on the base already
+    errors: int = 0  # errored (collection, a fixture), and not on the base already
+    pre_existing: int = 0  # failed or errored on the base too: not the build's doing
+    skipped: int = 0
+
+    @property
+    def run(self) -> int:
+        return self.passed + self.failed + self.errors + self.pre_existing
+
+    def line(self) -> str:
+        """`1,993 run: 1,991 passed, 0 failed, 2 pre-existing, 0 errors, 12 skipped`."""
+        return (
+            f"{self.run:,} run: {self.passed:,} passed, {self.failed:,} failed, "
+            f"{self.pre_existing:,} pre-existing, {self.errors:,} errors, "
+            f"{self.skipped:,} skipped"
+        )
 
 
 class TestReport(BaseModel):
@@ -200,7 +229,13 @@ class TestReport(BaseModel):
     regressions: list[str] = Field(default_factory=list)
     baseline: str | None = None  # the base commit and its run's summary (None: no baseline)
     sandbox: str = ""  # how the run was confined (activities/sandbox/isolation.py), and its limits
-    setup: str = ""  # the project's setup command's run before it ("": the project has none)
+    # The project's environment the run used: what made it, and whether it was made now or
+    # reused (activities/testing/environment.py).
+    setup: str = ""
+    # The environment could not be made, so no test ran: not the code's failure, a person's
+    # to fix (the network, the setup command, the index).
+    setup_failed: bool = False
+    counts: TestCounts = Field(default_factory=TestCounts)
 
 
 class VerificationOutcome(BaseModel):

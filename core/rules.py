@@ -18,6 +18,7 @@ from core.releases import Conflict, RestoreTask, Retest, SmokeFailed
 from core.reruns import Replay
 from core.role_io import (
     Feedback,
+    ImplementationSummary,
     Merge,
     RoleContext,
     RoleOutput,
@@ -279,12 +280,24 @@ class Verdict:
     feedback: Feedback = field(default_factory=Feedback)
     summary: str = ""
     signature: str | None = None
+    # Not the code's failure: the build waits for a person at once, no Code Writer attempt.
+    person: bool = False
 
 
 def verdict(state: BuildState, output: RoleOutput) -> Verdict:
     """The decision after a phase: failing tests, a review that asks for changes and a release
     that did not go out send the build back; anything else moves it forward."""
     match output:
+        case TestReport(setup_failed=True):
+            feedback = Feedback(failures=list(output.failures))
+            return Verdict(None, "environment failed", feedback, output.summary, person=True)
+        case ImplementationSummary(changed=False):
+            error = (
+                "the change is empty: the build's tree is the same as its base's; write the "
+                "change the requirements ask for"
+            )
+            return Verdict(None, "empty change", Feedback(error=error), output.summary,
+                           failure_signature(Feedback(reasons=[error])))  # fmt: skip
         case TestReport(passed=False):
             feedback = Feedback(failures=list(output.failures))
             return Verdict(None, "tests failed", feedback, output.summary,

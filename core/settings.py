@@ -141,6 +141,12 @@ class Settings(BaseSettings):
     # Role work: a git workspace per build, test runs with limits, local releases.
     workspace_dir: Path | None = None  # default: <data_dir>/workspaces
     releases_dir: Path | None = None  # default: <data_dir>/releases
+    # Projects' own environments, cached by what declares their dependencies (activities/
+    # testing/environment.py). Default: <data_dir>/environments
+    environments_dir: Path | None = None
+    # The test runner's wheels (pytest, pip), fetched once with the worker's pip. Default:
+    # ~/.cache/q-assistant/wheels/runner
+    runner_wheels_dir: Path | None = None
     # git's credential store (https://user:token@host/path lines, mode 0600): where the token of
     # a repository URL registered with one is kept, instead of in the registration. Workers on
     # other machines need the same file. Default: <data_dir>/git-credentials
@@ -238,6 +244,15 @@ class Settings(BaseSettings):
     @property
     def projects(self) -> Path:
         return (self.projects_dir or self.data_dir / "projects").resolve()
+
+    @property
+    def environments(self) -> Path:
+        return (self.environments_dir or self.data_dir / "environments").resolve()
+
+    @property
+    def runner_wheels(self) -> Path:
+        default = Path.home() / ".cache" / "q-assistant" / "wheels" / "runner"
+        return (self.runner_wheels_dir or default).resolve()
 
     @property
     def releases(self) -> Path:

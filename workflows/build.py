@@ -171,6 +171,8 @@ class BuildWorkflow(BuildMessages):
                     merged=self.data.code.head,
                 )
             self._move(verdict.next_state, task.role.value)
+        elif verdict.person:
+            await self._environment_failed(state, verdict)
         elif verdict.signature is not None:
             await self._failed(state, verdict)
         else:
@@ -367,6 +369,20 @@ class BuildWorkflow(BuildMessages):
             await self._apply_pending()
         self.data.paused_from = None
         self._move(state, "system")
+
+    async def _environment_failed(self, state: BuildState, verdict: Verdict) -> None:
+        """The project's environment could not be made: a person's to fix, not the Code
+        Writer's; the failure says what changes it."""
+        failures = verdict.feedback.failures or []
+        cause = failures[0].message if failures else verdict.summary  # whole: it says what to do
+        build = self.request.build_id
+        await self._ask_a_person(
+            f"{verdict.why} at {state.value}: {cause}\nThen `starter.py rollback {build} --to "
+            f"{state.value}` runs it again, or `starter.py abort {build}` ends the build.",
+            verdict.why,
+            reason=verdict.why,
+            **verdict.feedback.model_dump(mode="json"),
+        )
 
     async def _needs_attention(self, state: BuildState, verdict: Verdict) -> None:
         first = rules.first_reason(verdict.feedback) or verdict.summary

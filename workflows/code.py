@@ -114,6 +114,7 @@ class BuildCode:
             project=built.project,
             commit=release.commit,
             hidden=evaluation.hidden,
+            project_id=self.request.project_id,
         )
         try:
             accepted: Acceptance = await workflow.execute_activity(

@@ -82,7 +82,6 @@ class Workspace:
         self.remote = remote
         self.repo = root / "repo"
         self.runs = root / "runs"  # test reports and logs: beside the repository, not in it
-        self.env = root / "env"  # the setup command's virtual environment (environment.py)
 
     def git(self, *args: str, repo: Path | None = None) -> str:
         return git(repo or self.repo, *args)
@@ -206,6 +205,20 @@ class Workspace:
         self.git("worktree", "add", "-q", "--detach", "--force", str(tree), commit)
         return tree
 
+    def clone_at(self, commit: str, name: str) -> Path:
+        """`commit` checked out in a clone of its own beside the repository, with its git data
+        and tags (a local clone: objects hard-linked, so it costs little), where a run sees
+        what a checkout of the project has: a project versioned from its tags (setuptools_scm,
+        hatch-vcs) builds in it. The caller removes it."""
+        tree = paths.fresh(self.root, f"{name}-{commit[:12]}-")
+        git(None, "clone", "-q", "--no-checkout", str(self.repo), str(tree))
+        try:
+            git(tree, "cat-file", "-e", f"{commit}^{{commit}}")
+        except GitError:  # reachable only from the workspace's other refs (the project branch)
+            git(tree, "fetch", "-q", "origin", "+refs/remotes/*:refs/remotes/workspace/*")
+        git(tree, "checkout", "-q", "--detach", commit)
+        return tree
+
     def drop_worktree(self, tree: Path) -> None:
         if tree.exists():
             with contextlib.suppress(GitError):
@@ -296,6 +309,10 @@ class Workspace:
         """The working tree back to its commit (a merge in progress is given up too)."""
         self.git("reset", "-q", "--hard")
         self.git("clean", "-q", "-ffdx")
+
+    def changes(self, base: str | None, head: str) -> bool:
+        """Whether `head`'s tree differs from `base`'s (None: from nothing)."""
+        return bool(self.git("diff", "--name-only", base or EMPTY_TREE, head))
 
     def diff(self, base: str | None, head: str, limit: int) -> tuple[str, str]:
         """The diff from `base` (None: from nothing) to `head`, cut at `limit`; and its stat."""

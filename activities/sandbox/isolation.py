@@ -99,19 +99,22 @@ class Sandbox:
         readonly: Sequence[Path] = (),
         network: bool = False,
         write_cwd: bool = True,
+        ports: Sequence[int] = (),
     ) -> list[str]:
         """The command that runs `argv` in `cwd` confined: it writes `cwd` (unless not
         `write_cwd`) and `writable` only, reads `readonly` besides the system and the
-        interpreter, and reaches the host's network only if `network`."""
+        interpreter, and reaches the host's network only if `network` (where the sandbox holds
+        a run to its ports, `ports` are allowed besides them: the worker's index proxy)."""
         if self.kind == "none":
             return list(argv)
+        allowed = (*self.ports, *ports) if self.ports else ()
         policy = Policy(
             cwd=cwd,
             write_cwd=write_cwd,
             writable=tuple(writable),
             readonly=(*self.readonly, *map(str, readonly)),
             network=network,
-            ports=self.ports if network else (),
+            ports=allowed if network else (),
         )
         if self.kind == "landlock":
             rules = landlock.rules(policy, writable_entries(cwd) if write_cwd else [])

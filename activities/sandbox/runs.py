@@ -70,20 +70,21 @@ async def _stop(proc: asyncio.subprocess.Process, sandbox: isolation.Sandbox) ->
 def scrubbed_env(
     home: Path, venv: Path | None = None, temporary: Path | None = None
 ) -> dict[str, str]:
-    """The environment of a run: HOME, PATH with the interpreter's folder (a workspace's own
-    virtual environment's first, if it has one), TMPDIR if given, the locale, and nothing else
-    of the worker's."""
+    """The environment of a run: HOME, PATH, TMPDIR if given, the locale, and nothing else of
+    the worker's. With `venv` (a project's own environment) its folder leads PATH and the
+    worker's does not appear at all, and pytest loads the plugins that environment holds, as
+    the project's own CI would; without one (the worker's own tools: static checks) the
+    worker's interpreter's folder is on PATH and pytest loads no plugin of the worker's."""
     env = {k: v for k, v in os.environ.items() if k in PASSED_THROUGH}
     env.update(HOME=str(home), PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0")
     if temporary is not None:
         env["TMPDIR"] = str(temporary)
-    # Generated tests run with pytest alone, not with whatever plugins the worker's environment
-    # holds (they change what a test run means, and loading them cost ~3 s a run).
-    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
-    path = [str(Path(sys.executable).parent), env.get("PATH", "")]
     if venv is not None:
         env["VIRTUAL_ENV"] = str(venv)
-        path.insert(0, str(venv / "bin"))
+        path = [str(venv / "bin"), env.get("PATH", "")]
+    else:
+        env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+        path = [str(Path(sys.executable).parent), env.get("PATH", "")]
     env["PATH"] = os.pathsep.join(path)
     return env
 
@@ -183,15 +184,17 @@ async def run_limited(
     venv: Path | None = None,
     write_cwd: bool = True,
     env: Mapping[str, str] | None = None,
+    ports: Sequence[int] = (),
 ) -> RunResult:
     """Run argv in the process's sandbox, which lets it write `cwd` (unless not `write_cwd`)
     and `writable` only and read `readonly` besides the system and the interpreter; kill it
     at the wall-clock limit. `scratch` is a folder of the worker's that no run writes: the run
     gets a new folder in it for its home and temporary files (bubblewrap's tmpfs instead),
     removed after, so no run finds what an earlier one left there. `network` shares the
-    host's network (a setup command a person allowed it); `venv` is a workspace's own
+    host's network (a setup command a person allowed it); `venv` is a project's own
     environment, first on PATH. `env` adds variables the caller chose to the scrubbed
-    environment (a setup command's package-index configuration). `beat` is called every few
+    environment (a setup command's package index); `ports` are TCP ports a run with network
+    may reach besides the sandbox's own (the worker's index proxy). `beat` is called every few
     seconds while it runs (the activity heartbeats with it)."""
     started = time.monotonic()
     sandbox = await asyncio.to_thread(isolation.current)
@@ -204,7 +207,7 @@ async def run_limited(
     temporary = own if sandbox.kind == "landlock" else None
     group = await asyncio.to_thread(cgroups.make, PROCESSES, limits.memory_mb * 1024 * 1024)
     try:
-        wrapped = sandbox.wrap(argv, cwd, writable, readonly, network, write_cwd)
+        wrapped = sandbox.wrap(argv, cwd, writable, readonly, network, write_cwd, ports)
         proc = await asyncio.create_subprocess_exec(
             *launched(wrapped, limits, group),
             cwd=cwd,

@@ -21,7 +21,7 @@ from activities import paths
 from activities.repository.workspace import Workspace
 from activities.sandbox.runs import Limits, run_limited
 from activities.testing import environment
-from core.role_io import RUN, TestFailure, TestReport
+from core.role_io import RUN, TestCounts, TestFailure, TestReport
 
 DEFAULT_COMMAND = "python -m pytest"
 PYTEST_CONFIGS = ("pytest.ini", "pyproject.toml", "setup.cfg", "tox.ini")
@@ -87,16 +87,6 @@ def _kept(out: Path, junit: Path) -> bool:
     return True
 
 
-@dataclass(frozen=True)
-class SetupCommand:
-    """A project's setup command, run once per workspace into an environment of its own at
-    `root` before its first test run (activities/testing/environment.py)."""
-
-    command: str
-    root: Path
-    network: bool = False
-
-
 async def run_command(
     repo: Path,
     runs: Path,
@@ -104,25 +94,42 @@ async def run_command(
     command: str,
     limits: Limits,
     beat: Callable[[str], None] | None = None,
-    setup: SetupCommand | None = None,
+    request: environment.Request | None = None,
 ) -> TestReport:
-    """Run the test command in `repo` (after the setup command, if there is one and it has
-    not run yet); reports and logs go to `runs` as `<name>.xml|.log`. `runs` is the worker's:
-    the run writes its report in a new folder of its own, which the worker reads and removes."""
+    """Run the test command in `repo`, in the project's own environment (made first if it is
+    not yet, activities/testing/environment.py); reports and logs go to `runs` as
+    `<name>.xml|.log`. `runs` is the worker's: the run writes its report in a new folder of
+    its own, which the worker reads and removes. No `request`: the worker's own interpreter
+    (a static check's run, never a project's tests)."""
+    made = None
+    if request is not None:
+        made = await environment.prepare(repo, request, limits=limits, scratch=runs, beat=beat)
+    return await run_in(repo, runs, name, command, limits, beat, made)
+
+
+async def run_in(
+    repo: Path,
+    runs: Path,
+    name: str,
+    command: str,
+    limits: Limits,
+    beat: Callable[[str], None] | None,
+    made: environment.Made | None,
+) -> TestReport:
+    """The test command in `repo` with the environment `made` (see run_command)."""
     junit, log = runs / f"junit-{name}.xml", runs / f"pytest-{name}.log"
     await asyncio.to_thread(runs.mkdir, parents=True, exist_ok=True)
-    python, venv, ready = sys.executable, None, ""
-    if setup is not None:
-        made = await environment.prepare(
-            repo, setup.root, setup.command, limits=limits, network=setup.network, beat=beat,
-            scratch=runs,
-        )  # fmt: skip
+    python, venv, ready, variables = sys.executable, None, "", {}
+    if made is not None:
         ready = made.describe()
         if not made.ok:
-            assert made.run is not None
-            await asyncio.to_thread(_write_log, log, made.run.output)
+            output = made.run.output if made.run is not None else made.problem
+            await asyncio.to_thread(_write_log, log, output)
             return _setup_failed(command, made, log)
-        python, venv = str(made.environment.python), setup.root
+        env = made.environment
+        python, venv = str(env.python), env.root
+        if path := await asyncio.to_thread(env.pythonpath, repo):
+            variables["PYTHONPATH"] = path
     out = await asyncio.to_thread(paths.fresh, runs, f"{name}-")
     try:
         argv = await asyncio.to_thread(_argv, repo, out, command, python)
@@ -135,12 +142,25 @@ async def run_command(
             writable=[out],
             readonly=[venv] if venv else [],
             venv=venv,
+            env=variables,
         )
         await asyncio.to_thread(_kept, out, junit)
     finally:
         await asyncio.to_thread(paths.remove_tree, out)
     await asyncio.to_thread(_write_log, log, run.output)
-    tests, failures = await asyncio.to_thread(parse_junit, junit)
+    cases = await asyncio.to_thread(_cases, junit)
+    failures = [
+        TestFailure(test=case.name, message=case.message, error=case.status == "error")
+        for case in cases
+        if case.message is not None
+    ]
+    tests = sum(1 for case in cases if case.status != "skipped")
+    counts = TestCounts(
+        passed=sum(1 for case in cases if case.status == "passed"),
+        failed=sum(1 for case in cases if case.status == "failure"),
+        errors=sum(1 for case in cases if case.status == "error"),
+        skipped=sum(1 for case in cases if case.status == "skipped"),
+    )
     pytest = _pytest_args(command) is not None
     if run.timed_out:
         failures.insert(
@@ -171,7 +191,7 @@ async def run_command(
         )
     passed = not failures and run.ok and (tests > 0 or not pytest)
     summary = (
-        f"{tests - _failed_tests(failures)} of {tests} tests passed in {run.seconds:.1f}s."
+        f"{counts.passed} of {tests} tests passed in {run.seconds:.1f}s."
         if pytest
         else f"`{command}` exited {run.returncode} in {run.seconds:.1f}s."
     )
@@ -183,28 +203,46 @@ async def run_command(
         tests_run=tests,
         failures=failures[:MAX_FAILURES],
         timed_out=run.timed_out,
-        junit=str(junit) if tests else None,
+        junit=str(junit) if cases else None,
         log=str(log),
         command=command,
         sandbox=run.sandbox,
         setup=ready,
+        counts=counts,
     )
 
 
-def _setup_failed(command: str, made: environment.Setup, log: Path) -> TestReport:
-    """The report of a test run that did not start: its setup command failed."""
-    assert made.run is not None
+SETUP_HELP = (
+    "This is the project's environment, not its code: no Code Writer attempt follows. What "
+    "changes it: SANDBOX_SETUP_NETWORK=true on the worker (its setup then reaches the package "
+    "index through the worker), the project's setup command (`starter.py project add ID REPO "
+    "--setup-command '...'`, for new builds), or the package index the worker's pip is "
+    "configured with."
+)
+
+
+def _setup_failed(command: str, made: environment.Made, log: Path) -> TestReport:
+    """The report of a test run that did not start: its environment could not be made."""
     what = made.describe()
+    if made.run is not None:
+        network = "" if "host's network" in made.run.sandbox else "\nIt ran without network."
+        cause = (
+            f"{setup_cause(made.run.output)}\n--- the end of its output ---\n"
+            f"{_tail(made.run.output)}{network}"
+        )
+    else:
+        cause = made.problem
     return TestReport(
         passed=False,
-        summary=f"The setup command failed, so no tests ran: {what}.",
+        summary=f"The project's environment could not be made, so no tests ran: {what}.",
         tests_run=0,
-        failures=[TestFailure(test=RUN, message=f"setup {what}: {setup_cause(made.run.output)}")],
-        timed_out=made.run.timed_out,
+        failures=[TestFailure(test=RUN, message=f"setup: {what}:\n{cause}\n{SETUP_HELP}")],
+        timed_out=made.run.timed_out if made.run is not None else False,
         log=str(log),
         command=command,
-        sandbox=made.run.sandbox,
+        sandbox=made.run.sandbox if made.run is not None else "",
         setup=what,
+        setup_failed=True,
     )
 
 
@@ -214,14 +252,11 @@ async def run_tests(
     limits: Limits,
     beat: Callable[[str], None] | None = None,
     command: str = DEFAULT_COMMAND,
-    setup: str = "",
-    network: bool = False,
+    request: environment.Request | None = None,
 ) -> TestReport:
-    """The test command on the workspace's checked-out commit; a setup command prepares the
-    workspace's environment first (once)."""
-    prepared = SetupCommand(setup, ws.env, network) if setup.strip() else None
+    """The test command on the workspace's checked-out commit, in the project's environment."""
     name = f"testing-{attempt}"
-    return await run_command(ws.repo, ws.runs, name, command, limits, beat, prepared)
+    return await run_command(ws.repo, ws.runs, name, command, limits, beat, request)
 
 
 async def baseline(
@@ -231,36 +266,38 @@ async def baseline(
     command: str,
     limits: Limits,
     beat: Callable[[str], None] | None = None,
-    setup: str = "",
-    network: bool = False,
+    request: environment.Request | None = None,
 ) -> Baseline:
-    """The test command's results on `base`, run once per base commit and command (cached in
-    `cache`), in a worktree of its own beside the build's, with an environment of its own if
-    the project has a setup command (an editable install of the build's tree would test the
-    build's code, not the base's)."""
-    key = cache / f"{base}-{_digest(command, setup)}.json"
-    if cached := await asyncio.to_thread(_read, key):
-        return cached
-    tree = await asyncio.to_thread(ws.add_worktree, base, "baseline")
-    env = tree.with_name(f"{tree.name}-env")
+    """The test command's results on `base`, run once per base commit, command and
+    environment (cached in `cache`), in a checkout of its own with its git data (a project
+    versioned from its tags builds there too) and the environment of the base's own
+    dependency files."""
+    tree = await asyncio.to_thread(ws.clone_at, base, "baseline")
     try:
+        made = None
+        if request is not None:
+            made = await environment.prepare(
+                tree, request, limits=limits, scratch=ws.runs, beat=beat
+            )
+        made_key = made.environment.key if made is not None and made.ok else "none"
+        key = cache / f"{base}-{_digest(command, made_key)}.json"
+        if cached := await asyncio.to_thread(_read, key):
+            return cached
         name = f"baseline-{base[:12]}"
-        prepared = SetupCommand(setup, env, network) if setup.strip() else None
-        report = await run_command(tree, ws.runs, name, command, limits, beat, prepared)
+        report = await run_in(tree, ws.runs, name, command, limits, beat, made)
         junit = ws.runs / f"junit-{name}.xml"
         passed = await asyncio.to_thread(passed_tests, junit)
+        failed = await asyncio.to_thread(failed_tests, junit)
     finally:
-        await asyncio.to_thread(ws.drop_worktree, tree)
-        await asyncio.to_thread(environment.remove, env)
-    result = Baseline(commit=base, report=report, passed=sorted(passed))
-    if not report.timed_out:  # a slow machine's timeout says nothing about the base
+        await asyncio.to_thread(paths.remove_tree, tree)
+    result = Baseline(commit=base, report=report, passed=sorted(passed), failed=sorted(failed))
+    if not report.timed_out and not report.setup_failed:  # neither says anything of the base
         await asyncio.to_thread(_write, key, result)
     return result
 
 
-def _digest(command: str, setup: str) -> str:
-    key = command if not setup.strip() else f"{command}\n{setup}"
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
+def _digest(command: str, environment_key: str) -> str:
+    return hashlib.sha256(f"{command}\n{environment_key}".encode()).hexdigest()[:12]
 
 
 def _read(key: Path) -> Baseline | None:
@@ -275,39 +312,71 @@ def _write(key: Path, result: Baseline) -> None:
 
 
 class Baseline(BaseModel):
-    """A run of the test command on a build's base: its report, and the tests that passed."""
+    """A run of the test command on a build's base: its report, and the tests that passed and
+    those that failed or errored there (all of them, not only the report's first few)."""
 
     commit: str
     report: TestReport
     passed: list[str]
+    failed: list[str] = []
+
+
+def _meaning(failure: TestFailure) -> str:
+    """What a failure of the run itself was (its message up to the first colon)."""
+    return failure.message.split(":", 1)[0]
 
 
 def compare(report: TestReport, base: Baseline) -> TestReport:
     """The build's report with the failures that were there on the base already set apart
-    (they do not fail the build), and each test that passed on the base and fails now named
-    a regression."""
-    failed_before = {f.test for f in base.report.failures if f.test != RUN}
+    (they do not fail the build, and they are counted as pre-existing, not as passed), and
+    each test that passed on the base and fails now named a regression. A failure of the run
+    itself (collection interrupted, pytest's usage) that the base's run had too is
+    pre-existing as well. Blocking: it reads the run's whole report."""
+    if base.report.setup_failed:
+        why = "no baseline: the base's environment could not be made"
+        return report.model_copy(update={"baseline": f"{base.commit[:10]}: {why}"})
+    failed_before = set(base.failed) or {f.test for f in base.report.failures if f.test != RUN}
+    run_before = {_meaning(f) for f in base.report.failures if f.test == RUN}
     passed_before = set(base.passed)
-    pre = [f for f in report.failures if f.test in failed_before]
-    own = [f for f in report.failures if f.test not in failed_before]
+    everything = all_failures(Path(report.junit)) if report.junit else []
+    if not everything:
+        everything = [f for f in report.failures if f.test != RUN]
+    everything += [f for f in report.failures if f.test == RUN]
+
+    def earlier(failure: TestFailure) -> bool:
+        if failure.test == RUN:
+            return _meaning(failure) in run_before
+        return failure.test in failed_before
+
+    pre = [f for f in everything if earlier(f)]
+    own = [f for f in everything if not earlier(f)]
     regressions = []
     for failure in own:
         if failure.test in passed_before:
             failure.message = f"regression (it passed on the base): {failure.message}"
             regressions.append(failure.test)
+    counted = [f for f in pre if f.test != RUN]
+    counts = report.counts.model_copy(
+        update={
+            "failed": sum(1 for f in own if f.test != RUN and not f.error),
+            "errors": sum(1 for f in own if f.test != RUN and f.error),
+            "pre_existing": len(counted),
+        }
+    )
     summary = report.summary
     if pre:
-        summary += f" {len(pre)} failed on the base already (not counted)."
+        summary += f" {len(counted)} failed on the base already (pre-existing, not counted)."
     if regressions:
         summary += f" {len(regressions)} regressed: {', '.join(regressions[:5])}."
     return report.model_copy(
         update={
             "passed": not own and report.tests_run > 0 and not report.timed_out,
-            "failures": own,
-            "pre_existing": pre,
+            "failures": own[:MAX_FAILURES],
+            "pre_existing": pre[:MAX_FAILURES],
             "regressions": regressions,
             "summary": summary,
             "baseline": f"{base.commit[:10]}: {base.report.summary}",
+            "counts": counts,
         }
     )
 
@@ -316,42 +385,64 @@ def is_pytest(command: str) -> bool:
     return _pytest_args(command) is not None
 
 
+@dataclass(frozen=True)
+class Case:
+    """One test case of a JUnit report: its node id, how it ended, and why (None: passed or
+    skipped)."""
+
+    name: str
+    status: str  # passed, failure, error, skipped
+    message: str | None = None
+
+
+def all_failures(path: Path) -> list[TestFailure]:
+    """One TestFailure per failed or erroring test case of the report at `path`."""
+    return [
+        TestFailure(test=c.name, message=c.message, error=c.status == "error")
+        for c in _cases(path)
+        if c.message is not None
+    ]
+
+
 def parse_junit(path: Path) -> tuple[int, list[TestFailure]]:
-    """Tests run, and one TestFailure per failed or erroring test case."""
-    cases = _cases(path)
-    failures = [TestFailure(test=name, message=message) for name, message in cases if message]
-    return len(cases), failures
+    """Tests run (not skipped), and one TestFailure per failed or erroring test case."""
+    return sum(1 for c in _cases(path) if c.status != "skipped"), all_failures(path)
 
 
 def passed_tests(path: Path) -> set[str]:
-    return {name for name, message in _cases(path) if message is None}
+    return {c.name for c in _cases(path) if c.status == "passed"}
 
 
-def _cases(path: Path) -> list[tuple[str, str | None]]:
-    """Each test case that ran: its name, and its failure's message (None: it passed)."""
+def failed_tests(path: Path) -> set[str]:
+    return {c.name for c in _cases(path) if c.message is not None}
+
+
+def _cases(path: Path) -> list[Case]:
+    """Each test case of the report."""
     if not path.exists():
         return []
     try:
         root = ElementTree.parse(path).getroot()
     except ElementTree.ParseError:
         return []
-    cases: list[tuple[str, str | None]] = []
+    cases: list[Case] = []
     for case in root.iter("testcase"):
-        if case.find("skipped") is not None:
-            continue
         name = f"{case.get('classname', '')}::{case.get('name', '')}".strip(":")
-        problem = case.find("failure")
+        if case.find("skipped") is not None:
+            cases.append(Case(name, "skipped"))
+            continue
+        problem, status = case.find("failure"), "failure"
         if problem is None:
-            problem = case.find("error")
+            problem, status = case.find("error"), "error"
         if problem is None:
-            cases.append((name, None))
-        else:
-            text = (problem.text or "").strip()
-            message = problem.get("message") or text or "failed"
-            if message == "collection failure":  # pytest's words alone: say why
-                errors = [line[1:].strip() for line in text.splitlines() if line.startswith("E ")]
-                message = f"{message}: {errors[-1] if errors else _last(text, 1)}"
-            cases.append((name, message[:MESSAGE_CHARS]))
+            cases.append(Case(name, "passed"))
+            continue
+        text = (problem.text or "").strip()
+        message = problem.get("message") or text or "failed"
+        if message == "collection failure":  # pytest's words alone: say why
+            errors = [line[1:].strip() for line in text.splitlines() if line.startswith("E ")]
+            message = f"{message}: {errors[-1] if errors else _last(text, 1)}"
+        cases.append(Case(name, status, message[:MESSAGE_CHARS]))
     return cases
 
 
@@ -376,8 +467,12 @@ def setup_cause(output: str) -> str:
     return cause[:MESSAGE_CHARS] if cause else _last(output)
 
 
-def _failed_tests(failures: list[TestFailure]) -> int:
-    return sum(1 for f in failures if f.test != RUN)
+SETUP_TAIL_CHARS = 2000
+
+
+def _tail(output: str, lines: int = 20) -> str:
+    """The end of a setup's output, whole lines (what pip said last is why it stopped)."""
+    return "\n".join(output.strip().splitlines()[-lines:])[-SETUP_TAIL_CHARS:]
 
 
 def _last(output: str, lines: int = 5) -> str:
