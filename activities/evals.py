@@ -28,7 +28,8 @@ from activities.testing.testrun import run_command
 from core.contracts import EVAL_REPORT, RUN_ACCEPTANCE, Failure
 from core.evals import CaseResult, EvalReport, EvalReportTask, case_result, report
 from core.evaluation import Acceptance
-from core.role_io import RUN, AcceptanceTask, TestFailure
+from core.reports import RUN, TestFailure
+from core.role_io import AcceptanceTask
 from core.settings import Settings
 from db.scores import score_of
 

@@ -26,7 +26,8 @@ from activities.repository.workspace import AttemptRefused, CommitMissing, Remot
 from activities.sandbox.runs import Limits
 from activities.testing import environment
 from activities.testing.checks import introduced_since, static_checks
-from activities.testing.testrun import DEFAULT_COMMAND, baseline, compare, is_pytest, run_tests
+from activities.testing.results import compare
+from activities.testing.testrun import DEFAULT_COMMAND, baseline, is_pytest, run_tests
 from core.contracts import (
     CODE_WRITER,
     OPEN_WORKSPACE,
@@ -40,6 +41,7 @@ from core.contracts import (
 from core.models import Simulation
 from core.projects import ProjectConfig
 from core.releases import Released, RestoreResult, RestoreTask
+from core.reports import EMPTY_CHANGE, RUN, TestAudit, TestFailure, TestReport, TestRun
 from core.reruns import scratch_project
 from core.role_io import (
     CodeWriterResult,
@@ -55,9 +57,7 @@ from core.role_io import (
     RoleContext,
     RoleResult,
     RoleTask,
-    TestAudit,
     TestAuditorResult,
-    TestRun,
     VerificationOutcome,
     VerificationReport,
     VerificationResult,
@@ -166,15 +166,14 @@ class RoleActivities:
         title = output.summary.strip().splitlines()[0][:120] if output.summary.strip() else ""
         message = f"implementation attempt {task.attempt}: {title}".strip(": ")
 
-        def write() -> tuple[str, Any, bool]:
+        def write() -> tuple[str, Any]:
             ws.checkout(task.head)  # a retry or a rollback starts from what the workflow holds
             if merge_with:
                 ws.start_merge(merge_with)
-            commit, refs = ws.write(output.files, message, output.edits)
-            return commit, refs, ws.changes(task.base, commit)
+            return ws.write(output.files, message, output.edits)
 
         try:
-            commit, refs, changed = await in_thread("writing files", write)
+            commit, refs = await in_thread("writing files", write)
         except AttemptRefused as err:
             raise ApplicationError(
                 f"the Code Writer's files were refused, nothing was written: {err}",
@@ -182,11 +181,7 @@ class RoleActivities:
                 non_retryable=True,
             ) from err
         summary = ImplementationSummary(
-            summary=output.summary[:2000],
-            files=refs,
-            commit=commit,
-            workspace=str(ws.repo),
-            changed=changed,
+            summary=output.summary[:2000], files=refs, commit=commit, workspace=str(ws.repo)
         )
         return CodeWriterResult(output=summary, usage=usage)
 
@@ -216,6 +211,14 @@ class RoleActivities:
         ws = self.workspace(task.build_id, task.project)
         commit = await in_thread("checkout", ws.checkout, task.head)
         command = task.project.test_command if task.project else DEFAULT_COMMAND
+        if task.project is not None and not await in_thread(
+            "diff", ws.changes, task.base, commit
+        ):  # nothing to test, nothing to release: the Code Writer is told, then a person
+            empty = TestReport(
+                passed=False, summary=EMPTY_CHANGE, tests_run=0, commit=commit, empty=True,
+                command=command, failures=[TestFailure(test=RUN, message=EMPTY_CHANGE)],
+            )  # fmt: skip
+            return TestAuditorResult(output=empty, usage=self._no_call(task))
         request = self.environment_request(task.project_id, task.project)
         report = await run_tests(ws, task.attempt, self.limits, _beat, command, request)
         measured = task.project is not None and task.base not in (None, commit)
@@ -295,10 +298,12 @@ class RoleActivities:
             await in_thread(
                 "teammate", pushes.simulate_teammate, ws, task.base, head, task.build_id
             )
+        made = await self._environment(ws, task.project_id, project)
+        env = made.environment if made.ok else None
         outcome = await landing.land(
             ws, self.releases, task.project_id, head, task.bump,
             project.smoke_command or task.context.smoke_command(),
-            await self._environment(ws, task.project_id, project), project.version_scheme,
+            env.root if env else None, project.version_scheme, env.roots if env else (),
         )  # fmt: skip
         if not isinstance(outcome, Released):
             return ReleaseResult(output=outcome, usage=self._no_call(task))
@@ -323,14 +328,13 @@ class RoleActivities:
 
     async def _environment(
         self, ws: Workspace, project_id: str, project: ProjectConfig
-    ) -> Path | None:
+    ) -> environment.Made:
         """The project's environment for the smoke check (found made by its test runs, or made
-        again on a worker that has none); None if it cannot be made."""
+        again on a worker that has none)."""
         request = self.environment_request(project_id, project)
-        made = await environment.prepare(
+        return await environment.prepare(
             ws.repo, request, limits=self.limits, beat=_beat, scratch=ws.runs
         )
-        return made.environment.root if made.ok else None
 
     async def _push_branch(self, task: RoleTask, ws: Workspace, head: str) -> ReleaseResult:
         """`branch` delivery: the build's branch in the project's repository, for a person."""

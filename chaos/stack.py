@@ -165,11 +165,14 @@ class Stack:
             pending.cancel()
 
     def request(self, max_attempts: int = 10, heartbeat_seconds: float = 10) -> BuildRequest:
+        build_id = f"c{uuid.uuid4().hex[:12]}"
         return BuildRequest(
             project_id="chaos",
-            build_id=f"c{uuid.uuid4().hex[:12]}",
+            build_id=build_id,
             user_id="chaos",
-            requirements={"feature": "Dark mode", "priority": "high"},
+            # A feature of its own per build: the same change twice would be an empty one,
+            # which is never released.
+            requirements={"feature": f"Dark mode {build_id}", "priority": "high"},
             # A dead worker's call is retried after 10 s of silence (default 30 s). Shorter is
             # not safe on 2 cores running 50 builds' tests: the SDK sends heartbeats at most every
             # 0.8 x this, and a loaded machine delays them past it.

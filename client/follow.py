@@ -17,6 +17,7 @@ from temporalio.service import RPCError
 from client.errors import NoAnswer
 from client.model_output import Lines, model_output
 from core.models import BuildEvent, BuildStatus
+from core.reports import ENVIRONMENT_FAILED
 from core.states import BuildState
 from workflows.build import BuildWorkflow
 
@@ -140,6 +141,13 @@ def status_tables(status: BuildStatus) -> list[Table]:
 def next_command(status: BuildStatus) -> str | None:
     """What to type for a build that waits for a person (None: it needs no one)."""
     build = status.build_id
+    if status.state is BuildState.NEEDS_ATTENTION and ENVIRONMENT_FAILED in (
+        status.waiting_for or ""
+    ):
+        return (
+            f"fix the project's environment (see waiting_for), then starter.py rollback "
+            f"{build} --to testing -m 'why', or starter.py abort {build} -m 'why'"
+        )
     if status.state is BuildState.NEEDS_ATTENTION:
         return (
             f"starter.py retry {build} -m 'guidance for the Code Writer', or "

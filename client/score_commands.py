@@ -66,7 +66,10 @@ def comparison(cards: list[ScoreCard]) -> list[tuple[str, list[str]]]:
         ("loop-backs", [str(sum(card.loop_backs.values())) for card in cards]),
         *((f"  {reason}", [str(card.loop_backs.get(reason, 0)) for card in cards])
           for reason in reasons),
-        ("tests passed / failed", [f"{t.passed} / {t.failed}" if t else "-" for t in tests]),
+        ("tests run", [f"{t.run:,}" if t else "-" for t in tests]),
+        ("tests passed / failed", [f"{t.passed:,} / {t.failed:,}" if t else "-" for t in tests]),
+        ("tests pre-existing", [f"{t.pre_existing:,}" if t else "-" for t in tests]),
+        ("tests errors / skipped", [f"{t.errors:,} / {t.skipped:,}" if t else "-" for t in tests]),
         ("tests regressed", [str(t.regressed) if t else "-" for t in tests]),
         *([("hidden tests passed / run", [_hidden(card) for card in cards])]
           if any(card.acceptance for card in cards) else []),

@@ -315,7 +315,9 @@ class BuildStatus(BaseModel):
     cost_usd: float = 0.0
     repository: BuildRepository | None = None  # None: a build without a project repository
     sandbox: str | None = None  # how the last test run was confined, and its limits
-    setup: str | None = None  # the project's setup command's run before it (None: no setup)
+    # The project's environment of the last test run: what made it, made now or reused.
+    setup: str | None = None
+    tests: str | None = None  # the last test run's counts: run, passed, failed, pre-existing...
     # The model call in flight: "code_writer: 1,240 tokens so far, 38 tok/s" (workflows/stream.py)
     model_now: str | None = None
     rerun_of: str | None = None  # the build this one re-runs (core/reruns.py)

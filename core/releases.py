@@ -43,6 +43,8 @@ class SmokeFailed(_Delivery):
     path: str | None = None
     previous: str | None = None
     restored: bool = False
+    # Not delivered because it would change nothing on the project's branch (no smoke ran).
+    empty: bool = False
 
 
 class Retest(_Delivery):

@@ -15,15 +15,14 @@ from typing import Any
 from core.build_data import BuildData, Command
 from core.models import BuildRequest
 from core.releases import Conflict, RestoreTask, Retest, SmokeFailed
+from core.reports import EMPTY_CHANGE, ENVIRONMENT_FAILED, TestReport
 from core.reruns import Replay
 from core.role_io import (
     Feedback,
-    ImplementationSummary,
     Merge,
     RoleContext,
     RoleOutput,
     RoleTask,
-    TestReport,
     VerificationOutcome,
 )
 from core.states import (
@@ -290,14 +289,11 @@ def verdict(state: BuildState, output: RoleOutput) -> Verdict:
     match output:
         case TestReport(setup_failed=True):
             feedback = Feedback(failures=list(output.failures))
-            return Verdict(None, "environment failed", feedback, output.summary, person=True)
-        case ImplementationSummary(changed=False):
-            error = (
-                "the change is empty: the build's tree is the same as its base's; write the "
-                "change the requirements ask for"
-            )
-            return Verdict(None, "empty change", Feedback(error=error), output.summary,
-                           failure_signature(Feedback(reasons=[error])))  # fmt: skip
+            return Verdict(None, ENVIRONMENT_FAILED, feedback, output.summary,
+                           failure_signature(feedback), person=True)  # fmt: skip
+        case TestReport(empty=True) | SmokeFailed(empty=True):
+            return Verdict(None, "empty change", Feedback(error=EMPTY_CHANGE), output.summary,
+                           failure_signature(Feedback(reasons=[EMPTY_CHANGE])))  # fmt: skip
         case TestReport(passed=False):
             feedback = Feedback(failures=list(output.failures))
             return Verdict(None, "tests failed", feedback, output.summary,
@@ -317,6 +313,23 @@ def verdict(state: BuildState, output: RoleOutput) -> Verdict:
     if next_state is None:
         raise ValueError(f"{state.value} is not a working state")
     return Verdict(next_state)
+
+
+def attention(verdict: Verdict, state: BuildState, build_id: str) -> tuple[str, str]:
+    """What a build that waits for a person after `verdict` says, and the failure kind it ends
+    with if nobody answers: a failure that repeated; or one that is not the code's, with its
+    whole cause and the command that runs the state again."""
+    first = first_reason(verdict.feedback) or verdict.summary
+    if not verdict.person:
+        return f"{verdict.why} twice the same way at {state.value}: {first}", (
+            f"non-converging: {verdict.why}"
+        )
+    failures = verdict.feedback.failures or []
+    return (
+        f"{verdict.why} at {state.value}: {failures[0].message if failures else first}\n"
+        f"Then `starter.py rollback {build_id} --to {state.value}` runs it again, or "
+        f"`starter.py abort {build_id}` ends the build."
+    ), verdict.why
 
 
 def aborting(data: BuildData) -> bool:

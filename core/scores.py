@@ -15,8 +15,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from core.evaluation import Acceptance
 from core.models import EventType
+from core.reports import RUN, TestReport
 from core.reruns import Rerun
-from core.role_io import RUN, TestReport
 from core.states import TERMINAL, BuildState
 
 
@@ -64,9 +64,11 @@ class RoleScore(BaseModel):
 
 
 class TestScore(BaseModel):
-    """The build's last test run: tests that ran, passed and failed, the failures that passed
-    on the build's base (regressions) and those already failing there, and whether the run
-    itself failed (it hung, crashed or ran out of memory)."""
+    """The build's last test run, each case counted once (run = passed + failed + errors +
+    pre_existing; skipped beside them): failed and errors are the build's own, pre-existing
+    failed on its base already; the regressions among its own failures (they passed on the
+    base), and whether the run itself failed (it hung, crashed, ran out of memory, or its
+    environment could not be made)."""
 
     __test__: ClassVar[bool] = False  # not a pytest class
 
@@ -76,6 +78,9 @@ class TestScore(BaseModel):
     regressed: int
     pre_existing: int
     run_failed: bool
+    errors: int = 0
+    skipped: int = 0
+    environment: str = ""  # what made the run's environment, made then or reused
 
 
 class ScoreCard(BaseModel):
@@ -123,14 +128,23 @@ def _tests(output: Any) -> TestScore | None:
         report = TestReport.model_validate(output)
     except ValidationError:  # a row written by another version: no tests on the card
         return None
-    failed = sum(1 for f in report.failures if f.test != RUN)
+    counts = report.counts
+    if counts.run + counts.skipped == 0 and report.tests_run:  # a report without its counts
+        failed = sum(1 for f in report.failures if f.test != RUN)
+        counts = counts.model_copy(
+            update={"passed": max(report.tests_run - failed - len(report.pre_existing), 0),
+                    "failed": failed, "pre_existing": len(report.pre_existing)}
+        )  # fmt: skip
     return TestScore(
-        run=report.tests_run,
-        passed=max(report.tests_run - failed, 0),
-        failed=failed,
+        run=counts.run,
+        passed=counts.passed,
+        failed=counts.failed,
+        errors=counts.errors,
+        skipped=counts.skipped,
         regressed=len(report.regressions),
-        pre_existing=len(report.pre_existing),
+        pre_existing=counts.pre_existing,
         run_failed=any(f.test == RUN for f in report.failures),
+        environment=report.setup,
     )
 
 

@@ -14,7 +14,7 @@ from core.models import (
     workflow_id_for,
 )
 from core.projects import redact
-from core.role_io import TestReport
+from core.reports import ENVIRONMENT_FAILED, TestReport
 from core.states import TERMINAL, BuildState, progress_of, role_of
 
 S = BuildState
@@ -22,6 +22,8 @@ S = BuildState
 
 def waiting_for(data: BuildData) -> str | None:
     if data.state is S.NEEDS_ATTENTION:
+        if (data.attention or "").startswith(ENVIRONMENT_FAILED):  # the text says what to do
+            return f"a person: {data.attention}"
         return f"a person: {data.attention} (retry with guidance, rollback or abort)"
     if data.state is S.BUDGET_EXHAUSTED:
         return f"a budget top-up ({data.budget.problem() or 'topped up'})"
@@ -89,6 +91,7 @@ def status(
         repository=repository(data),
         sandbox=(tested.sandbox or None) if tested else None,
         setup=(tested.setup or None) if tested else None,
+        tests=tested.counts.line() if tested and not tested.setup_failed else None,
         model_now=model_now if data.state not in TERMINAL else None,
         rerun_of=rerun.original if (rerun := request.options.rerun) else None,
         live_roles=rerun.live_roles() if rerun else [],
@@ -121,7 +124,9 @@ def current_details(status: BuildStatus, namespace: str = "default") -> str:
     if status.sandbox:
         lines.append(f"**Sandbox of the last test run:** {status.sandbox}")
     if status.setup:
-        lines.append(f"**Setup command:** {status.setup}")
+        lines.append(f"**Environment:** {status.setup}")
+    if status.tests:
+        lines.append(f"**Tests:** {status.tests}")
     if status.last_error:
         lines.append(f"**Last error:** {status.last_error}")
     return "\n\n".join(lines)

@@ -11,7 +11,8 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 
 from core.messages import AbortRequest, RetryRequest, RollbackRequest
 from core.models import EventType
-from core.role_io import Feedback, TestFailure
+from core.reports import TestFailure
+from core.role_io import Feedback
 from core.rules import failure_signature
 from core.settings import Settings
 from core.states import BuildState

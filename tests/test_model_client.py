@@ -12,7 +12,8 @@ from temporalio.exceptions import ApplicationError
 from activities.model.llm import ModelClient
 from activities.model.offline import SIMULATE_HEADER, slug
 from activities.model.wire import retry_after
-from core.role_io import RoleTask, TestReport
+from core.reports import TestReport
+from core.role_io import RoleTask
 from core.settings import Settings
 from core.states import BuildState, Role
 from tests.helpers import model_client_with

@@ -15,7 +15,8 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.model.llm import ModelClient
 from core.models import EventType
-from core.role_io import RoleTask, TestAudit
+from core.reports import TestAudit
+from core.role_io import RoleTask
 from core.settings import RoleModel, Settings
 from core.states import BuildState, Role
 from tests.fake_openai import FakeOpenAI, Fault

@@ -23,7 +23,7 @@ from client.projects import (
     put_project,
 )
 from core import views
-from core.messages import ApproveRequest
+from core.messages import AbortRequest, ApproveRequest
 from core.models import BuildResult, EventType
 from core.projects import ProjectConfig
 from core.settings import Settings
@@ -366,5 +366,48 @@ async def test_a_project_with_a_setup_command_builds_with_what_it_installs(
     assert result.state is S.COMPLETE and result.release["version"] == "v0.1.0"
     assert result.loop_backs == 0  # its tests passed at the first run
     status = await status_of(handle)
-    assert status.setup is not None and status.setup.startswith(f"`{INSTALL}` exited 0")
-    assert f"**Setup command:** {status.setup}" in views.current_details(status)
+    assert status.setup is not None and f"the setup command `{INSTALL}`: made in" in status.setup
+    assert f"**Environment:** {status.setup}" in views.current_details(status)
+    assert status.tests is not None
+    run = status.tests.split(" run:")[0]
+    assert status.tests == f"{run} run: {run} passed, 0 failed, 0 pre-existing, 0 errors, 0 skipped"
+    # The next build of the unchanged project runs no setup: its environment is reused.
+    second = await start(client, worker, make_request({"feature": "Audit log"}, project=project))
+    assert (await finish(second)).state is S.COMPLETE
+    events = await second.query(BuildWorkflow.event_log, 0)
+    tested = [e.data for e in events if e.event_type is EventType.ROLE_CALL
+              and e.data.get("environment")]  # fmt: skip
+    assert tested and tested[0]["environment"].endswith("reused (no setup ran)"), tested
+    counts = tested[0]["tests"]
+    assert counts["run"] == counts["passed"] > 0 and counts["failed"] == counts["errors"] == 0
+
+
+async def test_a_setup_that_fails_waits_for_a_person_and_no_code_writer_follows(
+    client: Client, worker: Settings, tmp_path: Path
+) -> None:
+    """The environment's failure is not the code's: the build asks a person at once, with the
+    setup's own words and what changes it, and the Code Writer is not called again."""
+    project = new_id()
+    remote = make_project(tmp_path)
+    broken = "echo 'ERROR: No matching distribution found for flit_core>=3.11' >&2; exit 1"
+    config = ProjectConfig(repository=str(remote), setup_command=broken)
+    await put_project(client, worker, project, config)
+    handle = await start(client, worker, make_request(project=project))
+    status = await wait_until(handle, lambda s: s.state is S.NEEDS_ATTENTION, seconds=60)
+    assert status.waiting_for is not None and "environment failed at testing" in status.waiting_for
+    for said in ("No matching distribution found for flit_core", "SANDBOX_SETUP_NETWORK",
+                 f"starter.py rollback {status.build_id} --to testing"):  # fmt: skip
+        assert said in status.waiting_for, said
+    assert status.tests is None and status.attempts.get("implementation") == 1
+    await handle.execute_update(
+        BuildWorkflow.update_abort, AbortRequest(reason="fix the index", requested_by="ana")
+    )
+    with pytest.raises(WorkflowFailureError):
+        await finish(handle)
+    events = await handle.query(BuildWorkflow.event_log, 0)
+    writers = [
+        e for e in events if e.event_type is EventType.ROLE_CALL and e.triggered_by == "code_writer"
+    ]
+    assert len(writers) == 1
+    attention = [e for e in events if e.event_type is EventType.NEEDS_ATTENTION]
+    assert attention and attention[0].data["reason"] == "environment failed"

@@ -11,6 +11,7 @@ from core import rules, views
 from core.build_data import BuildData, CodeState, Command, Pending, Steering
 from core.models import BuildOptions, BuildRequest
 from core.releases import Conflict, Released, ReleaseOutcome, Retest, SmokeFailed
+from core.reports import TestFailure, TestReport
 from core.role_io import (
     DiscoveryOutput,
     Feedback,
@@ -18,8 +19,6 @@ from core.role_io import (
     Merge,
     PlanOutput,
     RoleContext,
-    TestFailure,
-    TestReport,
     VerificationOutcome,
 )
 from core.rules import Verdict

@@ -30,8 +30,9 @@ from activities.repository.gitcmd import git
 from activities.sandbox import cgroups, isolation, landlock
 from activities.sandbox.policy import Policy
 from activities.sandbox.runs import Limits
-from activities.testing.testrun import passed_tests, run_command
-from core.role_io import TestReport
+from activities.testing.results import passed_tests
+from activities.testing.testrun import run_command
+from core.reports import TestReport
 from core.settings import Settings
 
 HOSTILE = Path(__file__).with_name("hostile_suite.py")

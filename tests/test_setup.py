@@ -17,10 +17,12 @@ from activities.repository.gitcmd import git
 from activities.repository.workspace import Remote, Workspace
 from activities.sandbox import isolation
 from activities.sandbox.runs import Limits
-from activities.testing import environment
-from activities.testing.testrun import baseline, compare, run_tests
+from activities.testing import declared, environment
+from activities.testing.results import Baseline, compare
+from activities.testing.testrun import baseline, run_tests
 from core.projects import ProjectConfig
-from core.role_io import RUN, SourceFile, TestReport
+from core.reports import RUN, TestReport
+from core.role_io import SourceFile
 from tests.git_projects import commit_files, make_project
 
 LIMITS = Limits(60, 1024)
@@ -235,8 +237,7 @@ async def test_the_baseline_sees_a_real_checkout_and_pre_existing_failures_are_c
 
 
 def test_a_run_that_did_not_collect_on_the_base_either_is_pre_existing() -> None:
-    from activities.testing.testrun import Baseline
-    from core.role_io import TestFailure
+    from core.reports import TestFailure
 
     interrupted = TestFailure(test=RUN, message="the run was interrupted: 1 error in collection")
     now = TestReport(passed=False, summary="", tests_run=1, failures=[interrupted.model_copy()])
@@ -249,13 +250,13 @@ def test_a_run_that_did_not_collect_on_the_base_either_is_pre_existing() -> None
 
 
 def test_what_a_project_declares_is_its_plan(tmp_path: Path) -> None:
-    def plan_of(files: dict[str, str]) -> environment.Plan:
+    def plan_of(files: dict[str, str]) -> declared.Plan:
         folder = tmp_path / str(len(list(tmp_path.iterdir())))
         for name, text in files.items():
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             (folder / name).write_text(text)
         folder.mkdir(exist_ok=True)
-        return environment.plan(folder)
+        return declared.plan(folder)
 
     build = '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n'
     with_extra = plan_of({"pyproject.toml": build + '[project]\nname = "x"\nversion = "1"\n'
@@ -277,7 +278,7 @@ def test_what_a_project_declares_is_its_plan(tmp_path: Path) -> None:
     assert bare.command == "" and "nothing declared" in bare.source
     assert plan_of({"app.py": ""}).command == ""
     given = plan_of({"requirements.txt": "attrs\n"})
-    assert environment.plan(tmp_path / "1", "make deps").command == "make deps"
+    assert declared.plan(tmp_path / "1", "make deps").command == "make deps"
     assert given.files == ("requirements.txt",)
 
 

@@ -22,9 +22,9 @@ import pytest
 from activities.repository.workspace import Remote, Workspace
 from activities.sandbox import isolation
 from activities.sandbox.runs import Limits
-from activities.testing import environment, index_proxy
+from activities.testing import environment, index_proxy, runner
 from activities.testing.testrun import run_tests, setup_cause
-from core.role_io import RUN
+from core.reports import RUN
 from tests.git_projects import make_project
 from tests.test_setup import make_wheel
 
@@ -135,7 +135,7 @@ def proxied(
     configuration file naming a private key the setup must never read; the proxy of this
     configuration running."""
     port, _ = index
-    environment.runner_wheels(environment.WHEELS)  # pytest's wheels, before the index is ours
+    runner.runner_wheels(runner.WHEELS)  # pytest's wheels, before the index is ours
     conf = tmp_path / "worker-pip.conf"
     key = tmp_path / "client.key"
     key.write_text(KEY)
@@ -229,7 +229,7 @@ async def test_a_file_index_is_served_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Its pages and the files they link to outside its simple/ folder reach the setup."""
-    environment.runner_wheels(environment.WHEELS)
+    runner.runner_wheels(runner.WHEELS)
     monkeypatch.setenv("PIP_INDEX_URL", file_index(tmp_path).as_uri() + "/")
     monkeypatch.setattr(index_proxy, "_running", [])
     ws = workspace(tmp_path)

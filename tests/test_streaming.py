@@ -26,7 +26,8 @@ from activities.model import offline, streaming, wire
 from activities.model.llm import ModelClient
 from client.model_output import Lines, model_output
 from core.models import Simulation
-from core.role_io import ModelStreamItem, PlanOutput, RoleTask, TestAudit
+from core.reports import TestAudit
+from core.role_io import ModelStreamItem, PlanOutput, RoleTask
 from core.settings import Settings
 from core.states import BuildState, Role
 from tests.api_stack import serve_api

@@ -11,7 +11,8 @@ from activities.repository.workspace import Remote, Workspace
 from activities.sandbox import cgroups
 from activities.sandbox.runs import Limits
 from activities.testing.checks import introduced
-from activities.testing.testrun import baseline, compare, run_tests
+from activities.testing.results import compare
+from activities.testing.testrun import baseline, run_tests
 from core.role_io import SourceFile
 from tests.git_projects import APP, APP_TEST, make_project
 

@@ -262,3 +262,38 @@ async def test_an_edit_that_does_not_apply_is_refused_and_the_code_writer_retrie
     task = json.loads(json.loads(prompts[0])["messages"][1]["content"])
     assert "README.md (3 B)" in task["context"]["repository_map"]
     assert task["context"]["repository_files"] == 1 and task["context"]["files"] == {}
+
+
+async def test_an_empty_change_loops_back_once_then_waits_for_a_person(
+    client: Client, settings: Settings, engine: Engine
+):
+    """A Code Writer whose files leave the project as it was: told so once, then a person is
+    asked; nothing is released or tagged."""
+    writes: list[str] = []
+
+    async def model(request: httpx2.Request) -> httpx2.Response:
+        body = json.loads(request.content)
+        if body["response_format"]["json_schema"]["name"] == "ImplementationOutput":
+            writes.append(request.content.decode())
+            same = {"summary": "nothing new", "edits": [],
+                    "files": [{"path": "README.md", "content": "Hi\n"}]}  # fmt: skip
+            return offline.respond(body, json.dumps(same))
+        return await offline.handle(request)
+
+    remote = make_project(
+        settings.data_dir / f"empty-{uuid.uuid4().hex[:6]}", {"README.md": "Hi\n"}
+    )
+    project = f"p-{uuid.uuid4().hex[:8]}"
+    async with running_worker(client, settings, engine, model_client_with(settings, model)):
+        await put_project(client, settings, project, ProjectConfig(repository=str(remote)))
+        handle = await start(client, settings, make_request(project=project))
+        status = await wait_until(handle, lambda s: s.state is S.NEEDS_ATTENTION, seconds=60)
+        events = await handle.query(BuildWorkflow.event_log, 0)
+        await handle.cancel()
+    assert len(writes) == 2 and "the change is empty" in writes[1]
+    assert status.waiting_for and "empty change twice the same way at testing" in (
+        status.waiting_for
+    )
+    loops = [e for e in events if e.event_type is EventType.LOOP_BACK]
+    assert [e.data["reason"] for e in loops] == ["empty change"]
+    assert git(remote, "tag") == ""

@@ -156,8 +156,7 @@ class BuildWorkflow(BuildMessages):
         self._keep(state, result)
         if isinstance(result.output, Released):
             await self.turn.leave()
-        sandbox = getattr(result.output, "sandbox", None)  # a test run's: recorded with its call
-        self.records.role_call(task.role.value, task.attempt, result.usage, sandbox=sandbox)
+        self.records.role_call(task.role.value, task.attempt, result.usage, result.output)
         if await self._apply_pending():
             return
         verdict = rules.verdict(state, result.output)
@@ -171,8 +170,6 @@ class BuildWorkflow(BuildMessages):
                     merged=self.data.code.head,
                 )
             self._move(verdict.next_state, task.role.value)
-        elif verdict.person:
-            await self._environment_failed(state, verdict)
         elif verdict.signature is not None:
             await self._failed(state, verdict)
         else:
@@ -213,12 +210,12 @@ class BuildWorkflow(BuildMessages):
         self.code.kept(output)
 
     async def _failed(self, state: BuildState, verdict: Verdict) -> None:
-        """Loop back, unless this is the same failure as last time: then ask a person rather
-        than spend the remaining retries on it."""
+        """Loop back, unless this is the same failure as last time, or one that is not the
+        code's (a person's): then ask a person rather than spend the remaining retries on it."""
         assert verdict.signature is not None
         repeated = self.data.signatures.get(state.value) == verdict.signature
         self.data.signatures[state.value] = verdict.signature
-        if repeated and self.data.loop_backs < self.request.options.max_retries:
+        if verdict.person or (repeated and self.data.loop_backs < self.request.options.max_retries):
             await self._needs_attention(state, verdict)
         else:
             self._loop_back(state, verdict)
@@ -370,26 +367,12 @@ class BuildWorkflow(BuildMessages):
         self.data.paused_from = None
         self._move(state, "system")
 
-    async def _environment_failed(self, state: BuildState, verdict: Verdict) -> None:
-        """The project's environment could not be made: a person's to fix, not the Code
-        Writer's; the failure says what changes it."""
-        failures = verdict.feedback.failures or []
-        cause = failures[0].message if failures else verdict.summary  # whole: it says what to do
-        build = self.request.build_id
-        await self._ask_a_person(
-            f"{verdict.why} at {state.value}: {cause}\nThen `starter.py rollback {build} --to "
-            f"{state.value}` runs it again, or `starter.py abort {build}` ends the build.",
-            verdict.why,
-            reason=verdict.why,
-            **verdict.feedback.model_dump(mode="json"),
-        )
-
     async def _needs_attention(self, state: BuildState, verdict: Verdict) -> None:
-        first = rules.first_reason(verdict.feedback) or verdict.summary
+        attention, kind = rules.attention(verdict, state, self.request.build_id)
         self.data.feedback = verdict.feedback.model_copy(update={"loop_back_from": state})
         await self._ask_a_person(
-            f"{verdict.why} twice the same way at {state.value}: {first}",
-            f"non-converging: {verdict.why}",
+            attention,
+            kind,
             reason=verdict.why,
             signature=verdict.signature,
             **verdict.feedback.model_dump(mode="json"),

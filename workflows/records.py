@@ -27,7 +27,8 @@ with workflow.unsafe.imports_passed_through():
     from core.build_data import BuildData
     from core.contracts import MIRROR_BUILD, Failure
     from core.models import BuildEvent, BuildRequest, BuildStatus, EventType, Handoff, MirrorBatch
-    from core.role_io import ModelUsage
+    from core.reports import TestReport
+    from core.role_io import ModelUsage, RoleOutput
     from core.rules import Verdict
     from core.states import TERMINAL, BuildState, Role, role_of
     from workflows import metrics
@@ -141,13 +142,18 @@ class BuildRecords:
         role: str,
         attempt: int,
         usage: ModelUsage,
-        sandbox: str | None = None,
+        output: RoleOutput | None = None,
         failed: bool = False,
     ) -> None:
-        """A role call's usage (and the sandbox its run of generated code had): its event, the
-        build's totals, metrics, search attributes. A `failed` call's answer was not usable; its
-        spend counts all the same."""
-        extra: dict[str, Any] = {"sandbox": sandbox} if sandbox else {}
+        """A role call's usage (and of a test run: its sandbox, its environment and its
+        counts): its event, the build's totals, metrics, search attributes. A `failed` call's
+        answer was not usable; its spend counts all the same."""
+        extra: dict[str, Any] = {}
+        if isinstance(output, TestReport):
+            extra = {"sandbox": output.sandbox, "environment": output.setup}
+            if not output.setup_failed:
+                extra["tests"] = output.counts.model_dump() | {"run": output.counts.run}
+            extra = {k: v for k, v in extra.items() if v}
         if failed:
             extra["failed"] = True
         self.emit(

@@ -23,6 +23,10 @@ from core.role_io import RoleTask
 
 SMOKE_LIMITS = Limits(60, 512)
 SMOKE_OUTPUT_CHARS = 600
+EMPTY = (
+    "the change is empty on the project's branch: merging it changes no file, so nothing was "
+    "released or tagged"
+)
 
 
 async def land(
@@ -34,18 +38,30 @@ async def land(
     smoke_command: str,
     venv: Path | None = None,
     scheme: VersionScheme = "auto",
+    roots: tuple[str, ...] = (),
 ) -> ReleaseOutcome:
     """Land `head` on the project's branch with its version tag and make it the current
     release; or an outcome that says why not (the branch moved: re-test; a conflict; a
-    failed smoke check, before anything was pushed). The smoke check runs with `venv`, the
-    environment the project's setup command made, if there is one."""
+    failed smoke check, before anything was pushed; a change that changes nothing). The smoke
+    check runs with `venv`, the project's environment, its import roots `roots` first."""
     for _ in range(pushes.PUSH_ATTEMPTS):
         landing = await in_thread("fetch the project", pushes.survey, ws, head, bump, scheme)
         if landing.kind in ("moved", "conflict"):
             return pushes.not_landed(landing)
+        if landing.kind == "ready" and not await in_thread(
+            "diff", ws.changes, landing.branch_head, head
+        ):
+            return SmokeFailed(
+                version="",
+                summary=EMPTY,
+                commit=head,
+                branch_head=landing.branch_head,
+                smoke="not run: nothing to deliver",
+                empty=True,
+            )
         version = landing.version or f"build-{ws.build_branch().removeprefix('build/')}"
         release = await in_thread("stage", exported, ws, head, releases.stage, project_id, version)
-        smoke = await releases.verify(release, smoke_command, SMOKE_LIMITS, venv)
+        smoke = await releases.verify(release, smoke_command, SMOKE_LIMITS, venv, roots)
         ran = f"`{smoke_command or 'import every module'}` exited {smoke.returncode}"
         if not smoke.ok:  # nothing was pushed, nothing switched
             await in_thread("discard", paths.remove_tree, release.path)

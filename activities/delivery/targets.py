@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from activities.sandbox.runs import Limits, RunResult, run_limited
+from activities.sandbox.runs import Limits, RunResult, run_limited, source_path
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,15 @@ class ReleaseTarget(Protocol):
         ...
 
     async def verify(
-        self, release: Release, command: str, limits: Limits, venv: Path | None = None
+        self,
+        release: Release,
+        command: str,
+        limits: Limits,
+        venv: Path | None = None,
+        roots: tuple[str, ...] = (),
     ) -> RunResult:
-        """Prove the release works (the smoke check), with the project's environment if its
-        setup command made one (`venv`)."""
+        """Prove the release works (the smoke check), with the project's environment (`venv`,
+        its import roots `roots` in the release first on the path)."""
         ...
 
     def restore(self, project_id: str, version: str | None) -> str | None:
@@ -102,11 +107,17 @@ class LocalReleases:
         return Release(release.project_id, release.version, target, previous)
 
     async def verify(
-        self, release: Release, command: str, limits: Limits, venv: Path | None = None
+        self,
+        release: Release,
+        command: str,
+        limits: Limits,
+        venv: Path | None = None,
+        roots: tuple[str, ...] = (),
     ) -> RunResult:
         argv = shlex.split(command) if command.strip() else _import_all(release.path)
         if argv and argv[0] in ("python", "python3"):
             argv[0] = str(venv / "bin" / "python") if venv else sys.executable
+        path = source_path(release.path, roots) if venv else ""
         # Read-only: what the smoke check runs is what is released, and it cannot change it.
         return await run_limited(
             argv,
@@ -116,6 +127,7 @@ class LocalReleases:
             readonly=[venv] if venv else [],
             venv=venv,
             write_cwd=False,
+            env={"PYTHONPATH": path} if path else None,
         )
 
     def restore(self, project_id: str, version: str | None) -> str | None:

@@ -19,6 +19,7 @@ import httpx2
 
 from activities.model import edit_blocks
 from core.models import Simulation, feature_name
+from core.reports import TestAudit
 from core.role_io import (
     DiscoveryOutput,
     FileEdit,
@@ -26,7 +27,6 @@ from core.role_io import (
     PlanOutput,
     ReleaseNotes,
     SourceFile,
-    TestAudit,
     VerificationReport,
 )
 

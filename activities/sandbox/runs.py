@@ -89,6 +89,16 @@ def scrubbed_env(
     return env
 
 
+def source_path(checkout: Path, roots: Sequence[str]) -> str:
+    """A project's own import roots in `checkout` (relative paths an editable install named;
+    none named: `src` where it is a folder), as PYTHONPATH: its source before anything its
+    environment has installed."""
+    found = [r for r in roots if (checkout / r).is_dir()]
+    if not found and (checkout / "src").is_dir():
+        found = ["src"]
+    return os.pathsep.join(str(checkout / r) if r != "." else str(checkout) for r in found)
+
+
 # The limits are set by a small launcher that then execs the command: a fresh, single-threaded
 # process where that is safe. (Code in preexec_fn runs in a fork of the multi-threaded worker,
 # and can deadlock there on a lock another thread held: the worker hung that way.) On Linux the

@@ -11,22 +11,25 @@ import re
 import shlex
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from xml.etree import ElementTree
-
-from pydantic import BaseModel
 
 from activities import paths
 from activities.repository.workspace import Workspace
 from activities.sandbox.runs import Limits, run_limited
 from activities.testing import environment
-from core.role_io import RUN, TestCounts, TestFailure, TestReport
+from activities.testing.results import (
+    MAX_FAILURES,
+    MESSAGE_CHARS,
+    Baseline,
+    cases,
+    failed_tests,
+    last_lines,
+    passed_tests,
+)
+from core.reports import RUN, TestCounts, TestFailure, TestReport
 
 DEFAULT_COMMAND = "python -m pytest"
 PYTEST_CONFIGS = ("pytest.ini", "pyproject.toml", "setup.cfg", "tox.ini")
-MAX_FAILURES = 20
-MESSAGE_CHARS = 500
 # pytest's exit codes that are not "some tests failed" (1): say what happened instead.
 EXIT_MEANINGS = {
     2: "the run was interrupted",
@@ -148,18 +151,18 @@ async def run_in(
     finally:
         await asyncio.to_thread(paths.remove_tree, out)
     await asyncio.to_thread(_write_log, log, run.output)
-    cases = await asyncio.to_thread(_cases, junit)
+    found = await asyncio.to_thread(cases, junit)
     failures = [
-        TestFailure(test=case.name, message=case.message, error=case.status == "error")
-        for case in cases
+        TestFailure(test=case.name, message=case.message, error=case.status == "error" or None)
+        for case in found
         if case.message is not None
     ]
-    tests = sum(1 for case in cases if case.status != "skipped")
+    tests = sum(1 for case in found if case.status != "skipped")
     counts = TestCounts(
-        passed=sum(1 for case in cases if case.status == "passed"),
-        failed=sum(1 for case in cases if case.status == "failure"),
-        errors=sum(1 for case in cases if case.status == "error"),
-        skipped=sum(1 for case in cases if case.status == "skipped"),
+        passed=sum(1 for case in found if case.status == "passed"),
+        failed=sum(1 for case in found if case.status == "failure"),
+        errors=sum(1 for case in found if case.status == "error"),
+        skipped=sum(1 for case in found if case.status == "skipped"),
     )
     pytest = _pytest_args(command) is not None
     if run.timed_out:
@@ -177,16 +180,16 @@ async def run_in(
             TestFailure(
                 test=RUN,
                 message=f"the run was out of memory at its limit of {limits.memory_mb} MB "
-                f"(TEST_MEMORY_MB; raise it for a suite that needs more): {_last(run.output)}",
+                f"(TEST_MEMORY_MB; raise it for a suite that needs more): {last_lines(run.output)}",
             ),
         )
     elif pytest and (run.returncode in EXIT_MEANINGS or (run.returncode != 0 and not failures)):
         meaning = EXIT_MEANINGS.get(run.returncode, f"pytest exited {run.returncode}")
-        failures.append(TestFailure(test=RUN, message=f"{meaning}: {_last(run.output)}"))
+        failures.append(TestFailure(test=RUN, message=f"{meaning}: {last_lines(run.output)}"))
     elif not pytest and run.returncode != 0:
         failures.append(
             TestFailure(
-                test=RUN, message=f"`{command}` exited {run.returncode}: {_last(run.output)}"
+                test=RUN, message=f"`{command}` exited {run.returncode}: {last_lines(run.output)}"
             )
         )
     passed = not failures and run.ok and (tests > 0 or not pytest)
@@ -203,7 +206,7 @@ async def run_in(
         tests_run=tests,
         failures=failures[:MAX_FAILURES],
         timed_out=run.timed_out,
-        junit=str(junit) if cases else None,
+        junit=str(junit) if found else None,
         log=str(log),
         command=command,
         sandbox=run.sandbox,
@@ -311,139 +314,8 @@ def _write(key: Path, result: Baseline) -> None:
     tmp.replace(key)  # atomic: a reader sees the whole file or none
 
 
-class Baseline(BaseModel):
-    """A run of the test command on a build's base: its report, and the tests that passed and
-    those that failed or errored there (all of them, not only the report's first few)."""
-
-    commit: str
-    report: TestReport
-    passed: list[str]
-    failed: list[str] = []
-
-
-def _meaning(failure: TestFailure) -> str:
-    """What a failure of the run itself was (its message up to the first colon)."""
-    return failure.message.split(":", 1)[0]
-
-
-def compare(report: TestReport, base: Baseline) -> TestReport:
-    """The build's report with the failures that were there on the base already set apart
-    (they do not fail the build, and they are counted as pre-existing, not as passed), and
-    each test that passed on the base and fails now named a regression. A failure of the run
-    itself (collection interrupted, pytest's usage) that the base's run had too is
-    pre-existing as well. Blocking: it reads the run's whole report."""
-    if base.report.setup_failed:
-        why = "no baseline: the base's environment could not be made"
-        return report.model_copy(update={"baseline": f"{base.commit[:10]}: {why}"})
-    failed_before = set(base.failed) or {f.test for f in base.report.failures if f.test != RUN}
-    run_before = {_meaning(f) for f in base.report.failures if f.test == RUN}
-    passed_before = set(base.passed)
-    everything = all_failures(Path(report.junit)) if report.junit else []
-    if not everything:
-        everything = [f for f in report.failures if f.test != RUN]
-    everything += [f for f in report.failures if f.test == RUN]
-
-    def earlier(failure: TestFailure) -> bool:
-        if failure.test == RUN:
-            return _meaning(failure) in run_before
-        return failure.test in failed_before
-
-    pre = [f for f in everything if earlier(f)]
-    own = [f for f in everything if not earlier(f)]
-    regressions = []
-    for failure in own:
-        if failure.test in passed_before:
-            failure.message = f"regression (it passed on the base): {failure.message}"
-            regressions.append(failure.test)
-    counted = [f for f in pre if f.test != RUN]
-    counts = report.counts.model_copy(
-        update={
-            "failed": sum(1 for f in own if f.test != RUN and not f.error),
-            "errors": sum(1 for f in own if f.test != RUN and f.error),
-            "pre_existing": len(counted),
-        }
-    )
-    summary = report.summary
-    if pre:
-        summary += f" {len(counted)} failed on the base already (pre-existing, not counted)."
-    if regressions:
-        summary += f" {len(regressions)} regressed: {', '.join(regressions[:5])}."
-    return report.model_copy(
-        update={
-            "passed": not own and report.tests_run > 0 and not report.timed_out,
-            "failures": own[:MAX_FAILURES],
-            "pre_existing": pre[:MAX_FAILURES],
-            "regressions": regressions,
-            "summary": summary,
-            "baseline": f"{base.commit[:10]}: {base.report.summary}",
-            "counts": counts,
-        }
-    )
-
-
 def is_pytest(command: str) -> bool:
     return _pytest_args(command) is not None
-
-
-@dataclass(frozen=True)
-class Case:
-    """One test case of a JUnit report: its node id, how it ended, and why (None: passed or
-    skipped)."""
-
-    name: str
-    status: str  # passed, failure, error, skipped
-    message: str | None = None
-
-
-def all_failures(path: Path) -> list[TestFailure]:
-    """One TestFailure per failed or erroring test case of the report at `path`."""
-    return [
-        TestFailure(test=c.name, message=c.message, error=c.status == "error")
-        for c in _cases(path)
-        if c.message is not None
-    ]
-
-
-def parse_junit(path: Path) -> tuple[int, list[TestFailure]]:
-    """Tests run (not skipped), and one TestFailure per failed or erroring test case."""
-    return sum(1 for c in _cases(path) if c.status != "skipped"), all_failures(path)
-
-
-def passed_tests(path: Path) -> set[str]:
-    return {c.name for c in _cases(path) if c.status == "passed"}
-
-
-def failed_tests(path: Path) -> set[str]:
-    return {c.name for c in _cases(path) if c.message is not None}
-
-
-def _cases(path: Path) -> list[Case]:
-    """Each test case of the report."""
-    if not path.exists():
-        return []
-    try:
-        root = ElementTree.parse(path).getroot()
-    except ElementTree.ParseError:
-        return []
-    cases: list[Case] = []
-    for case in root.iter("testcase"):
-        name = f"{case.get('classname', '')}::{case.get('name', '')}".strip(":")
-        if case.find("skipped") is not None:
-            cases.append(Case(name, "skipped"))
-            continue
-        problem, status = case.find("failure"), "failure"
-        if problem is None:
-            problem, status = case.find("error"), "error"
-        if problem is None:
-            cases.append(Case(name, "passed"))
-            continue
-        text = (problem.text or "").strip()
-        message = problem.get("message") or text or "failed"
-        if message == "collection failure":  # pytest's words alone: say why
-            errors = [line[1:].strip() for line in text.splitlines() if line.startswith("E ")]
-            message = f"{message}: {errors[-1] if errors else _last(text, 1)}"
-        cases.append(Case(name, status, message[:MESSAGE_CHARS]))
-    return cases
 
 
 _NETWORK_CAUSE = re.compile(
@@ -464,7 +336,7 @@ def setup_cause(output: str) -> str:
         cause = f"{error} (because: {network})" if error else network
     else:
         cause = error
-    return cause[:MESSAGE_CHARS] if cause else _last(output)
+    return cause[:MESSAGE_CHARS] if cause else last_lines(output)
 
 
 SETUP_TAIL_CHARS = 2000
@@ -473,7 +345,3 @@ SETUP_TAIL_CHARS = 2000
 def _tail(output: str, lines: int = 20) -> str:
     """The end of a setup's output, whole lines (what pip said last is why it stopped)."""
     return "\n".join(output.strip().splitlines()[-lines:])[-SETUP_TAIL_CHARS:]
-
-
-def _last(output: str, lines: int = 5) -> str:
-    return " | ".join(line for line in output.strip().splitlines()[-lines:])[:MESSAGE_CHARS]
