@@ -33,7 +33,9 @@ class TestFailure(BaseModel):
 
     test: str
     message: str
-    error: bool | None = None  # True: the test errored (collection, a fixture), not failed
+    # True: the test errored (collection, a fixture), not failed. Left out of a prompt's JSON
+    # when it did not.
+    error: bool | None = Field(default=None, exclude_if=lambda value: value is None)
 
 
 class TestCounts(BaseModel):

@@ -62,6 +62,13 @@ def test_sandbox_bench_runs_and_prints_each_sandbox_beside_none():
     assert "| landlock |" in done.stdout
 
 
+def test_environments_bench_prints_the_second_builds_setup_beside_the_firsts():
+    done = run_bench(["-m", "bench.environments", "--quick"], timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert "| environment, second build (reused) |" in done.stdout
+    assert "reused (no setup ran)" in done.stdout
+
+
 def test_paths_bench_runs_and_prints_each_measure_beside_before():
     done = run_bench(["-m", "bench.paths", "--runs", "3", "--files", "200"], timeout=120)
     assert done.returncode == 0, done.stderr

@@ -69,8 +69,28 @@ def test_a_card_counts_calls_attempts_spend_loop_backs_and_the_last_test_run():
                                  completion_tokens=30, tokens=330, cost_usd=0.03,
                                  models=["m1", "m2"], prompt_versions=["v1", "v2"]),
     }  # fmt: skip
+    # A report of the shape before counts: its pre-existing failure is not counted as passed.
     assert card.tests == TestScore(
-        run=12, passed=10, failed=2, regressed=1, pre_existing=1, run_failed=True
+        run=12, passed=9, failed=2, regressed=1, pre_existing=1, run_failed=True
+    )
+
+
+def test_a_card_takes_the_reports_counts_which_add_up():
+    counts = {"passed": 1991, "failed": 1, "errors": 1, "pre_existing": 2, "skipped": 25}
+    report = {
+        "passed": False, "summary": "", "tests_run": 1995, "counts": counts,
+        "failures": [{"test": "t::new", "message": "x"}, {"test": "t::e", "message": "y",
+                                                          "error": True}],
+        "pre_existing": [{"test": "t::a", "message": "z"}, {"test": "t::b", "message": "z"}],
+        "setup": "environment 0123 from the setup command `pip install -e .`: reused",
+    }  # fmt: skip
+    card = score_card(build("failed", testing_output=report), [])
+    assert card.tests == TestScore(
+        run=1995, passed=1991, failed=1, errors=1, pre_existing=2, skipped=25, regressed=0,
+        run_failed=False, environment=report["setup"],
+    )  # fmt: skip
+    assert card.tests.run == (
+        card.tests.passed + card.tests.failed + card.tests.errors + card.tests.pre_existing
     )
 
 

@@ -275,7 +275,9 @@ def test_what_a_project_declares_is_its_plan(tmp_path: Path) -> None:
     assert plan_of({"setup.py": "", "setup.cfg": "[options.extras_require]\ntesting = x\n"}
                    ).command == "pip install -e '.[testing]'"  # fmt: skip
     bare = plan_of({"pyproject.toml": build + '[project]\nname = "x"\nversion = "1"\n'})
-    assert bare.command == "" and "nothing declared" in bare.source
+    assert bare.command == "pip install -e ."  # its own metadata, as its CI has it
+    tools = plan_of({"pyproject.toml": "[tool.pytest.ini_options]\naddopts = '-q'\n"})
+    assert tools.command == "" and "nothing declared" in tools.source
     assert plan_of({"app.py": ""}).command == ""
     given = plan_of({"requirements.txt": "attrs\n"})
     assert declared.plan(tmp_path / "1", "make deps").command == "make deps"

@@ -97,13 +97,8 @@ def plan(repo: Path, setup_command: str = "") -> Plan:
     if "setup.cfg" in files and extra is None:
         extra = _setup_cfg_extra(repo)
     group = _first_test_name(pyproject.get("dependency-groups"))
-    declares = (
-        bool(project.get("dependencies"))
-        or extra is not None
-        or ("dependencies" in (project.get("dynamic") or []))
-    )
-    installable = "setup.py" in files or ("pyproject.toml" in files and "build-system" in pyproject)
-    if installable and (declares or "setup.py" in files or not project):
+    installable = "setup.py" in files or bool(project) or "build-system" in pyproject
+    if installable:  # its own metadata too (its version, its entry points), as its CI has
         target = f".[{extra}]" if extra else "."
         steps.append(f"pip install -e {shlex.quote(target)}")
         said.append(f"{'setup.py' if 'setup.py' in files else 'pyproject.toml'}"

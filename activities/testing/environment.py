@@ -43,7 +43,7 @@ from pathlib import Path
 from activities import paths
 from activities.repository.gitcmd import git
 from activities.sandbox.runs import Limits, RunResult, run_limited, source_path
-from activities.testing import declared, index_proxy, runner
+from activities.testing import declared, generated, index_proxy, runner
 
 LOCK_POLL_SECONDS = 0.5
 FILE_BYTES = 4 * 1024 * 1024  # a .pth file or editable finder larger than this is read this far
@@ -67,6 +67,16 @@ class Environment:
     root: Path
     key: str
     roots: tuple[str, ...] = ()  # the project's import roots, relative to its checkout
+    generated: tuple[str, ...] = ()  # files its install wrote into the source (generated.py)
+
+    @property
+    def kept(self) -> Path:
+        """Beside the environment: the files its install generated in the source."""
+        return self.root.with_name(f"{self.root.name}.generated")
+
+    def prepare(self, checkout: Path) -> None:
+        """`checkout` given the files the install generated where it has none (blocking)."""
+        generated.put(self.kept, self.generated, checkout)
 
     @property
     def bin(self) -> Path:
@@ -191,7 +201,7 @@ def _found(root: Path, key_: str) -> Environment | None:
         made = json.loads(marker.read_text())
     except (OSError, ValueError):
         return None
-    return Environment(root, key_, tuple(made.get("roots", ())))
+    return Environment(root, key_, tuple(made.get("roots", ())), tuple(made.get("generated", ())))
 
 
 def _folder_name(project: str) -> str:
@@ -247,6 +257,7 @@ async def prepare(
             await asyncio.to_thread(paths.remove_tree, root)
             return Made(Environment(root, key_), how, problem=str(err))
         roots: tuple[str, ...] = ()
+        made_files: tuple[str, ...] = ()
         run = None
         if how.installs:
             source = root.with_name(f"{key_}.source")
@@ -255,15 +266,18 @@ async def prepare(
                 run = await _install(source, root, how, request, limits, scratch, beat)
                 if run.ok:
                     roots = await asyncio.to_thread(editable_roots, root, source)
+                    kept = Environment(root, key_).kept
+                    made_files = await asyncio.to_thread(generated.keep, source, kept)
             finally:
                 await asyncio.to_thread(paths.remove_tree, source)
             if not run.ok:
                 await asyncio.to_thread(paths.remove_tree, root)
                 return Made(Environment(root, key_), how, run, time.monotonic() - started)
         seconds = time.monotonic() - started
-        made = {"roots": roots, "source": how.source, "command": how.command, "seconds": seconds}
+        made = {"roots": roots, "generated": made_files, "source": how.source,
+                "command": how.command, "seconds": seconds}  # fmt: skip
         await asyncio.to_thread(_marker(root).write_text, json.dumps(made))
-    return Made(Environment(root, key_, roots), how, run, seconds)
+    return Made(Environment(root, key_, roots, made_files), how, run, seconds)
 
 
 async def _install(
@@ -278,12 +292,14 @@ async def _install(
     """The plan's command in the sandbox, in `source`, writing only it and the environment;
     with network, its package index is the worker's proxy (activities/testing/index_proxy.py)
     and nothing of the worker's pip configuration reaches it."""
-    variables = index_proxy.OFFLINE
+    variables = dict(index_proxy.OFFLINE)
     ports: tuple[int, ...] = ()
     if request.network:
         serving = await asyncio.to_thread(index_proxy.running)
         variables = index_proxy.sandbox_variables(serving.url)
         ports = (serving.port,)
+    build = request.wheels / "build"
+    variables["PIP_FIND_LINKS"] = str(build)  # the common build backends, without an index
     return await run_limited(
         ["/bin/sh", "-c", how.command],
         cwd=source,
@@ -291,6 +307,7 @@ async def _install(
         scratch=scratch,
         beat=(lambda detail: beat(f"making the environment: {detail}")) if beat else None,
         writable=[root],
+        readonly=[build],
         network=request.network,
         venv=root,
         env=variables,

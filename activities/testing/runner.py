@@ -10,6 +10,7 @@ import configparser
 import contextlib
 import fcntl
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -22,7 +23,13 @@ VENV_SECONDS = 60
 DOWNLOAD_SECONDS = 300
 RUNNER = ("pytest",)  # what every environment gets before the project's own install
 INSTALLER = ("pip",)  # and, where the project installs anything, the tool it installs with
-# The test runner's wheels, fetched once per machine (as pip's own cache is kept).
+# The build backends most projects build with (and what they need), offered to every
+# project's install, so one that needs nothing else installs without an index.
+BACKENDS = (
+    "setuptools", "wheel", "flit_core", "hatchling", "hatch-vcs", "setuptools_scm",
+    "poetry-core", "pdm-backend", "editables",
+)  # fmt: skip
+# The wheels, fetched once per machine (as pip's own cache is kept).
 WHEELS = Path.home() / ".cache" / "q-assistant" / "wheels" / "runner"
 
 
@@ -39,29 +46,49 @@ def flock(path: Path) -> Iterator[None]:
 
 
 def runner_wheels(folder: Path) -> tuple[str, ...]:
-    """The wheels of the test runner and the installer, fetched once into `folder` with the
-    worker's own pip and its configuration (the worker's process, never a run's): their file
-    names (blocking)."""
+    """The wheels every environment is made with, fetched once into `folder` with the worker's
+    own pip and its configuration (the worker's process, never a run's): the test runner and
+    the installer with what they need (`runner/`), and the common build backends (`build/`),
+    which a project's install finds without an index (PIP_FIND_LINKS): a project whose only
+    needs are its build backend installs offline. Their names under `folder` (blocking)."""
     folder.mkdir(parents=True, exist_ok=True)
     with flock(folder / ".lock"):
-        have = _wheels(folder)
-        if not all(any(w.startswith(f"{name}-") for w in have) for name in RUNNER + INSTALLER):
-            done = subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
-                 "--dest", str(folder), *RUNNER, *INSTALLER],
-                capture_output=True, text=True, timeout=DOWNLOAD_SECONDS, check=False,
-            )  # fmt: skip
-            if done.returncode != 0:
-                last = (done.stderr or done.stdout).strip().splitlines()[-3:]
-                raise EnvironmentProblem(
-                    "pip could not fetch pytest for the project's environment: " + " | ".join(last)
-                )
-            have = _wheels(folder)
-    return have
+        for part, names in (("runner", RUNNER + INSTALLER), ("build", BACKENDS)):
+            if not _complete(folder / part, names):
+                _download(folder / part, names)
+        return tuple(f"{part}/{name}" for part in ("runner", "build")
+                     for name in _wheels(folder / part))  # fmt: skip
+
+
+def _complete(folder: Path, names: tuple[str, ...]) -> bool:
+    have = {_project(w) for w in _wheels(folder)}
+    return all(_normal(name) in have for name in names)
+
+
+def _download(folder: Path, names: tuple[str, ...]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
+         "--dest", str(folder), *names],
+        capture_output=True, text=True, timeout=DOWNLOAD_SECONDS, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        last = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise EnvironmentProblem(
+            f"pip could not fetch {', '.join(names)} for projects' environments: "
+            + " | ".join(last)
+        )
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _project(wheel: str) -> str:
+    return _normal(wheel.split("-", 1)[0])
 
 
 def _wheels(folder: Path) -> tuple[str, ...]:
-    return tuple(sorted(p.name for p in folder.glob("*.whl")))
+    return tuple(sorted(p.name for p in folder.glob("*.whl"))) if folder.is_dir() else ()
 
 
 class EnvironmentProblem(RuntimeError):
@@ -125,9 +152,10 @@ def create(root: Path, wheels: Path, names: tuple[str, ...], installer: bool) ->
     if not sites:
         raise EnvironmentProblem(f"venv made no site-packages under {root}")
     wanted = RUNNER + (INSTALLER if installer else ())
-    for name in names:
-        if name.endswith(".whl") and (installer or not name.startswith(INSTALLER[0] + "-")):
+    runner = [n for n in names if n.startswith("runner/")]
+    for name in runner:
+        if installer or _project(name.removeprefix("runner/")) not in map(_normal, INSTALLER):
             _install_wheel(wheels / name, sites[0], root / "bin", root / "bin" / "python")
-    missing = [w for w in wanted if not any(n.startswith(f"{w}-") for n in names)]
-    if missing:
+    have = {_project(n.removeprefix("runner/")) for n in runner}
+    if missing := [w for w in wanted if _normal(w) not in have]:
         raise EnvironmentProblem(f"no wheel of {', '.join(missing)} in {wheels}")
