@@ -76,6 +76,8 @@ class EvalActivities:
             setup_command=task.project.setup_command,
             network=self.settings.sandbox_setup_network,
             wheels=self.settings.runner_wheels,
+            base=task.base or "",  # none given: the delivered code's environment is its own
+            build=task.build_id,
         )
         limits = Limits(self.settings.test_timeout_seconds, self.settings.test_memory_mb)
         ran = await run_command(

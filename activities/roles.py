@@ -219,7 +219,7 @@ class RoleActivities:
                 command=command, failures=[TestFailure(test=RUN, message=EMPTY_CHANGE)],
             )  # fmt: skip
             return TestAuditorResult(output=empty, usage=self._no_call(task))
-        request = self.environment_request(task.project_id, task.project)
+        request = self.environment_request(task)
         report = await run_tests(ws, task.attempt, self.limits, _beat, command, request)
         measured = task.project is not None and task.base not in (None, commit)
         if not report.passed and not report.setup_failed and measured and is_pytest(command):
@@ -298,7 +298,7 @@ class RoleActivities:
             await in_thread(
                 "teammate", pushes.simulate_teammate, ws, task.base, head, task.build_id
             )
-        made = await self._environment(ws, task.project_id, project)
+        made = await self._environment(ws, task)
         env = made.environment if made.ok else None
         outcome = await landing.land(
             ws, self.releases, task.project_id, head, task.bump,
@@ -314,27 +314,26 @@ class RoleActivities:
             outcome.summary = f"{outcome.summary} Note: {outcome.declared}."
         return ReleaseResult(output=outcome, usage=usage)
 
-    def environment_request(
-        self, project_id: str, project: ProjectConfig | None
-    ) -> environment.Request:
-        """What a project's runs ask of its environment (activities/testing/environment.py)."""
+    def environment_request(self, task: RoleTask) -> environment.Request:
+        """What a build's runs ask of its project's environment (activities/testing/
+        environment.py): shared with the project's other builds when made from its base."""
         return environment.Request(
             store=self.settings.environments,
-            project=project_id,
-            setup_command=project.setup_command if project else "",
+            project=task.project_id,
+            setup_command=task.project.setup_command if task.project else "",
             network=self.settings.sandbox_setup_network,
             wheels=self.settings.runner_wheels,
+            base=task.base,
+            build=task.build_id,
         )
 
-    async def _environment(
-        self, ws: Workspace, project_id: str, project: ProjectConfig
-    ) -> environment.Made:
+    async def _environment(self, ws: Workspace, task: RoleTask) -> environment.Made:
         """The project's environment for the smoke check (found made by its test runs, or made
         again on a worker that has none)."""
-        request = self.environment_request(project_id, project)
         return await environment.prepare(
-            ws.repo, request, limits=self.limits, beat=_beat, scratch=ws.runs
-        )
+            ws.repo, self.environment_request(task), limits=self.limits, beat=_beat,
+            scratch=ws.runs,
+        )  # fmt: skip
 
     async def _push_branch(self, task: RoleTask, ws: Workspace, head: str) -> ReleaseResult:
         """`branch` delivery: the build's branch in the project's repository, for a person."""

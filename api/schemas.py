@@ -22,7 +22,7 @@ from core.models import (
     check_size,
 )
 from core.reruns import MAX_PROMPT_CHARS
-from core.scores import ModelScore
+from core.scores import ModelScore, TestScore
 from core.states import BuildState, Role
 from db.models import BuildSummaryPublic, WorkflowEventPublic, WorkflowHandoffPublic
 
@@ -240,6 +240,11 @@ class BuildStatusOut(BaseModel):
         default=None,
         description="The project's repository and branch, the base commit, the build's branch "
         "and commit, and what it delivered (version, commit).",
+    )
+    tests: TestScore | None = Field(
+        default=None,
+        description="The last test run: cases run, passed, failed and errors (the build's "
+        "own), pre-existing (failing on its base too), skipped; the environment it ran in.",
     )
 
 

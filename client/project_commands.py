@@ -55,8 +55,9 @@ def project_add(
     setup_command: Annotated[
         str,
         typer.Option(
-            help="Run once per workspace before its tests, e.g. 'pip install -e .' "
-            "(network only with SANDBOX_SETUP_NETWORK=true)."
+            help="Makes the project's environment, e.g. 'pip install -e .[test]' ('true': "
+            "nothing). Default: what the project declares (pyproject.toml, requirements "
+            "files). Network only with SANDBOX_SETUP_NETWORK=true."
         ),
     ] = "",
     delivery: Annotated[

@@ -51,8 +51,9 @@ class ProjectConfig(BaseModel):
     setup_command: str = Field(
         default="",
         max_length=2000,
-        description="Run once per workspace before its first test run (`sh -c`), into a "
-        "virtual environment of the workspace's own; network only with SANDBOX_SETUP_NETWORK.",
+        description="Makes the project's environment (`sh -c`, in the sandbox), once per "
+        "content of the files that declare its dependencies; empty: what the project declares "
+        "(pyproject.toml, requirements files); network only with SANDBOX_SETUP_NETWORK.",
     )
     delivery: Delivery = "merge"
     version_scheme: VersionScheme = Field(

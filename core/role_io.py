@@ -158,6 +158,7 @@ class AcceptanceTask(BaseModel):
     commit: str
     hidden: HiddenTests
     project_id: str = ""  # whose environments the run uses ("": the build's own)
+    base: str | None = None  # the case's base: a shared environment is made from it
 
 
 class VerificationOutcome(BaseModel):

@@ -121,7 +121,8 @@ def _acceptance(events: Sequence[EventFacts]) -> Acceptance | None:
     return None
 
 
-def _tests(output: Any) -> TestScore | None:
+def tests_of(output: Any) -> TestScore | None:
+    """The last test run's card row from a mirrored report (None: none, or another shape)."""
     if not output:
         return None
     try:
@@ -192,7 +193,7 @@ def score_card(build: BuildFacts, events: Sequence[EventFacts]) -> ScoreCard:
         wall_seconds=wall if finished else None,
         loop_backs=dict(sorted(reasons.items())),
         roles=_role_calls(events),
-        tests=_tests(build.testing_output),
+        tests=tests_of(build.testing_output),
         tokens=build.tokens,
         cost_usd=round(build.cost_usd, 8),
         rerun_of=rerun.original if (rerun := _rerun(build.workflow_metadata)) else None,

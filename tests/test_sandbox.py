@@ -30,6 +30,7 @@ from activities.repository.gitcmd import git
 from activities.sandbox import cgroups, isolation, landlock
 from activities.sandbox.policy import Policy
 from activities.sandbox.runs import Limits
+from activities.testing import environment
 from activities.testing.results import passed_tests
 from activities.testing.testrun import run_command
 from core.reports import TestReport
@@ -143,8 +144,15 @@ async def hostile_run(
     (repo / "targets.json").write_text(json.dumps(targets))
     try:
         with isolation.using(kind):
+            # As a project's tests run: in an environment of its own (the runner alone here).
+            request = environment.Request(store=root / "environments", project="hostile")
             report = await run_command(
-                repo, repo.parent / "runs", "hostile", "python -m pytest", Limits(90, 2048)
+                repo,
+                repo.parent / "runs",
+                "hostile",
+                "python -m pytest",
+                Limits(90, 2048),
+                request=request,
             )
     finally:
         home_file.unlink()

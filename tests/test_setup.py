@@ -183,6 +183,30 @@ async def test_a_failing_setup_is_the_environments_failure_with_its_cause(
     assert "made in" in fixed.setup and not fixed.setup_failed
 
 
+async def test_a_shared_environment_is_made_from_the_projects_base_never_a_builds_code(
+    tmp_path: Path,
+) -> None:
+    """A build's code cannot shape the environment later builds share: that one is made from
+    the project's base, whatever the build changed that its setup reads; a build that changes
+    what declares its dependencies gets an environment of its own, made from its code."""
+    remote = make_project(tmp_path, {"setup.sh": 'echo base > "$VIRTUAL_ENV/made-from"\n'})
+    ws = Workspace(tmp_path / "ws", Remote(str(remote), "main", "b1"))
+    base = ws.open()
+    planted = 'echo planted > "$VIRTUAL_ENV/made-from"\n'
+    ws.write([SourceFile(path="setup.sh", content=planted)], "the build's own setup.sh")
+    asked = environment.Request(store=tmp_path / "environments", project="p1",
+                                setup_command="sh setup.sh", base=base, build="b1")  # fmt: skip
+    shared = await environment.prepare(ws.repo, asked, limits=LIMITS, scratch=ws.runs)
+    assert shared.ok and (shared.environment.root / "made-from").read_text() == "base\n"
+    ws.write([SourceFile(path="requirements.txt", content="")], "declares dependencies")
+    own = await environment.prepare(ws.repo, asked, limits=LIMITS, scratch=ws.runs)
+    assert own.ok and (own.environment.root / "made-from").read_text() == "planted\n"
+    assert own.environment.root.parent.name.startswith("build-")
+    other = environment.Request(**{**asked.__dict__, "build": "b2"})
+    again = await environment.prepare(ws.repo, other, limits=LIMITS, scratch=ws.runs)
+    assert again.environment.root != own.environment.root  # never another build's
+
+
 TAGGED = {
     "tests/test_version.py": """import subprocess
 

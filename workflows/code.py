@@ -115,6 +115,7 @@ class BuildCode:
             commit=release.commit,
             hidden=evaluation.hidden,
             project_id=self.request.project_id,
+            base=built.project_base,
         )
         try:
             accepted: Acceptance = await workflow.execute_activity(

@@ -44,6 +44,14 @@ class Plan:
         return bool(self.command.strip())
 
 
+def declares(name: str) -> bool:
+    """Whether the file `name` (relative to the repository) is one that declares dependencies."""
+    top = "/" not in name
+    return (top and (name in DEPENDENCY_FILES or bool(REQUIREMENTS.match(name)))) or (
+        name.startswith("requirements/") and name.endswith(".txt") and name.count("/") == 1
+    )
+
+
 def dependency_files(repo: Path) -> tuple[str, ...]:
     """The files of `repo` that declare its dependencies (its top level, and requirements/)."""
     found = [name for name in DEPENDENCY_FILES if _is_file(repo, name)]

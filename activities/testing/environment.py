@@ -60,6 +60,12 @@ class Request:
     setup_command: str = ""
     network: bool = False
     wheels: Path = runner.WHEELS
+    # The project's own commit the build started from. An environment other builds share is
+    # made from it, never from a build's own code; a build that changes what declares its
+    # dependencies gets one of its own (`build`). None: the checkout is the project's own;
+    # "": there is none, the environment is the build's own.
+    base: str | None = None
+    build: str = ""
 
 
 @dataclass(frozen=True)
@@ -211,18 +217,36 @@ def _folder_name(project: str) -> str:
     return f"project-{hashlib.sha256(project.encode()).hexdigest()[:16]}"
 
 
-def where(request: Request, key_: str, how: declared.Plan) -> Path:
-    """An environment's folder: the project's own when the project's command makes it, the
-    shared runner's when nothing of the project's goes into it."""
-    owner = _folder_name(request.project) if how.installs else "runner"
-    return request.store / owner / key_
+def where(request: Request, key_: str, how: declared.Plan, shared: bool) -> Path:
+    """An environment's folder: the shared runner's when nothing of the project's goes into
+    it; the project's, shared by its builds, when the project's own code makes it; else the
+    build's own."""
+    if not how.installs:
+        return request.store / "runner" / key_
+    owner = request.store / _folder_name(request.project)
+    if not shared:
+        owner = owner / f"build-{hashlib.sha256(request.build.encode()).hexdigest()[:16]}"
+    return owner / key_
 
 
-def clone(repo: Path, destination: Path) -> Path:
-    """A checkout of `repo`'s checked-out commit at `destination` with its git data and tags
-    (a local clone: objects hard-linked), where a setup command may write (blocking)."""
+def shared_from(repo: Path, request: Request) -> str | None:
+    """The commit a shared environment of the checkout at `repo` is made from: the project's
+    base, when the build changed none of the files that declare dependencies; the checkout's
+    own commit when it is the project's own (no base). None: the build changed them, so its
+    environment is its own (blocking)."""
+    head = git(repo, "rev-parse", "HEAD")
+    if request.base is None or request.base == head:
+        return head
+    if not request.base:  # "": no commit of the project's to make it from
+        return None
+    changed = git(repo, "diff", "--name-only", "-z", request.base, head).split("\0")
+    return None if any(declared.declares(name) for name in changed if name) else request.base
+
+
+def clone(repo: Path, destination: Path, commit: str) -> Path:
+    """`commit` of `repo` checked out at `destination` with its git data and tags (a local
+    clone: objects hard-linked), where a setup command may write (blocking)."""
     paths.remove_tree(destination)
-    commit = git(repo, "rev-parse", "HEAD")
     git(None, "clone", "-q", "--no-checkout", str(repo), str(destination))
     git(destination, "checkout", "-q", "--detach", commit)
     return destination
@@ -246,7 +270,8 @@ async def prepare(
         broken = Environment(request.store / "unmade", "-" * 12)
         return Made(broken, how, problem=str(err))
     key_ = await asyncio.to_thread(declared.key, repo, how, wheels)
-    root = where(request, key_, how)
+    maker = await asyncio.to_thread(shared_from, repo, request)
+    root = where(request, key_, how, shared=maker is not None)
     async with _locked(root.with_name(f".{key_}.lock"), beat):
         if (found := await asyncio.to_thread(_found, root, key_)) is not None:
             return Made(found, how, reused=True)
@@ -262,7 +287,12 @@ async def prepare(
         if how.installs:
             source = root.with_name(f"{key_}.source")
             try:
-                await asyncio.to_thread(clone, repo, source)
+                commit: str = (
+                    maker
+                    if maker is not None
+                    else await asyncio.to_thread(git, repo, "rev-parse", "HEAD")
+                )
+                await asyncio.to_thread(clone, repo, source, commit)
                 run = await _install(source, root, how, request, limits, scratch, beat)
                 if run.ok:
                     roots = await asyncio.to_thread(editable_roots, root, source)

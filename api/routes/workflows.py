@@ -33,7 +33,7 @@ from client.model_output import model_output
 from core.attributes import BUILD_STATE, PROJECT_ID
 from core.models import BuildRepository, BuildRequest, build_id_from, workflow_id_for
 from core.projects import PROJECT_ID_PATTERN
-from core.scores import ScoreCard
+from core.scores import ScoreCard, tests_of
 from core.settings import Settings
 from core.states import PATH, TERMINAL, WORKING, BuildState, progress_of, role_of
 from db import crud, scores
@@ -137,6 +137,7 @@ async def build_status(
             source="mirror",
             ui_url=settings.ui_link(wf),
             repository=_repository(row),
+            tests=tests_of(row.testing_output),
         )
     return await _status_from_temporal(await state.temporal(), settings, wf)
 
