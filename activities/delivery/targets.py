@@ -138,4 +138,4 @@ class LocalReleases:
 def _import_all(folder: Path) -> list[str]:
     modules = sorted(p.stem for p in folder.glob("*.py"))
     imports = "; ".join(f"import {m}" for m in modules) or "pass"
-    return [sys.executable, "-c", imports]
+    return ["python", "-c", imports]  # the project's environment's interpreter, where it has one
