@@ -207,6 +207,27 @@ async def test_a_shared_environment_is_made_from_the_projects_base_never_a_build
     assert again.environment.root != own.environment.root  # never another build's
 
 
+async def test_a_project_that_pins_a_runner_package_replaces_ours_whole(tmp_path: Path) -> None:
+    """The runner's packages are installed as pip would (every file in their RECORD): a
+    project's own version of one (pip, here) replaces ours and leaves nothing of it behind."""
+    remote = make_project(tmp_path, {"tests/test_pin.py": (
+        "import pip\n\n\ndef test_pinned():\n    assert pip.PINNED\n"
+    )})  # fmt: skip
+    seed = tmp_path / "seed"
+    (seed / "vendor").mkdir()
+    pinned = make_wheel("pip", {"pip/__init__.py": "PINNED = True\n"}, "99.0")
+    (seed / "vendor" / "pip-99.0-py3-none-any.whl").write_bytes(pinned)
+    commit_files(seed, {}, "pin")
+    git(seed, "push", "-q", "origin", "HEAD:refs/heads/main")
+    ws = Workspace(tmp_path / "ws", Remote(str(remote), "main", "b1"))
+    ws.open()
+    setup = "pip install --no-index --no-deps vendor/pip-99.0-py3-none-any.whl"
+    report = await run_tests(ws, 1, LIMITS, request=request(tmp_path, setup))
+    assert report.passed, report.failures
+    infos = list((tmp_path / "environments").glob("project-p1/*/lib/*/site-packages/pip-*"))
+    assert [p.name for p in infos] == ["pip-99.0.dist-info"]
+
+
 TAGGED = {
     "tests/test_version.py": """import subprocess
 

@@ -98,7 +98,8 @@ class EnvironmentProblem(RuntimeError):
 
 def _install_wheel(wheel: Path, site: Path, bin_dir: Path, python: Path) -> None:
     """A pure-Python wheel unpacked into `site`, with its console scripts in `bin_dir` (what
-    pip would do for it, in a fraction of the time)."""
+    pip would do for it, in a fraction of the time). Its RECORD lists every file it unpacked,
+    so pip can uninstall it when a project installs another version."""
     with zipfile.ZipFile(wheel) as archive:
         scripts: list[tuple[str, str]] = []
         for info in archive.infolist():
@@ -115,9 +116,6 @@ def _install_wheel(wheel: Path, site: Path, bin_dir: Path, python: Path) -> None
             target.write_bytes(archive.read(info))
             if name.endswith(".dist-info/entry_points.txt"):
                 scripts += _console_scripts(target.read_text())
-            if name.endswith(".dist-info/RECORD"):
-                installer = target.with_name("INSTALLER")
-                installer.write_text("qao\n")
     for script, entry in scripts:
         module, _, attr = entry.partition(":")
         head = attr.split(".")[0]
