@@ -270,7 +270,8 @@ async def prepare(
         broken = Environment(request.store / "unmade", "-" * 12)
         return Made(broken, how, problem=str(err))
     key_ = await asyncio.to_thread(declared.key, repo, how, wheels)
-    maker = await asyncio.to_thread(shared_from, repo, request)
+    # Only a command of the project's makes an environment that needs a commit to come from.
+    maker = await asyncio.to_thread(shared_from, repo, request) if how.installs else None
     root = where(request, key_, how, shared=maker is not None)
     async with _locked(root.with_name(f".{key_}.lock"), beat):
         if (found := await asyncio.to_thread(_found, root, key_)) is not None:
