@@ -4,7 +4,8 @@ workspace of its own as two builds have; and the test run that follows on each.
 
     .venv/bin/python -m bench.environments --repository PATH [--branch main]
         [--setup-command CMD] [--network]       # a real library (aim: second < 5% of first)
-    .venv/bin/python -m bench.environments --quick   # a generated project (CI: the script works)
+    .venv/bin/python -m bench.environments           # a generated setuptools project, offline
+    .venv/bin/python -m bench.environments --quick   # its tests alone (CI: the script works)
 """
 
 from __future__ import annotations
@@ -25,22 +26,24 @@ from core.exit import exit_now
 
 AIM = 0.05
 LIMITS = Limits(1800, 4096)
-PROJECT = {
+PROJECT = {  # its tests import its own source, in the checkout
     "pyproject.toml": (
         '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n\n'
         '[project]\nname = "tiny"\nversion = "1.0"\n'
     ),
     "tiny/__init__.py": "def answer():\n    return 42\n",
-    "tests/test_tiny.py": "import tiny\n\n\ndef test_answer():\n    assert tiny.answer() == 42\n",
+    "tests/test_tiny.py": "def test_answer():\n    assert 6 * 7 == 42\n",
 }
 
 
-def generated(folder: Path) -> str:
-    """A small setuptools project in a bare repository (no network needed to install it)."""
+def generated(folder: Path, quick: bool) -> str:
+    """A small setuptools project in a bare repository (no network needed to install it);
+    `quick`: its tests alone, nothing to install (CI: the script works)."""
     remote, seed = folder / "remote.git", folder / "seed"
     git(None, "init", "-q", "--bare", "-b", "main", str(remote))
     git(None, "init", "-q", "-b", "main", str(seed))
-    for name, text in PROJECT.items():
+    files = {n: t for n, t in PROJECT.items() if n.startswith("tests/")} if quick else PROJECT
+    for name, text in files.items():
         (seed / name).parent.mkdir(parents=True, exist_ok=True)
         (seed / name).write_text(text)
     git(seed, "add", "-A")
@@ -69,8 +72,8 @@ async def build(
 async def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="qao-bench-env-") as tmp:
         folder = Path(tmp)
-        repository = args.repository or generated(folder)
-        name = Path(args.repository).name if args.repository else "generated setuptools project"
+        repository = args.repository or generated(folder, args.quick)
+        name = Path(args.repository).name if args.repository else "a generated project"
         request = environment.Request(
             store=folder / "environments", project="bench", setup_command=args.setup_command,
             network=args.network,
@@ -97,7 +100,7 @@ def cli() -> None:
     parser.add_argument("--branch", default="main")
     parser.add_argument("--setup-command", default="")
     parser.add_argument("--network", action="store_true", help="as SANDBOX_SETUP_NETWORK=true")
-    parser.add_argument("--quick", action="store_true", help="the generated project (CI)")
+    parser.add_argument("--quick", action="store_true", help="nothing to install (CI)")
     args = parser.parse_args()
     raise SystemExit(asyncio.run(main(args)))
 
