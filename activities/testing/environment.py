@@ -80,7 +80,7 @@ class Environment:
         """Beside the environment: the files its install generated in the source."""
         return self.root.with_name(f"{self.root.name}.generated")
 
-    def prepare(self, checkout: Path) -> None:
+    def furnish(self, checkout: Path) -> None:
         """`checkout` given the files the install generated where it has none (blocking)."""
         generated.put(self.kept, self.generated, checkout)
 

@@ -131,7 +131,7 @@ async def run_in(
             return _setup_failed(command, made, log)
         env = made.environment
         python, venv = str(env.python), env.root
-        await asyncio.to_thread(env.prepare, repo)
+        await asyncio.to_thread(env.furnish, repo)
         if path := await asyncio.to_thread(env.pythonpath, repo):
             variables["PYTHONPATH"] = path
     out = await asyncio.to_thread(paths.fresh, runs, f"{name}-")
