@@ -17,7 +17,7 @@ from temporalio.service import RPCError
 from client.errors import NoAnswer
 from client.model_output import Lines, model_output
 from core.models import BuildEvent, BuildStatus
-from core.reports import ENVIRONMENT_FAILED
+from core.reports import ENVIRONMENT_FAILED, TestCounts
 from core.states import BuildState
 from workflows.build import BuildWorkflow
 
@@ -30,10 +30,15 @@ def event_line(event: BuildEvent) -> str:
     if kind == "role_call":
         if data.get("replayed"):
             return f"call   {event.triggered_by} attempt {data['attempt']} (recorded answer)"
-        return (
+        line = (
             f"call   {event.triggered_by} attempt {data['attempt']} "
             f"({data['prompt_tokens']}+{data['completion_tokens']} tokens, {data['latency_ms']} ms)"
         )
+        if tests := data.get("tests"):  # a test run's: its counts, and its environment's making
+            line += f"; tests {TestCounts.model_validate(tests).line()}"
+        if environment := data.get("environment"):
+            line += f"; environment {str(environment).rsplit(': ', 1)[-1]}"
+        return line
     if kind == "handoff":
         return f"handoff {data['from_role']} -> {data['to_role']}"
     if kind == "loop_back":

@@ -356,3 +356,23 @@ async def test_unreachable_temporal_is_one_clear_line(settings: Settings, tmp_pa
         code, out = await run(script, *args, settings=nowhere, cwd=tmp_path)
         assert code == 1, out
         assert "cannot reach Temporal at 127.0.0.1:1" in out and "Traceback" not in out
+
+
+def test_a_test_runs_event_line_says_its_counts_and_its_environment():
+    from datetime import UTC, datetime
+
+    from client.follow import event_line
+    from core.models import BuildEvent, EventType
+    from core.states import BuildState
+
+    counts = {"passed": 1991, "failed": 1, "errors": 0, "pre_existing": 2, "skipped": 25}
+    made = "environment 514e from the setup command `x`: reused (no setup ran)"
+    data = {"attempt": 1, "prompt_tokens": 700, "completion_tokens": 26, "latency_ms": 1511,
+            "tests": counts | {"run": 1994}, "environment": made}  # fmt: skip
+    event = BuildEvent(seq=13, event_type=EventType.ROLE_CALL, state=BuildState.TESTING,
+                       triggered_by="test_auditor", data=data,
+                       timestamp=datetime.now(UTC))  # fmt: skip
+    assert event_line(event) == (
+        "call   test_auditor attempt 1 (700+26 tokens, 1511 ms); tests 1,994 run: 1,991 "
+        "passed, 1 failed, 2 pre-existing, 0 errors, 25 skipped; environment reused (no setup ran)"
+    )
