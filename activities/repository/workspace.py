@@ -210,14 +210,7 @@ class Workspace:
         and tags (a local clone: objects hard-linked, so it costs little), where a run sees
         what a checkout of the project has: a project versioned from its tags (setuptools_scm,
         hatch-vcs) builds in it. The caller removes it."""
-        tree = paths.fresh(self.root, f"{name}-{commit[:12]}-")
-        git(None, "clone", "-q", "--no-checkout", str(self.repo), str(tree))
-        try:
-            git(tree, "cat-file", "-e", f"{commit}^{{commit}}")
-        except GitError:  # reachable only from the workspace's other refs (the project branch)
-            git(tree, "fetch", "-q", "origin", "+refs/remotes/*:refs/remotes/workspace/*")
-        git(tree, "checkout", "-q", "--detach", commit)
-        return tree
+        return clone_at(self.repo, paths.fresh(self.root, f"{name}-{commit[:12]}-"), commit)
 
     def drop_worktree(self, tree: Path) -> None:
         if tree.exists():
@@ -339,6 +332,18 @@ class Workspace:
             timeout=GIT_TIMEOUT_SECONDS,
             check=True,
         )
+
+
+def clone_at(repo: Path, destination: Path, commit: str) -> Path:
+    """`commit` of the repository `repo` checked out at `destination` (empty or absent), with
+    its git data and tags: a local clone, objects hard-linked."""
+    git(None, "clone", "-q", "--no-checkout", str(repo), str(destination))
+    try:
+        git(destination, "cat-file", "-e", f"{commit}^{{commit}}")
+    except GitError:  # reachable only from the repository's other refs (the project branch)
+        git(destination, "fetch", "-q", "origin", "+refs/remotes/*:refs/remotes/workspace/*")
+    git(destination, "checkout", "-q", "--detach", commit)
+    return destination
 
 
 def _sha(data: bytes) -> str:

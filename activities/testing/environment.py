@@ -42,8 +42,10 @@ from pathlib import Path
 
 from activities import paths
 from activities.repository.gitcmd import git
+from activities.repository.workspace import clone_at
 from activities.sandbox.runs import Limits, RunResult, run_limited, source_path
 from activities.testing import declared, generated, index_proxy, runner
+from core.projects import PROJECT_ID_PATTERN
 
 LOCK_POLL_SECONDS = 0.5
 FILE_BYTES = 4 * 1024 * 1024  # a .pth file or editable finder larger than this is read this far
@@ -212,7 +214,7 @@ def _found(root: Path, key_: str) -> Environment | None:
 
 def _folder_name(project: str) -> str:
     """A project's folder under the store (its id is a checked name; hashed if it is not)."""
-    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", project):
+    if re.fullmatch(PROJECT_ID_PATTERN, project):
         return f"project-{project}"
     return f"project-{hashlib.sha256(project.encode()).hexdigest()[:16]}"
 
@@ -229,27 +231,20 @@ def where(request: Request, key_: str, how: declared.Plan, shared: bool) -> Path
     return owner / key_
 
 
-def shared_from(repo: Path, request: Request) -> str | None:
-    """The commit a shared environment of the checkout at `repo` is made from: the project's
-    base, when the build changed none of the files that declare dependencies; the checkout's
-    own commit when it is the project's own (no base). None: the build changed them, so its
-    environment is its own (blocking)."""
+def made_from(repo: Path, request: Request) -> tuple[str, bool]:
+    """The commit the environment of the checkout at `repo` is made from, and whether other
+    builds share it: the project's base, shared, when the build changed none of the files
+    that declare dependencies (the checkout's own commit when it is the project's own: no
+    base); else the checkout's commit, the build's own (blocking)."""
     head = git(repo, "rev-parse", "HEAD")
     if request.base is None or request.base == head:
-        return head
+        return head, True
     if not request.base:  # "": no commit of the project's to make it from
-        return None
+        return head, False
     changed = git(repo, "diff", "--name-only", "-z", request.base, head).split("\0")
-    return None if any(declared.declares(name) for name in changed if name) else request.base
-
-
-def clone(repo: Path, destination: Path, commit: str) -> Path:
-    """`commit` of `repo` checked out at `destination` with its git data and tags (a local
-    clone: objects hard-linked), where a setup command may write (blocking)."""
-    paths.remove_tree(destination)
-    git(None, "clone", "-q", "--no-checkout", str(repo), str(destination))
-    git(destination, "checkout", "-q", "--detach", commit)
-    return destination
+    if any(declared.declares(name) for name in changed if name):
+        return head, False
+    return request.base, True
 
 
 async def prepare(
@@ -271,8 +266,10 @@ async def prepare(
         return Made(broken, how, problem=str(err))
     key_ = await asyncio.to_thread(declared.key, repo, how, wheels)
     # Only a command of the project's makes an environment that needs a commit to come from.
-    maker = await asyncio.to_thread(shared_from, repo, request) if how.installs else None
-    root = where(request, key_, how, shared=maker is not None)
+    commit, shared = (
+        await asyncio.to_thread(made_from, repo, request) if how.installs else ("", True)
+    )
+    root = where(request, key_, how, shared)
     async with _locked(root.with_name(f".{key_}.lock"), beat):
         if (found := await asyncio.to_thread(_found, root, key_)) is not None:
             return Made(found, how, reused=True)
@@ -288,12 +285,8 @@ async def prepare(
         if how.installs:
             source = root.with_name(f"{key_}.source")
             try:
-                commit: str = (
-                    maker
-                    if maker is not None
-                    else await asyncio.to_thread(git, repo, "rev-parse", "HEAD")
-                )
-                await asyncio.to_thread(clone, repo, source, commit)
+                await asyncio.to_thread(paths.remove_tree, source)
+                await asyncio.to_thread(clone_at, repo, source, commit)
                 run = await _install(source, root, how, request, limits, scratch, beat)
                 if run.ok:
                     roots = await asyncio.to_thread(editable_roots, root, source)

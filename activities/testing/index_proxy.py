@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import html
 import os
@@ -43,17 +44,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Protocol
 
+from packaging.utils import canonicalize_name
+
 PYPI = "https://pypi.org/simple/"
 FETCH_SECONDS = 60
 CHUNK = 1 << 16
 PAGE_BYTES = 32 * 1024 * 1024
 NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,198}[A-Za-z0-9])?$")
 DISTRIBUTION = re.compile(r"\.(whl|tar\.gz|zip|tar\.bz2|tgz)$")
-
-
-def normalized(name: str) -> str:
-    """PEP 503's form of a project name."""
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 @dataclass(frozen=True)
@@ -131,6 +129,7 @@ class Proxy:
     files: dict[str, str] = field(default_factory=dict)  # token -> absolute upstream URL
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    @functools.cached_property
     def credentials(self) -> dict[str, tuple[str, str]]:
         """The user and password of each configured location that has them, by host:port."""
         found: dict[str, tuple[str, str]] = {}
@@ -163,7 +162,7 @@ class Proxy:
         netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
         # A link of an index's page is fetched with the index's credentials (as pip keys
         # them: by host and port).
-        user = self.credentials().get(netloc) if parts.username is None else (
+        user = self.credentials.get(netloc) if parts.username is None else (
             urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
         )  # fmt: skip
         if user is not None:
@@ -185,7 +184,7 @@ class Proxy:
 
     def page(self, name: str) -> bytes:
         """The merged page of project `name` over every configured location."""
-        wanted = normalized(name)
+        wanted = canonicalize_name(name)
         rows: list[str] = []
         seen: set[str] = set()
         for index in self.upstream.indexes:
@@ -217,7 +216,7 @@ class Proxy:
             filename = urllib.parse.unquote(target.rsplit("/", 1)[-1])
             if not DISTRIBUTION.search(filename):
                 continue
-            if only is not None and not normalized(filename).startswith(only):
+            if only is not None and not canonicalize_name(filename).startswith(only):
                 continue
             rows.append(self._row(target, filename, fragment, link, seen))
         return [row for row in rows if row]
@@ -225,7 +224,7 @@ class Proxy:
     def _from_folder(self, folder: Path, wanted: str, seen: set[str]) -> list[str]:
         rows = []
         for entry in sorted(folder.iterdir()):
-            named = normalized(entry.name).startswith(wanted + "-")
+            named = canonicalize_name(entry.name).startswith(wanted + "-")
             if named and entry.is_file() and DISTRIBUTION.search(entry.name):
                 rows.append(self._row(entry.as_uri(), entry.name, "", {}, seen))
         return [row for row in rows if row]

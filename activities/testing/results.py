@@ -10,7 +10,7 @@ from xml.etree import ElementTree
 
 from pydantic import BaseModel
 
-from core.reports import RUN, TestFailure, TestReport
+from core.reports import RUN, TestCounts, TestFailure, TestReport
 
 MAX_FAILURES = 20
 MESSAGE_CHARS = 500
@@ -96,18 +96,29 @@ class Case:
     message: str | None = None
 
 
-def all_failures(path: Path) -> list[TestFailure]:
-    """One TestFailure per failed or erroring test case of the report at `path`."""
+def failures_of(found: list[Case]) -> list[TestFailure]:
+    """One TestFailure per failed or erroring case."""
     return [
         TestFailure(test=c.name, message=c.message, error=c.status == "error" or None)
-        for c in cases(path)
+        for c in found
         if c.message is not None
     ]
 
 
-def parse_junit(path: Path) -> tuple[int, list[TestFailure]]:
-    """Tests run (not skipped), and one TestFailure per failed or erroring test case."""
-    return sum(1 for c in cases(path) if c.status != "skipped"), all_failures(path)
+def counted(found: list[Case]) -> TestCounts:
+    """The cases by how they ended (none pre-existing: only a base's run tells those)."""
+    statuses = [c.status for c in found]
+    return TestCounts(
+        passed=statuses.count("passed"),
+        failed=statuses.count("failure"),
+        errors=statuses.count("error"),
+        skipped=statuses.count("skipped"),
+    )
+
+
+def all_failures(path: Path) -> list[TestFailure]:
+    """One TestFailure per failed or erroring test case of the report at `path`."""
+    return failures_of(cases(path))
 
 
 def passed_tests(path: Path) -> set[str]:

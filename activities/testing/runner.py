@@ -10,12 +10,13 @@ import configparser
 import contextlib
 import fcntl
 import os
-import re
 import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from packaging.utils import canonicalize_name
 
 from activities import paths
 
@@ -62,7 +63,7 @@ def runner_wheels(folder: Path) -> tuple[str, ...]:
 
 def _complete(folder: Path, names: tuple[str, ...]) -> bool:
     have = {_project(w) for w in _wheels(folder)}
-    return all(_normal(name) in have for name in names)
+    return all(canonicalize_name(name) in have for name in names)
 
 
 def _download(folder: Path, names: tuple[str, ...]) -> None:
@@ -79,12 +80,8 @@ def _download(folder: Path, names: tuple[str, ...]) -> None:
         )
 
 
-def _normal(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def _project(wheel: str) -> str:
-    return _normal(wheel.split("-", 1)[0])
+    return canonicalize_name(wheel.split("-", 1)[0])
 
 
 def _wheels(folder: Path) -> tuple[str, ...]:
@@ -150,10 +147,11 @@ def create(root: Path, wheels: Path, names: tuple[str, ...], installer: bool) ->
     if not sites:
         raise EnvironmentProblem(f"venv made no site-packages under {root}")
     wanted = RUNNER + (INSTALLER if installer else ())
-    runner = [n for n in names if n.startswith("runner/")]
-    for name in runner:
-        if installer or _project(name.removeprefix("runner/")) not in map(_normal, INSTALLER):
+    runner = {_project(n.removeprefix("runner/")): n for n in names if n.startswith("runner/")}
+    left_out = set() if installer else {canonicalize_name(n) for n in INSTALLER}
+    for project, name in runner.items():
+        if project not in left_out:
             _install_wheel(wheels / name, sites[0], root / "bin", root / "bin" / "python")
-    have = {_project(n.removeprefix("runner/")) for n in runner}
-    if missing := [w for w in wanted if _normal(w) not in have]:
+    have = set(runner)
+    if missing := [w for w in wanted if canonicalize_name(w) not in have]:
         raise EnvironmentProblem(f"no wheel of {', '.join(missing)} in {wheels}")

@@ -22,11 +22,13 @@ from activities.testing.results import (
     MESSAGE_CHARS,
     Baseline,
     cases,
+    counted,
     failed_tests,
+    failures_of,
     last_lines,
     passed_tests,
 )
-from core.reports import RUN, TestCounts, TestFailure, TestReport
+from core.reports import RUN, TestFailure, TestReport
 
 DEFAULT_COMMAND = "python -m pytest"
 PYTEST_CONFIGS = ("pytest.ini", "pyproject.toml", "setup.cfg", "tox.ini")
@@ -153,18 +155,8 @@ async def run_in(
         await asyncio.to_thread(paths.remove_tree, out)
     await asyncio.to_thread(_write_log, log, run.output)
     found = await asyncio.to_thread(cases, junit)
-    failures = [
-        TestFailure(test=case.name, message=case.message, error=case.status == "error" or None)
-        for case in found
-        if case.message is not None
-    ]
-    tests = sum(1 for case in found if case.status != "skipped")
-    counts = TestCounts(
-        passed=sum(1 for case in found if case.status == "passed"),
-        failed=sum(1 for case in found if case.status == "failure"),
-        errors=sum(1 for case in found if case.status == "error"),
-        skipped=sum(1 for case in found if case.status == "skipped"),
-    )
+    failures, counts = failures_of(found), counted(found)
+    tests = counts.run
     pytest = _pytest_args(command) is not None
     if run.timed_out:
         failures.insert(
