@@ -32,14 +32,8 @@ from core.messages import (
     TopUpAccepted,
     TopUpRequest,
 )
-from core.models import (
-    BuildEvent,
-    BuildStatus,
-    Simulation,
-    StartOptions,
-    parse_requirements,
-    workflow_id_for,
-)
+from core.mirror import BuildEvent
+from core.models import BuildStatus, Simulation, StartOptions, parse_requirements, workflow_id_for
 from core.settings import Settings, get_settings
 from core.states import HANDOFFS, WORKING, BuildState
 from workflows.build import BuildWorkflow

@@ -20,7 +20,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.beat import beating
 from core.contracts import MIRROR_BUILD, Failure
-from core.models import MirrorBatch, MirrorReceipt
+from core.mirror import MirrorBatch, MirrorReceipt
 from db.crud import record_batch
 
 log = logging.getLogger(__name__)

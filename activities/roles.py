@@ -38,6 +38,8 @@ from core.contracts import (
     VERIFICATION_OVERSEER,
     Failure,
 )
+from core.feedback import ModelUsage
+from core.mirror import RoleCall
 from core.models import Simulation
 from core.projects import ProjectConfig
 from core.releases import Released, RestoreResult, RestoreTask
@@ -47,7 +49,6 @@ from core.role_io import (
     CodeWriterResult,
     DiscoveryOutput,
     ImplementationSummary,
-    ModelUsage,
     OpenResult,
     OpenTask,
     PlanOutput,
@@ -76,18 +77,20 @@ def _beat(detail: str) -> None:
 
 def carrying_mirror(
     role: Callable[[RoleActivities, RoleTask], Awaitable[R]],
-) -> Callable[[RoleActivities, RoleTask], Awaitable[R]]:
-    """A role call first writes the mirror batch its task carries, then works, and reports
-    what it wrote so the workflow does not send it again."""
+) -> Callable[[RoleActivities, RoleCall], Awaitable[R]]:
+    """A role call first writes the mirror batch it carries, then its role works on the task
+    alone, and it reports what it wrote so the workflow does not send it again."""
 
     @functools.wraps(role)
-    async def call(self: RoleActivities, task: RoleTask) -> R:
+    async def carried(self: RoleActivities, task: RoleCall) -> R:
         mirrored = await self.mirror.carried(task.mirror) if self.mirror else 0
-        result = await role(self, task)
+        result = await role(self, task.task())
         result.mirrored_seq = mirrored
         return result
 
-    return call
+    # What the SDK decodes the input as: the call, not the task `wraps` copied from the role.
+    carried.__annotations__ = {"task": RoleCall, "return": role.__annotations__["return"]}
+    return carried
 
 
 class RoleActivities:

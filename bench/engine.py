@@ -34,7 +34,7 @@ from bench.bare import BareWorkflow, bare_step
 from bench.variants import BuildWithoutRepository
 from core.contracts import OPEN_WORKSPACE, ROLE_CALLS
 from core.exit import exit_now
-from core.models import MirrorBatch
+from core.mirror import MirrorBatch
 from core.settings import get_settings
 from core.telemetry import setup_logging
 from core.temporal import connect

@@ -26,7 +26,7 @@ from sqlalchemy import Engine, func, insert
 from sqlmodel import Session, select
 
 from api.main import create_app
-from core.models import BuildSnapshot
+from core.mirror import BuildSnapshot
 from core.settings import Settings
 from core.states import BuildState
 from db import crud

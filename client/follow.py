@@ -16,86 +16,104 @@ from temporalio.service import RPCError
 
 from client.errors import NoAnswer
 from client.model_output import Lines, model_output
-from core.models import BuildEvent, BuildStatus
-from core.reports import ENVIRONMENT_FAILED, TestCounts
+from core.events import (
+    ApprovalRequested,
+    BranchMoved,
+    Completed,
+    HandedOff,
+    LoopedBack,
+    Restored,
+    RoleCalled,
+    SignalRejected,
+    StateChanged,
+    WorkspaceOpened,
+    stored,
+)
+from core.feedback import Feedback
+from core.mirror import BuildEvent
+from core.models import BuildStatus
+from core.releases import Released
+from core.reports import ENVIRONMENT_FAILED
 from core.states import BuildState
 from workflows.build import BuildWorkflow
 
 
 def event_line(event: BuildEvent) -> str:
-    data = event.data
-    kind = event.event_type.value
-    if kind == "state_changed":
-        return f"state  {data.get('from', '-')} -> {data['to']}"
-    if kind == "role_call":
-        if data.get("replayed"):
-            return f"call   {event.triggered_by} attempt {data['attempt']} (recorded answer)"
-        line = (
-            f"call   {event.triggered_by} attempt {data['attempt']} "
-            f"({data['prompt_tokens']}+{data['completion_tokens']} tokens, {data['latency_ms']} ms)"
-        )
-        if tests := data.get("tests"):  # a test run's: its counts, and its environment's making
-            line += f"; tests {TestCounts.model_validate(tests).line()}"
-        if environment := data.get("environment"):
-            line += f"; environment {str(environment).rsplit(': ', 1)[-1]}"
-        return line
-    if kind == "handoff":
-        return f"handoff {data['from_role']} -> {data['to_role']}"
-    if kind == "loop_back":
-        return (
-            f"[yellow]loop   {data['reason']}{why(data)} (loop-back {data['loop_back']})[/yellow]"
-        )
-    if kind == "signal_rejected":
-        return f"[red]reject {data['command']}: {data['reason']}[/red]"
-    if kind == "workspace_opened":
-        return (
-            f"open   {data['repository']} {data['branch']} at {str(data['base'])[:10]}, "
-            f"working on {data['build_branch']}"
-        )
-    if kind == "branch_moved":
-        return (
-            f"[yellow]moved  the project's branch moved on to {str(data['branch_head'])[:10]}; "
-            f"its merge {str(data['merged'])[:10]} is tested again[/yellow]"
-        )
-    if kind == "completed":
-        return f"[green]done   {delivered(data['release'])}[/green]"
-    if kind == "restored":
-        undone = f", release {data['release_undone']} undone" if data["release_undone"] else ""
-        if data.get("reverted_by"):
-            undone += f" (reverted by {str(data['reverted_by'])[:10]} on the branch)"
-        return (
-            f"[yellow]restore code to {str(data['commit'])[:10]}{undone}; "
-            f"current release: {data['release_current'] or 'none'}[/yellow]"
-        )
-    if kind == "approval_requested":
-        return f"[cyan]wait   approval at {data['gate']} (starter.py approve <build>)[/cyan]"
-    details = ", ".join(f"{k}={v}" for k, v in data.items() if not isinstance(v, (dict, list)))
-    return f"{kind:<6} {details}"
+    """One event as one line of a terminal."""
+    by = event.triggered_by
+    match event.data:
+        case StateChanged(from_=source, to=target):
+            return f"state  {source.value if source else '-'} -> {target.value}"
+        case RoleCalled(replayed=True, attempt=attempt):
+            return f"call   {by} attempt {attempt} (recorded answer)"
+        case RoleCalled() as call:
+            line = (
+                f"call   {by} attempt {call.attempt} "
+                f"({call.prompt_tokens}+{call.completion_tokens} tokens, {call.latency_ms} ms)"
+            )
+            if call.tests is not None:  # a test run's: its counts, and its environment's making
+                line += f"; tests {call.tests.line()}"
+            if call.environment:
+                line += f"; environment {call.environment.rsplit(': ', 1)[-1]}"
+            return line
+        case HandedOff(from_role=source, to_role=target):
+            return f"handoff {source.value} -> {target.value}"
+        case LoopedBack(reason=reason, loop_back=count, feedback=feedback):
+            return f"[yellow]loop   {reason.value}{why(feedback)} (loop-back {count})[/yellow]"
+        case SignalRejected(command=command, reason=reason):
+            return f"[red]reject {command}: {reason}[/red]"
+        case WorkspaceOpened() as opened:
+            return (
+                f"open   {opened.repository} {opened.branch} at {opened.base[:10]}, "
+                f"working on {opened.build_branch}"
+            )
+        case BranchMoved(branch_head=head, merged=merged):
+            return (
+                f"[yellow]moved  the project's branch moved on to {(head or '')[:10]}; "
+                f"its merge {(merged or '')[:10]} is tested again[/yellow]"
+            )
+        case Completed(release=release):
+            return f"[green]done   {delivered(release)}[/green]"
+        case Restored() as restored:
+            undone = (
+                f", release {restored.release_undone} undone" if restored.release_undone else ""
+            )
+            if restored.reverted_by:
+                undone += f" (reverted by {restored.reverted_by[:10]} on the branch)"
+            return (
+                f"[yellow]restore code to {(restored.commit or '')[:10]}{undone}; "
+                f"current release: {restored.release_current or 'none'}[/yellow]"
+            )
+        case ApprovalRequested(gate=gate):
+            return f"[cyan]wait   approval at {gate.value} (starter.py approve <build>)[/cyan]"
+    fields = stored(event.data).items()
+    details = ", ".join(f"{k}={v}" for k, v in fields if not isinstance(v, (dict, list)))
+    return f"{event.event_type.value:<6} {details}"
 
 
-def delivered(release: dict[str, Any]) -> str:
+def delivered(release: Released | None) -> str:
     """What a finished build delivered, in one line."""
-    commit = str(release.get("commit") or "")[:10]
-    if release.get("delivery") == "branch":
-        return f"pushed {release.get('version')} at {commit} for a person to merge"
-    if release.get("delivery") == "merge":
-        return (
-            f"released {release.get('version')} ({commit} on the branch) to {release.get('path')}"
-        )
-    return f"released {release.get('version', '')} to {release.get('path')}"
+    if release is None:
+        return "released nothing"
+    commit = (release.commit or "")[:10]
+    if release.delivery == "branch":
+        return f"pushed {release.version} at {commit} for a person to merge"
+    if release.delivery == "merge":
+        return f"released {release.version} ({commit} on the branch) to {release.path}"
+    return f"released {release.version} to {release.path}"
 
 
-def why(loop: dict[str, Any]) -> str:
+def why(feedback: Feedback) -> str:
     """The first concrete reason of a loop-back: a failing test, a review reason, a smoke check."""
-    if loop.get("failures"):
-        first = loop["failures"][0]
-        return f": {first['test']}: {first['message'].splitlines()[0][:80]}"
-    if loop.get("reasons"):
-        return f": {loop['reasons'][0][:100]}"
-    if loop.get("release"):
-        return f": {loop['release'].get('smoke', '')}"
-    if loop.get("error"):
-        return f": {str(loop['error'])[:100]}"
+    if feedback.failures:
+        first = feedback.failures[0]
+        return f": {first.test}: {(first.message.splitlines() or [''])[0][:80]}"
+    if feedback.reasons:
+        return f": {feedback.reasons[0][:100]}"
+    if feedback.release is not None:
+        return f": {feedback.release.smoke}"
+    if feedback.error:
+        return f": {feedback.error[:100]}"
     return ""
 
 
@@ -174,7 +192,7 @@ async def follow(
     console: Console,
     interval: float = 0.5,
     output_of: Client | None = None,
-) -> tuple[BuildStatus, dict[str, Any]]:
+) -> tuple[BuildStatus, Released | None]:
     """Show progress and events until the build ends; the final status and the release.
     With `output_of` (the client), what the models write is shown as they write it."""
     result = asyncio.create_task(handle.result())
@@ -222,7 +240,7 @@ async def follow(
         if output_of is not None:  # what the stream still holds, then the last line
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(shown, 10)
-    release: dict[str, Any] = {}
+    release: Released | None = None
     with contextlib.suppress(WorkflowFailureError):  # a FAILED build's reason is in its status
         release = (await result).release
     try:

@@ -12,10 +12,11 @@ from client import builds
 from client.cli import console
 from client.follow import delivered, follow
 from core.models import BuildStatus
+from core.releases import Released
 from core.settings import Settings
 from core.states import BuildState
 
-Followed = tuple[BuildStatus, dict[str, Any]] | None
+Followed = tuple[BuildStatus, Released | None] | None
 
 
 async def announced(

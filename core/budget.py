@@ -1,17 +1,17 @@
-"""A build's budget: its limits (top-ups included) and what its model calls spent, per role.
+"""A build's budget ledger: its limits (top-ups included) and what its model calls spent, per role.
 Its own methods are the only writers of its fields (tests/test_owners.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.role_io import ModelUsage
+from core.feedback import ModelUsage
 
 USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "cost_usd", "requests")
 
 
 @dataclass
-class Budget:
+class BudgetLedger:
     max_tokens: int | None = None  # None: no limit
     max_cost_usd: float | None = None
     usage: dict[str, dict[str, float]] = field(default_factory=dict)  # per role, summed

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
-from core.budget import Budget
+from core.budget import BudgetLedger
+from core.feedback import Feedback
+from core.outcomes import Ending
 from core.projects import ProjectConfig
 from core.releases import Released
-from core.role_io import Feedback, RoleOutput
+from core.role_io import RoleOutput
 from core.states import BuildState
 
 
@@ -52,7 +54,7 @@ class CodeState:
     project_base: str | None = None  # the project branch's commit the build started from
     head: str | None = None  # the workspace commit the build's code is at (None: empty)
     base: str | None = None  # the commit its change is measured from (its live release's)
-    commit_at: dict[str, str | None] = field(default_factory=dict)  # head entering a state
+    commit_at: dict[BuildState, str | None] = field(default_factory=dict)  # head entering a state
     release: Released | None = None  # this build's live release
     base_before_release: str | None = None  # `base` before this build released
 
@@ -83,18 +85,19 @@ class BuildData:
 
     state: BuildState = BuildState.DISCOVERY
     completed_phases: list[BuildState] = field(default_factory=list)
-    attempts: dict[str, int] = field(default_factory=dict)
+    attempts: dict[BuildState, int] = field(default_factory=dict)
     loop_backs: int = 0
     last_error: str | None = None
-    outputs: dict[str, RoleOutput] = field(default_factory=dict)  # per state, the last
+    outputs: dict[BuildState, RoleOutput] = field(default_factory=dict)  # per state, the last
     feedback: Feedback = field(default_factory=Feedback)  # what the Code Writer fixes next
     phase_running: bool = False
     failed_state: BuildState | None = None
-    failure_reason: str | None = None
+    ending: Ending | None = None  # why it ended FAILED
+    ending_detail: str | None = None  # what says more: the setback, the error
     paused_from: BuildState | None = None  # the state a paused build paused in
-    signatures: dict[str, str] = field(default_factory=dict)  # last failure per state
+    signatures: dict[BuildState, str] = field(default_factory=dict)  # last failure per state
     attention: str | None = None  # what a person is asked to look at (NEEDS_ATTENTION)
     code: CodeState = field(default_factory=CodeState)
     queue: QueueState = field(default_factory=QueueState)
     steering: Steering = field(default_factory=Steering)
-    budget: Budget = field(default_factory=Budget)
+    budget: BudgetLedger = field(default_factory=BudgetLedger)

@@ -15,7 +15,7 @@ from typing import Generic, TypeVar
 
 from core.evals import EvalReport, EvalReportTask
 from core.evaluation import Acceptance
-from core.models import MirrorBatch, MirrorReceipt
+from core.mirror import MirrorBatch, MirrorReceipt, RoleCall
 from core.projects import (
     NewRepository,
     NewRepositoryMade,
@@ -33,7 +33,6 @@ from core.role_io import (
     QAssistantResult,
     ReleaseResult,
     RoleResult,
-    RoleTask,
     TestAuditorResult,
     VerificationResult,
 )
@@ -52,11 +51,11 @@ class Contract(Generic[ArgT, ResultT]):
     result: type[ResultT]
 
 
-Q_ASSISTANT = Contract("q_assistant", RoleTask, QAssistantResult)
-CODE_WRITER = Contract("code_writer", RoleTask, CodeWriterResult)
-TEST_AUDITOR = Contract("test_auditor", RoleTask, TestAuditorResult)
-VERIFICATION_OVERSEER = Contract("verification_overseer", RoleTask, VerificationResult)
-RELEASE_MANAGER = Contract("release_manager", RoleTask, ReleaseResult)
+Q_ASSISTANT = Contract("q_assistant", RoleCall, QAssistantResult)
+CODE_WRITER = Contract("code_writer", RoleCall, CodeWriterResult)
+TEST_AUDITOR = Contract("test_auditor", RoleCall, TestAuditorResult)
+VERIFICATION_OVERSEER = Contract("verification_overseer", RoleCall, VerificationResult)
+RELEASE_MANAGER = Contract("release_manager", RoleCall, ReleaseResult)
 RESTORE_WORKSPACE = Contract("restore_workspace", RestoreTask, RestoreResult)
 MIRROR_BUILD = Contract("mirror_build", MirrorBatch, MirrorReceipt)  # a local activity
 OPEN_WORKSPACE = Contract("open_workspace", OpenTask, OpenResult)
@@ -114,7 +113,7 @@ REFUSED_ATTEMPTS = frozenset(
 
 S = BuildState
 # The role activity that works in each working state.
-ROLE_CALLS: dict[BuildState, Contract[RoleTask, RoleResult]] = {
+ROLE_CALLS: dict[BuildState, Contract[RoleCall, RoleResult]] = {
     S.DISCOVERY: Q_ASSISTANT,
     S.PLANNING: Q_ASSISTANT,
     S.IMPLEMENTATION: CODE_WRITER,

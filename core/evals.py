@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from core.evaluation import NAME_PATTERN, Acceptance, Evaluation, HiddenTests, ModelChoices
 from core.models import (
-    Budget,
+    BudgetLimits,
     BuildOptions,
     BuildRequest,
     Requirements,
@@ -122,7 +122,7 @@ def child_requests(run: EvalRun) -> list[BuildRequest]:
                 max_retries=config.max_retries,
                 simulate=config.simulate,
                 policy=run.policy,
-                budget=Budget(max_tokens=config.max_tokens, max_cost_usd=config.max_cost_usd),
+                budget=BudgetLimits(max_tokens=config.max_tokens, max_cost_usd=config.max_cost_usd),
                 attention_wait_seconds=run.attention_wait_seconds,
                 evaluation=evaluation,
             )

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -25,6 +26,7 @@ from temporalio.common import RetryPolicy
 
 from core.evaluation import Evaluation
 from core.projects import Bump, ProjectConfig, ProjectId
+from core.releases import Released
 from core.reruns import Rerun
 from core.states import HANDOFFS, BuildState, Role
 
@@ -54,6 +56,16 @@ class Simulation(StrEnum):
     CONFLICT = "conflict"
 
 
+@dataclass(frozen=True)
+class CallOptions:
+    """How long an activity call may take, how its worker's death is noticed, how it is
+    retried (workflows/calls.py passes them to the SDK)."""
+
+    start_to_close: timedelta
+    retry: RetryPolicy
+    heartbeat: timedelta | None = None  # None: a call that does not heartbeat
+
+
 class RolePolicy(BaseModel):
     """Timeouts and retries for role activities; filled from settings by whoever starts a build."""
 
@@ -71,14 +83,14 @@ class RolePolicy(BaseModel):
             maximum_attempts=self.max_attempts,
         )
 
-    def activity_options(self) -> dict[str, Any]:
-        """The timeouts and retries of a role activity, as `execute_activity` takes them. The
-        heartbeat timeout notices a worker that dies mid-call in seconds, not at start-to-close."""
-        return {
-            "start_to_close_timeout": timedelta(seconds=self.start_to_close_seconds),
-            "heartbeat_timeout": timedelta(seconds=self.heartbeat_seconds),
-            "retry_policy": self.retry_policy(),
-        }
+    def call_options(self) -> CallOptions:
+        """The timeouts and retries of a role activity. The heartbeat timeout notices a worker
+        that dies mid-call in seconds, not at start-to-close."""
+        return CallOptions(
+            start_to_close=timedelta(seconds=self.start_to_close_seconds),
+            retry=self.retry_policy(),
+            heartbeat=timedelta(seconds=self.heartbeat_seconds),
+        )
 
 
 def check_gates(gates: list[BuildState]) -> list[BuildState]:
@@ -90,7 +102,7 @@ def check_gates(gates: list[BuildState]) -> list[BuildState]:
     return list(dict.fromkeys(gates))
 
 
-class Budget(BaseModel):
+class BudgetLimits(BaseModel):
     """What a build may spend before it pauses in BUDGET_EXHAUSTED (None: no limit), and how
     long it then waits for a top-up before it ends FAILED."""
 
@@ -138,7 +150,7 @@ class BuildOptions(BaseModel):
     approval_gates: list[BuildState] = Field(default_factory=list)
     simulate: list[Simulation] = Field(default_factory=list)
     policy: RolePolicy = Field(default_factory=RolePolicy)
-    budget: Budget = Field(default_factory=Budget)
+    budget: BudgetLimits = Field(default_factory=BudgetLimits)
     attention_wait_seconds: float = Field(default=86_400, gt=0)
     approval_wait_seconds: float = Field(default=7 * 86_400, gt=0)
     bump: Bump = "minor"  # which part of the project's version its release raises
@@ -229,58 +241,6 @@ def feature_name(requirements: Requirements) -> str:
 # --- What the workflow reports -----------------------------------------------------------
 
 
-class EventType(StrEnum):
-    STATE_CHANGED = "state_changed"
-    HANDOFF = "handoff"
-    ROLE_CALL = "role_call"
-    RETRY_REQUESTED = "retry_requested"
-    ROLLBACK = "rollback"
-    LOOP_BACK = "loop_back"
-    SIGNAL_REJECTED = "signal_rejected"
-    APPROVAL_REQUESTED = "approval_requested"
-    APPROVED = "approved"
-    FAILED = "failed"
-    COMPLETED = "completed"
-    CANCELLED = "cancelled"
-    RESTORED = "restored"
-    BUDGET_EXHAUSTED = "budget_exhausted"
-    TOPPED_UP = "topped_up"
-    NEEDS_ATTENTION = "needs_attention"
-    ABORTED = "aborted"
-    WORKSPACE_OPENED = "workspace_opened"
-    BRANCH_MOVED = "branch_moved"
-    RELEASE_QUEUED = "release_queued"
-    RELEASE_TURN = "release_turn"
-    MIRROR_REFUSED = "mirror_refused"
-    ACCEPTANCE_TESTED = "acceptance_tested"  # an evaluation case's hidden tests (core/evals.py)
-
-
-class BuildEvent(BaseModel):
-    """One event of a build; seq is assigned in the workflow, so it is stable across replays."""
-
-    seq: int
-    event_type: EventType
-    state: BuildState
-    triggered_by: str
-    data: dict[str, Any] = Field(default_factory=dict)
-    timestamp: datetime
-
-
-class Handoff(BaseModel):
-    """The context built for the next role at a HANDOFF_TO_* state."""
-
-    seq: int
-    from_role: Role
-    to_role: Role
-    from_state: BuildState
-    to_state: BuildState
-    instructions: str
-    previous_output: dict[str, Any]
-    phase_data: dict[str, Any]
-    metadata: dict[str, Any]
-    timestamp: datetime
-
-
 class BuildRepository(BaseModel):
     """Where a build stands in its project's repository."""
 
@@ -303,7 +263,7 @@ class BuildStatus(BaseModel):
     current_role: Role | None
     progress: int
     completed_phases: list[BuildState]
-    attempts: dict[str, int]
+    attempts: dict[BuildState, int]
     loop_backs: int
     max_retries: int
     last_error: str | None
@@ -329,55 +289,6 @@ class BuildResult(BaseModel):
 
     build_id: str
     state: BuildState
-    attempts: dict[str, int]
+    attempts: dict[BuildState, int]
     loop_backs: int
-    release: dict[str, Any]
-
-
-# --- The mirror ---------------------------------------------------------------------------
-
-
-class BuildSnapshot(BaseModel):
-    """A build's row in the mirror as of `last_seq`; outputs only for phases that changed."""
-
-    build_id: str
-    workflow_id: str
-    project_id: str
-    user_id: str
-    requirements: Requirements
-    state: BuildState
-    current_role: Role | None
-    attempts: dict[str, int]
-    loop_backs: int
-    last_error: str | None
-    completed_phases: list[BuildState] = Field(default_factory=list)
-    waiting_for: str | None = None
-    pending_command: str | None = None
-    failed_state: BuildState | None = None
-    failure_reason: str | None = None
-    usage: dict[str, dict[str, float]] = Field(default_factory=dict)
-    tokens: int = 0
-    cost_usd: float = 0.0
-    outputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    options: dict[str, Any] = Field(default_factory=dict)
-    repository: BuildRepository | None = None
-    created_at: datetime
-    updated_at: datetime
-    completed_at: datetime | None = None
-    duration_seconds: float | None = None
-    last_seq: int
-    run_id: str | None = None  # None: a batch of a build recorded before runs were told apart
-
-
-class MirrorBatch(BaseModel):
-    """What the workflow hands the mirror at a boundary: new events and handoffs, the snapshot."""
-
-    snapshot: BuildSnapshot
-    events: list[BuildEvent]
-    handoffs: list[Handoff]
-
-
-class MirrorReceipt(BaseModel):
-    events_inserted: int
-    handoffs_inserted: int
-    build_updated: bool
+    release: Released | None = None  # None: the build released nothing

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
+
+from core.outcomes import Setback
 
 # Why a build waits for a person when a test run's environment could not be made.
-ENVIRONMENT_FAILED = "environment failed"
+ENVIRONMENT_FAILED = Setback.ENVIRONMENT_FAILED  # what a report with `setup_failed` is
 # Why a build that changes nothing goes back to its Code Writer, and then to a person.
 EMPTY_CHANGE = (
     "the change is empty: the build's tree is the same as the project's; write the change the "
@@ -50,6 +52,7 @@ class TestCounts(BaseModel):
     pre_existing: int = 0  # failed or errored on the base too: not the build's doing
     skipped: int = 0
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def run(self) -> int:
         return self.passed + self.failed + self.errors + self.pre_existing

@@ -5,42 +5,22 @@ contents and logs stay in the workspace, so history payloads stay small.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     AliasChoices,
     BaseModel,
     Field,
-    SerializerFunctionWrapHandler,
-    model_serializer,
 )
 
 from core.evaluation import HiddenTests
-from core.models import MirrorBatch, Requirements, Simulation
+from core.feedback import Feedback, ModelUsage
+from core.models import Requirements, Simulation
 from core.projects import Bump, ProjectConfig
 from core.releases import ReleaseOutcome
-from core.reports import TestFailure, TestReport, TestRun
+from core.reports import TestReport, TestRun
 from core.reruns import Replay
 from core.states import BuildState, Role
-
-
-class ModelUsage(BaseModel):
-    model: str
-    prompt_version: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    latency_ms: int = 0
-    cost_usd: float = 0.0
-    requests: int = 0  # HTTP requests this call made (re-asks included)
-    offline: bool = False
-    output_mode: str = ""  # how the answer was asked for (activities/model/output_modes.py)
-    reused: bool = False  # the answer kept from an earlier try of the same call (not paid again)
-    replayed: bool = False  # a re-run's answer from its original build (core/reruns.py)
-    # Some tokens are counted from the text, not the server's usage: a stream without usage,
-    # or one cut before its end (its retry carries what it had received).
-    estimated: bool = False
-    context_cut: int = 0  # characters of the task cut to fit the model's context window
-
 
 MODEL_OUTPUT_TOPIC = "model"
 
@@ -180,40 +160,6 @@ RoleOutput = (
 )
 
 
-class SetOnly(BaseModel):
-    """A model whose JSON holds only the fields that are set (not None): a role's prompt shows
-    what the role has, not a list of what it has not."""
-
-    @model_serializer(mode="wrap")
-    def _set_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        dumped: dict[str, Any] = handler(self)
-        return {name: value for name, value in dumped.items() if getattr(self, name) is not None}
-
-
-class Merge(BaseModel):
-    """The merge the Code Writer makes: the project branch's commit and the files that conflict
-    with the build; the activity adds both sides of each file (`sides`) for the prompt."""
-
-    branch_head: str | None = None
-    conflicts: list[str] = Field(default_factory=list)
-    sides: dict[str, dict[str, str]] | None = None  # path -> {"build": ..., "project": ...}
-
-
-class Feedback(SetOnly):
-    """What the Code Writer is asked to fix: the phase that sent the build back and why (the
-    failing tests, the review's reasons, the merge to make, the release that did not go out),
-    or what a person said with a retry or a rollback."""
-
-    loop_back_from: BuildState | None = None
-    failures: list[TestFailure] | None = None
-    reasons: list[str] | None = None
-    merge: Merge | None = None
-    release: ReleaseOutcome | None = None
-    error: str | None = None  # why the Code Writer's last attempt was refused
-    requested_by: str | None = None
-    reason: str | None = None
-
-
 class RoleContext(Feedback):
     """What a role is given beyond the request, one JSON object in its prompt: the outputs of
     the earlier phases its state needs (core/rules.CONTEXT_INPUTS), the feedback (at
@@ -257,9 +203,6 @@ class RoleTask(BaseModel):
     base: str | None = None
     project: ProjectConfig | None = None  # None: a workspace without a project repository
     bump: Bump = "minor"
-    # What the mirror has not confirmed yet: the call writes it before its role works, which
-    # saves the workflow a mirror step of its own before every call. Never part of a prompt.
-    mirror: MirrorBatch | None = None
     # A re-run's call: answered from the original's kept answers unless live. Never part of
     # a prompt.
     replay: Replay | None = None
@@ -290,7 +233,7 @@ class RoleResult(BaseModel):
 
     output: RoleOutput
     usage: ModelUsage
-    # The last event of the task's mirror batch that this call wrote (0: none written).
+    # The last event of the call's mirror batch it wrote (0: none; core/mirror.RoleCall).
     mirrored_seq: int = 0
 
 

@@ -13,18 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.build_data import BuildData, Command
+from core.events import NeedsAttention
+from core.feedback import Feedback, Merge
+from core.mirror import HandoffContext, HandoffMetadata
 from core.models import BuildRequest
+from core.outcomes import Ending, Setback
 from core.releases import Conflict, RestoreTask, Retest, SmokeFailed
-from core.reports import EMPTY_CHANGE, ENVIRONMENT_FAILED, TestReport
+from core.reports import EMPTY_CHANGE, TestReport
 from core.reruns import Replay
-from core.role_io import (
-    Feedback,
-    Merge,
-    RoleContext,
-    RoleOutput,
-    RoleTask,
-    VerificationOutcome,
-)
+from core.role_io import RoleContext, RoleOutput, RoleTask, VerificationOutcome
 from core.states import (
     PATH,
     TABLE,
@@ -177,7 +174,7 @@ def context_for(data: BuildData, state: BuildState) -> RoleContext:
     """What the role working in `state` is given: the earlier phases' outputs it needs, and at
     IMPLEMENTATION the feedback."""
     given: dict[str, Any] = {
-        s.value: data.outputs[s.value] for s in CONTEXT_INPUTS[state] if s.value in data.outputs
+        s.value: data.outputs[s] for s in CONTEXT_INPUTS[state] if s in data.outputs
     }
     if state is S.IMPLEMENTATION:
         given.update((name, value) for name, value in data.feedback if value is not None)
@@ -186,7 +183,7 @@ def context_for(data: BuildData, state: BuildState) -> RoleContext:
 
 def handoff_parts(
     data: BuildData, handoff_state: BuildState, build_id: str
-) -> tuple[Role, Role, BuildState, dict[str, Any]]:
+) -> tuple[Role, Role, BuildState, HandoffContext]:
     """from_role, to_role, next state and the context handed over at a HANDOFF_TO_* state."""
     spec = TABLE[handoff_state]
     to_role, next_state = spec.handoff_to, spec.next
@@ -195,23 +192,19 @@ def handoff_parts(
     source = previous_working(handoff_state)
     from_role = TABLE[source].role
     assert from_role is not None
-    context = {
-        "instructions": INSTRUCTIONS[next_state],
-        "previous_output": _dumped(data.outputs.get(source.value)),
-        "phase_data": context_for(data, next_state).model_dump(mode="json"),
-        "metadata": {
-            "build_id": build_id,
-            "from_state": source.value,
-            "attempt": data.attempts.get(next_state.value, 0) + 1,
-            "loop_backs": data.loop_backs,
-            "guidance": list(data.steering.guidance),
-        },
-    }
+    context = HandoffContext(
+        instructions=INSTRUCTIONS[next_state],
+        previous_output=data.outputs.get(source),
+        phase_data=context_for(data, next_state),
+        metadata=HandoffMetadata(
+            build_id=build_id,
+            from_state=source,
+            attempt=data.attempts.get(next_state, 0) + 1,
+            loop_backs=data.loop_backs,
+            guidance=list(data.steering.guidance),
+        ),
+    )
     return from_role, to_role, next_state, context
-
-
-def _dumped(output: RoleOutput | None) -> dict[str, Any]:
-    return output.model_dump(mode="json") if output is not None else {}
 
 
 def role_task(request: BuildRequest, data: BuildData, state: BuildState, attempt: int) -> RoleTask:
@@ -259,7 +252,7 @@ def restore_task(
     return RestoreTask(
         build_id=request.build_id,
         project_id=request.project_id,
-        commit=built.commit_at.get(target.value) if code else built.head,
+        commit=built.commit_at.get(target) if code else built.head,
         undo_release=release.version if release else None,
         release_to=release.previous if release else None,
         project=built.project,
@@ -275,7 +268,7 @@ class Verdict:
     when it repeats; one without loops back until the retries run out."""
 
     next_state: BuildState | None
-    why: str = ""
+    why: Setback | None = None
     feedback: Feedback = field(default_factory=Feedback)
     summary: str = ""
     signature: str | None = None
@@ -289,47 +282,52 @@ def verdict(state: BuildState, output: RoleOutput) -> Verdict:
     match output:
         case TestReport(setup_failed=True):
             feedback = Feedback(failures=list(output.failures))
-            return Verdict(None, ENVIRONMENT_FAILED, feedback, output.summary,
+            return Verdict(None, Setback.ENVIRONMENT_FAILED, feedback, output.summary,
                            failure_signature(feedback), person=True)  # fmt: skip
         case TestReport(empty=True) | SmokeFailed(empty=True):
-            return Verdict(None, "empty change", Feedback(error=EMPTY_CHANGE), output.summary,
+            return Verdict(None, Setback.EMPTY_CHANGE, Feedback(error=EMPTY_CHANGE), output.summary,
                            failure_signature(Feedback(reasons=[EMPTY_CHANGE])))  # fmt: skip
         case TestReport(passed=False):
             feedback = Feedback(failures=list(output.failures))
-            return Verdict(None, "tests failed", feedback, output.summary,
+            return Verdict(None, Setback.TESTS_FAILED, feedback, output.summary,
                            failure_signature(feedback))  # fmt: skip
         case VerificationOutcome(approved=False):
             feedback = Feedback(reasons=list(output.reasons))
-            return Verdict(None, "verification requested changes", feedback, output.summary,
+            return Verdict(None, Setback.CHANGES_REQUESTED, feedback, output.summary,
                            failure_signature(feedback))  # fmt: skip
         case Retest():
             return Verdict(S.TESTING)  # the merged tree is tested before it can land
         case Conflict():
             merge = Merge(branch_head=output.branch_head, conflicts=list(output.conflicts))
-            return Verdict(None, "merge conflict", Feedback(merge=merge), output.summary)
+            return Verdict(None, Setback.MERGE_CONFLICT, Feedback(merge=merge), output.summary)
         case SmokeFailed():
-            return Verdict(None, "release failed", Feedback(release=output), output.summary)
+            return Verdict(None, Setback.RELEASE_FAILED, Feedback(release=output), output.summary)
     next_state = TABLE[state].next
     if next_state is None:
         raise ValueError(f"{state.value} is not a working state")
     return Verdict(next_state)
 
 
-def attention(verdict: Verdict, state: BuildState, build_id: str) -> tuple[str, str]:
-    """What a build that waits for a person after `verdict` says, and the failure kind it ends
-    with if nobody answers: a failure that repeated; or one that is not the code's, with its
+def attention(verdict: Verdict, state: BuildState, build_id: str) -> tuple[str, NeedsAttention]:
+    """What a build that waits for a person after `verdict` says, and its event (with how it
+    ends if nobody answers): a failure that repeated; or one that is not the code's, with its
     whole cause and the command that runs the state again."""
+    assert verdict.why is not None  # a verdict that stops the build says why
+    asked = NeedsAttention(
+        reason=verdict.why,
+        ending=Ending.UNANSWERED if verdict.person else Ending.NON_CONVERGING,
+        signature=verdict.signature,
+        feedback=verdict.feedback,
+    )
     first = first_reason(verdict.feedback) or verdict.summary
     if not verdict.person:
-        return f"{verdict.why} twice the same way at {state.value}: {first}", (
-            f"non-converging: {verdict.why}"
-        )
+        return f"{verdict.why} twice the same way at {state.value}: {first}", asked
     failures = verdict.feedback.failures or []
     return (
         f"{verdict.why} at {state.value}: {failures[0].message if failures else first}\n"
         f"Then `starter.py rollback {build_id} --to {state.value}` runs it again, or "
         f"`starter.py abort {build_id}` ends the build."
-    ), verdict.why
+    ), asked
 
 
 def aborting(data: BuildData) -> bool:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Protocol
 from pydantic import BaseModel, Field, ValidationError
 
 from core.evaluation import Acceptance
-from core.models import EventType
+from core.events import EventType
 from core.reports import RUN, TestReport
 from core.reruns import Rerun
 from core.states import TERMINAL, BuildState

@@ -10,7 +10,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.models import Budget, RolePolicy
+from core.models import BudgetLimits, RolePolicy
 from core.states import Role
 
 # How a role's answer is asked for (activities/model/output_modes.py); auto: the strongest mode the
@@ -313,11 +313,13 @@ class Settings(BaseSettings):
         host = "localhost" if self.api_host in ("127.0.0.1", "0.0.0.0") else self.api_host
         return f"http://{host}:{self.api_port}"
 
-    def budget(self, max_tokens: int | None = None, max_cost_usd: float | None = None) -> Budget:
+    def budget(
+        self, max_tokens: int | None = None, max_cost_usd: float | None = None
+    ) -> BudgetLimits:
         """A build's budget: the given limits, else the settings' (0 means no limit)."""
         tokens = self.build_max_tokens if max_tokens is None else max_tokens
         cost = self.build_max_cost_usd if max_cost_usd is None else max_cost_usd
-        return Budget(
+        return BudgetLimits(
             max_tokens=tokens or None,
             max_cost_usd=cost or None,
             wait_seconds=self.budget_wait_seconds,

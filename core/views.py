@@ -6,13 +6,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from core.build_data import BuildData
-from core.models import (
-    BuildRepository,
-    BuildRequest,
-    BuildSnapshot,
-    BuildStatus,
-    workflow_id_for,
-)
+from core.mirror import BuildSnapshot
+from core.models import BuildRepository, BuildRequest, BuildStatus, workflow_id_for
+from core.outcomes import ending_text
 from core.projects import redact
 from core.reports import ENVIRONMENT_FAILED, TestReport
 from core.states import TERMINAL, BuildState, progress_of, role_of
@@ -69,7 +65,7 @@ def status(
     request: BuildRequest, data: BuildData, *, events: int, model_now: str | None = None
 ) -> BuildStatus:
     """The answer of the workflow's `status` query."""
-    output = data.outputs.get(S.TESTING.value)
+    output = data.outputs.get(S.TESTING)
     tested = output if isinstance(output, TestReport) else None
     return BuildStatus(
         build_id=request.build_id,
@@ -157,7 +153,7 @@ def snapshot(
     started: datetime,
     now: datetime,
     last_seq: int,
-    outputs: set[str],
+    outputs: set[BuildState],
     run_id: str | None = None,
 ) -> BuildSnapshot:
     """The build's mirror row as of `last_seq`, with only the phase outputs named in `outputs`."""
@@ -177,12 +173,12 @@ def snapshot(
         waiting_for=waiting_for(data),
         pending_command=pending_command(data),
         failed_state=data.failed_state,
-        failure_reason=data.failure_reason,
+        failure_reason=ending_text(data.ending, data.ending_detail) if data.ending else None,
         usage={role: dict(u) for role, u in data.budget.usage.items()},
         tokens=data.budget.tokens(),
         cost_usd=data.budget.cost(),
-        outputs={k: data.outputs[k].model_dump(mode="json") for k in sorted(outputs)},
-        options=request.options.model_dump(mode="json", exclude={"policy"}),
+        outputs={k: data.outputs[k] for k in sorted(outputs)},
+        options=request.options,
         repository=repository(data),
         created_at=started,
         updated_at=now,

@@ -11,7 +11,8 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
-from core.models import BuildSnapshot, MirrorBatch, MirrorReceipt
+from core.events import stored
+from core.mirror import BuildSnapshot, MirrorBatch, MirrorReceipt
 from core.states import WORKING, BuildState
 from db.models import (
     BuildRoleUsageRow,
@@ -111,12 +112,14 @@ def build_values(snapshot: BuildSnapshot) -> dict[str, Any]:
         "created_at": snapshot.created_at,
         "updated_at": snapshot.updated_at,
         "completed_at": snapshot.completed_at,
-        "workflow_metadata": {"options": snapshot.options},
+        "workflow_metadata": {
+            "options": snapshot.options.model_dump(mode="json", exclude={"policy"})
+        },
     }
     if snapshot.run_id is not None:
         values["run_id"] = snapshot.run_id
     for state, output in snapshot.outputs.items():
-        values[OUTPUT_COLUMNS[state]] = output
+        values[OUTPUT_COLUMNS[state]] = output.model_dump(mode="json")
     repo = snapshot.repository
     values |= {
         "repository": repo.repository if repo else None,
@@ -197,7 +200,7 @@ def record_batch(engine: Engine, *, batch: MirrorBatch) -> MirrorReceipt:
                     "event_type": e.event_type.value,
                     "state": e.state.value,
                     "triggered_by": e.triggered_by,
-                    "event_data": e.data,
+                    "event_data": stored(e.data),
                     "timestamp": e.timestamp,
                 }
                 for e in batch.events

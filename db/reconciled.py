@@ -8,7 +8,8 @@ from datetime import datetime
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from core.models import EventType
+from core.events import Cancelled, Failed, stored
+from core.outcomes import Ending
 from core.states import TERMINAL, BuildState
 from db.crud import bounded, insert_new, table_of
 from db.models import BuildWorkflowRow, WorkflowEventRow
@@ -56,10 +57,14 @@ def record_ended_outside(
         row = conn.execute(stmt).first()
         if row is None:
             return False
-        event = EventType.FAILED if state is BuildState.FAILED else EventType.CANCELLED
+        event: Failed | Cancelled = (
+            Failed(reason=reason, ending=Ending.TERMINATED, outside=True)
+            if state is BuildState.FAILED
+            else Cancelled(reason=reason, outside=True)
+        )
         insert_new(conn, engine, events, [{
-            "workflow_id": workflow_id, "seq": row[0], "event_type": event.value,
+            "workflow_id": workflow_id, "seq": row[0], "event_type": event.type.value,
             "state": state.value, "triggered_by": "temporal",
-            "event_data": {"reason": reason, "outside": True}, "timestamp": at,
+            "event_data": stored(event), "timestamp": at,
         }])  # fmt: skip
     return True

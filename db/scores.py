@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlmodel import Session, col, select
 
-from core.models import EventType
+from core.events import EventType
 from core.scores import ModelScore, ScoreCard, by_model_and_prompt, score_card
 from db import crud
 from db.models import BuildWorkflowRow, WorkflowEventRow

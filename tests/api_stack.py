@@ -17,7 +17,7 @@ import uvicorn
 from sqlalchemy import Engine
 
 from api.main import create_app
-from core.models import BuildSnapshot, MirrorBatch
+from core.mirror import BuildSnapshot, MirrorBatch
 from core.settings import Settings
 from core.states import BuildState
 from devtools.processes import free_port

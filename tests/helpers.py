@@ -18,7 +18,10 @@ from temporalio.client import Client, WorkflowHandle
 from activities.model.llm import ModelClient
 from client.builds import start_build
 from client.worker import build_worker
-from core.models import BuildOptions, BuildRequest, BuildStatus, Requirements
+from core.events import stored
+from core.mirror import BuildEvent
+from core.models import BuildOptions, BuildRequest, BuildResult, BuildStatus, Requirements
+from core.releases import Released
 from core.settings import Settings
 from workflows.build import BuildWorkflow
 from workflows.evals import EvalWorkflow
@@ -153,3 +156,14 @@ def model_client_with(settings: Settings, handler: Callable[..., object]) -> Mod
         http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(handler))  # type: ignore[arg-type]
     )
     return llm
+
+
+def fields(event: BuildEvent) -> dict[str, Any]:
+    """An event's payload as the mirror stores it (JSON fields by name), for assertions."""
+    return dict(stored(event.data))
+
+
+def release_of(result: BuildResult) -> Released:
+    """The release a COMPLETE build made (a test's build that made none fails here)."""
+    assert result.release is not None, f"build {result.build_id} released nothing"
+    return result.release

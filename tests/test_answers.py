@@ -21,14 +21,15 @@ from temporalio.client import Client
 from activities.model import offline
 from activities.model.answers import Answers, AnswerStore, DatabaseAnswers, Key, request_hash
 from activities.repository.workspace import Workspace
-from core.models import EventType
-from core.role_io import ModelUsage, PlanOutput
+from core.events import EventType
+from core.feedback import ModelUsage
+from core.role_io import PlanOutput
 from core.settings import Settings
 from core.states import BuildState, Role
 from db.engine import make_engine
 from db.migrate import upgrade
 from db.models import KeptAnswerRow
-from tests.helpers import make_request, model_client_with, running_worker, start
+from tests.helpers import fields, make_request, model_client_with, running_worker, start
 from workflows.build import BuildWorkflow
 
 PLAN = PlanOutput(summary="s", steps=["a"], files=["x.py"], test_strategy="t")
@@ -142,7 +143,7 @@ async def test_a_retry_after_the_answer_arrived_uses_it_and_keeps_no_secret(
     assert result.state is BuildState.COMPLETE and failed
     assert asked.count("ImplementationOutput") == 1  # paid once
     calls = [e for e in events if e.event_type is EventType.ROLE_CALL]
-    [call] = [e.data for e in calls if e.triggered_by == "code_writer"]
+    [call] = [fields(e) for e in calls if e.triggered_by == "code_writer"]
     assert call["reused"] is True and call["completion_tokens"] > 0  # counted once, not zero
     if kept_in == "files":
         files = sorted((keyed.answers / result.build_id).iterdir())

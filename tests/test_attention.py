@@ -9,21 +9,15 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 
+from core.events import EventType
+from core.feedback import Feedback
 from core.messages import AbortRequest, RetryRequest, RollbackRequest
-from core.models import EventType
 from core.reports import TestFailure
-from core.role_io import Feedback
 from core.rules import failure_signature
 from core.settings import Settings
 from core.states import BuildState
 from db import crud
-from tests.helpers import (
-    make_request,
-    save_history,
-    start,
-    status_of,
-    wait_until,
-)
+from tests.helpers import fields, make_request, save_history, start, status_of, wait_until
 from workflows.build import BuildWorkflow
 
 S = BuildState
@@ -38,7 +32,7 @@ async def test_a_repeated_failure_asks_a_person_who_retries_then_aborts(client: 
     handle = await start(client, worker, make_request(simulate=["tests_always_fail"]))
     asking = await wait_until(handle, needs_attention)
     assert asking.loop_backs == 1 < asking.max_retries == 3  # retries left, not spent
-    assert asking.attempts["testing"] == 2
+    assert asking.attempts[BuildState.TESTING] == 2
     assert asking.waiting_for is not None
     assert asking.waiting_for.startswith("a person: tests failed twice the same way at testing:")
     assert "test_toggle_twice_restores" in asking.waiting_for
@@ -46,7 +40,9 @@ async def test_a_repeated_failure_asks_a_person_who_retries_then_aborts(client: 
     retry = RetryRequest(reason="toggle() must flip the state both ways", requested_by="ana")
     accepted = await handle.execute_update(BuildWorkflow.update_retry, retry)
     assert (accepted.target_state, accepted.applies) == (S.IMPLEMENTATION, "now")
-    again = await wait_until(handle, lambda s: needs_attention(s) and s.attempts["testing"] == 3)
+    again = await wait_until(
+        handle, lambda s: needs_attention(s) and s.attempts[BuildState.TESTING] == 3
+    )
     assert again.loop_backs == 1  # a person's retry is not an automatic loop-back
 
     await handle.execute_update(
@@ -66,7 +62,7 @@ async def test_a_rollback_from_needs_attention_goes_back(client: Client, worker)
     await wait_until(handle, needs_attention)
     back = RollbackRequest(target_state=S.PLANNING, reason="plan it differently")
     await handle.execute_update(BuildWorkflow.update_rollback, back)
-    await wait_until(handle, lambda s: s.attempts.get("planning") == 2)
+    await wait_until(handle, lambda s: s.attempts.get(BuildState.PLANNING) == 2)
     await handle.execute_update(BuildWorkflow.update_abort, AbortRequest(reason="done here"))
     with pytest.raises(WorkflowFailureError):
         await handle.result()
@@ -129,7 +125,7 @@ async def test_an_execution_timeout_ends_the_build_itself_failed_and_mirrored(
     assert (await handle.describe()).status is WorkflowExecutionStatus.FAILED  # not TIMED_OUT
     events = await handle.query(BuildWorkflow.event_log, 0)
     assert events[-1].event_type is EventType.FAILED
-    assert events[-1].data["kind"] == "execution timeout"
+    assert fields(events[-1])["ending"] == "execution timeout"
     with Session(engine) as session:
         build = crud.get_build(session, workflow_id=handle.id)
     assert build is not None and build.current_state == "failed"

@@ -8,10 +8,11 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailed
 from temporalio.service import RPCError
 
 from core.attributes import BUILD_STATE
+from core.events import EventType
 from core.messages import RetryRequest, TopUpRequest
-from core.models import EventType
 from core.states import BuildState
 from tests.helpers import (
+    fields,
     make_request,
     running_worker,
     save_history,
@@ -49,8 +50,8 @@ async def test_a_spent_budget_pauses_the_build_and_a_top_up_resumes_it(client: C
     kinds = [e.event_type for e in events]
     assert kinds.count(EventType.BUDGET_EXHAUSTED) == 1 and EventType.TOPPED_UP in kinds
     pause = next(e for e in events if e.event_type is EventType.BUDGET_EXHAUSTED)
-    moves = [e.data["to"] for e in events if e.event_type is EventType.STATE_CHANGED]
-    resumed_in = pause.data["paused_in"]
+    moves = [fields(e)["to"] for e in events if e.event_type is EventType.STATE_CHANGED]
+    resumed_in = fields(pause)["paused_in"]
     assert moves[moves.index("budget_exhausted") + 1] == resumed_in
     await save_history(handle, "budget_paused_and_topped_up")
 

@@ -16,7 +16,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from core.models import BuildStatus
 from core.settings import Settings
-from tests.helpers import ROOT, env_for, make_request, run, start, wait_until
+from tests.helpers import ROOT, env_for, fields, make_request, run, start, wait_until
 from workflows.build import BuildWorkflow
 
 pytestmark = pytest.mark.slow  # starter.py and worker.py as processes of their own
@@ -297,7 +297,7 @@ async def test_without_namespaces_the_worker_falls_back_to_landlock_and_builds(
         events = await handle.query(BuildWorkflow.event_log)
         [tested] = [e for e in events if e.event_type.value == "role_call" and e.state.value ==
                     "testing"]  # fmt: skip
-        assert tested.data["sandbox"].startswith("landlock ABI ")
+        assert fields(tested)["sandbox"].startswith("landlock ABI ")
     finally:
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):
@@ -362,7 +362,8 @@ def test_a_test_runs_event_line_says_its_counts_and_its_environment():
     from datetime import UTC, datetime
 
     from client.follow import event_line
-    from core.models import BuildEvent, EventType
+    from core.events import EventType
+    from core.mirror import BuildEvent
     from core.states import BuildState
 
     counts = {"passed": 1991, "failed": 1, "errors": 0, "pre_existing": 2, "skipped": 25}

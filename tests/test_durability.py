@@ -15,7 +15,8 @@ from temporalio.client import Client
 
 from activities.repository.gitcmd import git
 from client.projects import put_project
-from core.models import BuildEvent, RolePolicy
+from core.mirror import BuildEvent
+from core.models import RolePolicy
 from core.projects import ProjectConfig
 from core.settings import Settings
 from core.states import PATH, BuildState
@@ -24,7 +25,16 @@ from db import crud
 from devtools.devserver import DevServer
 from devtools.processes import free_port
 from tests.git_projects import make_project, tags_of
-from tests.helpers import make_request, running_worker, spawn_worker, start, status_of, wait_until
+from tests.helpers import (
+    fields,
+    make_request,
+    release_of,
+    running_worker,
+    spawn_worker,
+    start,
+    status_of,
+    wait_until,
+)
 from workflows.build import BuildWorkflow
 
 pytestmark = pytest.mark.slow  # a killed worker process, a restarted server
@@ -32,7 +42,7 @@ pytestmark = pytest.mark.slow  # a killed worker process, a restarted server
 
 def assert_clean_log(events: list[BuildEvent], engine: Engine, workflow_id: str) -> None:
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
-    visited = [e.data["to"] for e in events if e.event_type.value == "state_changed"]
+    visited = [fields(e)["to"] for e in events if e.event_type.value == "state_changed"]
     assert visited == [s.value for s in PATH]  # each state once: nothing lost, nothing doubled
     with Session(engine) as session:
         rows = crud.list_events(session, workflow_id=workflow_id)
@@ -58,7 +68,7 @@ async def test_killed_worker_mid_build_another_worker_finishes_it(
             result = await handle.result()
         events = await handle.query(BuildWorkflow.event_log, 0)
     assert result.state is BuildState.COMPLETE
-    assert result.attempts["implementation"] == 1  # a retried activity is the same attempt
+    assert result.attempts[BuildState.IMPLEMENTATION] == 1  # a retried activity is the same attempt
     assert_clean_log(events, engine, handle.id)
 
 
@@ -114,8 +124,8 @@ async def test_a_worker_killed_after_the_push_neither_merges_nor_tags_twice(
         async with asyncio.timeout(60):
             result = await handle.result()
         events = await handle.query(BuildWorkflow.event_log, 0)
-    assert result.state is BuildState.COMPLETE and result.attempts["deployment"] == 1
-    assert (result.release["version"], result.release["commit"]) == ("v0.1.0", landed)
+    assert result.state is BuildState.COMPLETE and result.attempts[BuildState.DEPLOYMENT] == 1
+    assert (release_of(result).version, release_of(result).commit) == ("v0.1.0", landed)
     assert git(remote, "rev-parse", "main") == landed and tags_of(remote) == ["v0.1.0"]
     history = await handle.fetch_history()
     release_attempts = [

@@ -18,11 +18,11 @@ from activities import paths
 from activities.model import offline
 from activities.model.edit_blocks import BlocksInvalid, parse, render, whole_lines
 from activities.repository.workspace import Workspace
-from core.models import EventType
+from core.events import EventType
 from core.role_io import FileEdit, ImplementationOutput, RoleTask, SourceFile
 from core.settings import Settings
 from core.states import BuildState, Role
-from tests.helpers import make_request, model_client_with, running_worker, start
+from tests.helpers import fields, make_request, model_client_with, running_worker, start
 from workflows.build import BuildWorkflow
 
 ANSWER = """I added a greeting with a type hint, and a test.
@@ -214,5 +214,5 @@ async def test_a_build_whose_code_travels_in_blocks_completes(
         result = await handle.result()
         events = await handle.query(BuildWorkflow.event_log, 0)
     calls = [e for e in events if e.event_type is EventType.ROLE_CALL]
-    modes = {e.data["output_mode"] for e in calls if e.triggered_by == "code_writer"}
+    modes = {fields(e)["output_mode"] for e in calls if e.triggered_by == "code_writer"}
     assert result.state is BuildState.COMPLETE and modes == {"blocks"}

@@ -18,12 +18,12 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 from temporalio.client import Client
 
-from core.models import EventType
+from core.events import EventType
 from core.settings import RoleModel, Settings
 from core.states import BuildState, Role
 from db import crud
 from devtools.processes import free_port
-from tests.helpers import make_request, running_worker, start, wait_until
+from tests.helpers import fields, make_request, running_worker, start, wait_until
 from workflows.build import BuildWorkflow
 
 S = BuildState
@@ -79,7 +79,7 @@ async def test_a_build_against_the_real_local_model_ends_in_words_with_its_mirro
         status = await wait_until(handle, lambda s: s.state in ENDS, seconds=400)
         events = await handle.query(BuildWorkflow.event_log, 0)
     for call in (e for e in events if e.event_type is EventType.ROLE_CALL):  # for the log
-        data = call.data
+        data = fields(call)
         print(f"{call.triggered_by:<22} {data['output_mode']:<10} requests {data['requests']} "
               f"tokens {data['prompt_tokens']}+{data['completion_tokens']} "
               f"{data['latency_ms'] / 1000:.1f}s cut {data['context_cut']}")  # fmt: skip
@@ -89,11 +89,11 @@ async def test_a_build_against_the_real_local_model_ends_in_words_with_its_mirro
         assert status.last_error and "Traceback" not in status.last_error
     calls = [e for e in events if e.event_type is EventType.ROLE_CALL]
     assert calls, "the real model answered at least one role"
-    first = calls[0].data
+    first = fields(calls[0])
     # llama-cpp-python refuses json_schema (HTTP 500) and takes a forced tool call.
     assert first["output_mode"] == "tools" and first["requests"] >= 2
     assert first["estimated"] is True  # its streams carry no usage: tokens counted
-    assert all(c.data["completion_tokens"] > 0 for c in calls)
+    assert all(fields(c)["completion_tokens"] > 0 for c in calls)
     with Session(engine) as session:
         rows = crud.list_events(session, workflow_id=handle.id, after_seq=0, limit=10_000)
     assert [r.seq for r in rows] == [e.seq for e in events]

@@ -21,14 +21,14 @@ from activities.model import offline
 from activities.projects import registry
 from activities.roles import RoleActivities
 from core.contracts import ROLE_CALLS
+from core.events import EventType, StateChanged, stored
 from core.messages import ApproveRequest, RollbackRequest
-from core.models import BuildEvent, BuildSnapshot, EventType, MirrorBatch, MirrorReceipt
-from core.role_io import RoleTask
+from core.mirror import BuildEvent, BuildSnapshot, MirrorBatch, MirrorReceipt, RoleCall
 from core.settings import Settings
 from core.states import WORKING, BuildState
 from db import crud
 from db.models import WorkflowEventRow
-from tests.helpers import make_request, model_client_with, running_worker, start, wait_until
+from tests.helpers import fields, make_request, model_client_with, running_worker, start, wait_until
 from workflows.build import BuildWorkflow
 from workflows.project import ProjectWorkflow
 
@@ -65,12 +65,7 @@ def _batch(workflow_id: str, seqs: range, state: BuildState, last_seq: int) -> M
         ),
         events=[
             BuildEvent(
-                seq=i,
-                event_type=EventType.STATE_CHANGED,
-                state=state,
-                triggered_by="t",
-                data={"i": i},
-                timestamp=now,
+                seq=i, state=state, triggered_by="t", data=StateChanged(to=state), timestamp=now
             )
             for i in seqs
         ],
@@ -123,7 +118,7 @@ async def test_a_build_is_mirrored_exactly(client: Client, settings: Settings, m
         build = crud.get_build(session, workflow_id=handle.id)
         assert build is not None
         assert build.current_state == "complete" and build.completed_at is not None
-        assert build.attempts["testing"] == 2 and build.loop_backs == 1
+        assert build.attempts[BuildState.TESTING] == 2 and build.loop_backs == 1
         assert build.last_seq == len(events)
         for state in WORKING:
             assert getattr(build, f"{state.value}_output"), state
@@ -152,7 +147,7 @@ async def test_role_calls_carry_the_mirror_and_write_it_before_their_role_works(
         events = await handle.query(BuildWorkflow.event_log, 0)
     history = await handle.fetch_history()
     carried = [
-        RoleTask.model_validate_json(
+        RoleCall.model_validate_json(
             e.activity_task_scheduled_event_attributes.input.payloads[0].data
         ).mirror
         for e in history.events
@@ -270,7 +265,7 @@ async def test_mirror_is_exact_through_a_retry_loop_a_rollback_and_failing_activ
         back = RollbackRequest(target_state=BuildState.PLANNING, reason="plan again")
         await handle.execute_update(BuildWorkflow.update_rollback, back)
         await wait_until(
-            handle, lambda s: s.waiting_for is not None and s.attempts["planning"] == 2
+            handle, lambda s: s.waiting_for is not None and s.attempts[BuildState.PLANNING] == 2
         )
         await handle.execute_update(BuildWorkflow.update_approve, ApproveRequest())
         await handle.result()
@@ -283,12 +278,11 @@ async def test_mirror_is_exact_through_a_retry_loop_a_rollback_and_failing_activ
         rows = crud.list_events(session, workflow_id=handle.id)
         build = crud.get_build(session, workflow_id=handle.id)
     assert [(r.seq, r.event_type, r.state, r.event_data) for r in rows] == [
-        (e.seq, e.event_type.value, e.state.value, e.model_dump(mode="json")["data"])
-        for e in events
+        (e.seq, e.event_type.value, e.state.value, stored(e.data)) for e in events
     ]
     assert [r.seq for r in rows] == list(range(1, len(events) + 1))  # no gap, no duplicate
     assert build is not None and build.last_seq == len(events)
-    assert build.current_state == "complete" and build.attempts["planning"] == 2
+    assert build.current_state == "complete" and build.attempts[BuildState.PLANNING] == 2
 
 
 def test_text_past_its_column_and_nul_characters_are_bounded_before_the_write(
@@ -352,7 +346,7 @@ async def test_a_refused_mirror_write_is_recorded_and_the_build_goes_on(
         events = await handle.query(BuildWorkflow.event_log, 0)
     refused = [e for e in events if e.event_type is EventType.MIRROR_REFUSED]
     assert refusals == 1 and len(refused) == 1
-    assert "character varying(200)" in refused[0].data["reason"]
+    assert "character varying(200)" in fields(refused[0])["reason"]
     with Session(mirror_db) as session:
         build = crud.get_build(session, workflow_id=handle.id)
     assert build is not None and build.current_state == "complete"

@@ -14,13 +14,13 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.model.llm import ModelClient
-from core.models import EventType
+from core.events import EventType
 from core.reports import TestAudit
 from core.role_io import RoleTask
 from core.settings import RoleModel, Settings
 from core.states import BuildState, Role
 from tests.fake_openai import FakeOpenAI, Fault
-from tests.helpers import make_request, running_worker, start, status_of
+from tests.helpers import fields, make_request, running_worker, start, status_of
 from workflows.build import BuildWorkflow
 
 S = BuildState
@@ -69,7 +69,9 @@ async def test_invalid_and_schema_breaking_answers_are_asked_again(
 ):
     fake.fail("PlanOutput", Fault("invalid_json"), Fault("schema_break"))
     _, result, status = await build(client, online, engine)
-    assert result.state is S.COMPLETE and status.attempts["planning"] == 1  # re-asked in the call
+    assert (
+        result.state is S.COMPLETE and status.attempts[BuildState.PLANNING] == 1
+    )  # re-asked in the call
     assert fake.count("PlanOutput") == 3 and fake.count() == LOGICAL_CALLS + 2
 
 
@@ -88,9 +90,9 @@ async def test_an_answer_never_the_schema_fails_the_build_with_its_spend_recorde
     assert f"did not match PlanOutput after {tries} tries" in status.last_error
     calls = [e for e in events if e.event_type is EventType.ROLE_CALL]
     failed = calls[-1]
-    assert failed.triggered_by == "q_assistant" and failed.data["failed"] is True
-    assert failed.data["requests"] == tries and failed.data["completion_tokens"] > 0
-    assert "failed" not in calls[0].data  # discovery's answer was used
+    assert failed.triggered_by == "q_assistant" and fields(failed)["failed"] is True
+    assert fields(failed)["requests"] == tries and fields(failed)["completion_tokens"] > 0
+    assert fields(calls[0])["failed"] is False  # discovery's answer was used
     # Every request the server saw is paid for in some call's usage, the failed one's too.
     assert sum(u["requests"] for u in status.usage.values()) == fake.count()
 

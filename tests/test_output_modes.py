@@ -22,11 +22,11 @@ from temporalio.exceptions import ApplicationError
 
 from activities.model import offline, output_modes
 from activities.model.output_modes import Mode, ModeRefused, NoJson, OutputInvalid
-from core.models import EventType
+from core.events import EventType
 from core.role_io import PlanOutput, RoleTask
 from core.settings import RoleModel, Settings
 from core.states import BuildState, Role
-from tests.helpers import make_request, model_client_with, running_worker, start
+from tests.helpers import fields, make_request, model_client_with, running_worker, start
 from workflows.build import BuildWorkflow
 
 Handler = Callable[[httpx2.Request], Any]
@@ -264,7 +264,7 @@ async def test_a_build_against_a_llama_cpp_like_server_completes_and_records_its
         handle = await start(client, settings, make_request())
         result = await handle.result()
         events = await handle.query(BuildWorkflow.event_log, 0)
-    calls = [e.data for e in events if e.event_type is EventType.ROLE_CALL]
+    calls = [fields(e) for e in events if e.event_type is EventType.ROLE_CALL]
     assert result.state is BuildState.COMPLETE and calls
     assert {c["output_mode"] for c in calls} == {"tools"}
     assert seen.count("json_schema") == 1  # refused once, then remembered

@@ -14,18 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from core.budget import Budget
+from core.budget import BudgetLedger
 from core.build_data import BuildData, CodeState, QueueState, Steering
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS: dict[str, type] = {"code": CodeState, "queue": QueueState, "steering": Steering,
-                          "budget": Budget}  # fmt: skip
+                          "budget": BudgetLedger}  # fmt: skip
 OWNERS: dict[type, str] = {
     BuildData: "workflows/build.py",
     CodeState: "workflows/code.py",
     QueueState: "workflows/turn.py",
     Steering: "workflows/messages.py",
-    Budget: "core/budget.py",
+    BudgetLedger: "core/budget.py",
 }
 MUTATORS = {"append", "extend", "insert", "remove", "pop", "clear", "update", "setdefault",
             "add", "discard", "sort", "reverse", "popitem"}  # fmt: skip
@@ -109,7 +109,7 @@ def f(self, data):
     found = sorted(writes(ast.parse(code)), key=lambda write: write[2])
     assert found == [
         (CodeState, "head", 3), (CodeState, "commit_at", 4), (BuildData, "loop_backs", 5),
-        (Steering, "guidance", 6), (QueueState, "turn", 8), (Budget, "usage", 9),
+        (Steering, "guidance", 6), (QueueState, "turn", 8), (BudgetLedger, "usage", 9),
     ]  # fmt: skip
 
 

@@ -37,21 +37,16 @@ from activities.sandbox import isolation, landlock
 from activities.sandbox import runs as sandbox_module
 from activities.sandbox.policy import Policy
 from client.projects import put_project
-from core.models import EventType
+from core.events import EventType
+from core.feedback import ModelUsage
+from core.mirror import RoleCall
 from core.projects import ProjectConfig
 from core.releases import Released, SmokeFailed
-from core.role_io import (
-    FileEdit,
-    ImplementationOutput,
-    ModelUsage,
-    OpenTask,
-    RoleTask,
-    SourceFile,
-)
+from core.role_io import FileEdit, ImplementationOutput, OpenTask, RoleTask, SourceFile
 from core.settings import Settings
 from core.states import BuildState, Role
 from tests.git_projects import APP, APP_TEST, make_project, tags_of, tree_of
-from tests.helpers import make_request, model_client_with, running_worker, start
+from tests.helpers import fields, make_request, model_client_with, running_worker, start
 from workflows.build import BuildWorkflow
 
 T = TypeVar("T", bound=BaseModel)
@@ -101,8 +96,8 @@ class Build:
         )
         self.base = opened.base
 
-    def task(self, state: BuildState, role: Role, head: str | None) -> RoleTask:
-        return RoleTask(
+    def task(self, state: BuildState, role: Role, head: str | None) -> RoleCall:
+        return RoleCall(
             build_id="b1", project_id="p", role=role, state=state, attempt=self.attempt,
             requirements={"feature": "hostile"}, head=head, base=self.base, project=self.project,
         )  # fmt: skip
@@ -556,7 +551,7 @@ async def test_a_hostile_build_is_delivered_and_nothing_it_planted_is_followed(
         escaped = outside.exists()
         outside.unlink(missing_ok=True)
     assert result.state is BuildState.COMPLETE, result
-    reasons = [e.data["reason"] for e in events if e.event_type is EventType.LOOP_BACK]
+    reasons = [fields(e)["reason"] for e in events if e.event_type is EventType.LOOP_BACK]
     assert reasons == ["unsafe file paths", "verification requested changes"]
     assert len(calls) == 3 and tags_of(remote) == ["v0.1.0"]
     ws = settings.workspaces / result.build_id

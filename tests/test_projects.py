@@ -23,14 +23,23 @@ from client.projects import (
     put_project,
 )
 from core import views
+from core.events import EventType
 from core.messages import AbortRequest, ApproveRequest
-from core.models import BuildResult, EventType
+from core.models import BuildResult
 from core.projects import ProjectConfig
 from core.settings import Settings
 from core.states import BuildState
 from db import crud
 from tests.git_projects import APP, APP_TEST, make_project, push_change, tags_of, tree_of
-from tests.helpers import make_request, save_history, start, status_of, wait_until
+from tests.helpers import (
+    fields,
+    make_request,
+    release_of,
+    save_history,
+    start,
+    status_of,
+    wait_until,
+)
 from workflows.build import BuildWorkflow
 
 S = BuildState
@@ -97,9 +106,9 @@ async def test_a_build_of_an_existing_project_keeps_its_code_and_lands_tagged(
     base = git(remote, "rev-parse", "main")
     handle = await start(client, worker, make_request(project=project))
     result = await finish(handle)
-    assert result.release["version"] == "v0.1.0" and result.release["delivery"] == "merge"
+    assert release_of(result).version == "v0.1.0" and release_of(result).delivery == "merge"
     landed = git(remote, "rev-parse", "main")
-    assert result.release["commit"] == landed
+    assert release_of(result).commit == landed
     assert git(remote, "merge-base", "--is-ancestor", base, landed) == ""
     assert {"app.py", "tests/test_app.py", "dark_mode.py", "tests/test_dark_mode.py"} <= tree_of(
         remote
@@ -110,12 +119,14 @@ async def test_a_build_of_an_existing_project_keeps_its_code_and_lands_tagged(
     assert current.resolve().name == "v0.1.0" and (current / "app.py").exists()
     events = await handle.query(BuildWorkflow.event_log)
     opened = [e for e in events if e.event_type is EventType.WORKSPACE_OPENED]
-    assert opened and opened[0].data["base"] == base
+    assert opened and fields(opened[0])["base"] == base
     # The test run's sandbox, in its call's event, the status and the Web UI's details.
     [tested] = [e for e in events if e.event_type is EventType.ROLE_CALL and e.state is S.TESTING]
-    assert tested.data["sandbox"].startswith(isolation.current().kind)  # SANDBOX=auto: bubblewrap
+    assert fields(tested)["sandbox"].startswith(
+        isolation.current().kind
+    )  # SANDBOX=auto: bubblewrap
     status = await status_of(handle)
-    assert status.sandbox == tested.data["sandbox"]
+    assert status.sandbox == fields(tested)["sandbox"]
     assert f"**Sandbox of the last test run:** {status.sandbox}" in views.current_details(status)
     await save_history(handle, "project_existing_repository")
 
@@ -132,7 +143,7 @@ async def test_greenfield_builds_build_on_each_other(
     assert view.created_by_system
     remote = Path(view.config.repository)
     assert remote.is_relative_to(worker.projects)
-    assert [first.release["version"], second.release["version"]] == ["v0.1.0", "v0.2.0"]
+    assert [release_of(first).version, release_of(second).version] == ["v0.1.0", "v0.2.0"]
     assert {"dark_mode.py", "audit_log.py"} <= tree_of(remote)
     assert tags_of(remote) == ["v0.1.0", "v0.2.0"]
 
@@ -162,18 +173,18 @@ async def test_two_builds_released_at_once_both_land_each_tested_on_its_tree(
                     await handle.execute_update(BuildWorkflow.update_approve, ApproveRequest())
             done = [await h.result() for h in (a, b) if (await status_of(h)).state is S.COMPLETE]
             await asyncio.sleep(0.1)
-    assert sorted(r.release["version"] for r in done) == ["v0.1.0", "v0.2.0"]
+    assert sorted(release_of(r).version for r in done) == ["v0.1.0", "v0.2.0"]
     assert {"dark_mode.py", "audit_log.py", "app.py"} <= tree_of(remote)
     assert tags_of(remote) == ["v0.1.0", "v0.2.0"]
-    tests = sorted([(await status_of(h)).attempts.get("testing", 0) for h in (a, b)])
+    tests = sorted([(await status_of(h)).attempts.get(BuildState.TESTING, 0) for h in (a, b)])
     assert tests == [1, 2]  # the second re-tested the merged tree
     for tag in ("v0.1.0", "v0.2.0"):  # each tag is a commit a build tested
-        tested = {r.release["commit"] for r in done}
+        tested = {release_of(r).commit for r in done}
         assert git(remote, "rev-parse", f"{tag}^{{commit}}") in tested
     queued = {}
     for handle in (a, b):
         events = await handle.query(BuildWorkflow.event_log)
-        [joined] = [e.data for e in events if e.event_type is EventType.RELEASE_QUEUED]
+        [joined] = [fields(e) for e in events if e.event_type is EventType.RELEASE_QUEUED]
         queued[handle.id] = joined["ahead"]
     assert sorted(len(ahead) for ahead in queued.values()) == [0, 1]  # one waited behind one
     assert (await get_project(client, project)).release_queue == []  # both left it
@@ -186,18 +197,20 @@ async def test_a_clean_but_moved_base_is_tested_again_before_it_lands(
     theirs = push_change(remote, {"docs.md": "# Docs\n"}, "docs, pushed meanwhile")
     await handle.execute_update(BuildWorkflow.update_approve, ApproveRequest())
     status = await wait_until(
-        handle, lambda s: s.waiting_for is not None and s.attempts["testing"] == 2, seconds=60
+        handle,
+        lambda s: s.waiting_for is not None and s.attempts[BuildState.TESTING] == 2,
+        seconds=60,
     )
-    assert status.attempts["deployment"] == 1 and status.loop_backs == 0
+    assert status.attempts[BuildState.DEPLOYMENT] == 1 and status.loop_backs == 0
     await handle.execute_update(BuildWorkflow.update_approve, ApproveRequest())
     result = await finish(handle)
     landed = git(remote, "rev-parse", "main")
-    assert result.release["commit"] == landed
+    assert release_of(result).commit == landed
     assert git(remote, "merge-base", "--is-ancestor", theirs, landed) == ""
     assert {"docs.md", "dark_mode.py"} <= tree_of(remote)
     events = await handle.query(BuildWorkflow.event_log)
     moved = [e for e in events if e.event_type is EventType.BRANCH_MOVED]
-    assert [e.data["branch_head"] for e in moved] == [theirs]
+    assert [fields(e)["branch_head"] for e in moved] == [theirs]
     await save_history(handle, "project_moved_base_retested")
 
 
@@ -208,15 +221,15 @@ async def test_a_conflict_goes_back_to_the_code_writer_and_then_lands(
     push_change(remote, {"dark_mode.py": "ENABLED = True\n"}, "the same module, meanwhile")
     await handle.execute_update(BuildWorkflow.update_approve, ApproveRequest())
     status = await wait_until(handle, lambda s: s.waiting_for is not None and s.loop_backs == 1)
-    assert status.attempts["implementation"] == 2
+    assert status.attempts[BuildState.IMPLEMENTATION] == 2
     await handle.execute_update(BuildWorkflow.update_approve, ApproveRequest())
     result = await finish(handle)
     landed = git(remote, "rev-parse", "main")
-    assert result.release["commit"] == landed and len(tags_of(remote)) == 1
+    assert release_of(result).commit == landed and len(tags_of(remote)) == 1
     assert "def toggle" in git(remote, "show", "main:dark_mode.py")  # the build's resolution
     events = await handle.query(BuildWorkflow.event_log)
     loops = [e for e in events if e.event_type is EventType.LOOP_BACK]
-    assert loops and loops[0].data["reason"] == "merge conflict"
+    assert loops and fields(loops[0])["reason"] == "merge conflict"
     await save_history(handle, "project_merge_conflict")
 
 
@@ -228,7 +241,7 @@ async def test_simulate_conflict_lands_a_teammates_change_first_and_the_build_re
     push_change(remote, {"CHANGELOG.md": "# Changelog\n\n## Unreleased\n\n- Greeting\n"}, "log")
     handle = await start(client, worker, make_request(project=project, simulate=["conflict"]))
     result = await finish(handle)
-    assert result.loop_backs == 1 and result.attempts["implementation"] == 2
+    assert result.loop_backs == 1 and result.attempts[BuildState.IMPLEMENTATION] == 2
     authors = git(remote, "log", "--format=%an|%s", "main").splitlines()
     assert "Simulated teammate|A teammate changes dark_mode.py" in authors  # once, not per try
     assert sum(a.startswith("Simulated teammate") for a in authors) == 1
@@ -238,7 +251,7 @@ async def test_simulate_conflict_lands_a_teammates_change_first_and_the_build_re
     assert changelog == "# Changelog\n\n## Unreleased\n\n- Dark mode: `dark_mode.py`\n- Greeting"
     events = await handle.query(BuildWorkflow.event_log)
     loops = [e for e in events if e.event_type is EventType.LOOP_BACK]
-    assert [e.data["reason"] for e in loops] == ["merge conflict"]
+    assert [fields(e)["reason"] for e in loops] == ["merge conflict"]
 
 
 async def test_a_build_goes_on_when_its_workspace_is_deleted_between_roles(
@@ -251,7 +264,7 @@ async def test_a_build_goes_on_when_its_workspace_is_deleted_between_roles(
     shutil.rmtree(worker.workspaces / request.build_id)
     await handle.execute_update(BuildWorkflow.update_approve, ApproveRequest())
     result = await finish(handle)
-    assert result.attempts["testing"] == 1 and result.release["version"] == "v0.1.0"
+    assert result.attempts[BuildState.TESTING] == 1 and release_of(result).version == "v0.1.0"
 
 
 async def test_branch_delivery_pushes_the_build_branch_and_changes_nothing_else(
@@ -264,10 +277,10 @@ async def test_branch_delivery_pushes_the_build_branch_and_changes_nothing_else(
     handle = await start(client, worker, request)
     result = await finish(handle)
     await save_history(handle, "project_branch_delivery")
-    assert result.release["delivery"] == "branch"
+    assert release_of(result).delivery == "branch"
     assert git(remote, "rev-parse", "main") == base and tags_of(remote) == []
     pushed = git(remote, "rev-parse", f"refs/heads/build/{request.build_id}")
-    assert pushed == result.release["commit"]
+    assert pushed == release_of(result).commit
     assert "dark_mode.py" in tree_of(remote, pushed)
     assert not (worker.releases / project).exists()
 
@@ -333,7 +346,9 @@ async def test_pre_existing_failures_do_not_block_and_a_regression_is_named(
     await put_project(client, worker, project, ProjectConfig(repository=str(remote)))
     result = await finish(await start(client, worker, make_request(project=project)))
     # The old failure failed neither the tests nor the static checks (ruff flags it too).
-    assert result.attempts["testing"] == 1 and result.attempts["verification"] == 1
+    assert (
+        result.attempts[BuildState.TESTING] == 1 and result.attempts[BuildState.VERIFICATION] == 1
+    )
 
     guarded = make_project(tmp_path / "b", {**files, "tests/test_guard.py": guard})
     other = new_id()
@@ -363,7 +378,7 @@ async def test_a_project_with_a_setup_command_builds_with_what_it_installs(
     assert view.config.setup_command == INSTALL
     handle = await start(client, worker, make_request(project=project))
     result = await finish(handle)
-    assert result.state is S.COMPLETE and result.release["version"] == "v0.1.0"
+    assert result.state is S.COMPLETE and release_of(result).version == "v0.1.0"
     assert result.loop_backs == 0  # its tests passed at the first run
     status = await status_of(handle)
     assert status.setup is not None and f"the setup command `{INSTALL}`: made in" in status.setup
@@ -375,8 +390,8 @@ async def test_a_project_with_a_setup_command_builds_with_what_it_installs(
     second = await start(client, worker, make_request({"feature": "Audit log"}, project=project))
     assert (await finish(second)).state is S.COMPLETE
     events = await second.query(BuildWorkflow.event_log, 0)
-    tested = [e.data for e in events if e.event_type is EventType.ROLE_CALL
-              and e.data.get("environment")]  # fmt: skip
+    tested = [fields(e) for e in events if e.event_type is EventType.ROLE_CALL
+              and fields(e).get("environment")]  # fmt: skip
     assert tested and tested[0]["environment"].endswith("reused (no setup ran)"), tested
     counts = tested[0]["tests"]
     assert counts["run"] == counts["passed"] > 0 and counts["failed"] == counts["errors"] == 0
@@ -398,7 +413,7 @@ async def test_a_setup_that_fails_waits_for_a_person_and_no_code_writer_follows(
     for said in ("No matching distribution found for flit_core", "SANDBOX_SETUP_NETWORK",
                  f"starter.py rollback {status.build_id} --to testing"):  # fmt: skip
         assert said in status.waiting_for, said
-    assert status.tests is None and status.attempts.get("implementation") == 1
+    assert status.tests is None and status.attempts.get(BuildState.IMPLEMENTATION) == 1
     await handle.execute_update(
         BuildWorkflow.update_abort, AbortRequest(reason="fix the index", requested_by="ana")
     )
@@ -410,4 +425,4 @@ async def test_a_setup_that_fails_waits_for_a_person_and_no_code_writer_follows(
     ]
     assert len(writers) == 1
     attention = [e for e in events if e.event_type is EventType.NEEDS_ATTENTION]
-    assert attention and attention[0].data["reason"] == "environment failed"
+    assert attention and fields(attention[0])["reason"] == "environment failed"

@@ -15,8 +15,9 @@ from temporalio.client import Client, WorkflowHandle
 
 from activities.repository.gitcmd import git
 from client.projects import get_project, put_project
+from core.events import EventType
 from core.messages import AbortRequest, ApproveRequest
-from core.models import BuildRequest, BuildStatus, EventType
+from core.models import BuildRequest, BuildStatus
 from core.projects import (
     MEMO_KEY,
     PROJECT_WORKFLOW,
@@ -30,7 +31,9 @@ from core.states import BuildState
 from tests.git_projects import make_project, push_change, tags_of, tree_of
 from tests.helpers import (
     REGISTRY_HISTORIES,
+    fields,
     make_request,
+    release_of,
     running_worker,
     save_history,
     start,
@@ -111,7 +114,9 @@ async def three_in_the_queue(
     (_, first), *rest = builds
     push_change(remote, {"docs.md": "# Docs\n"}, "docs, pushed meanwhile")
     await approve(first)  # first to arrive: the branch moved, it re-tests holding the turn
-    await wait_until(first, lambda s: at_gate(s) and s.attempts["testing"] == 2, seconds=60)
+    await wait_until(
+        first, lambda s: at_gate(s) and s.attempts[BuildState.TESTING] == 2, seconds=60
+    )
     for _, handle in rest:
         await approve(handle)
         await wait_until(handle, queued)
@@ -131,16 +136,16 @@ async def test_releases_go_in_order_of_arrival_and_a_retest_keeps_the_turn(
     assert await release_queue(client, project) == [ra.build_id, rb.build_id, rc.build_id]
 
     await approve(a)
-    assert (await a.result()).release["version"] == "v0.1.0"
+    assert release_of(await a.result()).version == "v0.1.0"
     # b's turn: the branch moved (a landed), so b re-tests; c waits behind it meanwhile.
-    await wait_until(b, lambda s: at_gate(s) and s.attempts["testing"] == 2, seconds=60)
+    await wait_until(b, lambda s: at_gate(s) and s.attempts[BuildState.TESTING] == 2, seconds=60)
     assert queued(await status_of(c))
     assert await release_queue(client, project) == [rb.build_id, rc.build_id]
     await approve(b)
-    assert (await b.result()).release["version"] == "v0.2.0"
-    await wait_until(c, lambda s: at_gate(s) and s.attempts["testing"] == 2, seconds=60)
+    assert release_of(await b.result()).version == "v0.2.0"
+    await wait_until(c, lambda s: at_gate(s) and s.attempts[BuildState.TESTING] == 2, seconds=60)
     await approve(c)
-    assert (await c.result()).release["version"] == "v0.3.0"
+    assert release_of(await c.result()).version == "v0.3.0"
 
     assert tags_of(remote) == ["v0.1.0", "v0.2.0", "v0.3.0"]
     assert {"docs.md", "dark_mode.py", "audit_log.py", "csv_export.py"} <= tree_of(remote)
@@ -152,7 +157,7 @@ async def test_releases_go_in_order_of_arrival_and_a_retest_keeps_the_turn(
     assert await release_queue(client, project) == []
     events = await c.query(BuildWorkflow.event_log)
     [turn] = [e for e in events if e.event_type is EventType.RELEASE_TURN]
-    assert turn.data["waited_seconds"] > 0
+    assert fields(turn)["waited_seconds"] > 0
     # a found the queue empty: its turn came with the registry's answer, not by a signal.
     assert await turn_signals(a) == 0 and await turn_signals(c) >= 1
     await save_history(c, "release_queue_waited_its_turn")
@@ -172,12 +177,14 @@ async def test_a_build_that_leaves_or_is_gone_frees_the_turn(
 
     # The holder is terminated: it says nothing, the queue finds it gone and y goes on.
     await x.terminate("gone")
-    status = await wait_until(y, lambda s: at_gate(s) and s.attempts["testing"] == 2, seconds=30)
+    status = await wait_until(
+        y, lambda s: at_gate(s) and s.attempts[BuildState.TESTING] == 2, seconds=30
+    )
     assert status.state is S.HANDOFF_TO_RELEASER
     assert await release_queue(client, project) == [ry.build_id]
     await approve(y)
     async with asyncio.timeout(60):
-        assert (await y.result()).release["version"] == "v0.1.0"
+        assert release_of(await y.result()).version == "v0.1.0"
     assert tags_of(remote) == ["v0.1.0"]
     assert await release_queue(client, project) == []
 
@@ -200,7 +207,7 @@ async def test_a_registry_left_on_a_task_queue_nobody_polls_is_started_again_her
     handle = await start(client, worker, make_request(project=project))
     async with asyncio.timeout(60):
         result = await handle.result()
-    assert result.release["version"] == "v0.1.0" and tags_of(remote) == ["v0.1.0"]
+    assert release_of(result).version == "v0.1.0" and tags_of(remote) == ["v0.1.0"]
     registry = client.get_workflow_handle(project_workflow_id(project))
     assert (await registry.describe()).task_queue == worker.temporal_task_queue
     assert (await get_project(client, project)).config.repository == str(remote)

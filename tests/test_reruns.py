@@ -21,18 +21,29 @@ from activities.repository.gitcmd import git
 from client.errors import BuildNotFound
 from client.reruns import original_of, start_rerun
 from core import views
+from core.events import EventType
+from core.feedback import ModelUsage
 from core.messages import AbortRequest
-from core.models import BuildEvent, EventType, Simulation
+from core.mirror import BuildEvent
+from core.models import Simulation
 from core.projects import ProjectConfig
 from core.reruns import RerunChoices
-from core.role_io import DiscoveryOutput, ModelUsage, PlanOutput
+from core.role_io import DiscoveryOutput, PlanOutput
 from core.scores import ScoreCard
 from core.settings import Settings
 from core.states import BuildState, Role
 from db.scores import score_of
 from tests.api_stack import Stack, poll
 from tests.git_projects import make_project, tags_of
-from tests.helpers import make_request, save_history, start, status_of, wait_until
+from tests.helpers import (
+    fields,
+    make_request,
+    release_of,
+    save_history,
+    start,
+    status_of,
+    wait_until,
+)
 from workflows.build import BuildWorkflow
 
 S = BuildState
@@ -127,7 +138,7 @@ SPENT = {"latency_ms", "prompt_tokens", "completion_tokens", "cost_usd", "replay
 def facts(event: BuildEvent, build_id: str) -> str:
     """An event's type, state, author and data, without what differs by design: its build's
     id, commit ids (a commit's id covers its time), times, measured memory and spend."""
-    data = {k: v for k, v in event.data.items() if k not in SPENT}
+    data = {k: v for k, v in fields(event).items() if k not in SPENT}
     text = json.dumps([event.event_type.value, event.state.value, event.triggered_by, data],
                       sort_keys=True)  # fmt: skip
     text = MEASURED.sub("<measured>", text.replace(build_id, "<build>"))
@@ -168,9 +179,9 @@ async def test_a_rerun_without_live_roles_repeats_the_build_and_never_touches_th
     assert (worker.releases / project / "current").resolve() == current
     # Delivered to the re-run's own branch, started from the original's base, with the
     # original's code: the same tree as the release it made.
-    assert result.release["delivery"] == "branch"
+    assert release_of(result).delivery == "branch"
     delivered = git(remote, "rev-parse", f"build/{rerun.build_id}")
-    assert delivered == result.release["commit"]
+    assert delivered == release_of(result).commit
     assert git(remote, "merge-base", "--is-ancestor", base, delivered) == ""
     tree = git(remote, "rev-parse", "main^{tree}")
     assert git(remote, "rev-parse", f"{delivered}^{{tree}}") == tree
@@ -182,10 +193,10 @@ async def test_a_rerun_without_live_roles_repeats_the_build_and_never_touches_th
         facts(e, rerun.build_id) for e in again if e.event_type not in OWN
     ]
     calls = [e for e in again if e.event_type is EventType.ROLE_CALL]
-    assert calls and all(e.data["replayed"] for e in calls)
-    assert sum(e.data["prompt_tokens"] + e.data["completion_tokens"] for e in calls) == 0
-    assert [e.data["model"] for e in calls] == [
-        e.data["model"] for e in first if e.event_type is EventType.ROLE_CALL
+    assert calls and all(fields(e)["replayed"] for e in calls)
+    assert sum(fields(e)["prompt_tokens"] + fields(e)["completion_tokens"] for e in calls) == 0
+    assert [fields(e)["model"] for e in calls] == [
+        fields(e)["model"] for e in first if e.event_type is EventType.ROLE_CALL
     ]
 
     status = await status_of(rerun_handle)
@@ -232,7 +243,7 @@ async def test_a_live_role_that_leads_where_the_recording_has_no_answer(
     assert result.state is S.COMPLETE and result.loop_backs == 1
     calls = [e for e in await went_on.query(BuildWorkflow.event_log)
              if e.event_type is EventType.ROLE_CALL]  # fmt: skip
-    replayed = [(e.triggered_by, e.data["attempt"], e.data["replayed"]) for e in calls]
+    replayed = [(e.triggered_by, fields(e)["attempt"], fields(e)["replayed"]) for e in calls]
     assert ("code_writer", 1, False) in replayed and ("code_writer", 2, False) in replayed
     assert ("test_auditor", 1, True) in replayed  # the original's answer to the same call
     assert ("test_auditor", 2, False) in replayed  # none recorded: asked live
@@ -244,7 +255,7 @@ async def test_a_live_role_that_leads_where_the_recording_has_no_answer(
     assert card.loop_backs == {"tests failed": 1} and original.loop_backs == {}
     assert card.roles["code_writer"].replayed == 0 and card.roles["code_writer"].tokens > 0
     assert card.roles["q_assistant"].replayed == card.roles["q_assistant"].calls == 2
-    assert git(remote, "rev-parse", f"build/{rerun.build_id}") == result.release["commit"]
+    assert git(remote, "rev-parse", f"build/{rerun.build_id}") == release_of(result).commit
 
 
 async def test_a_rerun_of_no_build_is_refused_in_words(stack: Stack, client: Client) -> None:

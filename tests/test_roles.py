@@ -17,9 +17,10 @@ from activities.repository.workspace import UnsafePath, Workspace
 from activities.roles import RoleActivities
 from activities.sandbox.runs import Limits
 from activities.testing.testrun import run_tests
+from core.mirror import RoleCall
 from core.models import Simulation
 from core.releases import Released, RestoreTask, SmokeFailed
-from core.role_io import DiscoveryOutput, PlanOutput, RoleContext, RoleTask, SourceFile
+from core.role_io import DiscoveryOutput, PlanOutput, RoleContext, SourceFile
 from core.settings import Settings
 from core.states import BuildState, Role
 
@@ -42,8 +43,8 @@ def task(
     base: str | None = None,
     simulate: tuple[Simulation, ...] = (),
     context: RoleContext | None = None,
-) -> RoleTask:
-    return RoleTask(
+) -> RoleCall:
+    return RoleCall(
         build_id=build,
         project_id="p",
         role=role,

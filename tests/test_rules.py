@@ -9,14 +9,13 @@ from pydantic import TypeAdapter
 
 from core import rules, views
 from core.build_data import BuildData, CodeState, Command, Pending, Steering
+from core.feedback import Feedback, Merge
 from core.models import BuildOptions, BuildRequest
 from core.releases import Conflict, Released, ReleaseOutcome, Retest, SmokeFailed
 from core.reports import TestFailure, TestReport
 from core.role_io import (
     DiscoveryOutput,
-    Feedback,
     ImplementationSummary,
-    Merge,
     PlanOutput,
     RoleContext,
     VerificationOutcome,
@@ -81,7 +80,7 @@ def planned(summary: str = "p") -> PlanOutput:
 
 def test_context_carries_earlier_outputs_and_loop_back_feedback():
     data = BuildData(
-        outputs={"discovery": discovered(), "planning": planned()},
+        outputs={S.DISCOVERY: discovered(), S.PLANNING: planned()},
         feedback=Feedback(failures=[TestFailure(test="t", message="m")]),
     )
     ctx = rules.context_for(data, S.IMPLEMENTATION)
@@ -116,25 +115,25 @@ def test_a_release_outcome_in_a_recorded_payload_is_read_by_its_flags():
 def test_handoff_names_roles_instructions_and_previous_output():
     data = BuildData(
         state=S.HANDOFF_TO_TESTER,
-        outputs={"implementation": implemented(), "discovery": discovered()},
-        attempts={"testing": 1},
+        outputs={S.IMPLEMENTATION: implemented(), S.DISCOVERY: discovered()},
+        attempts={S.TESTING: 1},
         loop_backs=1,
     )
     from_role, to_role, next_state, ctx = rules.handoff_parts(data, S.HANDOFF_TO_TESTER, "b1")
     assert (from_role, to_role, next_state) == (Role.CODE_WRITER, Role.TEST_AUDITOR, S.TESTING)
-    assert ctx["previous_output"] == implemented().model_dump(mode="json")
-    assert ctx["phase_data"] == {
+    assert ctx.previous_output == implemented()
+    assert ctx.phase_data.model_dump(mode="json") == {
         "discovery": discovered().model_dump(mode="json"),
         "implementation": implemented().model_dump(mode="json"),
     }
-    assert ctx["metadata"] == {
+    assert ctx.metadata.model_dump(mode="json") == {
         "build_id": "b1",
         "from_state": "implementation",
         "attempt": 2,
         "loop_backs": 1,
         "guidance": [],
     }
-    assert "Test" in ctx["instructions"]
+    assert "Test" in ctx.instructions
     with pytest.raises(ValueError):
         rules.handoff_parts(data, S.TESTING, "b1")
 
@@ -229,7 +228,7 @@ def test_a_role_task_carries_what_the_role_needs_and_changes_nothing():
     )
     data = BuildData(
         state=S.IMPLEMENTATION,
-        outputs={"planning": planned()},
+        outputs={S.PLANNING: planned()},
         steering=Steering(guidance=["use csv"]),
         code=CodeState(head="abc"),
     )

@@ -32,7 +32,7 @@ from core.settings import Settings
 from core.states import BuildState, Role
 from tests.api_stack import serve_api
 from tests.fake_openai import FakeOpenAI, Fault
-from tests.helpers import make_request, running_worker, start, status_of, wait_until
+from tests.helpers import fields, make_request, running_worker, start, status_of, wait_until
 from workflows.build import BuildWorkflow
 
 S = BuildState
@@ -98,7 +98,7 @@ async def test_a_stalled_stream_is_retried_with_a_marker_and_its_tokens_are_carr
         status = await status_of(handle)
         items = await read_all(client, handle.id)
         events = await handle.query(BuildWorkflow.event_log, 0)
-    assert result.state is S.COMPLETE and status.attempts["planning"] == 1
+    assert result.state is S.COMPLETE and status.attempts[BuildState.PLANNING] == 1
     assert fake.count("PlanOutput") == 2  # the stalled stream, then its retry
     kinds = [item.kind for _, item in items if item.role == "q_assistant"]
     # discovery (start, text.., done), the stalled plan (start, text.., done), the retry.
@@ -111,7 +111,7 @@ async def test_a_stalled_stream_is_retried_with_a_marker_and_its_tokens_are_carr
     plan_call = next(
         e for e in events if e.event_type.value == "role_call" and e.state is S.PLANNING
     )
-    usage = plan_call.data
+    usage = fields(plan_call)
     assert usage["requests"] == 2 and usage["estimated"] is True
     whole = [r for r in fake.requests if r.schema == "PlanOutput"][1]
     answer = offline.completion(whole.body, retried)["usage"]

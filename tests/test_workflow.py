@@ -24,10 +24,21 @@ from core.attributes import (
     TOKENS,
     VERIFICATION_ATTEMPTS,
 )
+from core.events import EventType
 from core.messages import ApproveRequest, RetryRequest, RollbackRequest
-from core.models import BuildEvent, BuildResult, EventType
+from core.mirror import BuildEvent
+from core.models import BuildResult
+from core.role_io import ImplementationSummary
 from core.states import PATH, WORKING, BuildState, Role
-from tests.helpers import make_request, save_history, start, status_of, wait_until
+from tests.helpers import (
+    fields,
+    make_request,
+    release_of,
+    save_history,
+    start,
+    status_of,
+    wait_until,
+)
 from workflows.build import BuildWorkflow
 
 S = BuildState
@@ -39,14 +50,14 @@ async def events_of(handle: WorkflowHandle) -> list[BuildEvent]:
 
 
 def states_visited(events: list[BuildEvent]) -> list[str]:
-    return [e.data["to"] for e in events if e.event_type is EventType.STATE_CHANGED]
+    return [fields(e)["to"] for e in events if e.event_type is EventType.STATE_CHANGED]
 
 
 async def test_happy_path_reaches_complete_with_full_status(client: Client, worker):
     handle = await start(client, worker, make_request(project=f"p-{uuid.uuid4().hex[:8]}"))
     result: BuildResult = await handle.result()
     assert result.state is S.COMPLETE
-    assert result.release["version"] == "v0.1.0"  # the first release of a new project
+    assert release_of(result).version == "v0.1.0"  # the first release of a new project
 
     status = await status_of(handle)
     assert status.state is S.COMPLETE and status.progress == 100
@@ -81,7 +92,7 @@ async def test_happy_path_reaches_complete_with_full_status(client: Client, work
         "verification_overseer",
         "release_manager",
     ]
-    assert all(c.data["prompt_tokens"] > 0 and c.data["prompt_version"] for c in calls)
+    assert all(fields(c)["prompt_tokens"] > 0 and fields(c)["prompt_version"] for c in calls)
 
     handoffs = await handle.query(BuildWorkflow.handoff_log)
     assert [(h.from_role, h.to_role) for h in handoffs] == [
@@ -91,9 +102,10 @@ async def test_happy_path_reaches_complete_with_full_status(client: Client, work
         (Role.VERIFICATION_OVERSEER, Role.RELEASE_MANAGER),
     ]
     to_tester = handoffs[1]
-    assert to_tester.previous_output["files"][0]["path"] == "dark_mode.py"
-    assert "acceptance_criteria" in to_tester.phase_data["discovery"]
-    assert to_tester.metadata["attempt"] == 1 and to_tester.instructions
+    assert isinstance(to_tester.previous_output, ImplementationSummary)
+    assert to_tester.previous_output.files[0].path == "dark_mode.py"
+    assert to_tester.phase_data.discovery and to_tester.phase_data.discovery.acceptance_criteria
+    assert to_tester.metadata.attempt == 1 and to_tester.instructions
 
     described = await handle.describe()
     timeout = described.raw_description.execution_config.workflow_execution_timeout
@@ -113,12 +125,14 @@ async def test_tests_fail_once_loops_back_with_the_failures(client: Client, work
     await handle.result()
     status = await status_of(handle)
     assert status.state is S.COMPLETE
-    assert status.attempts["implementation"] == 2 and status.attempts["testing"] == 2
-    assert status.attempts["verification"] == 1 and status.loop_backs == 1
+    assert (
+        status.attempts[BuildState.IMPLEMENTATION] == 2 and status.attempts[BuildState.TESTING] == 2
+    )
+    assert status.attempts[BuildState.VERIFICATION] == 1 and status.loop_backs == 1
     events = await events_of(handle)
     loop = next(e for e in events if e.event_type is EventType.LOOP_BACK)
-    assert loop.state is S.TESTING and loop.data["reason"] == "tests failed"
-    assert loop.data["failures"][0]["test"].endswith("test_toggle_twice_restores")
+    assert loop.state is S.TESTING and fields(loop)["reason"] == "tests failed"
+    assert fields(loop)["feedback"]["failures"][0]["test"].endswith("test_toggle_twice_restores")
     visited = states_visited(events)
     assert visited.index("implementation") < visited.index("testing")
     assert visited[visited.index("testing") + 1] == "implementation"
@@ -138,10 +152,13 @@ async def test_verification_rejects_once_loops_back(client: Client, worker):
     await handle.result()
     status = await status_of(handle)
     assert status.state is S.COMPLETE
-    assert status.attempts["verification"] == 2 and status.attempts["implementation"] == 2
-    assert status.attempts["testing"] == 2 and status.loop_backs == 1
+    assert (
+        status.attempts[BuildState.VERIFICATION] == 2
+        and status.attempts[BuildState.IMPLEMENTATION] == 2
+    )
+    assert status.attempts[BuildState.TESTING] == 2 and status.loop_backs == 1
     loop = next(e for e in await events_of(handle) if e.event_type is EventType.LOOP_BACK)
-    assert loop.state is S.VERIFICATION and loop.data["reasons"]
+    assert loop.state is S.VERIFICATION and fields(loop)["feedback"]["reasons"]
     await save_history(handle, "verification_rejects_once")
 
 
@@ -155,7 +172,7 @@ async def test_tests_always_fail_ends_failed_after_max_retries(client: Client, w
     assert "retries exhausted" in str(err.value.cause)
     status = await status_of(handle)
     assert status.state is S.FAILED
-    assert status.attempts["testing"] == 2 and status.loop_backs == 1
+    assert status.attempts[BuildState.TESTING] == 2 and status.loop_backs == 1
     assert status.last_error and "retries exhausted" in status.last_error
     assert "max_retries=1" in status.last_error
     events = await events_of(handle)
@@ -174,7 +191,7 @@ async def test_gate_waits_and_takes_retry_rollback_and_approve(client: Client, w
     bad = RollbackRequest(target_state=S.DEPLOYMENT, reason="forward?")
     await handle.signal(BuildWorkflow.rollback, bad)
     rejected = await wait_for_event(handle, EventType.SIGNAL_REJECTED)
-    assert "cannot roll back forward" in rejected.data["reason"]
+    assert "cannot roll back forward" in fields(rejected)["reason"]
     assert (await status_of(handle)).waiting_for is not None
 
     # Invalid update: refused with the reason, nothing changes.
@@ -185,9 +202,9 @@ async def test_gate_waits_and_takes_retry_rollback_and_approve(client: Client, w
     # Retry signal at the gate: back to implementation, then the gate again.
     await handle.signal(BuildWorkflow.retry, RetryRequest(reason="use a context manager"))
     status = await wait_until(
-        handle, lambda s: s.waiting_for is not None and s.attempts["implementation"] == 2
+        handle, lambda s: s.waiting_for is not None and s.attempts[BuildState.IMPLEMENTATION] == 2
     )
-    assert status.state is gate and status.attempts["testing"] == 2
+    assert status.state is gate and status.attempts[BuildState.TESTING] == 2
 
     # Rollback update at the gate: back to planning, completed phases trimmed.
     accepted = await handle.execute_update(
@@ -199,9 +216,9 @@ async def test_gate_waits_and_takes_retry_rollback_and_approve(client: Client, w
         "now",
     )
     status = await wait_until(
-        handle, lambda s: s.waiting_for is not None and s.attempts["planning"] == 2
+        handle, lambda s: s.waiting_for is not None and s.attempts[BuildState.PLANNING] == 2
     )
-    assert status.attempts["implementation"] == 3
+    assert status.attempts[BuildState.IMPLEMENTATION] == 3
 
     approved = await handle.execute_update(BuildWorkflow.update_approve, ApproveRequest(note="ok"))
     assert approved.target_state is S.DEPLOYMENT
@@ -212,10 +229,10 @@ async def test_gate_waits_and_takes_retry_rollback_and_approve(client: Client, w
     assert EventType.RETRY_REQUESTED in kinds and EventType.ROLLBACK in kinds
     assert kinds.count(EventType.APPROVED) == 1
     retry_event = next(e for e in events if e.event_type is EventType.RETRY_REQUESTED)
-    assert retry_event.data == {"target": "implementation", "reason": "use a context manager"}
+    assert fields(retry_event) == {"target": "implementation", "reason": "use a context manager"}
     # The person's reason reached the later handoffs as guidance.
     handoffs = await handle.query(BuildWorkflow.handoff_log)
-    assert handoffs[-1].metadata["guidance"] == ["use a context manager", "replan"]
+    assert handoffs[-1].metadata.guidance == ["use a context manager", "replan"]
     await save_history(handle, "gate_retry_rollback_approve")
 
 
@@ -282,11 +299,11 @@ async def test_rollback_signal_at_a_gate_goes_back_and_reruns(client: Client, wo
         BuildWorkflow.rollback, RollbackRequest(target_state=S.IMPLEMENTATION, reason="redo")
     )
     status = await wait_until(
-        handle, lambda s: s.waiting_for is not None and s.attempts["implementation"] == 2
+        handle, lambda s: s.waiting_for is not None and s.attempts[BuildState.IMPLEMENTATION] == 2
     )
-    assert status.state is S.HANDOFF_TO_VERIFIER and status.attempts["testing"] == 2
+    assert status.state is S.HANDOFF_TO_VERIFIER and status.attempts[BuildState.TESTING] == 2
     await handle.signal(BuildWorkflow.approve, ApproveRequest(note="fine"))
     assert (await handle.result()).state is S.COMPLETE
     rollback = next(e for e in await events_of(handle) if e.event_type is EventType.ROLLBACK)
-    assert rollback.data == {"target": "implementation", "reason": "redo"}
+    assert fields(rollback) == {"target": "implementation", "reason": "redo"}
     assert rollback.state is S.HANDOFF_TO_VERIFIER

@@ -7,7 +7,7 @@ import pytest
 from pydantic import SecretStr
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 
-from core.models import EventType
+from core.events import EventType
 from core.settings import Settings
 from core.states import BuildState, Role
 from tests.helpers import (

@@ -20,16 +20,18 @@ from temporalio.client import Client, WorkflowFailureError
 from activities.model import offline
 from activities.repository.gitcmd import git
 from client.projects import put_project
+from core.events import EventType
 from core.messages import AbortRequest, RollbackRequest
-from core.models import EventType
 from core.projects import ProjectConfig
 from core.settings import Settings
 from core.states import BuildState
 from db import crud
 from tests.git_projects import make_project, push_change, tags_of, tree_of
 from tests.helpers import (
+    fields,
     make_request,
     model_client_with,
+    release_of,
     running_worker,
     save_history,
     start,
@@ -48,20 +50,23 @@ async def test_a_release_whose_smoke_check_fails_is_put_back_and_fixed(client: C
     result = await handle.result()
     assert result.state is S.COMPLETE
     # The failed smoke check ran before anything was pushed: the version was not used up.
-    assert result.release["version"] == "v0.1.0"
+    assert release_of(result).version == "v0.1.0"
     events = await handle.query(BuildWorkflow.event_log, 0)
     loop = next(e for e in events if e.event_type is EventType.LOOP_BACK)
-    assert loop.state is S.DEPLOYMENT and loop.data["reason"] == "release failed"
-    summary = loop.data["release"]["summary"]
+    assert loop.state is S.DEPLOYMENT and fields(loop)["reason"] == "release failed"
+    summary = fields(loop)["feedback"]["release"]["summary"]
     assert "self-check failed" in summary and "nothing was delivered" in summary
     status = await status_of(handle)
-    assert status.attempts["deployment"] == 2 and status.attempts["implementation"] == 2
+    assert (
+        status.attempts[BuildState.DEPLOYMENT] == 2
+        and status.attempts[BuildState.IMPLEMENTATION] == 2
+    )
     releases = worker.releases / project
     assert sorted(p.name for p in releases.iterdir() if not p.name.startswith(".")) == [
         "current",
         "v0.1.0",
     ]
-    assert os.readlink(releases / "current") == result.release["version"]
+    assert os.readlink(releases / "current") == release_of(result).version
     await save_history(handle, "release_fails_once")
 
 
@@ -88,9 +93,9 @@ async def test_files_outside_the_workspace_fail_the_attempt_and_nothing_is_writt
         status = await status_of(handle)
     assert result.state is S.COMPLETE and code_writer_calls == 2
     loop = next(e for e in events if e.event_type is EventType.LOOP_BACK)
-    assert loop.state is S.IMPLEMENTATION and loop.data["reason"] == "unsafe file paths"
-    assert "'..' is refused" in loop.data["error"]
-    assert status.attempts["implementation"] == 2 and status.loop_backs == 1
+    assert loop.state is S.IMPLEMENTATION and fields(loop)["reason"] == "unsafe file paths"
+    assert "'..' is refused" in fields(loop)["feedback"]["error"]
+    assert status.attempts[BuildState.IMPLEMENTATION] == 2 and status.loop_backs == 1
     assert not (settings.workspaces / "escaped.py").exists()
     assert not (settings.workspaces.parent / "escaped.py").exists()
     await save_history(handle, "unsafe_paths_refused")
@@ -129,11 +134,14 @@ async def test_a_rollback_after_a_release_restores_the_previous_release_and_the_
     await save_history(handle, "rollback_after_release")
     build = result.build_id
     restored = next(e for e in events if e.event_type is EventType.RESTORED)
-    assert (first.release["version"], restored.data["release_undone"]) == ("v0.1.0", "v0.2.0")
+    assert (release_of(first).version, fields(restored)["release_undone"]) == (
+        "v0.1.0",
+        "v0.2.0",
+    )
     # Reverted on the project's branch by a new commit and version, which is deployed.
-    assert restored.data["release_current"] == "v0.2.1"
+    assert fields(restored)["release_current"] == "v0.2.1"
     remote = settings.projects / f"{project}.git"
-    revert = restored.data["reverted_by"]
+    revert = fields(restored)["reverted_by"]
     assert git(remote, "log", "-1", "--format=%s", revert) == f"Revert build {build} (v0.2.0)"
     assert git(remote, "rev-parse", "v0.2.1^{commit}") == revert
     assert "audit_log.py" in tree_of(remote, "v0.2.0")
@@ -142,12 +150,12 @@ async def test_a_rollback_after_a_release_restores_the_previous_release_and_the_
     # The code as it was when the build entered IMPLEMENTATION: its base, now on the revert.
     opened = next(e for e in events if e.event_type is EventType.WORKSPACE_OPENED)
     changes = [e for e in events if e.event_type is EventType.STATE_CHANGED]
-    base = opened.data["base"]
-    assert next(e.data["commit"] for e in changes if e.data["to"] == "implementation") == base
-    assert restored.data["commit"] == revert
+    base = fields(opened)["base"]
+    assert next(fields(e)["commit"] for e in changes if fields(e)["to"] == "implementation") == base
+    assert fields(restored)["commit"] == revert
     # The build went on from the revert: implemented again, released again, current.
-    assert result.release["version"] == "v0.3.0"
-    assert git(remote, "merge-base", "--is-ancestor", revert, result.release["commit"]) == ""
+    assert release_of(result).version == "v0.3.0"
+    assert git(remote, "merge-base", "--is-ancestor", revert, str(release_of(result).commit)) == ""
     assert tags_of(remote) == ["v0.1.0", "v0.2.0", "v0.2.1", "v0.3.0"]
     assert {"audit_log.py", "dark_mode.py"} <= tree_of(remote, "v0.3.0")
     with Session(engine) as session:
@@ -194,7 +202,7 @@ async def test_a_revert_that_conflicts_waits_for_a_person_and_changes_nothing(
     assert final.state is S.FAILED
     assert git(remote, "rev-parse", "main") == theirs and tags_of(remote) == ["v0.1.0"]
     [asked] = [e for e in events if e.event_type is EventType.NEEDS_ATTENTION]
-    assert asked.data == {
+    assert fields(asked) == {
         "reason": "revert conflict",
         "paused_in": "deployment",
         "release": "v0.1.0",
@@ -252,10 +260,10 @@ async def test_an_edit_that_does_not_apply_is_refused_and_the_code_writer_retrie
         events = await handle.query(BuildWorkflow.event_log, 0)
     assert result.state is S.COMPLETE and len(prompts) == 2
     loop = next(e for e in events if e.event_type is EventType.LOOP_BACK)
-    assert loop.state is S.IMPLEMENTATION and loop.data["reason"] == "edits refused"
+    assert loop.state is S.IMPLEMENTATION and fields(loop)["reason"] == "edits refused"
     assert (
         "the search text is not in README.md; the closest lines (1-1) are:\nHi"
-        in (loop.data["error"])
+        in (fields(loop)["feedback"]["error"])
     )
     assert "the search text is not in README.md" in prompts[1]  # the retry is told why
     # The Code Writer sees the repository: its map, cut to the budget, and the files it works on.
@@ -295,5 +303,5 @@ async def test_an_empty_change_loops_back_once_then_waits_for_a_person(
         status.waiting_for
     )
     loops = [e for e in events if e.event_type is EventType.LOOP_BACK]
-    assert [e.data["reason"] for e in loops] == ["empty change"]
+    assert [fields(e)["reason"] for e in loops] == ["empty change"]
     assert git(remote, "tag") == ""

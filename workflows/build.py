@@ -10,7 +10,6 @@ contracts (core/contracts.py); the records are a composed object (workflows/reco
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
@@ -18,17 +17,33 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 # Passed through: imported once per worker, not again for every build the sandbox starts.
 with workflow.unsafe.imports_passed_through():
     from core import rules
-    from core.budget import Budget
+    from core.budget import BudgetLedger
     from core.build_data import BuildData, Command
     from core.contracts import REFUSED_ATTEMPTS, ROLE_CALLS, Failure
-    from core.models import BuildRequest, BuildResult, EventType
+    from core.events import (
+        Aborted,
+        ApprovalRequested,
+        BranchMoved,
+        BudgetExhausted,
+        Cancelled,
+        Completed,
+        Failed,
+        NeedsAttention,
+        RetryRequested,
+        RolledBack,
+    )
+    from core.feedback import Feedback
+    from core.mirror import RoleCall
+    from core.models import BuildRequest, BuildResult
+    from core.outcomes import Actor, Ending, Setback
     from core.releases import Released
-    from core.role_io import Feedback, RoleResult, RoleTask
+    from core.role_io import RoleResult, RoleTask
     from core.rules import Verdict
     from core.states import TABLE, TERMINAL, BuildState, is_valid, order, role_of
+    from workflows.calls import execute
     from workflows.code import BuildCode
     from workflows.deadline import Deadline
-    from workflows.errors import BuildFailed, RevertConflicted, cause_of, spend_of
+    from workflows.errors import BuildFailed, RevertConflicted, cause_of, kind_of, spend_of
     from workflows.messages import BuildMessages
     from workflows.records import BuildRecords
     from workflows.stream import ModelOutput
@@ -51,7 +66,7 @@ class BuildWorkflow(BuildMessages):
     def __init__(self, request: BuildRequest) -> None:
         self.request = request
         limits = request.options.budget
-        self.data = BuildData(budget=Budget(limits.max_tokens, limits.max_cost_usd))
+        self.data = BuildData(budget=BudgetLedger(limits.max_tokens, limits.max_cost_usd))
         self.records = BuildRecords(request, self.data)
         self.stream = ModelOutput(self.records.model_progress)
         self.code = BuildCode(request, self.data, self.records)
@@ -65,12 +80,12 @@ class BuildWorkflow(BuildMessages):
             async with deadline:
                 await self._walk()
         except BuildFailed as failure:
-            self._fail(str(failure), failure.kind)
+            self._fail(str(failure), failure.ending, failure.detail)
         except BaseException as err:
             # A cancel arrives as asyncio.CancelledError, or as an ActivityError when a role
             # was working; the build's own deadline cancels the same way.
             if deadline.expired():
-                self._fail(deadline.reason(self.data.state.value), "execution timeout")
+                self._fail(deadline.reason(self.data.state.value), Ending.EXECUTION_TIMEOUT)
             elif not is_cancelled_exception(err):
                 raise
             else:
@@ -85,9 +100,8 @@ class BuildWorkflow(BuildMessages):
                 type=Failure.BUILD_FAILED,
                 non_retryable=True,
             )
-        released = self.data.code.release
-        release = released.model_dump(mode="json") if released is not None else {}
-        self.records.emit(EventType.COMPLETED, "system", release=release)
+        release = self.data.code.release
+        self.records.emit(Completed(release=release), Actor.SYSTEM)
         await self.records.mirror()
         return BuildResult(
             build_id=request.build_id,
@@ -111,10 +125,10 @@ class BuildWorkflow(BuildMessages):
     async def _cancelled(self) -> None:
         delivered = self.data.state is S.COMPLETE  # cancelled while scored: it stays COMPLETE
         if not delivered:
-            self._move(S.CANCELLED, "person")
+            self._move(S.CANCELLED, Actor.PERSON)
         self.stream.detach_pollers()
         if not delivered:
-            self.records.emit(EventType.CANCELLED, "person", reason="workflow cancelled")
+            self.records.emit(Cancelled(reason="workflow cancelled"), Actor.PERSON)
         await self.turn.leave()
         await self.records.mirror()
 
@@ -138,13 +152,18 @@ class BuildWorkflow(BuildMessages):
             await self.turn.take()
             if await self._apply_pending():
                 return
-        attempt = self.data.attempts[state.value] = self.data.attempts.get(state.value, 0) + 1
+        attempt = self.data.attempts[state] = self.data.attempts.get(state, 0) + 1
         task = rules.role_task(self.request, self.data, state, attempt)
-        task.mirror = await self.records.before_call()
+        call = RoleCall.of(task, await self.records.before_call())
         self.data.phase_running = True
         self.records.show()
         try:
-            result = await self._call(task)
+            result = await execute(
+                ROLE_CALLS[state],
+                call,
+                self.request.options.policy.call_options(),
+                summary=f"attempt {attempt} ({state.value})",  # the UI shows "<role> • "
+            )
         except ActivityError as err:
             if is_cancelled_exception(err):
                 raise
@@ -152,60 +171,45 @@ class BuildWorkflow(BuildMessages):
             return
         finally:
             self.data.phase_running = False
-        self.records.confirm(task.mirror, result.mirrored_seq)
+        self.records.confirm(call.mirror, result.mirrored_seq)
         self._keep(state, result)
         if isinstance(result.output, Released):
             await self.turn.leave()
-        self.records.role_call(task.role.value, task.attempt, result.usage, result.output)
+        self.records.role_call(task.role, task.attempt, result.usage, result.output)
         if await self._apply_pending():
             return
         verdict = rules.verdict(state, result.output)
         if verdict.next_state is not None:
             if order(verdict.next_state) < order(state):  # a moved project: test again
                 self._reopen(verdict.next_state)
-                self.records.emit(
-                    EventType.BRANCH_MOVED,
-                    task.role.value,
-                    branch_head=self.data.code.base,
-                    merged=self.data.code.head,
-                )
-            self._move(verdict.next_state, task.role.value)
+                moved = BranchMoved(branch_head=self.data.code.base, merged=self.data.code.head)
+                self.records.emit(moved, task.role)
+            self._move(verdict.next_state, task.role)
         elif verdict.signature is not None:
             await self._failed(state, verdict)
         else:
             self._loop_back(state, verdict)
 
-    async def _call(self, task: RoleTask) -> RoleResult:
-        call = ROLE_CALLS[task.state]
-        result: RoleResult = await workflow.execute_activity(
-            call.name,
-            task,
-            result_type=call.result,
-            summary=f"attempt {task.attempt} ({task.state.value})",  # the UI shows "<role> • "
-            **self.request.options.policy.activity_options(),
-        )
-        return result
-
     async def _call_failed(self, task: RoleTask, err: ActivityError) -> None:
         """A role call that failed: a refused Code Writer attempt loops back; a re-run's call
         the original never made asks a person; anything else fails the build."""
-        state, role = task.state, task.role.value
-        cause, kind = cause_of(err), getattr(err.cause, "type", None) or type(err.cause).__name__
+        state, role = task.state, task.role
+        cause, kind = cause_of(err), kind_of(err)
         if (spent := spend_of(err)) is not None:  # what its model call spent before failing
             self.records.role_call(role, task.attempt, spent, failed=True)
         if kind in REFUSED_ATTEMPTS:  # the attempt failed; the Code Writer tries again
-            why = "unsafe file paths" if kind == Failure.UNSAFE_PATH else "edits refused"
+            why = Setback.UNSAFE_PATHS if kind == Failure.UNSAFE_PATH else Setback.EDITS_REFUSED
             self._loop_back(state, Verdict(None, why, Feedback(error=cause), cause))
         elif kind == Failure.RECORDING_DIVERGED:
-            await self._ask_a_person(cause, "recording diverged", reason="recording diverged")
+            await self._ask_a_person(cause, NeedsAttention(reason=kind, ending=Ending.UNANSWERED))
         else:
             failure = f"{role} failed in {state.value}: {cause}"
-            raise BuildFailed(failure, f"{role} error: {kind}") from err
+            raise BuildFailed(failure, Ending.ROLE_ERROR, f"{role}: {kind}") from err
 
     def _keep(self, state: BuildState, result: RoleResult) -> None:
         """A phase's output: handed to later roles; the code it made; the release it made."""
         output = result.output
-        self.data.outputs[state.value] = output
+        self.data.outputs[state] = output
         self.records.output_changed(state)
         self.code.kept(output)
 
@@ -213,8 +217,8 @@ class BuildWorkflow(BuildMessages):
         """Loop back, unless this is the same failure as last time, or one that is not the
         code's (a person's): then ask a person rather than spend the remaining retries on it."""
         assert verdict.signature is not None
-        repeated = self.data.signatures.get(state.value) == verdict.signature
-        self.data.signatures[state.value] = verdict.signature
+        repeated = self.data.signatures.get(state) == verdict.signature
+        self.data.signatures[state] = verdict.signature
         if verdict.person or (repeated and self.data.loop_backs < self.request.options.max_retries):
             await self._needs_attention(state, verdict)
         else:
@@ -223,37 +227,38 @@ class BuildWorkflow(BuildMessages):
     def _loop_back(self, state: BuildState, verdict: Verdict) -> None:
         """Back to IMPLEMENTATION with feedback (IMPLEMENTATION itself runs again)."""
         why, limit = verdict.why, self.request.options.max_retries
-        attempts = self.data.attempts[state.value]
+        attempts = self.data.attempts[state]
         self.data.last_error = f"{why} at {state.value} attempt {attempts}: {verdict.summary}"
         if self.data.loop_backs >= limit:
             raise BuildFailed(
                 f"retries exhausted: {why} after {self.data.loop_backs} loop-backs "
                 f"(max_retries={limit}); last: {verdict.summary}",
-                f"retries exhausted: {why}",
+                Ending.RETRIES_EXHAUSTED,
+                why,
             )
         self.data.loop_backs += 1
         self.records.looped_back(state, verdict)
         self.data.feedback = verdict.feedback.model_copy(update={"loop_back_from": state})
         if state is not S.IMPLEMENTATION:
-            self._move(rules.retry_target(state), role_of(state) or "system")
+            self._move(rules.retry_target(state), role_of(state) or Actor.SYSTEM)
 
     # --- handoff states -----------------------------------------------------------------
 
     async def _handoff(self) -> None:
         state = self.data.state
-        from_role, to_role, next_state, ctx = rules.handoff_parts(
+        from_role, to_role, next_state, context = rules.handoff_parts(
             self.data, state, self.request.build_id
         )
-        self.records.handoff(from_role, to_role, next_state, **ctx)
+        self.records.handoff(from_role, to_role, next_state, context)
         if state in self.request.options.approval_gates:
             await self._wait_for_approval(state)
         if await self._apply_pending():
             return
-        self._move(next_state, "system")
+        self._move(next_state, Actor.SYSTEM)
 
     async def _wait_for_approval(self, gate: BuildState) -> None:
         self._wait_at(gate)
-        self.records.emit(EventType.APPROVAL_REQUESTED, "system", gate=gate.value)
+        self.records.emit(ApprovalRequested(gate=gate), Actor.SYSTEM)
         self.records.show()
 
         def decided() -> bool:
@@ -272,7 +277,7 @@ class BuildWorkflow(BuildMessages):
                 )
             except TimeoutError as err:
                 raise BuildFailed(
-                    f"nobody approved {gate.value} within {wait:g}s", "approval timeout"
+                    f"nobody approved {gate.value} within {wait:g}s", Ending.APPROVAL_TIMEOUT
                 ) from err
             if decided():
                 break
@@ -298,12 +303,12 @@ class BuildWorkflow(BuildMessages):
         """Phases at or after `target` are no longer complete once the build goes back to it."""
         self.data.completed_phases = rules.reopened(self.data.completed_phases, target)
 
-    def _fail(self, reason: str, kind: str) -> None:
+    def _fail(self, reason: str, ending: Ending, detail: str | None = None) -> None:
         self.data.last_error = reason
         self.data.failed_state = self.data.state
-        self.data.failure_reason = kind
-        self._move(S.FAILED, "system")
-        self.records.emit(EventType.FAILED, "system", reason=reason, kind=kind)
+        self.data.ending, self.data.ending_detail = ending, detail
+        self._move(S.FAILED, Actor.SYSTEM)
+        self.records.emit(Failed(reason=reason, ending=ending, detail=detail), Actor.SYSTEM)
 
     async def _apply_pending(self) -> bool:
         """Apply a held retry, rollback or abort; whether there was one."""
@@ -313,11 +318,10 @@ class BuildWorkflow(BuildMessages):
         await self.turn.leave()
         by = pending.requested_by
         if pending.command is Command.ABORT:
-            self.records.emit(EventType.ABORTED, by, reason=pending.reason)
-            raise BuildFailed(f"aborted by {by}: {pending.reason}", "aborted")
-        retry = pending.command is Command.RETRY
-        event = EventType.RETRY_REQUESTED if retry else EventType.ROLLBACK
-        self.records.emit(event, by, target=pending.target.value, reason=pending.reason)
+            self.records.emit(Aborted(reason=pending.reason), by)
+            raise BuildFailed(f"aborted by {by}: {pending.reason}", Ending.ABORTED)
+        asked = RetryRequested if pending.command is Command.RETRY else RolledBack
+        self.records.emit(asked(target=pending.target, reason=pending.reason), by)
         self._guide(pending.reason)
         self.data.feedback = Feedback(requested_by=by, reason=pending.reason)
         self._reopen(pending.target)
@@ -330,10 +334,12 @@ class BuildWorkflow(BuildMessages):
                     raise
                 await self._ask_a_person(
                     f"{conflict}; revert it by hand, then abort, or roll back to try again",
-                    f"non-converging: {conflict.kind}",
-                    reason=conflict.kind,
-                    paused_in=self.data.state.value,
-                    release=release.version if release else None,
+                    NeedsAttention(
+                        reason=conflict.ending.value,
+                        ending=Ending.UNANSWERED,
+                        paused_in=self.data.state,
+                        release=release.version if release else None,
+                    ),
                 )
                 return True
         self._move(pending.target, by)
@@ -346,10 +352,8 @@ class BuildWorkflow(BuildMessages):
         state = self.data.state
         await self.turn.leave()
         self.data.paused_from = state
-        self._move(S.BUDGET_EXHAUSTED, "system")
-        self.records.emit(
-            EventType.BUDGET_EXHAUSTED, "system", reason=problem, paused_in=state.value
-        )
+        self._move(S.BUDGET_EXHAUSTED, Actor.SYSTEM)
+        self.records.emit(BudgetExhausted(reason=problem, paused_in=state), Actor.SYSTEM)
         await self.records.mirror()
         wait = self.request.options.budget.wait_seconds
         try:
@@ -360,32 +364,26 @@ class BuildWorkflow(BuildMessages):
         except TimeoutError as err:
             raise BuildFailed(
                 f"budget exhausted ({problem}) and not topped up within {wait:g}s",
-                "budget exhausted",
+                Ending.BUDGET_EXHAUSTED,
             ) from err
         if rules.aborting(self.data):
             await self._apply_pending()
         self.data.paused_from = None
-        self._move(state, "system")
+        self._move(state, Actor.SYSTEM)
 
     async def _needs_attention(self, state: BuildState, verdict: Verdict) -> None:
-        attention, kind = rules.attention(verdict, state, self.request.build_id)
+        attention, asked = rules.attention(verdict, state, self.request.build_id)
         self.data.feedback = verdict.feedback.model_copy(update={"loop_back_from": state})
-        await self._ask_a_person(
-            attention,
-            kind,
-            reason=verdict.why,
-            signature=verdict.signature,
-            **verdict.feedback.model_dump(mode="json"),
-        )
+        await self._ask_a_person(attention, asked)
 
-    async def _ask_a_person(self, attention: str, kind: str, **event: Any) -> None:
-        """Wait in NEEDS_ATTENTION for a retry, rollback or abort (FAILED as `kind` when
-        nobody answers in time), then apply it."""
+    async def _ask_a_person(self, attention: str, asked: NeedsAttention) -> None:
+        """Wait in NEEDS_ATTENTION for a retry, rollback or abort (FAILED as `asked.ending`
+        when nobody answers in time), then apply it."""
         await self.turn.leave()
         self.data.attention = self.data.last_error = attention
         self.data.paused_from = self.data.state
-        self._move(S.NEEDS_ATTENTION, "system")
-        self.records.emit(EventType.NEEDS_ATTENTION, "system", **event)
+        self._move(S.NEEDS_ATTENTION, Actor.SYSTEM)
+        self.records.emit(asked, Actor.SYSTEM)
         await self.records.mirror()
         wait = self.request.options.attention_wait_seconds
         try:
@@ -393,7 +391,9 @@ class BuildWorkflow(BuildMessages):
                 lambda: self.data.steering.pending is not None, timeout=timedelta(seconds=wait)
             )
         except TimeoutError as err:
-            raise BuildFailed(f"{attention}; nobody answered within {wait:g}s", kind) from err
+            raise BuildFailed(
+                f"{attention}; nobody answered within {wait:g}s", asked.ending, asked.reason
+            ) from err
         self.data.paused_from = None
         self.data.attention = None
         await self._apply_pending()

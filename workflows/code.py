@@ -16,22 +16,23 @@ with workflow.unsafe.imports_passed_through():
     from core.build_data import BuildData
     from core.contracts import OPEN_WORKSPACE, RESTORE_WORKSPACE, RUN_ACCEPTANCE, Failure
     from core.evaluation import Acceptance
-    from core.models import BuildRequest, EventType
+    from core.events import AcceptanceTested, Restored, WorkspaceOpened
+    from core.models import BuildRequest, CallOptions
+    from core.outcomes import Actor, Ending
     from core.projects import redact
-    from core.releases import Conflict, Released, RestoreResult, Retest
+    from core.releases import Conflict, Released, Retest
     from core.role_io import (
         AcceptanceTask,
         ImplementationSummary,
-        OpenResult,
         OpenTask,
         RoleOutput,
     )
     from core.states import BuildState
+    from workflows.calls import execute
     from workflows.errors import BuildFailed, RevertConflicted, cause_of
     from workflows.records import BuildRecords
 
-RESTORE_TIMEOUT = timedelta(seconds=120)
-RESTORE_RETRY = RetryPolicy(maximum_attempts=5)
+RESTORE = CallOptions(timedelta(seconds=120), RetryPolicy(maximum_attempts=5))
 CANCELLED = "not run: the build was cancelled while its hidden tests ran"
 
 
@@ -53,32 +54,30 @@ class BuildCode:
             start_at=request.options.fixed_start(),
         )
         try:
-            opened: OpenResult = await workflow.execute_activity(
-                OPEN_WORKSPACE.name,
+            opened = await execute(
+                OPEN_WORKSPACE,
                 task,
-                result_type=OPEN_WORKSPACE.result,
+                request.options.policy.call_options(),
                 summary=f"open {request.project_id}",
-                **request.options.policy.activity_options(),
             )
         except ActivityError as err:
             if is_cancelled_exception(err):
                 raise
             reason = f"the project's repository: {cause_of(err)}"
-            raise BuildFailed(reason, "repository error") from err
+            raise BuildFailed(reason, Ending.REPOSITORY_ERROR) from err
         built = self.data.code
         built.project, built.branch = opened.project, opened.branch
         # The build's base, and the commit every earlier state (a rollback to DISCOVERY) goes
         # back to.
         built.project_base = built.base = built.head = opened.base
-        built.commit_at[self.data.state.value] = opened.base
-        self.records.emit(
-            EventType.WORKSPACE_OPENED,
-            "system",
+        built.commit_at[self.data.state] = opened.base
+        workspace = WorkspaceOpened(
             repository=redact(opened.project.repository),
             branch=opened.project.branch,
             base=opened.base,
             build_branch=opened.branch,
         )
+        self.records.emit(workspace, Actor.SYSTEM)
 
     def kept(self, output: RoleOutput) -> None:
         """What a phase's output does to the code: the commit the Code Writer made; a project
@@ -118,12 +117,11 @@ class BuildCode:
             base=built.project_base,
         )
         try:
-            accepted: Acceptance = await workflow.execute_activity(
-                RUN_ACCEPTANCE.name,
+            accepted = await execute(
+                RUN_ACCEPTANCE,
                 task,
-                result_type=RUN_ACCEPTANCE.result,
+                self.request.options.policy.call_options(),
                 summary=f"hidden tests on {release.commit[:12]}",
-                **self.request.options.policy.activity_options(),
             )
         except ActivityError as err:
             if is_cancelled_exception(err):
@@ -138,11 +136,11 @@ class BuildCode:
         self._scored(accepted)
 
     def _scored(self, accepted: Acceptance) -> None:
-        self.records.emit(EventType.ACCEPTANCE_TESTED, "system", **accepted.model_dump(mode="json"))
+        self.records.emit(AcceptanceTested(**dict(accepted)), Actor.SYSTEM)
 
     def entered(self, state: BuildState) -> None:
         """The build enters `state` with its code at `head` (where a rollback there goes)."""
-        self.data.code.commit_at[state.value] = self.data.code.head
+        self.data.code.commit_at[state] = self.data.code.head
 
     async def restore(self, target: BuildState, *, code: bool) -> None:
         """Compensation: the code as it was at `target` (a rollback), and this build's release
@@ -152,12 +150,10 @@ class BuildCode:
         release = built.release
         self.records.flush_attributes()
         try:
-            result: RestoreResult = await workflow.execute_activity(
-                RESTORE_WORKSPACE.name,
+            result = await execute(
+                RESTORE_WORKSPACE,
                 rules.restore_task(self.request, self.data, target, code=code),
-                result_type=RESTORE_WORKSPACE.result,
-                start_to_close_timeout=RESTORE_TIMEOUT,
-                retry_policy=RESTORE_RETRY,
+                RESTORE,
                 summary=f"restore {target.value}",
             )
         except ActivityError as err:
@@ -166,17 +162,16 @@ class BuildCode:
             reason = f"rollback to {target.value}: {cause_of(err)}"
             if getattr(err.cause, "type", None) == Failure.REVERT_CONFLICT:
                 raise RevertConflicted(reason) from err
-            raise BuildFailed(reason, "restore failed") from err
+            raise BuildFailed(reason, Ending.RESTORE_FAILED) from err
         built.head = result.commit
         if release:
             built.base = result.base or built.base_before_release
             built.release = None
-        self.records.emit(
-            EventType.RESTORED,
-            "system",
-            target=target.value,
+        restored = Restored(
+            target=target,
             commit=result.commit,
             release_undone=release.version if release and result.release_restored else None,
             release_current=result.release_current,
             reverted_by=result.reverted_by,
         )
+        self.records.emit(restored, Actor.SYSTEM)

@@ -28,12 +28,15 @@ with workflow.unsafe.imports_passed_through():
         EvalRun,
         child_requests,
     )
-    from core.models import BuildRequest, BuildResult
+    from core.models import BuildRequest, BuildResult, CallOptions
+    from workflows.calls import execute
 
 BUILD_WORKFLOW = "BuildWorkflow"
-REPORT_TIMEOUT = timedelta(seconds=60)
 # The mirror may lag behind a child's end (an outage): the table is read again until it has all.
-REPORT_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=60)
+REPORT = CallOptions(
+    timedelta(seconds=60),
+    RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=60),
+)
 
 
 @workflow.defn(name="EvalWorkflow")
@@ -64,15 +67,7 @@ class EvalWorkflow:
             configs=[c.name for c in run.configs],
             children=children,
         )
-        report: EvalReport = await workflow.execute_activity(
-            EVAL_REPORT.name,
-            task,
-            result_type=EVAL_REPORT.result,
-            start_to_close_timeout=REPORT_TIMEOUT,
-            retry_policy=REPORT_RETRY,
-            summary=f"table of {len(children)} builds",
-        )
-        return report
+        return await execute(EVAL_REPORT, task, REPORT, summary=f"table of {len(children)} builds")
 
     async def _build(self, request: BuildRequest) -> None:
         """One child build to its end; a failed one is a result, not the run's failure."""

@@ -16,6 +16,7 @@ with workflow.unsafe.imports_passed_through():
     from core import rules
     from core.build_data import BuildData, Command, Pending
     from core.contracts import Failure
+    from core.events import Approved, SignalRejected, ToppedUp
     from core.messages import (
         AbortRequest,
         ApproveRequest,
@@ -25,7 +26,8 @@ with workflow.unsafe.imports_passed_through():
         TopUpAccepted,
         TopUpRequest,
     )
-    from core.models import BuildEvent, BuildRequest, BuildStatus, EventType, Handoff
+    from core.mirror import BuildEvent, Handoff
+    from core.models import BuildRequest, BuildStatus
     from core.projects import ReleaseTurn
     from core.states import PAUSES, TABLE, BuildState
     from workflows.records import BuildRecords
@@ -180,10 +182,8 @@ class BuildMessages:
         assert gate is not None
         self.data.steering.approved_gate = gate
         self.records.steered = True
-        extra = {"phase_result": request.phase_result} if request.phase_result else {}
-        self.records.emit(
-            EventType.APPROVED, request.approved_by, gate=gate.value, note=request.note, **extra
-        )
+        approved = Approved(gate=gate, note=request.note, phase_result=request.phase_result)
+        self.records.emit(approved, request.approved_by)
         if request.phase_result:
             self._guide(f"{request.approved_by} adds: {request.phase_result}")
         next_state = TABLE[gate].next
@@ -197,15 +197,14 @@ class BuildMessages:
         budget = self.data.budget
         budget.top_up(request.tokens, request.cost_usd)
         self.records.steered = True
-        self.records.emit(
-            EventType.TOPPED_UP,
-            request.requested_by,
+        topped = ToppedUp(
             tokens=request.tokens,
             cost_usd=request.cost_usd,
             note=request.note,
             max_tokens=budget.max_tokens,
             max_cost_usd=budget.max_cost_usd,
         )
+        self.records.emit(topped, request.requested_by)
         self.records.show()
         return TopUpAccepted(
             max_tokens=budget.max_tokens,
@@ -235,7 +234,7 @@ class BuildMessages:
         return self.data.steering.approved_gate == gate
 
     def _reject(self, command: str, reason: str, by: str) -> None:
-        self.records.emit(EventType.SIGNAL_REJECTED, by, command=command, reason=reason)
+        self.records.emit(SignalRejected(command=command, reason=reason), by)
         workflow.logger.warning("build %s: %s rejected: %s", self.request.build_id, command, reason)
 
 

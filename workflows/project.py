@@ -26,6 +26,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from core.contracts import CHECK_REPOSITORY, CREATE_REPOSITORY, Failure
+    from core.models import CallOptions
     from core.projects import (
         ENQUEUE,
         MEMO_KEY,
@@ -40,10 +41,11 @@ with workflow.unsafe.imports_passed_through():
         ReleaseTurn,
         RepositoryCheck,
     )
+    from workflows.calls import execute
 
 GIT_TIMEOUT = timedelta(seconds=120)
-CHECK_RETRY = RetryPolicy(maximum_attempts=1)  # a person waits for the answer
-CREATE_RETRY = RetryPolicy(maximum_attempts=5)
+CHECK = CallOptions(GIT_TIMEOUT, RetryPolicy(maximum_attempts=1))  # a person waits for it
+CREATE = CallOptions(GIT_TIMEOUT, RetryPolicy(maximum_attempts=5))
 # A build that joins an empty queue holds the turn with the enqueue update's answer.
 GRANT_ON_ENQUEUE_PATCH = "grant-on-enqueue"
 
@@ -154,12 +156,10 @@ class ProjectWorkflow:
         """Register or change the project; git's refusal fails the update, nothing changes."""
         async with self.lock:
             try:
-                checked = await workflow.execute_activity(
-                    CHECK_REPOSITORY.name,
+                checked = await execute(
+                    CHECK_REPOSITORY,
                     RepositoryCheck(project_id=self.project_id, config=config),
-                    result_type=CHECK_REPOSITORY.result,
-                    start_to_close_timeout=GIT_TIMEOUT,
-                    retry_policy=CHECK_RETRY,
+                    CHECK,
                     summary=f"check {config.repository}",
                 )
             except ActivityError as err:
@@ -174,12 +174,10 @@ class ProjectWorkflow:
         """A build started for a project nobody registered: give it a new repository."""
         async with self.lock:
             if self.view is None:
-                made = await workflow.execute_activity(
-                    CREATE_REPOSITORY.name,
+                made = await execute(
+                    CREATE_REPOSITORY,
                     NewRepository(project_id=self.project_id),
-                    result_type=CREATE_REPOSITORY.result,
-                    start_to_close_timeout=GIT_TIMEOUT,
-                    retry_policy=CREATE_RETRY,
+                    CREATE,
                     summary="create the repository",
                 )
                 self.view = ProjectView(

@@ -26,12 +26,24 @@ with workflow.unsafe.imports_passed_through():
     )
     from core.build_data import BuildData
     from core.contracts import MIRROR_BUILD, Failure
-    from core.models import BuildEvent, BuildRequest, BuildStatus, EventType, Handoff, MirrorBatch
+    from core.events import (
+        EventData,
+        HandedOff,
+        LoopedBack,
+        MirrorRefused,
+        RoleCalled,
+        StateChanged,
+    )
+    from core.feedback import ModelUsage
+    from core.mirror import BuildEvent, Handoff, HandoffContext, MirrorBatch
+    from core.models import BuildRequest, BuildStatus, CallOptions
+    from core.outcomes import Actor
     from core.reports import TestReport
-    from core.role_io import ModelUsage, RoleOutput
+    from core.role_io import RoleOutput
     from core.rules import Verdict
     from core.states import TERMINAL, BuildState, Role, role_of
     from workflows import metrics
+    from workflows.calls import execute_local
 
 S = BuildState
 
@@ -48,9 +60,11 @@ CARRIED_MIRROR_PATCH = "mirror-carried-by-role-calls"
 
 # The workflow's own mirror writes are local activities (no round trip to the server), retried
 # until the database answers: a build waits rather than lose a record.
-MIRROR_TIMEOUT = timedelta(seconds=10)
-MIRROR_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
+MIRROR = CallOptions(
+    timedelta(seconds=10),
+    RetryPolicy(
+        initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
+    ),
 )
 
 
@@ -63,7 +77,7 @@ class BuildRecords:
         self.events: list[BuildEvent] = []
         self.handoffs: list[Handoff] = []
         self.mirrored_seq = 0  # the last event the mirror confirmed
-        self.unmirrored_outputs: set[str] = set()  # phases whose output the mirror lacks
+        self.unmirrored_outputs: set[BuildState] = set()  # phases whose output the mirror lacks
         self.pending_attributes: dict[str, SearchAttributeUpdate[Any]] = {}
         self.steered = False  # a command was accepted since the workflow last wrote the mirror
         self.entered_at = datetime.min  # when the build entered its current state
@@ -81,16 +95,17 @@ class BuildRecords:
         )
         self.entered_at = workflow.now()
         metrics.build_started()
-        self.emit(EventType.STATE_CHANGED, "system", to=S.DISCOVERY.value, edge="start")
+        self.emit(StateChanged(to=S.DISCOVERY, edge="start"), Actor.SYSTEM)
         self.show()
 
-    def emit(self, event_type: EventType, by: str, **data: Any) -> None:
+    def emit(self, data: EventData, by: str) -> None:
+        """An event of the build in its current state, made to happen by `by`: a role, an
+        `Actor`, or the person who asked."""
         self.events.append(
             BuildEvent(
                 seq=len(self.events) + 1,
-                event_type=event_type,
                 state=self.data.state,
-                triggered_by=by,
+                triggered_by=str(by),
                 data=data,
                 timestamp=workflow.now(),
             )
@@ -98,8 +113,7 @@ class BuildRecords:
 
     def moved(self, source: BuildState, target: BuildState, by: str) -> None:
         """A transition the workflow made: its event, search attributes, metrics and log."""
-        change = {"from": source.value, "to": target.value, "commit": self.data.code.head}
-        self.emit(EventType.STATE_CHANGED, by, **change)
+        self.emit(StateChanged(from_=source, to=target, commit=self.data.code.head), by)
         # New keys may join this upsert freely; a new upsert (a new command) needs a patch.
         role = role_of(target)
         self.upsert(
@@ -115,7 +129,9 @@ class BuildRecords:
         workflow.logger.info("build %s: %s -> %s", self.request.build_id, source, target)
         self.show()
 
-    def handoff(self, from_role: Role, to_role: Role, to_state: BuildState, **ctx: Any) -> None:
+    def handoff(
+        self, from_role: Role, to_role: Role, to_state: BuildState, context: HandoffContext
+    ) -> None:
         """A handoff at the current state, with the context handed to the next role."""
         self.handoffs.append(
             Handoff(
@@ -125,17 +141,14 @@ class BuildRecords:
                 from_state=self.data.state,
                 to_state=to_state,
                 timestamp=workflow.now(),
-                **ctx,
+                **dict(context),
             )
         )
-        self.emit(
-            EventType.HANDOFF,
-            from_role.value,
-            from_role=from_role.value,
-            to_role=to_role.value,
-            to_state=to_state.value,
-            instructions=ctx["instructions"],
+        instructions = context.instructions
+        handed = HandedOff(
+            from_role=from_role, to_role=to_role, to_state=to_state, instructions=instructions
         )
+        self.emit(handed, from_role)
 
     def role_call(
         self,
@@ -148,17 +161,11 @@ class BuildRecords:
         """A role call's usage (and of a test run: its sandbox, its environment and its
         counts): its event, the build's totals, metrics, search attributes. A `failed` call's
         answer was not usable; its spend counts all the same."""
-        extra: dict[str, Any] = {}
+        called = RoleCalled(attempt=attempt, failed=failed, **usage.model_dump())
         if isinstance(output, TestReport):
-            extra = {"sandbox": output.sandbox, "environment": output.setup}
-            if not output.setup_failed:
-                extra["tests"] = output.counts.model_dump() | {"run": output.counts.run}
-            extra = {k: v for k, v in extra.items() if v}
-        if failed:
-            extra["failed"] = True
-        self.emit(
-            EventType.ROLE_CALL, role, attempt=attempt, **usage.model_dump(mode="json"), **extra
-        )
+            called.sandbox, called.environment = output.sandbox or None, output.setup or None
+            called.tests = None if output.setup_failed else output.counts
+        self.emit(called, role)
         self.data.budget.add(role, usage)
         metrics.model_call(
             role, usage.model, usage.prompt_tokens, usage.completion_tokens, usage.cost_usd
@@ -168,23 +175,21 @@ class BuildRecords:
             [
                 TOKENS.value_set(self.data.budget.tokens()),
                 COST.value_set(self.data.budget.cost()),
-                TEST_ATTEMPTS.value_set(attempts.get(S.TESTING.value, 0)),
-                VERIFICATION_ATTEMPTS.value_set(attempts.get(S.VERIFICATION.value, 0)),
+                TEST_ATTEMPTS.value_set(attempts.get(S.TESTING, 0)),
+                VERIFICATION_ATTEMPTS.value_set(attempts.get(S.VERIFICATION, 0)),
             ]
         )
 
     def looped_back(self, state: BuildState, verdict: Verdict) -> None:
+        assert verdict.why is not None  # a verdict that sends the build back says why
         metrics.loop_back(state.value, verdict.why)
-        self.emit(
-            EventType.LOOP_BACK,
-            role_of(state) or "system",
-            reason=verdict.why,
-            loop_back=self.data.loop_backs,
-            **verdict.feedback.model_dump(mode="json"),
+        looped = LoopedBack(
+            reason=verdict.why, loop_back=self.data.loop_backs, feedback=verdict.feedback
         )
+        self.emit(looped, role_of(state) or Actor.SYSTEM)
 
     def output_changed(self, state: BuildState) -> None:
-        self.unmirrored_outputs.add(state.value)
+        self.unmirrored_outputs.add(state)
 
     # --- the Web UI's view --------------------------------------------------------------
 
@@ -267,18 +272,13 @@ class BuildRecords:
             if refused is None:
                 return
             workflow.logger.error("mirror refused events up to %d: %s", last_seq, refused)
-            self.emit(EventType.MIRROR_REFUSED, "system", up_to=last_seq, reason=refused)
+            self.emit(MirrorRefused(up_to=last_seq, reason=refused), Actor.SYSTEM)
 
     async def _write(self, batch: MirrorBatch) -> str | None:
         """Write `batch` through the local activity; the database's reason if it refused it."""
         try:
-            await workflow.execute_local_activity(
-                MIRROR_BUILD.name,
-                batch,
-                result_type=MIRROR_BUILD.result,
-                start_to_close_timeout=MIRROR_TIMEOUT,
-                retry_policy=MIRROR_RETRY,
-                summary=f"mirror up to event {batch.snapshot.last_seq}",
+            await execute_local(
+                MIRROR_BUILD, batch, MIRROR, summary=f"mirror up to event {batch.snapshot.last_seq}"
             )
         except (ActivityError, ApplicationError) as err:
             # A local activity's failure arrives as its ApplicationError itself.

@@ -19,12 +19,15 @@ from temporalio.exceptions import FailureError
 with workflow.unsafe.imports_passed_through():
     from core.build_data import BuildData
     from core.contracts import JOIN_RELEASE_QUEUE
-    from core.models import BuildRequest, EventType
-    from core.projects import QueueJoin, QueueLeave, QueuePlace, ReleaseTurn, project_workflow_id
+    from core.events import ReleaseQueued, TurnTaken
+    from core.models import BuildRequest, CallOptions
+    from core.outcomes import Actor
+    from core.projects import QueueJoin, QueueLeave, ReleaseTurn, project_workflow_id
+    from workflows.calls import execute
     from workflows.records import BuildRecords
 
-JOIN_TIMEOUT = timedelta(seconds=60)
-JOIN_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))  # until Temporal answers
+# Retried until Temporal answers.
+JOIN = CallOptions(timedelta(seconds=60), RetryPolicy(maximum_interval=timedelta(seconds=30)))
 
 
 class BuildTurn:
@@ -41,25 +44,22 @@ class BuildTurn:
             return
         queue.ticket += 1
         queue.turn = "waiting"  # before the join: the grant may arrive with its answer
-        place: QueuePlace = await workflow.execute_activity(
-            JOIN_RELEASE_QUEUE.name,
-            QueueJoin(
-                project_id=self.request.project_id,
-                workflow_id=workflow.info().workflow_id,
-                build_id=self.request.build_id,
-                ticket=queue.ticket,
-            ),
-            result_type=JOIN_RELEASE_QUEUE.result,
-            start_to_close_timeout=JOIN_TIMEOUT,
-            retry_policy=JOIN_RETRY,
+        join = QueueJoin(
+            project_id=self.request.project_id,
+            workflow_id=workflow.info().workflow_id,
+            build_id=self.request.build_id,
+            ticket=queue.ticket,
+        )
+        place = await execute(
+            JOIN_RELEASE_QUEUE,
+            join,
+            JOIN,
             summary=f"join {self.request.project_id}'s release queue",
         )
         queue.ahead = place.ahead
         if place.granted and queue.turn == "waiting":  # nobody ahead: the answer is the grant
             queue.turn = "holding"
-        self.records.emit(
-            EventType.RELEASE_QUEUED, "system", ahead=place.ahead, ticket=queue.ticket
-        )
+        self.records.emit(ReleaseQueued(ahead=place.ahead, ticket=queue.ticket), Actor.SYSTEM)
         self.records.show()
         queued_at = workflow.now()
         # First in the queue, the grant is on its way. Behind others, the wait may be long:
@@ -73,7 +73,7 @@ class BuildTurn:
             )
         if queue.turn == "holding":
             waited = (workflow.now() - queued_at).total_seconds()
-            self.records.emit(EventType.RELEASE_TURN, "system", waited_seconds=round(waited, 3))
+            self.records.emit(TurnTaken(waited_seconds=round(waited, 3)), Actor.SYSTEM)
         queue.ahead = []
         self.records.show()
 

@@ -22,9 +22,9 @@ from packaging.version import InvalidVersion, Version
 from activities.delivery.targets import Release
 from activities.repository.gitcmd import EMPTY_TREE, GitError, git
 from activities.repository.workspace import Workspace
+from core.feedback import Merge
 from core.projects import Bump, VersionScheme, next_version, version_of
 from core.releases import Conflict, Released, Retest, SmokeFailed
-from core.role_io import Merge
 
 PUSH_ATTEMPTS = 3  # a refused push means the branch moved meanwhile: look again
 MAX_CONFLICT_FILES = 10

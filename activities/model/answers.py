@@ -40,7 +40,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from activities import paths
-from core.role_io import ModelUsage
+from core.feedback import ModelUsage
 from core.settings import Settings
 from db.engine import make_engine
 from db.models import KeptAnswerRow

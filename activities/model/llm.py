@@ -26,8 +26,9 @@ from activities.model.offline import OFFLINE_BASE_URL, SIMULATE_HEADER, offline_
 from activities.model.output_modes import STRONGEST_FIRST, Mode, ModeRefused, NoJson, OutputInvalid
 from activities.model.prompts import Prompt, load_prompts
 from core.contracts import Failure
+from core.feedback import ModelUsage
 from core.projects import redact
-from core.role_io import ImplementationOutput, ModelUsage, RoleTask
+from core.role_io import ImplementationOutput, RoleTask
 from core.settings import ModelChoice, Settings
 
 T = TypeVar("T", bound=BaseModel)
@@ -90,7 +91,7 @@ class ModelClient:
             choice = choice.model_copy(update={"model": task.replay.model})
         if task.replay and task.replay.prompt:  # ... or prompt
             prompt = Prompt(task.role, task.replay.prompt.version, task.replay.prompt.text)
-        payload = task.model_dump(mode="json", exclude={"simulate", "mirror", "replay"})
+        payload = task.model_dump(mode="json", exclude={"simulate", "replay"})
         cut = 0
         if window := await self.window(choice):
             # The system prompt grows by the schema (JSON modes) or the edit format's rules.

@@ -15,7 +15,8 @@ from temporalio.exceptions import ApplicationError
 
 from activities.model.answers import Answers, Kept
 from core.contracts import Failure
-from core.role_io import ModelUsage, RoleTask
+from core.feedback import ModelUsage
+from core.role_io import RoleTask
 
 T = TypeVar("T", bound=BaseModel)
 log = logging.getLogger(__name__)
