@@ -15,18 +15,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
-from temporalio.client import WorkflowHandle
 
 from activities.repository.gitcmd import git
-from client.builds import new_request, start_build
+from client.builds import BuildHandle, new_request, start_build
 from client.follow import delivered, follow
 from client.projects import put_project
 from core.exit import exit_now
-from core.models import Simulation, StartOptions
+from core.models import Requirements, Simulation, StartOptions
 from core.projects import ProjectConfig
 from core.settings import Settings, get_settings
 from core.states import BuildState, order
@@ -39,7 +37,10 @@ WORKER_SCRIPT = Path(__file__).resolve().parent / "worker.py"
 EXAMPLE = Path(__file__).resolve().parent / "examples" / "inventory"
 DEMO_PROJECT = "inventory"
 WORKER_START_SECONDS = 30  # until the worker has said which sandbox it runs
-DEMO_FEATURES = ({"feature": "Dark mode", "priority": "high"}, {"feature": "Audit log"})
+DEMO_FEATURES: tuple[Requirements, ...] = (
+    {"feature": "Dark mode", "priority": "high"},
+    {"feature": "Audit log"},
+)
 LOCAL_MODEL = "local-model"  # the process name of the local model server (up --local-model)
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
@@ -292,7 +293,7 @@ async def _demo(
         )
 
 
-async def _until_working(handle: WorkflowHandle[Any, Any]) -> None:
+async def _until_working(handle: BuildHandle) -> None:
     """Until the build is at its Code Writer's work (so the second build overlaps it)."""
     async with asyncio.timeout(120):
         while True:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -12,7 +12,13 @@ from pydantic import (
     field_validator,
 )
 
-from core.messages import AbortRequest, RetryRequest, RollbackRequest, TopUpRequest
+from core.messages import (
+    AbortRequest,
+    CommandAccepted,
+    RetryRequest,
+    RollbackRequest,
+    TopUpRequest,
+)
 from core.models import (
     BUILD_ID_PATTERN,
     MAX_REQUIREMENTS_CHARS,
@@ -143,6 +149,17 @@ class CommandAnswer(BaseModel):
     applies: Literal["now", "after_current_phase"] = Field(
         description="now: at a gate or handoff; otherwise when the running phase ends."
     )
+
+    @classmethod
+    def of(cls, workflow_id: str, accepted: CommandAccepted, **more: Any) -> Self:
+        """The answer to a person's command the build's workflow accepted."""
+        return cls(
+            workflow_id=workflow_id,
+            from_state=accepted.from_state,
+            target_state=accepted.target_state,
+            applies=accepted.applies,
+            **more,
+        )
 
 
 class Advanced(CommandAnswer):

@@ -25,13 +25,13 @@ from typing import Annotated, Any
 import typer
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowHandle
 from temporalio.worker import Worker
 
 from activities.mirror import MirrorActivities
 from activities.projects import registry
 from bench.bare import BareWorkflow, bare_step
 from bench.variants import BuildWithoutRepository
+from client.builds import BuildHandle
 from core.contracts import OPEN_WORKSPACE, ROLE_CALLS
 from core.exit import exit_now
 from core.mirror import MirrorBatch
@@ -47,7 +47,7 @@ RECORDED = {call.name for call in ROLE_CALLS.values()} | {OPEN_WORKSPACE.name}
 BARE_QUEUE_SUFFIX = "-bare"
 
 
-async def record(handle: WorkflowHandle[Any, Any]) -> list[dict[str, Any]]:
+async def record(handle: BuildHandle) -> list[dict[str, Any]]:
     """A finished build's role activity results, in order, with the state each was called in:
     [{"activity": name, "state": …, "result": …}]."""
     scheduled: dict[int, tuple[str, str]] = {}

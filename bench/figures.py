@@ -13,13 +13,12 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowHandle
 
 from bench.engine import RECORDED
+from client.builds import BuildHandle
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,7 +81,7 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-async def schedule_to_start(handle: WorkflowHandle[Any, Any]) -> list[float]:
+async def schedule_to_start(handle: BuildHandle) -> list[float]:
     """Seconds from scheduled to started, for each role activity of the build."""
     scheduled: dict[int, tuple[str, datetime]] = {}
     delays = []

@@ -9,9 +9,8 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client
 
 from activities.model.llm import ModelClient
 from activities.repository.gitcmd import create_bare
@@ -19,7 +18,7 @@ from bench.bare import BareWorkflow
 from bench.engine import BARE_QUEUE_SUFFIX, record
 from bench.figures import log
 from bench.variants import WITHOUT_REPOSITORY
-from client.builds import start_build
+from client.builds import BuildHandle, start_build
 from client.worker import build_worker
 from core.models import BuildOptions, BuildRequest
 from core.projects import ProjectConfig
@@ -162,7 +161,7 @@ class Bench:
 
     # --- one build, one bare workflow ------------------------------------------------------
 
-    async def run_build(self) -> WorkflowHandle[Any, Any]:
+    async def run_build(self) -> BuildHandle:
         handle = await start_build(self.client, self.settings, self.request())
         await handle.result()
         return handle

@@ -16,10 +16,10 @@ from typing import Any
 
 import psycopg
 from sqlmodel import Session
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client
 
 from activities.sandbox import cgroups
-from client.builds import has_worker, start_build
+from client.builds import BuildHandle, has_worker, start_build
 from core.models import BuildOptions, BuildRequest, RolePolicy
 from core.settings import Settings
 from core.states import BuildState
@@ -147,7 +147,7 @@ class Stack:
         tail = log_tail(self.folder / "worker.log")
         return f"worker.py exited on its own with {self.worker.returncode}: {tail}"
 
-    async def results(self, handles: list[WorkflowHandle[Any, Any]], seconds: float) -> list[Any]:
+    async def results(self, handles: list[BuildHandle], seconds: float) -> list[Any]:
         """Every build's result or error; fails at once if the worker exits on its own, rather
         than wait out the whole timeout for builds nobody runs."""
         pending = asyncio.gather(*(h.result() for h in handles), return_exceptions=True)
@@ -186,13 +186,13 @@ class Stack:
             ),
         )
 
-    async def start_builds(self, count: int, **kw: Any) -> list[WorkflowHandle[Any, Any]]:
+    async def start_builds(self, count: int, **kw: Any) -> list[BuildHandle]:
         return [
             await start_build(self.client, self.settings, self.request(**kw)) for _ in range(count)
         ]
 
     async def check(
-        self, drill: str, handles: list[WorkflowHandle[Any, Any]], extra: str, seconds: float
+        self, drill: str, handles: list[BuildHandle], extra: str, seconds: float
     ) -> Verdict:
         """All builds complete; per build, the mirror's rows are exactly the workflow's events."""
         results = await self.results(handles, seconds)

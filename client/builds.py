@@ -7,8 +7,9 @@ the CLI prints it, the API maps its kind to an HTTP status.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
@@ -24,6 +25,7 @@ from temporalio.client import (
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
+from temporalio.workflow import UpdateMethodMultiParam
 
 from client.errors import (
     NO_ANSWER,
@@ -39,6 +41,7 @@ from core.attributes import of_project
 from core.models import (
     BuildOptions,
     BuildRequest,
+    BuildResult,
     Requirements,
     StartOptions,
     build_id_from,
@@ -49,6 +52,11 @@ from workflows.build import BuildWorkflow
 
 # How long a caller waits for Temporal to describe a build.
 DESCRIBE_TIMEOUT = timedelta(seconds=10)
+# A build's handle: its queries, signals and updates typed by BuildWorkflow, its result a
+# BuildResult.
+BuildHandle = WorkflowHandle[BuildWorkflow, BuildResult]
+ArgT = TypeVar("ArgT")
+AnswerT = TypeVar("AnswerT")
 
 
 def new_request(
@@ -81,9 +89,7 @@ def new_request(
     )
 
 
-async def start_build(
-    client: Client, settings: Settings, request: BuildRequest
-) -> WorkflowHandle[Any, Any]:
+async def start_build(client: Client, settings: Settings, request: BuildRequest) -> BuildHandle:
     """Start a build on its project's registration (a project nobody registered gets a
     greenfield repository); the same build_id twice is refused, never run twice."""
     if request.project is None:
@@ -125,17 +131,17 @@ async def has_worker(client: Client, settings: Settings) -> bool:
     return len(answer.pollers) > 0
 
 
-def handle_for(client: Client, build: str) -> WorkflowHandle[Any, Any]:
+def handle_for(client: Client, build: str) -> BuildHandle:
     """The typed handle of a build given by build id or workflow id."""
     return client.get_workflow_handle_for(BuildWorkflow.run, workflow_id_for(build_id_from(build)))
 
 
 async def query(
-    handle: WorkflowHandle[Any, Any],
-    query: Any,
+    handle: BuildHandle,
+    query: Callable[..., AnswerT],
     *args: Any,
     rpc_timeout: timedelta | None = None,
-) -> Any:
+) -> AnswerT:
     try:
         return await handle.query(query, *args, rpc_timeout=rpc_timeout)
     except RPCError as err:
@@ -143,12 +149,12 @@ async def query(
 
 
 async def update(
-    handle: WorkflowHandle[Any, Any],
-    update: Any,
-    arg: Any,
+    handle: BuildHandle,
+    update: UpdateMethodMultiParam[[BuildWorkflow, ArgT], AnswerT],
+    arg: ArgT,
     *,
     rpc_timeout: timedelta | None = None,
-) -> Any:
+) -> AnswerT:
     """Run a validated update: its answer, or refused with the workflow's reason."""
     try:
         return await handle.execute_update(update, arg, rpc_timeout=rpc_timeout)
@@ -165,7 +171,7 @@ async def update(
         raise refusal(handle.id, err) from err
 
 
-async def _closed(handle: WorkflowHandle[Any, Any]) -> bool:
+async def _closed(handle: BuildHandle) -> bool:
     """Whether the build's workflow exists and has ended."""
     try:
         described = await handle.describe(rpc_timeout=DESCRIBE_TIMEOUT)
@@ -194,7 +200,7 @@ def _no_answer(workflow_id: str) -> str:
     )
 
 
-async def describe(handle: WorkflowHandle[Any, Any]) -> WorkflowExecutionDescription:
+async def describe(handle: BuildHandle) -> WorkflowExecutionDescription:
     try:
         return await handle.describe(rpc_timeout=DESCRIBE_TIMEOUT)
     except RPCError as err:

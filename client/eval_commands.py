@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.service import RPCError
 
 from client.cli import console, run_command
 from client.errors import BuildError
-from client.evals import SuiteError, eval_run, start_eval
+from client.evals import EvalHandle, SuiteError, eval_run, start_eval
 from core.evals import EvalProgress, EvalReport, eval_workflow_id
 from core.settings import Settings
 from workflows.evals import EvalWorkflow
@@ -57,7 +57,7 @@ def tables(report: EvalReport) -> list[Table]:
     return [per_config, per_case]
 
 
-async def follow_eval(handle: WorkflowHandle[Any, Any], *, quiet: bool = False) -> EvalReport:
+async def follow_eval(handle: EvalHandle, *, quiet: bool = False) -> EvalReport:
     """Say each child build as it ends, then return the run's report."""
     said: set[str] = set()
     result = asyncio.ensure_future(handle.result())

@@ -25,7 +25,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from activities.repository.gitcmd import GitError, git, git_env
 from client.errors import BuildError
 from core.attributes import of_project
-from core.evals import EvalCase, EvalConfig, EvalRun
+from core.evals import EvalCase, EvalConfig, EvalReport, EvalRun
 from core.evaluation import HiddenTests, ModelChoices
 from core.projects import is_url
 from core.reruns import PromptText
@@ -33,6 +33,8 @@ from core.settings import Settings
 from workflows.evals import EvalWorkflow
 
 SEED_DATE = "2026-01-01T00:00:00+00:00"  # a folder's commit is the same wherever it is made
+
+EvalHandle = WorkflowHandle[EvalWorkflow, EvalReport]  # an evaluation run's
 
 
 class SuiteError(ValueError):
@@ -201,7 +203,7 @@ def eval_run(
         raise SuiteError(f"{suite}: {err}") from err
 
 
-async def start_eval(client: Client, settings: Settings, run: EvalRun) -> WorkflowHandle[Any, Any]:
+async def start_eval(client: Client, settings: Settings, run: EvalRun) -> EvalHandle:
     try:
         return await client.start_workflow(
             EvalWorkflow.run,

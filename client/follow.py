@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.service import RPCError
 
+from client.builds import BuildHandle
 from client.errors import NoAnswer
 from client.model_output import Lines, model_output
 from core.events import (
@@ -188,7 +188,7 @@ def next_command(status: BuildStatus) -> str | None:
 
 
 async def follow(
-    handle: WorkflowHandle[Any, Any],
+    handle: BuildHandle,
     console: Console,
     interval: float = 0.5,
     output_of: Client | None = None,

@@ -3,10 +3,8 @@ when no worker polls, following it to its end, and the exit code that end means.
 
 from __future__ import annotations
 
-from typing import Any
-
 import typer
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client
 
 from client import builds
 from client.cli import console
@@ -22,7 +20,7 @@ Followed = tuple[BuildStatus, Released | None] | None
 async def announced(
     client: Client,
     settings: Settings,
-    handle: WorkflowHandle[Any, Any],
+    handle: builds.BuildHandle,
     build_id: str,
     *,
     wait: bool,

@@ -5,10 +5,9 @@ with, what its workspace opened on), and a new build is started from them."""
 from __future__ import annotations
 
 import secrets
-from typing import Any
 
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client
 from temporalio.service import RPCError
 
 from client import builds
@@ -32,7 +31,7 @@ async def original_of(client: Client, build: str) -> tuple[BuildRequest, str]:
         raise builds.refusal(handle.id, err) from err
 
 
-async def _read(client: Client, handle: WorkflowHandle[Any, Any]) -> tuple[BuildRequest, str]:
+async def _read(client: Client, handle: builds.BuildHandle) -> tuple[BuildRequest, str]:
     request: BuildRequest | None = None
     opening: int | None = None
     convert = client.data_converter
@@ -93,7 +92,7 @@ async def start_rerun(
     build_id: str | None = None,
     user_id: str,
     simulate: list[Simulation] | None = None,
-) -> tuple[BuildRequest, WorkflowHandle[Any, Any]]:
+) -> tuple[BuildRequest, builds.BuildHandle]:
     """Start a re-run of `build`: its request, and its handle."""
     original, base = await original_of(client, build)
     request = rerun_request(

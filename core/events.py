@@ -59,6 +59,15 @@ class _Payload(BaseModel):
     )
 
 
+def _nested_feedback(own: type[BaseModel], data: Any) -> Any:
+    """A row written with the feedback's fields beside the event's (`own`): nested again."""
+    if not isinstance(data, dict) or "feedback" in data:
+        return data
+    moved = [k for k in Feedback.model_fields if k in data and k not in own.model_fields]
+    given = {k: data[k] for k in moved}
+    return {**{k: v for k, v in data.items() if k not in given}, "feedback": given}
+
+
 class StateChanged(_Payload):
     type: Literal[E.STATE_CHANGED] = E.STATE_CHANGED
     from_: BuildState | None = Field(default=None, alias="from")  # None: the build's start
@@ -103,6 +112,11 @@ class LoopedBack(_Payload):
     reason: Setback
     loop_back: int  # how many loop-backs the build has made, this one included
     feedback: Feedback = Field(default_factory=Feedback)  # what the Code Writer fixes next
+
+    @model_validator(mode="before")
+    @classmethod
+    def _earlier(cls, data: Any) -> Any:
+        return _nested_feedback(cls, data)
 
 
 class SignalRejected(_Payload):
@@ -197,6 +211,14 @@ class NeedsAttention(_Payload):
     paused_in: BuildState | None = None
     release: str | None = None  # the release a conflicting revert was to undo
     feedback: Feedback = Field(default_factory=Feedback)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _earlier(cls, data: Any) -> Any:
+        """A row written before endings were recorded, its feedback beside its fields."""
+        if isinstance(data, dict) and "ending" not in data:
+            data = {**data, "ending": Ending.UNANSWERED}
+        return _nested_feedback(cls, data)
 
 
 class Aborted(_Payload):

@@ -5,9 +5,9 @@ The workflow's signals and updates take these; the API's bodies extend them.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, JsonValue, model_validator
 
 from core.states import BuildState
 
@@ -26,7 +26,7 @@ class RollbackRequest(BaseModel):
 class ApproveRequest(BaseModel):
     note: Annotated[str, Field(max_length=2000)] = ""
     approved_by: str = "person"
-    phase_result: dict[str, Any] | None = None  # what the approver adds for the next role
+    phase_result: dict[str, JsonValue] | None = None  # what the approver adds for the next role
 
 
 class TopUpRequest(BaseModel):

@@ -13,12 +13,13 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     WithJsonSchema,
     field_validator,
 )
@@ -170,7 +171,7 @@ class BuildOptions(BaseModel):
         return None
 
 
-Requirements = str | dict[str, Any]
+Requirements = str | dict[str, JsonValue]  # free text, or a JSON object
 MAX_REQUIREMENTS_CHARS = 20_000
 
 
@@ -231,8 +232,8 @@ def feature_name(requirements: Requirements) -> str:
     """A short human name for the requested feature."""
     if isinstance(requirements, dict):
         for key in ("feature", "title", "name", "summary"):
-            if isinstance(requirements.get(key), str) and requirements[key].strip():
-                return str(requirements[key]).strip()
+            if isinstance(value := requirements.get(key), str) and value.strip():
+                return value.strip()
         return json.dumps(requirements, sort_keys=True)[:60]
     first = requirements.strip().splitlines()[0] if requirements.strip() else "feature"
     return re.sub(r"\s+", " ", first)[:80]

@@ -13,6 +13,8 @@ from typing import Any
 from sqlalchemy import JSON, Column, DateTime, Dialect, Index, TypeDecorator, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from core.events import EventData, event_data
+
 
 def _json(nullable: bool = True) -> Any:
     return Field(default=None, sa_column=Column(JSON, nullable=nullable))
@@ -142,8 +144,19 @@ class WorkflowEventRow(WorkflowEventBase, table=True):
 
 
 class WorkflowEventPublic(WorkflowEventBase):
-    event_data: dict[str, Any]
+    event_data: EventData  # typed by its `type`, the row's event_type
     timestamp: datetime
+
+    @classmethod
+    def of(cls, row: WorkflowEventRow) -> WorkflowEventPublic:
+        return cls(
+            seq=row.seq,
+            event_type=row.event_type,
+            state=row.state,
+            triggered_by=row.triggered_by,
+            event_data=event_data(row.event_type, row.event_data),
+            timestamp=row.timestamp,
+        )
 
 
 class BuildRoleUsageRow(SQLModel, table=True):

@@ -9,7 +9,7 @@ from temporalio.client import Client
 
 from core.states import BuildState
 from tests.api_stack import Stack, at_gate, new_project, poll
-from tests.helpers import fields, make_request, running_worker, start
+from tests.helpers import make_request, running_worker, start
 from workflows.build import BuildWorkflow
 
 S = BuildState
@@ -89,7 +89,7 @@ async def test_steering_a_build_at_its_gates(stack: Stack, client: Client):
     handle = client.get_workflow_handle_for(BuildWorkflow.run, wf)
     events = await handle.query(BuildWorkflow.event_log, 0)
     assert [(e["seq"], e["event_type"], e["event_data"]) for e in mirrored] == [
-        (e.seq, e.event_type.value, fields(e)) for e in events
+        (e.seq, e.event_type.value, e.data.model_dump(mode="json")) for e in events
     ]
     approved = next(e for e in mirrored if e["event_type"] == "approved")
     assert approved["triggered_by"] == "test_auditor"

@@ -275,7 +275,7 @@ async def test_the_baseline_sees_a_real_checkout_and_pre_existing_failures_are_c
     judged = await asyncio.to_thread(compare, report, measured)
     assert _failed(judged) == ["tests.test_new::test_new"]
     assert judged.counts.model_dump() == {
-        "passed": 1, "failed": 1, "errors": 0, "pre_existing": 2, "skipped": 0,
+        "passed": 1, "failed": 1, "errors": 0, "pre_existing": 2, "skipped": 0, "run": 4,
     }  # fmt: skip
     assert judged.counts.run == judged.tests_run == 4
     assert not [p for p in ws.root.iterdir() if p.name.startswith("baseline-")]

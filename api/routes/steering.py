@@ -3,10 +3,11 @@ retry, roll back, abort, top up its budget. A refusal is a 409 with the workflow
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypeVar
 
 from fastapi import APIRouter, status
 from temporalio.client import Client
+from temporalio.workflow import UpdateMethodMultiParam
 
 from api.deps import ClientDep, SettingsDep, WorkflowId
 from api.schemas import (
@@ -23,20 +24,25 @@ from api.schemas import (
     answers,
 )
 from client import builds
-from core.messages import ApproveRequest
+from core.messages import ApproveRequest, CommandAccepted
 from core.settings import Settings
 from workflows.build import BuildWorkflow
 
+CommandT = TypeVar("CommandT")
 router = APIRouter(prefix="/api/workflows", tags=["workflows"], responses=answers(400, 401, 503))
 
 
 async def _steer(
-    client: Client, settings: Settings, workflow_id: str, update: Any, command: Any
-) -> dict[str, Any]:
-    """Run one of the workflow's validated updates; the accepted answer's fields."""
+    client: Client,
+    settings: Settings,
+    workflow_id: str,
+    update: UpdateMethodMultiParam[[BuildWorkflow, CommandT], CommandAccepted],
+    command: CommandT,
+) -> tuple[str, CommandAccepted]:
+    """Run one of the workflow's validated updates: the build's workflow id and its answer."""
     handle = builds.handle_for(client, workflow_id)
     accepted = await builds.update(handle, update, command, rpc_timeout=settings.command_timeout)
-    return {"workflow_id": handle.id, **accepted.model_dump(exclude={"command"})}
+    return handle.id, accepted
 
 
 @router.post("/{workflow_id}/advance", responses=answers(404, 409))
@@ -47,8 +53,10 @@ async def advance(
     approval = ApproveRequest(
         note=body.notes, approved_by=body.role.value, phase_result=body.phase_result
     )
-    answer = await _steer(client, settings, workflow_id, BuildWorkflow.update_approve, approval)
-    return Advanced(advanced_by=body.role, state=answer["target_state"], **answer)
+    wid, answer = await _steer(
+        client, settings, workflow_id, BuildWorkflow.update_approve, approval
+    )
+    return Advanced.of(wid, answer, advanced_by=body.role, state=answer.target_state)
 
 
 @router.post(
@@ -60,8 +68,9 @@ async def request_retry(
     workflow_id: WorkflowId, body: RetryBody, client: ClientDep, settings: SettingsDep
 ) -> RetryAccepted:
     """Send the build back to IMPLEMENTATION with the reason as guidance."""
-    answer = await _steer(client, settings, workflow_id, BuildWorkflow.update_retry, body)
-    return RetryAccepted(**answer)
+    return RetryAccepted.of(
+        *await _steer(client, settings, workflow_id, BuildWorkflow.update_retry, body)
+    )
 
 
 @router.post(
@@ -71,8 +80,9 @@ async def rollback(
     workflow_id: WorkflowId, body: RollbackBody, client: ClientDep, settings: SettingsDep
 ) -> RollbackAccepted:
     """Roll the build back to an earlier working state (discovery ... deployment)."""
-    answer = await _steer(client, settings, workflow_id, BuildWorkflow.update_rollback, body)
-    return RollbackAccepted(**answer)
+    return RollbackAccepted.of(
+        *await _steer(client, settings, workflow_id, BuildWorkflow.update_rollback, body)
+    )
 
 
 @router.post(
@@ -82,8 +92,9 @@ async def abort(
     workflow_id: WorkflowId, body: AbortBody, client: ClientDep, settings: SettingsDep
 ) -> AbortAccepted:
     """End the build FAILED with the reason: at once at a gate or pause, else after the phase."""
-    answer = await _steer(client, settings, workflow_id, BuildWorkflow.update_abort, body)
-    return AbortAccepted(**answer)
+    return AbortAccepted.of(
+        *await _steer(client, settings, workflow_id, BuildWorkflow.update_abort, body)
+    )
 
 
 @router.post("/{workflow_id}/top-up", responses=answers(404, 409))
@@ -95,4 +106,4 @@ async def top_up(
     answer = await builds.update(
         handle, BuildWorkflow.update_top_up, body, rpc_timeout=settings.command_timeout
     )
-    return TopUpAnswer(workflow_id=handle.id, **answer.model_dump())
+    return TopUpAnswer(workflow_id=handle.id, **dict(answer))

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Response, status
 from fastapi.responses import StreamingResponse
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client
 
 from api.deps import AppState, ClientDep, SessionDep, SettingsDep, StateDep, WorkflowId
 from api.schemas import (
@@ -77,7 +77,7 @@ async def start_build(
 
 
 def started(
-    handle: WorkflowHandle[Any, Any], request: BuildRequest, settings: Settings, response: Response
+    handle: builds.BuildHandle, request: BuildRequest, settings: Settings, response: Response
 ) -> BuildStarted:
     """The answer to a started build (a start, a re-run): where to follow it, in the body and
     as its Location."""
@@ -284,7 +284,7 @@ async def build_events(
     )
     return EventPage(
         workflow_id=wf,
-        events=[WorkflowEventPublic.model_validate(r) for r in rows],
+        events=[WorkflowEventPublic.of(r) for r in rows],
         next_after_seq=rows[-1].seq if rows else after_seq,
     )
 
