@@ -237,8 +237,8 @@ class BuildWorkflow(BuildMessages):
                 why,
             )
         self.data.loop_backs += 1
-        self.records.looped_back(state, verdict)
         self.data.feedback = verdict.feedback.model_copy(update={"loop_back_from": state})
+        self.records.looped_back(state, verdict)
         if state is not S.IMPLEMENTATION:
             self._move(rules.retry_target(state), role_of(state) or Actor.SYSTEM)
 

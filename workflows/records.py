@@ -183,8 +183,9 @@ class BuildRecords:
     def looped_back(self, state: BuildState, verdict: Verdict) -> None:
         assert verdict.why is not None  # a verdict that sends the build back says why
         metrics.loop_back(state.value, verdict.why)
+        # The feedback the Code Writer is given: the verdict's, and the state it came from.
         looped = LoopedBack(
-            reason=verdict.why, loop_back=self.data.loop_backs, feedback=verdict.feedback
+            reason=verdict.why, loop_back=self.data.loop_backs, feedback=self.data.feedback
         )
         self.emit(looped, role_of(state) or Actor.SYSTEM)
 
