@@ -2,6 +2,7 @@
 #   make run    embedded Temporal (with Web UI) + worker, then a demo build you can watch
 #   make test   lint, type check and the whole test suite (what CI runs)
 #   make test-fast   ruff and the tests not marked slow, in parallel: the loop while you work
+#   make test-workflows   the workflow's fast tier (faked activities, skipped time), seconds
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,7 +10,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # Seconds each offline-model answer takes in the demo, so the build can be watched in the UI.
 DEMO_MODEL_LATENCY ?= 1.5
 
-.PHONY: install install-local-model run run-local-model stop status test test-fast lint format clean
+.PHONY: install install-local-model run run-local-model stop status test test-fast test-workflows lint format clean
 LOCAL_STAMP := $(VENV)/.local-model-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 $(STAMP): pyproject.toml
@@ -72,6 +73,9 @@ test: lint install-local-model
 test-fast: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PARALLEL) -m "not slow and not serial"
+
+test-workflows: install
+	$(BIN)/python -m pytest tests/workflows
 
 format: install
 	$(BIN)/ruff format .

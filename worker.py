@@ -17,7 +17,7 @@ from activities.model.answers import open_store
 from activities.model.llm import ModelClient
 from activities.sandbox import cgroups, isolation
 from client.reconcile import reconcile_forever
-from client.worker import build_worker, worker_identity
+from client.worker import build_worker, lower_priority, worker_identity
 from core.exit import exit_now
 from core.settings import Settings, get_settings
 from core.telemetry import flush_traces, setup_logging, tracing_interceptors, worker_runtime
@@ -89,6 +89,7 @@ async def serve(settings: Settings) -> None:
                  settings.answer_retention_days)  # fmt: skip
     llm = ModelClient(settings, store)  # one store, on the mirror's engine where it is there
     identity = worker_identity()
+    niceness = lower_priority(settings)
     worker = build_worker(client, settings, llm=llm, engine=engine, identity=identity)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -96,13 +97,14 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     model = "offline model" if settings.offline_model else f"model {settings.llm_model}"
     log.info(
-        "%s polling %s on %s (namespace %s, %s, mirror %s)",
+        "%s polling %s on %s (namespace %s, %s, mirror %s, nice %d)",
         identity,
         settings.temporal_task_queue,
         settings.temporal_address,
         settings.temporal_namespace,
         model,
         engine.url.render_as_string(hide_password=True),
+        niceness,
     )
     if runtime is not None:
         log.info("metrics at http://%s/metrics", settings.worker_metrics_address)

@@ -32,6 +32,7 @@ from activities.projects import registry
 from bench.bare import BareWorkflow, bare_step
 from bench.variants import BuildWithoutRepository
 from client.builds import BuildHandle
+from client.worker import lower_priority
 from core.contracts import OPEN_WORKSPACE, ROLE_CALLS
 from core.exit import exit_now
 from core.mirror import MirrorBatch
@@ -105,6 +106,7 @@ def main(
     """Run the benchmark's worker: builds on TEMPORAL_TASK_QUEUE, bare workflows on <queue>-bare."""
     settings = get_settings()
     setup_logging(settings)
+    lower_priority(settings)  # as worker.py does: the API's share of the CPU is part of the test
     entries = json.loads(recording.read_text())
 
     async def serve() -> None:

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     worker_metrics_address: str = "127.0.0.1:9464"
     # On SIGTERM, running activities get this long to finish before they are cancelled.
     worker_shutdown_grace_seconds: float = Field(default=30, ge=0)
+    # How much lower the worker's CPU priority is (os.nice; the test runs it starts inherit it):
+    # builds are batch work, a person waiting on the API or the Web UI is not. 0: the same.
+    worker_nice: int = Field(default=10, ge=0, le=19)
 
     # Observability: traces to an OTLP/HTTP collector when set; logs as text or JSON lines.
     otel_exporter_otlp_endpoint: str | None = None

@@ -6,6 +6,7 @@ line, a wrong one included."""
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from pathlib import Path
 
@@ -60,6 +61,12 @@ async def test_a_worker_waits_for_its_database_and_comes_up_when_it_returns(
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def niceness(pid: int) -> int:
+    """A process's nice value, as the kernel reports it (/proc/<pid>/stat, field 19)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[16])
+
+
 @pytest.mark.parametrize("endpoint", ["fake", "nothing there"])
 async def test_a_worker_says_at_start_what_its_model_endpoint_takes(
     settings: Settings, tmp_path: Path, fake: FakeOpenAI, endpoint: str
@@ -78,6 +85,9 @@ async def test_a_worker_says_at_start_what_its_model_endpoint_takes(
         await asyncio.sleep(0.3)
         text = log.read_text()
         assert proc.returncode is None and "Traceback" not in text  # serving all the same
+        # Builds are batch work: the worker runs below this process's CPU priority.
+        expected = min(os.nice(0) + settings.worker_nice, 19)
+        assert niceness(proc.pid) == expected and f"nice {expected}" in text
         (line,) = [line for line in text.splitlines() if "model check" in line]
         if endpoint == "fake":  # it answers the roles' questions only, not the check's
             assert "json_schema refused (HTTP 400" in line and "NO output mode works" in line
