@@ -20,8 +20,8 @@ import typer
 from rich.console import Console
 
 from activities.repository.gitcmd import git
+from cli.follow import delivered, follow
 from client.builds import BuildHandle, new_request, start_build
-from client.follow import delivered, follow
 from client.projects import put_project
 from core.exit import exit_now
 from core.models import Requirements, Simulation, StartOptions

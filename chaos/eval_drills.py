@@ -18,7 +18,7 @@ from collections import Counter
 from rich.console import Console
 
 from chaos.stack import ROOT, Size, Stack, Verdict, WorkerExited, log
-from client.eval_commands import tables
+from cli.evals import tables
 from client.evals import eval_run, start_eval
 from core.evals import EvalReport, EvalRun, child_requests
 from core.models import RolePolicy

@@ -361,7 +361,7 @@ async def test_unreachable_temporal_is_one_clear_line(settings: Settings, tmp_pa
 def test_a_test_runs_event_line_says_its_counts_and_its_environment():
     from datetime import UTC, datetime
 
-    from client.follow import event_line
+    from cli.follow import event_line
     from core.events import EventType
     from core.mirror import BuildEvent
     from core.states import BuildState

@@ -18,7 +18,7 @@ from temporalio.service import RPCError
 from activities.evals import checkout
 from activities.paths import PathRefused
 from activities.repository.gitcmd import git
-from client.eval_commands import follow_eval, tables
+from cli.evals import follow_eval, tables
 from client.evals import SuiteError, eval_run, load_config, load_suite, start_eval
 from core.evals import CaseResult, EvalReport, report
 from core.evaluation import HiddenTests

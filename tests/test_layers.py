@@ -1,5 +1,5 @@
-"""Imports run one way: core < db < activities < workflows < client < api and the entry points
-(worker.py, starter.py, devstack.py). Nothing imports an entry point; the product never
+"""Imports run one way: core < db < activities < workflows < client < cli < api and the entry
+points (worker.py, starter.py, devstack.py). Nothing imports an entry point; the product never
 imports the tools (devtools, bench, chaos, tests). Workflow modules import only temporalio and
 the standard library at top level, the rest passed through the sandbox."""
 
@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # The product's layers, lowest first: a module imports its own layer and the ones before it.
-LAYERS = ["core", "db", "activities", "workflows", "client", "api"]
+LAYERS = ["core", "db", "activities", "workflows", "client", "cli", "api"]
 ENTRY_POINTS = {"worker", "starter", "devstack", "api.__main__"}
 TOOLS = {"devtools", "bench", "chaos", "tests"}
 OURS = set(LAYERS) | {e.split(".")[0] for e in ENTRY_POINTS} | TOOLS

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
-from client.score_commands import comparison
+from cli.scores import comparison
 from core.scores import ModelScore, RoleScore, TestScore, by_model_and_prompt, score_card
 
 STARTED = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)

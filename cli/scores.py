@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 from sqlmodel import Session
 
-from client.cli import console
+from cli.console import console
 from core.models import build_id_from, workflow_id_for
 from core.scores import ScoreCard
 from core.settings import get_settings

@@ -6,9 +6,9 @@ from __future__ import annotations
 import typer
 from temporalio.client import Client
 
+from cli.console import console
+from cli.follow import delivered, follow
 from client import builds
-from client.cli import console
-from client.follow import delivered, follow
 from core.models import BuildStatus
 from core.releases import Released
 from core.settings import Settings

@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 from temporalio.client import Client
 
+from cli.console import console, refuse, run_command
 from client import projects
-from client.cli import console, refuse, run_command
 from core.projects import ProjectConfig, ProjectView, VersionScheme, is_url
 from core.settings import Settings
 

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from activities.model.llm import ModelClient
 from activities.model.probe import ProbeFailed, ProbeReport, probe
-from client.cli import console
+from cli.console import console
 from core.settings import get_settings
 from core.states import Role
 

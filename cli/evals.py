@@ -13,7 +13,7 @@ from rich.table import Table
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.service import RPCError
 
-from client.cli import console, run_command
+from cli.console import console, run_command
 from client.errors import BuildError
 from client.evals import EvalHandle, SuiteError, eval_run, start_eval
 from core.evals import EvalProgress, EvalReport, eval_workflow_id

@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 from temporalio.client import Client
 
-from client.cli import console, refuse, run_command
-from client.launch import Followed, announced, concluded
+from cli.console import console, refuse, run_command
+from cli.launch import Followed, announced, concluded
 from client.reruns import start_rerun
 from core.models import Simulation
 from core.reruns import PromptText, RerunChoices
