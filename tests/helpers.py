@@ -39,6 +39,7 @@ def env_for(settings: Settings) -> dict[str, str]:
         ROLE_INITIAL_RETRY_SECONDS="0.1",
         COLUMNS="200",
         WORKER_METRICS_ADDRESS="off",  # tests that scrape a worker give it a free port
+        WORKER_NICE=str(settings.worker_nice),
     )
     return env
 

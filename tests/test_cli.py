@@ -362,16 +362,17 @@ def test_a_test_runs_event_line_says_its_counts_and_its_environment():
     from datetime import UTC, datetime
 
     from cli.follow import event_line
-    from core.events import EventType
+    from core.events import RoleCalled
     from core.mirror import BuildEvent
+    from core.reports import TestCounts
     from core.states import BuildState
 
-    counts = {"passed": 1991, "failed": 1, "errors": 0, "pre_existing": 2, "skipped": 25}
+    counts = TestCounts(passed=1991, failed=1, errors=0, pre_existing=2, skipped=25)
     made = "environment 514e from the setup command `x`: reused (no setup ran)"
-    data = {"attempt": 1, "prompt_tokens": 700, "completion_tokens": 26, "latency_ms": 1511,
-            "tests": counts | {"run": 1994}, "environment": made}  # fmt: skip
-    event = BuildEvent(seq=13, event_type=EventType.ROLE_CALL, state=BuildState.TESTING,
-                       triggered_by="test_auditor", data=data,
+    data = RoleCalled(model="m", prompt_version="p/1", attempt=1, prompt_tokens=700,
+                      completion_tokens=26, latency_ms=1511, tests=counts,
+                      environment=made)  # fmt: skip
+    event = BuildEvent(seq=13, state=BuildState.TESTING, triggered_by="test_auditor", data=data,
                        timestamp=datetime.now(UTC))  # fmt: skip
     assert event_line(event) == (
         "call   test_auditor attempt 1 (700+26 tokens, 1511 ms); tests 1,994 run: 1,991 "

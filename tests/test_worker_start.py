@@ -72,6 +72,7 @@ async def test_a_worker_says_at_start_what_its_model_endpoint_takes(
     settings: Settings, tmp_path: Path, fake: FakeOpenAI, endpoint: str
 ):
     url = fake.base_url if endpoint == "fake" else f"http://127.0.0.1:{free_port()}/v1"
+    settings = settings.model_copy(update={"worker_nice": 5})
     log = tmp_path / "worker.log"
     with log.open("wb") as out:
         proc = await spawn_worker(

@@ -204,8 +204,11 @@ async def test_a_revert_that_conflicts_waits_for_a_person_and_changes_nothing(
     [asked] = [e for e in events if e.event_type is EventType.NEEDS_ATTENTION]
     assert fields(asked) == {
         "reason": "revert conflict",
+        "ending": "unanswered",  # FAILED as unanswered if nobody comes
+        "signature": None,
         "paused_in": "deployment",
         "release": "v0.1.0",
+        "feedback": {},
     }
 
 
