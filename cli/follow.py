@@ -32,8 +32,8 @@ from core.events import (
 from core.feedback import Feedback
 from core.mirror import BuildEvent
 from core.models import BuildStatus
+from core.outcomes import Setback
 from core.releases import Released
-from core.reports import ENVIRONMENT_FAILED
 from core.states import BuildState
 from workflows.build import BuildWorkflow
 
@@ -164,7 +164,7 @@ def status_tables(status: BuildStatus) -> list[Table]:
 def next_command(status: BuildStatus) -> str | None:
     """What to type for a build that waits for a person (None: it needs no one)."""
     build = status.build_id
-    if status.state is BuildState.NEEDS_ATTENTION and ENVIRONMENT_FAILED in (
+    if status.state is BuildState.NEEDS_ATTENTION and Setback.ENVIRONMENT_FAILED in (
         status.waiting_for or ""
     ):
         return (

@@ -95,16 +95,19 @@ class RoleCalled(_Payload, ModelUsage):
     failed: bool = False  # the answer was not usable; its spend counts all the same
 
 
-class RetryRequested(_Payload):
+class _Commanded(_Payload):
+    """A person's retry or rollback, applied: where the build goes, and why."""
+
+    target: BuildState
+    reason: str
+
+
+class RetryRequested(_Commanded):
     type: Literal[E.RETRY_REQUESTED] = E.RETRY_REQUESTED
-    target: BuildState
-    reason: str
 
 
-class RolledBack(_Payload):
+class RolledBack(_Commanded):
     type: Literal[E.ROLLBACK] = E.ROLLBACK
-    target: BuildState
-    reason: str
 
 
 class LoopedBack(_Payload):

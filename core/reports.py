@@ -7,10 +7,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, Field, computed_field
 
-from core.outcomes import Setback
-
 # Why a build waits for a person when a test run's environment could not be made.
-ENVIRONMENT_FAILED = Setback.ENVIRONMENT_FAILED  # what a report with `setup_failed` is
 # Why a build that changes nothing goes back to its Code Writer, and then to a person.
 EMPTY_CHANGE = (
     "the change is empty: the build's tree is the same as the project's; write the change the "

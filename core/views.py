@@ -8,9 +8,9 @@ from datetime import datetime
 from core.build_data import BuildData
 from core.mirror import BuildSnapshot
 from core.models import BuildRepository, BuildRequest, BuildStatus, workflow_id_for
-from core.outcomes import ending_text
+from core.outcomes import Setback, ending_text
 from core.projects import redact
-from core.reports import ENVIRONMENT_FAILED, TestReport
+from core.reports import TestReport
 from core.states import TERMINAL, BuildState, progress_of, role_of
 
 S = BuildState
@@ -18,7 +18,8 @@ S = BuildState
 
 def waiting_for(data: BuildData) -> str | None:
     if data.state is S.NEEDS_ATTENTION:
-        if (data.attention or "").startswith(ENVIRONMENT_FAILED):  # the text says what to do
+        # A failed environment's question says what to do: it is shown whole.
+        if (data.attention or "").startswith(Setback.ENVIRONMENT_FAILED):
             return f"a person: {data.attention}"
         return f"a person: {data.attention} (retry with guidance, rollback or abort)"
     if data.state is S.BUDGET_EXHAUSTED:

@@ -12,16 +12,13 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from core.contracts import (
-    CODE_WRITER,
     JOIN_RELEASE_QUEUE,
     MIRROR_BUILD,
     OPEN_WORKSPACE,
-    Q_ASSISTANT,
-    RELEASE_MANAGER,
     RESTORE_WORKSPACE,
+    ROLE_CALLS,
     RUN_ACCEPTANCE,
-    TEST_AUDITOR,
-    VERIFICATION_OVERSEER,
+    Contract,
 )
 from core.evaluation import Acceptance
 from core.feedback import ModelUsage
@@ -31,18 +28,14 @@ from core.releases import Released, RestoreResult, RestoreTask
 from core.reports import TestCounts, TestFailure, TestReport
 from core.role_io import (
     AcceptanceTask,
-    CodeWriterResult,
     DiscoveryOutput,
     ImplementationSummary,
     OpenResult,
     OpenTask,
     PlanOutput,
-    QAssistantResult,
-    ReleaseResult,
     RoleOutput,
-    TestAuditorResult,
+    RoleResult,
     VerificationOutcome,
-    VerificationResult,
 )
 from core.states import BuildState
 
@@ -114,10 +107,18 @@ class Fakes:
             model="fake", prompt_version="fake/1", prompt_tokens=half, completion_tokens=half
         )
 
-    def role(self, call: RoleCall) -> tuple[RoleOutput, ModelUsage, int]:
-        mirrored = self.mirror(call.mirror)
-        self.calls.append(call)
-        return self.answer(call), self.usage(), mirrored
+    def role(self, contract: Contract[RoleCall, RoleResult]) -> Callable[..., Any]:
+        """The fake of one role's activity: it writes the batch the call carries, as the real
+        one does, then answers from the script."""
+
+        @activity.defn(name=contract.name)
+        async def call_role(call: RoleCall) -> RoleResult:
+            mirrored = self.mirror(call.mirror)
+            self.calls.append(call)
+            answered = self.answer(call)
+            return contract.result(output=answered, usage=self.usage(), mirrored_seq=mirrored)
+
+        return call_role
 
     def states_called(self) -> list[BuildState]:
         return [c.state for c in self.calls]
@@ -129,31 +130,6 @@ class Fakes:
         async def open_workspace(task: OpenTask) -> OpenResult:
             project = task.project or ProjectConfig(repository=f"/repos/{task.project_id}")
             return OpenResult(base="b0", branch=f"build/{task.build_id}", project=project)
-
-        @activity.defn(name=Q_ASSISTANT.name)
-        async def q_assistant(call: RoleCall) -> QAssistantResult:
-            output, usage, seq = fakes.role(call)
-            return QAssistantResult(output=output, usage=usage, mirrored_seq=seq)
-
-        @activity.defn(name=CODE_WRITER.name)
-        async def code_writer(call: RoleCall) -> CodeWriterResult:
-            output, usage, seq = fakes.role(call)
-            return CodeWriterResult(output=output, usage=usage, mirrored_seq=seq)
-
-        @activity.defn(name=TEST_AUDITOR.name)
-        async def test_auditor(call: RoleCall) -> TestAuditorResult:
-            output, usage, seq = fakes.role(call)
-            return TestAuditorResult(output=output, usage=usage, mirrored_seq=seq)
-
-        @activity.defn(name=VERIFICATION_OVERSEER.name)
-        async def verification_overseer(call: RoleCall) -> VerificationResult:
-            output, usage, seq = fakes.role(call)
-            return VerificationResult(output=output, usage=usage, mirrored_seq=seq)
-
-        @activity.defn(name=RELEASE_MANAGER.name)
-        async def release_manager(call: RoleCall) -> ReleaseResult:
-            output, usage, seq = fakes.role(call)
-            return ReleaseResult(output=output, usage=usage, mirrored_seq=seq)
 
         @activity.defn(name=RESTORE_WORKSPACE.name)
         async def restore_workspace(task: RestoreTask) -> RestoreResult:
@@ -180,13 +156,10 @@ class Fakes:
         async def run_acceptance(task: AcceptanceTask) -> Acceptance:
             return Acceptance(passed=True, tests_run=1, commit=task.commit, summary="1 passed")
 
+        roles = {contract.name: contract for contract in ROLE_CALLS.values()}
         return [
             open_workspace,
-            q_assistant,
-            code_writer,
-            test_auditor,
-            verification_overseer,
-            release_manager,
+            *(self.role(contract) for contract in roles.values()),
             restore_workspace,
             mirror_build,
             join_release_queue,

@@ -35,6 +35,7 @@ from core.mirror import BuildEvent
 from core.models import BuildResult, BuildStatus
 from core.outcomes import Ending, Setback
 from core.releases import Retest, SmokeFailed
+from core.role_io import VerificationOutcome
 from core.states import PATH, BuildState
 from tests.helpers import make_request
 from tests.workflows.conftest import faked_worker
@@ -115,8 +116,6 @@ async def test_a_build_walks_the_table_and_the_mirror_gets_every_event_once(
 async def test_a_phase_that_fails_once_loops_back_to_the_code_writer(
     skipping: WorkflowEnvironment, fakes: Fakes, state, answer, setback
 ):
-    from core.role_io import VerificationOutcome
-
     rejected = VerificationOutcome(approved=False, summary="no", reasons=["name it"])
     fakes.script[(state, 1)] = answer or rejected
     async with build(skipping, fakes) as handle:
