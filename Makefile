@@ -63,19 +63,17 @@ lint: install
 	$(BIN)/mypy .
 
 # The suite on twice as many processes as cores, 4 to 8 (a module's tests stay in one, with
-# its fixtures): about half of a test's time is waiting (timers, other processes, the dev
-# server), so two per core keep the cores busy. Then the serial tests alone: the drills count
-# what is left on the whole machine.
+# its fixtures, the longest modules first: tests/conftest.py): about half of a test's time is
+# waiting (timers, other processes, the dev server), so two per core keep the cores busy.
 PROCESSES := $(shell n=$$(( $$(nproc 2>/dev/null || echo 2) * 2 )); echo $$(( n < 4 ? 4 : (n > 8 ? 8 : n) )))
-PARALLEL := -n $(PROCESSES) --dist loadfile
+PARALLEL := -n $(PROCESSES) --dist loadfile --no-loadscope-reorder
 
 test: lint install-local-model
-	$(BIN)/python -m pytest $(PARALLEL) -m "not serial"
-	$(BIN)/python -m pytest -m serial
+	$(BIN)/python -m pytest $(PARALLEL)
 
 test-fast: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest $(PARALLEL) -m "not slow and not serial"
+	$(BIN)/python -m pytest $(PARALLEL) -m "not slow"
 
 test-workflows: install
 	$(BIN)/python -m pytest tests/workflows

@@ -54,6 +54,7 @@ from chaos.stack import (
     Stack,
     Verdict,
     WorkerExited,
+    adopt_orphans,
     log,
     stack,
 )
@@ -356,6 +357,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few builds per drill (CI)")
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     args = parser.parse_args()
+    adopt_orphans()  # what a killed worker's sandboxes leave is counted as the drill's own
     verdicts = asyncio.run(
         run(args.drills or list(DRILLS), QUICK if args.quick else FULL, args.database)
     )

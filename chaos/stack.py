@@ -4,6 +4,8 @@ SQLite or PostgreSQL, and the checks every build drill ends with."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import os
 import sys
 import tempfile
 import time
@@ -238,26 +240,60 @@ class Stack:
 LEFTOVER_GRACE_SECONDS = 3.0
 
 
-def leftovers() -> list[str]:
-    """Processes of sandboxed runs still alive once every build has ended: bubblewrap, the
-    landlock confiner, or anything in a run's cgroups ("pid command" each)."""
-    found: dict[int, str] = {}
-    for group in cgroups.run_groups():
-        try:
-            for pid in (group / "cgroup.procs").read_text().split():
-                found[int(pid)] = "in a run cgroup"
-        except OSError:
-            continue
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def adopt_orphans() -> None:
+    """Make this process the one its descendants' orphans are given to, not init: a sandbox
+    whose worker a drill killed stays below the drill, so `leftovers` finds it by descent and
+    sees nothing of other processes' sandboxes (tests that run beside the drills). Orphans
+    that end stay zombies until this process exits; `leftovers` does not count them."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def descendants(root: int) -> dict[int, tuple[str, str]]:
+    """Every live process below `root`: pid -> (state, command line)."""
+    children: dict[int, list[int]] = {}
+    seen: dict[int, tuple[str, str]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
+            stat = (entry / "stat").read_text()
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        command = b" ".join(argv).decode(errors="replace")
-        if argv[0].endswith(b"bwrap") or "activities/sandbox/confine.py" in command:
-            found[int(entry.name)] = command[:60]
+        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]  # after "(command) "
+        children.setdefault(int(ppid), []).append(int(entry.name))
+        seen[int(entry.name)] = (state, b" ".join(argv).decode(errors="replace"))
+    found: dict[int, tuple[str, str]] = {}
+    todo = list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        if pid in seen and pid not in found:
+            found[pid] = seen[pid]
+            todo += children.get(pid, [])
+    return found
+
+
+def leftovers() -> list[str]:
+    """Processes of sandboxed runs still alive below this process once every build has ended
+    (its workers' and, by `adopt_orphans`, their orphans): bubblewrap, the landlock confiner,
+    or anything in a run's cgroups ("pid command" each). Zombies have ended: not counted."""
+    live = {pid: command for pid, (state, command) in descendants(os.getpid()).items()
+            if state != "Z"}  # fmt: skip
+    found: dict[int, str] = {}
+    for group in cgroups.run_groups():
+        try:
+            for pid in (group / "cgroup.procs").read_text().split():
+                if int(pid) in live:
+                    found[int(pid)] = "in a run cgroup"
+        except OSError:
+            continue
+    for pid, command in live.items():
+        if command.split(" ", 1)[0].endswith("bwrap") or "activities/sandbox/confine.py" in command:
+            found[pid] = command[:60]
     return [f"{pid} {what}" for pid, what in sorted(found.items())]
 
 

@@ -26,6 +26,24 @@ from tests.api_stack import Stack, serve_api
 from tests.fake_openai import FakeOpenAI
 from tests.helpers import running_worker
 
+# The modules that take longest on one process (two minutes or more each, by `--durations`),
+# collected first: `make test` hands whole modules to its processes in collection order
+# (`--no-loadscope-reorder`), and a run that starts one of these last ends waiting for it
+# while the other processes are idle.
+LONGEST_FIRST = (
+    "test_bench.py",
+    "test_drills.py",
+    "test_cli.py",
+    "test_projects.py",
+    "test_mirror.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable
+
+
 # temporalio 1.35 can abort in interpreter finalization after a green run (sdk-python #300).
 # Leave with the session's own exit status, after pytest has printed and written everything.
 _exit_status: list[int] = []

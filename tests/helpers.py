@@ -139,9 +139,11 @@ async def status_of(handle: WorkflowHandle) -> BuildStatus:
 
 
 async def wait_until(
-    handle: WorkflowHandle, check: Callable[[BuildStatus], bool], seconds: float = 20
+    handle: WorkflowHandle, check: Callable[[BuildStatus], bool], seconds: float = 60
 ) -> BuildStatus:
-    """Poll the status query until `check` holds (a build is observed only through queries)."""
+    """Poll the status query until `check` holds (a build is observed only through queries).
+    `seconds` guards against a hang, not a slow run: the suite runs two processes per core,
+    and a build with retries that takes 7 s alone takes three times that beside the others."""
     async with asyncio.timeout(seconds):
         while not check(status := await status_of(handle)):  # noqa: ASYNC110 (queries poll)
             await asyncio.sleep(0.05)

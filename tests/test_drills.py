@@ -13,9 +13,41 @@ from chaos.__main__ import DRILLS
 from chaos.stack import WorkerExited, stack
 from tests.helpers import ROOT
 
-# The fault drills, each with its own stack. Serial: a drill counts the sandbox processes
-# left on the whole machine, which tests running beside it would add to.
-pytestmark = [pytest.mark.slow, pytest.mark.serial]
+SANDBOX_LIKE = "import time; time.sleep(60)  # activities/sandbox/confine.py"
+
+# A process that adopts orphans starts a child that starts a sandbox-like grandchild and exits
+# (the grandchild is orphaned, as a killed worker's sandbox is), then prints what a drill would
+# count as left over, and ends what it found.
+COUNTS_ITS_OWN = f"""
+import os, signal, subprocess, sys, time
+from chaos.stack import adopt_orphans, leftovers
+adopt_orphans()
+grandchild = [sys.executable, "-c", {SANDBOX_LIKE!r}]
+starter = f"import subprocess; subprocess.Popen({{grandchild!r}})"
+subprocess.run([sys.executable, "-c", starter], check=True)
+time.sleep(0.5)
+found = leftovers()
+print(len(found), found)
+for line in found:
+    os.kill(int(line.split()[0]), signal.SIGKILL)
+"""
+
+
+def test_a_drill_counts_what_its_own_workers_left_and_nothing_beside_it():
+    """The orphan of its own child is found; a sandbox-like process beside it (this test's)
+    is not: the drills run beside the rest of the suite."""
+    beside = subprocess.Popen([sys.executable, "-c", SANDBOX_LIKE])
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", COUNTS_ITS_OWN],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        beside.kill()
+        beside.wait()
+    assert done.returncode == 0, done.stderr
+    count, found = done.stdout.split(" ", 1)
+    assert count == "1" and f"{beside.pid} " not in found, done.stdout
 
 
 def drills(*args: str) -> str:
@@ -30,6 +62,7 @@ def drills(*args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_every_drill_passes_on_sqlite():
     out = drills()
@@ -38,12 +71,14 @@ def test_every_drill_passes_on_sqlite():
     assert "0 lost, 0 duplicated, 0 unknown" in out and ": exact" in out
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_the_mirror_survives_a_postgresql_outage():
     out = drills("db-outage", "--database", "postgresql")
     assert "VERDICT db-outage: PASS" in out and "postgresql outage" in out, out
 
 
+@pytest.mark.slow
 async def test_a_drill_stops_at_once_when_its_worker_exits_on_its_own():
     """Not after waiting out its whole timeout (600 s) for builds no worker runs."""
     with socket.socket() as taken:
