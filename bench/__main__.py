@@ -26,12 +26,14 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from bench.figures import (
     Row,
     histogram_p99,
+    history_size,
     load,
     log,
     machine,
@@ -58,10 +60,11 @@ async def latency(bench: Bench, steps: int) -> list[Row]:
         "bare": lambda: bench.run_bare(steps),
     }
     seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
+    handles: dict[str, Any] = {}
     for i in range(n):
         for kind in kinds if i % 2 == 0 else reversed(kinds):  # none goes first every time
             started = time.perf_counter()
-            await kinds[kind]()
+            handles[kind] = await kinds[kind]()
             seconds[kind].append(time.perf_counter() - started)
     ours, without, bare = seconds["ours"], seconds["without"], seconds["bare"]
     rows = []
@@ -89,6 +92,18 @@ async def latency(bench: Bench, steps: int) -> list[Row]:
                 None,
             )
         )
+    # What a build leaves in Temporal's history (its last build; every happy build's is alike).
+    (events, size), (bare_events, bare_size) = [
+        await history_size(handles[kind]) for kind in ("ours", "bare")
+    ]
+    rows.append(
+        Row("history per build, events", str(events), str(bare_events),
+            f"{events / bare_events:.2f}", "-", None)
+    )  # fmt: skip
+    rows.append(
+        Row("history per build, KiB", f"{size / 1024:.0f}", f"{bare_size / 1024:.0f}",
+            f"{size / bare_size:.2f}", "-", None)
+    )  # fmt: skip
     return rows
 
 

@@ -14,9 +14,11 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle
 
 from bench.engine import RECORDED
 from client.builds import BuildHandle
@@ -80,6 +82,15 @@ def rss_kib(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+async def history_size(handle: WorkflowHandle[Any, Any]) -> tuple[int, int]:
+    """A closed workflow's history: its events, and their bytes as the server stores them."""
+    events = size = 0
+    async for event in handle.fetch_history_events():
+        events += 1
+        size += event.ByteSize()
+    return events, size
 
 
 async def schedule_to_start(handle: BuildHandle) -> list[float]:

@@ -9,8 +9,9 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 
 from activities.model.llm import ModelClient
 from activities.repository.gitcmd import create_bare
@@ -175,10 +176,12 @@ class Bench:
             task_queue=self.settings.temporal_task_queue,
         )
 
-    async def run_bare(self, steps: int, upsert: bool = False) -> None:
-        await self.client.execute_workflow(
+    async def run_bare(self, steps: int, upsert: bool = False) -> WorkflowHandle[Any, int]:
+        handle = await self.client.start_workflow(
             BareWorkflow.run,
             args=[steps, self.payload, upsert],
             id=f"bare-{uuid.uuid4().hex[:12]}",
             task_queue=self.settings.temporal_task_queue + BARE_QUEUE_SUFFIX,
         )
+        await handle.result()
+        return handle

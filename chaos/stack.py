@@ -286,11 +286,10 @@ def leftovers() -> list[str]:
     found: dict[int, str] = {}
     for group in cgroups.run_groups():
         try:
-            for pid in (group / "cgroup.procs").read_text().split():
-                if int(pid) in live:
-                    found[int(pid)] = "in a run cgroup"
+            members = [int(p) for p in (group / "cgroup.procs").read_text().split()]
         except OSError:
             continue
+        found |= {pid: "in a run cgroup" for pid in members if pid in live}
     for pid, command in live.items():
         if command.split(" ", 1)[0].endswith("bwrap") or "activities/sandbox/confine.py" in command:
             found[pid] = command[:60]
