@@ -12,12 +12,13 @@ COPY api api
 COPY db db
 COPY client client
 COPY cli cli
+COPY serving serving
 COPY devtools devtools
 COPY worker.py starter.py devstack.py ./
 # Byte-compiled here, as root: the worker cannot write /app, and without .pyc files the workflow
 # sandbox compiles the workflow's source again for every build it starts.
 RUN pip install --no-cache-dir . \
-    && python -m compileall -q core workflows activities api db client cli devtools worker.py \
+    && python -m compileall -q core workflows activities api db client serving cli devtools worker.py \
     && useradd --create-home --uid 10001 qao \
     && mkdir -p /data && chown qao /data
 USER qao

@@ -23,8 +23,8 @@ from activities.repository.gitcmd import git
 from cli.follow import delivered, follow
 from client.builds import BuildHandle, new_request, start_build
 from client.projects import put_project
+from core.build_io import Requirements, Simulation, StartOptions
 from core.exit import exit_now
-from core.models import Requirements, Simulation, StartOptions
 from core.projects import ProjectConfig
 from core.settings import Settings, get_settings
 from core.states import BuildState, order

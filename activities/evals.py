@@ -1,5 +1,5 @@
-"""The activities of evaluation suites (core/evals.py): a case's hidden tests run on the commit
-its build delivered, and the suite's table read from its builds' score cards.
+"""The activities of evaluation suites (core/eval_suites.py): a case's hidden tests run on the
+commit its build delivered, and the suite's table read from its builds' score cards.
 
 The hidden tests are written only here, into a fresh checkout of the delivered commit under
 the worker's `acceptance/` folder: never into the build's workspace, never into anything a
@@ -26,8 +26,8 @@ from activities.sandbox.runs import Limits
 from activities.testing import environment
 from activities.testing.testrun import run_command
 from core.contracts import EVAL_REPORT, RUN_ACCEPTANCE, Failure
-from core.evals import CaseResult, EvalReport, EvalReportTask, case_result, report
-from core.evaluation import Acceptance
+from core.eval_build import Acceptance
+from core.eval_suites import CaseResult, EvalReport, EvalReportTask, case_result, report
 from core.reports import RUN, TestFailure
 from core.role_io import AcceptanceTask
 from core.settings import Settings

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 class MirrorActivities:
-    """Holds the database engine; built once in worker.py."""
+    """Holds the database engine; built once in serving/main.py."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

@@ -28,6 +28,7 @@ from activities.testing import environment
 from activities.testing.checks import introduced_since, static_checks
 from activities.testing.results import compare
 from activities.testing.testrun import DEFAULT_COMMAND, baseline, is_pytest, run_tests
+from core.build_io import Simulation
 from core.contracts import (
     CODE_WRITER,
     OPEN_WORKSPACE,
@@ -40,7 +41,6 @@ from core.contracts import (
 )
 from core.feedback import ModelUsage
 from core.mirror import RoleCall
-from core.models import Simulation
 from core.projects import ProjectConfig
 from core.releases import Released, RestoreResult, RestoreTask
 from core.reports import EMPTY_CHANGE, RUN, TestAudit, TestFailure, TestReport, TestRun
@@ -94,7 +94,7 @@ def carrying_mirror(
 
 
 class RoleActivities:
-    """The five roles; clients are built once in worker.py and shared."""
+    """The five roles; clients are built once in serving/main.py and shared."""
 
     def __init__(
         self,

@@ -33,7 +33,7 @@ from client.errors import (
 )
 from client.projects import ProjectNotFound, ProjectRefused
 from client.reruns import RerunRefused
-from core.models import build_id_from
+from core.build_io import build_id_from
 from core.settings import Settings, get_settings
 from core.telemetry import current_build
 from db.engine import make_engine

@@ -12,20 +12,20 @@ from pydantic import (
     field_validator,
 )
 
-from core.messages import (
-    AbortRequest,
-    CommandAccepted,
-    RetryRequest,
-    RollbackRequest,
-    TopUpRequest,
-)
-from core.models import (
+from core.build_io import (
     BUILD_ID_PATTERN,
     MAX_REQUIREMENTS_CHARS,
     BuildRepository,
     StartOptions,
     check_requirements,
     check_size,
+)
+from core.messages import (
+    AbortRequest,
+    CommandAccepted,
+    RetryRequest,
+    RollbackRequest,
+    TopUpRequest,
 )
 from core.reruns import MAX_PROMPT_CHARS
 from core.scores import ModelScore, TestScore

@@ -32,7 +32,6 @@ from activities.projects import registry
 from bench.bare import BareWorkflow, bare_step
 from bench.variants import BuildWithoutRepository
 from client.builds import BuildHandle
-from client.worker import lower_priority
 from core.contracts import OPEN_WORKSPACE, ROLE_CALLS
 from core.exit import exit_now
 from core.mirror import MirrorBatch
@@ -40,6 +39,7 @@ from core.settings import get_settings
 from core.telemetry import setup_logging
 from core.temporal import connect
 from db.engine import make_engine
+from serving.assembly import lower_priority
 from workflows.build import BuildWorkflow
 from workflows.project import ProjectWorkflow
 

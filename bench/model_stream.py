@@ -36,10 +36,9 @@ from activities.model.llm import ModelClient
 from activities.model.output_modes import Mode
 from bench.figures import log
 from client.builds import start_build
-from client.worker import build_worker
 from core.attributes import KEYS
+from core.build_io import BuildOptions, BuildRequest
 from core.contracts import Failure
-from core.models import BuildOptions, BuildRequest
 from core.role_io import DiscoveryOutput, RoleTask
 from core.settings import RoleModel, Settings
 from core.states import BuildState, Role
@@ -49,6 +48,7 @@ from db.migrate import upgrade
 from devtools import local_model
 from devtools.devserver import temporal_binary
 from devtools.processes import free_port
+from serving.assembly import build_worker
 from workflows.build import BuildWorkflow
 
 

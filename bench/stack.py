@@ -20,8 +20,7 @@ from bench.engine import BARE_QUEUE_SUFFIX, record
 from bench.figures import log
 from bench.variants import WITHOUT_REPOSITORY
 from client.builds import BuildHandle, start_build
-from client.worker import build_worker
-from core.models import BuildOptions, BuildRequest
+from core.build_io import BuildOptions, BuildRequest
 from core.projects import ProjectConfig
 from core.settings import Settings
 from core.temporal import connect
@@ -29,6 +28,7 @@ from db.engine import make_engine
 from db.migrate import upgrade
 from devtools.devserver import DevServer
 from devtools.processes import child_env, free_port, log_tail, tied
+from serving.assembly import build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,7 @@ from temporalio import workflow
 from workflows.build import BuildWorkflow
 
 with workflow.unsafe.imports_passed_through():
-    from core.models import BuildRequest, BuildResult
+    from core.build_io import BuildRequest, BuildResult
 
 WITHOUT_REPOSITORY = "BuildWithoutRepository"
 

@@ -59,7 +59,7 @@ from chaos.stack import (
     stack,
 )
 from client.builds import start_build
-from core.models import BuildStatus
+from core.build_io import BuildStatus
 from core.states import BuildState
 from db import crud
 from db.engine import make_engine

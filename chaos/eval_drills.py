@@ -1,4 +1,4 @@
-"""Drills of evaluation suites (core/evals.py, workflows/evals.py) on the real worker, dev
+"""Drills of evaluation suites (core/eval_suites.py, workflows/evals.py) on the real worker, dev
 server and mirror:
 
   eval-kill-worker  the offline suite (evals/offline.yaml, its cases repeated to the drill's
@@ -20,8 +20,8 @@ from rich.console import Console
 from chaos.stack import ROOT, Size, Stack, Verdict, WorkerExited, log
 from cli.evals import tables
 from client.evals import eval_run, start_eval
-from core.evals import EvalReport, EvalRun, child_requests
-from core.models import RolePolicy
+from core.build_io import RolePolicy
+from core.eval_suites import EvalReport, EvalRun, child_requests
 from devtools.processes import free_port
 from workflows.build import BuildWorkflow
 

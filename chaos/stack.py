@@ -22,7 +22,7 @@ from temporalio.client import Client
 
 from activities.sandbox import cgroups
 from client.builds import BuildHandle, has_worker, start_build
-from core.models import BuildOptions, BuildRequest, RolePolicy
+from core.build_io import BuildOptions, BuildRequest, RolePolicy
 from core.settings import Settings
 from core.states import BuildState
 from core.temporal import connect

@@ -16,6 +16,7 @@ from cli.console import console, refuse, run_command
 from cli.follow import event_line, show_model_output, status_tables
 from cli.launch import Followed, announced, concluded
 from client import builds
+from core.build_io import BuildStatus, Simulation, StartOptions, parse_requirements, workflow_id_for
 from core.messages import (
     AbortRequest,
     ApproveRequest,
@@ -26,7 +27,6 @@ from core.messages import (
     TopUpRequest,
 )
 from core.mirror import BuildEvent
-from core.models import BuildStatus, Simulation, StartOptions, parse_requirements, workflow_id_for
 from core.settings import Settings, get_settings
 from core.states import HANDOFFS, WORKING, BuildState
 from workflows.build import BuildWorkflow

@@ -14,7 +14,7 @@ from rich.markup import escape
 from temporalio.client import Client
 
 from client.errors import BuildError, CommandRefused
-from core.models import BUILD_ID_PATTERN, BUILD_ID_RULE
+from core.build_io import BUILD_ID_PATTERN, BUILD_ID_RULE
 from core.projects import PROJECT_ID_PATTERN, PROJECT_ID_RULE
 from core.settings import Settings, get_settings
 from core.telemetry import flush_traces, tracing_interceptors

@@ -16,7 +16,7 @@ from temporalio.service import RPCError
 from cli.console import console, run_command
 from client.errors import BuildError
 from client.evals import EvalHandle, SuiteError, eval_run, start_eval
-from core.evals import EvalProgress, EvalReport, eval_workflow_id
+from core.eval_suites import EvalProgress, EvalReport, eval_workflow_id
 from core.settings import Settings
 from workflows.evals import EvalWorkflow
 

@@ -16,6 +16,7 @@ from temporalio.service import RPCError
 from client.builds import BuildHandle
 from client.errors import NoAnswer
 from client.model_output import Lines, model_output
+from core.build_io import BuildStatus
 from core.events import (
     ApprovalRequested,
     BranchMoved,
@@ -31,7 +32,6 @@ from core.events import (
 )
 from core.feedback import Feedback
 from core.mirror import BuildEvent
-from core.models import BuildStatus
 from core.outcomes import Setback
 from core.releases import Released
 from core.states import BuildState

@@ -9,7 +9,7 @@ from temporalio.client import Client
 from cli.console import console
 from cli.follow import delivered, follow
 from client import builds
-from core.models import BuildStatus
+from core.build_io import BuildStatus
 from core.releases import Released
 from core.settings import Settings
 from core.states import BuildState

@@ -13,7 +13,7 @@ from temporalio.client import Client
 from cli.console import console, refuse, run_command
 from cli.launch import Followed, announced, concluded
 from client.reruns import start_rerun
-from core.models import Simulation
+from core.build_io import Simulation
 from core.reruns import PromptText, RerunChoices
 from core.settings import Settings
 from core.states import Role

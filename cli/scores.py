@@ -11,7 +11,7 @@ from rich.table import Table
 from sqlmodel import Session
 
 from cli.console import console
-from core.models import build_id_from, workflow_id_for
+from core.build_io import build_id_from, workflow_id_for
 from core.scores import ScoreCard
 from core.settings import get_settings
 from core.states import Role

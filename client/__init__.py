@@ -1,2 +1,2 @@
-"""What runs against a Temporal server: the operations on builds that starter.py and the API
-share (builds.py), and the worker that serves builds (worker.py)."""
+"""What runs against a Temporal server: the operations on builds, projects, re-runs and
+evaluations that the CLI and the API share (builds.py: typed handles and updates)."""

@@ -38,7 +38,7 @@ from client.errors import (
 )
 from client.projects import greenfield, registered
 from core.attributes import of_project
-from core.models import (
+from core.build_io import (
     BuildOptions,
     BuildRequest,
     BuildResult,

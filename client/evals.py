@@ -25,8 +25,8 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from activities.repository.gitcmd import GitError, git, git_env
 from client.errors import BuildError
 from core.attributes import of_project
-from core.evals import EvalCase, EvalConfig, EvalReport, EvalRun
-from core.evaluation import HiddenTests, ModelChoices
+from core.eval_build import HiddenTests, ModelChoices
+from core.eval_suites import EvalCase, EvalConfig, EvalReport, EvalRun
 from core.projects import is_url
 from core.reruns import PromptText
 from core.settings import Settings

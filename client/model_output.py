@@ -10,7 +10,7 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.contrib.workflow_streams import WorkflowStreamClient
 
-from core.models import build_id_from, workflow_id_for
+from core.build_io import build_id_from, workflow_id_for
 from core.role_io import MODEL_OUTPUT_TOPIC, ModelStreamItem
 
 POLL_COOLDOWN = timedelta(milliseconds=200)

@@ -12,8 +12,8 @@ from temporalio.service import RPCError
 
 from client import builds
 from client.errors import BuildError
+from core.build_io import BuildRequest, Simulation
 from core.contracts import OPEN_WORKSPACE
-from core.models import BuildRequest, Simulation
 from core.reruns import Rerun, RerunChoices
 from core.settings import Settings
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Generic, TypeVar
 
-from core.evals import EvalReport, EvalReportTask
-from core.evaluation import Acceptance
+from core.eval_build import Acceptance
+from core.eval_suites import EvalReport, EvalReportTask
 from core.mirror import MirrorBatch, MirrorReceipt, RoleCall
 from core.projects import (
     NewRepository,

@@ -6,7 +6,7 @@ The workflow emits payloads (workflows/records.py), the mirror stores them witho
 through `event_data`. Rows written by earlier versions parse too: fields added since have
 defaults, and a field whose type narrowed reads its earlier shape (`Failed.kind`).
 
-Side-effect free, like core/models.py.
+Side-effect free, like core/build_io.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, model_validator
 
-from core.evaluation import Acceptance
+from core.eval_build import Acceptance
 from core.feedback import Feedback, ModelUsage
 from core.outcomes import Ending, Setback
 from core.releases import Released
@@ -47,7 +47,9 @@ class EventType(StrEnum):
     RELEASE_QUEUED = "release_queued"
     RELEASE_TURN = "release_turn"
     MIRROR_REFUSED = "mirror_refused"
-    ACCEPTANCE_TESTED = "acceptance_tested"  # an evaluation case's hidden tests (core/evals.py)
+    ACCEPTANCE_TESTED = (
+        "acceptance_tested"  # an evaluation case's hidden tests (core/eval_suites.py)
+    )
 
 
 E = EventType

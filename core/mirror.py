@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, computed_field, model_validator
 
+from core.build_io import BuildOptions, BuildRepository, Requirements
 from core.events import EventData, EventType
-from core.models import BuildOptions, BuildRepository, Requirements
 from core.role_io import RoleContext, RoleOutput, RoleTask
 from core.states import BuildState, Role
 

@@ -13,9 +13,9 @@ from pydantic import (
     Field,
 )
 
-from core.evaluation import HiddenTests
+from core.build_io import Requirements, Simulation
+from core.eval_build import HiddenTests
 from core.feedback import Feedback, ModelUsage
-from core.models import Requirements, Simulation
 from core.projects import Bump, ProjectConfig
 from core.releases import ReleaseOutcome
 from core.reports import TestReport, TestRun
@@ -130,7 +130,7 @@ class ImplementationSummary(BaseModel):
 
 
 class AcceptanceTask(BaseModel):
-    """Run an evaluation case's hidden tests (core/evaluation.py) on the commit a build
+    """Run an evaluation case's hidden tests (core/eval_build.py) on the commit a build
     delivered, in a fresh checkout of it that no role touched."""
 
     build_id: str

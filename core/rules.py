@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.build_data import BuildData, Command
+from core.build_io import BuildRequest
 from core.events import NeedsAttention
 from core.feedback import Feedback, Merge
 from core.mirror import HandoffContext, HandoffMetadata
-from core.models import BuildRequest
 from core.outcomes import Ending, Setback
 from core.releases import Conflict, RestoreTask, Retest, SmokeFailed
 from core.reports import EMPTY_CHANGE, TestReport

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, Field, ValidationError
 
-from core.evaluation import Acceptance
+from core.eval_build import Acceptance
 from core.events import EventType
 from core.reports import RUN, TestReport
 from core.reruns import Rerun

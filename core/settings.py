@@ -10,7 +10,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.models import BudgetLimits, RolePolicy
+from core.build_io import BudgetLimits, RolePolicy
 from core.states import Role
 
 # How a role's answer is asked for (activities/model/output_modes.py); auto: the strongest mode the

@@ -24,7 +24,7 @@ from temporalio import workflow as temporal_workflow
 from temporalio.client import Interceptor
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
-from core.models import build_id_from
+from core.build_io import build_id_from
 from core.settings import Settings
 
 # The build an API request is about; the API's middleware sets it.

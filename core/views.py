@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from core.build_data import BuildData
+from core.build_io import BuildRepository, BuildRequest, BuildStatus, workflow_id_for
 from core.mirror import BuildSnapshot
-from core.models import BuildRepository, BuildRequest, BuildStatus, workflow_id_for
 from core.outcomes import Setback, ending_text
 from core.projects import redact
 from core.reports import TestReport

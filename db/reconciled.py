@@ -1,4 +1,4 @@
-"""The reconciler's reads and writes of the mirror (client/reconcile.py): the builds the mirror
+"""The reconciler's reads and writes of the mirror (serving/reconcile.py): the builds the mirror
 still calls open, and the last word of one that was ended from outside its workflow."""
 
 from __future__ import annotations

@@ -17,12 +17,12 @@ from temporalio.client import Client, WorkflowHandle
 
 from activities.model.llm import ModelClient
 from client.builds import start_build
-from client.worker import build_worker
+from core.build_io import BuildOptions, BuildRequest, BuildResult, BuildStatus, Requirements
 from core.events import stored
 from core.mirror import BuildEvent
-from core.models import BuildOptions, BuildRequest, BuildResult, BuildStatus, Requirements
 from core.releases import Released
 from core.settings import Settings
+from serving.assembly import build_worker
 from workflows.build import BuildWorkflow
 from workflows.evals import EvalWorkflow
 from workflows.project import ProjectWorkflow
@@ -78,7 +78,7 @@ HISTORY_DIR = Path(__file__).parent / "histories"
 # The folder this code's histories are recorded into. Bump it after a workflow change (guarded
 # by a patch) and record anew; the older folders stay as they are, so replay proves the change
 # safe for builds that started before it.
-HISTORY_VERSION = "v9"
+HISTORY_VERSION = "v10"
 # Histories of the project registry (ProjectWorkflow), replayed beside the builds'.
 REGISTRY_HISTORIES = "registry"
 # Histories of evaluation suite runs (EvalWorkflow).

@@ -14,7 +14,7 @@ import pytest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
-from core.models import BuildStatus
+from core.build_io import BuildStatus
 from core.settings import Settings
 from tests.helpers import ROOT, env_for, fields, make_request, run, start, wait_until
 from workflows.build import BuildWorkflow

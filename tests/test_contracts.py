@@ -9,14 +9,14 @@ from sqlalchemy import create_engine
 from temporalio import activity
 
 from activities.model.llm import ModelClient
-from client.worker import activities
 from core.contracts import CONTRACTS, ROLE_CALLS
 from core.settings import Settings
 from core.states import WORKING
+from serving.assembly import activities
 
 
 def registered() -> dict[str, Any]:
-    """What the worker registers (client/worker.py), by activity name."""
+    """What the worker registers (serving/assembly.py), by activity name."""
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     implementations = activities(ModelClient(settings), create_engine("sqlite://"))
     definitions = [activity._Definition.must_from_callable(fn) for fn in implementations]

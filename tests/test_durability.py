@@ -15,8 +15,8 @@ from temporalio.client import Client
 
 from activities.repository.gitcmd import git
 from client.projects import put_project
+from core.build_io import RolePolicy
 from core.mirror import BuildEvent
-from core.models import RolePolicy
 from core.projects import ProjectConfig
 from core.settings import Settings
 from core.states import PATH, BuildState

@@ -1,4 +1,4 @@
-"""Evaluation suites (core/evals.py): the shipped offline suite run as one EvalWorkflow with a
+"""Evaluation suites (core/eval_suites.py): the shipped offline suite run as one EvalWorkflow with a
 child build per case and config, through a real worker, the offline model and real git
 repositories; hidden tests that no role sees; suite files refused in words."""
 
@@ -20,8 +20,8 @@ from activities.paths import PathRefused
 from activities.repository.gitcmd import git
 from cli.evals import follow_eval, tables
 from client.evals import SuiteError, eval_run, load_config, load_suite, start_eval
-from core.evals import CaseResult, EvalReport, report
-from core.evaluation import HiddenTests
+from core.eval_build import HiddenTests
+from core.eval_suites import CaseResult, EvalReport, report
 from core.projects import ProjectConfig
 from core.role_io import AcceptanceTask
 from core.settings import Settings

@@ -12,7 +12,7 @@ from activities.repository.edits import AttemptRefused
 from core.contracts import REFUSED_ATTEMPTS, Failure
 
 ROOT = Path(__file__).resolve().parent.parent
-PRODUCT = ["core", "db", "activities", "workflows", "client", "api"]
+PRODUCT = ["core", "db", "activities", "workflows", "client", "serving", "cli", "api"]
 ENTRY_POINTS = ["worker.py", "starter.py", "devstack.py"]
 KINDS = {kind.value for kind in Failure}
 

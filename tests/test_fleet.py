@@ -20,7 +20,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 
 from activities.repository.gitcmd import create_bare
-from core.models import BuildRequest, RolePolicy
+from core.build_io import BuildRequest, RolePolicy
 from core.projects import ProjectConfig
 from core.settings import Settings
 from core.states import BuildState

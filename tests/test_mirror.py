@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError
+from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
 from activities.mirror import MirrorActivities
@@ -24,8 +26,9 @@ from core.contracts import ROLE_CALLS
 from core.events import EventType, StateChanged, stored
 from core.messages import ApproveRequest, RollbackRequest
 from core.mirror import BuildEvent, BuildSnapshot, MirrorBatch, MirrorReceipt, RoleCall
+from core.role_io import RoleTask
 from core.settings import Settings
-from core.states import WORKING, BuildState
+from core.states import WORKING, BuildState, Role
 from db import crud
 from db.models import WorkflowEventRow
 from tests.helpers import fields, make_request, model_client_with, running_worker, start, wait_until
@@ -126,11 +129,12 @@ async def test_a_build_is_mirrored_exactly(client: Client, settings: Settings, m
         assert build.requirements == {"feature": "Dark mode", "priority": "high"}
 
 
-async def test_role_calls_carry_the_mirror_and_write_it_before_their_role_works(
+async def test_the_workflow_writes_the_mirror_before_each_role_call_and_no_call_carries_it(
     client: Client, settings: Settings, mirror_db: Engine
 ):
-    """Each role call writes what the mirror has not confirmed before it asks its model; the
-    workflow writes through a local activity of its own only at the end."""
+    """Before each role call the workflow writes what the mirror has not confirmed through a
+    local activity of its own, so a role's model finds every event up to its call mirrored;
+    the role call's input carries no batch and its result reports no write."""
     seen: list[dict[str, Any]] = []
 
     async def model(request: httpx2.Request) -> httpx2.Response:
@@ -146,13 +150,20 @@ async def test_role_calls_carry_the_mirror_and_write_it_before_their_role_works(
         await handle.result()
         events = await handle.query(BuildWorkflow.event_log, 0)
     history = await handle.fetch_history()
-    carried = [
-        RoleCall.model_validate_json(
-            e.activity_task_scheduled_event_attributes.input.payloads[0].data
-        ).mirror
+    scheduled = {
+        e.event_id: e.activity_task_scheduled_event_attributes
         for e in history.events
         if e.HasField("activity_task_scheduled_event_attributes")
         and e.activity_task_scheduled_event_attributes.activity_type.name in ROLE_CALL_NAMES
+    }
+    carried = [
+        RoleCall.model_validate_json(a.input.payloads[0].data).mirror for a in scheduled.values()
+    ]
+    results = [
+        json.loads(e.activity_task_completed_event_attributes.result.payloads[0].data)
+        for e in history.events
+        if e.HasField("activity_task_completed_event_attributes")
+        and e.activity_task_completed_event_attributes.scheduled_event_id in scheduled
     ]
     local = [
         e
@@ -160,20 +171,48 @@ async def test_role_calls_carry_the_mirror_and_write_it_before_their_role_works(
         if e.HasField("marker_recorded_event_attributes")
         and e.marker_recorded_event_attributes.marker_name == "core_local_activity"
     ]
-    assert len(carried) == len(seen) == 6 and len(local) == 1  # one write per call, one at the end
-    first = 1
-    for batch, call in zip(carried, seen, strict=True):
-        assert batch is not None  # contiguous: from the first unconfirmed event to now
-        assert [e.seq for e in batch.events] == list(range(first, batch.snapshot.last_seq + 1))
-        first = batch.snapshot.last_seq + 1
-        assert call["rows"] >= batch.snapshot.last_seq  # written before the model was asked
-        assert '"snapshot"' not in call["body"]  # the batch is never part of a prompt
-    assert first <= len(events)  # the rest (the last call's events) was the local write
+    assert len(carried) == len(seen) == len(results) == 6
+    assert carried == [None] * 6 and all(r.get("mirrored_seq", 0) == 0 for r in results)
+    assert len(local) == 7  # one write before each call, one at the end
+    # Each call's model found the events before it mirrored: the state it entered, at least.
+    entered = [
+        e.seq for e in events if isinstance(e.data, StateChanged) and e.data.to in ROLE_CALLS
+    ]
+    for call, entered_at in zip(seen, entered, strict=True):
+        assert call["rows"] >= entered_at
+        assert '"snapshot"' not in call["body"]  # no batch is ever part of a prompt
     with Session(mirror_db) as session:
         rows = crud.list_events(session, workflow_id=handle.id)
         build = crud.get_build(session, workflow_id=handle.id)
     assert [(r.seq, r.event_type) for r in rows] == [(e.seq, e.event_type.value) for e in events]
     assert build is not None and build.last_seq == len(events) and build.current_state == "complete"
+
+
+async def test_a_role_call_that_carries_a_batch_still_writes_it_and_says_so(
+    settings: Settings, mirror_db: Engine
+):
+    """Builds that started before the workflow fed the mirror itself carry their batch with
+    each role call to their end: the call writes it before its role works and reports the
+    last event it wrote, so the workflow does not send it again."""
+    wid = f"build-{uuid.uuid4().hex[:8]}"
+    task = RoleTask(
+        build_id=wid.removeprefix("build-"),
+        project_id="p",
+        role=Role.Q_ASSISTANT,
+        state=BuildState.DISCOVERY,
+        attempt=1,
+        requirements="x",
+    )
+    roles = RoleActivities(
+        model_client_with(settings, offline.handle), mirror=MirrorActivities(mirror_db)
+    )
+    call = RoleCall.of(task, _batch(wid, range(1, 4), BuildState.DISCOVERY, 3))
+    result = await ActivityEnvironment().run(roles.q_assistant, call)
+    assert result.mirrored_seq == 3
+    with Session(mirror_db) as session:
+        assert [r.seq for r in crud.list_events(session, workflow_id=wid)] == [1, 2, 3]
+    fed = await ActivityEnvironment().run(roles.q_assistant, RoleCall.of(task, None))
+    assert fed.mirrored_seq == 0  # a call of a build the workflow feeds carries nothing
 
 
 async def _mirrored_event(engine: Engine, workflow_id: str, kind: str) -> WorkflowEventRow:
@@ -217,9 +256,9 @@ async def test_what_happens_at_a_gate_is_mirrored_while_the_build_waits(
 
 class CrashAfterCommitMirror(MirrorActivities):
     """Writes the batch, then fails every other write, as if the connection died after the
-    commit. Both ways of writing go through it: the local activity's retry writes the same rows
-    again, and a role call's unconfirmed batch is sent again with the workflow's next batch;
-    neither may change anything."""
+    commit: a wait's or the end's write is retried and writes the same rows again, a write
+    before a role call is left and its batch sent again with the workflow's next one; neither
+    may change anything."""
 
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine)
@@ -271,7 +310,7 @@ async def test_mirror_is_exact_through_a_retry_loop_a_rollback_and_failing_activ
         await handle.result()
         events = await handle.query(BuildWorkflow.event_log, 0)
     assert model_calls >= 12 + 3  # 12 logical calls
-    assert mirror.failures["local"] >= 2 and mirror.failures["carried"] >= 6
+    assert mirror.failures["local"] >= 6 and mirror.calls["carried"] == 0
     kinds = [e.event_type for e in events]
     assert EventType.LOOP_BACK in kinds and EventType.ROLLBACK in kinds
     with Session(mirror_db) as session:

@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from client.builds import new_request
-from core.models import StartOptions
+from core.build_io import StartOptions
 from core.settings import Settings
 from core.states import BuildState
 

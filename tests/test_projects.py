@@ -23,9 +23,9 @@ from client.projects import (
     put_project,
 )
 from core import views
+from core.build_io import BuildResult
 from core.events import EventType
 from core.messages import AbortRequest, ApproveRequest
-from core.models import BuildResult
 from core.projects import ProjectConfig
 from core.settings import Settings
 from core.states import BuildState

@@ -13,11 +13,11 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 from temporalio.client import Client
 
-from client.reconcile import reconcile_once
 from core.messages import ApproveRequest
 from core.settings import Settings
 from db import crud, reconciled
 from devtools.devserver import temporal_binary
+from serving.reconcile import reconcile_once
 from tests.helpers import make_request, start, wait_until
 from workflows.build import BuildWorkflow
 

@@ -15,9 +15,9 @@ from temporalio.client import Client, WorkflowHandle
 
 from activities.repository.gitcmd import git
 from client.projects import get_project, put_project
+from core.build_io import BuildRequest, BuildStatus
 from core.events import EventType
 from core.messages import AbortRequest, ApproveRequest
-from core.models import BuildRequest, BuildStatus
 from core.projects import (
     MEMO_KEY,
     PROJECT_WORKFLOW,

@@ -21,11 +21,11 @@ from activities.repository.gitcmd import git
 from client.errors import BuildNotFound
 from client.reruns import original_of, start_rerun
 from core import views
+from core.build_io import Simulation
 from core.events import EventType
 from core.feedback import ModelUsage
 from core.messages import AbortRequest
 from core.mirror import BuildEvent
-from core.models import Simulation
 from core.projects import ProjectConfig
 from core.reruns import RerunChoices
 from core.role_io import DiscoveryOutput, PlanOutput

@@ -17,8 +17,8 @@ from activities.repository.workspace import UnsafePath, Workspace
 from activities.roles import RoleActivities
 from activities.sandbox.runs import Limits
 from activities.testing.testrun import run_tests
+from core.build_io import Simulation
 from core.mirror import RoleCall
-from core.models import Simulation
 from core.releases import Released, RestoreTask, SmokeFailed
 from core.role_io import DiscoveryOutput, PlanOutput, RoleContext, SourceFile
 from core.settings import Settings

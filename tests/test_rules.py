@@ -9,8 +9,8 @@ from pydantic import TypeAdapter
 
 from core import rules, views
 from core.build_data import BuildData, CodeState, Command, Pending, Steering
+from core.build_io import BuildOptions, BuildRequest
 from core.feedback import Feedback, Merge
-from core.models import BuildOptions, BuildRequest
 from core.releases import Conflict, Released, ReleaseOutcome, Retest, SmokeFailed
 from core.reports import TestFailure, TestReport
 from core.role_io import (
@@ -139,7 +139,7 @@ def test_handoff_names_roles_instructions_and_previous_output():
 
 
 def test_current_details_tell_state_attempts_and_what_the_build_waits_for():
-    from core.models import BuildStatus
+    from core.build_io import BuildStatus
 
     status = BuildStatus(
         build_id="b1",

@@ -25,7 +25,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.model import offline, streaming, wire
 from activities.model.llm import ModelClient
 from client.model_output import Lines, model_output
-from core.models import Simulation
+from core.build_io import Simulation
 from core.reports import TestAudit
 from core.role_io import ModelStreamItem, PlanOutput, RoleTask
 from core.settings import Settings

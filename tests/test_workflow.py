@@ -24,10 +24,10 @@ from core.attributes import (
     TOKENS,
     VERIFICATION_ATTEMPTS,
 )
+from core.build_io import BuildResult
 from core.events import EventType
 from core.messages import ApproveRequest, RetryRequest, RollbackRequest
 from core.mirror import BuildEvent
-from core.models import BuildResult
 from core.role_io import ImplementationSummary
 from core.states import PATH, WORKING, BuildState, Role
 from tests.helpers import (

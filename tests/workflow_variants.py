@@ -9,7 +9,7 @@ from temporalio.common import SearchAttributeKey
 from workflows.build import BuildWorkflow
 
 with workflow.unsafe.imports_passed_through():
-    from core.models import BuildRequest, BuildResult
+    from core.build_io import BuildRequest, BuildResult
     from core.states import BuildState
 
 # Stands for any new command in the pipeline: here, the state upserted again, on its own.

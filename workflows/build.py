@@ -19,6 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from core import rules
     from core.budget import BudgetLedger
     from core.build_data import BuildData, Command
+    from core.build_io import BuildRequest, BuildResult
     from core.contracts import REFUSED_ATTEMPTS, ROLE_CALLS, Failure
     from core.events import (
         Aborted,
@@ -34,7 +35,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from core.feedback import Feedback
     from core.mirror import RoleCall
-    from core.models import BuildRequest, BuildResult
     from core.outcomes import Actor, Ending, Setback
     from core.releases import Released
     from core.role_io import RoleResult, RoleTask

@@ -8,8 +8,8 @@ from typing import TypeVar
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from core.build_io import CallOptions
     from core.contracts import Contract
-    from core.models import CallOptions
 
 ArgT = TypeVar("ArgT")
 ResultT = TypeVar("ResultT")

@@ -14,10 +14,10 @@ from temporalio.exceptions import ActivityError, is_cancelled_exception
 with workflow.unsafe.imports_passed_through():
     from core import rules
     from core.build_data import BuildData
+    from core.build_io import BuildRequest, CallOptions
     from core.contracts import OPEN_WORKSPACE, RESTORE_WORKSPACE, RUN_ACCEPTANCE, Failure
-    from core.evaluation import Acceptance
+    from core.eval_build import Acceptance
     from core.events import AcceptanceTested, Restored, WorkspaceOpened
-    from core.models import BuildRequest, CallOptions
     from core.outcomes import Actor, Ending
     from core.projects import redact
     from core.releases import Conflict, Released, Retest
@@ -98,7 +98,7 @@ class BuildCode:
 
     async def accept(self) -> None:
         """An evaluation case's hidden tests on the commit the build delivered, after delivery
-        (core/evaluation.py), recorded for its score card. A run that could not be made is
+        (core/eval_build.py), recorded for its score card. A run that could not be made is
         recorded as not passed, with why: the build itself delivered."""
         evaluation, built = self.request.options.evaluation, self.data.code
         release = built.release

@@ -1,4 +1,4 @@
-"""EvalWorkflow: one suite run (core/evals.py), a child BuildWorkflow per case and config,
+"""EvalWorkflow: one suite run (core/eval_suites.py), a child BuildWorkflow per case and config,
 `parallel` at a time, then the table read from their score cards.
 
 The children's ids come from the run's id, case and config, so a run resumed after a crash
@@ -19,8 +19,9 @@ from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from core.attributes import of_project
+    from core.build_io import BuildRequest, BuildResult, CallOptions
     from core.contracts import EVAL_REPORT
-    from core.evals import (
+    from core.eval_suites import (
         EvalChild,
         EvalProgress,
         EvalReport,
@@ -28,7 +29,6 @@ with workflow.unsafe.imports_passed_through():
         EvalRun,
         child_requests,
     )
-    from core.models import BuildRequest, BuildResult, CallOptions
     from workflows.calls import execute
 
 BUILD_WORKFLOW = "BuildWorkflow"

@@ -15,6 +15,7 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from core import rules
     from core.build_data import BuildData, Command, Pending
+    from core.build_io import BuildRequest, BuildStatus
     from core.contracts import Failure
     from core.events import Approved, SignalRejected, ToppedUp
     from core.messages import (
@@ -27,7 +28,6 @@ with workflow.unsafe.imports_passed_through():
         TopUpRequest,
     )
     from core.mirror import BuildEvent, Handoff
-    from core.models import BuildRequest, BuildStatus
     from core.projects import ReleaseTurn
     from core.states import PAUSES, TABLE, BuildState
     from workflows.records import BuildRecords

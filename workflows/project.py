@@ -25,8 +25,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
+    from core.build_io import CallOptions
     from core.contracts import CHECK_REPOSITORY, CREATE_REPOSITORY, Failure
-    from core.models import CallOptions
     from core.projects import (
         ENQUEUE,
         MEMO_KEY,

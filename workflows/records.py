@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
         VERIFICATION_ATTEMPTS,
     )
     from core.build_data import BuildData
+    from core.build_io import BuildRequest, BuildStatus, CallOptions
     from core.contracts import MIRROR_BUILD, Failure
     from core.events import (
         EventData,
@@ -36,7 +37,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from core.feedback import ModelUsage
     from core.mirror import BuildEvent, Handoff, HandoffContext, MirrorBatch
-    from core.models import BuildRequest, BuildStatus, CallOptions
     from core.outcomes import Actor
     from core.reports import TestReport
     from core.role_io import RoleOutput
@@ -58,6 +58,13 @@ COALESCED_ATTRIBUTES_PATCH = "coalesced-search-attributes"
 # patch: no run takes the old path (a local activity before every call).
 CARRIED_MIRROR_PATCH = "mirror-carried-by-role-calls"
 
+# Before each role call the workflow writes what the mirror lacks through a local activity of
+# its own, tried once: no role call carries the mirror or says what it wrote, and a mirror that
+# cannot be written holds no build back (the next write sends the batch again; a wait and the
+# end retry until it is written). Asked once, as the build starts: a build that started before
+# it keeps carrying its batches with its role calls (CARRIED_MIRROR_PATCH's path) to its end.
+MIRROR_FED_PATCH = "mirror-fed-before-role-calls"
+
 # The workflow's own mirror writes are local activities (no round trip to the server), retried
 # until the database answers: a build waits rather than lose a record.
 MIRROR = CallOptions(
@@ -66,6 +73,7 @@ MIRROR = CallOptions(
         initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
     ),
 )
+MIRROR_ONCE = CallOptions(timedelta(seconds=10), RetryPolicy(maximum_attempts=1))
 
 
 class BuildRecords:
@@ -80,12 +88,14 @@ class BuildRecords:
         self.unmirrored_outputs: set[BuildState] = set()  # phases whose output the mirror lacks
         self.pending_attributes: dict[str, SearchAttributeUpdate[Any]] = {}
         self.steered = False  # a command was accepted since the workflow last wrote the mirror
+        self.fed = False  # the mirror is written before role calls, not carried by them
         self.entered_at = datetime.min  # when the build entered its current state
         self.model_now: str | None = None  # the progress of the model call in flight
 
     # --- what happened ----------------------------------------------------------------
 
     def started(self) -> None:
+        self.fed = workflow.patched(MIRROR_FED_PATCH)
         self.upsert(
             [
                 BUILD_STATE.value_set(S.DISCOVERY.value),
@@ -257,29 +267,42 @@ class BuildRecords:
         self.mirrored_seq = max(self.mirrored_seq, written_seq)
         self.unmirrored_outputs -= set(batch.snapshot.outputs)
 
-    async def mirror(self) -> None:
-        """Write what the mirror has not confirmed, before the workflow waits or ends. A batch
-        the database refuses for its data is not sent again (it would be refused again, and
-        the build would wait without end): the refusal is an event of its own, written with
-        the build's row in one more batch, and the build goes on."""
+    async def mirror(self, once: bool = False) -> None:
+        """Write what the mirror has not confirmed, before the workflow waits or ends (retried
+        until the database answers), or `once` before a role call (a failure is left for the
+        next write). A batch the database refuses for its data is not sent again (it would be
+        refused again, and the build would wait without end): the refusal is an event of its
+        own, written with the build's row in one more batch, and the build goes on."""
         self.flush_attributes()  # every wait of the workflow passes through here first
         for _ in range(2):  # the batch, and after a refusal the batch that records it
             batch = self.batch()
             if batch is None:
                 return
             last_seq = batch.snapshot.last_seq
-            refused = await self._write(batch)
+            try:
+                refused = await self._write(batch, MIRROR_ONCE if once else MIRROR)
+            except (ActivityError, ApplicationError) as err:
+                if not once:
+                    raise
+                workflow.logger.warning(
+                    "mirror not written up to event %d; the next write sends it again: %s",
+                    *(last_seq, err.cause if isinstance(err, ActivityError) else err),
+                )
+                return
             self.confirm(batch, last_seq)
             if refused is None:
                 return
             workflow.logger.error("mirror refused events up to %d: %s", last_seq, refused)
             self.emit(MirrorRefused(up_to=last_seq, reason=refused), Actor.SYSTEM)
 
-    async def _write(self, batch: MirrorBatch) -> str | None:
+    async def _write(self, batch: MirrorBatch, options: CallOptions) -> str | None:
         """Write `batch` through the local activity; the database's reason if it refused it."""
         try:
             await execute_local(
-                MIRROR_BUILD, batch, MIRROR, summary=f"mirror up to event {batch.snapshot.last_seq}"
+                MIRROR_BUILD,
+                batch,
+                options,
+                summary=f"mirror up to event {batch.snapshot.last_seq}",
             )
         except (ActivityError, ApplicationError) as err:
             # A local activity's failure arrives as its ApplicationError itself.
@@ -290,10 +313,15 @@ class BuildRecords:
         return None
 
     async def before_call(self) -> MirrorBatch | None:
-        """Before a role call: the batch the call is to carry and write, or None once the
-        workflow has written it itself. It writes it itself after a person's command, so the
-        command's answer leaves only once the mirror shows its effect (a local activity holds
-        the workflow task) and a status read right after it is current."""
+        """Before a role call: the workflow writes the mirror itself, and the call carries
+        nothing (None). A build that started carrying batches: the batch its call is to carry
+        and write, or None once the workflow has written it itself, which it does after a
+        person's command, so the command's answer leaves only once the mirror shows its effect
+        (a local activity holds the workflow task) and a status read right after it is
+        current."""
+        if self.fed:
+            await self.mirror(once=True)
+            return None
         workflow.deprecate_patch(CARRIED_MIRROR_PATCH)
         if self.steered:
             self.steered = False

@@ -18,9 +18,9 @@ from temporalio.exceptions import FailureError
 
 with workflow.unsafe.imports_passed_through():
     from core.build_data import BuildData
+    from core.build_io import BuildRequest, CallOptions
     from core.contracts import JOIN_RELEASE_QUEUE
     from core.events import ReleaseQueued, TurnTaken
-    from core.models import BuildRequest, CallOptions
     from core.outcomes import Actor
     from core.projects import QueueJoin, QueueLeave, ReleaseTurn, project_workflow_id
     from workflows.calls import execute

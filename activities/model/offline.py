@@ -18,7 +18,7 @@ from typing import Any
 import httpx2
 
 from activities.model import edit_blocks
-from core.models import Simulation, feature_name
+from core.build_io import Simulation, feature_name
 from core.reports import TestAudit
 from core.role_io import (
     DiscoveryOutput,

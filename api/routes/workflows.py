@@ -31,7 +31,7 @@ from api.schemas import (
 from client import builds
 from client.model_output import model_output
 from core.attributes import BUILD_STATE, PROJECT_ID
-from core.models import BuildRepository, BuildRequest, build_id_from, workflow_id_for
+from core.build_io import BuildRepository, BuildRequest, build_id_from, workflow_id_for
 from core.projects import PROJECT_ID_PATTERN
 from core.scores import ScoreCard, tests_of
 from core.settings import Settings

@@ -20,7 +20,7 @@ from core.contracts import (
     RUN_ACCEPTANCE,
     Contract,
 )
-from core.evaluation import Acceptance
+from core.eval_build import Acceptance
 from core.feedback import ModelUsage
 from core.mirror import BuildEvent, MirrorBatch, MirrorReceipt, RoleCall
 from core.projects import ProjectConfig, QueueJoin, QueuePlace
@@ -86,6 +86,8 @@ class Fakes:
     restored: list[RestoreTask] = field(default_factory=list)
     mirrored: dict[int, BuildEvent] = field(default_factory=dict)
     written: list[int] = field(default_factory=list)  # every event seq each write carried
+    seen_at_call: list[int] = field(default_factory=list)  # the mirror's last seq at each call
+    mirror_down: int = 0  # how many writes of the mirror fail before it takes one
 
     def answer(self, call: RoleCall) -> RoleOutput:
         scripted = self.script.get((call.state, call.attempt), default)
@@ -114,6 +116,7 @@ class Fakes:
         @activity.defn(name=contract.name)
         async def call_role(call: RoleCall) -> RoleResult:
             mirrored = self.mirror(call.mirror)
+            self.seen_at_call.append(max(self.mirrored, default=0))
             self.calls.append(call)
             answered = self.answer(call)
             return contract.result(output=answered, usage=self.usage(), mirrored_seq=mirrored)
@@ -141,6 +144,9 @@ class Fakes:
 
         @activity.defn(name=MIRROR_BUILD.name)
         async def mirror_build(batch: MirrorBatch) -> MirrorReceipt:
+            if fakes.mirror_down > 0:
+                fakes.mirror_down -= 1
+                raise ConnectionError("the mirror's database is down")
             fakes.mirror(batch)
             return MirrorReceipt(
                 events_inserted=len(batch.events),

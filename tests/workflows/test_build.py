@@ -8,6 +8,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, nullcontext
+from itertools import pairwise
 from typing import Any, TypeVar
 
 import pytest
@@ -15,6 +16,7 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
+from core.build_io import BuildResult, BuildStatus
 from core.contracts import ROLE_CALLS, Failure
 from core.events import (
     EventType,
@@ -32,7 +34,6 @@ from core.messages import (
     TopUpRequest,
 )
 from core.mirror import BuildEvent
-from core.models import BuildResult, BuildStatus
 from core.outcomes import Ending, Setback
 from core.releases import Retest, SmokeFailed
 from core.role_io import VerificationOutcome
@@ -103,6 +104,24 @@ async def test_a_build_walks_the_table_and_the_mirror_gets_every_event_once(
     assert len(calls) == 6 and all(c.prompt_tokens == 50 for c in calls)
     assert sorted(fakes.mirrored) == [e.seq for e in events]  # every event, none missing
     assert len(fakes.written) == len(set(fakes.written))  # and each written once
+    # The workflow wrote the mirror before each role call; no call carried it.
+    assert all(call.mirror is None for call in fakes.calls)
+    assert all(b > a for a, b in pairwise([0, *fakes.seen_at_call]))
+
+
+async def test_a_mirror_that_cannot_be_written_before_a_call_holds_no_build_back(
+    skipping: WorkflowEnvironment, fakes: Fakes
+):
+    """Its writes before the first calls fail; the build goes on, and a later write sends
+    what they held: the finished build's mirror has every event once."""
+    fakes.mirror_down = 2
+    async with build(skipping, fakes) as handle:
+        result = await handle.result()
+        events = await events_of(handle)
+    assert result.state is S.COMPLETE and fakes.mirror_down == 0
+    assert fakes.seen_at_call[:2] == [0, 0]  # the first two calls ran with nothing mirrored
+    assert sorted(fakes.mirrored) == [e.seq for e in events]
+    assert len(fakes.written) == len(set(fakes.written))
 
 
 @pytest.mark.parametrize(

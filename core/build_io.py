@@ -25,7 +25,7 @@ from pydantic import (
 )
 from temporalio.common import RetryPolicy
 
-from core.evaluation import Evaluation
+from core.eval_build import Evaluation
 from core.projects import Bump, ProjectConfig, ProjectId
 from core.releases import Released
 from core.reruns import Rerun
@@ -156,7 +156,7 @@ class BuildOptions(BaseModel):
     approval_wait_seconds: float = Field(default=7 * 86_400, gt=0)
     bump: Bump = "minor"  # which part of the project's version its release raises
     rerun: Rerun | None = None  # a re-run of an earlier build (core/reruns.py)
-    evaluation: Evaluation | None = None  # a case of an evaluation suite (core/evals.py)
+    evaluation: Evaluation | None = None  # a case of an evaluation suite (core/eval_suites.py)
 
     _gates = field_validator("approval_gates")(check_gates)
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from core.evaluation import NAME_PATTERN, Acceptance, Evaluation, HiddenTests, ModelChoices
-from core.models import (
+from core.build_io import (
     BudgetLimits,
     BuildOptions,
     BuildRequest,
@@ -22,6 +21,7 @@ from core.models import (
     check_requirements,
     workflow_id_for,
 )
+from core.eval_build import NAME_PATTERN, Acceptance, Evaluation, HiddenTests, ModelChoices
 from core.projects import ProjectConfig
 from core.reruns import scratch_project
 from core.scores import ScoreCard

@@ -1,8 +1,8 @@
-"""What a build that is one case of an evaluation suite (core/evals.py) carries in its options:
-where it starts, the models and prompts of its config, and the hidden tests it is scored with
-after delivery. No role task carries any of it (core/rules.py builds those from the request's
-other parts); the hidden tests are written only into a fresh checkout of the delivered commit
-(activities/evals.py), as SWE-bench does."""
+"""What a build that is one case of an evaluation suite (core/eval_suites.py) carries in its
+options: where it starts, the models and prompts of its config, and the hidden tests it is
+scored with after delivery. No role task carries any of it (core/rules.py builds those from
+the request's other parts); the hidden tests are written only into a fresh checkout of the
+delivered commit (activities/evals.py), as SWE-bench does."""
 
 from __future__ import annotations
 
