@@ -16,6 +16,7 @@ from core.build_io import (
     BUILD_ID_PATTERN,
     MAX_REQUIREMENTS_CHARS,
     BuildRepository,
+    BuildStatus,
     StartOptions,
     check_requirements,
     check_size,
@@ -29,7 +30,7 @@ from core.messages import (
 )
 from core.reruns import MAX_PROMPT_CHARS
 from core.scores import ModelScore, TestScore
-from core.states import BuildState, Role
+from core.states import WORKING, BuildState, Role
 from db.models import BuildSummaryPublic, WorkflowEventPublic, WorkflowHandoffPublic
 
 Reason = Annotated[str, Field(min_length=1, max_length=2000)]
@@ -263,6 +264,53 @@ class BuildStatusOut(BaseModel):
         description="The last test run: cases run, passed, failed and errors (the build's "
         "own), pre-existing (failing on its base too), skipped; the environment it ran in.",
     )
+
+    @classmethod
+    def of(
+        cls,
+        status: BuildStatus,
+        *,
+        workflow_id: str,
+        source: Literal["mirror", "temporal"],
+        ui_url: str,
+        created_at: datetime | None,
+        updated_at: datetime | None,
+        completed_at: datetime | None,
+    ) -> Self:
+        """The build's read model (what the CLI and the Web UI show too), as the API answers
+        it, with when it started and last changed and where its answer came from."""
+        return cls(
+            workflow_id=workflow_id,
+            build_id=status.build_id,
+            project_id=status.project_id,
+            user_id=status.user_id,
+            current_state=status.state,
+            current_role=status.current_role,
+            progress=Progress(
+                percentage=status.progress,
+                completed_phases=len(status.completed_phases),
+                total_phases=len(WORKING),
+            ),
+            completed_phases=status.completed_phases,
+            attempts={state.value: n for state, n in status.attempts.items()},
+            loop_backs=status.loop_backs,
+            last_error=status.last_error,
+            waiting_for=status.waiting_for,
+            pending_command=status.pending_command,
+            failed_state=status.failed_state,
+            failure_reason=status.failure_reason,
+            created_at=created_at,
+            updated_at=updated_at,
+            completed_at=completed_at,
+            usage=status.usage,
+            tokens=status.tokens,
+            cost_usd=status.cost_usd,
+            as_of_seq=status.events,
+            source=source,
+            ui_url=ui_url,
+            repository=status.repository,
+            tests=status.test_counts,
+        )
 
 
 class BuildPage(BaseModel):

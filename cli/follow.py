@@ -139,7 +139,9 @@ def status_tables(status: BuildStatus) -> list[Table]:
     """The status as a person reads it: one row per field, lists and counts in words, and
     the model usage per role as a table of whole numbers and the cost in dollars."""
     fields = Table(show_header=False, box=None)
-    for key, value in status.model_dump(mode="json", exclude={"usage"}).items():
+    # The usage is a table of its own; the test counts are said in words (`tests`).
+    shown = status.model_dump(mode="json", exclude={"usage", "test_counts"})
+    for key, value in shown.items():
         if isinstance(value, dict):
             value = ", ".join(f"{k} {v}" for k, v in value.items()) or "-"
         elif isinstance(value, list):

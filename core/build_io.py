@@ -29,6 +29,7 @@ from core.eval_build import Evaluation
 from core.projects import Bump, ProjectConfig, ProjectId
 from core.releases import Released
 from core.reruns import Rerun
+from core.scores import TestScore
 from core.states import HANDOFFS, BuildState, Role
 
 WORKFLOW_ID_PREFIX = "build-"
@@ -256,10 +257,13 @@ class BuildRepository(BaseModel):
 
 
 class BuildStatus(BaseModel):
-    """Answer of the `status` query."""
+    """A build as a person reads it: the answer of the `status` query, rendered by the CLI and
+    the Web UI's current details, and what the API answers (from the mirror's row, where the
+    same fields are read back: db/status.py)."""
 
     build_id: str
     project_id: str
+    user_id: str | None = None
     state: BuildState
     current_role: Role | None
     progress: int
@@ -283,6 +287,9 @@ class BuildStatus(BaseModel):
     model_now: str | None = None
     rerun_of: str | None = None  # the build this one re-runs (core/reruns.py)
     live_roles: list[Role] = Field(default_factory=list)  # a re-run's roles that call models
+    failed_state: BuildState | None = None  # where a FAILED build was when it ended
+    failure_reason: str | None = None  # why it ended (core/outcomes.py's ending, and detail)
+    test_counts: TestScore | None = None  # the last test run, counted (`tests` in words)
 
 
 class BuildResult(BaseModel):

@@ -11,6 +11,7 @@ from core.mirror import BuildSnapshot
 from core.outcomes import Setback, ending_text
 from core.projects import redact
 from core.reports import TestReport
+from core.scores import tests_of
 from core.states import TERMINAL, BuildState, progress_of, role_of
 
 S = BuildState
@@ -71,6 +72,7 @@ def status(
     return BuildStatus(
         build_id=request.build_id,
         project_id=request.project_id,
+        user_id=request.user_id,
         state=data.state,
         current_role=role_of(data.state),
         progress=progress_of(data.paused_from or data.state),
@@ -92,6 +94,9 @@ def status(
         model_now=model_now if data.state not in TERMINAL else None,
         rerun_of=rerun.original if (rerun := request.options.rerun) else None,
         live_roles=rerun.live_roles() if rerun else [],
+        failed_state=data.failed_state,
+        failure_reason=ending_text(data.ending, data.ending_detail) if data.ending else None,
+        test_counts=tests_of(tested) if tested else None,
     )
 
 
@@ -124,6 +129,8 @@ def current_details(status: BuildStatus, namespace: str = "default") -> str:
         lines.append(f"**Environment:** {status.setup}")
     if status.tests:
         lines.append(f"**Tests:** {status.tests}")
+    if status.failure_reason:
+        lines.append(f"**Ended:** {status.failure_reason}")
     if status.last_error:
         lines.append(f"**Last error:** {status.last_error}")
     return "\n\n".join(lines)

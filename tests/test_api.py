@@ -14,6 +14,7 @@ import pytest
 from pydantic import SecretStr
 from temporalio.client import Client
 
+from api.schemas import BuildStatusOut
 from core.states import BuildState
 from db import crud
 from devtools.processes import free_port
@@ -55,6 +56,17 @@ async def test_a_build_started_over_http_completes_and_reads_back_exactly(
         assert datetime.fromisoformat(status[stamp]).utcoffset() == timedelta(0)
 
     handle = client.get_workflow_handle_for(BuildWorkflow.run, wf)
+    # One read model: the API's answer from the mirror is the workflow's own status query.
+    queried = BuildStatusOut.of(
+        await handle.query(BuildWorkflow.status),
+        workflow_id=wf, source="mirror", ui_url=status["ui_url"],
+        created_at=None, updated_at=None, completed_at=None,
+    ).model_dump(mode="json")  # fmt: skip
+    stamps = ("created_at", "updated_at", "completed_at")
+    assert {k: v for k, v in status.items() if k not in stamps} == {
+        k: v for k, v in queried.items() if k not in stamps
+    }
+    assert status["tests"]["run"] > 0
     events = await handle.query(BuildWorkflow.event_log, 0)
     page = (await http.get(f"/api/workflows/{wf}/events")).json()
     assert [(e["seq"], e["event_type"], e["state"]) for e in page["events"]] == [

@@ -21,7 +21,6 @@ from api.schemas import (
     EventPage,
     FailureGroup,
     HandoffHistory,
-    Progress,
     ProjectStats,
     RoleTotals,
     StartBuild,
@@ -31,18 +30,24 @@ from api.schemas import (
 from client import builds
 from client.model_output import model_output
 from core.attributes import BUILD_STATE, PROJECT_ID
-from core.build_io import BuildRepository, BuildRequest, build_id_from, workflow_id_for
+from core.build_io import (
+    BuildOptions,
+    BuildRequest,
+    BuildStatus,
+    build_id_from,
+    workflow_id_for,
+)
 from core.projects import PROJECT_ID_PATTERN
-from core.scores import ScoreCard, tests_of
+from core.scores import ScoreCard
 from core.settings import Settings
-from core.states import PATH, TERMINAL, WORKING, BuildState, progress_of, role_of
+from core.states import PATH, TERMINAL, BuildState, progress_of, role_of
 from db import crud, scores
 from db.models import (
     BuildSummaryPublic,
-    BuildWorkflowRow,
     WorkflowEventPublic,
     WorkflowHandoffPublic,
 )
+from db.status import status_of
 
 router = APIRouter(prefix="/api/workflows", tags=["workflows"], responses=answers(400, 401, 503))
 log = logging.getLogger("api")
@@ -108,52 +113,16 @@ async def build_status(
     settings = state.settings
     wf = workflow_id_for(build_id_from(workflow_id))
     row = await run_in_threadpool(crud.get_build, session, workflow_id=wf)
-    if row is not None:
-        current = BuildState(row.current_state)
-        completed = [BuildState(s) for s in row.completed_phases or []]
-        return BuildStatusOut(
-            workflow_id=wf,
-            build_id=row.build_id,
-            project_id=row.project_id,
-            user_id=row.user_id,
-            current_state=current,
-            current_role=role_of(current),
-            progress=_progress(current, completed),
-            completed_phases=completed,
-            attempts=row.attempts,
-            loop_backs=row.loop_backs,
-            last_error=row.last_error,
-            waiting_for=row.waiting_for,
-            pending_command=row.pending_command,
-            failed_state=BuildState(row.failed_state) if row.failed_state else None,
-            failure_reason=row.failure_reason,
-            usage=row.usage or {},
-            tokens=row.tokens,
-            cost_usd=row.cost_usd,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-            completed_at=row.completed_at,
-            as_of_seq=row.last_seq,
-            source="mirror",
-            ui_url=settings.ui_link(wf),
-            repository=_repository(row),
-            tests=tests_of(row.testing_output),
-        )
-    return await _status_from_temporal(await state.temporal(), settings, wf)
-
-
-def _repository(row: BuildWorkflowRow) -> BuildRepository | None:
-    if row.repository is None or row.branch is None:
-        return None
-    return BuildRepository(
-        repository=row.repository,
-        branch=row.branch,
-        base=row.base_commit,
-        build_branch=row.build_branch,
-        head=row.head_commit,
-        delivered=row.delivered_commit,
-        version=row.version,
-        delivery=row.delivery or "merge",
+    if row is None:
+        return await _status_from_temporal(await state.temporal(), settings, wf)
+    return BuildStatusOut.of(
+        status_of(row),
+        workflow_id=wf,
+        source="mirror",
+        ui_url=settings.ui_link(wf),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        completed_at=row.completed_at,
     )
 
 
@@ -161,40 +130,29 @@ async def _status_from_temporal(client: Client, settings: Settings, wf: str) -> 
     """A build started but not mirrored yet (no worker has run it): what Temporal knows."""
     described = await builds.describe(builds.handle_for(client, wf))
     state = BuildState(described.typed_search_attributes.get(BUILD_STATE) or FIRST.value)
-    project = described.typed_search_attributes.get(PROJECT_ID) or ""
-    return BuildStatusOut(
-        workflow_id=wf,
+    known = BuildStatus(
         build_id=build_id_from(wf),
-        project_id=project,
-        user_id=None,
-        current_state=state,
+        project_id=described.typed_search_attributes.get(PROJECT_ID) or "",
+        state=state,
         current_role=role_of(state),
-        progress=_progress(state, []),
+        progress=progress_of(state),
         completed_phases=[],
         attempts={},
         loop_backs=0,
+        max_retries=BuildOptions().max_retries,
         last_error=None,
         waiting_for=None,
         pending_command=None,
-        failed_state=None,
-        failure_reason=None,
-        usage={},
-        tokens=0,
-        cost_usd=0.0,
+        events=0,
+    )
+    return BuildStatusOut.of(
+        known,
+        workflow_id=wf,
+        source="temporal",
+        ui_url=settings.ui_link(wf),
         created_at=described.start_time,
         updated_at=None,
         completed_at=described.close_time,
-        as_of_seq=0,
-        source="temporal",
-        ui_url=settings.ui_link(wf),
-    )
-
-
-def _progress(state: BuildState, completed: list[BuildState]) -> Progress:
-    return Progress(
-        percentage=progress_of(state),
-        completed_phases=len(completed),
-        total_phases=len(WORKING),
     )
 
 
