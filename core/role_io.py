@@ -5,7 +5,7 @@ contents and logs stay in the workspace, so history payloads stay small.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AliasChoices,
@@ -186,7 +186,12 @@ class RoleContext(Feedback):
 
 
 class RoleTask(BaseModel):
-    """The one input of every role activity."""
+    """The one input of every role activity: what its model is shown (`for_model`), and the
+    call's metadata, which no prompt holds (`CALL_METADATA`)."""
+
+    # How the call is made, not what it is about: the offline model's simulated faults and a
+    # re-run's replay. The same task with other metadata is the same prompt.
+    CALL_METADATA: ClassVar[frozenset[str]] = frozenset({"simulate", "replay"})
 
     build_id: str
     project_id: str
@@ -206,6 +211,10 @@ class RoleTask(BaseModel):
     # A re-run's call: answered from the original's kept answers unless live. Never part of
     # a prompt.
     replay: Replay | None = None
+
+    def for_model(self) -> dict[str, Any]:
+        """What the role's model is shown of the task, as JSON: all but the call's metadata."""
+        return self.model_dump(mode="json", exclude=set(self.CALL_METADATA))
 
 
 class OpenTask(BaseModel):

@@ -1,6 +1,7 @@
-"""The one code path to a model: openai.AsyncOpenAI, answers validated into pydantic models in
-the output mode the endpoint takes (activities/model/output_modes.py), kept before they are used
-(activities/model/answers.py), each request sent by activities/model/wire.py.
+"""The one code path to a model (`ModelClient.answer`): openai.AsyncOpenAI, an answer kept
+before it is used (activities/model/answers.py) or replayed for a re-run, else asked for in
+the call's formats (activities/model/formats.py: the JSON output modes the endpoint takes, or
+edit blocks), validated into a pydantic model, each request sent by activities/model/wire.py.
 
 SDK retries are off; Temporal's retry policy decides. Errors a retry cannot fix become
 non-retryable ApplicationErrors with a message a person can act on.
@@ -9,6 +10,7 @@ non-retryable ApplicationErrors with a message a person can act on.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -21,7 +23,8 @@ from pydantic import BaseModel, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.model import answers, edit_blocks, fitting, output_modes, replays, streaming, wire
+from activities.model import answers, fitting, output_modes, replays, streaming, wire
+from activities.model.formats import EDIT_BLOCKS, JSON_FORMATS, Format, JsonFormat
 from activities.model.offline import OFFLINE_BASE_URL, SIMULATE_HEADER, offline_http_client
 from activities.model.output_modes import STRONGEST_FIRST, Mode, ModeRefused, NoJson, OutputInvalid
 from activities.model.prompts import Prompt, load_prompts
@@ -91,11 +94,13 @@ class ModelClient:
             choice = choice.model_copy(update={"model": task.replay.model})
         if task.replay and task.replay.prompt:  # ... or prompt
             prompt = Prompt(task.role, task.replay.prompt.version, task.replay.prompt.text)
-        payload = task.model_dump(mode="json", exclude={"simulate", "replay"})
+        payload = task.for_model()
         cut = 0
         if window := await self.window(choice):
             # The system prompt grows by the schema (JSON modes) or the edit format's rules.
-            instructions = json.dumps(output_modes.schema_of(schema)) + edit_blocks.INSTRUCTIONS
+            instructions = JSON_FORMATS[Mode.TEXT].instructions(schema) + EDIT_BLOCKS.instructions(
+                schema
+            )
             room = fitting.budget(window, prompt.text + instructions, choice.max_tokens)
             payload, cut = fitting.fit(payload, room)
             if cut:
@@ -133,30 +138,41 @@ class ModelClient:
         """The Code Writer's answer, in its edit format: JSON (any output mode), or edit blocks
         in plain text (activities/model/edit_blocks.py), re-asked with the block it could not
         read."""
-        if self.edit_format() == "json":
-            return await self.structured(task, ImplementationOutput)
-        call, usage, choice = await self._prepared(task, ImplementationOutput)
-        system, *rest = call.messages
-        instructed = [{**system, "content": system["content"] + edit_blocks.INSTRUCTIONS}, *rest]
-        usage.prompt_version += "+blocks"
-        usage.output_mode = "blocks"
+        return await self.answer(task, ImplementationOutput, blocks=self.edit_format() != "json")
 
-        def read(message: Any, finish: str | None) -> tuple[ImplementationOutput, bool]:
-            if finish == "length":
-                raise OutputInvalid("the answer was cut off at the token limit; answer briefly")
-            try:
-                return edit_blocks.parse(message.content or ""), True
-            except edit_blocks.BlocksInvalid as err:
-                raise OutputInvalid(str(err)) from err
+    async def structured(self, task: RoleTask, schema: type[T]) -> tuple[T, ModelUsage]:
+        """Ask the role's model for an answer in `schema`, in the output mode its settings
+        name, or (auto) the strongest one the endpoint takes: a mode it refuses or ignores is
+        stepped down from, and the one that worked is asked first from then on."""
+        return await self.answer(task, schema)
 
-        blocks = _Call(task, ImplementationOutput, choice.model, instructed, call.headers,
-                       call.options, call.out, call.payload)  # fmt: skip
+    async def answer(
+        self, task: RoleTask, schema: type[T], *, blocks: bool = False
+    ) -> tuple[T, ModelUsage]:
+        """The one call path: the answer kept for this very request, else a re-run's recorded
+        one, else asked for in the call's formats (activities/model/formats.py: the JSON
+        modes strongest first, or edit blocks), stepping down from a format the endpoint
+        refuses or ignores, re-asking an answer that cannot be read."""
+        call, usage, choice = await self._prepared(task, schema)
+        formats: list[Format] = [EDIT_BLOCKS] if blocks else self._json_formats(choice)
+        call = call.starting(formats[0])
+        if blocks:
+            usage.prompt_version += "+blocks"
+            usage.output_mode = EDIT_BLOCKS.name
 
-        async def ask() -> ImplementationOutput:
-            answer, _ = await self._in_mode(Mode.TEXT, blocks, usage, build=_plain, read=read)
-            return answer
+        async def ask() -> T:
+            return await self._asked(call, usage, choice, formats)
 
-        return await self._kept_or_asked(blocks, "blocks", usage, choice, ask)
+        return await self._kept_or_asked(call, formats[0].family, usage, choice, ask)
+
+    def _json_formats(self, choice: ModelChoice) -> list[Format]:
+        """The JSON modes to ask in: the one the settings name, or (auto) the strongest the
+        endpoint takes, from the one that worked last."""
+        if choice.output_mode != "auto":
+            return [JSON_FORMATS[Mode(choice.output_mode)]]
+        endpoint = (str(self.client.base_url), choice.model)
+        first = STRONGEST_FIRST.index(self.learned.get(endpoint, STRONGEST_FIRST[0]))
+        return [JSON_FORMATS[mode] for mode in STRONGEST_FIRST[first:]]
 
     async def _kept_or_asked(
         self,
@@ -211,35 +227,26 @@ class ModelClient:
         """The mode `auto` asks `model` at this endpoint first (a probe found it works)."""
         self.learned[(str(self.client.base_url), model)] = mode
 
-    async def structured(self, task: RoleTask, schema: type[T]) -> tuple[T, ModelUsage]:
-        """Ask the role's model for an answer in `schema`, in the output mode its settings
-        name, or (auto) the strongest one the endpoint takes: a mode it refuses or ignores is
-        stepped down from, and the one that worked is asked first from then on."""
-        call, usage, choice = await self._prepared(task, schema)
-        return await self._kept_or_asked(
-            call, "json", usage, choice, lambda: self._structured(call, usage, choice)
-        )
-
-    async def _structured(self, call: _Call[T], usage: ModelUsage, choice: ModelChoice) -> T:
+    async def _asked(
+        self, call: _Call[T], usage: ModelUsage, choice: ModelChoice, formats: list[Format]
+    ) -> T:
+        """The answer in the first of `formats` the endpoint takes; with `auto`, the JSON mode
+        that worked is asked first from then on (an ignored one: the next weaker)."""
         endpoint = (str(self.client.base_url), choice.model)
-        if choice.output_mode == "auto":
-            first = STRONGEST_FIRST.index(self.learned.get(endpoint, STRONGEST_FIRST[0]))
-            modes = STRONGEST_FIRST[first:]
-        else:
-            modes = (Mode(choice.output_mode),)
         refused: list[str] = []
-        for mode in modes:
-            usage.output_mode = mode.value
+        for fmt in formats:
+            usage.output_mode = fmt.name
             try:
-                answer, enforced = await self._in_mode(mode, call, usage)
+                answer, kept_to = await self._in_format(fmt, call, usage)
             except ModeRefused as err:
-                refused.append(f"{mode.value}: {err}")
+                refused.append(f"{fmt.name}: {err}")
                 log.warning("%s at %s: %s; trying the next mode", choice.model, endpoint[0], err)
                 continue
-            if choice.output_mode == "auto":
-                self.learned[endpoint] = mode if enforced else _after(mode)
-            if not enforced:  # a usable answer, read out of prose: the server ignored the mode
-                log.info("%s at %s ignored %s; its answer was read as text", *endpoint[::-1], mode)
+            if isinstance(fmt, JsonFormat) and choice.output_mode == "auto":
+                self.learned[endpoint] = fmt.mode if kept_to else _after(fmt.mode)
+            if not kept_to:  # a usable answer, read out of prose: the server ignored the mode
+                log.info("%s at %s ignored %s; its answer was read as text", *endpoint[::-1],
+                         fmt.name)  # fmt: skip
                 usage.output_mode = Mode.TEXT.value
             return answer
         raise ApplicationError(
@@ -249,35 +256,20 @@ class ModelClient:
             non_retryable=True,
         )
 
-    async def _in_mode(
-        self,
-        mode: Mode,
-        call: _Call[T],
-        usage: ModelUsage,
-        build: Callable[[Mode, type[T], list[dict[str, str]]], dict[str, Any]] | None = None,
-        read: Callable[[Any, str | None], tuple[T, bool]] | None = None,
-    ) -> tuple[T, bool]:
-        """The answer asked for in `mode`, and whether the endpoint kept to the mode; an answer
-        that is not the schema is re-asked with the reason, up to LLM_SCHEMA_REASKS times.
-        ModeRefused if the endpoint refuses the mode, or ignores it with no usable answer.
-        `build` and `read` make the request and read its answer (default: the mode's)."""
-        build = build or output_modes.request
-
-        def read_mode(message: Any, finish: str | None) -> tuple[T, bool]:
-            answer = output_modes.read(mode, message, finish, call.schema)
-            return answer, output_modes.enforced(mode, message)
-
-        read = read or read_mode
+    async def _in_format(self, fmt: Format, call: _Call[T], usage: ModelUsage) -> tuple[T, bool]:
+        """The answer asked for in `fmt`, and whether the endpoint kept to it; an answer that
+        cannot be read is re-asked with the reason, up to LLM_SCHEMA_REASKS times.
+        ModeRefused if the endpoint refuses the format, or ignores it with no usable answer."""
         role, model, messages = call.task.role.value, call.model, call.messages
         reasks, no_json, asked, shrunk = self.settings.llm_schema_reasks, 0, 0, False
         while True:
             request = {
                 "model": model,
-                **build(mode, call.schema, messages),
+                **fmt.request(call.schema, messages),
                 "extra_headers": call.headers or None,
                 **call.options,
             }
-            label = f"{role} asking {model} ({mode.value})" + (f", re-ask {asked}" * bool(asked))
+            label = f"{role} asking {model} ({fmt.name})" + (f", re-ask {asked}" * bool(asked))
             try:
                 message, finish = await wire.ask(
                     self.client, request, call.out, label,
@@ -290,11 +282,11 @@ class ModelClient:
                         raise wire.too_long(err, model, len(messages[1]["content"])) from err
                     shrunk, messages = True, self._shrunk(call, messages, usage)
                     continue
-                if mode is not Mode.TEXT and output_modes.refuses_mode(err):
+                if fmt.refusable and output_modes.refuses_mode(err):
                     raise ModeRefused(f"HTTP {err.status_code}: {err.message}") from err
                 raise wire.classify(err, model) from err
             try:
-                return read(message, finish)
+                return fmt.read(message, finish, call.schema)
             except OutputInvalid as err:
                 problem = str(err)
                 no_json += isinstance(err, NoJson)
@@ -303,18 +295,11 @@ class ModelClient:
             asked += 1
             messages = [
                 *messages,
-                {"role": "assistant", "content": output_modes.answer_text(mode, message)},
-                {
-                    "role": "user",
-                    "content": f"Your answer did not match the schema: {problem}. "
-                    "Answer again, only with JSON that matches it."
-                    if build is output_modes.request
-                    else f"Your answer could not be read: {problem}\n"
-                    "Answer again, in the format the instructions give.",
-                },
+                {"role": "assistant", "content": fmt.answered(message)},
+                {"role": "user", "content": fmt.reask(problem)},
             ]
-        if no_json == reasks + 1 and mode in (Mode.JSON_SCHEMA, Mode.JSON_OBJECT):
-            raise ModeRefused(f"asked for {mode.value}, every answer was without JSON: {problem}")
+        if no_json == reasks + 1 and fmt.server_makes_json:
+            raise ModeRefused(f"asked for {fmt.name}, every answer was without JSON: {problem}")
         raise ApplicationError(
             f"{role}: the model's answer did not match {call.schema.__name__} "
             f"after {reasks + 1} tries: {problem}",
@@ -363,16 +348,15 @@ class _Call(Generic[T]):
     out: streaming.Output
     payload: dict[str, Any]  # the task as sent (cut to the context window)
 
+    def starting(self, fmt: Format) -> _Call[T]:
+        """The call with its messages as every request in `fmt` starts from."""
+        return dataclasses.replace(self, messages=fmt.prepared(self.messages))
+
 
 def _task_message(payload: dict[str, Any]) -> dict[str, str]:
     """The user message of a role call: its task as JSON. No credentials of a repository URL
     (or any URL) reach a model."""
     return {"role": "user", "content": redact(json.dumps(payload, sort_keys=True))}
-
-
-def _plain(_mode: Mode, _schema: type[Any], messages: list[dict[str, str]]) -> dict[str, Any]:
-    """A request of plain text: the messages as they are, no constraint on the answer."""
-    return {"messages": messages}
 
 
 def _after(mode: Mode) -> Mode:
