@@ -11,7 +11,12 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    FailureError,
+    is_cancelled_exception,
+)
 
 with workflow.unsafe.imports_passed_through():
     from core import views
@@ -73,7 +78,8 @@ MIRROR = CallOptions(
         initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
     ),
 )
-MIRROR_ONCE = CallOptions(timedelta(seconds=10), RetryPolicy(maximum_attempts=1))
+# Within the workflow task's own time (its heartbeat comes at 8 s): a write takes milliseconds.
+MIRROR_ONCE = CallOptions(timedelta(seconds=5), RetryPolicy(maximum_attempts=1))
 
 
 class BuildRecords:
@@ -281,8 +287,10 @@ class BuildRecords:
             last_seq = batch.snapshot.last_seq
             try:
                 refused = await self._write(batch, MIRROR_ONCE if once else MIRROR)
-            except (ActivityError, ApplicationError) as err:
-                if not once:
+            except FailureError as err:
+                # Any way the one try ended (failed, timed out), as the SDK hands it over: live
+                # and in replay alike; a cancel of the build is the build's to handle.
+                if not once or is_cancelled_exception(err):
                     raise
                 workflow.logger.warning(
                     "mirror not written up to event %d; the next write sends it again: %s",

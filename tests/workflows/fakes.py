@@ -4,6 +4,7 @@ model and no database: what the workflow decides is all that is tested here."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,7 @@ from core.role_io import (
     VerificationOutcome,
 )
 from core.states import BuildState
+from workflows.records import MIRROR_ONCE
 
 S = BuildState
 # What a scripted call answers: an output, an error to raise, or a function of the call.
@@ -88,6 +90,7 @@ class Fakes:
     written: list[int] = field(default_factory=list)  # every event seq each write carried
     seen_at_call: list[int] = field(default_factory=list)  # the mirror's last seq at each call
     mirror_down: int = 0  # how many writes of the mirror fail before it takes one
+    mirror_hangs: int = 0  # how many writes hang past their timeout before one is taken
 
     def answer(self, call: RoleCall) -> RoleOutput:
         scripted = self.script.get((call.state, call.attempt), default)
@@ -147,6 +150,9 @@ class Fakes:
             if fakes.mirror_down > 0:
                 fakes.mirror_down -= 1
                 raise ConnectionError("the mirror's database is down")
+            if fakes.mirror_hangs > 0:
+                fakes.mirror_hangs -= 1
+                await asyncio.sleep(MIRROR_ONCE.start_to_close.total_seconds() + 1)
             fakes.mirror(batch)
             return MirrorReceipt(
                 events_inserted=len(batch.events),

@@ -13,8 +13,10 @@ from typing import Any, TypeVar
 
 import pytest
 from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
 
 from core.build_io import BuildResult, BuildStatus
 from core.contracts import ROLE_CALLS, Failure
@@ -122,6 +124,25 @@ async def test_a_mirror_that_cannot_be_written_before_a_call_holds_no_build_back
     assert fakes.seen_at_call[:2] == [0, 0]  # the first two calls ran with nothing mirrored
     assert sorted(fakes.mirrored) == [e.seq for e in events]
     assert len(fakes.written) == len(set(fakes.written))
+
+
+async def test_a_mirror_write_that_times_out_before_a_call_is_left_and_the_build_replays(
+    skipping: WorkflowEnvironment, fakes: Fakes
+):
+    """A write that hangs past its timeout is left as a failed one is (the SDK hands the
+    timeout over wrapped in an ActivityError live, bare in replay: both are taken the same
+    way), and the history replays (as it does when a worker picks the build up again)."""
+    fakes.mirror_hangs = 1
+    async with build(skipping, fakes) as handle:
+        result = await handle.result()
+        events = await events_of(handle)
+    assert result.state is S.COMPLETE and fakes.mirror_hangs == 0
+    assert sorted(fakes.mirrored) == [e.seq for e in events]
+    replayer = Replayer(workflows=[BuildWorkflow], data_converter=pydantic_data_converter)
+    replayed = await replayer.replay_workflow(
+        await handle.fetch_history(), raise_on_replay_failure=False
+    )
+    assert replayed.replay_failure is None, replayed.replay_failure
 
 
 @pytest.mark.parametrize(
