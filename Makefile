@@ -76,7 +76,7 @@ test-fast: install
 	$(BIN)/python -m pytest $(PARALLEL) -m "not slow"
 
 test-workflows: install
-	$(BIN)/python -m pytest tests/workflows
+	$(BIN)/python -m pytest tests/workflows -m "not slow"
 
 format: install
 	$(BIN)/ruff format .

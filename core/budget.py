@@ -1,5 +1,5 @@
 """A build's budget ledger: its limits (top-ups included) and what its model calls spent, per role.
-Its own methods are the only writers of its fields (tests/test_owners.py)."""
+Its own methods are the only writers of its fields (tests/core/test_owners.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The state a build's workflow holds, in parts, each changed by one owner only
-(tests/test_owners.py holds every write to its owner):
+(tests/core/test_owners.py holds every write to its owner):
 
 - `BuildData`'s own fields, the walk through the states (the state, phases, attempts,
   loop-backs, outputs, feedback, pauses, the failure): workflows/build.py;

@@ -72,7 +72,7 @@ EVAL_REPORT = Contract("eval_report", EvalReportTask, EvalReport)
 class Failure(StrEnum):
     """The kinds of failure the activities and workflows raise (an ApplicationError's `type`),
     by which the workflow branches and callers tell failures apart. Every raise and every
-    branch names a member, never a string or a class name (tests/test_failure_kinds.py), so
+    branch names a member, never a string or a class name (tests/core/test_failure_kinds.py), so
     renaming an exception class cannot change what a build does. The values are what
     recorded histories carry: a value never changes."""
 

@@ -88,7 +88,7 @@ def base_settings(temporal_address: str, tmp_path_factory: pytest.TempPathFactor
         database_url=f"sqlite:///{data / 'mirror.db'}",
         worker_shutdown_grace_seconds=1,
         # The worker processes tests start run beside the tests at their priority (the API's
-        # share of the CPU is the bench's to measure; tests/test_worker_start.py checks it).
+        # share of the CPU is the bench's to measure; tests/serving/test_worker_start.py checks it).
         worker_nice=0,
     )
     upgrade(settings.db_url())

@@ -1,8 +1,8 @@
 """What one confined run may touch, as a typed policy, and the machine's facts a run's command
 depends on. activities/sandbox/bubblewrap.py and activities/sandbox/landlock.py turn a policy
-into each mechanism's command, purely: tests/test_policy.py asserts the exact argv and rules,
-as openai/codex tests its bubblewrap argv. activities/sandbox/isolation.py gathers the facts
-and chooses the mechanism.
+into each mechanism's command, purely: tests/activities/sandbox/test_policy.py asserts the
+exact argv and rules, as openai/codex tests its bubblewrap argv.
+activities/sandbox/isolation.py gathers the facts and chooses the mechanism.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """A run's policy turned into bubblewrap's argv, into Landlock's rules and confine.py's command
 line, confine.py's seccomp program, a run's cgroup settings and its launcher's command: the
 exact result for given facts of a machine, with no machine needed (the end-to-end sandbox
-tests run them for real: tests/test_sandbox.py, tests/test_planted_paths.py)."""
+tests run them for real: tests/activities/sandbox/test_sandbox.py,
+tests/activities/test_planted_paths.py)."""
 
 from __future__ import annotations
 

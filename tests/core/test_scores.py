@@ -1,6 +1,6 @@
 """Score cards from what the mirror keeps (core/scores.py), and the comparison the CLI prints:
 exact results for given rows, with no build needed (real builds' cards are checked in
-tests/test_api.py and tests/test_cli.py)."""
+tests/api/test_api.py and tests/cli/test_cli.py)."""
 
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ def test_a_run_dies_with_a_killed_worker(tmp_path: Path):
         asyncio.run(run_limited([sys.executable, "-c", {child!r}], cwd=Path({str(tmp_path)!r}),
                                 limits=Limits(60, 256), scratch=Path({str(tmp_path)!r})))
     """)
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen([sys.executable, "-c", worker], cwd=root)
     try:
         deadline = time.monotonic() + 20

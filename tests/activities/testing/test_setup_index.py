@@ -25,8 +25,8 @@ from activities.sandbox.runs import Limits
 from activities.testing import environment, index_proxy, runner
 from activities.testing.testrun import run_tests, setup_cause
 from core.reports import RUN
+from tests.activities.testing.test_setup import make_wheel
 from tests.git_projects import make_project
-from tests.test_setup import make_wheel
 
 LIMITS = Limits(120, 2048)
 BACKEND = '''"""A PEP 517 and PEP 660 build backend in one module (as flit_core is one)."""

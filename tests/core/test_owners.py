@@ -17,7 +17,7 @@ import pytest
 from core.budget import BudgetLedger
 from core.build_data import BuildData, CodeState, QueueState, Steering
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PARTS: dict[str, type] = {"code": CodeState, "queue": QueueState, "steering": Steering,
                           "budget": BudgetLedger}  # fmt: skip
 OWNERS: dict[type, str] = {

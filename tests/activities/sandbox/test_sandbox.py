@@ -1,5 +1,6 @@
-"""Generated code runs isolated: a hostile test suite (tests/hostile_suite.py), run through the
-real test activity's path (activities/testing/testrun.py) under each sandbox, tries every way out.
+"""Generated code runs isolated: a hostile test suite (tests/activities/sandbox/hostile_suite.py),
+run through the real test activity's path (activities/testing/testrun.py) under each sandbox,
+tries every way out.
 
 Under bubblewrap every attempt must fail while the build's own test passes; each attempt is a
 test of its own here, so a failure names the hole that opened. Under `none` the same suite
@@ -406,7 +407,7 @@ async def test_a_killed_workers_run_leaves_no_daemon_even_without_a_cgroup(
         (repo / name).write_text(text)
     marker = repo / "tests" / "daemon.log"
     worker = subprocess.Popen(  # noqa: ASYNC220 (killed, not awaited)
-        [sys.executable, "-c", A_WORKER, kind, str(repo)], cwd=Path(__file__).parents[1]
+        [sys.executable, "-c", A_WORKER, kind, str(repo)], cwd=Path(__file__).parents[3]
     )
     try:
         async with asyncio.timeout(30):

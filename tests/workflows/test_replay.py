@@ -3,9 +3,10 @@ replay against today's workflow code on every run. A change that would break a r
 fails here; guard it with `workflow.patched` (README, "Changing the workflow safely").
 
 Record the current version's histories (missing files only; existing ones are never rewritten):
-    RECORD_HISTORIES=1 .venv/bin/pytest tests/test_workflow.py tests/test_workflow_failures.py \
-        tests/test_workflow_work.py tests/test_budget.py tests/test_attention.py \
-        tests/test_projects.py tests/test_release_queue.py
+    RECORD_HISTORIES=1 .venv/bin/pytest tests/stack/test_workflow.py \
+        tests/stack/test_workflow_failures.py tests/stack/test_workflow_work.py \
+        tests/stack/test_budget.py tests/stack/test_attention.py tests/stack/test_projects.py \
+        tests/stack/test_release_queue.py
 """
 
 from __future__ import annotations

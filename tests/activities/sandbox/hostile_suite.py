@@ -3,8 +3,8 @@ tries one way out of its workspace and PASSES WHEN IT GOT OUT. `test_the_feature
 the build's own honest test. It reads what to attack from `targets.json` beside it (a model
 would guess or scan; the test makes the targets certain).
 
-Copied into a workspace by tests/test_sandbox.py as `tests/test_hostile.py`; not collected
-from here (its name does not start with test_).
+Copied into a workspace by tests/activities/sandbox/test_sandbox.py as
+`tests/test_hostile.py`; not collected from here (its name does not start with test_).
 """
 
 import json

@@ -11,7 +11,7 @@ from pathlib import Path
 from activities.repository.edits import AttemptRefused
 from core.contracts import REFUSED_ATTEMPTS, Failure
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = ["core", "db", "activities", "workflows", "client", "serving", "cli", "api"]
 ENTRY_POINTS = ["worker.py", "starter.py", "devstack.py"]
 KINDS = {kind.value for kind in Failure}

@@ -26,7 +26,7 @@ from core.settings import Settings
 from core.states import BuildState
 from devtools.processes import free_port, wait_for_port
 from tests.helpers import make_request, spawn_worker, start, status_of
-from tests.test_durability import assert_clean_log
+from tests.stack.test_durability import assert_clean_log
 from workflows.build import BuildWorkflow
 
 pytestmark = pytest.mark.slow  # worker processes of their own

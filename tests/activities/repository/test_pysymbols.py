@@ -10,7 +10,7 @@ import pytest
 
 from activities.repository import pysymbols
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 TRICKY = {
     "docstrings and comments at column 0": '''"""Module.

@@ -19,7 +19,7 @@ from core.projects import outside_roots
 from core.settings import Settings
 from tests.api_stack import serve_api
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HUGE = 200 * 1024 * 1024
 
 

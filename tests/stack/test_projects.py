@@ -365,7 +365,7 @@ async def test_a_project_with_a_setup_command_builds_with_what_it_installs(
     client: Client, worker: Settings, tmp_path: Path
 ) -> None:
     """The project's tests import a package only its setup command installs."""
-    from tests.test_setup import INSTALL, vendoring_project
+    from tests.activities.testing.test_setup import INSTALL, vendoring_project
 
     project = new_id()
     files = {"app.py": APP, "tests/test_helper.py": "import helper\n\n\ndef test_it():\n"
