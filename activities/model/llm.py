@@ -138,7 +138,9 @@ class ModelClient:
         """The Code Writer's answer, in its edit format: JSON (any output mode), or edit blocks
         in plain text (activities/model/edit_blocks.py), re-asked with the block it could not
         read."""
-        return await self.answer(task, ImplementationOutput, blocks=self.edit_format() != "json")
+        if self.edit_format() == "json":
+            return await self.structured(task, ImplementationOutput)
+        return await self.answer(task, ImplementationOutput, blocks=True)
 
     async def structured(self, task: RoleTask, schema: type[T]) -> tuple[T, ModelUsage]:
         """Ask the role's model for an answer in `schema`, in the output mode its settings
