@@ -31,11 +31,15 @@ from tests.helpers import running_worker
 # (`--no-loadscope-reorder`), and a run that starts one of these last ends waiting for it
 # while the other processes are idle.
 LONGEST_FIRST = (
-    "test_bench.py",
     "test_drills.py",
+    "test_drills_faults.py",
+    "test_drills_api.py",
+    "test_bench_engine.py",
+    "test_bench.py",
     "test_cli.py",
     "test_projects.py",
     "test_mirror.py",
+    "test_local_model.py",
 )
 
 
