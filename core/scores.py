@@ -121,13 +121,19 @@ def _acceptance(events: Sequence[EventFacts]) -> Acceptance | None:
     return None
 
 
-def tests_of(output: Any) -> TestScore | None:
-    """The last test run's card row from a mirrored report (None: none, or another shape)."""
+def report_of(output: Any) -> TestReport | None:
+    """A mirrored test report (None: none, or a row written by another version's shape)."""
     if not output:
         return None
     try:
-        report = TestReport.model_validate(output)
-    except ValidationError:  # a row written by another version: no tests on the card
+        return TestReport.model_validate(output)
+    except ValidationError:
+        return None
+
+
+def tests_of(output: Any) -> TestScore | None:
+    """The last test run's card row from a mirrored report (None: none, or another shape)."""
+    if (report := report_of(output)) is None:
         return None
     counts = report.counts
     if counts.run + counts.skipped == 0 and report.tests_run:  # a report without its counts

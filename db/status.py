@@ -7,15 +7,14 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from core.build_io import BuildOptions, BuildRepository, BuildStatus
-from core.reports import TestReport
-from core.scores import tests_of
+from core.scores import report_of, tests_of
 from core.states import BuildState, progress_of, role_of
 from db.models import BuildWorkflowRow
 
 
 def status_of(row: BuildWorkflowRow) -> BuildStatus:
     state = BuildState(row.current_state)
-    tested = _report(row.testing_output)
+    tested = report_of(row.testing_output)
     options = _options(row.workflow_metadata)
     return BuildStatus(
         build_id=row.build_id,
@@ -60,15 +59,6 @@ def repository_of(row: BuildWorkflowRow) -> BuildRepository | None:
         version=row.version,
         delivery=row.delivery or "merge",
     )
-
-
-def _report(output: object) -> TestReport | None:
-    if not output:
-        return None
-    try:
-        return TestReport.model_validate(output)
-    except ValidationError:  # a row written by another version: no report to show
-        return None
 
 
 def _options(metadata: object) -> BuildOptions:

@@ -160,7 +160,6 @@ class ModelClient:
         call = call.starting(formats[0])
         if blocks:
             usage.prompt_version += "+blocks"
-            usage.output_mode = EDIT_BLOCKS.name
 
         async def ask() -> T:
             return await self._asked(call, usage, choice, formats)
