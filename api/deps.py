@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Concatenate, ParamSpec, TypeVar
 
 from fastapi import Depends, HTTPException, Path, Request, Security, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
 from temporalio.runtime import Runtime
 
@@ -21,6 +22,28 @@ from core.telemetry import tracing_interceptors
 from core.temporal import connect
 
 log = logging.getLogger("api")
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """The mirror's reads, each in one worker thread where its session opens, reads and closes.
+
+    A request waits for one thread hop. A session handed in as a dependency costs three (open,
+    read, close) and every hop waits for a core: on a machine busy with builds, those waits are
+    most of a read's time. Every dependency of a route is `async def` for the same reason."""
+
+    engine: Engine
+
+    async def read(
+        self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        def call() -> T:
+            with Session(self.engine) as session:
+                return fn(session, *args, **kwargs)
+
+        return await run_in_threadpool(call)
 
 
 @dataclass
@@ -55,27 +78,26 @@ class AppState:
             return self.client
 
 
-def _state(request: Request) -> AppState:
+async def _state(request: Request) -> AppState:
     state: AppState = request.app.state.api
     return state
 
 
-def _settings(request: Request) -> Settings:
-    return _state(request).settings
+async def _settings(state: Annotated[AppState, Depends(_state)]) -> Settings:
+    return state.settings
 
 
-def _session(request: Request) -> Iterator[Session]:
-    with Session(_state(request).engine) as session:
-        yield session
+async def _mirror(state: Annotated[AppState, Depends(_state)]) -> Mirror:
+    return Mirror(state.engine)
 
 
-async def _client(request: Request) -> Client:
-    return await _state(request).temporal()
+async def _client(state: Annotated[AppState, Depends(_state)]) -> Client:
+    return await state.temporal()
 
 
 StateDep = Annotated[AppState, Depends(_state)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
-SessionDep = Annotated[Session, Depends(_session)]
+MirrorDep = Annotated[Mirror, Depends(_mirror)]
 ClientDep = Annotated[Client, Depends(_client)]
 WorkflowId = Annotated[
     str, Path(min_length=1, max_length=90, description="Workflow id build-<id>, or the build id.")
@@ -85,7 +107,7 @@ _key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API_
 _bearer = HTTPBearer(auto_error=False, description="API_KEY as a bearer token, if set.")
 
 
-def require_api_key(
+async def require_api_key(
     settings: SettingsDep,
     key: Annotated[str | None, Security(_key_header)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],

@@ -245,32 +245,6 @@ def get_build(session: Session, *, workflow_id: str) -> BuildWorkflowRow | None:
     ).first()
 
 
-def list_builds(
-    session: Session,
-    *,
-    project_id: str | None = None,
-    state: str | None = None,
-    limit: int = 50,
-    offset: int = 0,
-) -> tuple[list[BuildWorkflowRow], int]:
-    """Builds newest first, filtered by project and state; and how many match in all."""
-    conditions = []
-    if project_id is not None:
-        conditions.append(BuildWorkflowRow.project_id == project_id)
-    if state is not None:
-        conditions.append(BuildWorkflowRow.current_state == state)
-    counted = select(func.count()).select_from(BuildWorkflowRow).where(*conditions)
-    total = session.exec(counted).one()
-    query = (
-        select(BuildWorkflowRow)
-        .where(*conditions)
-        .order_by(col(BuildWorkflowRow.created_at).desc(), col(BuildWorkflowRow.id).desc())
-        .offset(offset)
-        .limit(limit)
-    )
-    return list(session.exec(query).all()), total
-
-
 def list_events(
     session: Session, *, workflow_id: str, after_seq: int = 0, limit: int | None = None
 ) -> list[WorkflowEventRow]:

@@ -16,7 +16,7 @@ CHECK_TIMEOUT_SECONDS = 3
 
 
 @router.get("/healthz")
-def healthz() -> Health:
+async def healthz() -> Health:
     """The process is up."""
     return Health(status="ok")
 

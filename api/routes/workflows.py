@@ -10,10 +10,9 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Response, status
 from fastapi.responses import StreamingResponse
 from sqlmodel import Session
-from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
 
-from api.deps import AppState, ClientDep, SessionDep, SettingsDep, StateDep, WorkflowId
+from api.deps import AppState, ClientDep, Mirror, MirrorDep, SettingsDep, StateDep, WorkflowId
 from api.schemas import (
     BuildPage,
     BuildStarted,
@@ -47,7 +46,8 @@ from db.models import (
     WorkflowEventPublic,
     WorkflowHandoffPublic,
 )
-from db.status import status_of
+from db.status import list_builds as list_builds_of
+from db.status import status_of, status_row
 
 router = APIRouter(prefix="/api/workflows", tags=["workflows"], responses=answers(400, 401, 503))
 log = logging.getLogger("api")
@@ -103,7 +103,7 @@ def started(
 
 @router.get("/{workflow_id}/status", responses=answers(404))
 async def build_status(
-    workflow_id: WorkflowId, session: SessionDep, state: StateDep
+    workflow_id: WorkflowId, mirror: MirrorDep, state: StateDep
 ) -> BuildStatusOut:
     """State, role, progress, attempts and what the build waits for, from the mirror.
 
@@ -112,7 +112,7 @@ async def build_status(
     """
     settings = state.settings
     wf = workflow_id_for(build_id_from(workflow_id))
-    row = await run_in_threadpool(crud.get_build, session, workflow_id=wf)
+    row = await mirror.read(status_row, workflow_id=wf)
     if row is None:
         return await _status_from_temporal(await state.temporal(), settings, wf)
     return BuildStatusOut.of(
@@ -156,20 +156,20 @@ async def _status_from_temporal(client: Client, settings: Settings, wf: str) -> 
     )
 
 
-async def _require_known(session: Session, state: AppState, wf: str) -> None:
+async def _require_known(mirror: Mirror, state: AppState, wf: str) -> None:
     """404 unless the mirror or Temporal knows the build (Temporal is asked only if needed)."""
-    if await run_in_threadpool(crud.get_build, session, workflow_id=wf) is None:
+    if await mirror.read(crud.get_build, workflow_id=wf) is None:
         await builds.describe(builds.handle_for(await state.temporal(), wf))
 
 
 @router.get("/{workflow_id}/history", responses=answers(404))
 async def handoff_history(
-    workflow_id: WorkflowId, session: SessionDep, state: StateDep
+    workflow_id: WorkflowId, mirror: MirrorDep, state: StateDep
 ) -> HandoffHistory:
     """The build's handoffs in order, with what each one handed over."""
     wf = workflow_id_for(build_id_from(workflow_id))
-    await _require_known(session, state, wf)
-    rows = await run_in_threadpool(crud.list_handoffs, session, workflow_id=wf)
+    await _require_known(mirror, state, wf)
+    rows = await mirror.read(crud.list_handoffs, workflow_id=wf)
     return HandoffHistory(
         workflow_id=wf, handoffs=[WorkflowHandoffPublic.model_validate(r) for r in rows]
     )
@@ -182,7 +182,7 @@ async def handoff_history(
 )
 async def build_model_output(
     workflow_id: WorkflowId,
-    session: SessionDep,
+    mirror: MirrorDep,
     state: StateDep,
     offset: Annotated[
         int, Query(ge=0, le=MAX_INT, description="Start at this offset of the build's stream.")
@@ -197,7 +197,7 @@ async def build_model_output(
     each with its JSON; the event id is the offset to resume from. Ends with `end` when the
     build has ended and all it published was sent."""
     wf = workflow_id_for(build_id_from(workflow_id))
-    await _require_known(session, state, wf)
+    await _require_known(mirror, state, wf)
     client = await state.temporal()
     start = last_event_id if last_event_id is not None else offset
 
@@ -210,14 +210,14 @@ async def build_model_output(
 
 
 @router.get("/{workflow_id}/score", responses=answers(404))
-async def build_score(workflow_id: WorkflowId, session: SessionDep, state: StateDep) -> ScoreCard:
+async def build_score(workflow_id: WorkflowId, mirror: MirrorDep, state: StateDep) -> ScoreCard:
     """The build's score card, as the mirror has it: outcome, wall time, loop-backs per reason,
     calls, attempts, tokens and cost per role with their models and prompt versions, and its
     last test run (passed, failed, regressed)."""
     wf = workflow_id_for(build_id_from(workflow_id))
-    card = await run_in_threadpool(scores.score_of, session, workflow_id=wf)
+    card = await mirror.read(scores.score_of, workflow_id=wf)
     if card is None:
-        await _require_known(session, state, wf)  # 404 in the usual words if no one knows it
+        await _require_known(mirror, state, wf)  # 404 in the usual words if no one knows it
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"{wf} is not in the mirror yet: its score card is not"
         )
@@ -227,7 +227,7 @@ async def build_score(workflow_id: WorkflowId, session: SessionDep, state: State
 @router.get("/{workflow_id}/events", responses=answers(404))
 async def build_events(
     workflow_id: WorkflowId,
-    session: SessionDep,
+    mirror: MirrorDep,
     state: StateDep,
     after_seq: Annotated[
         int, Query(ge=0, le=MAX_INT, description="Only events after this seq.")
@@ -236,10 +236,8 @@ async def build_events(
 ) -> EventPage:
     """The build's events in seq order, a page at a time."""
     wf = workflow_id_for(build_id_from(workflow_id))
-    await _require_known(session, state, wf)
-    rows = await run_in_threadpool(
-        crud.list_events, session, workflow_id=wf, after_seq=after_seq, limit=limit
-    )
+    await _require_known(mirror, state, wf)
+    rows = await mirror.read(crud.list_events, workflow_id=wf, after_seq=after_seq, limit=limit)
     return EventPage(
         workflow_id=wf,
         events=[WorkflowEventPublic.of(r) for r in rows],
@@ -248,16 +246,16 @@ async def build_events(
 
 
 @router.get("")
-def list_builds(
-    session: SessionDep,
+async def list_builds(
+    mirror: MirrorDep,
     project_id: Annotated[str | None, Query(max_length=128)] = None,
     state: BuildState | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> BuildPage:
     """Builds newest first, filtered by project and state."""
-    rows, total = crud.list_builds(
-        session,
+    rows, total = await mirror.read(
+        list_builds_of,
         project_id=project_id,
         state=state.value if state else None,
         limit=limit,
@@ -272,8 +270,12 @@ def list_builds(
 
 
 @router.get("/project/{project_id}/stats")
-def project_stats(project_id: ProjectId, session: SessionDep) -> ProjectStats:
+async def project_stats(project_id: ProjectId, mirror: MirrorDep) -> ProjectStats:
     """Totals, completion rate, durations, retries and why builds failed."""
+    return await mirror.read(_project_stats, project_id)
+
+
+def _project_stats(session: Session, project_id: str) -> ProjectStats:
     counts = crud.project_state_counts(session, project_id=project_id)
     failures = crud.project_failures(session, project_id=project_id)
     total = sum(c.builds for c in counts)

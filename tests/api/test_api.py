@@ -348,3 +348,29 @@ async def test_unpaired_surrogates_get_422_and_nothing_happens(stack: Stack):
     assert (
         await http.post(f"/api/workflows/{wf}/abort", json={"reason": "done"})
     ).status_code == 202
+
+
+def test_no_route_waits_for_a_thread_but_its_one_read():
+    """Every endpoint and dependency of the API's routes is `async def`: FastAPI runs a plain
+    `def` in a worker thread, and each such hop waits for a core while builds run (the bench's
+    p99 under load). The mirror's reads go through api.deps.Mirror, one hop each."""
+    import inspect
+
+    from fastapi.dependencies.models import Dependant
+    from fastapi.dependencies.utils import get_dependant
+    from fastapi.routing import APIRoute
+
+    from api.deps import require_api_key
+    from api.routes import health, projects, reruns, steering, workflows
+
+    def plain(dependant: Dependant) -> list[str]:
+        call = dependant.call
+        call = call if call is None or inspect.isfunction(call) else call.__call__  # type: ignore[operator]
+        names = [] if call is None or inspect.iscoroutinefunction(call) else [call.__qualname__]
+        return names + [n for sub in dependant.dependencies for n in plain(sub)]
+
+    routers = (health, projects, reruns, steering, workflows)
+    routes = [r for m in routers for r in m.router.routes if isinstance(r, APIRoute)]
+    assert len(routes) > 10
+    assert {r.path: plain(r.dependant) for r in routes if plain(r.dependant)} == {}
+    assert plain(get_dependant(path="/", call=require_api_key)) == []  # every router's guard

@@ -101,6 +101,33 @@ def test_a_stale_snapshot_never_overwrites_a_newer_one(mirror_db: Engine):
         assert build is not None and build.current_state == "verification"
 
 
+def test_status_and_list_reads_leave_the_outputs_they_do_not_show_unread(mirror_db: Engine):
+    from sqlalchemy import inspect
+
+    from db.status import list_builds, status_of, status_row
+
+    wid = f"build-m{uuid.uuid4().hex[:8]}"
+    crud.record_batch(mirror_db, batch=_batch(wid, range(1, 4), BuildState.TESTING, 3))
+    with Session(mirror_db) as session:
+        row = crud.get_build(session, workflow_id=wid)
+        assert row is not None
+        row.implementation_output = {"files": {"big.py": "x" * 100_000}}
+        row.testing_output = {"passed": True}
+        session.add(row)
+        session.commit()
+        session.refresh(row)
+        full = status_of(row)
+    with Session(mirror_db) as session:
+        lean = status_row(session, workflow_id=wid)
+    with Session(mirror_db) as session:
+        listed, total = list_builds(session, project_id="p")
+    assert lean is not None and {"requirements", "implementation_output"} <= inspect(lean).unloaded
+    assert "testing_output" not in inspect(lean).unloaded
+    assert status_of(lean) == full  # read after its session closed: nothing it needs is unloaded
+    ours = next(r for r in listed if r.workflow_id == wid)
+    assert total >= 1 and {"testing_output", "implementation_output"} <= inspect(ours).unloaded
+
+
 async def test_a_build_is_mirrored_exactly(client: Client, settings: Settings, mirror_db: Engine):
     async with running_worker(client, settings, mirror_db):
         handle = await start(client, settings, make_request(simulate=["tests_fail_once"]))
