@@ -5,6 +5,7 @@ table: pass rate, tokens, cost, loop-backs and wall time per config, and per cas
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +17,7 @@ from temporalio.service import RPCError
 from cli.console import console, run_command
 from client.errors import BuildError
 from client.evals import EvalHandle, SuiteError, eval_run, start_eval
+from core.build_io import workflow_id_for
 from core.eval_suites import EvalProgress, EvalReport, eval_workflow_id
 from core.settings import Settings
 from workflows.evals import EvalWorkflow
@@ -23,8 +25,9 @@ from workflows.evals import EvalWorkflow
 POLL_SECONDS = 1.0
 
 
-def tables(report: EvalReport) -> list[Table]:
-    """The run's table per config, and each case under each config with its winner."""
+def tables(report: EvalReport, link: Callable[[str], str] | None = None) -> list[Table]:
+    """The run's table per config, each case under each config with its winner, and each
+    child build: how it ended and why (its id linked to the Web UI by `link`)."""
     per_config = Table(title=f"evaluation {report.suite} ({report.run_id})")
     per_config.add_column("config", no_wrap=True)
     for column in ("passed", "pass rate", "tokens", "cost", "loop-backs", "wall time"):
@@ -54,7 +57,16 @@ def tables(report: EvalReport) -> list[Table]:
             tests = f" {hidden.tests_run - hidden.failed}/{hidden.tests_run}" if hidden else ""
             shown.append(f"{mark}{tests}, {result.tokens:,} tokens")
         per_case.add_row(case, *shown, winner or "-")
-    return [per_config, per_case]
+    builds = Table(title="builds")
+    for column in ("case", "config", "build", "ended", "why"):
+        builds.add_column(column, no_wrap=column != "why", overflow="fold")
+    for r in report.results:
+        build = (
+            f"[link={link(workflow_id_for(r.build_id))}]{r.build_id}[/link]" if link else r.build_id
+        )
+        ended = "[green]passed[/green]" if r.passed else f"[red]{r.outcome}[/red]"
+        builds.add_row(r.case, r.config, build, ended, r.reason or "-")
+    return [per_config, per_case, builds]
 
 
 async def follow_eval(handle: EvalHandle, *, quiet: bool = False) -> EvalReport:
@@ -113,11 +125,11 @@ def eval_command(
 
     Exit code 0 when the run ends with its table (whatever the builds came to)."""
 
-    async def go(client: Client, settings: Settings) -> EvalReport:
+    async def go(client: Client, settings: Settings) -> tuple[EvalReport, Settings]:
         if show is not None:
             handle = client.get_workflow_handle_for(EvalWorkflow.run, eval_workflow_id(show))
             try:
-                return await follow_eval(handle, quiet=True)
+                return await follow_eval(handle, quiet=True), settings
             except RPCError as err:
                 raise BuildError(f"no evaluation run {show}: {err.message}") from err
         try:
@@ -133,11 +145,11 @@ def eval_command(
             f"{len(run.configs)} configs = {children} builds, {run.parallel} at a time"
         )
         console.print(f"Web UI: {settings.ui_link(handle.id)}")
-        return await follow_eval(handle, quiet=as_json)
+        return await follow_eval(handle, quiet=as_json), settings
 
-    report = run_command(go)
+    report, settings = run_command(go)
     if as_json:
         console.print_json(report.model_dump_json())
         return
-    for table in tables(report):
+    for table in tables(report, settings.ui_link):
         console.print(table)

@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Literal
 
 from core.budget import BudgetLedger
+from core.eval_build import Acceptance
 from core.feedback import Feedback
 from core.outcomes import Ending
 from core.projects import ProjectConfig
@@ -57,6 +58,7 @@ class CodeState:
     commit_at: dict[BuildState, str | None] = field(default_factory=dict)  # head entering a state
     release: Released | None = None  # this build's live release
     base_before_release: str | None = None  # `base` before this build released
+    accepted: Acceptance | None = None  # an evaluation case's hidden tests on its release
 
 
 @dataclass

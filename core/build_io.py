@@ -25,7 +25,7 @@ from pydantic import (
 )
 from temporalio.common import RetryPolicy
 
-from core.eval_build import Evaluation
+from core.eval_build import Acceptance, Evaluation
 from core.projects import Bump, ProjectConfig, ProjectId
 from core.releases import Released
 from core.reruns import Rerun
@@ -293,10 +293,18 @@ class BuildStatus(BaseModel):
 
 
 class BuildResult(BaseModel):
-    """Result of a build that reached COMPLETE."""
+    """How a build ended: its result when it reached COMPLETE, and the first detail of its
+    failure when it ended FAILED. Whoever started it (an evaluation run) reads it from there,
+    without the mirror."""
 
     build_id: str
     state: BuildState
     attempts: dict[BuildState, int]
     loop_backs: int
     release: Released | None = None  # None: the build released nothing
+    failed_state: BuildState | None = None  # where a FAILED build was
+    failure_reason: str | None = None  # why it ended (core/outcomes.py's ending, and detail)
+    tokens: int = 0
+    cost_usd: float = 0.0
+    wall_seconds: float | None = None  # its run's start to its end
+    acceptance: Acceptance | None = None  # an evaluation case's hidden tests (core/eval_build.py)

@@ -15,6 +15,7 @@ from core.build_io import (
     BudgetLimits,
     BuildOptions,
     BuildRequest,
+    BuildResult,
     Requirements,
     RolePolicy,
     Simulation,
@@ -25,6 +26,7 @@ from core.eval_build import NAME_PATTERN, Acceptance, Evaluation, HiddenTests, M
 from core.projects import ProjectConfig
 from core.reruns import scratch_project
 from core.scores import ScoreCard
+from core.states import BuildState
 
 MAX_PARALLEL = 16
 MAX_RUN_HIDDEN_CHARS = 1_000_000  # the run's input is one payload (Temporal's limit: 2 MB)
@@ -182,8 +184,9 @@ class CaseResult(BaseModel):
     case: str
     config: str
     build_id: str
-    outcome: str
+    outcome: str  # complete, failed; cancelled, terminated or timed out from outside
     passed: bool  # delivered, and its hidden tests (if it has any) pass on what it delivered
+    reason: str | None = None  # why it did not pass: how it ended, or what its hidden tests said
     acceptance: Acceptance | None = None
     tokens: int = 0
     cost_usd: float = 0.0
@@ -215,8 +218,35 @@ class EvalReport(BaseModel):
     winners: dict[str, str | None]
 
 
+def ended_case(case: str, config: str, ended: BuildResult) -> CaseResult:
+    """A child build's result from how it ended (its result, or its failure's detail)."""
+    accepted = ended.acceptance
+    delivered = ended.state is BuildState.COMPLETE
+    return CaseResult(
+        case=case,
+        config=config,
+        build_id=ended.build_id,
+        outcome=ended.state.value,
+        passed=delivered and (accepted is None or accepted.passed),
+        reason=_why(ended.failure_reason, accepted),
+        acceptance=accepted,
+        tokens=ended.tokens,
+        cost_usd=ended.cost_usd,
+        loop_backs=ended.loop_backs,
+        wall_seconds=ended.wall_seconds,
+    )
+
+
+def _why(failure: str | None, accepted: Acceptance | None) -> str | None:
+    if failure:
+        return failure
+    if accepted is not None and not accepted.passed:
+        return f"hidden tests: {accepted.summary}"
+    return None
+
+
 def case_result(case: str, config: str, card: ScoreCard) -> CaseResult:
-    """A child build's result from its score card."""
+    """A child build's result from its score card (the runs that read the mirror)."""
     accepted = card.acceptance
     delivered = card.outcome == "complete"
     return CaseResult(
@@ -225,6 +255,7 @@ def case_result(case: str, config: str, card: ScoreCard) -> CaseResult:
         build_id=card.build_id,
         outcome=card.outcome,
         passed=delivered and (accepted is None or accepted.passed),
+        reason=_why(card.failure_reason, accepted),
         acceptance=accepted,
         tokens=card.tokens,
         cost_usd=card.cost_usd,

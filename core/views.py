@@ -6,7 +6,13 @@ from __future__ import annotations
 from datetime import datetime
 
 from core.build_data import BuildData
-from core.build_io import BuildRepository, BuildRequest, BuildStatus, workflow_id_for
+from core.build_io import (
+    BuildRepository,
+    BuildRequest,
+    BuildResult,
+    BuildStatus,
+    workflow_id_for,
+)
 from core.mirror import BuildSnapshot
 from core.outcomes import Setback, ending_text
 from core.projects import redact
@@ -97,6 +103,23 @@ def status(
         failed_state=data.failed_state,
         failure_reason=ending_text(data.ending, data.ending_detail) if data.ending else None,
         test_counts=tests_of(tested) if tested else None,
+    )
+
+
+def result(request: BuildRequest, data: BuildData, *, wall_seconds: float) -> BuildResult:
+    """How the build ended (the workflow's result, or its failure's detail)."""
+    return BuildResult(
+        build_id=request.build_id,
+        state=data.state,
+        attempts=dict(data.attempts),
+        loop_backs=data.loop_backs,
+        release=data.code.release,
+        failed_state=data.failed_state,
+        failure_reason=ending_text(data.ending, data.ending_detail) if data.ending else None,
+        tokens=data.budget.tokens(),
+        cost_usd=data.budget.cost(),
+        wall_seconds=round(wall_seconds, 3),
+        acceptance=data.code.accepted,
     )
 
 

@@ -97,19 +97,13 @@ class BuildWorkflow(BuildMessages):
             await self.records.mirror()
             raise ApplicationError(
                 self.data.last_error or "build failed",
+                self.records.result(),  # how it ended, for whoever started it
                 type=Failure.BUILD_FAILED,
                 non_retryable=True,
             )
-        release = self.data.code.release
-        self.records.emit(Completed(release=release), Actor.SYSTEM)
+        self.records.emit(Completed(release=self.data.code.release), Actor.SYSTEM)
         await self.records.mirror()
-        return BuildResult(
-            build_id=request.build_id,
-            state=self.data.state,
-            attempts=dict(self.data.attempts),
-            loop_backs=self.data.loop_backs,
-            release=release,
-        )
+        return self.records.result()
 
     async def _walk(self) -> None:
         """The states of the table, from the first to a terminal one."""

@@ -136,6 +136,7 @@ class BuildCode:
         self._scored(accepted)
 
     def _scored(self, accepted: Acceptance) -> None:
+        self.data.code.accepted = accepted
         self.records.emit(AcceptanceTested(**dict(accepted)), Actor.SYSTEM)
 
     def entered(self, state: BuildState) -> None:

@@ -1,20 +1,26 @@
 """EvalWorkflow: one suite run (core/eval_suites.py), a child BuildWorkflow per case and config,
-`parallel` at a time, then the table read from their score cards.
+`parallel` at a time, then the table made from how each child ended.
 
 The children's ids come from the run's id, case and config, so a run resumed after a crash
 (the worker killed, the server restarted) starts each child once: Temporal holds which ones
-started and ended. A child that fails is a result (its card says how), not the run's failure;
-the Web UI shows the children under the run."""
+started and ended. A child that fails is a result (its failure's detail says how), not the
+run's failure; the Web UI shows the children under the run. Runs that started before
+TABLE_FROM_CHILDREN_PATCH read the table from the children's score cards in the mirror."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ChildWorkflowError
+from temporalio.exceptions import (
+    ApplicationError,
+    CancelledError,
+    ChildWorkflowError,
+    TerminatedError,
+    TimeoutError,
+)
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -22,16 +28,20 @@ with workflow.unsafe.imports_passed_through():
     from core.build_io import BuildRequest, BuildResult, CallOptions
     from core.contracts import EVAL_REPORT
     from core.eval_suites import (
+        CaseResult,
         EvalChild,
         EvalProgress,
         EvalReport,
         EvalReportTask,
         EvalRun,
         child_requests,
+        ended_case,
+        report,
     )
     from workflows.calls import execute
 
 BUILD_WORKFLOW = "BuildWorkflow"
+TABLE_FROM_CHILDREN_PATCH = "eval-table-from-children"
 # The mirror may lag behind a child's end (an outage): the table is read again until it has all.
 REPORT = CallOptions(
     timedelta(seconds=60),
@@ -46,6 +56,7 @@ class EvalWorkflow:
         self.requests = child_requests(run)
         self.done: list[str] = []
         self.running: list[str] = []
+        self.results: dict[str, CaseResult] = {}  # by build id
 
     @workflow.run
     async def run(self, run: EvalRun) -> EvalReport:
@@ -56,6 +67,9 @@ class EvalWorkflow:
                 await self._build(waiting.pop(0))
 
         await asyncio.gather(*(lane() for _ in range(min(run.parallel, len(waiting)))))
+        if workflow.patched(TABLE_FROM_CHILDREN_PATCH):
+            results = [self.results[r.build_id] for r in self.requests]
+            return report(run.run_id, run.suite, [c.name for c in run.configs], results)
         children = [
             EvalChild(case=e.case, config=e.config, build_id=r.build_id)
             for r in self.requests
@@ -73,17 +87,22 @@ class EvalWorkflow:
         """One child build to its end; a failed one is a result, not the run's failure."""
         self.running.append(request.build_id)
         evaluation = request.options.evaluation
-        summary = f"{evaluation.case} x {evaluation.config}" if evaluation else request.build_id
-        with contextlib.suppress(ChildWorkflowError):  # its score card says how it ended
-            await workflow.execute_child_workflow(
+        assert evaluation is not None  # child_requests made it a case
+        try:
+            ended: BuildResult | CaseResult = await workflow.execute_child_workflow(
                 BUILD_WORKFLOW,
                 request,
                 id=request.workflow_id,
                 result_type=BuildResult,
                 parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
                 search_attributes=of_project(request.project_id),
-                static_summary=summary,
+                static_summary=f"{evaluation.case} x {evaluation.config}",
             )
+        except ChildWorkflowError as err:
+            ended = _failed(request.build_id, evaluation.case, evaluation.config, err)
+        if isinstance(ended, BuildResult):
+            ended = ended_case(evaluation.case, evaluation.config, ended)
+        self.results[request.build_id] = ended
         self.running.remove(request.build_id)
         self.done.append(request.build_id)
 
@@ -92,3 +111,25 @@ class EvalWorkflow:
         return EvalProgress(
             total=len(self.requests), done=list(self.done), running=list(self.running)
         )
+
+
+def _failed(
+    build_id: str, case: str, config: str, err: ChildWorkflowError
+) -> BuildResult | CaseResult:
+    """How a child that did not complete ended: what its failure's detail says (a build that
+    ended FAILED), or what ended it from outside."""
+    cause = err.cause
+    if isinstance(cause, ApplicationError) and cause.details:
+        return BuildResult.model_validate(cause.details[0])
+    outside = {CancelledError: "cancelled", TerminatedError: "terminated"}
+    outcome = next((o for kind, o in outside.items() if isinstance(cause, kind)), None)
+    if outcome is None:
+        outcome = "timed out" if isinstance(cause, TimeoutError) else "failed"
+    return CaseResult(
+        case=case,
+        config=config,
+        build_id=build_id,
+        outcome=outcome,
+        passed=False,
+        reason=str(cause or err) or outcome,
+    )

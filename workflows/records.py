@@ -30,7 +30,7 @@ with workflow.unsafe.imports_passed_through():
         VERIFICATION_ATTEMPTS,
     )
     from core.build_data import BuildData
-    from core.build_io import BuildRequest, BuildStatus, CallOptions
+    from core.build_io import BuildRequest, BuildResult, BuildStatus, CallOptions
     from core.contracts import MIRROR_BUILD, Failure
     from core.events import (
         EventData,
@@ -232,6 +232,10 @@ class BuildRecords:
         return views.status(
             self.request, self.data, events=len(self.events), model_now=self.model_now
         )
+
+    def result(self) -> BuildResult:
+        took = workflow.now() - workflow.info().start_time
+        return views.result(self.request, self.data, wall_seconds=took.total_seconds())
 
     def model_progress(self, progress: str | None) -> None:
         """The model call in flight, as its output stream last told (None: done)."""

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from sqlalchemy import Engine
 from sqlmodel import Session
 from temporalio.client import Client, WorkflowFailureError
@@ -46,7 +47,7 @@ async def run_suite(client: Client, settings: Settings, configs: list[Path]) -> 
     run = eval_run(settings, SUITE, configs)
     handle = await start_eval(client, settings, run)
     got = await follow_eval(handle, quiet=True)
-    await save_history(handle, "offline_suite", folder=EVAL_HISTORIES)
+    await save_history(handle, "offline_suite_table_from_children", folder=EVAL_HISTORIES)
     child = client.get_workflow_handle(f"build-{got.results[-1].build_id}")
     await save_history(child, "evaluation_case")
     return got
@@ -75,10 +76,15 @@ async def test_the_offline_suite_ends_in_a_table_per_config_and_a_winner_per_cas
         assert audit.acceptance is not None and not audit.acceptance.passed
         assert (audit.acceptance.tests_run, audit.acceptance.failed) == (2, 1)
         assert "test_reset_turns_it_off" in audit.acceptance.summary
-        assert dark.acceptance.commit and dark.wall_seconds
-    # The table a person reads says the same.
-    rendered = "\n".join(str(t.title) for t in tables(got))
-    assert got.run_id in rendered
+        assert audit.reason and audit.reason.startswith("hidden tests: ")
+        assert dark.reason is None and dark.acceptance.commit and dark.wall_seconds
+    # The table a person reads says the same, each build with how it ended and why.
+    shown = Console(width=200, record=True)
+    for table in tables(got, lambda wf: f"http://ui/{wf}"):
+        shown.print(table)
+    rendered = shown.export_text()
+    assert got.run_id in rendered and "test_reset_turns_it_off" in rendered
+    assert all(r.build_id in rendered for r in got.results)
 
 
 @pytest.mark.timeout(120)

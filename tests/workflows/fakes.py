@@ -91,6 +91,7 @@ class Fakes:
     seen_at_call: list[int] = field(default_factory=list)  # the mirror's last seq at each call
     mirror_down: int = 0  # how many writes of the mirror fail before it takes one
     mirror_hangs: int = 0  # how many writes hang past their timeout before one is taken
+    hidden_failing: str = "\0"  # builds whose id holds this fail their hidden tests
 
     def answer(self, call: RoleCall) -> RoleOutput:
         scripted = self.script.get((call.state, call.attempt), default)
@@ -166,6 +167,8 @@ class Fakes:
 
         @activity.defn(name=RUN_ACCEPTANCE.name)
         async def run_acceptance(task: AcceptanceTask) -> Acceptance:
+            if fakes.hidden_failing in task.build_id:
+                return Acceptance(passed=False, tests_run=1, failed=1, summary="1 failed")
             return Acceptance(passed=True, tests_run=1, commit=task.commit, summary="1 passed")
 
         roles = {contract.name: contract for contract in ROLE_CALLS.values()}
