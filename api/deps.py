@@ -32,9 +32,17 @@ class Mirror:
 
     A request waits for one thread hop. A session handed in as a dependency costs three (open,
     read, close) and every hop waits for a core: on a machine busy with builds, those waits are
-    most of a read's time. Every dependency of a route is `async def` for the same reason."""
+    most of a read's time. Every dependency of a route is `async def` for the same reason.
+
+    Reads run without a transaction: on PostgreSQL a read is then its statements' round trips
+    (and the pool's ping), with no BEGIN before and no ROLLBACK after, each of which waits for
+    the database's process as long again when the machine is busy."""
 
     engine: Engine
+
+    @classmethod
+    def of(cls, engine: Engine) -> Mirror:
+        return cls(engine.execution_options(isolation_level="AUTOCOMMIT"))
 
     async def read(
         self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
@@ -55,6 +63,10 @@ class AppState:
     runtime: Runtime | None = None  # the client's, whose metrics /metrics serves
     client: Client | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    mirror: Mirror = field(init=False)  # the endpoints' reads of the mirror
+
+    def __post_init__(self) -> None:
+        self.mirror = Mirror.of(self.engine)
 
     async def temporal(self) -> Client:
         """The Temporal client, connecting on first use so the API starts without Temporal."""
@@ -88,7 +100,7 @@ async def _settings(state: Annotated[AppState, Depends(_state)]) -> Settings:
 
 
 async def _mirror(state: Annotated[AppState, Depends(_state)]) -> Mirror:
-    return Mirror(state.engine)
+    return state.mirror
 
 
 async def _client(state: Annotated[AppState, Depends(_state)]) -> Client:
