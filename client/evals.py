@@ -5,7 +5,12 @@ A suite file names its cases; a case's repository is a URL, or a path beside the
 a git repository, or a plain folder that is made into one (under the data folder, by its
 content, with fixed dates, so the same folder is the same commit on every machine). A case's
 base may be a branch or tag: it is resolved to its commit when the run starts, and the run
-carries the commit. Hidden test files are read from beside the suite file."""
+carries the commit. Hidden test files are read from beside the suite file.
+
+Suite and config files come from strangers. What they name is checked before it is used: a
+repository, branch or base never reaches git as an option (refused when it starts with '-',
+and given after `--end-of-options`); a file they name (hidden tests, prompts) lies in their
+own folder, links resolved, and is read only up to its bound."""
 
 from __future__ import annotations
 
@@ -25,14 +30,15 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from activities.repository.gitcmd import GitError, git, git_env
 from client.errors import BuildError
 from core.attributes import of_project
-from core.eval_build import HiddenTests, ModelChoices
+from core.eval_build import MAX_HIDDEN_CHARS, HiddenTests, ModelChoices
 from core.eval_suites import EvalCase, EvalConfig, EvalReport, EvalRun
-from core.projects import is_url
-from core.reruns import PromptText
+from core.projects import check_branch, check_repository, is_url
+from core.reruns import MAX_PROMPT_CHARS, PromptText
 from core.settings import Settings
 from workflows.evals import EvalWorkflow
 
 SEED_DATE = "2026-01-01T00:00:00+00:00"  # a folder's commit is the same wherever it is made
+MAX_FILE_BYTES = 1_000_000  # a suite or config file
 
 EvalHandle = WorkflowHandle[EvalWorkflow, EvalReport]  # an evaluation run's
 
@@ -43,7 +49,7 @@ class SuiteError(ValueError):
 
 def _yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(_bounded(path, MAX_FILE_BYTES, str(path)))
     except OSError as err:
         raise SuiteError(f"cannot read {path}: {err.strerror}") from err
     except yaml.YAMLError as err:
@@ -53,19 +59,45 @@ def _yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _text(folder: Path, name: object, what: str) -> str:
-    path = folder / str(name)
+def _bounded(path: Path, limit: int, what: str) -> str:
+    with path.open("rb") as file:
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise SuiteError(f"{what}: {path} is larger than {limit} bytes")
     try:
-        return path.read_text(encoding="utf-8")
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SuiteError(f"{what}: {path} is not UTF-8 text") from err
+
+
+def _text(folder: Path, name: object, what: str, limit: int) -> str:
+    """The file `name` in `folder` (links resolved, it stays there), up to `limit` bytes."""
+    inside = folder.resolve()
+    path = (inside / str(name)).resolve()
+    if not path.is_relative_to(inside):
+        raise SuiteError(f"{what}: {name!r} is outside {inside}, where the files it names lie")
+    try:
+        return _bounded(path, limit, what)
     except OSError as err:
         raise SuiteError(f"{what}: cannot read {path}: {err.strerror}") from err
+
+
+def _not_an_option(where: str, field: str, value: str) -> str:
+    if value.startswith("-"):
+        raise SuiteError(
+            f"{where}: `{field}` must not start with '-' (git would read it as an option)"
+        )
+    return value
 
 
 def load_config(path: Path) -> EvalConfig:
     """A config file: name, models and prompts (files beside it) per role, simulate, budget."""
     data = _yaml(path)
     prompts = {
-        role: PromptText.of(Path(str(name)).name, _text(path.parent, name, f"prompt of {role}"))
+        role: PromptText.of(
+            Path(str(name)).name,
+            _text(path.parent, name, f"{path}: prompt of {role}", MAX_PROMPT_CHARS * 4),
+        )
         for role, name in (data.pop("prompts", None) or {}).items()
     }
     models = data.pop("models", None) or {}
@@ -93,19 +125,28 @@ def load_suite(path: Path, settings: Settings) -> tuple[str, list[EvalCase], int
 
 def _case(suite: Path, case: dict[str, Any], index: int, settings: Settings) -> EvalCase:
     where = f"{suite}: case {case.get('id', index)}"
-    repository = str(case.get("repository") or "")
+    repository = _not_an_option(where, "repository", str(case.get("repository") or ""))
     if not repository:
         raise SuiteError(f"{where}: `repository` is missing")
     branch = str(case.get("branch", "main"))
+    try:
+        check_branch(branch)
+        if is_url(repository):
+            check_repository(repository)
+    except ValueError as err:
+        raise SuiteError(f"{where}: {err}") from err
     if not is_url(repository):
         repository = str(_local(suite.parent / repository, branch, settings, where))
     case["repository"], case["branch"] = repository, branch
-    case["base"] = _commit(repository, str(case.get("base") or branch), where)
+    base = _not_an_option(where, "base", str(case.get("base") or branch))
+    case["base"] = _commit(repository, base, where)
     hidden = case.pop("hidden_tests", None)
     try:
         if hidden is not None:
             files = {
-                str(dest): _text(suite.parent, source, f"{where}: hidden test {dest}")
+                str(dest): _text(
+                    suite.parent, source, f"{where}: hidden test {dest}", MAX_HIDDEN_CHARS
+                )
                 for dest, source in (hidden.get("files") or {}).items()
             }
             case["hidden"] = HiddenTests(files=files, **{
@@ -168,11 +209,18 @@ def _commit(repository: str, base: str, where: str) -> str:
         if is_url(repository):
             if len(base) == 40 and all(c in "0123456789abcdef" for c in base):
                 return base
-            listed = git(None, "ls-remote", repository, base).split()
+            listed = git(None, "ls-remote", "--end-of-options", repository, base).split()
             if not listed:
                 raise SuiteError(f"{where}: {repository} has no {base!r}")
             return listed[0]
-        return git(Path(repository), "rev-parse", "--verify", "-q", f"{base}^{{commit}}")
+        return git(
+            Path(repository),
+            "rev-parse",
+            "--verify",
+            "-q",
+            "--end-of-options",
+            f"{base}^{{commit}}",
+        )
     except GitError as err:
         raise SuiteError(f"{where}: {base!r} is not a commit of {repository}: {err}") from err
 

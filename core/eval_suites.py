@@ -23,7 +23,7 @@ from core.build_io import (
     workflow_id_for,
 )
 from core.eval_build import NAME_PATTERN, Acceptance, Evaluation, HiddenTests, ModelChoices
-from core.projects import ProjectConfig
+from core.projects import ProjectConfig, check_branch, check_repository
 from core.reruns import scratch_project
 from core.scores import ScoreCard
 from core.states import BuildState
@@ -61,6 +61,8 @@ class EvalCase(BaseModel):
     hidden: HiddenTests | None = None
 
     _requirements = field_validator("requirements")(check_requirements)
+    _repository = field_validator("repository")(lambda cls, v: check_repository(v))
+    _branch = field_validator("branch")(lambda cls, v: check_branch(v))
 
 
 class EvalRun(BaseModel):

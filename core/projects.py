@@ -62,30 +62,33 @@ class ProjectConfig(BaseModel):
         "v1.4.0 -> v1.5.0; v0.1.0 first), semver (no v), v-semver, none (no tag).",
     )
 
-    @field_validator("repository")
-    @classmethod
-    def _repository(cls, value: str) -> str:
-        value = value.strip()
-        if value.startswith("-"):  # git would read it as an option
-            raise ValueError("a repository must not start with '-'")
-        if not (is_url(value) or value.startswith("/")):
-            raise ValueError(f"{value!r}: give an absolute path or a URL git can clone")
-        return value
+    _repository = field_validator("repository")(lambda cls, v: check_repository(v))
+    _branch = field_validator("branch")(lambda cls, v: check_branch(v))
 
-    @field_validator("branch")
-    @classmethod
-    def _branch(cls, value: str) -> str:
-        """A branch name git accepts (git's own check-ref-format has the last word)."""
-        bad = (
-            not BRANCH_CHARS.match(value)
-            or value.startswith(("-", "/"))
-            or value.endswith(("/", ".", ".lock"))
-            or ".." in value
-            or "//" in value
-        )
-        if bad:
-            raise ValueError(f"{value!r} is not a branch name")
-        return value
+
+def check_repository(value: str) -> str:
+    """A repository git is given (a registration's, a suite case's): an absolute path or a URL,
+    never anything git would read as an option."""
+    value = value.strip()
+    if value.startswith("-"):
+        raise ValueError("a repository must not start with '-': git would read it as an option")
+    if not (is_url(value) or value.startswith("/")):
+        raise ValueError(f"{value!r}: give an absolute path or a URL git can clone")
+    return value
+
+
+def check_branch(value: str) -> str:
+    """A branch name git accepts (git's own check-ref-format has the last word)."""
+    bad = (
+        not BRANCH_CHARS.match(value)
+        or value.startswith(("-", "/"))
+        or value.endswith(("/", ".", ".lock"))
+        or ".." in value
+        or "//" in value
+    )
+    if bad:
+        raise ValueError(f"{value!r} is not a branch name")
+    return value
 
 
 # The user and password of a URL (scheme://user:password@host): what `redact` masks.

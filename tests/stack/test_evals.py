@@ -154,6 +154,50 @@ def test_a_suite_file_that_cannot_be_used_is_refused_in_words(
         suite.unlink()
 
 
+def test_a_hostile_suite_file_runs_nothing_and_reads_nothing_outside_its_folder(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Invariant: nothing a suite or config file names reaches git as an option, and the files
+    it names lie in its own folder (client/evals.py). `git ls-remote` reads a repository
+    `--upload-pack=CMD` as an option and runs CMD: this suite ran it before the check."""
+    marker = tmp_path / "pwned"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("a key")
+    folder = tmp_path / "suite"
+    (folder / "hidden").mkdir(parents=True)
+    (folder / "hidden" / "test_ok.py").write_text("def test_ok():\n    pass\n")
+    (folder / "hidden" / "big.py").write_text("x" * 200_000)
+    (folder / "hidden" / "link.py").symlink_to(secret)
+    upload = f"--upload-pack=touch {marker};://x"
+    cases = {
+        "repository": f"[{{id: a, repository: '{upload}', requirements: x}}]",
+        "base": f"[{{id: a, repository: {ROOT / 'examples' / 'inventory'}, base: '--output=x', "
+        "requirements: x}]",
+        "branch": "[{id: a, repository: 'https://example.invalid/r.git', branch: '-x', "
+        "requirements: x}]",
+        "secret.txt' is outside": "[{id: a, repository: 'https://example.invalid/r.git', base: "
+        f"{'a' * 40}, requirements: x, hidden_tests: {{files: {{t.py: ../secret.txt}}}}}}]",
+        "outside /": "[{id: a, repository: 'https://example.invalid/r.git', base: "
+        f"{'a' * 40}, requirements: x, hidden_tests: {{files: {{t.py: {secret}}}}}}}]",
+        "link.py' is outside": "[{id: a, repository: 'https://example.invalid/r.git', base: "
+        f"{'a' * 40}, requirements: x, hidden_tests: {{files: {{t.py: hidden/link.py}}}}}}]",
+        "larger": "[{id: a, repository: 'https://example.invalid/r.git', base: "
+        f"{'a' * 40}, requirements: x, hidden_tests: {{files: {{t.py: hidden/big.py}}}}}}]",
+    }
+    for said, listed in cases.items():
+        suite = folder / "suite.yaml"
+        suite.write_text(f"cases: {listed}\n")
+        with pytest.raises(SuiteError) as refused:
+            load_suite(suite, settings)
+        message = str(refused.value)
+        assert not marker.exists(), "the suite ran a command"
+        assert said in message and "case a" in message and "a key" not in message, message
+    config = folder / "config.yaml"
+    config.write_text(f"prompts: {{code_writer: {secret}}}\n")
+    with pytest.raises(SuiteError, match="outside"):
+        load_config(config)
+
+
 def test_a_config_names_roles_models_and_prompt_files(tmp_path: Path) -> None:
     (tmp_path / "terse.md").write_text("Write the least code that works.")
     path = tmp_path / "terse.yaml"
