@@ -4,7 +4,9 @@ commit its build delivered, and the suite's table read from its builds' score ca
 The hidden tests are written only here, into a fresh checkout of the delivered commit under
 the worker's `acceptance/` folder: never into the build's workspace, never into anything a
 role reads (the commit is fetched from the project's repository, where every commit of a
-build is pushed under `refs/builds/<id>/<commit>`)."""
+build is pushed under `refs/builds/<id>/<commit>`). They run sealed from the build they judge:
+the base's test infrastructure, the tree read-only, their own cases counted
+(activities/testing/sealed.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +26,9 @@ from activities.beat import in_thread
 from activities.repository.gitcmd import GitError, git
 from activities.sandbox.runs import Limits
 from activities.testing import environment
-from activities.testing.testrun import run_command
+from activities.testing.results import cases
+from activities.testing.sealed import Sealed, seal, verdict
+from activities.testing.testrun import is_pytest, run_command
 from core.contracts import EVAL_REPORT, RUN_ACCEPTANCE, Failure
 from core.eval_build import Acceptance
 from core.eval_suites import CaseResult, EvalReport, EvalReportTask, case_result, report
@@ -38,8 +42,10 @@ def _beat(detail: str) -> None:
     activity.heartbeat(detail)
 
 
-def checkout(task: AcceptanceTask, root: Path) -> Path:
-    """A fresh checkout of the delivered commit at `root/repo`, with the hidden tests in it."""
+def checkout(task: AcceptanceTask, base: str, root: Path) -> tuple[Path, Sealed, list[str]]:
+    """A fresh checkout of the delivered commit at `root/repo` with the base's test
+    infrastructure and the hidden tests in it; how they run, and what infrastructure the build
+    changed."""
     shutil.rmtree(root, ignore_errors=True)  # an earlier attempt's
     repo = root / "repo"
     root.mkdir(parents=True)
@@ -47,9 +53,10 @@ def checkout(task: AcceptanceTask, root: Path) -> Path:
     ref = f"refs/builds/{task.build_id}/{task.commit}"
     git(repo, "fetch", "-q", "--tags", task.project.repository, ref)  # tags: versions
     git(repo, "checkout", "-q", "--detach", task.commit)
+    sealed, changed = seal(repo, base)
     for name, text in task.hidden.files.items():
         paths.write_beneath(repo, name, text.encode())  # no link the build planted is followed
-    return repo
+    return repo, sealed, changed
 
 
 class EvalActivities:
@@ -61,8 +68,11 @@ class EvalActivities:
     async def run_acceptance(self, task: AcceptanceTask) -> Acceptance:
         """The hidden tests on the delivered commit, in the sandbox, as the project's own run."""
         root = self.settings.data_dir / "acceptance" / task.build_id
+        if not task.base:
+            why = "not run: no base commit to take the test infrastructure from"
+            return Acceptance(passed=False, commit=task.commit, summary=why)
         try:
-            repo = await in_thread("checkout", checkout, task, root)
+            repo, sealed, changed = await in_thread("checkout", checkout, task, task.base, root)
         except paths.PathRefused as err:  # the build planted a link where a hidden test goes
             return Acceptance(passed=False, commit=task.commit, summary=f"not run: {err}")
         except (GitError, OSError) as err:
@@ -81,9 +91,21 @@ class EvalActivities:
         )
         limits = Limits(self.settings.test_timeout_seconds, self.settings.test_memory_mb)
         ran = await run_command(
-            repo, root / "runs", "acceptance", task.hidden.command, limits, _beat, request
+            repo, root / "runs", "acceptance", task.hidden.command, limits, _beat, request, sealed
         )
         await asyncio.to_thread(paths.remove_tree, repo)
+        if is_pytest(task.hidden.command) and not ran.setup_failed and not ran.timed_out:
+            found = await asyncio.to_thread(cases, Path(ran.junit)) if ran.junit else []
+            judged = verdict(found, list(task.hidden.files))
+            return Acceptance(
+                passed=judged.passed,
+                tests_run=judged.run,
+                failed=judged.failed,
+                commit=task.commit,
+                summary=judged.summary,
+                sandbox=ran.sandbox,
+                integrity=changed,
+            )
         failed = sum(1 for failure in ran.failures if failure.test != RUN)
         return Acceptance(
             passed=ran.passed,
@@ -92,6 +114,7 @@ class EvalActivities:
             commit=task.commit,
             summary=ran.summary if ran.passed else f"{ran.summary} {_first(ran.failures)}",
             sandbox=ran.sandbox,
+            integrity=changed,
         )
 
     @activity.defn(name=EVAL_REPORT.name)

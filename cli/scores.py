@@ -71,7 +71,10 @@ def comparison(cards: list[ScoreCard]) -> list[tuple[str, list[str]]]:
         ("tests pre-existing", [f"{t.pre_existing:,}" if t else "-" for t in tests]),
         ("tests errors / skipped", [f"{t.errors:,} / {t.skipped:,}" if t else "-" for t in tests]),
         ("tests regressed", [str(t.regressed) if t else "-" for t in tests]),
-        *([("hidden tests passed / run", [_hidden(card) for card in cards])]
+        *([("hidden tests passed / run", [_hidden(card) for card in cards]),
+           ("test infrastructure changed (the base's ran)",
+            [", ".join(card.acceptance.integrity) or "none" if card.acceptance else "-"
+             for card in cards])]
           if any(card.acceptance for card in cards) else []),
         ("tokens", [f"{card.tokens:,}" for card in cards]),
         ("cost", [f"${card.cost_usd:.4f}" for card in cards]),

@@ -81,3 +81,6 @@ class Acceptance(BaseModel):
     commit: str = ""
     summary: str = ""
     sandbox: str = ""
+    # Test infrastructure the build changed (conftest.py, pytest's configuration, files Python
+    # runs at start-up): the base's ran in their place (activities/testing/sealed.py).
+    integrity: list[str] = Field(default_factory=list)

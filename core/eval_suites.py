@@ -240,11 +240,14 @@ def ended_case(case: str, config: str, ended: BuildResult) -> CaseResult:
 
 
 def _why(failure: str | None, accepted: Acceptance | None) -> str | None:
-    if failure:
-        return failure
-    if accepted is not None and not accepted.passed:
-        return f"hidden tests: {accepted.summary}"
-    return None
+    """Why a build did not pass, and the test infrastructure it changed (whatever its end)."""
+    said = failure
+    if said is None and accepted is not None and not accepted.passed:
+        said = f"hidden tests: {accepted.summary}"
+    if accepted is not None and accepted.integrity:
+        changed = f"changed test infrastructure (the base's ran): {', '.join(accepted.integrity)}"
+        said = f"{said}; {changed}" if said else changed
+    return said
 
 
 def case_result(case: str, config: str, card: ScoreCard) -> CaseResult:

@@ -28,6 +28,7 @@ from activities.testing.results import (
     last_lines,
     passed_tests,
 )
+from activities.testing.sealed import Sealed
 from core.reports import RUN, TestFailure, TestReport
 
 DEFAULT_COMMAND = "python -m pytest"
@@ -55,10 +56,13 @@ JUNIT = "junit.xml"
 JUNIT_BYTES = 32 * 1024 * 1024  # a report larger than this is read this far (and fails to parse)
 
 
-def _argv(repo: Path, out: Path, command: str, python: str) -> list[str]:
+def _argv(
+    repo: Path, out: Path, command: str, python: str, sealed: Sealed | None = None
+) -> list[str]:
     """What to run: pytest writing a JUnit report into `out` (and the project's own
     arguments), or the project's command as it is (`python` is the run's interpreter). `out`
-    is the run's new folder, so nothing in it was there before."""
+    is the run's new folder, so nothing in it was there before. `sealed`: pytest reads the
+    configuration it gives, not the tree's (activities/testing/sealed.py)."""
     extra = _pytest_args(command)
     if extra is None:
         argv = shlex.split(command)
@@ -66,10 +70,13 @@ def _argv(repo: Path, out: Path, command: str, python: str) -> list[str]:
             argv[0] = python
         return argv
     argv = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={out / JUNIT}"]
-    if not any(paths.exists_beneath(repo, name) for name in PYTEST_CONFIGS):
-        # Keep pytest from adopting a configuration found above the workspace.
-        paths.write_beneath(out, "pytest.ini", b"[pytest]\n")
-        argv += ["-c", str(out / "pytest.ini"), "--rootdir", str(repo)]
+    config = sealed.config if sealed else None
+    if config is None and not any(paths.exists_beneath(repo, name) for name in PYTEST_CONFIGS):
+        config = ("pytest.ini", b"[pytest]\n")  # not one found above the workspace
+    if config is not None:
+        name, text = config
+        paths.write_beneath(out, name, text)
+        argv += ["-c", str(out / name), "--rootdir", str(repo)]
     return argv + extra
 
 
@@ -100,16 +107,18 @@ async def run_command(
     limits: Limits,
     beat: Callable[[str], None] | None = None,
     request: environment.Request | None = None,
+    sealed: Sealed | None = None,
 ) -> TestReport:
     """Run the test command in `repo`, in the project's own environment (made first if it is
     not yet, activities/testing/environment.py); reports and logs go to `runs` as
     `<name>.xml|.log`. `runs` is the worker's: the run writes its report in a new folder of
     its own, which the worker reads and removes. No `request`: the worker's own interpreter
-    (a static check's run, never a project's tests)."""
+    (a static check's run, never a project's tests). `sealed`: hidden tests' run, on the tree
+    read-only (activities/testing/sealed.py)."""
     made = None
     if request is not None:
         made = await environment.prepare(repo, request, limits=limits, scratch=runs, beat=beat)
-    return await run_in(repo, runs, name, command, limits, beat, made)
+    return await run_in(repo, runs, name, command, limits, beat, made, sealed)
 
 
 async def run_in(
@@ -120,6 +129,7 @@ async def run_in(
     limits: Limits,
     beat: Callable[[str], None] | None,
     made: environment.Made | None,
+    sealed: Sealed | None = None,
 ) -> TestReport:
     """The test command in `repo` with the environment `made` (see run_command)."""
     junit, log = runs / f"junit-{name}.xml", runs / f"pytest-{name}.log"
@@ -138,13 +148,14 @@ async def run_in(
             variables["PYTHONPATH"] = path
     out = await asyncio.to_thread(paths.fresh, runs, f"{name}-")
     try:
-        argv = await asyncio.to_thread(_argv, repo, out, command, python)
+        argv = await asyncio.to_thread(_argv, repo, out, command, python, sealed)
         run = await run_limited(
             argv,
             cwd=repo,
             limits=limits,
             scratch=runs,
             beat=beat,
+            write_cwd=sealed is None,
             writable=[out],
             readonly=[venv] if venv else [],
             venv=venv,

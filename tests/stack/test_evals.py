@@ -274,11 +274,75 @@ def test_a_link_the_build_planted_where_a_hidden_test_goes_is_not_written_throug
         hidden=HiddenTests(files={"tests/test_hidden.py": "def test_x():\n    pass\n"}),
     )
     with pytest.raises(PathRefused, match="symbolic link"):
-        checkout(task, tmp_path / "acceptance")
+        checkout(task, commit, tmp_path / "acceptance")
     assert list(outside.iterdir()) == []
     # Without the rule, a plain write follows the link out of the checkout.
     (tmp_path / "acceptance" / "repo" / "tests" / "test_hidden.py").write_text("x")
     assert [p.name for p in outside.iterdir()] == ["test_hidden.py"]
+
+
+FORGER = """import pytest
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    outcome.get_result().outcome = "passed"
+"""
+HIDDEN_ANSWER = "from app import answer\n\n\ndef test_answer():\n    assert answer() == 42\n"
+
+
+def delivered(remote: Path, build: str, files: dict[str, str]) -> tuple[str, str]:
+    """A project whose base answers 41, and a build's commit on it with `files`: (base, commit)."""
+    remote.mkdir()
+    git(remote, "init", "-q", "-b", "main")
+    (remote / "app.py").write_text("def answer():\n    return 41\n")
+    git(remote, "add", "-A")
+    git(remote, "commit", "-q", "-m", "base")
+    base = git(remote, "rev-parse", "HEAD")
+    for name, text in files.items():
+        (remote / name).write_text(text)
+    git(remote, "add", "-A")
+    git(remote, "commit", "-q", "-m", "the build's")
+    commit = git(remote, "rev-parse", "HEAD")
+    git(remote, "update-ref", f"refs/builds/{build}/{commit}", commit)
+    return base, commit
+
+
+@pytest.mark.timeout(120)
+async def test_a_build_cannot_forge_its_hidden_test_verdict(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Invariant: the base's test infrastructure and the hidden tests' own cases decide the
+    verdict (activities/testing/sealed.py). A conftest.py that turns failures into passes made a
+    wrong answer read "1 of 1 passed"; a module that skips whoever imports it made a run of
+    nothing read as passed."""
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.evals import EvalActivities
+
+    run = EvalActivities(settings, engine=None).run_acceptance  # type: ignore[arg-type]
+    hidden = HiddenTests(files={"tests/test_hidden.py": HIDDEN_ANSWER})
+    forged = "def answer():\n    return 41\n"
+    skipping = "import pytest\n\npytest.skip('not today', allow_module_level=True)\n"
+    for build, files, said in (
+        ("forger", {"conftest.py": FORGER, "app.py": forged}, "assert 41 == 42"),
+        ("skipper", {"app.py": skipping}, "skipped"),
+    ):
+        base, commit = delivered(tmp_path / build, build, files)
+        task = AcceptanceTask(
+            build_id=build,
+            project=ProjectConfig(repository=str(tmp_path / build)),
+            commit=commit,
+            hidden=hidden,
+            base=base,
+        )
+        got = await ActivityEnvironment().run(run, task)
+        assert not got.passed and said in got.summary, got
+        assert got.integrity == (["conftest.py"] if build == "forger" else [])
+        if build == "forger":  # with the build's own conftest (base = its commit): forged
+            unsealed = task.model_copy(update={"base": commit})
+            assert (await ActivityEnvironment().run(run, unsealed)).passed
 
 
 @pytest.mark.timeout(120)
