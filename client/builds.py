@@ -6,11 +6,17 @@ the CLI prints it, the API maps its kind to an HTTP status.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
 import secrets
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -27,6 +33,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.workflow import UpdateMethodMultiParam
 
+from activities.model.answers import open_store
 from client.errors import (
     NO_ANSWER,
     BuildError,
@@ -48,6 +55,8 @@ from core.build_io import (
     workflow_id_for,
 )
 from core.settings import Settings
+from db import crud
+from db.engine import make_engine
 from workflows.build import BuildWorkflow
 
 # How long a caller waits for Temporal to describe a build.
@@ -89,9 +98,57 @@ def new_request(
     )
 
 
+log = logging.getLogger("client")
+
+
+@functools.cache
+def _engine(url: str) -> Engine:
+    return make_engine(url)
+
+
+def used_before(settings: Settings, build_id: str, *, prefix: bool = False) -> str | None:
+    """Where the build id (`prefix`: any id it begins) was used before, in words (None:
+    nowhere). The mirror and the kept answers remember ids that Temporal forgets once a closed
+    build's retention ends; a build under a used id would mix its answers with the old one's,
+    and a re-run of the old one would replay them. While the mirror's database is down: None,
+    said in the log (Temporal still refuses the ids it remembers)."""
+    engine = _engine(settings.db_url())
+    try:
+        with Session(engine) as session:
+            row = crud.first_build(session, build_id, prefix=prefix)
+        if row is not None:
+            when = f"{row.created_at:%Y-%m-%d %H:%M} UTC"
+            return f"the mirror has build {row.build_id} ({row.current_state}, started {when})"
+        if not prefix and open_store(settings, engine).knows(build_id):
+            return "model answers are kept under it"
+    except SQLAlchemyError as err:
+        log.warning("build id %s not checked against the mirror: %s", build_id, err)
+    return None
+
+
+USED_CHECK_SECONDS = 5.0
+
+
+async def checked(settings: Settings, build_id: str, *, prefix: bool = False) -> str | None:
+    """used_before, waited for at most USED_CHECK_SECONDS (a database that does not answer
+    holds no start back: Temporal still refuses the ids it remembers)."""
+    try:
+        return await asyncio.wait_for(
+            asyncio.to_thread(used_before, settings, build_id, prefix=prefix), USED_CHECK_SECONDS
+        )
+    except TimeoutError:
+        log.warning("build id %s not checked: the mirror's database did not answer", build_id)
+        return None
+
+
 async def start_build(client: Client, settings: Settings, request: BuildRequest) -> BuildHandle:
     """Start a build on its project's registration (a project nobody registered gets a
-    greenfield repository); the same build_id twice is refused, never run twice."""
+    greenfield repository); a build id used before (by a running build, or one Temporal has
+    forgotten but the mirror or the kept answers remember) is refused, never run twice."""
+    if (used := await checked(settings, request.build_id)) is not None:
+        raise BuildExists(
+            f"build {request.build_id} already exists: {used}; choose another build id"
+        )
     if request.project is None:
         if (view := await registered(client, request.project_id)) is not None:
             request = request.model_copy(update={"project": view.config})

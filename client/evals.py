@@ -28,6 +28,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.repository.gitcmd import GitError, git, git_env
+from client.builds import checked
 from client.errors import BuildError
 from core.attributes import of_project
 from core.eval_build import MAX_HIDDEN_CHARS, HiddenTests, ModelChoices
@@ -252,6 +253,11 @@ def eval_run(
 
 
 async def start_eval(client: Client, settings: Settings, run: EvalRun) -> EvalHandle:
+    """Start the run; a run id whose child builds the mirror knows is refused (the children's
+    ids are made from it)."""
+    used = await checked(settings, f"{run.run_id}-", prefix=True)
+    if used is not None:
+        raise BuildError(f"evaluation run id {run.run_id} was used before ({used}); choose another")
     try:
         return await client.start_workflow(
             EvalWorkflow.run,

@@ -239,6 +239,15 @@ def record_batch(engine: Engine, *, batch: MirrorBatch) -> MirrorReceipt:
     )
 
 
+def first_build(
+    session: Session, build_id: str, *, prefix: bool = False
+) -> BuildWorkflowRow | None:
+    """The build of id `build_id` (`prefix`: the first whose id begins with it)."""
+    column = col(BuildWorkflowRow.build_id)
+    where = column.startswith(build_id, autoescape=True) if prefix else column == build_id
+    return session.exec(select(BuildWorkflowRow).where(where).limit(1)).first()
+
+
 def get_build(session: Session, *, workflow_id: str) -> BuildWorkflowRow | None:
     return session.exec(
         select(BuildWorkflowRow).where(BuildWorkflowRow.workflow_id == workflow_id)

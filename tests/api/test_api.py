@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from api.schemas import BuildStatusOut
 from core.states import BuildState
@@ -122,7 +123,35 @@ async def test_the_same_build_id_twice_gets_409(stack: Stack):
     assert first.status_code == 201
     again = await stack.http.post(f"/api/workflows/{project}/start", json=body)
     assert again.status_code == 409
-    assert again.json()["detail"] == f"build {build_id} already exists; choose another build id"
+    said = again.json()["detail"]  # Temporal's refusal, or the mirror's if it has the build yet
+    assert said.startswith(f"build {build_id} already exists") and "choose another" in said
+
+
+async def test_a_build_id_temporal_forgot_but_the_mirror_or_answers_know_is_refused(
+    stack: Stack, client: Client
+):
+    """Temporal forgets a closed build after its retention; the mirror and the kept answers do
+    not, and a re-run of the old build replays the answers kept under its id."""
+    from activities.model.answers import Key, open_store
+    from core.feedback import ModelUsage
+    from core.role_io import DiscoveryOutput
+    from tests.db.test_mirror import _batch
+
+    mirrored, answered = f"old{uuid.uuid4().hex[:6]}", f"old{uuid.uuid4().hex[:6]}"
+    crud.record_batch(
+        stack.engine, batch=_batch(f"build-{mirrored}", range(1, 3), BuildState.COMPLETE, 2)
+    )
+    open_store(stack.settings, stack.engine).put(
+        Key(build_id=answered, role="q_assistant", attempt=1, request="r"),
+        DiscoveryOutput(summary="s", requirements=["r"], acceptance_criteria=["a"]),
+        ModelUsage(model="m", prompt_version="p"),
+    )
+    for build_id, said in ((mirrored, "the mirror has build"), (answered, "answers are kept")):
+        body = {"build_id": build_id, "requirements": "Add a health check"}
+        refused = await stack.http.post(f"/api/workflows/{new_project()}/start", json=body)
+        assert refused.status_code == 409 and said in refused.json()["detail"], refused.text
+        with pytest.raises(RPCError):  # nothing was started
+            await client.get_workflow_handle(f"build-{build_id}").describe()
 
 
 @pytest.mark.parametrize(

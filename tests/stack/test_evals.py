@@ -26,6 +26,7 @@ from core.eval_suites import CaseResult, EvalReport, report
 from core.projects import ProjectConfig
 from core.role_io import AcceptanceTask
 from core.settings import Settings
+from db import crud
 from db.scores import score_of
 from tests.fake_openai import FakeOpenAI
 from tests.helpers import EVAL_HISTORIES, ROOT, running_worker, save_history
@@ -218,6 +219,24 @@ def test_a_config_names_roles_models_and_prompt_files(tmp_path: Path) -> None:
 def test_two_configs_of_one_name_are_refused(settings: Settings) -> None:
     with pytest.raises(SuiteError, match="two configs have one name"):
         eval_run(settings, SUITE, [CONFIGS[0], CONFIGS[0]])
+
+
+async def test_a_run_id_whose_builds_the_mirror_knows_is_refused(
+    client: Client, settings: Settings, engine: Engine
+) -> None:
+    """A run's children take ids made from its run id: a run id used before would give its
+    children the ids of builds the mirror and the kept answers already hold."""
+    from client.errors import BuildError
+    from core.states import BuildState
+    from tests.db.test_mirror import _batch
+
+    run = eval_run(settings, SUITE, [CONFIGS[0]])
+    child = f"build-{run.run_id}-dark-mode-baseline"
+    crud.record_batch(engine, batch=_batch(child, range(1, 3), BuildState.COMPLETE, 2))
+    with pytest.raises(BuildError, match=f"run id {run.run_id} was used before"):
+        await start_eval(client, settings, run)
+    with pytest.raises(RPCError):  # nothing was started
+        await client.get_workflow_handle(run.workflow_id).describe()
 
 
 def test_the_winner_passed_and_spent_least_and_a_tie_has_none() -> None:
