@@ -33,7 +33,6 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.workflow import UpdateMethodMultiParam
 
-from activities.model.answers import open_store
 from client.errors import (
     NO_ANSWER,
     BuildError,
@@ -57,6 +56,7 @@ from core.build_io import (
 from core.settings import Settings
 from db import crud
 from db.engine import make_engine
+from db.kept import answers_kept
 from workflows.build import BuildWorkflow
 
 # How long a caller waits for Temporal to describe a build.
@@ -119,7 +119,7 @@ def used_before(settings: Settings, build_id: str, *, prefix: bool = False) -> s
         if row is not None:
             when = f"{row.created_at:%Y-%m-%d %H:%M} UTC"
             return f"the mirror has build {row.build_id} ({row.current_state}, started {when})"
-        if not prefix and open_store(settings, engine).knows(build_id):
+        if not prefix and answers_kept(settings, engine, build_id):
             return "model answers are kept under it"
     except SQLAlchemyError as err:
         log.warning("build id %s not checked against the mirror: %s", build_id, err)

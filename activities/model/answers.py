@@ -91,10 +91,6 @@ class Answers(Protocol):
         """An answer `build_id` kept for the very request hashed `request`, any attempt."""
         ...
 
-    def knows(self, build_id: str) -> bool:
-        """Whether any answer is kept for `build_id` (a re-run would replay it)."""
-        ...
-
 
 def open_store(settings: Settings, engine: Engine | None = None) -> Answers:
     """The store ANSWER_STORE names (`engine`: the mirror's, where the caller has one)."""
@@ -112,10 +108,6 @@ class AnswerStore:
     def _folder(self, build_id: str) -> Path:
         paths.check_name(build_id)  # one plain name: no way out of the store
         return self.root / build_id
-
-    def knows(self, build_id: str) -> bool:
-        folder = self._folder(build_id)
-        return folder.is_dir() and any(folder.iterdir())
 
     def get(self, key: Key) -> Kept | None:
         """The answer kept for `key`, or None (none kept, or one that cannot be read)."""
@@ -270,12 +262,6 @@ class DatabaseAnswers:
         )
         found = self._read(query, build_id)
         return found[0] if found else None
-
-    def knows(self, build_id: str) -> bool:
-        row = KeptAnswerRow.__table__.c  # type: ignore[attr-defined]
-        query = select(row.workflow_id).where(row.workflow_id == build_id).limit(1)
-        with self.engine.connect() as conn:
-            return conn.execute(query).first() is not None
 
     def _read(self, query: Any, build_id: str) -> list[Kept]:
         try:

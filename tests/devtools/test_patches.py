@@ -15,13 +15,13 @@ from temporalio.client import Client
 from devtools import patches
 from devtools.patches import Count, Patch
 from tests.helpers import make_request, start, wait_until
-from workflows import build, deadline, project, records
+from workflows import build, deadline, evals, project, records
 
 
 def constants() -> set[str]:
     return {
         value
-        for module in (build, deadline, project, records)
+        for module in (build, deadline, evals, project, records)
         for name, value in vars(module).items()
         if name.endswith("_PATCH")
     }

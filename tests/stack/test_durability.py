@@ -133,6 +133,9 @@ async def test_a_worker_killed_after_the_push_neither_merges_nor_tags_twice(
         for e in history.events
         if e.HasField("activity_task_started_event_attributes")
     ]
-    assert max(release_attempts) == 2  # the release manager ran again, and found it landed
+    # The release manager ran again and found it landed (main and the tag above are the first
+    # attempt's). Under load a 2 s heartbeat can also time out the second attempt: each later
+    # one finds the release landed in the same way, so any number past one holds.
+    assert max(release_attempts) >= 2
     assert os.readlink(settings.releases / project / "current") == "v0.1.0"
     assert_clean_log(events, engine, handle.id)
