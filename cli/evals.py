@@ -18,7 +18,7 @@ from cli.console import console, run_command
 from client.errors import BuildError
 from client.evals import EvalHandle, SuiteError, eval_run, start_eval
 from core.build_io import workflow_id_for
-from core.eval_suites import EvalProgress, EvalReport, eval_workflow_id
+from core.eval_suites import MAX_SAMPLES, EvalProgress, EvalReport, eval_workflow_id
 from core.settings import Settings
 from workflows.evals import EvalWorkflow
 
@@ -57,6 +57,23 @@ def tables(report: EvalReport, link: Callable[[str], str] | None = None) -> list
             tests = f" {hidden.tests_run - hidden.failed}/{hidden.tests_run}" if hidden else ""
             shown.append(f"{mark}{tests}, {result.tokens:,} tokens")
         per_case.add_row(case, *shown, winner or "-")
+    tables_ = [per_config, per_case]
+    if report.stats:
+        k = max(s.samples for s in report.stats)
+        stats = Table(title="statistics (95% intervals, bootstrap over cases and samples)")
+        stats.add_column("config", no_wrap=True)
+        for column in ("pass@1", *((f"pass@{k}", f"pass^{k}") if k > 1 else ())):
+            stats.add_column(column, justify="right")
+        for s in report.stats:
+            more = [e.text() if e else "-" for e in (s.pass_at_k, s.pass_hat_k)] if k > 1 else []
+            stats.add_row(s.config, s.pass_at_1.text(), *more)
+        tables_.append(stats)
+    if report.comparisons:
+        paired = Table(title="configs compared, case by case (pass rate difference)")
+        paired.add_column("comparison", overflow="fold")
+        for comparison in report.comparisons:
+            paired.add_row(comparison.text())
+        tables_.append(paired)
     builds = Table(title="builds")
     for column in ("case", "config", "build", "ended", "why"):
         builds.add_column(column, no_wrap=column != "why", overflow="fold")
@@ -66,7 +83,7 @@ def tables(report: EvalReport, link: Callable[[str], str] | None = None) -> list
         )
         ended = "[green]passed[/green]" if r.passed else f"[red]{r.outcome}[/red]"
         builds.add_row(r.case, r.config, build, ended, r.reason or "-")
-    return [per_config, per_case, builds]
+    return [*tables_, builds]
 
 
 async def follow_eval(handle: EvalHandle, *, quiet: bool = False) -> EvalReport:
@@ -111,6 +128,22 @@ def eval_command(
         int | None,
         typer.Option(min=1, max=16, help="Child builds at a time (default: the suite's)."),
     ] = None,
+    samples: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=MAX_SAMPLES,
+            help="Builds per case and config: K > 1 gives pass@K and pass^K.",
+        ),
+    ] = 1,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(min=1, help="The whole run's token budget: no build starts once it is spent."),
+    ] = None,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(min=0.000001, help="The whole run's budget in USD, likewise."),
+    ] = None,
     run_id: Annotated[str | None, typer.Option(help="The run's id (default: a new one).")] = None,
     show: Annotated[
         str | None,
@@ -134,15 +167,24 @@ def eval_command(
                 raise BuildError(f"no evaluation run {show}: {err.message}") from err
         try:
             run = eval_run(
-                settings, suite, config or [], parallel=parallel, run_id=run_id, user_id=user
+                settings,
+                suite,
+                config or [],
+                parallel=parallel,
+                run_id=run_id,
+                user_id=user,
+                samples=samples,
+                max_tokens=max_tokens,
+                max_cost_usd=max_cost,
             )
         except SuiteError as err:
             raise BuildError(str(err)) from err
         handle = await start_eval(client, settings, run)
-        children = len(run.cases) * len(run.configs)
+        children = len(run.cases) * len(run.configs) * run.samples
+        times = f" x {run.samples} samples" if run.samples > 1 else ""
         console.print(
             f"evaluation [bold]{run.run_id}[/bold] started: {len(run.cases)} cases x "
-            f"{len(run.configs)} configs = {children} builds, {run.parallel} at a time"
+            f"{len(run.configs)} configs{times} = {children} builds, {run.parallel} at a time"
         )
         console.print(f"Web UI: {settings.ui_link(handle.id)}")
         return await follow_eval(handle, quiet=as_json), settings

@@ -234,6 +234,9 @@ def eval_run(
     parallel: int | None = None,
     run_id: str | None = None,
     user_id: str = "cli",
+    samples: int = 1,
+    max_tokens: int | None = None,
+    max_cost_usd: float | None = None,
 ) -> EvalRun:
     """The run of `suite` under `configs` (each file once), ready to start."""
     name, cases, suite_parallel = load_suite(suite, settings)
@@ -245,6 +248,9 @@ def eval_run(
             cases=cases,
             configs=loaded,
             parallel=parallel or suite_parallel,
+            samples=samples,
+            max_tokens=max_tokens,
+            max_cost_usd=max_cost_usd,
             user_id=user_id,
             policy=settings.role_policy(),
         )

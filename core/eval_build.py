@@ -67,6 +67,7 @@ class Evaluation(BaseModel):
     run: str = Field(min_length=1, max_length=64)  # the suite run (its parent workflow's id)
     case: str = Field(pattern=NAME_PATTERN)
     config: str = Field(pattern=NAME_PATTERN)
+    sample: int = Field(default=0, ge=0)  # which of the run's samples of its case and config
     base: str = Field(pattern=r"^[0-9a-f]{7,64}$")
     hidden: HiddenTests | None = None
     choices: ModelChoices = Field(default_factory=ModelChoices)

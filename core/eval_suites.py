@@ -9,6 +9,8 @@ delivered commit, after delivery (activities/evals.py), as SWE-bench does."""
 
 from __future__ import annotations
 
+import hashlib
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.build_io import (
@@ -23,12 +25,14 @@ from core.build_io import (
     workflow_id_for,
 )
 from core.eval_build import NAME_PATTERN, Acceptance, Evaluation, HiddenTests, ModelChoices
+from core.eval_stats import Comparison, ConfigStats, compare, config_stats
 from core.projects import ProjectConfig, check_branch, check_repository
 from core.reruns import scratch_project
 from core.scores import ScoreCard
 from core.states import BuildState
 
 MAX_PARALLEL = 16
+MAX_SAMPLES = 20
 MAX_RUN_HIDDEN_CHARS = 1_000_000  # the run's input is one payload (Temporal's limit: 2 MB)
 
 
@@ -77,6 +81,11 @@ class EvalRun(BaseModel):
     cases: list[EvalCase] = Field(min_length=1)
     configs: list[EvalConfig] = Field(min_length=1)
     parallel: int = Field(default=2, ge=1, le=MAX_PARALLEL)
+    samples: int = Field(default=1, ge=1, le=MAX_SAMPLES)  # builds per case and config
+    # The whole run's budget: once its ended builds spent it, no other build starts (those
+    # running go on; each build keeps its config's own budget).
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_cost_usd: float | None = Field(default=None, gt=0)
     user_id: str = "anonymous"
     policy: RolePolicy = Field(default_factory=RolePolicy)
     # A child that waits for a person fails after this: an evaluation runs unattended.
@@ -113,11 +122,12 @@ def child_requests(run: EvalRun) -> list[BuildRequest]:
                 setup_command=case.setup_command,
             )
         )
-        for config in run.configs:
+        for config, sample in ((c, s) for c in run.configs for s in range(run.samples)):
             evaluation = Evaluation(
                 run=run.workflow_id,
                 case=case.id,
                 config=config.name,
+                sample=sample,
                 base=case.base,
                 hidden=case.hidden,
                 choices=config.choices,
@@ -133,7 +143,7 @@ def child_requests(run: EvalRun) -> list[BuildRequest]:
             requests.append(
                 BuildRequest(
                     project_id=f"eval-{case.id}",
-                    build_id=child_build_id(run.run_id, case.id, config.name),
+                    build_id=child_build_id(run.run_id, case.id, config.name, sample),
                     user_id=run.user_id,
                     requirements=case.requirements,
                     options=options,
@@ -147,8 +157,14 @@ def eval_workflow_id(run_id: str) -> str:
     return f"eval-{run_id}"
 
 
-def child_build_id(run_id: str, case: str, config: str) -> str:
-    return f"{run_id}-{case}-{config}"
+def child_build_id(run_id: str, case: str, config: str, sample: int = 0) -> str:
+    """`<run>-<case>-<config>` (and `-<n>` for samples after the first); a digest of them
+    where that would pass a build id's 64 characters."""
+    named = f"{run_id}-{case}-{config}" + (f"-{sample}" if sample else "")
+    if len(named) <= 64:
+        return named
+    digest = hashlib.sha256(f"{case}\0{config}\0{sample}".encode()).hexdigest()[:16]
+    return f"{run_id}-{digest}"
 
 
 class EvalChild(BaseModel):
@@ -186,7 +202,8 @@ class CaseResult(BaseModel):
     case: str
     config: str
     build_id: str
-    outcome: str  # complete, failed; cancelled, terminated or timed out from outside
+    sample: int = 0  # which of the run's samples of this case and config
+    outcome: str  # complete, failed; cancelled, terminated, timed out; not run (the budget)
     passed: bool  # delivered, and its hidden tests (if it has any) pass on what it delivered
     reason: str | None = None  # why it did not pass: how it ended, or what its hidden tests said
     acceptance: Acceptance | None = None
@@ -218,15 +235,18 @@ class EvalReport(BaseModel):
     configs: list[ConfigRow]
     results: list[CaseResult]
     winners: dict[str, str | None]
+    stats: list[ConfigStats] = Field(default_factory=list)  # core/eval_stats.py
+    comparisons: list[Comparison] = Field(default_factory=list)  # each pair of configs
 
 
-def ended_case(case: str, config: str, ended: BuildResult) -> CaseResult:
+def ended_case(case: str, config: str, ended: BuildResult, sample: int = 0) -> CaseResult:
     """A child build's result from how it ended (its result, or its failure's detail)."""
     accepted = ended.acceptance
     delivered = ended.state is BuildState.COMPLETE
     return CaseResult(
         case=case,
         config=config,
+        sample=sample,
         build_id=ended.build_id,
         outcome=ended.state.value,
         passed=delivered and (accepted is None or accepted.passed),
@@ -290,13 +310,45 @@ def report(run_id: str, suite: str, configs: list[str], results: list[CaseResult
         )
     winners: dict[str, str | None] = {}
     for case in dict.fromkeys(r.case for r in results):
-        passing = sorted(
-            (r for r in results if r.case == case and r.passed),
-            key=lambda r: (r.tokens, r.loop_backs),
+        ranked = sorted(
+            (_standing([r for r in results if r.case == case and r.config == c]), c)
+            for c in configs
+            if any(r.case == case and r.config == c and r.passed for r in results)
         )
-        tied = len(passing) > 1 and (passing[0].tokens, passing[0].loop_backs) == (
-            passing[1].tokens,
-            passing[1].loop_backs,
-        )
-        winners[case] = passing[0].config if passing and not tied else None
-    return EvalReport(run_id=run_id, suite=suite, configs=rows, results=results, winners=winners)
+        tied = len(ranked) > 1 and ranked[0][0] == ranked[1][0]
+        winners[case] = ranked[0][1] if ranked and not tied else None
+    samples = {c: _samples(results, c) for c in configs}
+    return EvalReport(
+        run_id=run_id,
+        suite=suite,
+        configs=rows,
+        results=results,
+        winners=winners,
+        stats=[config_stats(c, samples[c]) for c in configs if samples[c]],
+        comparisons=[
+            found
+            for i, a in enumerate(configs)
+            for b in configs[i + 1 :]
+            if (found := compare(a, b, samples[a], samples[b])) is not None
+        ],
+    )
+
+
+def _standing(mine: list[CaseResult]) -> tuple[float, float, float]:
+    """How a config did on a case over its samples, best first when sorted: pass rate, then
+    tokens, then loop-backs (means)."""
+    n = len(mine)
+    return (
+        -sum(r.passed for r in mine) / n,
+        sum(r.tokens for r in mine) / n,
+        sum(r.loop_backs for r in mine) / n,
+    )
+
+
+def _samples(results: list[CaseResult], config: str) -> dict[str, list[bool]]:
+    """Per case, whether each of `config`'s samples passed."""
+    per_case: dict[str, list[bool]] = {}
+    for r in results:
+        if r.config == config:
+            per_case.setdefault(r.case, []).append(r.passed)
+    return per_case

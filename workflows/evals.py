@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from core.attributes import of_project
     from core.build_io import BuildRequest, BuildResult, CallOptions
     from core.contracts import EVAL_REPORT
+    from core.eval_build import Evaluation
     from core.eval_suites import (
         CaseResult,
         EvalChild,
@@ -64,7 +65,12 @@ class EvalWorkflow:
 
         async def lane() -> None:
             while waiting:
-                await self._build(waiting.pop(0))
+                request = waiting.pop(0)
+                if (spent := self._spent(run)) is not None:  # the run's budget: none starts
+                    self.results[request.build_id] = _not_run(request, spent)
+                    self.done.append(request.build_id)
+                    continue
+                await self._build(request)
 
         await asyncio.gather(*(lane() for _ in range(min(run.parallel, len(waiting)))))
         if workflow.patched(TABLE_FROM_CHILDREN_PATCH):
@@ -99,12 +105,22 @@ class EvalWorkflow:
                 static_summary=f"{evaluation.case} x {evaluation.config}",
             )
         except ChildWorkflowError as err:
-            ended = _failed(request.build_id, evaluation.case, evaluation.config, err)
+            ended = _failed(request.build_id, evaluation, err)
         if isinstance(ended, BuildResult):
-            ended = ended_case(evaluation.case, evaluation.config, ended)
+            ended = ended_case(evaluation.case, evaluation.config, ended, evaluation.sample)
         self.results[request.build_id] = ended
         self.running.remove(request.build_id)
         self.done.append(request.build_id)
+
+    def _spent(self, run: EvalRun) -> str | None:
+        """Why no other child starts: what the ended ones spent reached the run's budget."""
+        ended = self.results.values()
+        tokens, cost = sum(r.tokens for r in ended), sum(r.cost_usd for r in ended)
+        if run.max_tokens is not None and tokens >= run.max_tokens:
+            return f"the run's budget was spent: {tokens:,} of {run.max_tokens:,} tokens"
+        if run.max_cost_usd is not None and cost >= run.max_cost_usd:
+            return f"the run's budget was spent: ${cost:.4f} of ${run.max_cost_usd:.4f}"
+        return None
 
     @workflow.query
     def progress(self) -> EvalProgress:
@@ -113,8 +129,22 @@ class EvalWorkflow:
         )
 
 
+def _not_run(request: BuildRequest, why: str) -> CaseResult:
+    evaluation = request.options.evaluation
+    assert evaluation is not None
+    return CaseResult(
+        case=evaluation.case,
+        config=evaluation.config,
+        sample=evaluation.sample,
+        build_id=request.build_id,
+        outcome="not run",
+        passed=False,
+        reason=why,
+    )
+
+
 def _failed(
-    build_id: str, case: str, config: str, err: ChildWorkflowError
+    build_id: str, evaluation: Evaluation, err: ChildWorkflowError
 ) -> BuildResult | CaseResult:
     """How a child that did not complete ended: what its failure's detail says (a build that
     ended FAILED), or what ended it from outside."""
@@ -126,8 +156,9 @@ def _failed(
     if outcome is None:
         outcome = "timed out" if isinstance(cause, TimeoutError) else "failed"
     return CaseResult(
-        case=case,
-        config=config,
+        case=evaluation.case,
+        config=evaluation.config,
+        sample=evaluation.sample,
         build_id=build_id,
         outcome=outcome,
         passed=False,

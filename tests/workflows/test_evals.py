@@ -76,3 +76,72 @@ async def test_the_table_is_made_from_how_each_child_ended(
     rows = {row.config: row for row in got.configs}
     assert (rows["good"].passed, rows["good"].cases, rows["bad"].passed) == (1, 2, 0)
     assert got.winners == {"right": "good", "wrong": None}
+
+
+async def test_samples_give_each_config_pass_at_k_and_pass_hat_k(
+    skipping: WorkflowEnvironment, fakes: Fakes
+):
+    fakes.script = {(S.TESTING, n): failing_tests_for("-flaky-1") for n in range(1, 5)}
+    run = EvalRun(
+        run_id=uuid.uuid4().hex[:12],
+        suite="fast",
+        cases=[
+            EvalCase(id=case, repository="/repos/x", base="abc1234", requirements="r")
+            for case in ("one", "two")
+        ],
+        configs=[EvalConfig(name="steady"), EvalConfig(name="flaky", max_retries=0)],
+        parallel=8,
+        samples=2,
+    )
+    queue = f"fast-eval-{uuid.uuid4().hex[:8]}"
+    async with Worker(
+        skipping.client,
+        task_queue=queue,
+        workflows=[EvalWorkflow, BuildWorkflow],
+        activities=fakes.activities(),
+    ):
+        got = await skipping.client.execute_workflow(
+            EvalWorkflow.run, run, id=run.workflow_id, task_queue=queue
+        )
+    assert len(got.results) == 8 and {r.sample for r in got.results} == {0, 1}
+    stats = {s.config: s for s in got.stats}
+    steady, flaky = stats["steady"], stats["flaky"]
+    assert (steady.pass_at_1.value, flaky.pass_at_1.value) == (1.0, 0.5)
+    assert flaky.pass_at_k is not None and flaky.pass_at_k.value == 1.0
+    assert flaky.pass_hat_k is not None and flaky.pass_hat_k.value == 0.0
+    (versus,) = got.comparisons
+    assert (versus.first, versus.second, versus.difference.value) == ("steady", "flaky", 0.5)
+    assert got.winners == {"one": "steady", "two": "steady"}
+
+
+async def test_no_child_starts_once_the_runs_budget_is_spent(
+    skipping: WorkflowEnvironment, fakes: Fakes
+):
+    run = EvalRun(
+        run_id=uuid.uuid4().hex[:12],
+        suite="fast",
+        cases=[
+            EvalCase(id=case, repository="/repos/x", base="abc1234", requirements="r")
+            for case in ("one", "two", "three")
+        ],
+        configs=[EvalConfig(name="only")],
+        parallel=1,
+        max_tokens=600,  # one build's six calls of 100 tokens
+    )
+    queue = f"fast-eval-{uuid.uuid4().hex[:8]}"
+    async with Worker(
+        skipping.client,
+        task_queue=queue,
+        workflows=[EvalWorkflow, BuildWorkflow],
+        activities=fakes.activities(),
+    ):
+        got = await skipping.client.execute_workflow(
+            EvalWorkflow.run, run, id=run.workflow_id, task_queue=queue
+        )
+    assert [(r.case, r.outcome) for r in got.results] == [
+        ("one", "complete"),
+        ("two", "not run"),
+        ("three", "not run"),
+    ]
+    assert got.results[1].reason == "the run's budget was spent: 600 of 600 tokens"
+    assert len(fakes.calls) == 6  # the one build's role calls, no others
