@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -40,6 +41,7 @@ from workflows.evals import EvalWorkflow
 
 SEED_DATE = "2026-01-01T00:00:00+00:00"  # a folder's commit is the same wherever it is made
 MAX_FILE_BYTES = 1_000_000  # a suite or config file
+COPY_SECONDS = 600  # a case's repository copied (a large one over the network)
 
 EvalHandle = WorkflowHandle[EvalWorkflow, EvalReport]  # an evaluation run's
 
@@ -125,6 +127,8 @@ def load_suite(path: Path, settings: Settings) -> tuple[str, list[EvalCase], int
 
 
 def _case(suite: Path, case: dict[str, Any], index: int, settings: Settings) -> EvalCase:
+    """A case with everything it names checked first, then its repository copied (or made from
+    a folder) and its base resolved there."""
     where = f"{suite}: case {case.get('id', index)}"
     repository = _not_an_option(where, "repository", str(case.get("repository") or ""))
     if not repository:
@@ -132,17 +136,13 @@ def _case(suite: Path, case: dict[str, Any], index: int, settings: Settings) -> 
     branch = str(case.get("branch", "main"))
     try:
         check_branch(branch)
+    except ValueError as err:
+        raise SuiteError(f"{where}: `branch`: {err}") from err
+    base = _not_an_option(where, "base", str(case.get("base") or branch))
+    try:
         if is_url(repository):
             check_repository(repository)
-    except ValueError as err:
-        raise SuiteError(f"{where}: {err}") from err
-    if not is_url(repository):
-        repository = str(_local(suite.parent / repository, branch, settings, where))
-    case["repository"], case["branch"] = repository, branch
-    base = _not_an_option(where, "base", str(case.get("base") or branch))
-    case["base"] = _commit(repository, base, where)
-    hidden = case.pop("hidden_tests", None)
-    try:
+        hidden = case.pop("hidden_tests", None)
         if hidden is not None:
             files = {
                 str(dest): _text(
@@ -153,8 +153,17 @@ def _case(suite: Path, case: dict[str, Any], index: int, settings: Settings) -> 
             case["hidden"] = HiddenTests(files=files, **{
                 k: v for k, v in hidden.items() if k != "files"
             })  # fmt: skip
+    except (ValidationError, ValueError, TypeError, AttributeError) as err:
+        raise SuiteError(f"{where}: {err}") from err
+    if not is_url(repository):
+        repository = str(_local(suite.parent / repository, branch, settings, where))
+    if not repository.startswith(str(settings.data_dir / "evals")):
+        repository = str(copied(repository, settings.data_dir / "evals", where))
+    case["repository"], case["branch"] = repository, branch
+    case["base"] = _commit(repository, base, where)
+    try:
         return EvalCase(**case)
-    except (ValidationError, TypeError, AttributeError) as err:
+    except (ValidationError, TypeError) as err:
         raise SuiteError(f"{where}: {err}") from err
 
 
@@ -166,6 +175,33 @@ def _local(path: Path, branch: str, settings: Settings, where: str) -> Path:
     if (path / ".git").exists() or (path / "HEAD").is_file():
         return path
     return seeded(path, branch, settings.data_dir / "evals")
+
+
+def copied(repository: str, under: Path, where: str) -> Path:
+    """A bare copy of `repository` under `under`, where the run's builds push their branches:
+    an evaluation never writes into a case's repository. Made once per repository, and
+    brought up to date with its branches and tags when a run starts again."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", repository.rstrip("/").rsplit("/", 1)[-1])
+    digest = hashlib.sha256(repository.encode()).hexdigest()[:12]
+    copy = under / f"{name.removesuffix('.git')[:40] or 'repository'}-{digest}.git"
+    try:
+        if (copy / "HEAD").is_file():
+            refs = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
+            git(copy, "fetch", "-q", "--end-of-options", repository, *refs, timeout=COPY_SECONDS)
+            return copy
+        staging = under / f"{copy.name}.staging-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        under.mkdir(parents=True, exist_ok=True)
+        git(
+            None, "clone", "-q", "--bare", "--end-of-options", repository, str(staging), timeout=600
+        )
+        if copy.exists():  # made by another start meanwhile
+            shutil.rmtree(staging)
+        else:
+            os.replace(staging, copy)
+    except GitError as err:
+        raise SuiteError(f"{where}: cannot copy {repository}: {err}") from err
+    return copy
 
 
 def _digest(folder: Path) -> str:
@@ -209,7 +245,7 @@ def _commit(repository: str, base: str, where: str) -> str:
     try:
         if is_url(repository):
             if len(base) == 40 and all(c in "0123456789abcdef" for c in base):
-                return base
+                return base  # a copy is local: this is for a suite a caller did not copy
             listed = git(None, "ls-remote", "--end-of-options", repository, base).split()
             if not listed:
                 raise SuiteError(f"{where}: {repository} has no {base!r}")

@@ -199,6 +199,29 @@ def test_a_hostile_suite_file_runs_nothing_and_reads_nothing_outside_its_folder(
         load_config(config)
 
 
+def test_a_case_repository_is_copied_and_never_written(settings: Settings, tmp_path: Path) -> None:
+    """Builds push their branches where the run's case lives: a copy of the data folder's,
+    never the repository the suite names (a local path or a URL)."""
+    original = tmp_path / "project"
+    original.mkdir()
+    git(original, "init", "-q", "-b", "main")
+    (original / "app.py").write_text("x = 1\n")
+    git(original, "add", "-A")
+    git(original, "commit", "-q", "-m", "one")
+    head = git(original, "rev-parse", "HEAD")
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"cases: [{{id: a, repository: {original}, requirements: x}}]\n")
+    (case,) = load_suite(suite, settings)[1]
+    copy = Path(case.repository)
+    assert copy.is_relative_to(settings.data_dir / "evals") and case.base == head
+    git(copy, "update-ref", "refs/heads/build/x", head)  # what a child's delivery does
+    assert git(original, "for-each-ref", "--format=%(refname)") == "refs/heads/main"
+    git(original, "commit", "-q", "--allow-empty", "-m", "two")
+    (again,) = load_suite(suite, settings)[1]  # the copy is brought up to date
+    assert again.repository == case.repository
+    assert again.base == git(original, "rev-parse", "HEAD") != head
+
+
 def test_a_config_names_roles_models_and_prompt_files(tmp_path: Path) -> None:
     (tmp_path / "terse.md").write_text("Write the least code that works.")
     path = tmp_path / "terse.yaml"
