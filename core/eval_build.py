@@ -27,6 +27,10 @@ class HiddenTests(BaseModel):
 
     files: dict[str, str] = Field(min_length=1)
     command: str = Field(default="python -m pytest -q", min_length=1, max_length=2000)
+    # A mined case's (client/mining.py): the tests that failed at its base and passed at its
+    # commit, and those that passed at both. Every hidden test must pass either way.
+    fail_to_pass: list[str] = Field(default_factory=list, max_length=1000)
+    pass_to_pass: list[str] = Field(default_factory=list, max_length=1000)
 
     @field_validator("files")
     @classmethod
