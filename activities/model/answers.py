@@ -91,6 +91,10 @@ class Answers(Protocol):
         """An answer `build_id` kept for the very request hashed `request`, any attempt."""
         ...
 
+    def attempts(self, build_id: str, role: str, state: str) -> list[int]:
+        """The attempts of `role` in `state` that `build_id` kept answers for, in order."""
+        ...
+
 
 def open_store(settings: Settings, engine: Engine | None = None) -> Answers:
     """The store ANSWER_STORE names (`engine`: the mirror's, where the caller has one)."""
@@ -169,6 +173,13 @@ class AnswerStore:
             and r.get("state") in (state, "", None)
         ]  # fmt: skip
         return [_kept(r["answer"], r["usage"]) for r in reversed(matching)]
+
+    def attempts(self, build_id: str, role: str, state: str) -> list[int]:
+        return sorted({
+            int(r["attempt"]) for r in self._records(build_id)
+            if r.get("role") == role and r.get("state") in (state, "", None)
+            and isinstance(r.get("attempt"), int)
+        })  # fmt: skip
 
     def by_request(self, build_id: str, request: str) -> Kept | None:
         for r in reversed(self._records(build_id)):
@@ -251,6 +262,25 @@ class DatabaseAnswers:
             .order_by(row.kept_at.desc(), row.id.desc())
         )
         return self._read(query, build_id)
+
+    def attempts(self, build_id: str, role: str, state: str) -> list[int]:
+        row = KeptAnswerRow.__table__.c  # type: ignore[attr-defined]
+        query = (
+            select(row.attempt)
+            .where(
+                row.workflow_id == build_id,
+                row.role == role,
+                (row.state == state) | (row.state == "") | row.state.is_(None),
+            )
+            .distinct()
+            .order_by(row.attempt)
+        )
+        try:
+            with self.engine.connect() as conn:
+                return [int(a) for (a,) in conn.execute(query)]
+        except SQLAlchemyError as err:
+            log.warning("kept answers of %s not read: %s", build_id, err)
+            return []
 
     def by_request(self, build_id: str, request: str) -> Kept | None:
         row = KeptAnswerRow.__table__.c  # type: ignore[attr-defined]

@@ -1,7 +1,10 @@
 """A re-run's role call answered from its original build's kept answers (core/reruns.py): the
 answer the original kept for the same role, state and attempt (the latest, the one its build
-acted on), else one it kept for the very same request; no answer is a divergence, which ends
-the call (the build asks a person) unless the re-run may go live after one.
+acted on), else one it kept for the very same request, else the one of the original's n-th
+attempt that made a call, for the re-run's attempt n (an original whose first attempt made no
+call: its release waited for the project's queue and was tested again, where a re-run takes
+no queue turn); no answer is a divergence, which ends the call (the build asks a person)
+unless the re-run may go live after one.
 
 Blocking: the model client calls `recorded` through asyncio.to_thread."""
 
@@ -42,6 +45,11 @@ def recorded(
     by_hash = store.by_request(original, request)  # read only when nothing matched
     if by_hash is not None and (answer := _as(by_hash, schema)) is not None:
         return answer, _replayed(by_hash.usage)
+    called = store.attempts(original, role, state)
+    if attempt <= len(called) and called[attempt - 1] != attempt:
+        for kept in store.recorded(original, role, state, called[attempt - 1]):
+            if (answer := _as(kept, schema)) is not None:
+                return answer, _replayed(kept.usage)
     if replay.live_after_divergence:
         log.info("%s attempt %d at %s: build %s made no such call; asking the model",
                  role, attempt, state, replay.original)  # fmt: skip

@@ -64,6 +64,31 @@ def test_an_answer_is_kept_per_build_role_attempt_and_request(store: Answers) ->
     assert kept is not None and kept.answer["summary"] == "s"  # the first answer kept stays
 
 
+def test_a_rerun_whose_first_attempt_calls_gets_the_originals_first_answered_attempt(
+    store: Answers,
+) -> None:
+    """The original's release waited for its project's queue and was tested again: its first
+    DEPLOYMENT attempt made no call, its second did. A re-run takes no queue turn: its first
+    attempt calls, and gets the answer of the original's first attempt that called."""
+    from activities.model.replays import recorded
+    from core.reruns import Replay
+    from core.role_io import RoleTask
+
+    released = PlanOutput(summary="released", steps=[], files=[], test_strategy="t")
+    usage = ModelUsage(model="m", prompt_version="v", prompt_tokens=7, requests=1)
+    store.put(Key("orig", "release_manager", 2, "h2", "deployment"), released, usage)
+    assert store.attempts("orig", "release_manager", "deployment") == [2]
+    task = RoleTask.model_validate({
+        "build_id": "again", "project_id": "p", "role": Role.RELEASE_MANAGER,
+        "state": BuildState.DEPLOYMENT,
+        "attempt": 1, "requirements": {"feature": "x"},
+        "replay": Replay(live=False, original="orig"),
+    })  # fmt: skip
+    found = recorded(store, task, "another request", PlanOutput)
+    assert found is not None and found[0] == released and found[1].replayed
+    assert found[1].prompt_tokens == 0  # paid for by the original
+
+
 def test_a_kept_file_is_written_whole(tmp_path: Path) -> None:
     store = AnswerStore(tmp_path / "answers")
     store.put(Key("b1", "r", 1, "h"), PLAN, ModelUsage(model="m", prompt_version="v"))
