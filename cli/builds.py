@@ -13,10 +13,17 @@ from temporalio.client import (
 )
 
 from cli.console import console, refuse, run_command
-from cli.follow import event_line, show_model_output, status_tables
+from cli.follow import event_line, follow, show_model_output, status_tables
 from cli.launch import Followed, announced, concluded
 from client import builds
-from core.build_io import BuildStatus, Simulation, StartOptions, parse_requirements, workflow_id_for
+from core.build_io import (
+    BuildStatus,
+    Simulation,
+    StartOptions,
+    build_id_from,
+    parse_requirements,
+    workflow_id_for,
+)
 from core.messages import (
     AbortRequest,
     ApproveRequest,
@@ -99,6 +106,14 @@ def start(
     wait: Annotated[
         bool, typer.Option("--follow/--no-follow", help="Follow the build until it ends.")
     ] = True,
+    through_waits: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Keep following while it waits for a person (by default: return, saying how "
+            "to go on, exit code 3).",
+        ),
+    ] = False,
     show_model_output: Annotated[
         bool,
         typer.Option(
@@ -107,9 +122,10 @@ def start(
         ),
     ] = False,
 ) -> None:
-    """Start a build, print its workflow id and Web UI link, then follow it to the end.
+    """Start a build, print its workflow id and Web UI link, then follow it to its end or to a
+    wait for a person.
 
-    Exit code 0 only when the build reaches COMPLETE.
+    Exit code 0 when the build reaches COMPLETE, 3 when it waits for a person, else 1.
     """
     settings = get_settings()
     try:
@@ -136,10 +152,38 @@ def start(
         handle = await builds.start_build(client, settings, request)
         return await announced(
             client, settings, handle, request.build_id,
-            wait=wait, show_model_output=show_model_output,
+            wait=wait, show_model_output=show_model_output, through_waits=through_waits,
         )  # fmt: skip
 
     concluded(request.build_id, run_command(go))
+
+
+@app.command("follow")
+def follow_build(
+    build: BuildIdArg,
+    through_waits: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Keep following while it waits for a person (by default: return, saying how "
+            "to go on, exit code 3).",
+        ),
+    ] = False,
+    show_model_output: Annotated[
+        bool, typer.Option("--show-model-output", help="Print what the models write.")
+    ] = False,
+) -> None:
+    """Follow a running build to its end or to its next wait for a person.
+
+    Exit code 0 when it reaches COMPLETE, 3 when it waits for a person, else 1."""
+
+    async def go(client: Client, settings: Settings) -> Followed:
+        handle = builds.handle_for(client, build)
+        await builds.describe(handle)  # an unknown build: one sentence, not a traceback
+        output_of = client if show_model_output else None
+        return await follow(handle, console, output_of=output_of, through_waits=through_waits)
+
+    concluded(build_id_from(build), run_command(go))
 
 
 @app.command()

@@ -194,9 +194,11 @@ async def follow(
     console: Console,
     interval: float = 0.5,
     output_of: Client | None = None,
+    through_waits: bool = False,
 ) -> tuple[BuildStatus, Released | None]:
-    """Show progress and events until the build ends; the final status and the release.
-    With `output_of` (the client), what the models write is shown as they write it."""
+    """Show progress and events until the build ends, or until it waits for a person (unless
+    `through_waits`); the status then, and the release. With `output_of` (the client), what
+    the models write is shown as they write it."""
     result = asyncio.create_task(handle.result())
     seen = 0
     told: str | None = None  # the command last suggested: said once per wait
@@ -236,13 +238,18 @@ async def follow(
                 completed=status.progress,
                 description=f"{status.state.value} ({role}){waiting}",
             )
-            if result.done():
+            if result.done() or (command is not None and not through_waits):
                 break
             await asyncio.wait({result}, timeout=interval)
-        if output_of is not None:  # what the stream still holds, then the last line
+        if output_of is not None and result.done():  # what the stream still holds
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(shown, 10)
+        elif output_of is not None:
+            shown.cancel()
     release: Released | None = None
+    if not result.done():  # it waits for a person: followed this far
+        result.cancel()
+        return status, None
     with contextlib.suppress(WorkflowFailureError):  # a FAILED build's reason is in its status
         release = (await result).release
     try:

@@ -84,6 +84,14 @@ def rerun(
     wait: Annotated[
         bool, typer.Option("--follow/--no-follow", help="Follow the re-run until it ends.")
     ] = True,
+    through_waits: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Keep following while it waits for a person (by default: return, saying how "
+            "to go on, exit code 3).",
+        ),
+    ] = False,
     show_model_output: Annotated[
         bool, typer.Option("--show-model-output", help="Print what live roles' models write.")
     ] = False,
@@ -92,7 +100,8 @@ def rerun(
     the original's kept answers, call by call; edits, tests, checks and delivery run for real,
     delivered to the re-run's own branch (never the project's branch, never a tag).
 
-    Exit code 0 only when the re-run reaches COMPLETE. `compare` sets the two side by side.
+    Exit code 0 when the re-run reaches COMPLETE, 3 when it waits for a person, else 1.
+    `compare` sets the two side by side.
     """
     try:
         choices = RerunChoices(
@@ -114,7 +123,7 @@ def rerun(
         console.print(f"re-run of build [bold]{rerun.original}[/bold]; live roles: {live_roles}")
         followed = await announced(
             client, settings, handle, request.build_id,
-            wait=wait, show_model_output=show_model_output,
+            wait=wait, show_model_output=show_model_output, through_waits=through_waits,
         )  # fmt: skip
         return request.build_id, followed
 

@@ -150,6 +150,7 @@ async def test_steer_a_gated_build_from_the_command_line(
         build,
         "--gate",
         "handoff_to_tester",
+        "--wait",  # through the gate: the approval below comes from another process
     )
     following = asyncio.create_task(run("starter.py", *args, settings=settings, cwd=tmp_path))
     handle = client.get_workflow_handle_for(BuildWorkflow.run, f"build-{build}")
@@ -181,6 +182,10 @@ async def test_steer_a_gated_build_from_the_command_line(
         cwd=tmp_path,
     )
     assert code == 1 and "refused: cannot roll back forward" in out
+    # Following without --wait returns at the gate, with what goes on, and an exit code of its own.
+    code, out = await run("starter.py", "follow", build, settings=settings, cwd=tmp_path)
+    assert code == 3 and f"waits for you: starter.py approve {build}" in out, out
+    assert f"starter.py follow {build}" in out
 
     code, out = await run(
         "starter.py", "approve", f"build-{build}", settings=settings, cwd=tmp_path
@@ -251,7 +256,8 @@ async def test_start_with_a_worker_does_not_warn(settings: Settings, tmp_path: P
 
 
 async def test_help_for_every_command(settings: Settings, tmp_path: Path):
-    commands = ("start", "status", "events", "retry", "rollback", "approve", "top-up", "abort")
+    commands = ("start", "follow", "status", "events", "retry", "rollback", "approve", "top-up",
+                "abort")  # fmt: skip
     helps = await asyncio.gather(  # at once: each is an interpreter's start-up, mostly waiting
         *(run("starter.py", c, "--help", settings=settings, cwd=tmp_path) for c in commands),
         run("worker.py", "--help", settings=settings, cwd=tmp_path),
