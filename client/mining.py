@@ -201,9 +201,9 @@ async def mine(
             say(f"  {candidate.commit[:10]} dropped: {outcome}")
         else:
             mined.kept.append(outcome)
-            say(
-                f"  {candidate.commit[:10]} kept: {len(outcome.fail_to_pass)} tests fail, then pass"
-            )
+            fixed = len(outcome.fail_to_pass)
+            tests = f"{fixed} hidden test{'s' * (fixed != 1)}"
+            say(f"  {candidate.commit[:10]} kept: {tests} failing at the base pass at the commit")
     return mined
 
 

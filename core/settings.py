@@ -215,6 +215,13 @@ class Settings(BaseSettings):
             raise ValueError("TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY go together: set both")
         return self
 
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        """Absolute from the start: paths under it are handed to the sandbox (bubblewrap
+        refuses a relative one) and to processes with another working directory."""
+        return value.expanduser().absolute()
+
     @field_validator("sandbox_setup_ports")
     @classmethod
     def _ports(cls, value: str) -> str:
