@@ -4,6 +4,8 @@ Temporal with a refusal shown as one line and exit code 1."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections.abc import Awaitable, Callable
 from typing import NoReturn, TypeVar
 
@@ -20,7 +22,13 @@ from core.settings import Settings, get_settings
 from core.telemetry import flush_traces, tracing_interceptors
 from core.temporal import connect
 
-console = Console(highlight=False)
+# Piped into a file or another program, lines are not cut at 80 columns (rich's default
+# without a terminal) but kept whole up to this width; COLUMNS still decides where it is set.
+PIPED_WIDTH = 200
+console = Console(
+    highlight=False,
+    width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else PIPED_WIDTH,
+)
 T = TypeVar("T")
 
 

@@ -58,7 +58,8 @@ def concluded(build_id: str, followed: Followed) -> None:
         console.print(f"then follow it again: starter.py follow {build_id}")
         raise typer.Exit(WAITS_EXIT)
     if final.state is BuildState.COMPLETE:
-        console.print(f"[green]build {build_id} COMPLETE[/green] (attempts {final.attempts})")
+        attempts = ", ".join(f"{state.value} {n}" for state, n in final.attempts.items())
+        console.print(f"[green]build {build_id} COMPLETE[/green] (attempts: {attempts})")
         console.print(delivered(release).capitalize())
         return
     console.print(f"[red]build {build_id} {final.state.value.upper()}[/red]: {final.last_error}")

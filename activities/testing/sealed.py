@@ -25,6 +25,7 @@ that skips itself, a collected nothing); the docs say the rest (docs/api.md).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,9 @@ CONFIGS = (
     ("setup.cfg", b"[tool:pytest]"),
 )
 CONFIG_BYTES = 1_000_000
+# The files pytest collects tests from by default; other hidden files (a package's __init__.py,
+# helpers, fixtures) are there for the tests and have no cases of their own.
+TEST_MODULE = re.compile(r"^(test_.*|.*_test)\.py$")
 
 
 @dataclass(frozen=True)
@@ -105,8 +109,8 @@ class Verdict:
 
 def verdict(found: list[Case], hidden: list[str]) -> Verdict:
     """The hidden tests' verdict from the run's cases: theirs only, each one passed, and every
-    hidden test file with at least one case."""
-    tests = [f for f in hidden if f.endswith(".py")]
+    hidden test module with at least one case."""
+    tests = [f for f in hidden if TEST_MODULE.match(f.rsplit("/", 1)[-1])]  # not helpers
     mine = [case for case in found if any(_of(case, f) for f in tests)]
     missing = [f for f in tests if not any(_of(case, f) for case in mine)]
     bad = [c for c in mine if c.status != "passed"]
