@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.deps import AppState, require_api_key
 from api.guard import Guard
 from api.metrics import SdkCollector, api_registry
-from api.routes import health, projects, reruns, steering, workflows
+from api.routes import evals, health, projects, reruns, steering, workflows
 from client.errors import (
     BuildError,
     BuildExists,
@@ -135,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(steering.router, dependencies=[Depends(require_api_key)])
     app.include_router(reruns.router, dependencies=[Depends(require_api_key)])
     app.include_router(projects.router, dependencies=[Depends(require_api_key)])
+    app.include_router(evals.router, dependencies=[Depends(require_api_key)])
 
     app.add_middleware(Guard, settings=settings)  # inside Observe: its refusals are counted
     app.add_middleware(Observe)

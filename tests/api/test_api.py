@@ -390,7 +390,7 @@ def test_no_route_waits_for_a_thread_but_its_one_read():
     from fastapi.routing import APIRoute
 
     from api.deps import require_api_key
-    from api.routes import health, projects, reruns, steering, workflows
+    from api.routes import evals, health, projects, reruns, steering, workflows
 
     def plain(dependant: Dependant) -> list[str]:
         call = dependant.call
@@ -398,7 +398,7 @@ def test_no_route_waits_for_a_thread_but_its_one_read():
         names = [] if call is None or inspect.iscoroutinefunction(call) else [call.__qualname__]
         return names + [n for sub in dependant.dependencies for n in plain(sub)]
 
-    routers = (health, projects, reruns, steering, workflows)
+    routers = (evals, health, projects, reruns, steering, workflows)
     routes = [r for m in routers for r in m.router.routes if isinstance(r, APIRoute)]
     assert len(routes) > 10
     assert {r.path: plain(r.dependant) for r in routes if plain(r.dependant)} == {}

@@ -86,6 +86,23 @@ async def test_the_offline_suite_ends_in_a_table_per_config_and_a_winner_per_cas
     rendered = shown.export_text()
     assert got.run_id in rendered and "test_reset_turns_it_off" in rendered
     assert all(r.build_id in rendered for r in got.results)
+    # The API answers the run, and its page draws it without reaching anywhere else.
+    import httpx
+
+    from api.main import create_app
+
+    app = create_app(worker)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as http,
+    ):
+        view = (await http.get(f"/api/evals/{got.run_id}")).json()
+        page = await http.get(f"/api/evals/{got.run_id}/report")
+        missing = await http.get("/api/evals/nosuch1")
+    assert view["state"] == "completed" and EvalReport.model_validate(view["report"]) == got
+    assert page.status_code == 200 and "<svg" in page.text and "<script" not in page.text
+    assert all(r.build_id in page.text for r in got.results) and "hidden tests: " in page.text
+    assert missing.status_code == 404 and missing.json()["detail"] == "no evaluation run nosuch1"
 
 
 @pytest.mark.timeout(120)
