@@ -46,8 +46,7 @@ run: install
 	OFFLINE_MODEL_LATENCY_SECONDS=$(DEMO_MODEL_LATENCY) $(BIN)/python devstack.py demo
 	@echo
 	@echo "The Temporal server, the worker and the API keep running:"
-	@echo "  Web UI  http://localhost:8233    API  http://localhost:8000/docs"
-	@echo "  Metrics http://127.0.0.1:9464/metrics (worker)  http://localhost:8000/metrics (API)"
+	@$(BIN)/python devstack.py status --urls
 	@echo "More builds:  $(BIN)/python starter.py --help"
 	@echo "Stop them:    make stop"
 

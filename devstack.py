@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -169,14 +170,27 @@ def down() -> None:
 
 
 @app.command()
-def status() -> None:
-    """Tell whether the dev server, the worker and the API run."""
+def status(
+    urls: Annotated[bool, typer.Option("--urls", help="Only where each part answers.")] = False,
+) -> None:
+    """Tell whether the dev server, the worker and the API run, and where they answer."""
     settings = get_settings()
-    for name in ("temporal", "worker", "api", LOCAL_MODEL):
-        pid = _running(settings, name)
-        print(f"{name}: {'running, pid ' + str(pid) if pid else 'not running'}")
-    print(f"Web UI: {settings.temporal_ui_url}")
-    print(f"API: {settings.api_url}")
+    if not urls:
+        for name in ("temporal", "worker", "api", LOCAL_MODEL):
+            pid = _running(settings, name)
+            print(f"{name}: {'running, pid ' + str(pid) if pid else 'not running'}")
+    print("\n".join(addresses(settings)))
+
+
+def addresses(settings: Settings) -> list[str]:
+    """Where each part answers, from the settings (the ports a person moved included)."""
+    worker = settings.worker_metrics_address
+    return [
+        f"  Web UI  {settings.temporal_ui_url}    Temporal  {settings.temporal_address}",
+        f"  API     {settings.api_url}/docs",
+        f"  Metrics {'http://' + worker + '/metrics (worker)' if worker else 'worker: off'}"
+        f"  {settings.api_url}/metrics (API)",
+    ]
 
 
 def _local_model(settings: Settings, port: int) -> None:

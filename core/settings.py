@@ -205,6 +205,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _ui_url(self) -> Self:
+        """One source for each address: TEMPORAL_PORT (the embedded server's) is where the
+        clients go unless TEMPORAL_ADDRESS says otherwise, as TEMPORAL_UI_PORT is for links."""
+        if "temporal_address" not in self.model_fields_set and "temporal_port" in (
+            self.model_fields_set
+        ):
+            self.temporal_address = f"localhost:{self.temporal_port}"
         if not self.temporal_ui_url:
             self.temporal_ui_url = f"http://localhost:{self.temporal_ui_port}"
         return self

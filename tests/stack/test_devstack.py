@@ -25,7 +25,7 @@ async def test_up_runs_server_ui_and_worker_then_down_stops_them(tmp_path: Path)
         "DATA_DIR": str(tmp_path / "data"),
         "TEMPORAL_PORT": str(port),
         "TEMPORAL_UI_PORT": str(ui_port),
-        "TEMPORAL_ADDRESS": f"127.0.0.1:{port}",
+        # No TEMPORAL_ADDRESS: TEMPORAL_PORT is where every client goes.
         "TEMPORAL_TASK_QUEUE": "devstack-test",
         "API_PORT": str(api_port),
         "COLUMNS": "200",
@@ -83,6 +83,9 @@ async def test_up_runs_server_ui_and_worker_then_down_stops_them(tmp_path: Path)
 
         code, out = await run(devstack, "status")
         assert "temporal: running" in out and "worker: running" in out and "api: running" in out
+        # Every address printed comes from the settings: here the ports this test moved.
+        assert f"http://localhost:{ui_port}" in out and f"localhost:{port}" in out
+        assert f"http://localhost:{api_port}/docs" in out
     finally:
         code, out = await run(devstack, "down")
     assert code == 0 and "worker: stopped" in out and "temporal: stopped" in out
