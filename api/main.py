@@ -12,12 +12,15 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request, Response, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic_core import PydanticSerializationError
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from swagger_ui_bundle import swagger_ui_path
 
 from api.deps import AppState, require_api_key
 from api.guard import Guard
@@ -99,6 +102,25 @@ class Observe:
             )
 
 
+DOCS_ASSETS = "/docs/assets"
+
+
+def offline_docs(app: FastAPI) -> None:
+    """The OpenAPI page at /docs with Swagger UI's files served by the API itself (from the
+    swagger-ui-bundle package): the page works where no CDN can be reached."""
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title}: API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     sdk_metrics = SdkCollector()
@@ -129,7 +151,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Start, steer and inspect AI builds that run as Temporal workflows.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served below from the package, not a CDN
+        redoc_url=None,
     )
+    offline_docs(app)
     app.include_router(health.router)
     app.include_router(workflows.router, dependencies=[Depends(require_api_key)])
     app.include_router(steering.router, dependencies=[Depends(require_api_key)])

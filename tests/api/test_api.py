@@ -403,3 +403,18 @@ def test_no_route_waits_for_a_thread_but_its_one_read():
     assert len(routes) > 10
     assert {r.path: plain(r.dependant) for r in routes if plain(r.dependant)} == {}
     assert plain(get_dependant(path="/", call=require_api_key)) == []  # every router's guard
+
+
+async def test_the_docs_page_needs_nothing_but_the_api(stack: Stack):
+    """/docs loads Swagger UI's files from the API itself (swagger-ui-bundle), so it renders
+    with the network off; FastAPI's default page fetches them from a CDN."""
+    import re
+
+    page = await stack.http.get("/docs")
+    assert page.status_code == 200
+    sources = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text)
+    sources += re.findall(r"""url: ?["']([^"']+)["']""", page.text)
+    assert sources and all(s.startswith("/") for s in sources), sources
+    for source in sources:
+        assert (await stack.http.get(source)).status_code == 200, source
+    assert (await stack.http.get("/redoc")).status_code == 404  # it would need a CDN
