@@ -235,6 +235,7 @@ def model_output(
     attempt is marked). Works on an ended build too: its stream is read to the end."""
 
     async def go(client: Client, settings: Settings) -> None:
+        await builds.describe(builds.handle_for(client, build))  # unknown: one sentence
         await show_model_output(client, build, console, from_offset)
 
     run_command(go)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +12,14 @@ from temporalio.client import Client
 
 from cli.console import console, refuse, run_command
 from client import projects
-from core.projects import ProjectConfig, ProjectView, VersionScheme, is_url
+from core.projects import (
+    PROJECT_ID_PATTERN,
+    PROJECT_ID_RULE,
+    ProjectConfig,
+    ProjectView,
+    VersionScheme,
+    is_url,
+)
 from core.settings import Settings
 
 
@@ -24,7 +32,19 @@ project_app = typer.Typer(
     help="Register a project's git repository, and show the registered ones.",
     no_args_is_help=True,
 )
-ProjectArg = Annotated[str, typer.Argument(help="Project id: letters, digits, . _ -")]
+
+
+def _project_id(value: str) -> str:
+    """The same rule as every other door (core/projects.PROJECT_ID_PATTERN), before anything
+    is started."""
+    if not re.match(PROJECT_ID_PATTERN, value):
+        raise typer.BadParameter(f"{value!r}: a project id is {PROJECT_ID_RULE}")
+    return value
+
+
+ProjectArg = Annotated[
+    str, typer.Argument(help="Project id: letters, digits, . _ -", callback=_project_id)
+]
 
 
 def _print_project(view: ProjectView) -> None:

@@ -208,7 +208,7 @@ class QueueLeave(BaseModel):
 class ProjectStart(BaseModel):
     """The registry's input: its project's id, and its state when it continues as new."""
 
-    project_id: str
+    project_id: ProjectId
     view: ProjectView | None = None
     queue: list[QueueJoin] = []
     granted: QueueJoin | None = None  # the last holder told it holds the turn

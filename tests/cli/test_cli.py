@@ -235,6 +235,13 @@ async def test_bad_input_gets_a_clear_error(settings: Settings, tmp_path: Path):
     words = " ".join(out.split())
     assert code == 2 and "project_id takes letters, digits" in words and "('x y' given)" in words
     assert "pydantic" not in words and "^[" not in words and "validation error for" not in words
+    # The same rules at every door, and nothing started when input is refused.
+    code, out = await run("starter.py", "project", "add", "Bad Name!", "/x", settings=settings,
+                          cwd=tmp_path)  # fmt: skip
+    words = " ".join(out.split())
+    assert code == 2 and "'Bad Name!': a project id is letters, digits" in words, out
+    code, out = await run("starter.py", "model-output", "nosuch1", settings=settings, cwd=tmp_path)
+    assert code == 1 and "no build nosuch1" in out and "Traceback" not in out, out
 
 
 async def start_without_following(settings: Settings, tmp_path: Path) -> tuple[int, str]:
