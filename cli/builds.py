@@ -62,6 +62,10 @@ def _print_accepted(result: CommandAccepted) -> None:
     )
 
 
+# The states a build can wait at for `approve`: the handoffs (`--gate` lists these, not all).
+Gate = StrEnum("Gate", {state.name: state.value for state in HANDOFFS})  # type: ignore[misc]
+
+
 @app.command()
 def start(
     requirements: Annotated[
@@ -83,11 +87,8 @@ def start(
         typer.Option(help="Loop-backs allowed before FAILED (default: BUILD_MAX_RETRIES)."),
     ] = None,
     gate: Annotated[
-        list[BuildState] | None,
-        typer.Option(
-            help="Wait for `approve` at this handoff state; repeatable. One of: "
-            + ", ".join(h.value for h in HANDOFFS)
-        ),
+        list[Gate] | None,
+        typer.Option(help="Wait for `approve` at this handoff state; repeatable."),
     ] = None,
     simulate: Annotated[
         list[Simulation] | None,
@@ -131,7 +132,7 @@ def start(
     try:
         choices = StartOptions(
             max_retries=max_retries,
-            approval_gates=gate or [],
+            approval_gates=[BuildState(g.value) for g in gate or []],
             simulate=simulate or [],
             max_tokens=max_tokens,
             max_cost_usd=max_cost,
