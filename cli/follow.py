@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
 from client.builds import BuildHandle
@@ -216,9 +216,11 @@ async def follow(
             try:
                 status: BuildStatus = await handle.query(BuildWorkflow.status)
                 events: list[BuildEvent] = await handle.query(BuildWorkflow.event_log, seen)
-            except RPCError as err:
-                # Queries need a worker; without one, say so and keep following.
-                bar.update(task, description=f"[yellow]no worker answers ({err.message})[/yellow]")
+            except (RPCError, WorkflowQueryFailedError) as err:
+                # Queries need a worker; without one, or one that failed to answer this time,
+                # say so and keep following.
+                said = err.message if isinstance(err, RPCError) else str(err)
+                bar.update(task, description=f"[yellow]no worker answers ({said})[/yellow]")
                 if result.done():
                     break
                 await asyncio.wait({result}, timeout=interval)
@@ -252,11 +254,26 @@ async def follow(
         return status, None
     with contextlib.suppress(WorkflowFailureError):  # a FAILED build's reason is in its status
         release = (await result).release
-    try:
-        final: BuildStatus = await handle.query(BuildWorkflow.status)
-    except RPCError as err:
-        raise NoAnswer(
-            f"the build ended but no worker answers its status query ({err.message}); "
-            "see the Web UI"
-        ) from err
-    return final, release
+    return await _final_status(handle), release
+
+
+FINAL_QUERY_TRIES = 5
+FINAL_QUERY_WAIT = 0.5  # seconds before the second try; one more each time after
+
+
+async def _final_status(handle: BuildHandle) -> BuildStatus:
+    """The ended build's status. A query a worker failed to answer this time (one that replays
+    the build on a starved machine can pass the SDK's 2 s deadlock limit) is asked again; a
+    worker that never answers is said in one sentence."""
+    for attempt in range(FINAL_QUERY_TRIES):
+        try:
+            status: BuildStatus = await handle.query(BuildWorkflow.status)
+            return status
+        except WorkflowQueryFailedError as err:
+            failed: str = str(err)
+        except RPCError as err:
+            failed = err.message
+        await asyncio.sleep(FINAL_QUERY_WAIT * (attempt + 1))
+    raise NoAnswer(
+        f"the build ended but no worker answers its status query ({failed}); see the Web UI"
+    )

@@ -392,3 +392,34 @@ def test_a_test_runs_event_line_says_its_counts_and_its_environment():
         "call   test_auditor attempt 1 (700+26 tokens, 1511 ms); tests 1,994 run: 1,991 "
         "passed, 1 failed, 2 pre-existing, 0 errors, 25 skipped; environment reused (no setup ran)"
     )
+
+
+async def test_a_final_status_query_a_worker_failed_once_is_asked_again(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """On a starved machine, a query that replays an ended build can pass the SDK's 2 s
+    deadlock limit (WorkflowQueryFailedError); `start` printed a traceback and exited 1 for a
+    build that had completed."""
+    from temporalio.client import WorkflowQueryFailedError
+
+    from cli import follow
+    from cli.follow import _final_status
+    from client.errors import NoAnswer
+
+    monkeypatch.setattr(follow, "FINAL_QUERY_WAIT", 0.0)
+
+    done = object()  # the status the worker answers
+
+    class Flaky:
+        def __init__(self, failures: int) -> None:
+            self.failures = failures
+
+        async def query(self, *_: object) -> object:
+            if self.failures:
+                self.failures -= 1
+                raise WorkflowQueryFailedError("Potential deadlock detected")
+            return done
+
+    assert await _final_status(Flaky(1)) == done  # type: ignore[arg-type]
+    with pytest.raises(NoAnswer, match="Potential deadlock detected"):
+        await _final_status(Flaky(99))  # type: ignore[arg-type]
