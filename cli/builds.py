@@ -14,7 +14,7 @@ from temporalio.client import (
 
 from cli.console import console, refuse, run_command
 from cli.follow import event_line, follow, show_model_output, status_tables
-from cli.launch import Followed, announced, concluded
+from cli.launch import Followed, ThroughWaits, announced, concluded
 from client import builds
 from core.build_io import (
     BuildStatus,
@@ -107,14 +107,7 @@ def start(
     wait: Annotated[
         bool, typer.Option("--follow/--no-follow", help="Follow the build until it ends.")
     ] = True,
-    through_waits: Annotated[
-        bool,
-        typer.Option(
-            "--wait",
-            help="Keep following while it waits for a person (by default: return, saying how "
-            "to go on, exit code 3).",
-        ),
-    ] = False,
+    through_waits: ThroughWaits = False,
     show_model_output: Annotated[
         bool,
         typer.Option(
@@ -162,14 +155,7 @@ def start(
 @app.command("follow")
 def follow_build(
     build: BuildIdArg,
-    through_waits: Annotated[
-        bool,
-        typer.Option(
-            "--wait",
-            help="Keep following while it waits for a person (by default: return, saying how "
-            "to go on, exit code 3).",
-        ),
-    ] = False,
+    through_waits: ThroughWaits = False,
     show_model_output: Annotated[
         bool, typer.Option("--show-model-output", help="Print what the models write.")
     ] = False,

@@ -3,6 +3,8 @@ when no worker polls, following it to its end, and the exit code that end means.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 from rich.markup import escape
 from temporalio.client import Client
@@ -45,6 +47,15 @@ async def announced(
 
 
 WAITS_EXIT = 3  # the build waits for a person: not ended, not failed
+# `--wait` of the commands that follow a build (start, rerun, follow).
+ThroughWaits = Annotated[
+    bool,
+    typer.Option(
+        "--wait",
+        help="Keep following while it waits for a person (by default: return, saying how "
+        f"to go on, exit code {WAITS_EXIT}).",
+    ),
+]
 
 
 def concluded(build_id: str, followed: Followed) -> None:

@@ -11,7 +11,7 @@ import typer
 from temporalio.client import Client
 
 from cli.console import console, refuse, run_command
-from cli.launch import Followed, announced, concluded
+from cli.launch import Followed, ThroughWaits, announced, concluded
 from client.reruns import start_rerun
 from core.build_io import Simulation
 from core.reruns import PromptText, RerunChoices
@@ -84,14 +84,7 @@ def rerun(
     wait: Annotated[
         bool, typer.Option("--follow/--no-follow", help="Follow the re-run until it ends.")
     ] = True,
-    through_waits: Annotated[
-        bool,
-        typer.Option(
-            "--wait",
-            help="Keep following while it waits for a person (by default: return, saying how "
-            "to go on, exit code 3).",
-        ),
-    ] = False,
+    through_waits: ThroughWaits = False,
     show_model_output: Annotated[
         bool, typer.Option("--show-model-output", help="Print what live roles' models write.")
     ] = False,
