@@ -27,7 +27,7 @@ from activities.repository.gitcmd import GitError, git
 from activities.sandbox.runs import Limits
 from activities.testing import environment
 from activities.testing.results import cases
-from activities.testing.sealed import Sealed, seal, verdict
+from activities.testing.sealed import Sealed, Verdict, seal, verdict
 from activities.testing.testrun import is_pytest, run_command
 from core.contracts import EVAL_REPORT, RUN_ACCEPTANCE, Failure
 from core.eval_build import Acceptance
@@ -97,22 +97,16 @@ class EvalActivities:
         if is_pytest(task.hidden.command) and not ran.setup_failed and not ran.timed_out:
             found = await asyncio.to_thread(cases, Path(ran.junit)) if ran.junit else []
             judged = verdict(found, list(task.hidden.files))
-            return Acceptance(
-                passed=judged.passed,
-                tests_run=judged.run,
-                failed=judged.failed,
-                commit=task.commit,
-                summary=judged.summary,
-                sandbox=ran.sandbox,
-                integrity=changed,
-            )
-        failed = sum(1 for failure in ran.failures if failure.test != RUN)
+        else:  # a command other than pytest, or a run that never got to its tests
+            failed = sum(1 for failure in ran.failures if failure.test != RUN)
+            said = ran.summary if ran.passed else f"{ran.summary} {_first(ran.failures)}"
+            judged = Verdict(ran.passed, ran.tests_run, failed, said)
         return Acceptance(
-            passed=ran.passed,
-            tests_run=ran.tests_run,
-            failed=failed,
+            passed=judged.passed,
+            tests_run=judged.run,
+            failed=judged.failed,
             commit=task.commit,
-            summary=ran.summary if ran.passed else f"{ran.summary} {_first(ran.failures)}",
+            summary=judged.summary,
             sandbox=ran.sandbox,
             integrity=changed,
         )
