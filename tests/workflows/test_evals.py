@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 
-from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -30,6 +29,21 @@ def failing_tests_for(marker: str):
     return answer
 
 
+async def evaluated(env: WorkflowEnvironment, fakes: Fakes, run: EvalRun) -> EvalReport:
+    """The run's report, its children built on the fakes (no eval_report activity: the mirror
+    is never read)."""
+    queue = f"fast-eval-{uuid.uuid4().hex[:8]}"
+    async with Worker(
+        env.client,
+        task_queue=queue,
+        workflows=[EvalWorkflow, BuildWorkflow],
+        activities=fakes.activities(),
+    ):
+        return await env.client.execute_workflow(
+            EvalWorkflow.run, run, id=run.workflow_id, task_queue=queue
+        )
+
+
 async def test_the_table_is_made_from_how_each_child_ended(
     skipping: WorkflowEnvironment, fakes: Fakes
 ):
@@ -48,17 +62,7 @@ async def test_the_table_is_made_from_how_each_child_ended(
         configs=[EvalConfig(name="good"), EvalConfig(name="bad", max_retries=1)],
         parallel=4,
     )
-    queue = f"fast-eval-{uuid.uuid4().hex[:8]}"
-    async with Worker(
-        skipping.client,
-        task_queue=queue,
-        workflows=[EvalWorkflow, BuildWorkflow],
-        activities=fakes.activities(),  # no EVAL_REPORT: the mirror is never read
-    ):
-        handle: WorkflowHandle[EvalWorkflow, EvalReport] = await skipping.client.start_workflow(
-            EvalWorkflow.run, run, id=run.workflow_id, task_queue=queue
-        )
-        got = await handle.result()
+    got = await evaluated(skipping, fakes, run)
     by = {(r.case, r.config): r for r in got.results}
     assert len(by) == 4
     passed = by["right", "good"]
@@ -93,16 +97,7 @@ async def test_samples_give_each_config_pass_at_k_and_pass_hat_k(
         parallel=8,
         samples=2,
     )
-    queue = f"fast-eval-{uuid.uuid4().hex[:8]}"
-    async with Worker(
-        skipping.client,
-        task_queue=queue,
-        workflows=[EvalWorkflow, BuildWorkflow],
-        activities=fakes.activities(),
-    ):
-        got = await skipping.client.execute_workflow(
-            EvalWorkflow.run, run, id=run.workflow_id, task_queue=queue
-        )
+    got = await evaluated(skipping, fakes, run)
     assert len(got.results) == 8 and {r.sample for r in got.results} == {0, 1}
     stats = {s.config: s for s in got.stats}
     steady, flaky = stats["steady"], stats["flaky"]
@@ -128,16 +123,7 @@ async def test_no_child_starts_once_the_runs_budget_is_spent(
         parallel=1,
         max_tokens=600,  # one build's six calls of 100 tokens
     )
-    queue = f"fast-eval-{uuid.uuid4().hex[:8]}"
-    async with Worker(
-        skipping.client,
-        task_queue=queue,
-        workflows=[EvalWorkflow, BuildWorkflow],
-        activities=fakes.activities(),
-    ):
-        got = await skipping.client.execute_workflow(
-            EvalWorkflow.run, run, id=run.workflow_id, task_queue=queue
-        )
+    got = await evaluated(skipping, fakes, run)
     assert [(r.case, r.outcome) for r in got.results] == [
         ("one", "complete"),
         ("two", "not run"),
