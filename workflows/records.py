@@ -241,7 +241,11 @@ class BuildRecords:
         """The model call in flight, as its output stream last told (None: done)."""
         if progress != self.model_now:
             self.model_now = progress
-            self.show()
+            # Live only: a replay (a query on an evicted build) passes hundreds of stream
+            # signals, and drawing the details for each held a starved worker past the SDK's
+            # 2 s deadlock limit. Current details are no command, so replay needs none of them.
+            if not workflow.unsafe.is_replaying():
+                self.show()
 
     # --- the mirror ---------------------------------------------------------------------
 
